@@ -1,0 +1,44 @@
+# The README's commands. `make run` serves on SQLite; `make test` is what CI runs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export HOST PORT
+
+.PHONY: run test lint format docs clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# The test extras are a superset of the runtime ones, so installing them satisfies `run` too.
+$(VENV)/.installed-run: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e .
+	touch $@
+
+$(VENV)/.installed-test: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e '.[test]'
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	$(BIN)/flask --app wsgi db upgrade
+	exec $(BIN)/gunicorn -c deploy/gunicorn.conf.py wsgi:app
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+format: $(VENV)/.installed-test
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Regenerate the ownership table in docs/ownership.md from the registry.
+docs: $(VENV)/.installed-run
+	$(BIN)/python scripts/render_docs.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

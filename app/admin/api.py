@@ -1,0 +1,31 @@
+"""admin's public facade: the only thing other modules may import from admin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.admin import MODULE, service
+from app.kernel.ownership import module_api
+
+
+@module_api(MODULE)
+def record_audit(
+    session: Session,
+    action: str,
+    *,
+    user_id: str | None = None,
+    actor_id: str | None = None,
+    details: dict[str, Any] | None = None,
+    ip_address: str | None = None,
+) -> str:
+    """Write an audit entry inside the caller's transaction; returns its log id.
+
+    This is the only way any module writes an audit entry. It commits nothing: the entry
+    lands with the caller's rows or not at all.
+    """
+    entry = service.record_audit(
+        session, action, user_id=user_id, actor_id=actor_id, details=details, ip_address=ip_address
+    )
+    return entry.log_id

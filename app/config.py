@@ -1,0 +1,96 @@
+"""Settings from the environment, with safe development defaults.
+
+`APP_ENV=production` refuses to start without real secrets: a missing or weak
+`SECRET_KEY` or `JWT_SECRET_KEY` is a `ConfigError` with a message saying what to set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ENVIRONMENTS = ("development", "production", "testing")
+DEV_SECRET = "dev-only-not-a-secret"  # noqa: S105 - the development placeholder, refused in production
+MIN_SECRET_LENGTH = 32
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot run; the message says what to fix."""
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def load_config(
+    instance_path: str | os.PathLike[str], env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The app configuration read from `env` (default: the process environment)."""
+    env = os.environ if env is None else env
+    app_env = env.get("APP_ENV", "development").strip().lower()
+    if app_env not in ENVIRONMENTS:
+        raise ConfigError(f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}, got {app_env!r}")
+    production = app_env == "production"
+    instance = Path(instance_path)
+
+    return {
+        "APP_ENV": app_env,
+        "TESTING": app_env == "testing",
+        "SECRET_KEY": env.get("SECRET_KEY") or DEV_SECRET,
+        "JWT_SECRET_KEY": env.get("JWT_SECRET_KEY") or DEV_SECRET,
+        "DATABASE_URL": env.get("DATABASE_URL") or f"sqlite:///{instance / 'app.db'}",
+        "REDIS_URL": env.get("REDIS_URL") or None,
+        "DB_APPLICATION_NAME": env.get("DB_APPLICATION_NAME", "licensing"),
+        "DB_POOL_SIZE": _int(env, "DB_POOL_SIZE", 5),
+        "DB_MAX_OVERFLOW": _int(env, "DB_MAX_OVERFLOW", 5),
+        "DB_POOL_TIMEOUT": _int(env, "DB_POOL_TIMEOUT", 10),
+        "DB_POOL_RECYCLE": _int(env, "DB_POOL_RECYCLE", 1800),
+        "DB_STATEMENT_TIMEOUT_MS": _int(env, "DB_STATEMENT_TIMEOUT_MS", 15000),
+        "SQLITE_BUSY_TIMEOUT_MS": _int(env, "SQLITE_BUSY_TIMEOUT_MS", 5000),
+        # The guard always raises outside production; production may choose "log" or "off".
+        "OWNERSHIP_GUARD": env.get("OWNERSHIP_GUARD", "raise") if production else "raise",
+        "SQL_ECHO": _bool(env.get("SQL_ECHO"), False),
+        "TRUSTED_PROXIES": _int(env, "TRUSTED_PROXIES", 0),
+        "BACKUP_DIR": env.get("BACKUP_DIR") or str(instance / "backups"),
+        "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 1024 * 1024),
+        "LOG_LEVEL": env.get("LOG_LEVEL", "INFO"),
+    }
+
+
+def check_production(config: Mapping[str, Any]) -> None:
+    """Refuse production settings that would be unsafe; raise ConfigError listing them all."""
+    if config["APP_ENV"] != "production":
+        return
+    problems = []
+    for name in ("SECRET_KEY", "JWT_SECRET_KEY"):
+        value = config.get(name) or ""
+        if value == DEV_SECRET or not value:
+            problems.append(f"{name} is not set")
+        elif len(value) < MIN_SECRET_LENGTH:
+            problems.append(f"{name} is shorter than {MIN_SECRET_LENGTH} characters")
+    secret = config.get("SECRET_KEY")
+    if secret and secret != DEV_SECRET and secret == config.get("JWT_SECRET_KEY"):
+        problems.append("SECRET_KEY and JWT_SECRET_KEY must differ")
+    if config.get("OWNERSHIP_GUARD") not in ("raise", "log", "off"):
+        problems.append("OWNERSHIP_GUARD must be raise, log or off")
+    if problems:
+        raise ConfigError(
+            "refusing to start with APP_ENV=production: "
+            + "; ".join(problems)
+            + ". Generate each secret with: "
+            + "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+        )

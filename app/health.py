@@ -1,0 +1,115 @@
+"""Operations endpoints: liveness, readiness, and the security headers of every response."""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+from typing import Any
+
+from apiflask import APIBlueprint
+from flask import current_app, request
+from sqlalchemy import text
+
+from app.kernel import migrations
+from app.kernel.db import get_database
+from app.kernel.errors import PROBLEM_MEDIA_TYPE, problem
+
+log = logging.getLogger(__name__)
+
+bp = APIBlueprint("ops", __name__, tag="Operations")
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'; base-uri 'none'",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+HSTS = "max-age=63072000; includeSubDomains"
+
+
+@bp.get("/healthz")
+@bp.doc(summary="Liveness: the process is up", responses={200: "alive"})
+def healthz() -> Any:
+    return {"status": "ok"}
+
+
+@bp.get("/readyz")
+@bp.doc(
+    summary="Readiness: database reachable, migrations at head, Redis when configured",
+    responses={200: "ready", 503: "a dependency is failing"},
+)
+def readyz() -> Any:
+    checks = {
+        "database": _check_database(),
+        "migrations": _check_migrations(),
+        "redis": _check_redis(),
+    }
+    failing = {name: state for name, state in checks.items() if state not in ("ok", "skipped")}
+    if failing:
+        body = problem(
+            503,
+            "not_ready",
+            "Not ready: " + ", ".join(f"{name} {state}" for name, state in failing.items()),
+            checks=checks,
+        )
+        return current_app.response_class(
+            current_app.json.dumps(body), status=503, mimetype=PROBLEM_MEDIA_TYPE
+        )
+    return {"status": "ready", "checks": checks}
+
+
+def _check_database() -> str:
+    try:
+        with get_database().engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return "ok"
+    except Exception as exc:  # any failure means "not ready", reported, never raised
+        log.warning("readiness: database check failed: %s", str(exc).splitlines()[0])
+        return "unreachable"
+
+
+@cache
+def _head_revisions() -> frozenset[str]:
+    return migrations.head_revisions()
+
+
+def _check_migrations() -> str:
+    try:
+        with get_database().engine.connect() as conn:
+            current = migrations.current_revisions(conn)
+    except Exception:
+        return "unknown"
+    return "ok" if current == _head_revisions() else "behind"
+
+
+def _check_redis() -> str:
+    url = current_app.config.get("REDIS_URL")
+    if not url:
+        return "skipped"
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        try:
+            client.ping()
+        finally:
+            client.close()
+        return "ok"
+    except Exception as exc:
+        log.warning("readiness: redis check failed: %s", exc)
+        return "unreachable"
+
+
+def add_security_headers(response: Any) -> Any:
+    """Security headers on every response, HSTS only when served over HTTPS."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.is_secure:
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
+    return response
+
+
+def init_app(app: Any) -> None:
+    app.register_blueprint(bp)
+    app.after_request(add_security_headers)

@@ -1,0 +1,310 @@
+"""Engines, the Session of each request or CLI command, and `transaction()`.
+
+SQLite is tuned for a multi-process web server (WAL, synchronous=NORMAL, foreign keys,
+busy_timeout) and write transactions begin with ``BEGIN IMMEDIATE``: pysqlite's deferred
+BEGIN takes the write lock only at the first write, and a read-then-write transaction that
+loses that race gets SQLITE_BUSY at once, whatever busy_timeout says.
+
+PostgreSQL (psycopg 3) gets a pre-pinged, sized, recycled pool, an application_name and a
+statement timeout, so a dead server costs one failed request and then recovers by itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+from app.kernel import ownership
+
+log = logging.getLogger(__name__)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every module's models (one MetaData, one migration lineage)."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python, on SQLite and PostgreSQL.
+
+    SQLite has no time zones and hands back naive values; they were stored as UTC, so
+    they are tagged UTC on the way out. Naive values are refused on the way in.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use an aware UTC datetime")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# --- engines -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How to build an engine; filled from the app's configuration."""
+
+    url: str
+    application_name: str = "licensing"
+    pool_size: int = 5
+    max_overflow: int = 5
+    pool_timeout: float = 10.0
+    pool_recycle: int = 1800
+    statement_timeout_ms: int = 15000
+    connect_timeout: int = 5
+    sqlite_busy_timeout_ms: int = 5000
+    guard_mode: str = "raise"
+    echo: bool = False
+
+
+def normalise_url(url: str) -> str:
+    """Point plain PostgreSQL URLs at psycopg 3 (`postgresql://` → `postgresql+psycopg://`)."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def make_engine(settings: EngineSettings) -> Engine:
+    """Create a tuned engine for SQLite or PostgreSQL, with the ownership guard installed."""
+    url = make_url(normalise_url(settings.url))
+    if url.get_backend_name() == "sqlite":
+        engine = _make_sqlite_engine(url, settings)
+    elif url.get_backend_name() == "postgresql":
+        engine = _make_postgresql_engine(url, settings)
+    else:
+        raise ValueError(f"unsupported database backend {url.get_backend_name()!r}")
+    ownership.install_guard(engine, settings.guard_mode)
+    return engine
+
+
+def _make_postgresql_engine(url: Any, settings: EngineSettings) -> Engine:
+    return create_engine(
+        url,
+        echo=settings.echo,
+        pool_pre_ping=True,
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_timeout=settings.pool_timeout,
+        pool_recycle=settings.pool_recycle,
+        connect_args={
+            "application_name": settings.application_name,
+            "connect_timeout": settings.connect_timeout,
+            "options": f"-c statement_timeout={int(settings.statement_timeout_ms)}",
+        },
+    )
+
+
+# SQLite releases that carry the WAL-reset corruption bug: everything before the fixes
+# in 3.51.3, 3.50.7 and 3.44.6 (the fixes were backported to those two branches).
+def sqlite_has_wal_reset_bug(version: str) -> bool:
+    """True when this SQLite library version carries the WAL-reset bug."""
+    v = tuple(int(part) for part in version.split(".")[:3])
+    if v >= (3, 51, 3):
+        return False
+    if (3, 50, 7) <= v < (3, 51, 0):
+        return False
+    return not (3, 44, 6) <= v < (3, 45, 0)
+
+
+@functools.cache
+def _warn_about_sqlite_version(version: str) -> None:
+    if sqlite_has_wal_reset_bug(version):
+        log.warning(
+            "SQLite %s carries the WAL-reset bug (fixed in 3.51.3, 3.50.7 and 3.44.6): "
+            "concurrent writers and checkpoints can corrupt the database. Upgrade the "
+            "SQLite library Python links against, or use PostgreSQL in production.",
+            version,
+        )
+
+
+def _make_sqlite_engine(url: Any, settings: EngineSettings) -> Engine:
+    _warn_about_sqlite_version(sqlite3.sqlite_version)
+    engine = create_engine(
+        url,
+        echo=settings.echo,
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_timeout=settings.pool_timeout,
+        connect_args={"timeout": settings.sqlite_busy_timeout_ms / 1000},
+    )
+    busy_timeout = int(settings.sqlite_busy_timeout_ms)
+
+    @event.listens_for(engine, "connect")
+    def _tune_sqlite(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        # Let SQLAlchemy (the "begin" hook below) emit BEGIN, not pysqlite.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={busy_timeout}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        mode = "IMMEDIATE" if conn.get_execution_options().get("sqlite_write") else "DEFERRED"
+        # Marked as plumbing so the ownership guard lets it through whatever module acts.
+        conn.exec_driver_sql(f"BEGIN {mode}", execution_options={ownership.PLUMBING: True})
+
+    return engine
+
+
+# --- sessions and transactions -------------------------------------------------------
+
+_WRITE = "write_transaction"
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded values after commit (responses render after the commit)."""
+    return sessionmaker(bind=engine, expire_on_commit=False, autoflush=True)
+
+
+@event.listens_for(Session, "before_flush")
+def _refuse_writes_outside_transaction(session: Session, _ctx: Any, _instances: Any) -> None:
+    if not session.info.get(_WRITE) and (session.new or session.dirty or session.deleted):
+        raise RuntimeError(
+            "ORM changes flushed outside `with transaction(session)`; the entry point owns "
+            "the transaction boundary"
+        )
+
+
+@contextmanager
+def transaction(session: Session) -> Iterator[Session]:
+    """Run the block as one write transaction: commit at the end, roll back on any error.
+
+    Nested calls join the outer transaction, which alone commits. A read-only transaction
+    the session had begun implicitly is ended first, so the write transaction starts with
+    a fresh snapshot and, on SQLite, holds the write lock from its first statement.
+    """
+    if session.info.get(_WRITE):
+        yield session
+        return
+    if session.in_transaction():
+        if session.new or session.dirty or session.deleted:
+            raise RuntimeError("pending ORM changes outside transaction(); refusing to drop them")
+        session.rollback()
+    session.info[_WRITE] = True
+    try:
+        session.connection(execution_options={"sqlite_write": True})
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.info.pop(_WRITE, None)
+
+
+def in_write_transaction(session: Session) -> bool:
+    """True inside `with transaction(session)`."""
+    return bool(session.info.get(_WRITE))
+
+
+# --- Flask wiring --------------------------------------------------------------------
+
+
+class Database:
+    """The app's engine and session factory; one per app, kept in `app.extensions`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sessions = make_sessionmaker(engine)
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def settings_from_config(config: Any) -> EngineSettings:
+    """Engine settings from a Flask config mapping."""
+    return EngineSettings(
+        url=config["DATABASE_URL"],
+        application_name=config["DB_APPLICATION_NAME"],
+        pool_size=config["DB_POOL_SIZE"],
+        max_overflow=config["DB_MAX_OVERFLOW"],
+        pool_timeout=config["DB_POOL_TIMEOUT"],
+        pool_recycle=config["DB_POOL_RECYCLE"],
+        statement_timeout_ms=config["DB_STATEMENT_TIMEOUT_MS"],
+        sqlite_busy_timeout_ms=config["SQLITE_BUSY_TIMEOUT_MS"],
+        guard_mode=config["OWNERSHIP_GUARD"],
+        echo=config["SQL_ECHO"],
+    )
+
+
+def init_app(app: Any) -> None:
+    """Bind a Database to the app; sessions open lazily and close with the app context."""
+    from flask import g
+
+    database = Database(make_engine(settings_from_config(app.config)))
+    app.extensions["db"] = database
+
+    @app.teardown_appcontext
+    def _close_session(_exc: BaseException | None) -> None:
+        session = g.pop("_db_session", None)
+        if session is not None:
+            session.close()
+
+
+def get_database() -> Database:
+    """The current app's Database."""
+    from flask import current_app
+
+    return current_app.extensions["db"]
+
+
+def get_session() -> Session:
+    """The Session of the current request or CLI command (created on first use)."""
+    from flask import g
+
+    session = g.get("_db_session")
+    if session is None:
+        session = get_database().sessions()
+        g._db_session = session
+    return session

@@ -1,0 +1,13 @@
+"""Every model, imported once so the metadata (migrations, checks) sees all tables.
+
+Only migrations and the consistency checks use this; modules import their own models.
+"""
+
+from app.admin import models as admin_models
+from app.auth import models as auth_models
+from app.kernel import models as kernel_models
+from app.kernel.db import Base
+
+metadata = Base.metadata
+
+__all__ = ["admin_models", "auth_models", "kernel_models", "metadata"]

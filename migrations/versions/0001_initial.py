@@ -1,0 +1,77 @@
+"""Kernel tables (event_outbox, event_inbox), auth's users, admin's audit_logs.
+
+Revision ID: 0001
+Revises:
+Create Date: 2026-11-22
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0001"
+down_revision: str | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+TS = sa.DateTime(timezone=True)
+
+
+def upgrade() -> None:
+    op.create_table(
+        "event_outbox",
+        sa.Column("event_id", sa.String(length=40), nullable=False),
+        sa.Column("event_type", sa.String(length=100), nullable=False),
+        sa.Column("aggregate_id", sa.String(length=40), nullable=True),
+        sa.Column("payload", sa.JSON(), nullable=False),
+        sa.Column("created_at", TS, nullable=False),
+        sa.Column("published_at", TS, nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("event_id", name=op.f("pk_event_outbox")),
+    )
+    op.create_index(
+        "ix_event_outbox_published_at_created_at", "event_outbox", ["published_at", "created_at"]
+    )
+    op.create_table(
+        "event_inbox",
+        sa.Column("consumer", sa.String(length=50), nullable=False),
+        sa.Column("event_id", sa.String(length=40), nullable=False),
+        sa.Column("processed_at", TS, nullable=False),
+        sa.PrimaryKeyConstraint("consumer", "event_id", name=op.f("pk_event_inbox")),
+    )
+    op.create_table(
+        "users",
+        sa.Column("user_id", sa.String(length=40), nullable=False),
+        sa.Column("email", sa.String(length=320), nullable=False),
+        sa.Column("password_hash", sa.String(length=255), nullable=False),
+        sa.Column("plan", sa.String(length=32), nullable=False),
+        sa.Column("role", sa.String(length=16), nullable=False),
+        sa.Column("created_at", TS, nullable=False),
+        sa.Column("updated_at", TS, nullable=False),
+        sa.PrimaryKeyConstraint("user_id", name=op.f("pk_users")),
+        sa.UniqueConstraint("email", name=op.f("uq_users_email")),
+    )
+    op.create_index(op.f("ix_users_created_at"), "users", ["created_at"])
+    op.create_index("ix_users_plan_created_at", "users", ["plan", "created_at"])
+    op.create_table(
+        "audit_logs",
+        sa.Column("log_id", sa.String(length=40), nullable=False),
+        sa.Column("user_id", sa.String(length=40), nullable=True),
+        sa.Column("actor_id", sa.String(length=40), nullable=True),
+        sa.Column("action", sa.String(length=64), nullable=False),
+        sa.Column("details", sa.JSON(), nullable=True),
+        sa.Column("ip_address", sa.String(length=45), nullable=True),
+        sa.Column("timestamp", TS, nullable=False),
+        sa.PrimaryKeyConstraint("log_id", name=op.f("pk_audit_logs")),
+    )
+    op.create_index(op.f("ix_audit_logs_action"), "audit_logs", ["action"])
+    op.create_index(op.f("ix_audit_logs_timestamp"), "audit_logs", ["timestamp"])
+    op.create_index(op.f("ix_audit_logs_user_id"), "audit_logs", ["user_id"])
+
+
+def downgrade() -> None:
+    op.drop_table("audit_logs")
+    op.drop_table("users")
+    op.drop_table("event_inbox")
+    op.drop_table("event_outbox")

@@ -1,0 +1,156 @@
+"""Fixtures: an app per backend (SQLite always; PostgreSQL and Redis when reachable).
+
+With REQUIRE_SERVICES=1 (CI), an unreachable PostgreSQL or Redis fails the run instead of
+skipping its tests. PostgreSQL tests use a throwaway database created for this run and
+dropped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from app import create_app
+from app.kernel import migrations
+from app.models import metadata
+
+REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
+PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def service_unavailable(what: str, why: object) -> None:
+    """Skip, or fail when the run requires the service (REQUIRE_SERVICES=1)."""
+    message = f"{what} unreachable: {why}"
+    if REQUIRE_SERVICES:
+        pytest.fail(f"REQUIRE_SERVICES=1 but {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def pg_url(dbname: str) -> str:
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    return f"{base}/{dbname}"
+
+
+def create_pg_database(prefix: str = "lic_test") -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        service_unavailable("PostgreSQL", exc)
+    return name
+
+
+def drop_pg_database(name: str) -> None:
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_migrated_url() -> Iterator[str]:
+    """A throwaway PostgreSQL database for this run, migrated to head."""
+    name = create_pg_database()
+    url = pg_url(name)
+    try:
+        migrations.upgrade(url)
+        yield url
+    finally:
+        drop_pg_database(name)
+
+
+@pytest.fixture
+def fresh_pg_url() -> Iterator[str]:
+    """An empty throwaway PostgreSQL database for one test (not migrated)."""
+    name = create_pg_database("lic_fresh")
+    try:
+        yield pg_url(name)
+    finally:
+        drop_pg_database(name)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once; each test gets a copy."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    migrations.upgrade(f"sqlite:///{path}")
+    return path
+
+
+def _truncate_all(url: str) -> None:
+    from app.kernel.db import EngineSettings, make_engine
+
+    engine = make_engine(EngineSettings(url=url, guard_mode="off", pool_size=1, max_overflow=0))
+    try:
+        with engine.begin() as conn:
+            names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A migrated database on the test's backend, empty at the start of the test."""
+    if backend == "sqlite":
+        path = tmp_path / "app.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
+        return
+    url = request.getfixturevalue("pg_migrated_url")
+    yield url
+    _truncate_all(url)
+
+
+@pytest.fixture
+def app_config(database_url: str, tmp_path: Path) -> dict[str, object]:
+    return {
+        "APP_ENV": "testing",
+        "TESTING": True,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": None,
+        "BACKUP_DIR": str(tmp_path / "backups"),
+    }
+
+
+@pytest.fixture
+def app(app_config: dict[str, object]):
+    application = create_app(app_config)
+    yield application
+    application.extensions["db"].dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        service_unavailable("Redis", exc)
+    finally:
+        client.close()
+    return REDIS_URL

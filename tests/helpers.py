@@ -1,0 +1,127 @@
+"""Helpers shared by the tests: problem assertions, a killable TCP proxy, process runners."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def assert_problem(response, status: int, code: str | None = None) -> dict:
+    """The Flask test response is an RFC 9457 problem with this status (and code)."""
+    text = response.get_data(as_text=True)
+    assert response.status_code == status, text
+    assert response.mimetype == "application/problem+json", response.mimetype
+    body = response.get_json(force=True)
+    assert {"type", "title", "status", "detail", "code"} <= body.keys(), body
+    assert body["status"] == status
+    if code is not None:
+        assert body["code"] == code, body
+    assert "Traceback" not in text and 'File "' not in text
+    return body
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TcpProxy:
+    """A TCP forwarder we can cut and restore, to simulate a database outage for real.
+
+    `stop()` closes the listener and every open connection (the app sees its connections
+    die and new connects refused); `start()` listens again on the same port.
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            for conn in self._conns:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+            self._conns.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+
+def wait_for_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll `url` until it answers (any status) or fail after `timeout` seconds."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"server exited early with code {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=1).close()  # noqa: S310 - loopback test URL
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError as exc:
+            last = exc
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer within {timeout}s: {last}")
+
+
+def project_env(**overrides: str) -> dict[str, str]:
+    """The environment for a child process: this one, minus app settings, plus overrides."""
+    env = {k: v for k, v in os.environ.items() if k not in {"APP_ENV", "DATABASE_URL", "REDIS_URL"}}
+    env.update(overrides)
+    return env

@@ -1,0 +1,57 @@
+"""Settings from the environment; production refuses unsafe ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.config import ConfigError, check_production, load_config
+
+
+def test_development_defaults(tmp_path):
+    config = load_config(tmp_path, env={})
+    assert config["APP_ENV"] == "development"
+    assert config["DATABASE_URL"] == f"sqlite:///{tmp_path}/app.db"
+    assert config["REDIS_URL"] is None
+    assert config["OWNERSHIP_GUARD"] == "raise"
+    check_production(config)  # not production: no complaint
+
+
+def test_settings_come_from_the_environment(tmp_path):
+    env = {"DATABASE_URL": "postgresql://db/x", "REDIS_URL": "redis://r/0", "DB_POOL_SIZE": "9"}
+    config = load_config(tmp_path, env=env)
+    assert config["DATABASE_URL"] == "postgresql://db/x"
+    assert config["REDIS_URL"] == "redis://r/0"
+    assert config["DB_POOL_SIZE"] == 9
+
+
+def test_bad_values_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="DB_POOL_SIZE must be an integer"):
+        load_config(tmp_path, env={"DB_POOL_SIZE": "many"})
+    with pytest.raises(ConfigError, match="APP_ENV must be one of"):
+        load_config(tmp_path, env={"APP_ENV": "prod"})
+
+
+def test_guard_cannot_be_relaxed_outside_production(tmp_path):
+    assert load_config(tmp_path, env={"OWNERSHIP_GUARD": "off"})["OWNERSHIP_GUARD"] == "raise"
+    env = {"APP_ENV": "production", "OWNERSHIP_GUARD": "log"}
+    assert load_config(tmp_path, env=env)["OWNERSHIP_GUARD"] == "log"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "SECRET_KEY is not set; JWT_SECRET_KEY is not set"),
+        ({"SECRET_KEY": "x" * 40}, "JWT_SECRET_KEY is not set"),
+        ({"SECRET_KEY": "x" * 40, "JWT_SECRET_KEY": "x" * 40}, "must differ"),
+        ({"SECRET_KEY": "x" * 40, "JWT_SECRET_KEY": "y" * 10}, "JWT_SECRET_KEY is shorter"),
+    ],
+)
+def test_production_refuses_missing_or_weak_secrets(tmp_path, env, message):
+    config = load_config(tmp_path, env={"APP_ENV": "production", **env})
+    with pytest.raises(ConfigError, match=message):
+        check_production(config)
+
+
+def test_production_accepts_real_secrets(tmp_path):
+    env = {"APP_ENV": "production", "SECRET_KEY": "x" * 40, "JWT_SECRET_KEY": "y" * 40}
+    check_production(load_config(tmp_path, env=env))

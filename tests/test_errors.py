@@ -1,0 +1,122 @@
+"""Every error is RFC 9457 problem+json; none carries a stack trace; OpenAPI is served."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel, Field
+
+from app import create_app
+from app.kernel.errors import Conflict
+from tests.helpers import assert_problem
+
+
+class Widget(BaseModel):
+    name: str = Field(min_length=1, max_length=20)
+    count: int = Field(ge=0)
+
+
+@pytest.fixture
+def app(app_config):
+    """The real app plus a few routes that raise what real routes will raise."""
+    application = create_app(app_config)
+
+    @application.post("/_test/widgets")
+    @application.input(Widget)
+    def make_widget(json_data: Widget):
+        return {"name": json_data.name}, 201
+
+    @application.get("/_test/boom")
+    def boom():
+        raise RuntimeError("secret internal detail /etc/passwd")
+
+    @application.get("/_test/conflict")
+    def conflict():
+        raise Conflict("Already there.", code="widget_exists", widget="w1")
+
+    yield application
+    application.extensions["db"].dispose()
+
+
+pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+
+
+def test_unknown_route_is_a_404_problem(client):
+    body = assert_problem(client.get("/nope"), 404, "not_found")
+    assert body["type"] == "/problems/not_found"
+    assert body["title"] == "Not Found"
+
+
+def test_wrong_method_is_a_405_problem_with_allow(client):
+    response = client.delete("/healthz")
+    assert_problem(response, 405, "method_not_allowed")
+    assert "GET" in response.headers["Allow"]
+
+
+def test_malformed_json_is_a_400_problem(client):
+    response = client.post("/_test/widgets", data=b'{"name": ', content_type="application/json")
+    body = assert_problem(response, 400, "malformed_json")
+    assert "not valid JSON" in body["detail"]
+
+
+def test_invalid_utf8_is_a_400_problem(client):
+    response = client.post(
+        "/_test/widgets", data=b'{"name": "\xff\xfe"}', content_type="application/json"
+    )
+    assert_problem(response, 400, "malformed_json")
+
+
+def test_invalid_input_is_a_422_problem_with_errors(client):
+    response = client.post("/_test/widgets", json={"name": "", "count": -1})
+    body = assert_problem(response, 422, "validation_error")
+    locs = {tuple(e["loc"]) for e in body["errors"]}
+    assert locs == {("json", "name"), ("json", "count")}
+    assert all(e["msg"] for e in body["errors"])
+
+
+def test_missing_fields_and_wrong_shape_are_422(client):
+    body = assert_problem(client.post("/_test/widgets", json={}), 422, "validation_error")
+    assert {tuple(e["loc"]) for e in body["errors"]} == {("json", "name"), ("json", "count")}
+    assert_problem(client.post("/_test/widgets", json=[1, 2]), 422, "validation_error")
+
+
+def test_valid_input_passes(client):
+    response = client.post("/_test/widgets", json={"name": "w", "count": 2})
+    assert response.status_code == 201
+    assert response.get_json() == {"name": "w"}
+
+
+def test_oversized_body_is_a_413_problem(client):
+    response = client.post(
+        "/_test/widgets", data=b"x" * (1024 * 1024 + 1), content_type="application/json"
+    )
+    assert_problem(response, 413, "payload_too_large")
+
+
+def test_unexpected_errors_are_500_without_details(client, caplog):
+    response = client.get("/_test/boom")
+    body = assert_problem(response, 500, "internal_error")
+    assert "secret" not in response.get_data(as_text=True)
+    assert "RuntimeError" not in response.get_data(as_text=True)
+    assert body["detail"] == "An unexpected error occurred."
+    assert "secret internal detail" in caplog.text  # logged for operators
+
+
+def test_domain_errors_carry_code_and_extras(client):
+    body = assert_problem(client.get("/_test/conflict"), 409, "widget_exists")
+    assert body["detail"] == "Already there."
+    assert body["widget"] == "w1"
+
+
+def test_errors_carry_security_headers(client):
+    response = client.get("/nope")
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_openapi_document_is_served(client):
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    spec = response.get_json()
+    assert spec["openapi"].startswith("3.1")
+    assert "/healthz" in spec["paths"] and "/readyz" in spec["paths"]
+    assert spec["info"]["title"] == "Licensing API"

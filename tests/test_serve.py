@@ -1,0 +1,131 @@
+"""The README's commands for real: `make run` serves; production without secrets refuses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import urllib.request
+
+import pytest
+
+from tests.helpers import BIN, ROOT, free_port, project_env, wait_for_http
+
+pytestmark = pytest.mark.slow
+
+
+def _get(url: str) -> tuple[int, dict, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+            return response.status, json.loads(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read()), dict(err.headers)
+
+
+def test_make_run_serves_healthz_and_readyz_on_sqlite(tmp_path):
+    port = free_port()
+    env = project_env(
+        DATABASE_URL=f"sqlite:///{tmp_path}/app.db",
+        HOST="127.0.0.1",
+        PORT=str(port),
+        WEB_CONCURRENCY="2",
+        VENV=str(BIN.parent),
+    )
+    proc = subprocess.Popen(
+        ["make", "--no-print-directory", "run", f"VENV={BIN.parent}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=60, proc=proc)
+        status, body, headers = _get(f"http://127.0.0.1:{port}/healthz")
+        assert (status, body) == (200, {"status": "ok"})
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        status, body, _ = _get(f"http://127.0.0.1:{port}/readyz")
+        assert status == 200, body
+        assert body["checks"]["migrations"] == "ok"
+        assert (tmp_path / "app.db").exists()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0].decode()
+    assert "Booting worker" in output
+
+
+def test_production_without_secrets_refuses_to_start(tmp_path):
+    env = project_env(APP_ENV="production", DATABASE_URL=f"sqlite:///{tmp_path}/app.db")
+    env.pop("SECRET_KEY", None)
+    env.pop("JWT_SECRET_KEY", None)
+    result = subprocess.run(
+        [BIN / "flask", "--app", "wsgi", "db", "upgrade"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "refusing to start with APP_ENV=production" in result.stderr
+    assert "SECRET_KEY is not set" in result.stderr
+    assert "JWT_SECRET_KEY is not set" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "app.db").exists()
+
+
+def test_production_make_run_without_secrets_exits_non_zero(tmp_path):
+    env = project_env(
+        APP_ENV="production", DATABASE_URL=f"sqlite:///{tmp_path}/app.db", PORT=str(free_port())
+    )
+    env.pop("SECRET_KEY", None)
+    env.pop("JWT_SECRET_KEY", None)
+    result = subprocess.run(
+        ["make", "--no-print-directory", "run", f"VENV={BIN.parent}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "SECRET_KEY is not set" in result.stderr
+
+
+def test_production_with_weak_secret_is_refused(tmp_path):
+    env = project_env(
+        APP_ENV="production",
+        DATABASE_URL=f"sqlite:///{tmp_path}/app.db",
+        SECRET_KEY="short",
+        JWT_SECRET_KEY="j" * 40,
+    )
+    result = subprocess.run(
+        [BIN / "flask", "--app", "wsgi", "db", "current"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "SECRET_KEY is shorter than 32 characters" in result.stderr
+
+
+def test_production_with_real_secrets_starts(tmp_path):
+    env = project_env(
+        APP_ENV="production",
+        DATABASE_URL=f"sqlite:///{tmp_path}/app.db",
+        SECRET_KEY="s" * 40,
+        JWT_SECRET_KEY="j" * 40,
+    )
+    result = subprocess.run(
+        [BIN / "flask", "--app", "wsgi", "db", "upgrade"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "database at 0001" in result.stdout
