@@ -91,7 +91,8 @@ def main() -> None:
     print(f"backend: {url.split(':')[0]}   {N} statements x {ROUNDS} rounds")
     print(f"guard off : {med_off:7.2f} µs/statement")
     print(f"guard on  : {med_on:7.2f} µs/statement")
-    print(f"cost      : {med_on - med_off:+7.2f} µs/statement ({(med_on / med_off - 1) * 100:+.1f}%)")
+    percent = (med_on / med_off - 1) * 100
+    print(f"cost      : {med_on - med_off:+7.2f} µs/statement ({percent:+.1f}%)")
     print(f"guard call: {guard_call_us(url):7.2f} µs/statement (the check alone, timeit)")
 
 
