@@ -9,11 +9,22 @@ from typing import Any
 
 from apiflask import APIFlask
 from flask import Request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.config import check_production, load_config
 from app.kernel.errors import MalformedJSON
 
 __all__ = ["create_app"]
+
+
+# Error responses are documented per route as application/problem+json (kernel.web.
+# problem_responses), so APIFlask's generic application/json error entries are turned off.
+OPENAPI_SETTINGS = {
+    "AUTO_VALIDATION_ERROR_RESPONSE": False,
+    "AUTO_AUTH_ERROR_RESPONSE": False,
+    "AUTO_404_RESPONSE": False,
+    "SECURITY_SCHEMES": {"BearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+}
 
 
 class ApiRequest(Request):
@@ -41,6 +52,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
     settings.update(config or {})
     check_production(settings)
     app.config.from_mapping(settings)
+    app.config.from_mapping(OPENAPI_SETTINGS)
     os.makedirs(app.instance_path, exist_ok=True)
     logging.basicConfig(level=app.config["LOG_LEVEL"])
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
@@ -49,6 +61,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
     register_blueprints(app)
     register_errorhandlers(app)
     register_commands(app)
+    if app.config["TRUSTED_PROXIES"] > 0:
+        # Believe exactly that many X-Forwarded-* hops; anything further left is the
+        # client's own claim and is ignored.
+        hops = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     return app
 
 
@@ -64,6 +81,7 @@ def register_blueprints(app: APIFlask) -> None:
     from app import admin, auth, health, orders  # noqa: F401 - modules declare their tables
 
     health.init_app(app)
+    auth.init_app(app)
 
 
 def register_errorhandlers(app: APIFlask) -> None:

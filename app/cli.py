@@ -5,19 +5,23 @@ Each command runs in an app context with its own Session (closed with the contex
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from app.auth import api as auth_api
 from app.kernel import migrations
-from app.kernel.db import get_database
+from app.kernel.db import get_database, get_session, transaction
 from app.kernel.ownership import registry
 
 db_cli = AppGroup("db", help="Database migrations (alembic).")
 ownership_cli = AppGroup("ownership", help="The table-ownership registry.")
 backup_cli = AppGroup("backup", help="Verified backups (not yet built).")
+users_cli = AppGroup("users", help="User accounts.")
+tokens_cli = AppGroup("tokens", help="Token revocation list maintenance.")
 
 
 def _url() -> str:
@@ -95,7 +99,48 @@ def backup_create() -> None:
     raise click.ClickException("backups are not built yet (see the operations issue)")
 
 
+@users_cli.command("create-admin")
+@click.argument("email")
+@click.option(
+    "--password-stdin", is_flag=True, help="Read the password from standard input (one line)."
+)
+def users_create_admin(email: str, password_stdin: bool) -> None:
+    """Create an admin account. Prompts for the password (hidden, confirmed) unless
+    --password-stdin is given."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    problem = auth_api.check_password_policy(password)
+    if problem:
+        raise click.ClickException(problem)
+    cfg = current_app.config
+    hasher = auth_api.Hasher(
+        cfg["ARGON2_TIME_COST"], cfg["ARGON2_MEMORY_COST"], cfg["ARGON2_PARALLELISM"]
+    )
+    session = get_session()
+    try:
+        with transaction(session):
+            user = auth_api.create_user(session, email, password, role="admin", hasher=hasher)
+    except auth_api.EmailTaken:
+        raise click.ClickException(
+            f"an account with email {email.strip().lower()} already exists"
+        ) from None
+    click.echo(f"created admin {user.email} ({user.user_id})")
+
+
+@tokens_cli.command("prune")
+def tokens_prune() -> None:
+    """Delete revocations of tokens that have expired anyway (run daily from cron)."""
+    session = get_session()
+    with transaction(session):
+        removed = auth_api.prune_token_revocations(session)
+    click.echo(f"pruned {removed} expired revocation(s)")
+
+
 def init_app(app: Any) -> None:
+    app.cli.add_command(users_cli)
+    app.cli.add_command(tokens_cli)
     app.cli.add_command(db_cli)
     app.cli.add_command(ownership_cli)
     app.cli.add_command(backup_cli)

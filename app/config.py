@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 ENVIRONMENTS = ("development", "production", "testing")
-DEV_SECRET = "dev-only-not-a-secret"  # noqa: S105 - the development placeholder, refused in production
+# The development placeholder: long enough for HS256, public, refused in production.
+DEV_SECRET = "development-only-placeholder-never-use-in-production"  # noqa: S105
 MIN_SECRET_LENGTH = 32
 
 
@@ -68,6 +70,26 @@ def load_config(
         "BACKUP_DIR": env.get("BACKUP_DIR") or str(instance / "backups"),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 1024 * 1024),
         "LOG_LEVEL": env.get("LOG_LEVEL", "INFO"),
+        # Tokens
+        "JWT_ACCESS_TOKEN_EXPIRES": timedelta(seconds=_int(env, "JWT_ACCESS_TTL_SECONDS", 900)),
+        "JWT_REFRESH_TOKEN_EXPIRES": timedelta(
+            seconds=_int(env, "JWT_REFRESH_TTL_SECONDS", 30 * 24 * 3600)
+        ),
+        # Passwords: argon2id, OWASP's parameters (m=19 MiB, t=2, p=1) by default
+        "ARGON2_TIME_COST": _int(env, "ARGON2_TIME_COST", 2),
+        "ARGON2_MEMORY_COST": _int(env, "ARGON2_MEMORY_COST", 19 * 1024),
+        "ARGON2_PARALLELISM": _int(env, "ARGON2_PARALLELISM", 1),
+        "LOGIN_MAX_FAILURES": _int(env, "LOGIN_MAX_FAILURES", 5),
+        "LOGIN_LOCK_DURATION": timedelta(minutes=_int(env, "LOGIN_LOCK_MINUTES", 30)),
+        # Rate limits (flask-limiter syntax); Redis-backed when REDIS_URL is set
+        "RATELIMIT_ENABLED": _bool(env.get("RATELIMIT_ENABLED"), True),
+        "RATELIMIT_KEY_PREFIX": env.get("RATELIMIT_KEY_PREFIX", "licensing"),
+        "RATELIMIT_REGISTER_PER_IP": env.get("RATELIMIT_REGISTER_PER_IP", "10/minute;100/hour"),
+        "RATELIMIT_REGISTER_PER_ACCOUNT": env.get("RATELIMIT_REGISTER_PER_ACCOUNT", "5/minute"),
+        "RATELIMIT_LOGIN_PER_IP": env.get("RATELIMIT_LOGIN_PER_IP", "30/minute;300/hour"),
+        "RATELIMIT_LOGIN_PER_ACCOUNT": env.get("RATELIMIT_LOGIN_PER_ACCOUNT", "10/minute"),
+        "RATELIMIT_REFRESH_PER_IP": env.get("RATELIMIT_REFRESH_PER_IP", "60/minute"),
+        "RATELIMIT_REFRESH_PER_ACCOUNT": env.get("RATELIMIT_REFRESH_PER_ACCOUNT", "20/minute"),
     }
 
 

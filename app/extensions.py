@@ -24,4 +24,14 @@ def init_app(app: Any) -> None:
         "RATELIMIT_STORAGE_OPTIONS", {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
     )
     jwt.init_app(app)
+    # Registered before the limiter's own hook, so it runs after it (Flask runs after_request
+    # hooks in reverse): the limiter adds Retry-After to every response, but it only means
+    # something on a 429.
+    app.after_request(_retry_after_only_when_meaningful)
     limiter.init_app(app)
+
+
+def _retry_after_only_when_meaningful(response: Any) -> Any:
+    if response.status_code not in (423, 429, 503):
+        response.headers.pop("Retry-After", None)
+    return response

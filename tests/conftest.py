@@ -122,6 +122,11 @@ def app_config(database_url: str, tmp_path: Path) -> dict[str, object]:
         "DATABASE_URL": database_url,
         "REDIS_URL": None,
         "BACKUP_DIR": str(tmp_path / "backups"),
+        # Cheap hashing keeps the suite fast; tests of the real cost set it back.
+        "ARGON2_TIME_COST": 1,
+        "ARGON2_MEMORY_COST": 1024,
+        # Rate limits are switched on by the tests that are about them.
+        "RATELIMIT_ENABLED": False,
     }
 
 

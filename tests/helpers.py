@@ -125,3 +125,61 @@ def project_env(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in {"APP_ENV", "DATABASE_URL", "REDIS_URL"}}
     env.update(overrides)
     return env
+
+
+@contextlib.contextmanager
+def gunicorn_server(database_url: str, workers: int = 3, **env: str):
+    """A real gunicorn (deploy/gunicorn.conf.py) on a free port; yields its base URL."""
+    port = free_port()
+    settings = {
+        "APP_ENV": "testing",
+        "DATABASE_URL": database_url,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "WEB_CONCURRENCY": str(workers),
+        "ARGON2_TIME_COST": "1",
+        "ARGON2_MEMORY_COST": "1024",
+        "LOG_LEVEL": "WARNING",
+        "RATELIMIT_ENABLED": "false",
+    }
+    settings.update(env)
+    proc = subprocess.Popen(
+        [BIN / "gunicorn", "-c", "deploy/gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env=project_env(**settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(base + "/healthz", timeout=30, proc=proc)
+        yield base
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.communicate()
+
+
+def http(method: str, url: str, body: object = None, headers: dict[str, str] | None = None):
+    """One real HTTP request; returns (status, parsed JSON body or None, headers)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - loopback
+    request.add_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            raw = response.read()
+            return response.status, (json.loads(raw) if raw else None), dict(response.headers)
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        return err.code, (json.loads(raw) if raw else None), dict(err.headers)

@@ -134,6 +134,18 @@ def validation_errors(detail: Any) -> list[dict[str, Any]]:
     return errors
 
 
+def problem_response(
+    status: int,
+    code: str | None = None,
+    detail: str | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Any:
+    """A Flask response carrying a problem+json body."""
+    return _respond(problem(status, code, detail, **extra), headers)
+
+
 def _respond(body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
     from flask import current_app
 

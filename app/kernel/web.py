@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 from apiflask import APIBlueprint
-from flask import g
+from flask import current_app, g, request
 
 from app.kernel import ownership
 
@@ -29,3 +31,57 @@ def module_blueprint(module: str, import_name: str, **options: Any) -> APIBluepr
                 ownership._acting.set(None)
 
     return bp
+
+
+def client_ip() -> str:
+    """The client's address (after ProxyFix has applied the trusted hops)."""
+    return request.remote_addr or "unknown"
+
+
+def email_in_body() -> str:
+    """Rate-limit key "per account": the normalised email of a JSON body, else the IP."""
+    data = request.get_json(silent=True)
+    email = data.get("email") if isinstance(data, dict) else None
+    if isinstance(email, str) and email.strip():
+        return "acct:" + email.strip().lower()[:320]
+    return "ip:" + client_ip()
+
+
+def config_limit(name: str) -> Callable[[], str]:
+    """A rate limit read from the app's configuration at request time."""
+    return lambda: current_app.config[name]
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "code"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "code": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "loc": {"type": "array", "items": {"type": ["string", "integer"]}},
+                    "msg": {"type": "string"},
+                },
+            },
+        },
+    },
+    "additionalProperties": True,
+}
+
+
+def problem_responses(*statuses: int) -> dict[int, dict[str, Any]]:
+    """OpenAPI responses for error statuses, each an application/problem+json document."""
+    return {
+        status: {
+            "description": HTTPStatus(status).phrase,
+            "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}},
+        }
+        for status in statuses
+    }

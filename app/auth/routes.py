@@ -1,0 +1,147 @@
+"""auth's HTTP API: register, login, refresh, logout, me."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app
+from flask_jwt_extended import get_jwt, jwt_required, verify_jwt_in_request
+
+from app.auth import bp, service, tokens
+from app.auth.passwords import Hasher
+from app.auth.schemas import LoginIn, MeOut, RegisterIn, TokenPairOut, UserOut
+from app.extensions import limiter
+from app.kernel.db import get_session, transaction
+from app.kernel.web import client_ip, config_limit, email_in_body, problem_responses
+
+BEARER_AUTH = [{"BearerAuth": []}]
+
+
+def hasher() -> Hasher:
+    cfg = current_app.config
+    return Hasher(cfg["ARGON2_TIME_COST"], cfg["ARGON2_MEMORY_COST"], cfg["ARGON2_PARALLELISM"])
+
+
+def lockout_policy() -> service.LockoutPolicy:
+    cfg = current_app.config
+    return service.LockoutPolicy(cfg["LOGIN_MAX_FAILURES"], cfg["LOGIN_LOCK_DURATION"])
+
+
+def _refresh_limit_key() -> str:
+    """Per account on refresh: the user of a *verified* refresh token, else the client IP."""
+    try:
+        verify_jwt_in_request(refresh=True, skip_revocation_check=True)
+        return "user:" + get_jwt()["sub"]
+    except Exception:  # an invalid token is rejected by the view; limit it by address
+        return "ip:" + client_ip()
+
+
+@bp.post("/auth/register")
+@limiter.limit(config_limit("RATELIMIT_REGISTER_PER_IP"), key_func=client_ip)
+@limiter.limit(config_limit("RATELIMIT_REGISTER_PER_ACCOUNT"), key_func=email_in_body)
+@bp.input(RegisterIn)
+@bp.output(UserOut, status_code=201)
+@bp.doc(summary="Create an account", responses=problem_responses(409, 422, 429))
+def register(json_data: RegisterIn) -> Any:
+    password_hash = hasher().hash(json_data.password)  # slow on purpose; outside the transaction
+    session = get_session()
+    with transaction(session):
+        user = service.register(session, json_data.email, password_hash, ip=client_ip())
+    return user
+
+
+@bp.post("/auth/login")
+@limiter.limit(config_limit("RATELIMIT_LOGIN_PER_IP"), key_func=client_ip)
+@limiter.limit(config_limit("RATELIMIT_LOGIN_PER_ACCOUNT"), key_func=email_in_body)
+@bp.input(LoginIn)
+@bp.output(TokenPairOut)
+@bp.doc(
+    summary="Log in: an access and a refresh token", responses=problem_responses(401, 422, 423, 429)
+)
+def login(json_data: LoginIn) -> Any:
+    session = get_session()
+    attempt = service.check_credentials(session, hasher(), json_data.email, json_data.password)
+    with transaction(session):
+        outcome = service.settle_login(session, attempt, lockout_policy(), ip=client_ip())
+    if outcome.locked_until is not None:
+        raise service.AccountLocked(outcome.locked_until)
+    if outcome.user is None:
+        raise service.InvalidCredentials()
+    return tokens.issue_pair(outcome.user)
+
+
+@bp.post("/auth/refresh")
+@limiter.limit(config_limit("RATELIMIT_REFRESH_PER_IP"), key_func=client_ip)
+@limiter.limit(config_limit("RATELIMIT_REFRESH_PER_ACCOUNT"), key_func=_refresh_limit_key)
+@bp.output(TokenPairOut)
+@bp.doc(
+    summary="Exchange a refresh token (as Bearer) for a new pair; the old one is spent",
+    security=BEARER_AUTH,
+    responses=problem_responses(401, 429),
+)
+def refresh() -> Any:
+    # Revocation is decided by rotate_refresh itself: a spent token is reuse, not just "revoked".
+    verify_jwt_in_request(refresh=True, skip_revocation_check=True)
+    claims = get_jwt()
+    session = get_session()
+    with transaction(session):
+        outcome = service.rotate_refresh(
+            session,
+            jti=claims["jti"],
+            family=claims["fam"],
+            user_id=claims["sub"],
+            expires_at=tokens.expiry_of(claims),
+            family_expires_at=tokens.family_expiry(),
+            ip=client_ip(),
+        )
+    if outcome.reuse_detected:
+        raise service.TokenRevoked("This refresh token was already used; its session is revoked.")
+    if outcome.user is None:
+        raise service.TokenRevoked()
+    return tokens.issue_pair(outcome.user, family=claims["fam"])
+
+
+@bp.post("/auth/logout")
+@jwt_required()
+@bp.output({}, status_code=204)
+@bp.doc(
+    summary="Revoke this access token and its refresh family",
+    security=BEARER_AUTH,
+    responses=problem_responses(401),
+)
+def logout() -> Any:
+    claims = get_jwt()
+    session = get_session()
+    with transaction(session):
+        service.logout(
+            session,
+            jti=claims["jti"],
+            family=claims.get("fam"),
+            user_id=claims["sub"],
+            access_expires_at=tokens.expiry_of(claims),
+            family_expires_at=tokens.family_expiry(),
+            ip=client_ip(),
+        )
+    return ""
+
+
+@bp.get("/auth/me")
+@jwt_required()
+@bp.output(MeOut)
+@bp.doc(
+    summary="The current user, plan, subscription and seats",
+    security=BEARER_AUTH,
+    responses=problem_responses(401),
+)
+def me() -> Any:
+    session = get_session()
+    user = service.get_user(session, get_jwt()["sub"])
+    return {
+        "user_id": user.user_id,
+        "email": user.email,
+        "plan": user.plan,
+        "role": user.role,
+        "created_at": user.created_at,
+        "subscription": None,
+        "seats": service.seats_for(session, user),
+    }

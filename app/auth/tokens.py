@@ -1,0 +1,110 @@
+"""JWT access and refresh tokens (flask-jwt-extended), wired to auth's revocation list.
+
+Access tokens are short-lived and carry the user's role. Every login starts a token
+*family* (`fam` claim) shared by the refresh tokens that rotate from it and the access
+tokens they mint, so one revocation of the family ends all of them at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from flask import current_app
+from flask_jwt_extended import create_access_token, create_refresh_token
+
+from app.auth import MODULE, service
+from app.auth.models import User
+from app.extensions import jwt
+from app.kernel.db import get_session
+from app.kernel.errors import problem_response
+from app.kernel.ownership import acting_as
+
+BEARER = {"WWW-Authenticate": "Bearer"}
+INVALID = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
+
+def access_ttl() -> timedelta:
+    return current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]
+
+
+def refresh_ttl() -> timedelta:
+    return current_app.config["JWT_REFRESH_TOKEN_EXPIRES"]
+
+
+def issue_pair(user: User, family: str | None = None) -> dict[str, Any]:
+    """A new access + refresh token pair; a new family unless one is given (rotation)."""
+    family = family or str(uuid.uuid4())
+    access = create_access_token(
+        identity=user.user_id, additional_claims={"role": user.role, "fam": family}
+    )
+    refresh = create_refresh_token(identity=user.user_id, additional_claims={"fam": family})
+    return {
+        "access_token": access,
+        "refresh_token": refresh,
+        "token_type": "Bearer",
+        "expires_in": int(access_ttl().total_seconds()),
+    }
+
+
+def expiry_of(claims: dict[str, Any]) -> datetime:
+    return datetime.fromtimestamp(claims["exp"], UTC)
+
+
+def family_expiry() -> datetime:
+    """No token of a family outlives this: its newest refresh token expires by then."""
+    return datetime.now(UTC) + refresh_ttl()
+
+
+def _problem(code: str, detail: str, headers: dict[str, str]) -> Any:
+    return problem_response(401, code, detail, headers=headers)
+
+
+@jwt.token_in_blocklist_loader
+def _is_revoked(_header: dict, claims: dict) -> bool:
+    with acting_as(MODULE):
+        return service.is_revoked(get_session(), claims["jti"], claims.get("fam"))
+
+
+@jwt.revoked_token_loader
+def _revoked(_header: dict, _claims: dict) -> Any:
+    return _problem("token_revoked", "The token has been revoked.", INVALID)
+
+
+@jwt.expired_token_loader
+def _expired(_header: dict, _claims: dict) -> Any:
+    return _problem("token_expired", "The token has expired.", INVALID)
+
+
+@jwt.invalid_token_loader
+def _invalid(_reason: str) -> Any:
+    # The reason (bad signature, wrong type, alg none…) stays server-side.
+    return _problem("invalid_token", "The token is invalid.", INVALID)
+
+
+@jwt.unauthorized_loader
+def _missing(_reason: str) -> Any:
+    return _problem("unauthorized", "A Bearer token is required.", BEARER)
+
+
+@jwt.user_lookup_error_loader
+def _user_gone(_header: dict, _claims: dict) -> Any:
+    return _problem("invalid_token", "The token's user no longer exists.", INVALID)
+
+
+@jwt.token_verification_failed_loader
+def _claims_failed(_header: dict, _claims: dict) -> Any:
+    return _problem("invalid_token", "The token is invalid.", INVALID)
+
+
+@jwt.needs_fresh_token_loader
+def _needs_fresh(_header: dict, _claims: dict) -> Any:
+    return _problem("fresh_token_required", "Log in again to do this.", INVALID)
+
+
+def init_app(app: Any) -> None:
+    """Token settings with their defaults; the callbacks above are registered at import."""
+    app.config.setdefault("JWT_ALGORITHM", "HS256")
+    app.config.setdefault("JWT_DECODE_ALGORITHMS", ["HS256"])
+    app.config.setdefault("JWT_TOKEN_LOCATION", ["headers"])

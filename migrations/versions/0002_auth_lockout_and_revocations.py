@@ -1,0 +1,44 @@
+"""auth: login lockout columns on users; token_revocations.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-22
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+TS = sa.DateTime(timezone=True)
+
+
+def upgrade() -> None:
+    op.create_table(
+        "token_revocations",
+        sa.Column("key", sa.String(length=64), nullable=False),
+        sa.Column("kind", sa.String(length=10), nullable=False),
+        sa.Column("user_id", sa.String(length=40), nullable=True),
+        sa.Column("reason", sa.String(length=32), nullable=False),
+        sa.Column("revoked_at", TS, nullable=False),
+        sa.Column("expires_at", TS, nullable=False),
+        sa.PrimaryKeyConstraint("key", name=op.f("pk_token_revocations")),
+    )
+    op.create_index(op.f("ix_token_revocations_expires_at"), "token_revocations", ["expires_at"])
+    with op.batch_alter_table("users") as batch_op:
+        batch_op.add_column(
+            sa.Column("failed_logins", sa.Integer(), server_default="0", nullable=False)
+        )
+        batch_op.add_column(sa.Column("locked_until", TS, nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("users") as batch_op:
+        batch_op.drop_column("locked_until")
+        batch_op.drop_column("failed_logins")
+    op.drop_table("token_revocations")

@@ -1,0 +1,205 @@
+"""Accounts under real concurrency: multi-worker gunicorn, SQLite files and PostgreSQL, Redis."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import func, select
+
+from app.admin.models import AuditLog
+from app.auth.models import User
+from app.kernel.db import EngineSettings, make_engine, make_sessionmaker
+from app.kernel.ownership import OPERATOR, acting_as
+from tests.helpers import free_port, gunicorn_server, http
+
+pytestmark = pytest.mark.slow
+PASSWORD = "correct horse battery"
+N = 12
+
+
+def _count(url: str, stmt) -> int:
+    engine = make_engine(EngineSettings(url=url))
+    try:
+        with make_sessionmaker(engine)() as session, acting_as(OPERATOR):
+            return session.scalar(stmt)
+    finally:
+        engine.dispose()
+
+
+def _parallel(fn, n: int = N) -> list:
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(lambda _: fn(), range(n)))
+
+
+def test_racing_registrations_of_one_email(database_url):
+    with gunicorn_server(database_url, workers=4) as base:
+        results = _parallel(
+            lambda: http(
+                "POST",
+                base + "/api/v1/auth/register",
+                {"email": "race@example.com", "password": PASSWORD},
+            )
+        )
+    statuses = sorted(status for status, _, _ in results)
+    assert statuses == [201] + [409] * (N - 1), statuses
+    assert all(body["code"] == "email_taken" for status, body, _ in results if status == 409)
+    assert _count(database_url, select(func.count()).select_from(User)) == 1
+    assert (
+        _count(database_url, select(func.count()).where(AuditLog.action == "USER_REGISTERED")) == 1
+    )
+
+
+def test_racing_uses_of_one_refresh_token(database_url):
+    with gunicorn_server(database_url, workers=4) as base:
+        http(
+            "POST", base + "/api/v1/auth/register", {"email": "r@example.com", "password": PASSWORD}
+        )
+        _, pair, _ = http(
+            "POST", base + "/api/v1/auth/login", {"email": "r@example.com", "password": PASSWORD}
+        )
+        auth = {"Authorization": f"Bearer {pair['refresh_token']}"}
+        results = _parallel(lambda: http("POST", base + "/api/v1/auth/refresh", None, auth))
+        winners = [body for status, body, _ in results if status == 200]
+        losers = [body for status, body, _ in results if status != 200]
+        # One use spends the token; every other use is reuse and kills the family,
+        # including the winner's fresh tokens.
+        assert len(winners) == 1
+        assert {(b["status"], b["code"]) for b in losers} == {(401, "token_revoked")}
+        status, body, _ = http(
+            "GET",
+            base + "/api/v1/auth/me",
+            None,
+            {"Authorization": f"Bearer {winners[0]['access_token']}"},
+        )
+        assert (status, body["code"]) == (401, "token_revoked")
+    assert (
+        _count(database_url, select(func.count()).where(AuditLog.action == "TOKEN_REUSE_DETECTED"))
+        == 1
+    )
+
+
+def test_concurrent_failures_lock_exactly_once(database_url):
+    with gunicorn_server(database_url, workers=4) as base:
+        http(
+            "POST", base + "/api/v1/auth/register", {"email": "l@example.com", "password": PASSWORD}
+        )
+        results = _parallel(
+            lambda: http(
+                "POST",
+                base + "/api/v1/auth/login",
+                {"email": "l@example.com", "password": "wrong password"},
+            )
+        )
+        status, _, _ = http(
+            "POST", base + "/api/v1/auth/login", {"email": "l@example.com", "password": PASSWORD}
+        )
+    assert status == 423
+    assert {s for s, _, _ in results} <= {401, 423}
+    counted = select(func.count()).where(AuditLog.action == "LOGIN_FAILED")
+    assert _count(database_url, counted) == 5
+    assert (
+        _count(database_url, select(func.count()).where(AuditLog.action == "ACCOUNT_LOCKED")) == 1
+    )
+
+
+# --- Redis-backed rate limits -------------------------------------------------------
+
+
+class RedisServer:
+    """A private redis-server on a free port, so it can really be killed and restarted."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise AssertionError("private redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture
+def private_redis(redis_url):  # redis_url: skip/fail like the other Redis tests
+    server = RedisServer()
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_rate_limit_is_shared_by_all_workers_through_redis(database_url, private_redis):
+    env = {
+        "REDIS_URL": private_redis.url,
+        "RATELIMIT_ENABLED": "true",
+        "RATELIMIT_LOGIN_PER_ACCOUNT": "4/minute",
+    }
+    with gunicorn_server(database_url, workers=3, **env) as base:
+        statuses = [
+            http(
+                "POST",
+                base + "/api/v1/auth/login",
+                {"email": "s@example.com", "password": "wrong pw"},
+            )[0]
+            for _ in range(10)
+        ]
+    # With per-worker memory storage each of the 3 workers would let 4 through.
+    assert statuses == [401] * 4 + [429] * 6, statuses
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_redis_dying_mid_run_never_causes_a_5xx(database_url, private_redis):
+    env = {
+        "REDIS_URL": private_redis.url,
+        "RATELIMIT_ENABLED": "true",
+        "RATELIMIT_LOGIN_PER_ACCOUNT": "1000/minute",
+    }
+    body = {"email": "k@example.com", "password": PASSWORD}
+    with gunicorn_server(database_url, workers=2, **env) as base:
+        assert http("POST", base + "/api/v1/auth/register", body)[0] == 201
+        statuses = [http("POST", base + "/api/v1/auth/login", body)[0] for _ in range(5)]
+        private_redis.kill()
+        statuses += [http("POST", base + "/api/v1/auth/login", body)[0] for _ in range(10)]
+        private_redis.start()  # back, empty (it keeps nothing on disk)
+        statuses += [http("POST", base + "/api/v1/auth/login", body)[0] for _ in range(5)]
+    assert statuses == [200] * 20, statuses

@@ -1,0 +1,137 @@
+"""Rate limits (per IP and per account), the client's real address behind proxies."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from app import create_app
+from app.admin.models import AuditLog
+from app.kernel.db import get_session
+from app.kernel.ownership import OPERATOR, acting_as
+from tests.helpers import assert_problem
+
+pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def limited(app_config):
+    app_config.update(
+        RATELIMIT_ENABLED=True,
+        RATELIMIT_STORAGE_URI="memory://",
+        RATELIMIT_LOGIN_PER_IP="5/minute",
+        RATELIMIT_LOGIN_PER_ACCOUNT="3/minute",
+        RATELIMIT_REGISTER_PER_IP="4/minute",
+        RATELIMIT_REGISTER_PER_ACCOUNT="2/minute",
+        RATELIMIT_REFRESH_PER_IP="100/minute",
+        RATELIMIT_REFRESH_PER_ACCOUNT="2/minute",
+    )
+    return app_config
+
+
+def _app(config, **extra):
+    application = create_app({**config, **extra})
+    return application, application.test_client()
+
+
+def _login(client, email, ip="198.51.100.1", headers=None):
+    return client.post(
+        "/api/v1/auth/login",
+        json={"email": email, "password": "wrong password!"},
+        environ_base={"REMOTE_ADDR": ip},
+        headers=headers or {},
+    )
+
+
+def test_login_is_limited_per_account(limited):
+    application, client = _app(limited)
+    for i in range(3):  # three different addresses, one account
+        assert _login(client, "a@example.com", ip=f"198.51.100.{i}").status_code == 401
+    response = _login(client, "A@example.com", ip="198.51.100.9")
+    body = assert_problem(response, 429, "rate_limited")
+    assert int(response.headers["Retry-After"]) > 0
+    assert body["title"] == "Too Many Requests"
+    # Another account from the same address is not affected.
+    assert _login(client, "b@example.com", ip="198.51.100.9").status_code == 401
+    application.extensions["db"].dispose()
+
+
+def test_login_is_limited_per_ip(limited):
+    application, client = _app(limited)
+    for i in range(5):
+        assert _login(client, f"user{i}@example.com").status_code == 401
+    assert_problem(_login(client, "other@example.com"), 429, "rate_limited")
+    assert _login(client, "other@example.com", ip="198.51.100.2").status_code == 401
+    application.extensions["db"].dispose()
+
+
+def test_register_is_limited_per_ip_and_per_account(limited):
+    application, client = _app(limited)
+
+    def register(email, ip):
+        return client.post(
+            "/api/v1/auth/register",
+            json={"email": email, "password": PASSWORD},
+            environ_base={"REMOTE_ADDR": ip},
+        )
+
+    assert register("a@example.com", "192.0.2.1").status_code == 201
+    assert register("a@example.com", "192.0.2.2").status_code == 409
+    assert_problem(register("a@example.com", "192.0.2.3"), 429, "rate_limited")
+    assert register("b@example.com", "192.0.2.1").status_code == 201
+    assert register("c@example.com", "192.0.2.1").status_code == 201
+    assert register("d@example.com", "192.0.2.1").status_code == 201
+    assert_problem(register("e@example.com", "192.0.2.1"), 429, "rate_limited")
+    application.extensions["db"].dispose()
+
+
+def test_refresh_is_limited_per_account(limited):
+    application, client = _app(limited)
+    client.post("/api/v1/auth/register", json={"email": "a@example.com", "password": PASSWORD})
+    token = client.post(
+        "/api/v1/auth/login", json={"email": "a@example.com", "password": PASSWORD}
+    ).get_json()["refresh_token"]
+    for _ in range(2):
+        response = client.post("/api/v1/auth/refresh", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200
+        token = response.get_json()["refresh_token"]
+    response = client.post("/api/v1/auth/refresh", headers={"Authorization": f"Bearer {token}"})
+    assert_problem(response, 429, "rate_limited")
+    application.extensions["db"].dispose()
+
+
+def test_x_forwarded_for_is_ignored_without_trusted_proxies(limited):
+    application, client = _app(limited)
+    for i in range(5):
+        _login(client, f"u{i}@example.com", headers={"X-Forwarded-For": f"203.0.113.{i}"})
+    # All five came from one socket address: spoofing X-Forwarded-For does not help.
+    assert (
+        _login(client, "x@example.com", headers={"X-Forwarded-For": "203.0.113.99"}).status_code
+        == 429
+    )
+    application.extensions["db"].dispose()
+
+
+def test_trusted_proxy_hop_gives_the_client_address(limited):
+    application, client = _app(limited, TRUSTED_PROXIES=1)
+    # nginx appends the address it saw; a client-supplied entry further left is not believed.
+    for i in range(5):
+        response = _login(
+            client,
+            f"u{i}@example.com",
+            ip="127.0.0.1",
+            headers={"X-Forwarded-For": f"10.9.9.9, 203.0.113.{i}"},
+        )
+        assert response.status_code == 401
+    with application.app_context(), acting_as(OPERATOR):
+        ips = [
+            e.ip_address for e in get_session().scalars(select(AuditLog).order_by(AuditLog.log_id))
+        ]
+    assert ips == [f"203.0.113.{i}" for i in range(5)]
+    # Different clients behind the same proxy have separate per-IP budgets.
+    ok = _login(
+        client, "z@example.com", ip="127.0.0.1", headers={"X-Forwarded-For": "203.0.113.50"}
+    )
+    assert ok.status_code == 401
+    application.extensions["db"].dispose()
