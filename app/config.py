@@ -38,6 +38,24 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _check_database_url(url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"DATABASE_URL is not a database URL: {url!r}") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql", "postgres"):
+        raise ConfigError(f"DATABASE_URL must be sqlite:///… or postgresql://…, not {backend}://")
+    if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise ConfigError(
+            "DATABASE_URL must name a SQLite file (sqlite:///path/app.db): an in-memory "
+            "database is private to each connection and each worker"
+        )
+
+
 def load_config(
     instance_path: str | os.PathLike[str], env: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
@@ -49,12 +67,14 @@ def load_config(
     production = app_env == "production"
     instance = Path(instance_path)
 
+    database_url = env.get("DATABASE_URL") or f"sqlite:///{instance / 'app.db'}"
+    _check_database_url(database_url)
     return {
         "APP_ENV": app_env,
         "TESTING": app_env == "testing",
         "SECRET_KEY": env.get("SECRET_KEY") or DEV_SECRET,
         "JWT_SECRET_KEY": env.get("JWT_SECRET_KEY") or DEV_SECRET,
-        "DATABASE_URL": env.get("DATABASE_URL") or f"sqlite:///{instance / 'app.db'}",
+        "DATABASE_URL": database_url,
         "REDIS_URL": env.get("REDIS_URL") or None,
         "DB_APPLICATION_NAME": env.get("DB_APPLICATION_NAME", "licensing"),
         "DB_POOL_SIZE": _int(env, "DB_POOL_SIZE", 5),
@@ -90,6 +110,14 @@ def load_config(
         "RATELIMIT_LOGIN_PER_ACCOUNT": env.get("RATELIMIT_LOGIN_PER_ACCOUNT", "10/minute"),
         "RATELIMIT_REFRESH_PER_IP": env.get("RATELIMIT_REFRESH_PER_IP", "60/minute"),
         "RATELIMIT_REFRESH_PER_ACCOUNT": env.get("RATELIMIT_REFRESH_PER_ACCOUNT", "20/minute"),
+        "RATELIMIT_ACTIVATE_PER_IP": env.get("RATELIMIT_ACTIVATE_PER_IP", "60/minute"),
+        "RATELIMIT_ACTIVATE_PER_ACCOUNT": env.get("RATELIMIT_ACTIVATE_PER_ACCOUNT", "30/minute"),
+        # Validation is the hot path: vendors' apps call it at start and on a timer.
+        "RATELIMIT_VALIDATE_PER_IP": env.get("RATELIMIT_VALIDATE_PER_IP", "1200/minute"),
+        "RATELIMIT_VALIDATE_PER_TOKEN": env.get("RATELIMIT_VALIDATE_PER_TOKEN", "120/minute"),
+        # Licenses: Ed25519 private key files, comma-separated; the first signs.
+        "LICENSE_SIGNING_KEYS": env.get("LICENSE_SIGNING_KEYS") or None,
+        "JWKS_MAX_AGE": _int(env, "JWKS_MAX_AGE", 300),
     }
 
 
@@ -107,12 +135,15 @@ def check_production(config: Mapping[str, Any]) -> None:
     secret = config.get("SECRET_KEY")
     if secret and secret != DEV_SECRET and secret == config.get("JWT_SECRET_KEY"):
         problems.append("SECRET_KEY and JWT_SECRET_KEY must differ")
+    if not config.get("LICENSE_SIGNING_KEYS"):
+        problems.append("LICENSE_SIGNING_KEYS is not set")
     if config.get("OWNERSHIP_GUARD") not in ("raise", "log", "off"):
         problems.append("OWNERSHIP_GUARD must be raise, log or off")
     if problems:
         raise ConfigError(
             "refusing to start with APP_ENV=production: "
             + "; ".join(problems)
-            + ". Generate each secret with: "
-            + "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            + ". Generate a secret with: "
+            + "python -c 'import secrets; print(secrets.token_urlsafe(48))'; "
+            + "a license signing key with: flask --app wsgi licenses generate-key PATH"
         )

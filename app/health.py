@@ -13,6 +13,7 @@ from sqlalchemy import text
 from app.kernel import migrations
 from app.kernel.db import get_database
 from app.kernel.errors import PROBLEM_MEDIA_TYPE, problem
+from app.kernel.ownership import OPERATOR, acting_as
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def readyz() -> Any:
 
 def _check_database() -> str:
     try:
-        with get_database().engine.connect() as conn:
+        with acting_as(OPERATOR), get_database().engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         return "ok"
     except Exception as exc:  # any failure means "not ready", reported, never raised
@@ -76,7 +77,7 @@ def _head_revisions() -> frozenset[str]:
 
 def _check_migrations() -> str:
     try:
-        with get_database().engine.connect() as conn:
+        with acting_as(OPERATOR), get_database().engine.connect() as conn:
             current = migrations.current_revisions(conn)
     except Exception:
         return "unknown"

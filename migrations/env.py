@@ -25,10 +25,16 @@ def run_migrations_online() -> None:
     engine = make_engine(EngineSettings(url=url, guard_mode="off", pool_size=1, max_overflow=0))
     try:
         with engine.connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                # Batch mode rebuilds tables (copy, drop, rename). With foreign keys on, dropping
+                # a parent table would cascade into its children, and the pragma cannot change
+                # inside a transaction: switch it off first, check the result before commit.
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
             context.configure(
                 connection=connection,
                 target_metadata=metadata,
-                render_as_batch=connection.dialect.name == "sqlite",
+                render_as_batch=sqlite,
                 compare_type=True,
                 compare_server_default=True,
                 render_item=render_item,
@@ -38,6 +44,10 @@ def run_migrations_online() -> None:
             )
             with context.begin_transaction():
                 context.run_migrations()
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"migration left broken foreign keys: {broken[:10]}")
     finally:
         engine.dispose()
 

@@ -114,9 +114,20 @@ def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
     _truncate_all(url)
 
 
+@pytest.fixture(scope="session")
+def signing_key_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An Ed25519 license signing key for the run (kept out of the repo's instance/)."""
+    from app.auth.signing import generate_key_file
+
+    path = tmp_path_factory.mktemp("keys") / "license-key.pem"
+    generate_key_file(path)
+    return str(path)
+
+
 @pytest.fixture
-def app_config(database_url: str, tmp_path: Path) -> dict[str, object]:
+def app_config(database_url: str, tmp_path: Path, signing_key_file: str) -> dict[str, object]:
     return {
+        "LICENSE_SIGNING_KEYS": signing_key_file,
         "APP_ENV": "testing",
         "TESTING": True,
         "DATABASE_URL": database_url,

@@ -24,6 +24,20 @@ def test_settings_come_from_the_environment(tmp_path):
     assert config["DB_POOL_SIZE"] == 9
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://db/x", "must be sqlite"),
+        ("sqlite://", "must name a SQLite file"),
+        ("sqlite:///:memory:", "must name a SQLite file"),
+        ("not a url", "not a database URL"),
+    ],
+)
+def test_unusable_database_urls_are_clear_errors(tmp_path, url, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path, env={"DATABASE_URL": url})
+
+
 def test_bad_values_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="DB_POOL_SIZE must be an integer"):
         load_config(tmp_path, env={"DB_POOL_SIZE": "many"})
@@ -40,7 +54,7 @@ def test_guard_cannot_be_relaxed_outside_production(tmp_path):
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({}, "SECRET_KEY is not set; JWT_SECRET_KEY is not set"),
+        ({}, "SECRET_KEY is not set; JWT_SECRET_KEY is not set; LICENSE_SIGNING_KEYS is not set"),
         ({"SECRET_KEY": "x" * 40}, "JWT_SECRET_KEY is not set"),
         ({"SECRET_KEY": "x" * 40, "JWT_SECRET_KEY": "x" * 40}, "must differ"),
         ({"SECRET_KEY": "x" * 40, "JWT_SECRET_KEY": "y" * 10}, "JWT_SECRET_KEY is shorter"),
@@ -53,5 +67,10 @@ def test_production_refuses_missing_or_weak_secrets(tmp_path, env, message):
 
 
 def test_production_accepts_real_secrets(tmp_path):
-    env = {"APP_ENV": "production", "SECRET_KEY": "x" * 40, "JWT_SECRET_KEY": "y" * 40}
+    env = {
+        "APP_ENV": "production",
+        "SECRET_KEY": "x" * 40,
+        "JWT_SECRET_KEY": "y" * 40,
+        "LICENSE_SIGNING_KEYS": "/etc/licensing/key.pem",
+    }
     check_production(load_config(tmp_path, env=env))

@@ -7,18 +7,20 @@ import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import delete, func, insert, select, text
 
 from app.auth.models import User
 from app.kernel import events
 from app.kernel.db import (
     EngineSettings,
+    TransactionMisuse,
     get_database,
     get_session,
     make_engine,
     make_sessionmaker,
     sqlite_has_wal_reset_bug,
     transaction,
+    utcnow,
 )
 from app.kernel.ids import new_id
 from app.kernel.models import OutboxEvent
@@ -31,7 +33,7 @@ def _sqlite_path(url: str) -> str:
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_sqlite_connections_are_tuned(app):
-    with app.app_context():
+    with app.app_context(), acting_as(OPERATOR):
         with get_database().engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
@@ -80,7 +82,7 @@ def test_transaction_rolls_back_as_a_whole(app):
             assert session.scalar(select(func.count()).select_from(OutboxEvent)) == 0
 
 
-def test_nested_transaction_joins_the_outer_one(app):
+def test_nested_transaction_is_part_of_the_outer_one(app):
     with app.app_context():
         session = get_session()
         with pytest.raises(KeyError), acting_as(KERNEL), transaction(session):
@@ -91,12 +93,50 @@ def test_nested_transaction_joins_the_outer_one(app):
             assert session.scalar(select(func.count()).select_from(OutboxEvent)) == 0
 
 
+def test_a_failed_nested_block_that_is_caught_leaves_nothing(app):
+    with app.app_context():
+        session = get_session()
+        with acting_as(KERNEL), transaction(session):
+            events.publish(session, "outer", {})
+            with pytest.raises(KeyError):
+                with transaction(session):
+                    events.publish(session, "inner", {})
+                    raise KeyError("inner fails; the caller handles it")
+        with acting_as(KERNEL):
+            types = session.scalars(select(OutboxEvent.event_type)).all()
+        assert types == ["outer"]
+
+
+def test_commit_inside_a_transaction_block_is_refused(app):
+    with app.app_context():
+        session = get_session()
+        with pytest.raises(TransactionMisuse, match="services never commit"):
+            with acting_as(KERNEL), transaction(session):
+                events.publish(session, "a", {})
+                session.commit()
+        with acting_as(KERNEL):
+            assert session.scalar(select(func.count()).select_from(OutboxEvent)) == 0
+
+
+def test_core_writes_outside_a_transaction_are_refused(app):
+    with app.app_context():
+        session = get_session()
+        with acting_as(KERNEL), pytest.raises(TransactionMisuse, match="outside"):
+            session.execute(
+                insert(OutboxEvent).values(
+                    event_id="evt_x", event_type="x", payload={}, created_at=utcnow(), attempts=0
+                )
+            )
+        with acting_as(KERNEL), pytest.raises(TransactionMisuse):
+            session.execute(delete(OutboxEvent))
+
+
 def test_orm_writes_outside_a_transaction_are_refused(app):
     with app.app_context():
         session = get_session()
         with acting_as("auth"):
             session.add(User(user_id=new_id("usr"), email="a@x.io", password_hash="h"))
-            with pytest.raises(RuntimeError, match="outside `with transaction"):
+            with pytest.raises(TransactionMisuse, match="outside `with transaction"):
                 session.flush()
             session.rollback()
 
@@ -145,7 +185,7 @@ def test_postgresql_connections_name_themselves_and_time_out(app):
         engine = get_database().engine
         assert engine.pool.size() == 5
         assert engine.pool._pre_ping is True
-        with engine.connect() as conn:
+        with acting_as(OPERATOR), engine.connect() as conn:
             assert conn.execute(text("SHOW application_name")).scalar() == "licensing"
             assert conn.execute(text("SHOW statement_timeout")).scalar() == "15s"
 

@@ -120,3 +120,38 @@ def test_openapi_document_is_served(client):
     assert spec["openapi"].startswith("3.1")
     assert "/healthz" in spec["paths"] and "/readyz" in spec["paths"]
     assert spec["info"]["title"] == "Licensing API"
+
+
+def test_unusual_statuses_still_render(app_config):
+    from app.kernel.errors import ProblemError
+
+    application = create_app(app_config)
+
+    @application.get("/_test/teapot")
+    def teapot():
+        raise ProblemError("Odd but fine.", status=460, code="odd")
+
+    response = application.test_client().get("/_test/teapot")
+    body = assert_problem(response, 460, "odd")
+    assert body["title"] == "Client Error"
+    application.extensions["db"].dispose()
+
+
+def test_a_missing_table_is_a_500_not_an_outage(app_config, tmp_path):
+    """SQLite reports "no such table" as OperationalError; it is a bug, not a 503."""
+    from sqlalchemy import func, select
+
+    from app.kernel.db import get_session
+    from app.kernel.models import OutboxEvent
+    from app.kernel.ownership import KERNEL, acting_as
+
+    app_config["DATABASE_URL"] = f"sqlite:///{tmp_path}/never-migrated.db"
+    application = create_app(app_config)
+
+    @application.get("/_test/count")
+    def count():
+        with acting_as(KERNEL):
+            return {"n": get_session().scalar(select(func.count()).select_from(OutboxEvent))}
+
+    assert_problem(application.test_client().get("/_test/count"), 500, "internal_error")
+    application.extensions["db"].dispose()

@@ -81,3 +81,78 @@ def test_check_fails_when_a_migration_is_missing(empty_url):
 
 def test_one_lineage():
     assert len(migrations.head_revisions()) == 1
+
+
+def test_downgrade_minus_one_and_clean_cli_errors(tmp_path):
+    url = f"sqlite:///{tmp_path}/cli.db"
+    assert _cli(url, "db", "upgrade").exit_code == 0
+    heads = sorted(migrations.head_revisions())
+    result = _cli(url, "db", "downgrade", "-1")
+    assert result.exit_code == 0, result.output
+    assert "behind head" in _cli(url, "db", "current").output
+
+    bad = _cli(url, "db", "upgrade", "no-such-revision")
+    assert bad.exit_code == 1
+    assert "Error:" in bad.output and "Traceback" not in bad.output
+    behind = _cli(url, "db", "check")
+    assert behind.exit_code == 1
+    assert "not up to date" in behind.output
+    assert _cli(url, "db", "upgrade").exit_code == 0
+    assert _cli(url, "db", "current").output.startswith(",".join(heads))
+
+
+BATCH_MIGRATION = """
+from alembic import op
+import sqlalchemy as sa
+
+revision = "zz_test_batch"
+down_revision = {head!r}
+
+
+def upgrade():
+    with op.batch_alter_table("users") as batch_op:
+        batch_op.alter_column("plan", existing_type=sa.String(32), type_=sa.String(40))
+
+
+def downgrade():
+    with op.batch_alter_table("users") as batch_op:
+        batch_op.alter_column("plan", existing_type=sa.String(40), type_=sa.String(32))
+"""
+
+
+def test_sqlite_batch_rebuild_of_a_parent_table_keeps_child_rows(tmp_path):
+    """Batch mode copies and drops the table; foreign keys must not cascade into children."""
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path}/fk.db"
+    migrations.upgrade(url)
+    engine = make_engine(EngineSettings(url=url, guard_mode="off"))
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO users (user_id, email, password_hash, plan, role, failed_logins,"
+                " created_at, updated_at) VALUES ('usr_1', 'a@x.io', 'h', 'free', 'user', 0,"
+                " '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO licenses (license_id, user_id, client_id, status, created_at,"
+                " updated_at, expires_at, version) VALUES ('lic_1', 'usr_1', 'c1', 'active',"
+                " '2026-01-01 00:00:00', '2026-01-01 00:00:00', '2027-01-01 00:00:00', 1)"
+            )
+        )
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    [head] = migrations.head_revisions()
+    (versions / "zz_test_batch.py").write_text(BATCH_MIGRATION.format(head=head))
+    cfg = migrations.alembic_config(url)
+    cfg.set_main_option("version_locations", f"{migrations.MIGRATIONS_DIR / 'versions'} {versions}")
+    cfg.set_main_option("path_separator", "space")
+    from alembic import command
+
+    command.upgrade(cfg, "zz_test_batch")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM licenses")).scalar() == 1
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1  # back on for the app
+    engine.dispose()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import DDL, column, func, insert, literal, select, text, update
+from sqlalchemy.schema import DropTable
 
 from app.admin import api as admin_api
 from app.admin.models import AuditLog
@@ -107,15 +108,73 @@ def test_code_outside_any_module_may_not_touch_module_tables(app):
         session = get_session()
         with pytest.raises(OwnershipViolation, match="code outside any module"):
             session.execute(select(User)).all()
-        # Plain statements without tables (health checks) are fine.
-        assert session.execute(text("SELECT 1")).scalar() == 1
+        with pytest.raises(OwnershipViolation, match="raw SQL"):
+            session.execute(text("SELECT 1")).scalar()
+        # Statements that touch no table are fine; operations act as OPERATOR.
+        assert session.execute(select(literal(1))).scalar() == 1
+        with acting_as(OPERATOR):
+            assert session.execute(text("SELECT 1")).scalar() == 1
 
 
-def test_raw_sql_inside_a_module_is_refused(app):
+@pytest.mark.parametrize(
+    "statement",
+    [
+        lambda: text("SELECT count(*) FROM users"),
+        lambda: select(text("*")).select_from(text("audit_logs")),
+        lambda: text("SELECT log_id FROM audit_logs").columns(column("log_id")),
+        lambda: select(AuditLog.log_id).where(text("1 = 1")),
+        lambda: DDL("DELETE FROM users"),
+        lambda: DropTable(User.__table__),
+    ],
+    ids=["text", "text-in-select", "textual-select", "text-fragment", "ddl", "drop-table"],
+)
+def test_raw_sql_and_ddl_inside_a_module_are_refused(app, statement):
     with app.app_context():
         session = get_session()
-        with acting_as("auth"), pytest.raises(OwnershipViolation, match="raw SQL"):
-            session.execute(text("SELECT count(*) FROM users")).scalar()
+        with acting_as("orders"), pytest.raises(OwnershipViolation, match="raw SQL"):
+            with transaction(session):
+                session.execute(statement())
+        assert _count(session, User) == 0  # and the table is still there
+
+
+def test_the_plumbing_option_does_not_unlock_arbitrary_sql(app):
+    with app.app_context():
+        session = get_session()
+        with acting_as("admin"), pytest.raises(OwnershipViolation, match="raw SQL"):
+            with transaction(session):
+                session.execute(
+                    text("UPDATE users SET role = 'admin'"),
+                    execution_options={"ownership_plumbing": True},
+                )
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)  # writable CTEs: PG syntax
+def test_a_write_hidden_in_a_cte_is_seen(app):
+    with app.app_context():
+        session = get_session()
+        hidden = update(User).values(role="admin").returning(User.user_id).cte("w")
+        with (
+            acting_as("admin"),
+            pytest.raises(OwnershipViolation, match="may not write table 'users'"),
+        ):
+            with transaction(session):
+                session.execute(select(hidden.c.user_id)).all()
+
+
+def test_insert_from_a_granted_read_is_allowed(app):
+    """admin may read users and write audit_logs, so INSERT … SELECT from users is fine."""
+    with app.app_context():
+        session = get_session()
+        with acting_as("auth"), transaction(session):
+            session.add(_user())
+        with acting_as("admin"), transaction(session):
+            session.execute(
+                insert(AuditLog).from_select(
+                    ["log_id", "action", "timestamp"],
+                    select(User.user_id, User.email, User.created_at),
+                )
+            )
+        assert _count(session, AuditLog) == 1
 
 
 def test_auth_calls_admin_api_inside_its_own_transaction(app):

@@ -113,12 +113,34 @@ def test_production_with_weak_secret_is_refused(tmp_path):
     assert "SECRET_KEY is shorter than 32 characters" in result.stderr
 
 
-def test_production_with_real_secrets_starts(tmp_path):
+def test_production_with_an_unreadable_signing_key_refuses_to_start(tmp_path):
     env = project_env(
         APP_ENV="production",
         DATABASE_URL=f"sqlite:///{tmp_path}/app.db",
         SECRET_KEY="s" * 40,
         JWT_SECRET_KEY="j" * 40,
+        LICENSE_SIGNING_KEYS=str(tmp_path / "missing.pem"),
+    )
+    result = subprocess.run(
+        [BIN / "flask", "--app", "wsgi", "db", "current"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "cannot read license signing key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_production_with_real_secrets_starts(tmp_path, signing_key_file):
+    env = project_env(
+        APP_ENV="production",
+        DATABASE_URL=f"sqlite:///{tmp_path}/app.db",
+        SECRET_KEY="s" * 40,
+        JWT_SECRET_KEY="j" * 40,
+        LICENSE_SIGNING_KEYS=signing_key_file,
     )
     result = subprocess.run(
         [BIN / "flask", "--app", "wsgi", "db", "upgrade"],

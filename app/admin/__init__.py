@@ -7,4 +7,6 @@ through `app.admin.api`.
 from app.kernel.ownership import registry
 
 MODULE = "admin"
-declaration = registry.declare(MODULE, owns={"audit_logs"}, reads={"users", "token_revocations"})
+declaration = registry.declare(
+    MODULE, owns={"audit_logs"}, reads={"users", "token_revocations", "licenses", "subscriptions"}
+)

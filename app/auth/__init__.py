@@ -9,14 +9,22 @@ from app.kernel.ownership import registry
 from app.kernel.web import module_blueprint
 
 MODULE = "auth"
-declaration = registry.declare(MODULE, owns={"users", "token_revocations"}, reads=set())
+declaration = registry.declare(
+    MODULE, owns={"users", "token_revocations", "licenses", "subscriptions"}, reads=set()
+)
 
 bp = module_blueprint(MODULE, __name__, url_prefix="/api/v1", tag="Auth")
+# Routes that must live at the site root (/.well-known/…).
+root_bp = module_blueprint(MODULE, __name__, name="auth_root", tag="Licenses")
 
 
 def init_app(app: Any) -> None:
     """Register auth's routes and its JWT callbacks."""
-    from app.auth import routes, tokens  # noqa: F401 - routes attach themselves to bp
+    from app.auth import license_routes, routes, signing, tokens  # noqa: F401 - routes attach to bp
 
     tokens.init_app(app)
     app.register_blueprint(bp)
+    app.register_blueprint(root_bp)
+    if app.config["APP_ENV"] == "production":
+        with app.app_context():
+            signing.license_keys()  # fail fast on a missing or unreadable key

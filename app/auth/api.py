@@ -9,10 +9,11 @@ from sqlalchemy.orm import Session
 
 from app.auth import MODULE, service
 from app.auth.passwords import MAX_LENGTH, MIN_LENGTH, Hasher
+from app.auth.signing import SigningKeyError, generate_key_file
 from app.kernel.ownership import module_api
 
 EmailTaken = service.EmailTaken
-__all__ = ["EmailTaken", "Hasher", "UserSummary"]
+__all__ = ["EmailTaken", "Hasher", "SigningKeyError", "UserSummary", "generate_key_file"]
 PASSWORD_LENGTH = (MIN_LENGTH, MAX_LENGTH)
 
 

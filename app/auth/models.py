@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index, Integer, String
+from sqlalchemy import ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.kernel.db import Base, UtcDateTime, utcnow
@@ -46,3 +46,72 @@ class TokenRevocation(Base):
     reason: Mapped[str] = mapped_column(String(32))
     revoked_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+
+
+class Subscription(Base):
+    """A paid plan granted to a user (by the orders module, through auth.api).
+
+    At most one live subscription (active or past_due) per user, enforced by a partial
+    unique index.
+    """
+
+    __tablename__ = "subscriptions"
+
+    subscription_id: Mapped[str] = mapped_column(
+        String(40), primary_key=True, default=id_factory("sub")
+    )
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id"))
+    plan: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    seats: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    renews_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        Index("ix_subscriptions_user_id_status", "user_id", "status"),
+        Index("ix_subscriptions_renews_at", "renews_at"),
+        Index(
+            "uq_subscriptions_user_id_live",
+            "user_id",
+            unique=True,
+            sqlite_where=text("status IN ('active', 'past_due')"),
+            postgresql_where=text("status IN ('active', 'past_due')"),
+        ),
+    )
+
+
+class License(Base):
+    """A license bound to one client (device/installation) of one user.
+
+    `client_id` is unique among live licenses (not revoked), enforced by a partial unique
+    index: two activations of one client_id can never both land, and a client whose
+    license was deactivated can be activated again. `version` is the optimistic lock.
+    """
+
+    __tablename__ = "licenses"
+
+    license_id: Mapped[str] = mapped_column(String(40), primary_key=True, default=id_factory("lic"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id"))
+    client_id: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    __table_args__ = (
+        # Seats in use, a user's licenses (user_id is the leading column).
+        Index("ix_licenses_user_id_status", "user_id", "status"),
+        Index("ix_licenses_client_id", "client_id"),
+        Index("ix_licenses_status", "status"),
+        Index("ix_licenses_expires_at", "expires_at"),
+        Index(
+            "uq_licenses_client_id_live",
+            "client_id",
+            unique=True,
+            sqlite_where=text("status != 'revoked'"),
+            postgresql_where=text("status != 'revoked'"),
+        ),
+    )

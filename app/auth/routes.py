@@ -7,7 +7,7 @@ from typing import Any
 from flask import current_app
 from flask_jwt_extended import get_jwt, jwt_required, verify_jwt_in_request
 
-from app.auth import bp, service, tokens
+from app.auth import bp, licensing, service, tokens
 from app.auth.passwords import Hasher
 from app.auth.schemas import LoginIn, MeOut, RegisterIn, TokenPairOut, UserOut
 from app.extensions import limiter
@@ -142,6 +142,6 @@ def me() -> Any:
         "plan": user.plan,
         "role": user.role,
         "created_at": user.created_at,
-        "subscription": None,
-        "seats": service.seats_for(session, user),
+        "subscription": licensing.live_subscription(session, user.user_id),
+        "seats": licensing.seats_for(session, user),
     }

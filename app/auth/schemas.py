@@ -48,6 +48,8 @@ class SeatsOut(BaseModel):
 
 
 class SubscriptionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     subscription_id: str
     plan: str
     status: str
@@ -59,3 +61,72 @@ class SubscriptionOut(BaseModel):
 class MeOut(UserOut):
     subscription: SubscriptionOut | None
     seats: SeatsOut
+
+
+CLIENT_ID_PATTERN = r"^[A-Za-z0-9._:@/+=-]{1,128}$"
+
+
+class ActivateIn(BaseModel):
+    """With a Bearer token: just `client_id`. Without: `email`, `password` and `client_id`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    client_id: str = Field(
+        pattern=CLIENT_ID_PATTERN,
+        description="The installation or device: 1-128 of A-Z a-z 0-9 . _ : @ / + = -",
+        examples=["laptop-7f3a"],
+    )
+    email: str | None = Field(default=None, min_length=1, max_length=320)
+    password: str | None = Field(default=None, min_length=1, max_length=MAX_LENGTH)
+
+
+class LicenseOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    license_id: str
+    user_id: str
+    client_id: str
+    status: Literal["active", "suspended", "revoked"]
+    created_at: datetime
+    expires_at: datetime
+    version: int
+
+
+class ActivatedLicenseOut(LicenseOut):
+    token: str = Field(
+        description="Ed25519-signed JWT (alg EdDSA); verify with /.well-known/jwks.json"
+    )
+
+
+class LicensePage(BaseModel):
+    items: list[LicenseOut]
+    next_cursor: str | None
+
+
+class ValidateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=1, max_length=4096)
+    client_id: str | None = Field(default=None, max_length=128)
+
+
+class ValidateOut(BaseModel):
+    valid: bool
+    code: Literal[
+        "VALID", "EXPIRED", "SUSPENDED", "REVOKED", "NOT_FOUND", "CLIENT_MISMATCH", "INVALID_TOKEN"
+    ]
+    license: LicenseOut | None
+    checked_at: datetime
+
+
+class Jwk(BaseModel):
+    kty: Literal["OKP"]
+    crv: Literal["Ed25519"]
+    x: str
+    kid: str
+    use: Literal["sig"]
+    alg: Literal["EdDSA"]
+
+
+class JwksOut(BaseModel):
+    keys: list[Jwk]

@@ -22,8 +22,6 @@ from app.kernel.errors import Conflict, NotFound, ProblemError, Unauthorized
 from app.kernel.ids import new_id
 
 ROLES = ("user", "admin")
-# Seats of plans that need no subscription. Paid plans take theirs from the subscription.
-PLAN_SEATS = {"free": 1}
 
 
 class EmailTaken(Conflict):
@@ -114,15 +112,6 @@ def get_user(session: Session, user_id: str) -> User:
     if user is None:
         raise UserNotFound("No such user.")
     return user
-
-
-def seats_for(session: Session, user: User) -> dict[str, int]:
-    """The user's seat limit and how many are in use.
-
-    Licenses and subscriptions arrive with the licenses issue; until then every plan is
-    the free plan's single seat and none is in use.
-    """
-    return {"limit": PLAN_SEATS.get(user.plan, PLAN_SEATS["free"]), "used": 0}
 
 
 # --- logins --------------------------------------------------------------------------

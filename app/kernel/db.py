@@ -203,12 +203,41 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False, autoflush=True)
 
 
+_COMMITTING = "transaction_committing"
+
+
+class TransactionMisuse(RuntimeError):
+    """Writes outside `transaction()`, or a commit inside it: a programming error."""
+
+
 @event.listens_for(Session, "before_flush")
 def _refuse_writes_outside_transaction(session: Session, _ctx: Any, _instances: Any) -> None:
     if not session.info.get(_WRITE) and (session.new or session.dirty or session.deleted):
-        raise RuntimeError(
+        raise TransactionMisuse(
             "ORM changes flushed outside `with transaction(session)`; the entry point owns "
             "the transaction boundary"
+        )
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _refuse_statement_writes_outside_transaction(state: Any) -> None:
+    # Core/bulk INSERT, UPDATE, DELETE through the session: same rule as ORM flushes, or
+    # the write would be lost when the request's session closes (and, on SQLite, run
+    # in a deferred transaction that can fail with SQLITE_BUSY).
+    if (state.is_insert or state.is_update or state.is_delete) and not state.session.info.get(
+        _WRITE
+    ):
+        raise TransactionMisuse("INSERT/UPDATE/DELETE outside `with transaction(session)`")
+
+
+@event.listens_for(Session, "before_commit")
+def _only_the_boundary_commits(session: Session) -> None:
+    if session.get_nested_transaction() is not None:
+        return  # releasing a SAVEPOINT, not committing
+    if session.info.get(_WRITE) and not session.info.get(_COMMITTING):
+        raise TransactionMisuse(
+            "commit() inside `with transaction(session)`: services never commit; the block "
+            "commits once at its end"
         )
 
 
@@ -216,12 +245,15 @@ def _refuse_writes_outside_transaction(session: Session, _ctx: Any, _instances: 
 def transaction(session: Session) -> Iterator[Session]:
     """Run the block as one write transaction: commit at the end, roll back on any error.
 
-    Nested calls join the outer transaction, which alone commits. A read-only transaction
-    the session had begun implicitly is ended first, so the write transaction starts with
-    a fresh snapshot and, on SQLite, holds the write lock from its first statement.
+    Nested calls run as a SAVEPOINT inside the outer one, which alone commits. A read-only
+    transaction the session had begun implicitly is ended first, so the write transaction
+    starts with a fresh snapshot and, on SQLite, holds the write lock from its first statement.
     """
     if session.info.get(_WRITE):
-        yield session
+        # Nested: a SAVEPOINT, so a failed inner block that the caller catches leaves
+        # nothing behind, while the outer block still commits (or not) as a whole.
+        with session.begin_nested():
+            yield session
         return
     if session.in_transaction():
         if session.new or session.dirty or session.deleted:
@@ -231,12 +263,14 @@ def transaction(session: Session) -> Iterator[Session]:
     try:
         session.connection(execution_options={"sqlite_write": True})
         yield session
+        session.info[_COMMITTING] = True
         session.commit()
     except BaseException:
         session.rollback()
         raise
     finally:
         session.info.pop(_WRITE, None)
+        session.info.pop(_COMMITTING, None)
 
 
 def in_write_transaction(session: Session) -> bool:

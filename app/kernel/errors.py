@@ -63,7 +63,7 @@ class ProblemError(Exception):
             self.status = status
         if code is not None:
             self.code = code
-        self.detail = detail or HTTPStatus(self.status).description
+        self.detail = detail or _phrase(self.status)[1]
         self.headers = headers or {}
         self.extra = extra
         super().__init__(self.detail)
@@ -93,6 +93,17 @@ class ServiceUnavailable(ProblemError):
     status, code = 503, "service_unavailable"
 
 
+def _phrase(status: int) -> tuple[str, str]:
+    """(title, description) of an HTTP status; generic ones for statuses Python doesn't name."""
+    try:
+        known = HTTPStatus(status)
+        return known.phrase, known.description
+    except ValueError:
+        if status < 500:
+            return "Client Error", "The request failed."
+        return "Server Error", "The server failed."
+
+
 def problem(
     status: int,
     code: str | None = None,
@@ -102,11 +113,7 @@ def problem(
 ) -> dict[str, Any]:
     """The problem+json body for a status and code."""
     code = code or DEFAULT_CODES.get(status, "error")
-    try:
-        phrase = HTTPStatus(status)
-        default_title, default_detail = phrase.phrase, phrase.description
-    except ValueError:
-        default_title, default_detail = "Error", ""
+    default_title, default_detail = _phrase(status)
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + code,
         "title": title or default_title,
@@ -146,6 +153,26 @@ def problem_response(
     return _respond(problem(status, code, detail, **extra), headers)
 
 
+# SQLite reports both outages and programming errors as OperationalError; only these are
+# outages (locked/busy, a file it cannot open, I/O errors, a full disk).
+_SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o", "disk is full", "readonly")
+
+
+def is_transient(error: Exception) -> bool:
+    """True for database errors that mean "unavailable now", not "this request is wrong"."""
+    if isinstance(error, (sa_exc.TimeoutError, sa_exc.InterfaceError)):
+        return True
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, sa_exc.OperationalError):
+        orig = getattr(error, "orig", None)
+        if type(orig).__module__.startswith("sqlite3"):
+            message = str(orig).lower()
+            return any(marker in message for marker in _SQLITE_TRANSIENT)
+        return True  # psycopg: connection failures, shutdowns, statement timeouts
+    return False
+
+
 def _respond(body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
     from flask import current_app
 
@@ -172,9 +199,7 @@ def init_app(app: Any) -> None:
             detail = "The request body or parameters are invalid."
         else:
             detail = (
-                error.message
-                if error.message and error.message != HTTPStatus(status).phrase
-                else None
+                error.message if error.message and error.message != _phrase(status)[0] else None
             )
         return _respond(problem(status, code, detail, **extra), dict(error.headers or {}))
 
@@ -187,6 +212,8 @@ def init_app(app: Any) -> None:
     @app.errorhandler(sa_exc.InterfaceError)
     @app.errorhandler(sa_exc.TimeoutError)
     def _database_unavailable(error: Exception) -> Any:
+        if not is_transient(error):
+            return _unexpected(error)
         # A lost connection, a refused connect, a pool timeout or a locked SQLite file:
         # the request could not be served now and may succeed shortly.
         log.warning("database unavailable: %s", str(error).splitlines()[0] if str(error) else error)

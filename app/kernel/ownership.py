@@ -28,13 +28,15 @@ from typing import Any, ParamSpec, TypeVar
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import visitors
+from sqlalchemy.sql.ddl import ExecutableDDLElement
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import TextClause
-from sqlalchemy.sql.selectable import TableClause
+from sqlalchemy.sql.selectable import TableClause, TextualSelect
 
 log = logging.getLogger(__name__)
 
 GUARD_MODES = ("raise", "log", "off")
+RAW_SQL = "<raw SQL>"
 
 
 class OwnershipViolation(RuntimeError):
@@ -45,8 +47,9 @@ class OwnershipViolation(RuntimeError):
         self.table = table
         self.access = access
         who = f"module {module!r}" if module else "code outside any module"
+        what = "raw SQL (its tables cannot be checked)" if table == RAW_SQL else f"table {table!r}"
         super().__init__(
-            f"{who} may not {access} table {table!r}"
+            f"{who} may not {access} {what}"
             + (f" (statement: {statement[:200]})" if statement else "")
         )
 
@@ -214,34 +217,46 @@ def _has_pending(session: Session) -> bool:
 
 @dataclass(frozen=True)
 class StatementTables:
-    """The tables one statement writes (at most one) and reads."""
+    """The tables one statement writes and reads; `raw` when SQL text hides them."""
 
-    writes: str | None
+    writes: frozenset[str]
     reads: frozenset[str]
     raw: bool = False
 
 
+RAW = StatementTables(frozenset(), frozenset(), raw=True)
 _CACHE_ATTR = "_ownership_tables"
+# The only statements the PLUMBING option lets through: the kernel's own BEGINs.
+PLUMBING_STATEMENTS = frozenset({"BEGIN IMMEDIATE", "BEGIN DEFERRED"})
 
 
 def tables_of(statement: Any) -> StatementTables:
-    """Which tables a Core/ORM statement writes and reads."""
-    if statement is None or isinstance(statement, TextClause):
-        return StatementTables(None, frozenset(), raw=True)
-    writes = None
-    if isinstance(statement, UpdateBase):
-        writes = statement.table.name  # type: ignore[attr-defined]
-    names = {
-        element.name for element in visitors.iterate(statement) if isinstance(element, TableClause)
-    }
-    names.discard(writes)  # type: ignore[arg-type]
-    return StatementTables(writes, frozenset(names))
+    """Which tables a Core/ORM statement writes and reads.
+
+    Every element is visited, so a write hidden in a CTE or a table hidden in a
+    subquery is found. Textual SQL anywhere in the statement, and DDL, make it `raw`:
+    its tables cannot be known, so module code may not run it.
+    """
+    if statement is None or isinstance(
+        statement, (TextClause, TextualSelect, ExecutableDDLElement)
+    ):
+        return RAW
+    writes: set[str] = set()
+    names: set[str] = set()
+    for element in visitors.iterate(statement):
+        if isinstance(element, (TextClause, TextualSelect)):
+            return RAW
+        if isinstance(element, UpdateBase):
+            writes.add(element.table.name)  # type: ignore[attr-defined]
+        elif isinstance(element, TableClause):
+            names.add(element.name)
+    return StatementTables(frozenset(writes), frozenset(names - writes))
 
 
 def _statement_tables(context: Any) -> StatementTables:
     compiled = getattr(context, "compiled", None)
-    if compiled is None:
-        return StatementTables(None, frozenset(), raw=True)
+    if compiled is None or context.isddl:
+        return RAW
     cached = getattr(compiled, _CACHE_ATTR, None)
     if cached is None:
         cached = tables_of(compiled.statement)
@@ -250,20 +265,25 @@ def _statement_tables(context: Any) -> StatementTables:
 
 
 def check(module: str | None, tables: StatementTables, statement: str = "") -> None:
-    """Raise OwnershipViolation when `module` may not run a statement touching `tables`."""
+    """Raise OwnershipViolation when `module` may not run a statement touching `tables`.
+
+    Outside any module, only statements that touch no registered table run (health
+    checks, alembic's version table); operations that need more act as OPERATOR.
+    """
     if module == OPERATOR:
         return
+    if tables.raw:
+        raise OwnershipViolation(module, RAW_SQL, "run", statement)
     if module is None:
-        for table in (tables.writes, *tables.reads):
-            if table is not None and registry.owner_of(table) is not None:
-                access = "write" if table == tables.writes else "read"
+        for table in tables.writes | tables.reads:
+            if registry.owner_of(table) is not None:
+                access = "write" if table in tables.writes else "read"
                 raise OwnershipViolation(None, table, access, statement)
         return
-    if tables.raw:
-        raise OwnershipViolation(module, "<raw SQL>", "run", statement)
     decl = registry.module(module)
-    if tables.writes is not None and not decl.may_write(tables.writes):
-        raise OwnershipViolation(module, tables.writes, "write", statement)
+    for table in tables.writes:
+        if not decl.may_write(table):
+            raise OwnershipViolation(module, table, "write", statement)
     for table in tables.reads:
         if not decl.may_read(table):
             raise OwnershipViolation(module, table, "read", statement)
@@ -286,9 +306,11 @@ def install_guard(engine: Engine, mode: str) -> None:
         if module == OPERATOR:
             return
         tables = _statement_tables(context)
-        if tables.raw and context.execution_options.get(PLUMBING):
-            return
-        if module is None and not tables.writes and not tables.reads:
+        if (
+            tables.raw
+            and statement in PLUMBING_STATEMENTS
+            and context.execution_options.get(PLUMBING)
+        ):
             return
         try:
             check(module, tables, statement)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -12,10 +13,12 @@ from flask import current_app, g, request
 from app.kernel import ownership
 
 
-def module_blueprint(module: str, import_name: str, **options: Any) -> APIBlueprint:
+def module_blueprint(
+    module: str, import_name: str, *, name: str | None = None, **options: Any
+) -> APIBlueprint:
     """An APIBlueprint whose requests run as `module` for the ownership guard."""
     ownership.registry.module(module)  # the module must have declared itself first
-    bp = APIBlueprint(module, import_name, **options)
+    bp = APIBlueprint(name or module, import_name, **options)
 
     @bp.before_request
     def _enter_module() -> None:
@@ -44,6 +47,15 @@ def email_in_body() -> str:
     email = data.get("email") if isinstance(data, dict) else None
     if isinstance(email, str) and email.strip():
         return "acct:" + email.strip().lower()[:320]
+    return "ip:" + client_ip()
+
+
+def token_in_body() -> str:
+    """Rate-limit key "per token": a digest of the JSON body's token, else the IP."""
+    data = request.get_json(silent=True)
+    token = data.get("token") if isinstance(data, dict) else None
+    if isinstance(token, str) and token:
+        return "tok:" + hashlib.sha256(token.encode()).hexdigest()[:32]
     return "ip:" + client_ip()
 
 

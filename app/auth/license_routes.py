@@ -1,0 +1,182 @@
+"""auth's licensing HTTP API: activate, validate, list/get/deactivate, JWKS."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jwt as pyjwt
+from flask import current_app
+from flask_jwt_extended import get_jwt, jwt_required, verify_jwt_in_request
+
+from app.auth import bp, licensing, root_bp, service, signing
+from app.auth.routes import BEARER_AUTH, hasher, lockout_policy
+from app.auth.schemas import (
+    ActivatedLicenseOut,
+    ActivateIn,
+    JwksOut,
+    LicenseOut,
+    LicensePage,
+    ValidateIn,
+    ValidateOut,
+)
+from app.extensions import limiter
+from app.kernel.db import get_session, transaction, utcnow
+from app.kernel.errors import Unauthorized
+from app.kernel.pagination import InvalidCursor, PageQuery, decode_cursor, encode_cursor
+from app.kernel.web import (
+    client_ip,
+    config_limit,
+    email_in_body,
+    problem_responses,
+    token_in_body,
+)
+
+
+def _signed(license_: Any) -> dict[str, Any]:
+    token = signing.license_keys().sign(
+        license_id=license_.license_id,
+        user_id=license_.user_id,
+        client_id=license_.client_id,
+        expires_at=license_.expires_at,
+        issued_at=utcnow(),
+    )
+    return {**LicenseOut.model_validate(license_).model_dump(), "token": token}
+
+
+def _activation_user(session: Any, body: ActivateIn) -> tuple[str | None, Any]:
+    """Who is activating: the Bearer token's user, or (email, password) checked like a login."""
+    if verify_jwt_in_request(optional=True):
+        if body.email is not None or body.password is not None:
+            raise Unauthorized("Send either a Bearer token or email and password, not both.")
+        return get_jwt()["sub"], None
+    if body.email is None or body.password is None:
+        raise Unauthorized(
+            "A Bearer token, or email and password, is required.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return None, service.check_credentials(session, hasher(), body.email, body.password)
+
+
+@bp.post("/licenses/activate")
+@limiter.limit(config_limit("RATELIMIT_ACTIVATE_PER_IP"), key_func=client_ip)
+@limiter.limit(config_limit("RATELIMIT_ACTIVATE_PER_ACCOUNT"), key_func=email_in_body)
+@bp.input(ActivateIn)
+@bp.output(ActivatedLicenseOut, status_code=201, description="A new license")
+@bp.doc(
+    summary="Activate a license for a client (idempotent for the same user and client)",
+    security=BEARER_AUTH,
+    responses={
+        200: {
+            "description": "The user already holds the live license for this client",
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/ActivatedLicenseOut"}}
+            },
+        },
+        **problem_responses(401, 409, 422, 423, 429),
+    },
+)
+def activate(json_data: ActivateIn) -> Any:
+    session = get_session()
+    user_id, attempt = _activation_user(session, json_data)
+    with transaction(session):
+        if attempt is not None:
+            outcome = service.settle_login(session, attempt, lockout_policy(), ip=client_ip())
+            user_id = outcome.user.user_id if outcome.user is not None else None
+        if user_id is not None:
+            activation = licensing.activate(session, user_id, json_data.client_id, ip=client_ip())
+    if attempt is not None and user_id is None:
+        if outcome.locked_until is not None:
+            raise service.AccountLocked(outcome.locked_until)
+        raise service.InvalidCredentials()
+    return _signed(activation.license), 201 if activation.created else 200
+
+
+@bp.post("/licenses/validate")
+@limiter.limit(config_limit("RATELIMIT_VALIDATE_PER_IP"), key_func=client_ip)
+@limiter.limit(config_limit("RATELIMIT_VALIDATE_PER_TOKEN"), key_func=token_in_body)
+@bp.input(ValidateIn)
+@bp.output(ValidateOut)
+@bp.doc(
+    summary="Check a license token against the current license (always 200 when well-formed)",
+    responses=problem_responses(400, 422, 429),
+)
+def validate(json_data: ValidateIn) -> Any:
+    checked_at = utcnow()
+    try:
+        claims = signing.license_keys().verify(json_data.token)
+    except pyjwt.InvalidTokenError:
+        return _verdict("INVALID_TOKEN", None, checked_at)
+    license_ = licensing.license_for_validation(get_session(), claims["license_id"])
+    if license_ is None:
+        return _verdict("NOT_FOUND", None, checked_at)
+    if json_data.client_id is not None and json_data.client_id != license_.client_id:
+        return _verdict("CLIENT_MISMATCH", None, checked_at)
+    if license_.status == "revoked":
+        code = "REVOKED"
+    elif license_.status == "suspended":
+        code = "SUSPENDED"
+    elif license_.expires_at <= checked_at:
+        code = "EXPIRED"
+    else:
+        code = "VALID"
+    return _verdict(code, license_, checked_at)
+
+
+def _verdict(code: str, license_: Any, checked_at: Any) -> dict[str, Any]:
+    return {"valid": code == "VALID", "code": code, "license": license_, "checked_at": checked_at}
+
+
+@bp.get("/licenses")
+@jwt_required()
+@bp.input(PageQuery, location="query")
+@bp.output(LicensePage)
+@bp.doc(
+    summary="My licenses, newest first", security=BEARER_AUTH, responses=problem_responses(401, 422)
+)
+def list_mine(query_data: PageQuery) -> Any:
+    after = decode_cursor(query_data.cursor)
+    if after is not None and not isinstance(after, str):
+        raise InvalidCursor()
+    items, next_after = licensing.list_licenses(
+        get_session(), get_jwt()["sub"], limit=query_data.limit, after=after
+    )
+    return {"items": items, "next_cursor": encode_cursor(next_after) if next_after else None}
+
+
+@bp.get("/licenses/<license_id>")
+@jwt_required()
+@bp.output(LicenseOut)
+@bp.doc(
+    summary="One license (its owner or an admin)",
+    security=BEARER_AUTH,
+    responses=problem_responses(401, 404),
+)
+def get_one(license_id: str) -> Any:
+    claims = get_jwt()
+    license_ = licensing.get_license(get_session(), license_id)
+    if license_.user_id != claims["sub"] and claims.get("role") != "admin":
+        raise licensing.LicenseNotFound()  # never reveal that someone else's license exists
+    return license_
+
+
+@bp.delete("/licenses/<license_id>")
+@jwt_required()
+@bp.output(LicenseOut)
+@bp.doc(
+    summary="Deactivate my license: revoked, seat freed",
+    security=BEARER_AUTH,
+    responses=problem_responses(401, 404),
+)
+def deactivate(license_id: str) -> Any:
+    session = get_session()
+    with transaction(session):
+        license_ = licensing.deactivate(session, get_jwt()["sub"], license_id, ip=client_ip())
+    return license_
+
+
+@root_bp.get("/.well-known/jwks.json")
+@root_bp.output(JwksOut)
+@root_bp.doc(summary="Public keys that verify license tokens offline (several during rotation)")
+def jwks() -> Any:
+    max_age = current_app.config["JWKS_MAX_AGE"]
+    return signing.license_keys().jwks(), 200, {"Cache-Control": f"public, max-age={max_age}"}

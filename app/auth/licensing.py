@@ -1,0 +1,466 @@
+"""Licenses, seats and subscriptions: auth's licensing logic.
+
+Plain Python: every function takes a Session and never commits. Activation runs in ONE
+transaction with its audit entry. Races are settled by the database: the user's row is
+locked for the seat count (FOR UPDATE on PostgreSQL; SQLite's write transactions are
+serial), and the partial unique index on live client_ids refuses a second live license
+for one client whatever the timing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.admin import api as admin_api
+from app.auth.models import License, Subscription, User
+from app.auth.service import UserNotFound
+from app.kernel.db import utcnow
+from app.kernel.errors import Conflict, NotFound, ProblemError
+from app.kernel.ids import new_id
+
+LICENSE_LIFETIME = timedelta(days=365)
+# Seats of the plan that needs no subscription; paid plans take theirs from the subscription.
+FREE_SEATS = 1
+STATUSES = ("active", "suspended", "revoked")
+LIVE_SUBSCRIPTION = ("active", "past_due")
+
+# Allowed status changes. revoked is final.
+TRANSITIONS = {
+    "active": {"suspended", "revoked"},
+    "suspended": {"active", "revoked"},
+    "revoked": set(),
+}
+
+
+class ClientIdTaken(Conflict):
+    code = "client_id_taken"
+
+    def __init__(self) -> None:
+        super().__init__("This client_id is already bound to another account's license.")
+
+
+class SeatLimitReached(Conflict):
+    code = "seat_limit_reached"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"All {limit} seat(s) of the plan are in use.", seats_limit=limit)
+
+
+class LicenseSuspended(Conflict):
+    code = "license_suspended"
+
+    def __init__(self) -> None:
+        super().__init__("This client's license is suspended.")
+
+
+class LicenseNotFound(NotFound):
+    code = "license_not_found"
+
+    def __init__(self) -> None:
+        super().__init__("No such license.")
+
+
+class VersionConflict(ProblemError):
+    status, code = 412, "version_conflict"
+
+    def __init__(self, current_version: int | None = None) -> None:
+        super().__init__(
+            "The license was changed by someone else; reload it and try again.",
+            current_version=current_version,
+        )
+
+
+class InvalidTransition(Conflict):
+    code = "invalid_transition"
+
+    def __init__(self, old: str, new: str) -> None:
+        allowed = ", ".join(sorted(TRANSITIONS.get(old, ()))) or "none (final)"
+        super().__init__(
+            f"A license cannot go from {old} to {new}; from {old} it may go to: {allowed}.",
+            from_status=old,
+            to_status=new,
+        )
+
+
+# --- seats and subscriptions ---------------------------------------------------------
+
+
+def live_subscription(session: Session, user_id: str) -> Subscription | None:
+    return session.scalar(
+        select(Subscription).where(
+            Subscription.user_id == user_id, Subscription.status.in_(LIVE_SUBSCRIPTION)
+        )
+    )
+
+
+def seats_in_use(session: Session, user_id: str, now: datetime | None = None) -> int:
+    """Active, unexpired licenses of the user."""
+    return session.scalar(
+        select(func.count())
+        .select_from(License)
+        .where(
+            License.user_id == user_id,
+            License.status == "active",
+            License.expires_at > (now or utcnow()),
+        )
+    )
+
+
+def seat_limit(session: Session, user: User) -> int:
+    """Free plan: 1. Paid plans: the live subscription's seats."""
+    subscription = live_subscription(session, user.user_id)
+    if subscription is not None:
+        return subscription.seats
+    return FREE_SEATS
+
+
+def seats_for(session: Session, user: User) -> dict[str, int]:
+    return {"limit": seat_limit(session, user), "used": seats_in_use(session, user.user_id)}
+
+
+def grant_subscription(
+    session: Session,
+    user_id: str,
+    *,
+    plan: str,
+    seats: int,
+    period: timedelta,
+    actor_id: str | None = None,
+    now: datetime | None = None,
+) -> Subscription:
+    """Grant (or change) the user's live subscription; the user's plan follows it.
+
+    An existing live subscription is updated in place: new plan and seats, renewal one
+    period from now. Active licenses are extended to the new renewal date.
+    """
+    if seats < 1:
+        raise ValueError("a subscription has at least one seat")
+    now = now or utcnow()
+    user = _lock_user(session, user_id)
+    subscription = live_subscription(session, user_id)
+    renews_at = now + period
+    if subscription is None:
+        subscription = Subscription(
+            subscription_id=new_id("sub"),
+            user_id=user_id,
+            plan=plan,
+            status="active",
+            seats=seats,
+            started_at=now,
+            renews_at=renews_at,
+        )
+        session.add(subscription)
+    else:
+        subscription.plan, subscription.seats, subscription.status = plan, seats, "active"
+        subscription.renews_at = renews_at
+        subscription.version += 1
+    user.plan = plan
+    session.flush()
+    session.execute(
+        update(License)
+        .where(License.user_id == user_id, License.status == "active")
+        .values(expires_at=renews_at, version=License.version + 1, updated_at=now)
+    )
+    admin_api.record_audit(
+        session,
+        "SUBSCRIPTION_GRANTED",
+        user_id=user_id,
+        actor_id=actor_id,
+        details={
+            "subscription_id": subscription.subscription_id,
+            "plan": plan,
+            "seats": seats,
+            "renews_at": renews_at.isoformat(),
+        },
+    )
+    return subscription
+
+
+def cancel_subscription(
+    session: Session, user_id: str, *, actor_id: str | None = None, now: datetime | None = None
+) -> Subscription | None:
+    """End the user's live subscription; back to the free plan.
+
+    Licenses above the free plan's seats are suspended, newest first, and each
+    suspension is audited. Returns the cancelled subscription (None if there was none).
+    """
+    now = now or utcnow()
+    user = _lock_user(session, user_id)
+    subscription = live_subscription(session, user_id)
+    if subscription is None:
+        return None
+    subscription.status = "cancelled"
+    subscription.version += 1
+    user.plan = "free"
+    active = session.scalars(
+        select(License)
+        .where(License.user_id == user_id, License.status == "active")
+        .order_by(License.created_at.desc(), License.license_id.desc())
+    ).all()
+    keep = FREE_SEATS
+    for license_ in active[: max(0, len(active) - keep)]:
+        _set_status(
+            session,
+            license_,
+            "suspended",
+            actor_id=actor_id,
+            reason="subscription_cancelled",
+            now=now,
+        )
+    admin_api.record_audit(
+        session,
+        "SUBSCRIPTION_CANCELLED",
+        user_id=user_id,
+        actor_id=actor_id,
+        details={
+            "subscription_id": subscription.subscription_id,
+            "suspended_licenses": max(0, len(active) - keep),
+        },
+    )
+    session.flush()
+    return subscription
+
+
+def _lock_user(session: Session, user_id: str) -> User:
+    """The user's row, locked until the transaction ends (serialises seat changes)."""
+    user = session.get(User, user_id, with_for_update=True, populate_existing=True)
+    if user is None:
+        raise UserNotFound("No such user.")
+    return user
+
+
+# --- activation ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Activation:
+    license: License
+    created: bool
+
+
+def activate(
+    session: Session, user_id: str, client_id: str, *, ip: str | None, now: datetime | None = None
+) -> Activation:
+    """Bind a license for `client_id` to the user, or return the one they already hold.
+
+    One transaction: user exists, client_id free, a seat free, license inserted,
+    LICENSE_CREATED audited. Either both rows commit or neither does.
+    """
+    now = now or utcnow()
+    user = _lock_user(session, user_id)
+    existing = session.scalar(
+        select(License).where(License.client_id == client_id, License.status != "revoked")
+    )
+    if existing is not None:
+        if existing.user_id != user_id:
+            raise ClientIdTaken()
+        if existing.status == "suspended":
+            raise LicenseSuspended()
+        return Activation(existing, created=False)
+
+    limit = seat_limit(session, user)
+    if seats_in_use(session, user_id, now) >= limit:
+        raise SeatLimitReached(limit)
+
+    subscription = live_subscription(session, user_id)
+    expires_at = subscription.renews_at if subscription is not None else now + LICENSE_LIFETIME
+    license_ = License(
+        license_id=new_id("lic"),
+        user_id=user_id,
+        client_id=client_id,
+        status="active",
+        created_at=now,
+        updated_at=now,
+        expires_at=expires_at,
+        version=1,
+    )
+    session.add(license_)
+    try:
+        session.flush()
+    except IntegrityError:
+        # Another account's activation of this client_id committed first.
+        raise ClientIdTaken() from None
+    admin_api.record_audit(
+        session,
+        "LICENSE_CREATED",
+        user_id=user_id,
+        actor_id=user_id,
+        details={"license_id": license_.license_id, "client_id": client_id},
+        ip_address=ip,
+    )
+    return Activation(license_, created=True)
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+def get_license(session: Session, license_id: str) -> License:
+    license_ = session.get(License, license_id)
+    if license_ is None:
+        raise LicenseNotFound()
+    return license_
+
+
+def license_for_validation(session: Session, license_id: str) -> License | None:
+    """The current row (one primary-key look-up; no writes)."""
+    return session.get(License, license_id, populate_existing=True)
+
+
+def list_licenses(
+    session: Session, user_id: str, *, limit: int, after: str | None
+) -> tuple[list[License], str | None]:
+    """The user's licenses, newest first; keyset pagination on the time-sortable id."""
+    stmt = select(License).where(License.user_id == user_id)
+    if after is not None:
+        stmt = stmt.where(License.license_id < after)
+    rows = list(session.scalars(stmt.order_by(License.license_id.desc()).limit(limit + 1)))
+    next_after = rows[limit - 1].license_id if len(rows) > limit else None
+    return rows[:limit], next_after
+
+
+# --- status changes ------------------------------------------------------------------
+
+
+def _set_status(
+    session: Session,
+    license_: License,
+    new_status: str,
+    *,
+    actor_id: str | None,
+    reason: str,
+    now: datetime,
+    ip: str | None = None,
+    action: str = "LICENSE_STATUS_CHANGED",
+) -> None:
+    old = license_.status
+    license_.status = new_status
+    license_.version += 1
+    license_.updated_at = now
+    admin_api.record_audit(
+        session,
+        action,
+        user_id=license_.user_id,
+        actor_id=actor_id,
+        details={
+            "license_id": license_.license_id,
+            "client_id": license_.client_id,
+            "old_status": old,
+            "new_status": new_status,
+            "reason": reason,
+        },
+        ip_address=ip,
+    )
+
+
+def deactivate(session: Session, user_id: str, license_id: str, *, ip: str | None) -> License:
+    """The owner gives a license up: revoked, seat freed, audited. Others get 404."""
+    license_ = session.get(License, license_id, with_for_update=True, populate_existing=True)
+    if license_ is None or license_.user_id != user_id:
+        raise LicenseNotFound()
+    if license_.status != "revoked":
+        _set_status(
+            session,
+            license_,
+            "revoked",
+            actor_id=user_id,
+            reason="deactivated_by_owner",
+            now=utcnow(),
+            ip=ip,
+            action="LICENSE_DEACTIVATED",
+        )
+        session.flush()
+    return license_
+
+
+def update_status(
+    session: Session,
+    license_id: str,
+    new_status: str,
+    expected_version: int,
+    *,
+    actor_id: str | None,
+    ip: str | None = None,
+    reason: str = "admin",
+) -> License:
+    """Change a license's status if it is still at `expected_version`.
+
+    `UPDATE … WHERE version = :expected`; zero rows → VersionConflict (or LicenseNotFound).
+    Forbidden transitions (see TRANSITIONS) → InvalidTransition.
+    """
+    if new_status not in STATUSES:
+        raise ValueError(f"unknown status {new_status!r}")
+    current = session.execute(
+        select(License.status, License.version).where(License.license_id == license_id)
+    ).first()
+    if current is None:
+        raise LicenseNotFound()
+    if current.version != expected_version:
+        raise VersionConflict(current.version)
+    if new_status != current.status and new_status not in TRANSITIONS[current.status]:
+        raise InvalidTransition(current.status, new_status)
+    now = utcnow()
+    result = session.execute(
+        update(License)
+        .where(License.license_id == license_id, License.version == expected_version)
+        .values(status=new_status, version=License.version + 1, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise VersionConflict()
+    license_ = session.get(License, license_id, populate_existing=True)
+    admin_api.record_audit(
+        session,
+        "LICENSE_STATUS_CHANGED",
+        user_id=license_.user_id,
+        actor_id=actor_id,
+        details={
+            "license_id": license_id,
+            "old_status": current.status,
+            "new_status": new_status,
+            "reason": reason,
+        },
+        ip_address=ip,
+    )
+    return license_
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    license_id: str
+    status: str
+    expected_version: int | None = None
+
+
+def batch_update_statuses(
+    session: Session,
+    updates: Sequence[StatusUpdate],
+    *,
+    actor_id: str | None,
+    ip: str | None = None,
+) -> list[License]:
+    """Apply every update or none: the first failure raises and the caller rolls back."""
+    ids = [u.license_id for u in updates]
+    if len(set(ids)) != len(ids):
+        raise Conflict("A license appears twice in the batch.", code="duplicate_license")
+    versions = dict(
+        session.execute(
+            select(License.license_id, License.version).where(License.license_id.in_(ids))
+        ).all()
+    )
+    changed = []
+    for u in updates:
+        if u.license_id not in versions:
+            raise LicenseNotFound()
+        expected = versions[u.license_id] if u.expected_version is None else u.expected_version
+        changed.append(
+            update_status(
+                session, u.license_id, u.status, expected, actor_id=actor_id, ip=ip, reason="batch"
+            )
+        )
+    return changed

@@ -1,0 +1,172 @@
+"""Ed25519 license tokens: JWTs that a client verifies offline against the JWKS document.
+
+Keys come from `LICENSE_SIGNING_KEYS`: a comma-separated list of PEM files holding Ed25519
+private keys. The first key signs; every key verifies, so a new key can be put first while
+tokens signed by the old one stay valid until they expire. Each key's `kid` is its RFC 7638
+JWK thumbprint, so it is stable and needs no registry. In development, when the setting is
+empty, one key is generated under the instance folder on first use.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+ALGORITHM = "EdDSA"
+ISSUER = "licensing-platform"
+DEV_KEY_NAME = "license-signing-key.pem"
+
+
+class SigningKeyError(RuntimeError):
+    """A configured signing key cannot be used; the message says which and why."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    kid: str
+    private: Ed25519PrivateKey
+    public: Ed25519PublicKey
+
+    @classmethod
+    def from_private(cls, private: Ed25519PrivateKey) -> SigningKey:
+        public = private.public_key()
+        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        x = _b64(raw)
+        # RFC 7638: SHA-256 over the required members, lexicographic order, no spaces.
+        thumbprint = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": x}, separators=(",", ":"))
+        kid = _b64(hashlib.sha256(thumbprint.encode()).digest())
+        return cls(kid, private, public)
+
+    def jwk(self) -> dict[str, str]:
+        raw = self.public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return {
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": _b64(raw),
+            "kid": self.kid,
+            "use": "sig",
+            "alg": ALGORITHM,
+        }
+
+
+def load_key(path: str | os.PathLike[str]) -> SigningKey:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise SigningKeyError(f"cannot read license signing key {path}: {exc.strerror}") from None
+    try:
+        private = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise SigningKeyError(f"{path} is not an unencrypted PEM private key: {exc}") from None
+    if not isinstance(private, Ed25519PrivateKey):
+        raise SigningKeyError(f"{path} is not an Ed25519 key")
+    return SigningKey.from_private(private)
+
+
+def generate_key_file(path: str | os.PathLike[str]) -> None:
+    """Write a new Ed25519 private key (mode 0600); never overwrites an existing file."""
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return  # another worker made it first; use theirs
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+
+
+def key_paths(setting: str | None) -> list[str]:
+    return [p.strip() for p in (setting or "").split(",") if p.strip()]
+
+
+class KeySet:
+    """The signing key (first) and every verifying key, by kid."""
+
+    def __init__(self, keys: list[SigningKey]) -> None:
+        if not keys:
+            raise SigningKeyError("no license signing keys configured")
+        self.keys = keys
+        self.by_kid = {k.kid: k for k in keys}
+
+    @classmethod
+    def from_files(cls, paths: list[str]) -> KeySet:
+        return cls([load_key(p) for p in paths])
+
+    @property
+    def signing(self) -> SigningKey:
+        return self.keys[0]
+
+    def sign(
+        self,
+        *,
+        license_id: str,
+        user_id: str,
+        client_id: str,
+        expires_at: datetime,
+        issued_at: datetime,
+    ) -> str:
+        claims = {
+            "iss": ISSUER,
+            "sub": license_id,
+            "license_id": license_id,
+            "user_id": user_id,
+            "client_id": client_id,
+            "iat": int(issued_at.timestamp()),
+            "exp": int(expires_at.timestamp()),
+        }
+        return jwt.encode(
+            claims, self.signing.private, algorithm=ALGORITHM, headers={"kid": self.signing.kid}
+        )
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """The claims of a token signed by one of our keys. Expiry is not checked here: the
+        license row decides that. Raises jwt.InvalidTokenError for anything else."""
+        header = jwt.get_unverified_header(token)
+        key = self.by_kid.get(header.get("kid", ""))
+        if key is None or header.get("alg") != ALGORITHM:
+            raise jwt.InvalidTokenError("unknown key or algorithm")
+        return jwt.decode(
+            token,
+            key.public,
+            algorithms=[ALGORITHM],
+            issuer=ISSUER,
+            options={"verify_exp": False, "require": ["license_id", "user_id", "client_id", "exp"]},
+        )
+
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        return {"keys": [k.jwk() for k in self.keys]}
+
+
+def license_keys() -> KeySet:
+    """The current app's key set (loaded once; a development key is made if none is set)."""
+    from flask import current_app
+
+    keys = current_app.extensions.get("license_keys")
+    if keys is None:
+        paths = key_paths(current_app.config.get("LICENSE_SIGNING_KEYS"))
+        if not paths:
+            if current_app.config["APP_ENV"] == "production":
+                raise SigningKeyError("LICENSE_SIGNING_KEYS is not set")
+            default = Path(current_app.instance_path) / DEV_KEY_NAME
+            generate_key_file(default)
+            paths = [str(default)]
+        keys = KeySet.from_files(paths)
+        current_app.extensions["license_keys"] = keys
+    return keys
