@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from app.auth import MODULE, service
+from app.auth import MODULE, licensing, service
 from app.auth.passwords import MAX_LENGTH, MIN_LENGTH, Hasher
 from app.auth.signing import SigningKeyError, generate_key_file
 from app.kernel.ownership import module_api
@@ -67,3 +67,133 @@ def get_user(session: Session, user_id: str) -> UserSummary | None:
 def prune_token_revocations(session: Session) -> int:
     """Delete revocations whose tokens have expired anyway (inside the caller's transaction)."""
     return service.prune_revocations(session)
+
+
+# --- licensing, for the orders and admin modules --------------------------------------
+
+VersionConflict = licensing.VersionConflict
+InvalidTransition = licensing.InvalidTransition
+LicenseNotFound = licensing.LicenseNotFound
+StatusUpdate = licensing.StatusUpdate
+
+
+@dataclass(frozen=True)
+class SubscriptionSummary:
+    subscription_id: str
+    user_id: str
+    plan: str
+    status: str
+    seats: int
+    started_at: datetime
+    renews_at: datetime
+
+
+@dataclass(frozen=True)
+class LicenseSummary:
+    license_id: str
+    user_id: str
+    client_id: str
+    status: str
+    created_at: datetime
+    expires_at: datetime
+    version: int
+
+
+def _subscription(sub: object | None) -> SubscriptionSummary | None:
+    if sub is None:
+        return None
+    return SubscriptionSummary(
+        sub.subscription_id,
+        sub.user_id,
+        sub.plan,
+        sub.status,  # type: ignore[attr-defined]
+        sub.seats,
+        sub.started_at,
+        sub.renews_at,  # type: ignore[attr-defined]
+    )
+
+
+def _license(lic: object) -> LicenseSummary:
+    return LicenseSummary(
+        lic.license_id,
+        lic.user_id,
+        lic.client_id,
+        lic.status,  # type: ignore[attr-defined]
+        lic.created_at,
+        lic.expires_at,
+        lic.version,  # type: ignore[attr-defined]
+    )
+
+
+@module_api(MODULE)
+def grant_subscription(
+    session: Session,
+    user_id: str,
+    *,
+    plan: str,
+    seats: int,
+    period: timedelta,
+    actor_id: str | None = None,
+) -> SubscriptionSummary:
+    """Grant or change the user's subscription (inside the caller's transaction)."""
+    sub = licensing.grant_subscription(
+        session, user_id, plan=plan, seats=seats, period=period, actor_id=actor_id
+    )
+    return _subscription(sub)  # type: ignore[return-value]
+
+
+@module_api(MODULE)
+def cancel_subscription(
+    session: Session, user_id: str, *, actor_id: str | None = None
+) -> SubscriptionSummary | None:
+    """End the user's subscription; licenses above the free seats are suspended, newest first."""
+    return _subscription(licensing.cancel_subscription(session, user_id, actor_id=actor_id))
+
+
+@module_api(MODULE)
+def seats_for(session: Session, user_id: str) -> dict[str, int]:
+    """{"limit": …, "used": …} for the user."""
+    return licensing.seats_for(session, service.get_user(session, user_id))
+
+
+@module_api(MODULE)
+def live_subscription(session: Session, user_id: str) -> SubscriptionSummary | None:
+    return _subscription(licensing.live_subscription(session, user_id))
+
+
+@module_api(MODULE)
+def update_license_status(
+    session: Session,
+    license_id: str,
+    status: str,
+    expected_version: int,
+    *,
+    actor_id: str | None,
+    ip: str | None = None,
+) -> LicenseSummary:
+    """Optimistically locked status change, audited. Raises VersionConflict,
+    InvalidTransition or LicenseNotFound."""
+    return _license(
+        licensing.update_status(
+            session, license_id, status, expected_version, actor_id=actor_id, ip=ip
+        )
+    )
+
+
+@module_api(MODULE)
+def batch_update_license_statuses(
+    session: Session, updates: list[StatusUpdate], *, actor_id: str | None, ip: str | None = None
+) -> list[LicenseSummary]:
+    """All updates or none (the first failure raises; the caller's transaction rolls back)."""
+    return [
+        _license(x)
+        for x in licensing.batch_update_statuses(session, updates, actor_id=actor_id, ip=ip)
+    ]
+
+
+@module_api(MODULE)
+def get_license(session: Session, license_id: str) -> LicenseSummary | None:
+    try:
+        return _license(licensing.get_license(session, license_id))
+    except licensing.LicenseNotFound:
+        return None

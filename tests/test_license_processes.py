@@ -1,0 +1,137 @@
+"""Activation races and read-after-write with real processes (gunicorn, 4 workers)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from app.admin.models import AuditLog
+from app.auth import api as auth_api
+from app.auth.models import License
+from app.kernel.db import EngineSettings, make_engine, make_sessionmaker, transaction
+from app.kernel.ownership import OPERATOR, acting_as
+from tests.helpers import gunicorn_server, http
+from tests.test_auth_processes import _count, _parallel
+
+pytestmark = pytest.mark.slow
+PASSWORD = "correct horse battery"
+N = 12
+
+
+def _account(base: str, email: str) -> dict[str, str]:
+    assert (
+        http("POST", base + "/api/v1/auth/register", {"email": email, "password": PASSWORD})[0]
+        == 201
+    )
+    _, pair, _ = http("POST", base + "/api/v1/auth/login", {"email": email, "password": PASSWORD})
+    _, me, _ = http(
+        "GET", base + "/api/v1/auth/me", None, {"Authorization": f"Bearer {pair['access_token']}"}
+    )
+    return {"Authorization": f"Bearer {pair['access_token']}", "user_id": me["user_id"]}
+
+
+def _activate(base: str, who: dict[str, str], client_id: str):
+    headers = {"Authorization": who["Authorization"]}
+    return http("POST", base + "/api/v1/licenses/activate", {"client_id": client_id}, headers)
+
+
+def _in_db(url: str, fn):
+    engine = make_engine(EngineSettings(url=url))
+    try:
+        with make_sessionmaker(engine)() as session:
+            with transaction(session):
+                return fn(session)
+    finally:
+        engine.dispose()
+
+
+def test_racing_activations_of_one_client_by_one_user(database_url, signing_key_file):
+    with gunicorn_server(database_url, workers=4, LICENSE_SIGNING_KEYS=signing_key_file) as base:
+        ada = _account(base, "ada@example.com")
+        results = _parallel(lambda: _activate(base, ada, "same-box"))
+    statuses = sorted(s for s, _, _ in results)
+    assert statuses == [200] * (N - 1) + [201], statuses
+    assert len({b["license_id"] for _, b, _ in results}) == 1
+    assert _count(database_url, select(func.count()).select_from(License)) == 1
+    assert (
+        _count(database_url, select(func.count()).where(AuditLog.action == "LICENSE_CREATED")) == 1
+    )
+
+
+def test_racing_activations_of_one_client_by_many_users(database_url, signing_key_file):
+    with gunicorn_server(database_url, workers=4, LICENSE_SIGNING_KEYS=signing_key_file) as base:
+        people = [_account(base, f"p{i}@example.com") for i in range(N)]
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=N) as pool:
+            results = list(pool.map(lambda who: _activate(base, who, "contested"), people))
+    statuses = sorted(s for s, _, _ in results)
+    assert statuses == [201] + [409] * (N - 1), statuses
+    assert {b["code"] for s, b, _ in results if s == 409} == {"client_id_taken"}
+    assert _count(database_url, select(func.count()).select_from(License)) == 1
+    assert (
+        _count(database_url, select(func.count()).where(AuditLog.action == "LICENSE_CREATED")) == 1
+    )
+
+
+def test_racing_activations_never_exceed_the_seats(database_url, signing_key_file):
+    """Three users, each racing 12 activations of distinct clients for 3 seats."""
+    seats, rounds = 3, 3
+    with gunicorn_server(database_url, workers=4, LICENSE_SIGNING_KEYS=signing_key_file) as base:
+        for r in range(rounds):
+            who = _account(base, f"racer{r}@example.com")
+            _in_db(
+                database_url,
+                lambda s, uid=who["user_id"]: auth_api.grant_subscription(
+                    s, uid, plan="pro", seats=seats, period=timedelta(days=30)
+                ),
+            )
+            counter = iter(range(N))
+            results = _parallel(
+                lambda who=who, r=r, counter=counter: _activate(
+                    base, who, f"box-{r}-{next(counter)}"
+                )
+            )
+            statuses = sorted(s for s, _, _ in results)
+            assert statuses == [201] * seats + [409] * (N - seats), statuses
+            assert {b["code"] for s, b, _ in results if s == 409} == {"seat_limit_reached"}
+    assert _count(database_url, select(func.count()).select_from(License)) == seats * rounds
+    created = select(func.count()).where(AuditLog.action == "LICENSE_CREATED")
+    assert _count(database_url, created) == seats * rounds
+
+
+def test_read_after_write_across_workers(database_url, signing_key_file):
+    with gunicorn_server(database_url, workers=4, LICENSE_SIGNING_KEYS=signing_key_file) as base:
+        ada = _account(base, "ada@example.com")
+        for i in range(3):
+            _, lic, _ = _activate(base, ada, f"raw-{i}")
+            # The very next request, on whichever worker: the new license is valid.
+            _, verdict, _ = http(
+                "POST", base + "/api/v1/licenses/validate", {"token": lic["token"]}
+            )
+            assert verdict["code"] == "VALID"
+
+            # Suspended by another process a moment ago: no longer valid.
+            def suspend(session, license_id=lic["license_id"]):
+                with acting_as(OPERATOR):
+                    session.execute(
+                        update(License)
+                        .where(License.license_id == license_id)
+                        .values(status="suspended")
+                    )
+
+            _in_db(database_url, suspend)
+            _, verdict, _ = http(
+                "POST", base + "/api/v1/licenses/validate", {"token": lic["token"]}
+            )
+            assert verdict["code"] == "SUSPENDED"
+            _in_db(database_url, lambda s, lid=lic["license_id"]: _revoke(s, lid))
+
+
+def _revoke(session, license_id):
+    with acting_as(OPERATOR):
+        session.execute(
+            update(License).where(License.license_id == license_id).values(status="revoked")
+        )
