@@ -82,6 +82,7 @@ def register_blueprints(app: APIFlask) -> None:
 
     health.init_app(app)
     auth.init_app(app)
+    admin.init_app(app)
 
 
 def register_errorhandlers(app: APIFlask) -> None:

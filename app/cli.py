@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import click
@@ -25,6 +26,52 @@ backup_cli = AppGroup("backup", help="Verified backups (not yet built).")
 users_cli = AppGroup("users", help="User accounts.")
 tokens_cli = AppGroup("tokens", help="Token revocation list maintenance.")
 licenses_cli = AppGroup("licenses", help="License signing keys.")
+audit_cli = AppGroup("audit", help="The audit log.")
+
+
+def parse_age(text: str) -> timedelta:
+    """'90d', '12h', '30m' or '45s' as a timedelta."""
+    units = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+    number, unit = text[:-1], text[-1:].lower()
+    if unit not in units or not number.isdigit() or int(number) <= 0:
+        raise click.BadParameter(f"{text!r} is not an age like 90d, 12h, 30m or 45s")
+    return timedelta(**{units[unit]: int(number)})
+
+
+@audit_cli.command("archive")
+@click.option("--older-than", "older_than", default="90d", show_default=True, help="e.g. 90d, 12h")
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100_000))
+@click.option(
+    "--pause",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 60),
+    help="Seconds to wait between batches, to leave room for other writers.",
+)
+def audit_archive(older_than: str, batch_size: int, pause: float) -> None:
+    """Move audit entries older than --older-than into audit_logs_archive.
+
+    Each batch is copied and deleted in one transaction, so an interrupted run loses
+    nothing and leaves nothing twice; running it again finishes the job.
+    """
+    import time
+
+    from app.admin import api as admin_api
+    from app.kernel.db import utcnow
+
+    cutoff = utcnow() - parse_age(older_than)
+    session = get_session()
+    moved = 0
+    while True:
+        with transaction(session):
+            count = admin_api.archive_audit_batch(session, cutoff, batch_size)
+        if count == 0:
+            break
+        moved += count
+        click.echo(f"archived {moved} entries so far", err=True)
+        if pause:
+            time.sleep(pause)
+    click.echo(f"archived {moved} audit entries older than {cutoff.isoformat()}")
 
 
 def _url() -> str:
@@ -173,6 +220,7 @@ def licenses_generate_key(path: str) -> None:
 
 
 def init_app(app: Any) -> None:
+    app.cli.add_command(audit_cli)
     app.cli.add_command(licenses_cli)
     app.cli.add_command(users_cli)
     app.cli.add_command(tokens_cli)

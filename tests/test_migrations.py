@@ -72,7 +72,7 @@ def test_check_fails_when_a_migration_is_missing(empty_url):
     # Simulate a model change without its migration: drop an index the models declare.
     engine = make_engine(EngineSettings(url=empty_url, guard_mode="off"))
     with engine.begin() as conn:
-        conn.exec_driver_sql("DROP INDEX ix_audit_logs_action")
+        conn.exec_driver_sql("DROP INDEX ix_audit_logs_action_timestamp_log_id")
     engine.dispose()
     result = _cli(empty_url, "db", "check")
     assert result.exit_code != 0

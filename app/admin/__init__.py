@@ -1,12 +1,26 @@
 """admin: the audit log, statistics, license administration.
 
-Admin owns `audit_logs` and may only read auth's tables. Other modules use it only
-through `app.admin.api`.
+Admin owns `audit_logs` (and its archive) and may only read auth's tables. License changes
+go through `app.auth.api`. Other modules use admin only through `app.admin.api`.
 """
 
+from typing import Any
+
 from app.kernel.ownership import registry
+from app.kernel.web import module_blueprint
 
 MODULE = "admin"
 declaration = registry.declare(
-    MODULE, owns={"audit_logs"}, reads={"users", "token_revocations", "licenses", "subscriptions"}
+    MODULE,
+    owns={"audit_logs", "audit_logs_archive"},
+    reads={"users", "token_revocations", "licenses", "subscriptions"},
 )
+
+bp = module_blueprint(MODULE, __name__, url_prefix="/api/v1/admin", tag="Admin")
+
+
+def init_app(app: Any) -> None:
+    """Register admin's routes (every one of them requires the admin role)."""
+    from app.admin import routes  # noqa: F401 - routes attach themselves to bp
+
+    app.register_blueprint(bp)

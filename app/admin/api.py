@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -29,3 +30,10 @@ def record_audit(
         session, action, user_id=user_id, actor_id=actor_id, details=details, ip_address=ip_address
     )
     return entry.log_id
+
+
+@module_api(MODULE)
+def archive_audit_batch(session: Session, cutoff: datetime, batch_size: int) -> int:
+    """Move up to `batch_size` audit entries older than `cutoff` to the archive, inside the
+    caller's transaction; returns how many moved (0 when done)."""
+    return service.archive_batch(session, cutoff, batch_size)

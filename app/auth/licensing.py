@@ -62,29 +62,32 @@ class LicenseSuspended(Conflict):
 class LicenseNotFound(NotFound):
     code = "license_not_found"
 
-    def __init__(self) -> None:
-        super().__init__("No such license.")
+    def __init__(self, license_id: str | None = None) -> None:
+        extra = {"license_id": license_id} if license_id else {}
+        super().__init__("No such license.", **extra)
 
 
 class VersionConflict(ProblemError):
     status, code = 412, "version_conflict"
 
-    def __init__(self, current_version: int | None = None) -> None:
+    def __init__(self, current_version: int | None = None, license_id: str | None = None) -> None:
         super().__init__(
             "The license was changed by someone else; reload it and try again.",
             current_version=current_version,
+            license_id=license_id,
         )
 
 
 class InvalidTransition(Conflict):
     code = "invalid_transition"
 
-    def __init__(self, old: str, new: str) -> None:
+    def __init__(self, old: str, new: str, license_id: str | None = None) -> None:
         allowed = ", ".join(sorted(TRANSITIONS.get(old, ()))) or "none (final)"
         super().__init__(
             f"A license cannot go from {old} to {new}; from {old} it may go to: {allowed}.",
             from_status=old,
             to_status=new,
+            license_id=license_id,
         )
 
 
@@ -399,11 +402,13 @@ def update_status(
         select(License.status, License.version).where(License.license_id == license_id)
     ).first()
     if current is None:
-        raise LicenseNotFound()
+        raise LicenseNotFound(license_id)
     if current.version != expected_version:
-        raise VersionConflict(current.version)
-    if new_status != current.status and new_status not in TRANSITIONS[current.status]:
-        raise InvalidTransition(current.status, new_status)
+        raise VersionConflict(current.version, license_id)
+    if new_status == current.status:
+        return get_license(session, license_id)  # nothing to change, nothing to audit
+    if new_status not in TRANSITIONS[current.status]:
+        raise InvalidTransition(current.status, new_status, license_id)
     now = utcnow()
     result = session.execute(
         update(License)
@@ -412,7 +417,7 @@ def update_status(
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
-        raise VersionConflict()
+        raise VersionConflict(None, license_id)
     license_ = session.get(License, license_id, populate_existing=True)
     admin_api.record_audit(
         session,
@@ -456,7 +461,7 @@ def batch_update_statuses(
     changed = []
     for u in updates:
         if u.license_id not in versions:
-            raise LicenseNotFound()
+            raise LicenseNotFound(u.license_id)
         expected = versions[u.license_id] if u.expected_version is None else u.expected_version
         changed.append(
             update_status(

@@ -65,7 +65,7 @@ class ProblemError(Exception):
             self.code = code
         self.detail = detail or _phrase(self.status)[1]
         self.headers = headers or {}
-        self.extra = extra
+        self.extra = {key: value for key, value in extra.items() if value is not None}
         super().__init__(self.detail)
 
 

@@ -1,0 +1,195 @@
+"""admin's HTTP API. Every route requires a valid access token of a user whose role is
+admin — checked once for the whole blueprint, so a new route cannot forget it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from flask import request
+from flask_jwt_extended import get_jwt, verify_jwt_in_request
+
+from app.admin import bp, service
+from app.admin.schemas import (
+    AdminLicenseOut,
+    AuditPage,
+    AuditQuery,
+    BatchStatusIn,
+    BatchStatusOut,
+    LicensePatchIn,
+    LicenseStatsOut,
+    UserDetailOut,
+    UserPage,
+    UserQuery,
+    UserStatsOut,
+)
+from app.auth import api as auth_api
+from app.kernel.db import get_session, transaction
+from app.kernel.errors import Forbidden, NotFound, ProblemError
+from app.kernel.pagination import InvalidCursor, decode_cursor, encode_cursor
+from app.kernel.web import client_ip, problem_responses
+
+BEARER_AUTH = [{"BearerAuth": []}]
+
+
+class PreconditionRequired(ProblemError):
+    status, code = 428, "precondition_required"
+
+
+class PreconditionFailed(ProblemError):
+    status, code = 412, "version_conflict"
+
+
+@bp.before_request
+def _require_admin() -> None:
+    verify_jwt_in_request()
+    claims = get_jwt()
+    # The token's role, and the user's current role: a demoted admin's token stops
+    # working at once, not when it expires.
+    if claims.get("role") != "admin" or not service.is_admin(get_session(), claims["sub"]):
+        raise Forbidden("This needs the admin role.", code="admin_required")
+
+
+def _doc(summary: str, *statuses: int) -> Any:
+    return bp.doc(
+        summary=summary, security=BEARER_AUTH, responses=problem_responses(401, 403, *statuses)
+    )
+
+
+def _keyset(cursor: str | None) -> tuple[datetime, str] | None:
+    raw = decode_cursor(cursor)
+    if raw is None:
+        return None
+    try:
+        when, key = raw
+        return datetime.fromisoformat(when), str(key)
+    except (TypeError, ValueError):
+        raise InvalidCursor() from None
+
+
+def _next(cursor: tuple[str, str] | None) -> str | None:
+    return encode_cursor(list(cursor)) if cursor else None
+
+
+@bp.get("/stats/users")
+@bp.output(UserStatsOut)
+@_doc("Users per plan, with new users in the last 30 days")
+def user_stats() -> Any:
+    return {"items": service.user_stats(get_session())}
+
+
+@bp.get("/stats/licenses")
+@bp.output(LicenseStatsOut)
+@_doc("Licenses per status, with the oldest and newest")
+def license_stats() -> Any:
+    return {"items": service.license_stats(get_session())}
+
+
+@bp.get("/users")
+@bp.input(UserQuery, location="query")
+@bp.output(UserPage)
+@_doc("Users, newest first; filter by email prefix and plan", 422)
+def list_users(query_data: UserQuery) -> Any:
+    items, cursor = service.list_users(
+        get_session(),
+        email_prefix=query_data.email,
+        plan=query_data.plan,
+        limit=query_data.limit,
+        after=_keyset(query_data.cursor),
+    )
+    return {"items": items, "next_cursor": _next(cursor)}
+
+
+@bp.get("/users/<user_id>")
+@bp.output(UserDetailOut)
+@_doc("One user with all their licenses", 404)
+def get_user(user_id: str) -> Any:
+    user = service.user_with_licenses(get_session(), user_id)
+    if user is None:
+        raise NotFound("No such user.", code="user_not_found")
+    return user
+
+
+@bp.get("/audit-logs")
+@bp.input(AuditQuery, location="query")
+@bp.output(AuditPage)
+@_doc("Audit entries, newest first; filter by user, action and time", 422)
+def audit_logs(query_data: AuditQuery) -> Any:
+    filters = service.AuditFilter(
+        user_id=query_data.user_id,
+        action=query_data.action,
+        since=query_data.since,
+        until=query_data.until,
+    )
+    items, cursor = service.search_audit(
+        get_session(), filters, limit=query_data.limit, after=_keyset(query_data.cursor)
+    )
+    return {"items": items, "next_cursor": _next(cursor)}
+
+
+def _etag(version: int) -> dict[str, str]:
+    return {"ETag": f'"{version}"'}
+
+
+@bp.get("/licenses/<license_id>")
+@bp.output(AdminLicenseOut, headers={"ETag": {"description": 'The version, e.g. "3"'}})
+@_doc("One license, with its version as ETag", 404)
+def get_license(license_id: str) -> Any:
+    license_ = auth_api.get_license(get_session(), license_id)
+    if license_ is None:
+        raise auth_api.LicenseNotFound()
+    return license_, 200, _etag(license_.version)
+
+
+def _expected_version() -> int:
+    header = request.headers.get("If-Match")
+    if header is None or header.strip() == "*":
+        raise PreconditionRequired(
+            'Send If-Match with the ETag from GET (e.g. If-Match: "3") to change a license.'
+        )
+    tags = [t.strip() for t in header.split(",")]
+    if len(tags) != 1 or not (tags[0].startswith('"') and tags[0].endswith('"')):
+        raise PreconditionFailed("If-Match must carry exactly one ETag from this API.")
+    try:
+        return int(tags[0].strip('"'))
+    except ValueError:
+        raise PreconditionFailed("If-Match does not match the license's ETag.") from None
+
+
+@bp.patch("/licenses/<license_id>")
+@bp.input(LicensePatchIn)
+@bp.output(AdminLicenseOut, headers={"ETag": {"description": "The new version"}})
+@_doc("Change a license's status (If-Match required)", 404, 409, 412, 422, 428)
+def patch_license(license_id: str, json_data: LicensePatchIn) -> Any:
+    expected = _expected_version()
+    session = get_session()
+    try:
+        with transaction(session):
+            license_ = auth_api.update_license_status(
+                session,
+                license_id,
+                json_data.status,
+                expected,
+                actor_id=get_jwt()["sub"],
+                ip=client_ip(),
+            )
+    except auth_api.VersionConflict as exc:
+        raise PreconditionFailed(exc.detail, **exc.extra) from None
+    return license_, 200, _etag(license_.version)
+
+
+@bp.post("/licenses/batch-status")
+@bp.input(BatchStatusIn)
+@bp.output(BatchStatusOut)
+@_doc("Change up to 1000 licenses' status: all or nothing", 404, 409, 412, 422)
+def batch_status(json_data: BatchStatusIn) -> Any:
+    updates = [auth_api.StatusUpdate(u.license_id, u.status, u.version) for u in json_data.updates]
+    session = get_session()
+    try:
+        with transaction(session):
+            changed = auth_api.batch_update_license_statuses(
+                session, updates, actor_id=get_jwt()["sub"], ip=client_ip()
+            )
+    except auth_api.VersionConflict as exc:
+        raise PreconditionFailed(exc.detail, **exc.extra) from None
+    return {"items": changed}

@@ -1,0 +1,134 @@
+"""Request and response models of admin's HTTP API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+LicenseStatus = Literal["active", "suspended", "revoked"]
+
+
+class UserStatsItem(BaseModel):
+    plan: str
+    user_count: int
+    new_users_30d: int
+
+
+class UserStatsOut(BaseModel):
+    items: list[UserStatsItem]
+
+
+class LicenseStatsItem(BaseModel):
+    status: str
+    count: int
+    oldest: datetime
+    newest: datetime
+
+
+class LicenseStatsOut(BaseModel):
+    items: list[LicenseStatsItem]
+
+
+class UserQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: str | None = Field(
+        default=None, min_length=1, max_length=320, description="email prefix"
+    )
+    plan: str | None = Field(default=None, min_length=1, max_length=32)
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: str | None = Field(default=None, max_length=512)
+
+
+class AdminUserOut(BaseModel):
+    user_id: str
+    email: str
+    plan: str
+    role: str
+    created_at: datetime
+    failed_logins: int
+    locked_until: datetime | None
+
+
+class UserPage(BaseModel):
+    items: list[AdminUserOut]
+    next_cursor: str | None
+
+
+class UserLicenseOut(BaseModel):
+    license_id: str
+    client_id: str
+    status: LicenseStatus
+    created_at: datetime
+    expires_at: datetime
+    version: int
+
+
+class UserDetailOut(AdminUserOut):
+    licenses: list[UserLicenseOut]
+
+
+class AuditQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str | None = Field(default=None, max_length=40)
+    action: str | None = Field(default=None, max_length=64)
+    since: AwareDatetime | None = Field(default=None, description="RFC 3339, inclusive")
+    until: AwareDatetime | None = Field(default=None, description="RFC 3339, exclusive")
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: str | None = Field(default=None, max_length=512)
+
+
+class AuditEntryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    log_id: str
+    user_id: str | None
+    actor_id: str | None
+    action: str
+    details: dict[str, Any] | None
+    ip_address: str | None
+    timestamp: datetime
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntryOut]
+    next_cursor: str | None
+
+
+class AdminLicenseOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    license_id: str
+    user_id: str
+    client_id: str
+    status: LicenseStatus
+    created_at: datetime
+    expires_at: datetime
+    version: int
+
+
+class LicensePatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: LicenseStatus
+
+
+class BatchUpdateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    license_id: str = Field(min_length=1, max_length=40)
+    status: LicenseStatus
+    version: int | None = Field(default=None, ge=1, description="expected version (optional)")
+
+
+class BatchStatusIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    updates: list[BatchUpdateIn] = Field(min_length=1, max_length=1000)
+
+
+class BatchStatusOut(BaseModel):
+    items: list[AdminLicenseOut]

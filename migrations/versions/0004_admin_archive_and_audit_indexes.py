@@ -1,0 +1,57 @@
+"""admin: audit_logs_archive; audit search indexes that also give the order.
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-22
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0004"
+down_revision: str | None = "0003"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+TS = sa.DateTime(timezone=True)
+
+
+def upgrade() -> None:
+    op.create_table(
+        "audit_logs_archive",
+        sa.Column("log_id", sa.String(length=40), nullable=False),
+        sa.Column("user_id", sa.String(length=40), nullable=True),
+        sa.Column("actor_id", sa.String(length=40), nullable=True),
+        sa.Column("action", sa.String(length=64), nullable=False),
+        sa.Column("details", sa.JSON(), nullable=True),
+        sa.Column("ip_address", sa.String(length=45), nullable=True),
+        sa.Column("timestamp", TS, nullable=False),
+        sa.Column("archived_at", TS, nullable=False),
+        sa.PrimaryKeyConstraint("log_id", name=op.f("pk_audit_logs_archive")),
+    )
+    op.create_index(op.f("ix_audit_logs_archive_timestamp"), "audit_logs_archive", ["timestamp"])
+    op.create_index(op.f("ix_audit_logs_archive_user_id"), "audit_logs_archive", ["user_id"])
+    # Newest-first pages, overall or per user or per action, straight from an index.
+    op.create_index("ix_audit_logs_timestamp_log_id", "audit_logs", ["timestamp", "log_id"])
+    op.create_index(
+        "ix_audit_logs_user_id_timestamp_log_id", "audit_logs", ["user_id", "timestamp", "log_id"]
+    )
+    op.create_index(
+        "ix_audit_logs_action_timestamp_log_id", "audit_logs", ["action", "timestamp", "log_id"]
+    )
+    # The single-column ones are prefixes of those.
+    op.drop_index("ix_audit_logs_action", table_name="audit_logs")
+    op.drop_index("ix_audit_logs_timestamp", table_name="audit_logs")
+    op.drop_index("ix_audit_logs_user_id", table_name="audit_logs")
+
+
+def downgrade() -> None:
+    op.create_index("ix_audit_logs_user_id", "audit_logs", ["user_id"])
+    op.create_index("ix_audit_logs_timestamp", "audit_logs", ["timestamp"])
+    op.create_index("ix_audit_logs_action", "audit_logs", ["action"])
+    op.drop_index("ix_audit_logs_action_timestamp_log_id", table_name="audit_logs")
+    op.drop_index("ix_audit_logs_user_id_timestamp_log_id", table_name="audit_logs")
+    op.drop_index("ix_audit_logs_timestamp_log_id", table_name="audit_logs")
+    op.drop_table("audit_logs_archive")
