@@ -78,11 +78,12 @@ def register_extensions(app: APIFlask) -> None:
 
 
 def register_blueprints(app: APIFlask) -> None:
-    from app import admin, auth, health, orders  # noqa: F401 - modules declare their tables
+    from app import admin, auth, health, orders
 
     health.init_app(app)
     auth.init_app(app)
     admin.init_app(app)
+    orders.init_app(app)
 
 
 def register_errorhandlers(app: APIFlask) -> None:

@@ -27,6 +27,7 @@ users_cli = AppGroup("users", help="User accounts.")
 tokens_cli = AppGroup("tokens", help="Token revocation list maintenance.")
 licenses_cli = AppGroup("licenses", help="License signing keys.")
 audit_cli = AppGroup("audit", help="The audit log.")
+subscriptions_cli = AppGroup("subscriptions", help="Subscription renewals.")
 
 
 def parse_age(text: str) -> timedelta:
@@ -219,7 +220,29 @@ def licenses_generate_key(path: str) -> None:
     click.echo(f"wrote {path}")
 
 
+@subscriptions_cli.command("renew")
+def subscriptions_renew() -> None:
+    """Charge due subscriptions and extend them (cron, e.g. hourly).
+
+    A declined charge makes the subscription past due; past-due subscriptions beyond
+    RENEWAL_GRACE_DAYS end and their licenses are suspended. Running it twice at once, or
+    twice in a row, charges nobody twice.
+    """
+    from app.orders import api as orders_api
+
+    report = orders_api.renew_due_subscriptions(get_session(), current_app)
+    charged = (
+        ", ".join(f"{cents / 100:.2f} {cur}" for cur, cents in report.charged_cents.items())
+        or "nothing"
+    )
+    click.echo(
+        f"renewed {report.renewed}, failed {report.failed}, skipped {report.skipped}, "
+        f"lapsed {report.lapsed}; charged {charged}"
+    )
+
+
 def init_app(app: Any) -> None:
+    app.cli.add_command(subscriptions_cli)
     app.cli.add_command(audit_cli)
     app.cli.add_command(licenses_cli)
     app.cli.add_command(users_cli)

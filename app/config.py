@@ -118,6 +118,15 @@ def load_config(
         # Licenses: Ed25519 private key files, comma-separated; the first signs.
         "LICENSE_SIGNING_KEYS": env.get("LICENSE_SIGNING_KEYS") or None,
         "JWKS_MAX_AGE": _int(env, "JWKS_MAX_AGE", 300),
+        # Orders and payments
+        "PLANS_JSON": env.get("PLANS_JSON") or None,
+        "PAYMENT_PROVIDER": env.get("PAYMENT_PROVIDER", "sandbox"),
+        "ALLOW_SANDBOX_PAYMENTS": _bool(env.get("ALLOW_SANDBOX_PAYMENTS"), False),
+        "SANDBOX_LEDGER": env.get("SANDBOX_LEDGER") or str(instance / "sandbox-ledger.jsonl"),
+        # How long an order attempt holds its Idempotency-Key (or a renewal its period)
+        # before a retry may take over from a process that died mid-way.
+        "ORDER_LEASE": timedelta(seconds=_int(env, "ORDER_LEASE_SECONDS", 60)),
+        "RENEWAL_GRACE": timedelta(days=_int(env, "RENEWAL_GRACE_DAYS", 7)),
     }
 
 
@@ -135,6 +144,8 @@ def check_production(config: Mapping[str, Any]) -> None:
     secret = config.get("SECRET_KEY")
     if secret and secret != DEV_SECRET and secret == config.get("JWT_SECRET_KEY"):
         problems.append("SECRET_KEY and JWT_SECRET_KEY must differ")
+    if config.get("PAYMENT_PROVIDER") == "sandbox" and not config.get("ALLOW_SANDBOX_PAYMENTS"):
+        problems.append("PAYMENT_PROVIDER is the sandbox (set ALLOW_SANDBOX_PAYMENTS=1 for a demo)")
     if not config.get("LICENSE_SIGNING_KEYS"):
         problems.append("LICENSE_SIGNING_KEYS is not set")
     if config.get("OWNERSHIP_GUARD") not in ("raise", "log", "off"):

@@ -7,7 +7,8 @@ from app.admin import models as admin_models
 from app.auth import models as auth_models
 from app.kernel import models as kernel_models
 from app.kernel.db import Base
+from app.orders import models as orders_models
 
 metadata = Base.metadata
 
-__all__ = ["admin_models", "auth_models", "kernel_models", "metadata"]
+__all__ = ["admin_models", "auth_models", "kernel_models", "metadata", "orders_models"]

@@ -133,6 +133,7 @@ def app_config(database_url: str, tmp_path: Path, signing_key_file: str) -> dict
         "DATABASE_URL": database_url,
         "REDIS_URL": None,
         "BACKUP_DIR": str(tmp_path / "backups"),
+        "SANDBOX_LEDGER": str(tmp_path / "sandbox-ledger.jsonl"),
         # Cheap hashing keeps the suite fast; tests of the real cost set it back.
         "ARGON2_TIME_COST": 1,
         "ARGON2_MEMORY_COST": 1024,

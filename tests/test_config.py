@@ -54,7 +54,8 @@ def test_guard_cannot_be_relaxed_outside_production(tmp_path):
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({}, "SECRET_KEY is not set; JWT_SECRET_KEY is not set; LICENSE_SIGNING_KEYS is not set"),
+        ({}, "SECRET_KEY is not set; JWT_SECRET_KEY is not set; PAYMENT_PROVIDER is the sandbox"),
+        ({"PAYMENT_PROVIDER": "stripe"}, "LICENSE_SIGNING_KEYS is not set"),
         ({"SECRET_KEY": "x" * 40}, "JWT_SECRET_KEY is not set"),
         ({"SECRET_KEY": "x" * 40, "JWT_SECRET_KEY": "x" * 40}, "must differ"),
         ({"SECRET_KEY": "x" * 40, "JWT_SECRET_KEY": "y" * 10}, "JWT_SECRET_KEY is shorter"),
@@ -72,5 +73,6 @@ def test_production_accepts_real_secrets(tmp_path):
         "SECRET_KEY": "x" * 40,
         "JWT_SECRET_KEY": "y" * 40,
         "LICENSE_SIGNING_KEYS": "/etc/licensing/key.pem",
+        "ALLOW_SANDBOX_PAYMENTS": "1",
     }
     check_production(load_config(tmp_path, env=env))

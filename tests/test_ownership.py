@@ -245,6 +245,7 @@ def test_guard_off_allows_everything(app_config):
     app_config["OWNERSHIP_GUARD"] = "off"
     app_config["SECRET_KEY"] = "s" * 40
     app_config["JWT_SECRET_KEY"] = "j" * 40
+    app_config["ALLOW_SANDBOX_PAYMENTS"] = True
     application = create_app(app_config)
     with application.app_context():
         session = get_session()

@@ -120,6 +120,7 @@ def test_production_with_an_unreadable_signing_key_refuses_to_start(tmp_path):
         SECRET_KEY="s" * 40,
         JWT_SECRET_KEY="j" * 40,
         LICENSE_SIGNING_KEYS=str(tmp_path / "missing.pem"),
+        ALLOW_SANDBOX_PAYMENTS="1",
     )
     result = subprocess.run(
         [BIN / "flask", "--app", "wsgi", "db", "current"],
@@ -141,6 +142,7 @@ def test_production_with_real_secrets_starts(tmp_path, signing_key_file):
         SECRET_KEY="s" * 40,
         JWT_SECRET_KEY="j" * 40,
         LICENSE_SIGNING_KEYS=signing_key_file,
+        ALLOW_SANDBOX_PAYMENTS="1",
     )
     result = subprocess.run(
         [BIN / "flask", "--app", "wsgi", "db", "upgrade"],

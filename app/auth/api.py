@@ -197,3 +197,54 @@ def get_license(session: Session, license_id: str) -> LicenseSummary | None:
         return _license(licensing.get_license(session, license_id))
     except licensing.LicenseNotFound:
         return None
+
+
+@module_api(MODULE)
+def list_licenses(session: Session, user_id: str, limit: int = 100) -> list[LicenseSummary]:
+    """The user's licenses, newest first."""
+    items, _ = licensing.list_licenses(session, user_id, limit=limit, after=None)
+    return [_license(x) for x in items]
+
+
+@module_api(MODULE)
+def due_subscriptions(
+    session: Session, now: datetime, limit: int = 100
+) -> list[SubscriptionSummary]:
+    """Live subscriptions due for renewal at `now`, oldest first."""
+    return [_subscription(s) for s in licensing.due_subscriptions(session, now, limit)]  # type: ignore[misc]
+
+
+@module_api(MODULE)
+def renew_subscription(
+    session: Session,
+    subscription_id: str,
+    *,
+    expected_renews_at: datetime,
+    period: timedelta,
+    actor_id: str | None = None,
+) -> SubscriptionSummary | None:
+    """Extend by one period (and the licenses with it); None if already renewed."""
+    return _subscription(
+        licensing.renew_subscription(
+            session,
+            subscription_id,
+            expected_renews_at=expected_renews_at,
+            period=period,
+            actor_id=actor_id,
+        )
+    )
+
+
+@module_api(MODULE)
+def mark_subscription_past_due(
+    session: Session, subscription_id: str, *, actor_id: str | None = None, reason: str
+) -> None:
+    licensing.mark_past_due(session, subscription_id, actor_id=actor_id, reason=reason)
+
+
+@module_api(MODULE)
+def lapse_past_due_subscriptions(
+    session: Session, *, grace: timedelta, now: datetime, actor_id: str | None = None
+) -> int:
+    """End past-due subscriptions beyond the grace period; their licenses are suspended."""
+    return licensing.lapse_past_due(session, grace=grace, now=now, actor_id=actor_id)

@@ -469,3 +469,110 @@ def batch_update_statuses(
             )
         )
     return changed
+
+
+# --- renewals (driven by the orders module) ------------------------------------------
+
+
+def due_subscriptions(session: Session, now: datetime, limit: int) -> list[Subscription]:
+    """Live subscriptions whose renewal date has come, oldest due first."""
+    return list(
+        session.scalars(
+            select(Subscription)
+            .where(Subscription.status.in_(LIVE_SUBSCRIPTION), Subscription.renews_at <= now)
+            .order_by(Subscription.renews_at, Subscription.subscription_id)
+            .limit(limit)
+        )
+    )
+
+
+def renew_subscription(
+    session: Session,
+    subscription_id: str,
+    *,
+    expected_renews_at: datetime,
+    period: timedelta,
+    actor_id: str | None,
+) -> Subscription | None:
+    """Extend a subscription by one period from its renewal date, and its active licenses
+    with it. None when it was already renewed (its renewal date moved on)."""
+    sub = session.get(Subscription, subscription_id, with_for_update=True, populate_existing=True)
+    if sub is None or sub.renews_at != expected_renews_at or sub.status not in LIVE_SUBSCRIPTION:
+        return None
+    sub.renews_at = expected_renews_at + period
+    sub.status = "active"
+    sub.version += 1
+    now = utcnow()
+    session.execute(
+        update(License)
+        .where(License.user_id == sub.user_id, License.status == "active")
+        .values(expires_at=sub.renews_at, version=License.version + 1, updated_at=now)
+    )
+    admin_api.record_audit(
+        session,
+        "SUBSCRIPTION_RENEWED",
+        user_id=sub.user_id,
+        actor_id=actor_id,
+        details={"subscription_id": subscription_id, "renews_at": sub.renews_at.isoformat()},
+    )
+    session.flush()
+    return sub
+
+
+def mark_past_due(
+    session: Session, subscription_id: str, *, actor_id: str | None, reason: str
+) -> None:
+    """A renewal charge failed: the subscription is past due (its seats remain for now)."""
+    sub = session.get(Subscription, subscription_id, with_for_update=True, populate_existing=True)
+    if sub is None or sub.status != "active":
+        return
+    sub.status = "past_due"
+    sub.version += 1
+    admin_api.record_audit(
+        session,
+        "SUBSCRIPTION_PAST_DUE",
+        user_id=sub.user_id,
+        actor_id=actor_id,
+        details={"subscription_id": subscription_id, "reason": reason},
+    )
+    session.flush()
+
+
+def lapse_past_due(
+    session: Session, *, grace: timedelta, now: datetime, actor_id: str | None
+) -> int:
+    """Past-due subscriptions beyond the grace period end; their licenses are suspended
+    and the user is back on the free plan. Returns how many lapsed."""
+    lapsed = list(
+        session.scalars(
+            select(Subscription).where(
+                Subscription.status == "past_due", Subscription.renews_at <= now - grace
+            )
+        )
+    )
+    for sub in lapsed:
+        user = _lock_user(session, sub.user_id)
+        sub.status = "expired"
+        sub.version += 1
+        user.plan = "free"
+        active = session.scalars(
+            select(License).where(License.user_id == sub.user_id, License.status == "active")
+        ).all()
+        for license_ in active:
+            _set_status(
+                session,
+                license_,
+                "suspended",
+                actor_id=actor_id,
+                reason="subscription_lapsed",
+                now=now,
+            )
+        admin_api.record_audit(
+            session,
+            "SUBSCRIPTION_LAPSED",
+            user_id=sub.user_id,
+            actor_id=actor_id,
+            details={"subscription_id": sub.subscription_id, "suspended_licenses": len(active)},
+        )
+    session.flush()
+    return len(lapsed)

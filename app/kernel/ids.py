@@ -5,7 +5,7 @@ from __future__ import annotations
 from ulid import ULID
 
 # Every prefix in use, so a typo in a model is caught at import time, not in production.
-PREFIXES = frozenset({"usr", "lic", "sub", "ord", "log", "evt", "rev", "idk"})
+PREFIXES = frozenset({"usr", "lic", "sub", "ord", "log", "evt", "rev", "idk", "ch", "re"})
 
 
 def new_id(prefix: str) -> str:

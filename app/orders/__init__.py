@@ -1,11 +1,22 @@
 """orders: plans, orders, payments, renewals.
 
-It will own `orders` and `idempotency_keys` (DESIGN §2); those tables arrive with the orders
-issue, and the declaration grows with them. Other modules use it only through
-`app.orders.api`.
+Orders owns `orders` and `idempotency_keys`. Everything it does to subscriptions or audit
+entries goes through `app.auth.api` and `app.admin.api`, inside its own transaction.
+Other modules use it only through `app.orders.api`.
 """
 
+from typing import Any
+
 from app.kernel.ownership import registry
+from app.kernel.web import module_blueprint
 
 MODULE = "orders"
-declaration = registry.declare(MODULE, owns=set(), reads=set())
+declaration = registry.declare(MODULE, owns={"orders", "idempotency_keys"}, reads=set())
+
+bp = module_blueprint(MODULE, __name__, url_prefix="/api/v1", tag="Orders")
+
+
+def init_app(app: Any) -> None:
+    from app.orders import routes  # noqa: F401 - routes attach themselves to bp
+
+    app.register_blueprint(bp)

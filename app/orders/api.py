@@ -1,0 +1,32 @@
+"""orders' public facade: the only thing other modules (and the CLI) may import from orders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.kernel.ownership import acting_as
+from app.orders import MODULE, workflows
+from app.orders.payments import make_gateway
+from app.orders.plans import load_catalog
+
+RenewalReport = workflows.RenewalReport
+
+
+def renew_due_subscriptions(session: Session, app: Any) -> RenewalReport:
+    """Run the renewal workflow with the app's payment provider and catalog.
+
+    It owns its transactions (money moves between them), so it is an entry point, not a
+    function to call inside someone else's transaction.
+    """
+    cfg = app.config
+    gateway = make_gateway(cfg["PAYMENT_PROVIDER"], sandbox_ledger=cfg["SANDBOX_LEDGER"])
+    with acting_as(MODULE):
+        return workflows.renew_due(
+            session,
+            gateway,
+            load_catalog(cfg["PLANS_JSON"]),
+            grace=cfg["RENEWAL_GRACE"],
+            lease=cfg["ORDER_LEASE"],
+        )

@@ -1,0 +1,132 @@
+"""The payment port, and the built-in `sandbox` provider.
+
+A provider charges and refunds. Both calls take an idempotency key (the order id, or the
+order id plus "refund"): asking twice never moves money twice — so a retry after a crash,
+or two racing retries, cannot double-charge even before our own database is consulted.
+
+The sandbox accepts `tok_ok`, declines `tok_declined` and is unavailable for
+`tok_unavailable`. It keeps its ledger in a JSON-lines file, so every worker process (and
+a test) sees the same charges.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+from app.kernel.ids import new_id
+
+
+class PaymentDeclined(Exception):
+    """The provider refused the payment (card declined, insufficient funds…)."""
+
+
+class PaymentUnavailable(Exception):
+    """The provider could not be reached or failed; nothing was charged."""
+
+
+@dataclass(frozen=True)
+class Charge:
+    charge_id: str
+    amount_cents: int
+    currency: str
+    refunded: bool = False
+
+
+@dataclass(frozen=True)
+class Refund:
+    refund_id: str
+    charge_id: str
+    amount_cents: int
+
+
+class PaymentGateway(Protocol):
+    """What the orders service needs from a payment provider."""
+
+    def charge(
+        self, *, amount_cents: int, currency: str, payment_method: str, idempotency_key: str
+    ) -> Charge:
+        """Charge once per idempotency key; the same key returns the same charge."""
+        ...
+
+    def refund(self, *, charge_id: str, amount_cents: int, idempotency_key: str) -> Refund:
+        """Refund once per idempotency key."""
+        ...
+
+
+class SandboxGateway:
+    """A fake provider with a durable ledger, for development and tests."""
+
+    def __init__(self, ledger: str | os.PathLike[str]) -> None:
+        self.ledger = Path(ledger)
+
+    def charge(
+        self, *, amount_cents: int, currency: str, payment_method: str, idempotency_key: str
+    ) -> Charge:
+        if payment_method == "tok_unavailable":
+            raise PaymentUnavailable("sandbox: provider unavailable")
+        with self._locked() as entries:
+            for entry in entries:
+                if entry["type"] == "charge" and entry["idempotency_key"] == idempotency_key:
+                    refunded = any(
+                        e["type"] == "refund" and e["charge_id"] == entry["charge_id"]
+                        for e in entries
+                    )
+                    return Charge(
+                        entry["charge_id"], entry["amount_cents"], entry["currency"], refunded
+                    )
+            if payment_method != "tok_ok":
+                raise PaymentDeclined("sandbox: card declined")
+            charge = Charge(new_id("ch"), amount_cents, currency)
+            self._append({"type": "charge", "idempotency_key": idempotency_key, **asdict(charge)})
+            return charge
+
+    def refund(self, *, charge_id: str, amount_cents: int, idempotency_key: str) -> Refund:
+        with self._locked() as entries:
+            for entry in entries:
+                if entry["type"] == "refund" and entry["idempotency_key"] == idempotency_key:
+                    return Refund(entry["refund_id"], entry["charge_id"], entry["amount_cents"])
+            if not any(e["type"] == "charge" and e["charge_id"] == charge_id for e in entries):
+                raise PaymentUnavailable(f"sandbox: no charge {charge_id}")
+            refund = Refund(new_id("re"), charge_id, amount_cents)
+            self._append({"type": "refund", "idempotency_key": idempotency_key, **asdict(refund)})
+            return refund
+
+    # The ledger: one JSON object per line, under an exclusive lock across processes.
+    @contextmanager
+    def _locked(self) -> Iterator[list[dict]]:
+        self.ledger.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.ledger, "a+") as file:
+            fcntl.flock(file, fcntl.LOCK_EX)
+            try:
+                file.seek(0)
+                yield [json.loads(line) for line in file if line.strip()]
+            finally:
+                fcntl.flock(file, fcntl.LOCK_UN)
+
+    def _append(self, entry: dict) -> None:
+        with open(self.ledger, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def entries(self) -> list[dict]:
+        """Everything the sandbox has done (for tests and operators)."""
+        with self._locked() as entries:
+            return entries
+
+
+PROVIDERS = {"sandbox": SandboxGateway}
+
+
+def make_gateway(provider: str, *, sandbox_ledger: str) -> PaymentGateway:
+    """The configured provider. A real one is added to PROVIDERS; the service is unchanged."""
+    if provider not in PROVIDERS:
+        raise ValueError(f"unknown PAYMENT_PROVIDER {provider!r}; known: {', '.join(PROVIDERS)}")
+    return SandboxGateway(sandbox_ledger)

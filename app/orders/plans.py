@@ -1,0 +1,51 @@
+"""The plan catalog. Prices are integer minor units per seat per period.
+
+The default catalog can be replaced with `PLANS_JSON` (a JSON list of the same shape).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Plan:
+    plan: str
+    seats: int  # seats included by default
+    max_seats: int
+    price_cents: int  # per seat per period
+    currency: str
+    period_days: int
+
+    @property
+    def purchasable(self) -> bool:
+        return self.price_cents > 0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+DEFAULT_PLANS = (
+    Plan("free", seats=1, max_seats=1, price_cents=0, currency="EUR", period_days=365),
+    Plan("pro", seats=3, max_seats=50, price_cents=900, currency="EUR", period_days=30),
+    Plan(
+        "enterprise", seats=25, max_seats=10_000, price_cents=2_900, currency="EUR", period_days=365
+    ),
+)
+
+
+def load_catalog(plans_json: str | None) -> dict[str, Plan]:
+    """The catalog from configuration (JSON) or the default; ValueError when malformed."""
+    if not plans_json:
+        return {p.plan: p for p in DEFAULT_PLANS}
+    try:
+        plans = [Plan(**item) for item in json.loads(plans_json)]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"PLANS_JSON is not a list of plans: {exc}") from None
+    for p in plans:
+        if p.seats < 1 or p.max_seats < p.seats or p.price_cents < 0 or p.period_days < 1:
+            raise ValueError(f"PLANS_JSON: plan {p.plan!r} has impossible numbers")
+        if len(p.currency) != 3:
+            raise ValueError(f"PLANS_JSON: plan {p.plan!r} currency must be an ISO 4217 code")
+    return {p.plan: p for p in plans}

@@ -1,0 +1,82 @@
+"""Request and response models of orders' HTTP API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PlanOut(BaseModel):
+    plan: str
+    seats: int = Field(description="seats included when none are asked for")
+    max_seats: int
+    price_cents: int = Field(description="per seat per period, in minor units")
+    currency: str
+    period_days: int
+
+
+class OrderIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    plan: str = Field(min_length=1, max_length=32)
+    seats: int | None = Field(default=None, ge=1, le=100_000)
+    payment_token: str = Field(min_length=1, max_length=128, examples=["tok_ok"])
+
+
+class OrderOut(BaseModel):
+    order_id: str
+    user_id: str
+    plan: str
+    seats: int
+    amount_cents: int
+    currency: str
+    status: Literal["pending", "paid", "failed", "cancelling", "cancelled"]
+    subscription_id: str | None
+    created_at: datetime
+
+
+class OrderPage(BaseModel):
+    items: list[OrderOut]
+    next_cursor: str | None
+
+
+class DashboardUser(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    user_id: str
+    email: str
+    plan: str
+    role: str
+    created_at: datetime
+
+
+class DashboardSubscription(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    subscription_id: str
+    plan: str
+    status: str
+    seats: int
+    started_at: datetime
+    renews_at: datetime
+
+
+class DashboardLicense(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    license_id: str
+    client_id: str
+    status: str
+    created_at: datetime
+    expires_at: datetime
+    version: int
+
+
+class DashboardOut(BaseModel):
+    user: DashboardUser
+    subscription: DashboardSubscription | None
+    seats: dict[str, int]
+    licenses: list[DashboardLicense]
+    recent_orders: list[OrderOut]

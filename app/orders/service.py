@@ -1,0 +1,467 @@
+"""orders' business logic. Plain Python: every function takes a Session and never commits.
+
+Placing an order is three steps, so that money never moves inside a database transaction:
+1. claim (one transaction): the Idempotency-Key row and a pending order;
+2. charge the payment provider (idempotent by order id);
+3. settle (one transaction): the order paid, the subscription granted (auth.api), the
+   audit entry (admin.api) and the `order.paid` event (kernel.events) — or, if that fails,
+   refund the charge (compensation) and record that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.admin import api as admin_api
+from app.auth import api as auth_api
+from app.kernel import events
+from app.kernel.db import utcnow
+from app.kernel.errors import Conflict, NotFound, ProblemError
+from app.kernel.ids import new_id
+from app.orders.models import IdempotencyKey, Order
+from app.orders.payments import Charge, Refund
+from app.orders.plans import Plan
+
+
+class UnknownPlan(ProblemError):
+    status, code = 422, "unknown_plan"
+
+
+class IdempotencyConflict(Conflict):
+    code = "idempotency_conflict"
+
+    def __init__(self) -> None:
+        super().__init__("This Idempotency-Key was used with a different request body.")
+
+
+class IdempotencyInProgress(Conflict):
+    code = "idempotency_in_progress"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "A request with this Idempotency-Key is still being processed; retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+
+
+class OrderNotFound(NotFound):
+    code = "order_not_found"
+
+    def __init__(self) -> None:
+        super().__init__("No such order.")
+
+
+class OrderNotCancellable(Conflict):
+    code = "order_not_cancellable"
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    plan: str
+    seats: int
+    payment_method: str
+
+    def fingerprint(self) -> str:
+        canonical = json.dumps(
+            {"plan": self.plan, "seats": self.seats, "payment_token": self.payment_method},
+            sort_keys=True,
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def price(plan: Plan, seats: int) -> int:
+    """The order amount in minor units: exact integer arithmetic."""
+    return plan.price_cents * seats
+
+
+def order_body(order: Order) -> dict[str, Any]:
+    """The API representation of an order (also what an idempotent replay returns)."""
+    return {
+        "order_id": order.order_id,
+        "user_id": order.user_id,
+        "plan": order.plan,
+        "seats": order.seats,
+        "amount_cents": order.amount_cents,
+        "currency": order.currency,
+        "status": order.status,
+        "subscription_id": order.subscription_id,
+        "created_at": order.created_at.isoformat().replace("+00:00", "Z"),
+    }
+
+
+# --- 1. claim -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Exactly one of: an order this request must pay for, a stored response to replay,
+    or neither (another request holds the key right now: wait and ask again)."""
+
+    order: Order | None = None
+    replay: tuple[int, dict[str, Any]] | None = None
+
+
+def claim(
+    session: Session,
+    user_id: str,
+    key: str,
+    request: OrderRequest,
+    plan: Plan,
+    *,
+    lease: timedelta,
+    now: datetime | None = None,
+) -> Claim:
+    """Claim the Idempotency-Key for this request (inside a write transaction).
+
+    The key's primary key (user, key) settles racing retries: one inserts, the others
+    find its row. A key whose attempt died (its lease ran out) is taken over, with the
+    same order, so the provider's idempotency returns the same charge.
+    """
+    now = now or utcnow()
+    row = session.get(IdempotencyKey, (user_id, key), with_for_update=True, populate_existing=True)
+    if row is not None:
+        if row.fingerprint != request.fingerprint():
+            raise IdempotencyConflict()
+        if row.state == "completed":
+            return Claim(replay=(row.response_status, row.response_body))  # type: ignore[arg-type]
+        if row.locked_until > now:
+            return Claim()
+        row.locked_until = now + lease
+        return Claim(order=session.get(Order, row.order_id, populate_existing=True))
+    order = Order(
+        order_id=new_id("ord"),
+        user_id=user_id,
+        kind="purchase",
+        plan=plan.plan,
+        seats=request.seats,
+        amount_cents=price(plan, request.seats),
+        currency=plan.currency,
+        status="pending",
+        payment_method=request.payment_method,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(order)
+    session.add(
+        IdempotencyKey(
+            user_id=user_id,
+            key=key,
+            fingerprint=request.fingerprint(),
+            state="in_progress",
+            order_id=order.order_id,
+            locked_until=now + lease,
+            created_at=now,
+        )
+    )
+    session.flush()  # IntegrityError here: a racing retry inserted first; the caller asks again
+    return Claim(order=order)
+
+
+def _complete_key(session: Session, order: Order, status: int, body: dict[str, Any]) -> None:
+    session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.order_id == order.order_id)
+        .values(state="completed", response_status=status, response_body=body)
+    )
+
+
+def _release_key(session: Session, order: Order) -> None:
+    """Forget the key, so a retry with it may try again (nothing charged, or refunded)."""
+    key = session.scalar(select(IdempotencyKey).where(IdempotencyKey.order_id == order.order_id))
+    if key is not None:
+        session.delete(key)
+
+
+# --- 3. settle -----------------------------------------------------------------------
+
+
+def fulfil(session: Session, order_id: str, charge: Charge, plan: Plan) -> dict[str, Any]:
+    """The paid order, its subscription, its audit entry and its event: one transaction."""
+    order = session.get(Order, order_id, with_for_update=True, populate_existing=True)
+    assert order is not None
+    subscription = auth_api.grant_subscription(
+        session,
+        order.user_id,
+        plan=order.plan,
+        seats=order.seats,
+        period=timedelta(days=plan.period_days),
+        actor_id=order.order_id,
+    )
+    order.status, order.charge_id = "paid", charge.charge_id
+    order.subscription_id = subscription.subscription_id
+    order.version += 1
+    session.flush()
+    admin_api.record_audit(
+        session,
+        "ORDER_PAID",
+        user_id=order.user_id,
+        actor_id=order.user_id,
+        details={
+            "order_id": order.order_id,
+            "plan": order.plan,
+            "seats": order.seats,
+            "amount_cents": order.amount_cents,
+            "currency": order.currency,
+            "charge_id": charge.charge_id,
+            "subscription_id": subscription.subscription_id,
+        },
+    )
+    events.publish(
+        session,
+        "order.paid",
+        {
+            "order_id": order.order_id,
+            "user_id": order.user_id,
+            "plan": order.plan,
+            "seats": order.seats,
+            "amount_cents": order.amount_cents,
+            "currency": order.currency,
+            "subscription_id": subscription.subscription_id,
+        },
+        aggregate_id=order.order_id,
+    )
+    body = order_body(order)
+    _complete_key(session, order, 201, body)
+    return body
+
+
+def fail(
+    session: Session,
+    order_id: str,
+    *,
+    failure_code: str,
+    audit_action: str,
+    response: tuple[int, dict[str, Any]] | None,
+    refund: Refund | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """The order failed. With `response` the key replays it; without, the key is released."""
+    order = session.get(Order, order_id, with_for_update=True, populate_existing=True)
+    assert order is not None
+    order.status, order.failure_code = "failed", failure_code
+    if refund is not None:
+        order.refund_id = refund.refund_id
+    order.version += 1
+    admin_api.record_audit(
+        session,
+        audit_action,
+        user_id=order.user_id,
+        actor_id=order.user_id,
+        details={
+            "order_id": order.order_id,
+            "amount_cents": order.amount_cents,
+            "currency": order.currency,
+            "failure_code": failure_code,
+            **(details or {}),
+        },
+    )
+    if response is None:
+        _release_key(session, order)
+    else:
+        _complete_key(session, order, *response)
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+def get_order(session: Session, order_id: str, *, user_id: str, is_admin: bool) -> Order:
+    order = session.get(Order, order_id)
+    if order is None or (order.user_id != user_id and not is_admin):
+        raise OrderNotFound()  # never reveal someone else's order
+    return order
+
+
+def list_orders(
+    session: Session, user_id: str, *, limit: int, after: str | None
+) -> tuple[list[Order], str | None]:
+    stmt = select(Order).where(Order.user_id == user_id)
+    if after is not None:
+        stmt = stmt.where(Order.order_id < after)
+    rows = list(session.scalars(stmt.order_by(Order.order_id.desc()).limit(limit + 1)))
+    return rows[:limit], (rows[limit - 1].order_id if len(rows) > limit else None)
+
+
+# --- cancelling ----------------------------------------------------------------------
+
+
+def begin_cancel(session: Session, order_id: str, *, user_id: str, is_admin: bool) -> Order | None:
+    """Mark a paid order `cancelling` (inside a write transaction). None when it is
+    already cancelled (the caller answers with it as is)."""
+    order = session.get(Order, order_id, with_for_update=True, populate_existing=True)
+    if order is None or (order.user_id != user_id and not is_admin):
+        raise OrderNotFound()
+    if order.status == "cancelled":
+        return None
+    if order.status not in ("paid", "cancelling"):
+        raise OrderNotCancellable(f"A {order.status} order cannot be cancelled.")
+    order.status = "cancelling"
+    order.version += 1
+    return order
+
+
+def finish_cancel(session: Session, order_id: str, refund: Refund, *, actor_id: str) -> Order:
+    """Refunded: the order cancelled, the subscription ended (licenses above the free seats
+    suspended, newest first), audited, announced — one transaction."""
+    order = session.get(Order, order_id, with_for_update=True, populate_existing=True)
+    assert order is not None
+    if order.status != "cancelling":
+        return order  # a concurrent cancel finished it
+    order.status, order.refund_id = "cancelled", refund.refund_id
+    order.version += 1
+    session.flush()
+    auth_api.cancel_subscription(session, order.user_id, actor_id=actor_id)
+    admin_api.record_audit(
+        session,
+        "ORDER_CANCELLED",
+        user_id=order.user_id,
+        actor_id=actor_id,
+        details={
+            "order_id": order.order_id,
+            "refund_id": refund.refund_id,
+            "amount_cents": order.amount_cents,
+            "currency": order.currency,
+        },
+    )
+    events.publish(
+        session,
+        "order.cancelled",
+        {"order_id": order.order_id, "user_id": order.user_id, "refund_id": refund.refund_id},
+        aggregate_id=order.order_id,
+    )
+    return order
+
+
+def revert_cancel(session: Session, order_id: str) -> None:
+    """The refund could not be made: the order is paid again."""
+    session.execute(
+        update(Order)
+        .where(Order.order_id == order_id, Order.status == "cancelling")
+        .values(status="paid")
+    )
+
+
+# --- renewals ------------------------------------------------------------------------
+
+
+def last_payment_method(session: Session, user_id: str) -> str | None:
+    return session.scalar(
+        select(Order.payment_method)
+        .where(Order.user_id == user_id, Order.status.in_(("paid", "cancelled")))
+        .order_by(Order.order_id.desc())
+        .limit(1)
+    )
+
+
+def claim_renewal(
+    session: Session, sub: Any, plan: Plan, *, lease: timedelta, now: datetime
+) -> Order | None:
+    """The pending renewal order for this subscription's period, claimed by this run; None
+    when another run holds it or the period is already settled."""
+    renewal_key = f"{sub.subscription_id}:{sub.renews_at.isoformat()}"
+    existing = session.scalar(
+        select(Order).where(Order.renewal_key == renewal_key).with_for_update()
+    )
+    if existing is not None:
+        if existing.status != "pending" or existing.updated_at > now - lease:
+            return None
+        existing.updated_at = now  # take over an attempt whose run died
+        return existing
+    method = last_payment_method(session, sub.user_id)
+    order = Order(
+        order_id=new_id("ord"),
+        user_id=sub.user_id,
+        kind="renewal",
+        plan=sub.plan,
+        seats=sub.seats,
+        amount_cents=price(plan, sub.seats),
+        currency=plan.currency,
+        status="pending",
+        payment_method=method or "none",
+        subscription_id=sub.subscription_id,
+        renewal_key=renewal_key,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(order)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        return None  # a concurrent run inserted it first
+    return order
+
+
+def settle_renewal(session: Session, order_id: str, charge: Charge, sub: Any, plan: Plan) -> None:
+    order = session.get(Order, order_id, with_for_update=True, populate_existing=True)
+    assert order is not None
+    if order.status != "pending":
+        return
+    order.status, order.charge_id = "paid", charge.charge_id
+    order.version += 1
+    session.flush()
+    auth_api.renew_subscription(
+        session,
+        sub.subscription_id,
+        expected_renews_at=sub.renews_at,
+        period=timedelta(days=plan.period_days),
+        actor_id=order.order_id,
+    )
+    admin_api.record_audit(
+        session,
+        "ORDER_PAID",
+        user_id=order.user_id,
+        actor_id=None,
+        details={
+            "order_id": order.order_id,
+            "kind": "renewal",
+            "amount_cents": order.amount_cents,
+            "currency": order.currency,
+            "subscription_id": sub.subscription_id,
+        },
+    )
+    events.publish(
+        session,
+        "order.paid",
+        {
+            "order_id": order.order_id,
+            "user_id": order.user_id,
+            "kind": "renewal",
+            "amount_cents": order.amount_cents,
+            "subscription_id": sub.subscription_id,
+        },
+        aggregate_id=order.order_id,
+    )
+
+
+def fail_renewal(
+    session: Session, order_id: str, sub: Any, *, failure_code: str, retry: bool
+) -> None:
+    """A declined renewal makes the subscription past due. With `retry` (provider down),
+    the period's renewal key is freed so the next run tries again."""
+    order = session.get(Order, order_id, with_for_update=True, populate_existing=True)
+    assert order is not None
+    order.status, order.failure_code = "failed", failure_code
+    if retry:
+        order.renewal_key = None
+    order.version += 1
+    session.flush()
+    if not retry:
+        auth_api.mark_subscription_past_due(session, sub.subscription_id, reason=failure_code)
+    admin_api.record_audit(
+        session,
+        "RENEWAL_FAILED",
+        user_id=order.user_id,
+        details={
+            "order_id": order.order_id,
+            "subscription_id": sub.subscription_id,
+            "failure_code": failure_code,
+        },
+    )

@@ -1,0 +1,261 @@
+"""The multi-step workflows of orders, each step its own transaction.
+
+These are entry-point code (called by routes and the CLI): they own the transaction
+boundaries, because money must never move inside a database transaction. The steps
+themselves are in `service`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.auth import api as auth_api
+from app.kernel.db import transaction, utcnow
+from app.kernel.errors import ProblemError, problem
+from app.orders import service
+from app.orders.payments import PaymentDeclined, PaymentGateway, PaymentUnavailable
+from app.orders.plans import Plan
+
+log = logging.getLogger(__name__)
+
+
+class PaymentDeclinedProblem(ProblemError):
+    status, code = 402, "payment_declined"
+
+
+class PaymentUnavailableProblem(ProblemError):
+    status, code = 502, "payment_unavailable"
+
+
+class OrderFailed(ProblemError):
+    status, code = 409, "order_failed"
+
+
+@dataclass(frozen=True)
+class Settings:
+    lease: timedelta = timedelta(seconds=60)
+    wait_for_other_attempt: float = 10.0  # seconds a retry waits for a racing one to finish
+
+
+def place_order(
+    session: Session,
+    gateway: PaymentGateway,
+    *,
+    user_id: str,
+    key: str,
+    request: service.OrderRequest,
+    plan: Plan,
+    settings: Settings,
+) -> tuple[int, dict[str, Any]]:
+    """Claim, charge, settle. Returns (status, body) — the same for every retry of a key."""
+    deadline = time.monotonic() + settings.wait_for_other_attempt
+    while True:
+        try:
+            with transaction(session):
+                claim = service.claim(session, user_id, key, request, plan, lease=settings.lease)
+        except IntegrityError:
+            continue  # a racing retry inserted the key first: read it on the next pass
+        if claim.replay is not None:
+            return claim.replay
+        if claim.order is not None:
+            break
+        if time.monotonic() > deadline:
+            raise service.IdempotencyInProgress()
+        time.sleep(0.05)  # another request is paying for this key: wait for its answer
+
+    order = claim.order
+    try:
+        charge = gateway.charge(
+            amount_cents=order.amount_cents,
+            currency=order.currency,
+            payment_method=order.payment_method,
+            idempotency_key=order.order_id,
+        )
+    except PaymentDeclined:
+        body = problem(
+            402, "payment_declined", "The payment was declined.", order_id=order.order_id
+        )
+        with transaction(session):
+            service.fail(
+                session,
+                order.order_id,
+                failure_code="payment_declined",
+                audit_action="ORDER_PAYMENT_DECLINED",
+                response=(402, body),
+            )
+        return 402, body
+    except PaymentUnavailable:
+        with transaction(session):
+            service.fail(
+                session,
+                order.order_id,
+                failure_code="payment_unavailable",
+                audit_action="ORDER_PAYMENT_FAILED",
+                response=None,
+            )
+        raise PaymentUnavailableProblem(
+            "The payment provider is unavailable; nothing was charged. Retry later.",
+            order_id=order.order_id,
+        ) from None
+    if charge.refunded:  # a taken-over attempt whose charge was already refunded
+        with transaction(session):
+            service.fail(
+                session,
+                order.order_id,
+                failure_code="charge_refunded",
+                audit_action="ORDER_PAYMENT_FAILED",
+                response=None,
+            )
+        raise OrderFailed("This order's payment was refunded; retry with a new Idempotency-Key.")
+
+    try:
+        with transaction(session):
+            body = service.fulfil(session, order.order_id, charge, plan)
+    except Exception:
+        log.exception(
+            "order %s: settling after a successful charge failed; refunding", order.order_id
+        )
+        _compensate(session, gateway, order.order_id, charge, order.amount_cents)
+        raise
+    return 201, body
+
+
+def _compensate(
+    session: Session, gateway: PaymentGateway, order_id: str, charge: Any, amount: int
+) -> None:
+    """Refund a charge whose order could not be settled, and record that.
+
+    If the refund or the record fails too, the order stays pending with its key claimed:
+    a retry after the lease takes it over, finds the charge (refunded or not) and settles.
+    """
+    try:
+        refund = gateway.refund(
+            charge_id=charge.charge_id, amount_cents=amount, idempotency_key=f"{order_id}:refund"
+        )
+        with transaction(session):
+            service.fail(
+                session,
+                order_id,
+                failure_code="settlement_failed",
+                audit_action="ORDER_REFUNDED",
+                response=None,
+                refund=refund,
+                details={"reason": "compensation", "charge_id": charge.charge_id},
+            )
+    except Exception:
+        log.critical(
+            "order %s: compensation incomplete; a retry after the lease will finish it",
+            order_id,
+            exc_info=True,
+        )
+
+
+def cancel_order(
+    session: Session, gateway: PaymentGateway, *, order_id: str, user_id: str, is_admin: bool
+) -> Any:
+    """Refund and cancel a paid order; idempotent (cancelling again returns the order)."""
+    with transaction(session):
+        order = service.begin_cancel(session, order_id, user_id=user_id, is_admin=is_admin)
+    if order is None:
+        return service.get_order(session, order_id, user_id=user_id, is_admin=is_admin)
+    try:
+        refund = gateway.refund(
+            charge_id=order.charge_id,
+            amount_cents=order.amount_cents,
+            idempotency_key=f"{order.order_id}:cancel",
+        )
+    except PaymentUnavailable:
+        with transaction(session):
+            service.revert_cancel(session, order.order_id)
+        raise PaymentUnavailableProblem(
+            "The refund could not be made; the order is unchanged."
+        ) from None
+    with transaction(session):
+        return service.finish_cancel(session, order.order_id, refund, actor_id=user_id)
+
+
+@dataclass
+class RenewalReport:
+    renewed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    lapsed: int = 0
+    charged_cents: dict[str, int] = field(default_factory=dict)
+
+
+def renew_due(
+    session: Session,
+    gateway: PaymentGateway,
+    catalog: dict[str, Plan],
+    *,
+    grace: timedelta,
+    lease: timedelta,
+    batch: int = 100,
+) -> RenewalReport:
+    """Charge every subscription that is due, extend it; past due on a decline; lapse
+    past-due ones beyond the grace period. Safe to run twice at once or twice in a row."""
+    report = RenewalReport()
+    now = utcnow()
+    seen: set[str] = set()
+    while True:
+        due = [
+            s
+            for s in auth_api.due_subscriptions(session, now, limit=batch)
+            if s.subscription_id not in seen
+        ]
+        session.rollback()  # end the read snapshot before the write transactions
+        if not due:
+            break
+        for sub in due:
+            seen.add(sub.subscription_id)
+            _renew_one(session, gateway, catalog, sub, now=now, lease=lease, report=report)
+    with transaction(session):
+        report.lapsed = auth_api.lapse_past_due_subscriptions(session, grace=grace, now=utcnow())
+    return report
+
+
+def _renew_one(session, gateway, catalog, sub, *, now, lease, report) -> None:
+    plan = catalog.get(sub.plan)
+    if plan is None:
+        log.error(
+            "subscription %s: plan %r is not in the catalog; skipped", sub.subscription_id, sub.plan
+        )
+        report.skipped += 1
+        return
+    with transaction(session):
+        order = service.claim_renewal(session, sub, plan, lease=lease, now=now)
+    if order is None:
+        report.skipped += 1
+        return
+    try:
+        charge = gateway.charge(
+            amount_cents=order.amount_cents,
+            currency=order.currency,
+            payment_method=order.payment_method,
+            idempotency_key=order.order_id,
+        )
+    except (PaymentDeclined, PaymentUnavailable) as exc:
+        declined = isinstance(exc, PaymentDeclined)
+        with transaction(session):
+            service.fail_renewal(
+                session,
+                order.order_id,
+                sub,
+                failure_code="payment_declined" if declined else "payment_unavailable",
+                retry=not declined,
+            )
+        report.failed += 1
+        return
+    with transaction(session):
+        service.settle_renewal(session, order.order_id, charge, sub, plan)
+    report.renewed += 1
+    report.charged_cents[order.currency] = (
+        report.charged_cents.get(order.currency, 0) + order.amount_cents
+    )
