@@ -123,6 +123,7 @@ def load_config(
         "PAYMENT_PROVIDER": env.get("PAYMENT_PROVIDER", "sandbox"),
         "ALLOW_SANDBOX_PAYMENTS": _bool(env.get("ALLOW_SANDBOX_PAYMENTS"), False),
         "SANDBOX_LEDGER": env.get("SANDBOX_LEDGER") or str(instance / "sandbox-ledger.jsonl"),
+        "SANDBOX_LATENCY_MS": _int(env, "SANDBOX_LATENCY_MS", 0),
         # How long an order attempt holds its Idempotency-Key (or a renewal its period)
         # before a retry may take over from a process that died mid-way.
         "ORDER_LEASE": timedelta(seconds=_int(env, "ORDER_LEASE_SECONDS", 60)),

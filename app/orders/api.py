@@ -21,7 +21,11 @@ def renew_due_subscriptions(session: Session, app: Any) -> RenewalReport:
     function to call inside someone else's transaction.
     """
     cfg = app.config
-    gateway = make_gateway(cfg["PAYMENT_PROVIDER"], sandbox_ledger=cfg["SANDBOX_LEDGER"])
+    gateway = make_gateway(
+        cfg["PAYMENT_PROVIDER"],
+        sandbox_ledger=cfg["SANDBOX_LEDGER"],
+        sandbox_latency=cfg["SANDBOX_LATENCY_MS"] / 1000,
+    )
     with acting_as(MODULE):
         return workflows.renew_due(
             session,

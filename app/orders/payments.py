@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -63,8 +64,9 @@ class PaymentGateway(Protocol):
 class SandboxGateway:
     """A fake provider with a durable ledger, for development and tests."""
 
-    def __init__(self, ledger: str | os.PathLike[str]) -> None:
+    def __init__(self, ledger: str | os.PathLike[str], *, latency: float = 0.0) -> None:
         self.ledger = Path(ledger)
+        self.latency = latency  # seconds the "provider" takes to answer after charging
 
     def charge(
         self, *, amount_cents: int, currency: str, payment_method: str, idempotency_key: str
@@ -85,7 +87,9 @@ class SandboxGateway:
                 raise PaymentDeclined("sandbox: card declined")
             charge = Charge(new_id("ch"), amount_cents, currency)
             self._append({"type": "charge", "idempotency_key": idempotency_key, **asdict(charge)})
-            return charge
+        if self.latency:
+            time.sleep(self.latency)  # the money has moved; the answer is still on its way
+        return charge
 
     def refund(self, *, charge_id: str, amount_cents: int, idempotency_key: str) -> Refund:
         with self._locked() as entries:
@@ -125,8 +129,10 @@ class SandboxGateway:
 PROVIDERS = {"sandbox": SandboxGateway}
 
 
-def make_gateway(provider: str, *, sandbox_ledger: str) -> PaymentGateway:
+def make_gateway(
+    provider: str, *, sandbox_ledger: str, sandbox_latency: float = 0.0
+) -> PaymentGateway:
     """The configured provider. A real one is added to PROVIDERS; the service is unchanged."""
     if provider not in PROVIDERS:
         raise ValueError(f"unknown PAYMENT_PROVIDER {provider!r}; known: {', '.join(PROVIDERS)}")
-    return SandboxGateway(sandbox_ledger)
+    return SandboxGateway(sandbox_ledger, latency=sandbox_latency)

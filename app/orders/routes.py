@@ -37,7 +37,11 @@ def gateway() -> PaymentGateway:
     gw = current_app.extensions.get("payments")
     if gw is None:
         cfg = current_app.config
-        gw = make_gateway(cfg["PAYMENT_PROVIDER"], sandbox_ledger=cfg["SANDBOX_LEDGER"])
+        gw = make_gateway(
+            cfg["PAYMENT_PROVIDER"],
+            sandbox_ledger=cfg["SANDBOX_LEDGER"],
+            sandbox_latency=cfg["SANDBOX_LATENCY_MS"] / 1000,
+        )
         current_app.extensions["payments"] = gw
     return gw
 

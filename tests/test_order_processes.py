@@ -1,0 +1,186 @@
+"""Orders under real concurrency and interruption (gunicorn workers, CLI processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, update
+
+from app.admin.models import AuditLog
+from app.auth.models import Subscription
+from app.kernel.db import EngineSettings, make_engine, make_sessionmaker, transaction, utcnow
+from app.kernel.ownership import OPERATOR, acting_as
+from app.orders.models import Order
+from tests.helpers import BIN, ROOT, gunicorn_server, http, project_env
+from tests.test_auth_processes import _count, _parallel
+
+pytestmark = pytest.mark.slow
+PASSWORD = "correct horse battery"
+
+
+def _ledger(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _buyer(base: str) -> dict[str, str]:
+    http(
+        "POST", base + "/api/v1/auth/register", {"email": "buyer@example.com", "password": PASSWORD}
+    )
+    _, pair, _ = http(
+        "POST", base + "/api/v1/auth/login", {"email": "buyer@example.com", "password": PASSWORD}
+    )
+    return {"Authorization": f"Bearer {pair['access_token']}"}
+
+
+def test_ten_concurrent_retries_charge_once_and_answer_identically(
+    database_url, signing_key_file, tmp_path
+):
+    ledger = tmp_path / "ledger.jsonl"
+    env = {
+        "LICENSE_SIGNING_KEYS": signing_key_file,
+        "SANDBOX_LEDGER": str(ledger),
+        "SANDBOX_LATENCY_MS": "200",
+    }
+    with gunicorn_server(database_url, workers=4, **env) as base:
+        who = {**_buyer(base), "Idempotency-Key": "9b2c6a4e-retry"}
+        results = _parallel(
+            lambda: http(
+                "POST",
+                base + "/api/v1/orders",
+                {"plan": "pro", "seats": 4, "payment_token": "tok_ok"},
+                who,
+            ),
+            n=10,
+        )
+    assert {status for status, _, _ in results} == {201}, results
+    assert len({json.dumps(body, sort_keys=True) for _, body, _ in results}) == 1
+    charges = [e for e in _ledger(ledger) if e["type"] == "charge"]
+    assert len(charges) == 1 and charges[0]["amount_cents"] == 3600
+    assert _count(database_url, select(func.count()).select_from(Order)) == 1
+    assert _count(database_url, select(func.count()).where(AuditLog.action == "ORDER_PAID")) == 1
+
+
+def _db(url: str, fn):
+    engine = make_engine(EngineSettings(url=url))
+    try:
+        with make_sessionmaker(engine)() as session, acting_as(OPERATOR), transaction(session):
+            return fn(session)
+    finally:
+        engine.dispose()
+
+
+def _cli_env(database_url: str, signing_key: str, ledger: Path, **extra: str) -> dict[str, str]:
+    return project_env(
+        APP_ENV="testing",
+        DATABASE_URL=database_url,
+        LICENSE_SIGNING_KEYS=signing_key,
+        SANDBOX_LEDGER=str(ledger),
+        **extra,
+    )
+
+
+def _subscribe_and_make_due(database_url: str, signing_key: str, ledger: Path) -> None:
+    with gunicorn_server(
+        database_url, workers=1, LICENSE_SIGNING_KEYS=signing_key, SANDBOX_LEDGER=str(ledger)
+    ) as base:
+        who = {**_buyer(base), "Idempotency-Key": "first"}
+        assert (
+            http("POST", base + "/api/v1/orders", {"plan": "pro", "payment_token": "tok_ok"}, who)[
+                0
+            ]
+            == 201
+        )
+    _db(
+        database_url,
+        lambda s: s.execute(update(Subscription).values(renews_at=utcnow() - timedelta(minutes=1))),
+    )
+
+
+def test_a_renewal_run_killed_after_the_charge_is_finished_by_the_next_run(
+    database_url, signing_key_file, tmp_path
+):
+    ledger = tmp_path / "ledger.jsonl"
+    _subscribe_and_make_due(database_url, signing_key_file, ledger)
+    env = _cli_env(
+        database_url, signing_key_file, ledger, SANDBOX_LATENCY_MS="5000", ORDER_LEASE_SECONDS="1"
+    )
+    proc = subprocess.Popen(
+        [BIN / "flask", "--app", "wsgi", "subscriptions", "renew"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while len(_ledger(ledger)) < 2:  # the purchase, then the renewal charge
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # charged, but the run never recorded it
+    proc.wait()
+    [pending] = [
+        o
+        for o in _db(
+            database_url, lambda s: list(s.scalars(select(Order).where(Order.kind == "renewal")))
+        )
+    ]
+    assert pending.status == "pending"
+
+    time.sleep(1.2)  # the dead run's lease expires
+    env["SANDBOX_LATENCY_MS"] = "0"
+    result = subprocess.run(
+        [BIN / "flask", "--app", "wsgi", "subscriptions", "renew"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "renewed 1" in result.stdout
+    charges = [e for e in _ledger(ledger) if e["type"] == "charge"]
+    assert len(charges) == 2  # the purchase and ONE renewal: the retry got the same charge back
+    renewals = _db(
+        database_url,
+        lambda s: [
+            (o.status, o.charge_id) for o in s.scalars(select(Order).where(Order.kind == "renewal"))
+        ],
+    )
+    assert renewals == [("paid", charges[1]["charge_id"])]
+    again = subprocess.run(
+        [BIN / "flask", "--app", "wsgi", "subscriptions", "renew"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "renewed 0" in again.stdout and len(_ledger(ledger)) == 2
+
+
+def test_two_renewal_runs_at_once_charge_once(database_url, signing_key_file, tmp_path):
+    ledger = tmp_path / "ledger.jsonl"
+    _subscribe_and_make_due(database_url, signing_key_file, ledger)
+    env = _cli_env(database_url, signing_key_file, ledger, SANDBOX_LATENCY_MS="300")
+    runs = [
+        subprocess.Popen(
+            [BIN / "flask", "--app", "wsgi", "subscriptions", "renew"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=60) for run in runs]
+    assert all(run.returncode == 0 for run in runs), outputs
+    assert sorted(out.split(",")[0] for out, _ in outputs) == ["renewed 0", "renewed 1"]
+    assert len([e for e in _ledger(ledger) if e["type"] == "charge"]) == 2  # purchase + one renewal

@@ -1,0 +1,339 @@
+"""Orders over HTTP on SQLite and PostgreSQL (DESIGN §5, Orders)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from app.admin.models import AuditLog
+from app.auth.models import License, Subscription, User
+from app.kernel.db import get_session, transaction, utcnow
+from app.kernel.models import OutboxEvent
+from app.kernel.ownership import OPERATOR, acting_as
+from app.orders.models import Order
+from tests.helpers import assert_problem
+
+PASSWORD = "correct horse battery"
+
+
+def account(client, email="ada@example.com") -> dict:
+    client.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD})
+    pair = client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD}).get_json()
+    return {"Authorization": f"Bearer {pair['access_token']}"}
+
+
+def order(client, who, key, token="tok_ok", plan="pro", seats=None):
+    body = {"plan": plan, "payment_token": token, **({"seats": seats} if seats else {})}
+    return client.post("/api/v1/orders", json=body, headers={**who, "Idempotency-Key": key})
+
+
+def ledger(app_config) -> list[dict]:
+    path = Path(app_config["SANDBOX_LEDGER"])
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def rows(app, stmt):
+    with app.app_context(), acting_as(OPERATOR):
+        return list(get_session().scalars(stmt))
+
+
+def operator(app, stmt):
+    with app.app_context(), acting_as(OPERATOR):
+        session = get_session()
+        with transaction(session):
+            session.execute(stmt)
+
+
+def actions(app) -> list[str]:
+    return [
+        e.action for e in rows(app, select(AuditLog).order_by(AuditLog.timestamp, AuditLog.log_id))
+    ]
+
+
+def test_the_catalog(client):
+    plans = {p["plan"]: p for p in client.get("/api/v1/plans").get_json()}
+    assert set(plans) == {"free", "pro", "enterprise"}
+    assert plans["pro"] == {
+        "plan": "pro",
+        "seats": 3,
+        "max_seats": 50,
+        "price_cents": 900,
+        "currency": "EUR",
+        "period_days": 30,
+    }
+    assert all(isinstance(p["price_cents"], int) for p in plans.values())
+
+
+def test_the_full_purchase_flow(app, app_config, client):
+    ada = account(client)
+    response = order(client, ada, "buy-1", seats=3)
+    assert response.status_code == 201, response.get_json()
+    body = response.get_json()
+    assert (
+        body["plan"],
+        body["seats"],
+        body["amount_cents"],
+        body["currency"],
+        body["status"],
+    ) == ("pro", 3, 2700, "EUR", "paid")
+    assert body["subscription_id"].startswith("sub_")
+
+    me = client.get("/api/v1/auth/me", headers=ada).get_json()
+    assert me["plan"] == "pro" and me["seats"] == {"limit": 3, "used": 0}
+    made = [
+        client.post("/api/v1/licenses/activate", json={"client_id": f"box-{i}"}, headers=ada)
+        for i in range(4)
+    ]
+    assert [r.status_code for r in made] == [201, 201, 201, 409]
+
+    cancelled = client.post(f"/api/v1/orders/{body['order_id']}/cancel", headers=ada)
+    assert cancelled.status_code == 200
+    assert cancelled.get_json()["status"] == "cancelled"
+    statuses = {lic.client_id: lic.status for lic in rows(app, select(License))}
+    assert statuses == {
+        "box-0": "active",
+        "box-1": "suspended",
+        "box-2": "suspended",
+    }  # newest first
+    me = client.get("/api/v1/auth/me", headers=ada).get_json()
+    assert (
+        me["plan"] == "free"
+        and me["subscription"] is None
+        and me["seats"] == {"limit": 1, "used": 1}
+    )
+
+    money = ledger(app_config)
+    assert [(e["type"], e["amount_cents"]) for e in money] == [("charge", 2700), ("refund", 2700)]
+    assert actions(app).count("ORDER_PAID") == 1 and actions(app).count("ORDER_CANCELLED") == 1
+    with app.app_context(), acting_as(OPERATOR):
+        events = [
+            e.event_type
+            for e in get_session().scalars(select(OutboxEvent).order_by(OutboxEvent.created_at))
+        ]
+    assert events == ["order.paid", "order.cancelled"]
+    again = client.post(f"/api/v1/orders/{body['order_id']}/cancel", headers=ada)
+    assert again.status_code == 200 and len(ledger(app_config)) == 2  # idempotent: no second refund
+
+
+def test_retries_replay_and_charge_once(app, app_config, client):
+    ada = account(client)
+    first = order(client, ada, "key-1")
+    second = order(client, ada, "key-1")
+    assert first.status_code == second.status_code == 201
+    assert first.get_data() == second.get_data()
+    assert len(ledger(app_config)) == 1
+    assert len(rows(app, select(Order))) == 1
+    conflict = order(client, ada, "key-1", plan="enterprise")
+    assert_problem(conflict, 409, "idempotency_conflict")
+    # Keys are per user: Bob's "key-1" is his own.
+    assert order(client, account(client, "bob@example.com"), "key-1").status_code == 201
+
+
+def test_the_idempotency_key_is_required_and_checked(client):
+    ada = account(client)
+    body = {"plan": "pro", "payment_token": "tok_ok"}
+    assert_problem(
+        client.post("/api/v1/orders", json=body, headers=ada), 400, "idempotency_key_required"
+    )
+    bad = client.post("/api/v1/orders", json=body, headers={**ada, "Idempotency-Key": "has space"})
+    assert_problem(bad, 400, "idempotency_key_required")
+    assert_problem(
+        client.post("/api/v1/orders", json=body, headers={**ada, "Idempotency-Key": "x" * 256}), 400
+    )
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        ({"plan": "platinum", "payment_token": "tok_ok"}, "unknown_plan"),
+        ({"plan": "free", "payment_token": "tok_ok"}, "unknown_plan"),
+        ({"plan": "pro", "seats": 51, "payment_token": "tok_ok"}, "too_many_seats"),
+        ({"plan": "pro", "seats": 0, "payment_token": "tok_ok"}, "validation_error"),
+        ({"plan": "pro"}, "validation_error"),
+        ({"plan": "pro", "payment_token": "tok_ok", "amount_cents": 1}, "validation_error"),
+    ],
+)
+def test_bad_orders_are_422(client, payload, code):
+    ada = account(client)
+    response = client.post("/api/v1/orders", json=payload, headers={**ada, "Idempotency-Key": "k"})
+    assert_problem(response, 422, code)
+
+
+def test_a_declined_payment(app, app_config, client):
+    ada = account(client)
+    response = order(client, ada, "dec-1", token="tok_declined")
+    body = assert_problem(response, 402, "payment_declined")
+    [failed] = rows(app, select(Order))
+    assert (failed.order_id, failed.status, failed.failure_code) == (
+        body["order_id"],
+        "failed",
+        "payment_declined",
+    )
+    assert "ORDER_PAYMENT_DECLINED" in actions(app)
+    replay = order(client, ada, "dec-1", token="tok_declined")
+    assert replay.status_code == 402 and replay.get_json() == body
+    assert ledger(app_config) == []
+    assert client.get("/api/v1/auth/me", headers=ada).get_json()["plan"] == "free"
+
+
+def test_provider_down_is_502_and_the_key_can_be_retried(app, app_config, client):
+    ada = account(client)
+    assert_problem(
+        order(client, ada, "down-1", token="tok_unavailable"), 502, "payment_unavailable"
+    )
+    assert [o.status for o in rows(app, select(Order))] == ["failed"]
+    # Nothing was charged, so the same key may try again (here with a working card).
+    assert ledger(app_config) == []
+    retry = order(client, ada, "down-1", token="tok_ok")
+    assert retry.status_code == 201
+    assert [o.status for o in rows(app, select(Order).order_by(Order.order_id))] == [
+        "failed",
+        "paid",
+    ]
+    assert len(ledger(app_config)) == 1
+
+
+def test_a_failure_after_the_charge_is_refunded(app, app_config, client, monkeypatch):
+    from app.orders import service
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected failure while granting the subscription")
+
+    ada = account(client)
+    monkeypatch.setattr(service.auth_api, "grant_subscription", broken)
+    assert_problem(order(client, ada, "comp-1"), 500, "internal_error")
+    money = ledger(app_config)
+    assert [e["type"] for e in money] == ["charge", "refund"]
+    assert (
+        money[1]["charge_id"] == money[0]["charge_id"]
+        and money[1]["amount_cents"] == money[0]["amount_cents"]
+    )
+    [failed] = rows(app, select(Order))
+    assert (failed.status, failed.failure_code, failed.refund_id) == (
+        "failed",
+        "settlement_failed",
+        money[1]["refund_id"],
+    )
+    assert "ORDER_PAID" not in actions(app)
+    [refunded] = rows(app, select(AuditLog).where(AuditLog.action == "ORDER_REFUNDED"))
+    assert refunded.details["reason"] == "compensation"
+    assert rows(app, select(Subscription)) == []
+    with app.app_context(), acting_as(OPERATOR):
+        assert get_session().scalars(select(OutboxEvent)).all() == []
+
+    monkeypatch.undo()
+    retry = order(client, ada, "comp-1")  # the key was released: the retry buys for real
+    assert retry.status_code == 201
+    assert [e["type"] for e in ledger(app_config)] == ["charge", "refund", "charge"]
+
+
+def test_orders_are_visible_to_their_owner_and_admins(app, client, runner):
+    ada = account(client)
+    made = order(client, ada, "k").get_json()
+    bob = account(client, "bob@example.com")
+    assert client.get(f"/api/v1/orders/{made['order_id']}", headers=ada).get_json() == made
+    assert_problem(
+        client.get(f"/api/v1/orders/{made['order_id']}", headers=bob), 404, "order_not_found"
+    )
+    assert_problem(client.post(f"/api/v1/orders/{made['order_id']}/cancel", headers=bob), 404)
+    assert client.get("/api/v1/orders", headers=bob).get_json() == {
+        "items": [],
+        "next_cursor": None,
+    }
+    assert client.get("/api/v1/orders", headers=ada).get_json()["items"] == [made]
+    runner.invoke(
+        args=["users", "create-admin", "root@example.com", "--password-stdin"],
+        input=PASSWORD + "\n",
+    )
+    root = account(client, "root@example.com")
+    assert client.get(f"/api/v1/orders/{made['order_id']}", headers=root).status_code == 200
+
+
+def test_money_is_exact(client):
+    ada = account(client)
+    body = order(client, ada, "ent", plan="enterprise", seats=9999).get_json()
+    assert body["amount_cents"] == 9999 * 2900 == 28_997_100
+
+
+def test_only_paid_orders_can_be_cancelled(client):
+    ada = account(client)
+    failed = order(client, ada, "d", token="tok_declined").get_json()
+    assert_problem(
+        client.post(f"/api/v1/orders/{failed['order_id']}/cancel", headers=ada),
+        409,
+        "order_not_cancellable",
+    )
+
+
+def test_the_dashboard(client):
+    ada = account(client)
+    order(client, ada, "k", seats=5)
+    client.post("/api/v1/licenses/activate", json={"client_id": "box"}, headers=ada)
+    board = client.get("/api/v1/me/dashboard", headers=ada).get_json()
+    assert board["user"]["email"] == "ada@example.com"
+    assert board["subscription"]["seats"] == 5
+    assert board["seats"] == {"limit": 5, "used": 1}
+    assert [lic["client_id"] for lic in board["licenses"]] == ["box"]
+    assert [o["amount_cents"] for o in board["recent_orders"]] == [4500]
+
+
+# --- renewals ------------------------------------------------------------------------
+
+
+def _due_now(app):
+    operator(app, update(Subscription).values(renews_at=utcnow() - timedelta(minutes=1)))
+
+
+def test_renewal_charges_once_and_extends(app, app_config, client, runner):
+    ada = account(client)
+    order(client, ada, "k", seats=2)
+    client.post("/api/v1/licenses/activate", json={"client_id": "box"}, headers=ada)
+    _due_now(app)
+    [before] = rows(app, select(Subscription))
+    result = runner.invoke(args=["subscriptions", "renew"])
+    assert result.exit_code == 0, result.output
+    assert "renewed 1, failed 0, skipped 0, lapsed 0; charged 18.00 EUR" in result.output
+    [after] = rows(app, select(Subscription))
+    assert after.renews_at == before.renews_at + timedelta(days=30)
+    [lic] = rows(app, select(License))
+    assert lic.expires_at == after.renews_at
+    again = runner.invoke(args=["subscriptions", "renew"])
+    assert "renewed 0" in again.output
+    assert [(e["type"], e["amount_cents"]) for e in ledger(app_config)] == [
+        ("charge", 1800),
+        ("charge", 1800),
+    ]
+    renewals = rows(app, select(Order).where(Order.kind == "renewal"))
+    assert [(o.status, o.amount_cents) for o in renewals] == [("paid", 1800)]
+
+
+def test_a_declined_renewal_goes_past_due_then_lapses(app, app_config, client, runner):
+    ada = account(client)
+    order(client, ada, "k", seats=2)
+    client.post("/api/v1/licenses/activate", json={"client_id": "box"}, headers=ada)
+    operator(app, update(Order).values(payment_method="tok_declined"))  # the card stopped working
+    _due_now(app)
+    result = runner.invoke(args=["subscriptions", "renew"])
+    assert "renewed 0, failed 1" in result.output
+    [sub] = rows(app, select(Subscription))
+    assert sub.status == "past_due"
+    assert (
+        client.get("/api/v1/auth/me", headers=ada).get_json()["seats"]["limit"] == 2
+    )  # grace: seats kept
+    assert [lic.status for lic in rows(app, select(License))] == ["active"]
+
+    operator(
+        app, update(Subscription).values(renews_at=utcnow() - timedelta(days=8))
+    )  # grace is 7 days
+    result = runner.invoke(args=["subscriptions", "renew"])
+    assert "lapsed 1" in result.output
+    assert [lic.status for lic in rows(app, select(License))] == ["suspended"]
+    me = client.get("/api/v1/auth/me", headers=ada).get_json()
+    assert me["plan"] == "free" and me["subscription"] is None
+    assert [e["type"] for e in ledger(app_config)] == ["charge"]  # only the original purchase
+    assert {"RENEWAL_FAILED", "SUBSCRIPTION_PAST_DUE", "SUBSCRIPTION_LAPSED"} <= set(actions(app))
+    assert [u.plan for u in rows(app, select(User))] == ["free"]
