@@ -13,7 +13,7 @@ MODULE = "admin"
 declaration = registry.declare(
     MODULE,
     owns={"audit_logs", "audit_logs_archive"},
-    reads={"users", "token_revocations", "licenses", "subscriptions"},
+    reads={"users", "token_revocations", "licenses", "subscriptions", "orders", "idempotency_keys"},
 )
 
 bp = module_blueprint(MODULE, __name__, url_prefix="/api/v1/admin", tag="Admin")
