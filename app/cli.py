@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import click
@@ -22,7 +23,7 @@ from app.kernel.ownership import OPERATOR, acting_as, registry
 
 db_cli = AppGroup("db", help="Database migrations (alembic).")
 ownership_cli = AppGroup("ownership", help="The table-ownership registry.")
-backup_cli = AppGroup("backup", help="Verified backups (not yet built).")
+backup_cli = AppGroup("backup", help="Verified backups: create, list, verify, restore, prune.")
 users_cli = AppGroup("users", help="User accounts.")
 tokens_cli = AppGroup("tokens", help="Token revocation list maintenance.")
 licenses_cli = AppGroup("licenses", help="License signing keys.")
@@ -159,10 +160,79 @@ def ownership_show(fmt: str) -> None:
         )
 
 
+def _backup_dir() -> Path:
+    return Path(current_app.config["BACKUP_DIR"])
+
+
+@contextmanager
+def _backup_errors() -> Iterator[None]:
+    from app.backups import BackupError
+
+    try:
+        yield
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @backup_cli.command("create")
 def backup_create() -> None:
-    """Not yet: verified backups arrive with the operations issue."""
-    raise click.ClickException("backups are not built yet (see the operations issue)")
+    """Back up the database, verify the copy, record size, checksum and row counts."""
+    from app import backups
+
+    with _backup_errors():
+        manifest = backups.create(current_app.config["DATABASE_URL"], _backup_dir())
+    rows = sum(manifest.row_counts.values())
+    click.echo(
+        f"backup {_backup_dir() / manifest.file} size={manifest.size} rows={rows} "
+        f"sha256={manifest.sha256[:16]} verified={manifest.verified!r}"
+    )
+
+
+@backup_cli.command("list")
+def backup_list() -> None:
+    """Backups, newest first."""
+    from app import backups
+
+    for path, manifest in backups.list_backups(_backup_dir()):
+        if manifest is None:
+            click.echo(f"{path.name}  UNVERIFIED (no manifest)")
+        else:
+            rows = sum(manifest.row_counts.values())
+            click.echo(
+                f"{path.name}  {manifest.size} bytes  {rows} rows  revision {manifest.revision}"
+            )
+
+
+@backup_cli.command("verify")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def backup_verify(file: Path) -> None:
+    """Check a backup against its manifest, and its integrity (SQLite) or restorability."""
+    from app import backups
+
+    with _backup_errors():
+        manifest = backups.verify(file, current_app.config["DATABASE_URL"])
+    click.echo(f"{file.name}: ok ({sum(manifest.row_counts.values())} rows, {manifest.verified})")
+
+
+@backup_cli.command("restore")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace a database that has data (it is kept).")
+def backup_restore(file: Path, force: bool) -> None:
+    """Replace the database with a verified backup. Stop the app first."""
+    from app import backups
+
+    with _backup_errors():
+        click.echo(backups.restore(file, current_app.config["DATABASE_URL"], force=force))
+
+
+@backup_cli.command("prune")
+@click.option("--keep-days", default=30, show_default=True, type=click.IntRange(0))
+def backup_prune(keep_days: int) -> None:
+    """Delete backups older than --keep-days; the newest verified one is always kept."""
+    from app import backups
+
+    removed = backups.prune(_backup_dir(), keep_days)
+    click.echo(f"pruned {len(removed)} backup(s)")
 
 
 @users_cli.command("create-admin")

@@ -1,7 +1,42 @@
 #!/usr/bin/env bash
-# Cron entry point for verified backups (create + prune, with a lock).
-# Not built yet: the operations issue makes it real. Until then it says so and fails, so
-# a cron job pointed at it mails the operator instead of pretending to back up.
-set -euo pipefail
-echo "backup.sh: verified backups are not built yet (see the operations issue); no backup was made" >&2
-exit 1
+# Cron entry point: a verified backup, then pruning. One line per run goes to the log
+# ($BACKUP_LOG, default $BACKUP_DIR/backup.log). Two runs never overlap: a run that finds
+# another one holding the lock logs "skipped" and exits 0. Any failure exits non-zero and
+# prints the reason, so cron mails it.
+#
+#   15 3 * * *  cd /srv/licensing && scripts/backup.sh
+#
+# Reads the same environment as the app (DATABASE_URL, BACKUP_DIR, …). Extra knobs:
+# BACKUP_KEEP_DAYS (30), BACKUP_LOCK (file), FLASK (the flask executable).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+BACKUP_DIR=${BACKUP_DIR:-instance/backups}
+export BACKUP_DIR
+KEEP_DAYS=${BACKUP_KEEP_DAYS:-30}
+LOG=${BACKUP_LOG:-$BACKUP_DIR/backup.log}
+LOCK=${BACKUP_LOCK:-$BACKUP_DIR/.backup.lock}
+FLASK=${FLASK:-.venv/bin/flask}
+
+mkdir -p "$BACKUP_DIR" "$(dirname "$LOG")"
+log() { printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >>"$LOG"; }
+
+exec 9>"$LOCK"
+if ! flock -n 9; then
+  log "backup skipped: another run holds $LOCK"
+  exit 0
+fi
+
+started=$(date +%s)
+if ! out=$("$FLASK" --app wsgi backup create 2>&1); then
+  reason=$(printf '%s' "$out" | tail -n 1)
+  log "backup FAILED: $reason"
+  printf 'backup failed: %s\n' "$out" >&2
+  exit 1
+fi
+if ! pruned=$("$FLASK" --app wsgi backup prune --keep-days "$KEEP_DAYS" 2>&1); then
+  log "backup ok but prune FAILED: $(printf '%s' "$pruned" | tail -n 1)"
+  printf 'prune failed: %s\n' "$pruned" >&2
+  exit 1
+fi
+log "$(printf '%s' "$out" | tail -n 1); $(printf '%s' "$pruned" | tail -n 1); $(( $(date +%s) - started ))s"

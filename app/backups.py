@@ -1,0 +1,340 @@
+"""Verified backups: SQLite through the online backup API, PostgreSQL through pg_dump.
+
+A backup counts only once it is verified: SQLite's copy passes `PRAGMA integrity_check`;
+a PostgreSQL dump is restored into a scratch database. Each backup gets a manifest
+(`<file>.json`: size, SHA-256, row counts, schema revision) written last, so a backup
+without a manifest is an unfinished one and never counts. This is operator code: it reads
+every table, so it runs as OPERATOR.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from app.kernel.db import normalise_url
+
+TABLES_SQL = (
+    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+)
+
+
+class BackupError(RuntimeError):
+    """A backup, verification or restore failed; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    file: str
+    backend: str
+    created_at: str
+    size: int
+    sha256: str
+    row_counts: dict[str, int]
+    revision: str | None
+    verified: str  # how: "integrity_check" or "restored into a scratch database"
+
+    @property
+    def created(self) -> datetime:
+        return datetime.fromisoformat(self.created_at)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stamp(now: datetime) -> str:
+    return now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z"
+
+
+def manifest_path(backup: Path) -> Path:
+    return backup.with_name(backup.name + ".json")
+
+
+def _write_manifest(m: Manifest, backup: Path) -> None:
+    tmp = manifest_path(backup).with_suffix(".json.partial")
+    tmp.write_text(json.dumps(asdict(m), indent=2, sort_keys=True))
+    os.replace(tmp, manifest_path(backup))
+
+
+def read_manifest(backup: Path) -> Manifest | None:
+    try:
+        return Manifest(**json.loads(manifest_path(backup).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+# --- SQLite --------------------------------------------------------------------------
+
+
+def _sqlite_file(url: str) -> Path:
+    parsed = make_url(url)
+    return Path(parsed.database or "")
+
+
+def _sqlite_verify(path: Path) -> tuple[dict[str, int], str | None]:
+    """integrity_check on the copy; its row counts and schema revision."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        result = conn.execute("PRAGMA integrity_check").fetchall()
+        if result != [("ok",)]:
+            raise BackupError(f"{path}: integrity_check failed: {result[:5]}")
+        tables = [r[0] for r in conn.execute(TABLES_SQL)]
+        counts = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}  # noqa: S608
+        revision = None
+        if "alembic_version" in tables:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            revision = row[0] if row else None
+        return counts, revision
+    finally:
+        conn.close()
+
+
+def _sqlite_backup(url: str, target: Path) -> None:
+    """Copy with the online backup API: a consistent snapshot while writers go on."""
+    source = _sqlite_file(url)
+    if not source.exists():
+        raise BackupError(f"the database file {source} does not exist")
+    src = sqlite3.connect(source, timeout=30)
+    dst = sqlite3.connect(target)
+    try:
+        src.backup(dst, pages=-1)  # one step: the copy is a single consistent snapshot
+        dst.execute("PRAGMA journal_mode=DELETE")  # a self-contained file, no -wal beside it
+    finally:
+        dst.close()
+        src.close()
+
+
+# --- PostgreSQL ----------------------------------------------------------------------
+
+
+def _libpq_url(url: str) -> str:
+    """The URL pg_dump/psql understand (no SQLAlchemy driver suffix)."""
+    return (
+        make_url(normalise_url(url))
+        .set(drivername="postgresql")
+        .render_as_string(hide_password=False)
+    )
+
+
+def _run(args: list[str], what: str) -> subprocess.CompletedProcess[str]:
+    try:
+        result = subprocess.run(args, capture_output=True, text=True, timeout=3600)
+    except FileNotFoundError:
+        raise BackupError(f"{args[0]} is not installed (needed to {what})") from None
+    if result.returncode != 0:
+        raise BackupError(f"{what} failed: {result.stderr.strip()[-500:]}")
+    return result
+
+
+def _pg_scratch_restore(url: str, dump: Path) -> tuple[dict[str, int], str | None]:
+    """Restore the dump into a scratch database, count its rows, drop it."""
+    import psycopg
+
+    base = make_url(_libpq_url(url))
+    scratch = f"{base.database}_verify_{uuid.uuid4().hex[:8]}"
+    admin_url = base.set(database="postgres").render_as_string(hide_password=False)
+    scratch_url = base.set(database=scratch).render_as_string(hide_password=False)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{scratch}"')
+    try:
+        _run(
+            ["pg_restore", "--no-owner", "--exit-on-error", "-d", scratch_url, str(dump)],
+            "a verification restore",
+        )
+        with psycopg.connect(scratch_url) as conn:
+            tables = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
+                )
+            ]
+            counts = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}  # noqa: S608
+            revision = None
+            if "alembic_version" in tables:
+                row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+                revision = row[0] if row else None
+        return counts, revision
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
+
+
+# --- the operations ------------------------------------------------------------------
+
+
+def backend_of(url: str) -> str:
+    return make_url(normalise_url(url)).get_backend_name()
+
+
+def create(url: str, backup_dir: Path, now: datetime | None = None) -> Manifest:
+    """Make a backup, verify it, and only then give it its final name and manifest."""
+    now = now or datetime.now(UTC)
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    backend = backend_of(url)
+    suffix = ".db" if backend == "sqlite" else ".dump"
+    final = backup_dir / f"backup-{_stamp(now)}{suffix}"
+    partial = final.with_name(final.name + ".partial")
+    try:
+        if backend == "sqlite":
+            _sqlite_backup(url, partial)
+            counts, revision = _sqlite_verify(partial)
+            how = "integrity_check"
+        else:
+            _run(["pg_dump", "-Fc", "--no-owner", "-f", str(partial), _libpq_url(url)], "pg_dump")
+            counts, revision = _pg_scratch_restore(url, partial)
+            how = "restored into a scratch database"
+        os.replace(partial, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+    manifest = Manifest(
+        file=final.name,
+        backend=backend,
+        created_at=now.isoformat(),
+        size=final.stat().st_size,
+        sha256=_sha256(final),
+        row_counts=counts,
+        revision=revision,
+        verified=how,
+    )
+    _write_manifest(manifest, final)
+    return manifest
+
+
+def list_backups(backup_dir: Path) -> list[tuple[Path, Manifest | None]]:
+    """Backups newest first, each with its manifest (None: unfinished or foreign file)."""
+    if not backup_dir.exists():
+        return []
+    files = [
+        p
+        for p in backup_dir.iterdir()
+        if p.name.startswith("backup-") and p.suffix in (".db", ".dump")
+    ]
+    return sorted(((p, read_manifest(p)) for p in files), key=lambda x: x[0].name, reverse=True)
+
+
+def verify(path: Path, url: str | None = None) -> Manifest:
+    """Check a backup again: checksum against its manifest, and integrity/restorability."""
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise BackupError(f"{path}: no manifest; not a finished backup")
+    if _sha256(path) != manifest.sha256:
+        raise BackupError(f"{path}: checksum differs from its manifest (the file changed)")
+    if manifest.backend == "sqlite":
+        counts, _ = _sqlite_verify(path)
+    else:
+        if url is None:
+            raise BackupError(
+                "verifying a PostgreSQL dump needs DATABASE_URL (for a scratch database)"
+            )
+        counts, _ = _pg_scratch_restore(url, path)
+    if counts != manifest.row_counts:
+        raise BackupError(f"{path}: row counts differ from its manifest")
+    return manifest
+
+
+def restore(path: Path, url: str, *, force: bool, now: datetime | None = None) -> str:
+    """Replace the live database with a verified backup. Refuses to overwrite a database
+    that has data unless `force`; the replaced database is kept. Stop the app first."""
+    manifest = verify(path, url)
+    now = now or datetime.now(UTC)
+    if manifest.backend != backend_of(url):
+        raise BackupError(
+            f"{path} is a {manifest.backend} backup; DATABASE_URL is {backend_of(url)}"
+        )
+    if manifest.backend == "sqlite":
+        target = _sqlite_file(url)
+        if target.exists() and target.stat().st_size > 0 and not force:
+            raise BackupError(f"{target} exists; pass --force to replace it (it will be kept)")
+        kept = None
+        if target.exists():
+            kept = target.with_name(f"{target.name}.replaced-{_stamp(now)}")
+            _sqlite_backup(f"sqlite:///{target}", kept)  # a consistent copy, WAL included
+        staging = target.with_name(target.name + ".restoring")
+        shutil.copyfile(path, staging)
+        for leftover in (Path(f"{target}-wal"), Path(f"{target}-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+        os.replace(staging, target)
+        return f"restored {path.name} into {target}" + (
+            f"; the replaced database is {kept}" if kept else ""
+        )
+    import psycopg
+
+    with psycopg.connect(_libpq_url(url)) as conn:
+        has_tables = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchone()[0]
+    kept_note = ""
+    if has_tables:
+        if not force:
+            raise BackupError(
+                "the database has tables; pass --force to replace it (it will be dumped first)"
+            )
+        kept = path.parent / f"replaced-{_stamp(now)}.dump"
+        _run(
+            ["pg_dump", "-Fc", "--no-owner", "-f", str(kept), _libpq_url(url)],
+            "dumping the replaced database",
+        )
+        kept_note = f"; the replaced database was dumped to {kept}"
+    _run(
+        [
+            "pg_restore",
+            "--clean",
+            "--if-exists",
+            "--no-owner",
+            "--exit-on-error",
+            "-d",
+            _libpq_url(url),
+            str(path),
+        ],
+        "pg_restore",
+    )
+    return f"restored {path.name}{kept_note}"
+
+
+def prune(backup_dir: Path, keep_days: int, now: datetime | None = None) -> list[Path]:
+    """Delete backups older than `keep_days`; the newest verified backup is always kept."""
+    now = now or datetime.now(UTC)
+    cutoff = now - timedelta(days=keep_days)
+    backups = list_backups(backup_dir)
+    newest_good = next((p for p, m in backups if m is not None), None)
+    removed = []
+    for path, manifest in backups:
+        if path == newest_good:
+            continue
+        created = (
+            manifest.created if manifest else datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        )
+        if created < cutoff:
+            path.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                manifest_path(path).unlink()
+            removed.append(path)
+    return removed
+
+
+def summary(m: Manifest) -> dict[str, Any]:
+    return {
+        "file": m.file,
+        "size": m.size,
+        "rows": sum(m.row_counts.values()),
+        "revision": m.revision,
+    }
