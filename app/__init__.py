@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -11,6 +10,7 @@ from apiflask import APIFlask
 from flask import Request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from app import observability
 from app.config import check_production, load_config
 from app.kernel.errors import MalformedJSON
 
@@ -54,8 +54,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
     app.config.from_mapping(settings)
     app.config.from_mapping(OPENAPI_SETTINGS)
     os.makedirs(app.instance_path, exist_ok=True)
-    logging.basicConfig(level=app.config["LOG_LEVEL"])
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    observability.configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
 
     register_extensions(app)
     register_blueprints(app)
@@ -80,6 +79,7 @@ def register_extensions(app: APIFlask) -> None:
 def register_blueprints(app: APIFlask) -> None:
     from app import admin, auth, health, orders
 
+    observability.init_app(app)
     health.init_app(app)
     auth.init_app(app)
     admin.init_app(app)

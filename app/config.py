@@ -89,7 +89,9 @@ def load_config(
         "TRUSTED_PROXIES": _int(env, "TRUSTED_PROXIES", 0),
         "BACKUP_DIR": env.get("BACKUP_DIR") or str(instance / "backups"),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 1024 * 1024),
-        "LOG_LEVEL": env.get("LOG_LEVEL", "INFO"),
+        "LOG_LEVEL": env.get("LOG_LEVEL", "INFO").upper(),
+        # One JSON object per line in production (for log shippers); plain text otherwise.
+        "LOG_FORMAT": env.get("LOG_FORMAT") or ("json" if production else "text"),
         # Tokens
         "JWT_ACCESS_TOKEN_EXPIRES": timedelta(seconds=_int(env, "JWT_ACCESS_TTL_SECONDS", 900)),
         "JWT_REFRESH_TOKEN_EXPIRES": timedelta(

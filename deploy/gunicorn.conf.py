@@ -1,11 +1,14 @@
 """gunicorn settings for `make run` and production (`gunicorn -c deploy/gunicorn.conf.py wsgi:app`).
 
-Workers import the app themselves (no preload): each gets its own database pool, never
-one inherited across fork().
+Workers import the app themselves (no preload): each gets its own database pool, never one
+inherited across fork(). Metrics from all workers are summed through files in
+PROMETHEUS_MULTIPROC_DIR (a fresh temporary directory unless one is given).
 """
 
 import multiprocessing
 import os
+import shutil
+import tempfile
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count() * 2 + 1)
@@ -14,11 +17,37 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 30
 keepalive = 5
 # Recycle workers now and then (with jitter, so they do not all restart at once).
-max_requests = 5000
-max_requests_jitter = 500
-# Only the local reverse proxy may set X-Forwarded-*; the app's ProxyFix decides how
-# many hops to believe (TRUSTED_PROXIES).
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "5000"))
+max_requests_jitter = max_requests // 10
+# Only the local reverse proxy may set X-Forwarded-*; the app's ProxyFix decides how many
+# hops to believe (TRUSTED_PROXIES).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
-accesslog = "-"
+# The app logs one structured line per request (with its request id); gunicorn's own access
+# log is optional and carries the same id.
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="licensing-metrics-")
+
+
+def on_starting(server):
+    """Start with empty metrics (values of a previous run would be summed in)."""
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):
+        os.remove(os.path.join(folder, name))
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if folder.startswith(tempfile.gettempdir()) and "licensing-metrics-" in folder:
+        shutil.rmtree(folder, ignore_errors=True)

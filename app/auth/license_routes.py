@@ -20,8 +20,9 @@ from app.auth.schemas import (
     ValidateOut,
 )
 from app.extensions import limiter
+from app.kernel import metrics
 from app.kernel.db import get_session, transaction, utcnow
-from app.kernel.errors import Unauthorized
+from app.kernel.errors import ProblemError, Unauthorized
 from app.kernel.pagination import InvalidCursor, PageQuery, decode_cursor, encode_cursor
 from app.kernel.web import (
     client_ip,
@@ -83,11 +84,18 @@ def activate(json_data: ActivateIn) -> Any:
             outcome = service.settle_login(session, attempt, lockout_policy(), ip=client_ip())
             user_id = outcome.user.user_id if outcome.user is not None else None
         if user_id is not None:
-            activation = licensing.activate(session, user_id, json_data.client_id, ip=client_ip())
+            try:
+                activation = licensing.activate(
+                    session, user_id, json_data.client_id, ip=client_ip()
+                )
+            except ProblemError as exc:
+                metrics.LICENSE_ACTIVATIONS.labels(exc.code).inc()
+                raise
     if attempt is not None and user_id is None:
         if outcome.locked_until is not None:
             raise service.AccountLocked(outcome.locked_until)
         raise service.InvalidCredentials()
+    metrics.LICENSE_ACTIVATIONS.labels("created" if activation.created else "existing").inc()
     return _signed(activation.license), 201 if activation.created else 200
 
 
@@ -123,6 +131,7 @@ def validate(json_data: ValidateIn) -> Any:
 
 
 def _verdict(code: str, license_: Any, checked_at: Any) -> dict[str, Any]:
+    metrics.LICENSE_VALIDATIONS.labels(code).inc()
     return {"valid": code == "VALID", "code": code, "license": license_, "checked_at": checked_at}
 
 

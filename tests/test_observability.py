@@ -1,0 +1,134 @@
+"""Request ids, one structured log line per request, Prometheus metrics across workers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import urllib.request
+
+import pytest
+
+from app.observability import JsonFormatter
+from tests.helpers import gunicorn_server, http
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def backend():
+    return "sqlite"
+
+
+def test_request_ids_are_returned_and_accepted(client):
+    generated = client.get("/healthz").headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", generated)
+    assert (
+        client.get("/healthz", headers={"X-Request-ID": "nginx-abc.123"}).headers["X-Request-ID"]
+        == "nginx-abc.123"
+    )
+    forged = client.get("/healthz", headers={"X-Request-ID": "bad id <script>"}).headers[
+        "X-Request-ID"
+    ]
+    assert re.fullmatch(r"[0-9a-f]{32}", forged)
+
+
+def test_one_structured_line_per_request_without_secrets(client, caplog):
+    caplog.set_level(logging.INFO, logger="app.access")
+    client.post("/api/v1/auth/register", json={"email": "ada@example.com", "password": PASSWORD})
+    tokens = client.post(
+        "/api/v1/auth/login",
+        json={"email": "ada@example.com", "password": PASSWORD},
+        headers={"X-Request-ID": "req-42"},
+    ).get_json()
+    client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    access = [r for r in caplog.records if r.name == "app.access"]
+    assert len(access) == 3
+    login = access[1].fields
+    assert (login["request_id"], login["route"], login["status"], login["method"]) == (
+        "req-42",
+        "/api/v1/auth/login",
+        200,
+        "POST",
+    )
+    assert login["duration_ms"] >= 0
+    me = access[2].fields
+    assert me["user_id"] and me["user_id"].startswith("usr_")
+    line = JsonFormatter().format(access[1])
+    assert json.loads(line)["request_id"] == "req-42"
+    everything = caplog.text + "".join(JsonFormatter().format(r) for r in caplog.records)
+    for secret in (PASSWORD, tokens["access_token"], tokens["refresh_token"], "$argon2id$"):
+        assert secret not in everything
+
+
+def test_metrics_count_requests_and_license_results(client):
+    client.post("/api/v1/auth/register", json={"email": "ada@example.com", "password": PASSWORD})
+    tokens = client.post(
+        "/api/v1/auth/login", json={"email": "ada@example.com", "password": PASSWORD}
+    ).get_json()
+    lic = client.post(
+        "/api/v1/licenses/activate",
+        json={"client_id": "m-box"},
+        headers={"Authorization": f"Bearer {tokens['access_token']}"},
+    ).get_json()
+
+    def value(name: str, **labels: str) -> float:
+        text = client.get("/metrics").get_data(as_text=True)
+        wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        for line in text.splitlines():
+            if line.startswith(f"{name}{{") and all(part in line for part in wanted.split(",")):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = value("license_validations_total", code="VALID")
+    for _ in range(3):
+        client.post("/api/v1/licenses/validate", json={"token": lic["token"]})
+    client.post("/api/v1/licenses/validate", json={"token": "nope"})
+    assert value("license_validations_total", code="VALID") == before + 3
+    assert value("license_validations_total", code="INVALID_TOKEN") >= 1
+    assert (
+        value("http_requests_total", method="POST", route="/api/v1/licenses/validate", status="200")
+        >= 4
+    )
+    response = client.get("/metrics")
+    assert response.mimetype == "text/plain"
+    assert "http_request_duration_seconds_bucket" in response.get_data(as_text=True)
+    assert "db_pool_checked_out_connections" in response.get_data(as_text=True)
+
+
+@pytest.mark.slow
+def test_metrics_add_up_across_gunicorn_workers(database_url, signing_key_file, tmp_path):
+    with gunicorn_server(
+        database_url,
+        workers=3,
+        LICENSE_SIGNING_KEYS=signing_key_file,
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"),
+    ) as base:
+        http(
+            "POST", base + "/api/v1/auth/register", {"email": "w@example.com", "password": PASSWORD}
+        )
+        _, pair, _ = http(
+            "POST", base + "/api/v1/auth/login", {"email": "w@example.com", "password": PASSWORD}
+        )
+        _, lic, _ = http(
+            "POST",
+            base + "/api/v1/licenses/activate",
+            {"client_id": "w"},
+            {"Authorization": f"Bearer {pair['access_token']}"},
+        )
+        for _ in range(30):  # new connection each time: spread over the workers
+            assert (
+                http("POST", base + "/api/v1/licenses/validate", {"token": lic["token"]})[0] == 200
+            )
+        with urllib.request.urlopen(base + "/metrics", timeout=10) as response:  # noqa: S310 - loopback
+            text = response.read().decode()
+    [line] = [
+        ln for ln in text.splitlines() if ln.startswith('license_validations_total{code="VALID"}')
+    ]
+    assert float(line.split()[-1]) == 30.0
+    [created] = [
+        ln
+        for ln in text.splitlines()
+        if ln.startswith('license_activations_total{result="created"}')
+    ]
+    assert float(created.split()[-1]) == 1.0
