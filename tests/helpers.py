@@ -128,8 +128,9 @@ def project_env(**overrides: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def gunicorn_server(database_url: str, workers: int = 3, **env: str):
-    """A real gunicorn (deploy/gunicorn.conf.py) on a free port; yields its base URL."""
+def gunicorn_server(database_url: str, workers: int = 3, processes: list | None = None, **env: str):
+    """A real gunicorn (deploy/gunicorn.conf.py) on a free port; yields its base URL.
+    The gunicorn master's Popen is appended to `processes` when given."""
     port = free_port()
     settings = {
         "APP_ENV": "testing",
@@ -152,6 +153,8 @@ def gunicorn_server(database_url: str, workers: int = 3, **env: str):
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
+    if processes is not None:
+        processes.append(proc)
     try:
         wait_for_http(base + "/healthz", timeout=30, proc=proc)
         yield base

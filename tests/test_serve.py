@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 import urllib.request
 
 import pytest
@@ -155,3 +156,34 @@ def test_production_with_real_secrets_starts(tmp_path, signing_key_file):
     assert result.returncode == 0, result.stderr
     head = ",".join(sorted(migrations.head_revisions()))
     assert f"database at {head}" in result.stdout
+
+
+def test_a_graceful_reload_keeps_serving(tmp_path):
+    import threading
+
+    from app.kernel import migrations as kernel_migrations
+    from tests.helpers import gunicorn_server, http
+
+    url = f"sqlite:///{tmp_path}/reload.db"
+    kernel_migrations.upgrade(url)
+    procs: list = []
+    statuses: list[int] = []
+    stop = threading.Event()
+    with gunicorn_server(url, workers=2, processes=procs) as base:
+
+        def hammer() -> None:
+            while not stop.is_set():
+                try:
+                    statuses.append(http("GET", base + "/readyz")[0])
+                except OSError as exc:  # a refused or reset connection is a failure too
+                    statuses.append(repr(exc))
+
+        thread = threading.Thread(target=hammer)
+        thread.start()
+        time.sleep(0.5)
+        procs[0].send_signal(signal.SIGHUP)  # gunicorn: new workers, old ones finish their requests
+        time.sleep(2.5)
+        stop.set()
+        thread.join()
+    assert len(statuses) > 20
+    assert set(statuses) == {200}, [s for s in statuses if s != 200][:5]
