@@ -23,7 +23,7 @@ from app.extensions import limiter
 from app.kernel import metrics
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.errors import ProblemError, Unauthorized
-from app.kernel.pagination import InvalidCursor, PageQuery, decode_cursor, encode_cursor
+from app.kernel.pagination import PageQuery, decode_key_cursor, encode_cursor
 from app.kernel.web import (
     client_ip,
     config_limit,
@@ -143,9 +143,7 @@ def _verdict(code: str, license_: Any, checked_at: Any) -> dict[str, Any]:
     summary="My licenses, newest first", security=BEARER_AUTH, responses=problem_responses(401, 422)
 )
 def list_mine(query_data: PageQuery) -> Any:
-    after = decode_cursor(query_data.cursor)
-    if after is not None and not isinstance(after, str):
-        raise InvalidCursor()
+    after = decode_key_cursor(query_data.cursor)
     items, next_after = licensing.list_licenses(
         get_session(), get_jwt()["sub"], limit=query_data.limit, after=after
     )

@@ -173,6 +173,11 @@ def is_transient(error: Exception) -> bool:
     return False
 
 
+def problem_body_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+    """A Flask response for an already built problem body (e.g. a stored one, replayed)."""
+    return _respond(body, headers)
+
+
 def _respond(body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
     from flask import current_app
 

@@ -47,3 +47,11 @@ def decode_cursor(cursor: str | None) -> Any:
         return json.loads(base64.urlsafe_b64decode(padded.encode()))
     except (binascii.Error, ValueError, UnicodeDecodeError):
         raise InvalidCursor() from None
+
+
+def decode_key_cursor(cursor: str | None) -> str | None:
+    """A cursor holding one string key (an id), or None; InvalidCursor otherwise."""
+    key = decode_cursor(cursor)
+    if key is not None and not isinstance(key, str):
+        raise InvalidCursor()
+    return key

@@ -10,8 +10,8 @@ from flask_jwt_extended import get_jwt, jwt_required
 
 from app.auth import api as auth_api
 from app.kernel.db import get_session
-from app.kernel.errors import ProblemError, problem_response
-from app.kernel.pagination import InvalidCursor, PageQuery, decode_cursor, encode_cursor
+from app.kernel.errors import ProblemError, problem_body_response
+from app.kernel.pagination import PageQuery, decode_key_cursor, encode_cursor
 from app.kernel.web import problem_responses
 from app.orders import bp, service, workflows
 from app.orders.payments import PaymentGateway, make_gateway
@@ -94,16 +94,7 @@ def place_order(json_data: OrderIn) -> Any:
         settings=settings(),
     )
     if status >= 400:
-        return problem_response(
-            status,
-            body["code"],
-            body["detail"],
-            **{
-                k: v
-                for k, v in body.items()
-                if k not in ("type", "title", "status", "detail", "code")
-            },
-        )
+        return problem_body_response(body)
     return body, status
 
 
@@ -115,9 +106,7 @@ def place_order(json_data: OrderIn) -> Any:
     summary="My orders, newest first", security=BEARER_AUTH, responses=problem_responses(401, 422)
 )
 def list_orders(query_data: PageQuery) -> Any:
-    after = decode_cursor(query_data.cursor)
-    if after is not None and not isinstance(after, str):
-        raise InvalidCursor()
+    after = decode_key_cursor(query_data.cursor)
     items, next_after = service.list_orders(
         get_session(), get_jwt()["sub"], limit=query_data.limit, after=after
     )

@@ -44,6 +44,16 @@ class Settings:
     wait_for_other_attempt: float = 10.0  # seconds a retry waits for a racing one to finish
 
 
+def _charge(gateway: PaymentGateway, order: Any) -> Any:
+    """Charge an order's amount; the order id makes retries of the same order idempotent."""
+    return gateway.charge(
+        amount_cents=order.amount_cents,
+        currency=order.currency,
+        payment_method=order.payment_method,
+        idempotency_key=order.order_id,
+    )
+
+
 def place_order(
     session: Session,
     gateway: PaymentGateway,
@@ -61,6 +71,8 @@ def place_order(
             with transaction(session):
                 claim = service.claim(session, user_id, key, request, plan, lease=settings.lease)
         except IntegrityError:
+            if time.monotonic() > deadline:
+                raise
             continue  # a racing retry inserted the key first: read it on the next pass
         if claim.replay is not None:
             return claim.replay
@@ -72,12 +84,7 @@ def place_order(
 
     order = claim.order
     try:
-        charge = gateway.charge(
-            amount_cents=order.amount_cents,
-            currency=order.currency,
-            payment_method=order.payment_method,
-            idempotency_key=order.order_id,
-        )
+        charge = _charge(gateway, order)
     except PaymentDeclined:
         body = problem(
             402, "payment_declined", "The payment was declined.", order_id=order.order_id
@@ -235,12 +242,7 @@ def _renew_one(session, gateway, catalog, sub, *, now, lease, report) -> None:
         report.skipped += 1
         return
     try:
-        charge = gateway.charge(
-            amount_cents=order.amount_cents,
-            currency=order.currency,
-            payment_method=order.payment_method,
-            idempotency_key=order.order_id,
-        )
+        charge = _charge(gateway, order)
     except (PaymentDeclined, PaymentUnavailable) as exc:
         declined = isinstance(exc, PaymentDeclined)
         with transaction(session):
