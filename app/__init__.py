@@ -13,6 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from app import observability
 from app.config import check_production, load_config
 from app.kernel.errors import MalformedJSON
+from app.kernel.web import document_common_errors
 
 __all__ = ["create_app"]
 
@@ -60,6 +61,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
     register_blueprints(app)
     register_errorhandlers(app)
     register_commands(app)
+    app.spec_processor(document_common_errors)
     if app.config["TRUSTED_PROXIES"] > 0:
         # Believe exactly that many X-Forwarded-* hops; anything further left is the
         # client's own claim and is ignored.

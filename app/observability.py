@@ -120,4 +120,5 @@ def metrics_endpoint() -> Response:
 def init_app(app: Any) -> None:
     app.before_request(_start)
     app.after_request(_finish)
-    app.add_url_rule("/metrics", "metrics", metrics_endpoint)
+    # Prometheus text, not part of the JSON API: kept out of the OpenAPI document.
+    app.add_url_rule("/metrics", "metrics", app.doc(hide=True)(metrics_endpoint))

@@ -497,3 +497,11 @@ def test_openapi_describes_admin_routes(client):
     patch = spec["paths"]["/api/v1/admin/licenses/{license_id}"]["patch"]
     assert {"412", "428", "409"} <= set(patch["responses"])
     assert patch["security"] == [{"BearerAuth": []}]
+
+
+def test_options_requests_on_admin_routes_are_not_errors(client):
+    """Found by schemathesis: OPTIONS skipped the JWT check and then crashed with a 500."""
+    for path in ("/api/v1/admin/stats/users", "/api/v1/admin/licenses/lic_x"):
+        response = client.options(path)
+        assert response.status_code == 200
+        assert "GET" in response.headers["Allow"]

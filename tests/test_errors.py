@@ -155,3 +155,13 @@ def test_a_missing_table_is_a_500_not_an_outage(app_config, tmp_path):
 
     assert_problem(application.test_client().get("/_test/count"), 500, "internal_error")
     application.extensions["db"].dispose()
+
+
+def test_the_openapi_document_lists_the_common_errors(client):
+    spec = client.get("/openapi.json").get_json()
+    register = spec["paths"]["/api/v1/auth/register"]["post"]["responses"]
+    assert {"400", "413", "422", "500", "503"} <= set(register)
+    assert "application/problem+json" in register["400"]["content"]
+    me = spec["paths"]["/api/v1/auth/me"]["get"]["responses"]
+    assert "401" in me
+    assert "/metrics" not in spec["paths"]

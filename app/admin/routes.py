@@ -42,6 +42,8 @@ class PreconditionFailed(ProblemError):
 
 @bp.before_request
 def _require_admin() -> None:
+    if request.method == "OPTIONS":
+        return  # Flask answers OPTIONS itself; there is nothing to protect
     verify_jwt_in_request()
     claims = get_jwt()
     # The token's role, and the user's current role: a demoted admin's token stops

@@ -97,3 +97,24 @@ def problem_responses(*statuses: int) -> dict[int, dict[str, Any]]:
         }
         for status in statuses
     }
+
+
+def document_common_errors(spec: dict[str, Any]) -> dict[str, Any]:
+    """Add the errors every operation can answer to the OpenAPI document, in one place:
+    400/413/422 where there is a JSON body, 422 where there are parameters, 401 where a
+    token is required, 500 and 503 everywhere (as problem+json)."""
+    for item in spec.get("paths", {}).values():
+        for method, operation in item.items():
+            if method not in ("get", "post", "put", "patch", "delete"):
+                continue
+            statuses = [500, 503]
+            if "requestBody" in operation:
+                statuses += [400, 413, 422]
+            if operation.get("parameters"):
+                statuses.append(422)
+            if operation.get("security"):
+                statuses.append(401)
+            responses = operation.setdefault("responses", {})
+            for status, response in problem_responses(*statuses).items():
+                responses.setdefault(str(status), response)
+    return spec

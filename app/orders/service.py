@@ -390,9 +390,9 @@ def claim_renewal(
         created_at=now,
         updated_at=now,
     )
-    session.add(order)
     try:
-        with session.begin_nested():
+        with session.begin_nested():  # added inside the savepoint, so a clash leaves no trace
+            session.add(order)
             session.flush()
     except IntegrityError:
         return None  # a concurrent run inserted it first
