@@ -109,6 +109,7 @@ def document_common_errors(spec: dict[str, Any]) -> dict[str, Any]:
                 continue
             statuses = [500, 503]
             if "requestBody" in operation:
+                operation["requestBody"]["required"] = True  # an empty body is malformed JSON
                 statuses += [400, 413, 422]
             if operation.get("parameters"):
                 statuses.append(422)
