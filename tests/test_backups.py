@@ -124,7 +124,7 @@ def test_backup_script_runs_never_overlap(database_url, tmp_path):
     lines = (folder / "backup.log").read_text().splitlines()
     assert len(lines) == 2
     assert sum("skipped" in line for line in lines) == 1
-    [(path, manifest)] = backups.list_backups(folder)
+    [(_path, manifest)] = backups.list_backups(folder)
     assert manifest is not None
 
 
