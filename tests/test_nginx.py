@@ -84,7 +84,8 @@ def test_behind_nginx_the_app_sees_the_client_and_ignores_spoofing(database_url,
         "RATELIMIT_LOGIN_PER_ACCOUNT": "100/minute",
     }
     with (
-        gunicorn_server(database_url, workers=2, **env) as base,
+        # one worker: without Redis each worker keeps its own rate-limit counts
+        gunicorn_server(database_url, workers=1, **env) as base,
         nginx_in_front_of(base.removeprefix("http://"), tmp_path) as port,
     ):
         spoof = {"X-Forwarded-For": "203.0.113.66"}

@@ -44,6 +44,15 @@ def _signed(license_: Any) -> dict[str, Any]:
     return {**LicenseOut.model_validate(license_).model_dump(), "token": token}
 
 
+def _account_key() -> str:
+    """Per account on activation: the user of a verified Bearer token, else the body's email."""
+    try:
+        verified = verify_jwt_in_request(optional=True)
+    except Exception:  # an invalid token is refused by the view; limit the attempt by email/IP
+        verified = None
+    return "user:" + get_jwt()["sub"] if verified else email_in_body()
+
+
 def _activation_user(session: Any, body: ActivateIn) -> tuple[str | None, Any]:
     """Who is activating: the Bearer token's user, or (email, password) checked like a login."""
     if verify_jwt_in_request(optional=True):
@@ -60,12 +69,12 @@ def _activation_user(session: Any, body: ActivateIn) -> tuple[str | None, Any]:
 
 @bp.post("/licenses/activate")
 @limiter.limit(config_limit("RATELIMIT_ACTIVATE_PER_IP"), key_func=client_ip)
-@limiter.limit(config_limit("RATELIMIT_ACTIVATE_PER_ACCOUNT"), key_func=email_in_body)
+@limiter.limit(config_limit("RATELIMIT_ACTIVATE_PER_ACCOUNT"), key_func=_account_key)
 @bp.input(ActivateIn)
 @bp.output(ActivatedLicenseOut, status_code=201, description="A new license")
 @bp.doc(
     summary="Activate a license for a client (idempotent for the same user and client)",
-    security=BEARER_AUTH,
+    security=[{"BearerAuth": []}, {}],  # a Bearer token, or email and password in the body
     responses={
         200: {
             "description": "The user already holds the live license for this client",

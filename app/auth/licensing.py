@@ -140,7 +140,8 @@ def grant_subscription(
     """Grant (or change) the user's live subscription; the user's plan follows it.
 
     An existing live subscription is updated in place: new plan and seats, renewal one
-    period from now. Active licenses are extended to the new renewal date.
+    period from now. Active, unexpired licenses are extended to the new renewal date;
+    those above the new seat count are suspended, newest first.
     """
     if seats < 1:
         raise ValueError("a subscription has at least one seat")
@@ -165,10 +166,14 @@ def grant_subscription(
         subscription.version += 1
     user.plan = plan
     session.flush()
+    suspended = _suspend_excess(
+        session, user_id, keep=seats, actor_id=actor_id, reason="fewer_seats", now=now
+    )
     session.execute(
         update(License)
-        .where(License.user_id == user_id, License.status == "active")
+        .where(License.user_id == user_id, License.status == "active", License.expires_at > now)
         .values(expires_at=renews_at, version=License.version + 1, updated_at=now)
+        .execution_options(synchronize_session=False)
     )
     admin_api.record_audit(
         session,
@@ -180,6 +185,7 @@ def grant_subscription(
             "plan": plan,
             "seats": seats,
             "renews_at": renews_at.isoformat(),
+            "suspended_licenses": suspended,
         },
     )
     return subscription
@@ -201,33 +207,51 @@ def cancel_subscription(
     subscription.status = "cancelled"
     subscription.version += 1
     user.plan = "free"
-    active = session.scalars(
-        select(License)
-        .where(License.user_id == user_id, License.status == "active")
-        .order_by(License.created_at.desc(), License.license_id.desc())
-    ).all()
-    keep = FREE_SEATS
-    for license_ in active[: max(0, len(active) - keep)]:
-        _set_status(
-            session,
-            license_,
-            "suspended",
-            actor_id=actor_id,
-            reason="subscription_cancelled",
-            now=now,
-        )
+    suspended = _suspend_excess(
+        session,
+        user_id,
+        keep=FREE_SEATS,
+        actor_id=actor_id,
+        reason="subscription_cancelled",
+        now=now,
+    )
     admin_api.record_audit(
         session,
         "SUBSCRIPTION_CANCELLED",
         user_id=user_id,
         actor_id=actor_id,
-        details={
-            "subscription_id": subscription.subscription_id,
-            "suspended_licenses": max(0, len(active) - keep),
-        },
+        details={"subscription_id": subscription.subscription_id, "suspended_licenses": suspended},
     )
     session.flush()
     return subscription
+
+
+def _suspend_excess(
+    session: Session,
+    user_id: str,
+    *,
+    keep: int,
+    actor_id: str | None,
+    reason: str,
+    now: datetime,
+    include_expired: bool = False,
+) -> int:
+    """Suspend the user's active, unexpired licenses beyond `keep`, newest first (each
+    audited). The rows are locked first, so a concurrent change (an owner revoking one)
+    is either seen or waits; a stale write never overrides it. Returns how many."""
+    stmt = select(License).where(License.user_id == user_id, License.status == "active")
+    if not include_expired:
+        stmt = stmt.where(License.expires_at > now)
+    active = session.scalars(
+        stmt.order_by(License.created_at.desc(), License.license_id.desc())
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).all()
+    excess = active[: max(0, len(active) - keep)]
+    for license_ in excess:
+        _set_status(session, license_, "suspended", actor_id=actor_id, reason=reason, now=now)
+    session.flush()
+    return len(excess)
 
 
 def _lock_user(session: Session, user_id: str) -> User:
@@ -260,6 +284,19 @@ def activate(
     existing = session.scalar(
         select(License).where(License.client_id == client_id, License.status != "revoked")
     )
+    if existing is not None and existing.expires_at <= now:
+        # An expired license no longer holds its client: retire it, then issue a new one.
+        _set_status(
+            session,
+            existing,
+            "revoked",
+            actor_id=user_id,
+            reason="expired_replaced",
+            now=now,
+            ip=ip,
+        )
+        session.flush()
+        existing = None
     if existing is not None:
         if existing.user_id != user_id:
             raise ClientIdTaken()
@@ -410,6 +447,13 @@ def update_status(
     if new_status not in TRANSITIONS[current.status]:
         raise InvalidTransition(current.status, new_status, license_id)
     now = utcnow()
+    if new_status == "active":
+        # Back to active takes a seat: count under the user's lock, like an activation.
+        owner = session.scalar(select(License.user_id).where(License.license_id == license_id))
+        user = _lock_user(session, owner)
+        limit = seat_limit(session, user)
+        if seats_in_use(session, owner, now) >= limit:
+            raise SeatLimitReached(limit)
     result = session.execute(
         update(License)
         .where(License.license_id == license_id, License.version == expected_version)
@@ -505,8 +549,13 @@ def renew_subscription(
     now = utcnow()
     session.execute(
         update(License)
-        .where(License.user_id == sub.user_id, License.status == "active")
+        .where(
+            License.user_id == sub.user_id,
+            License.status == "active",
+            License.expires_at >= expected_renews_at,  # valid to the end of the paid period
+        )
         .values(expires_at=sub.renews_at, version=License.version + 1, updated_at=now)
+        .execution_options(synchronize_session=False)
     )
     admin_api.record_audit(
         session,
@@ -550,29 +599,34 @@ def lapse_past_due(
             )
         )
     )
-    for sub in lapsed:
-        user = _lock_user(session, sub.user_id)
+    count = 0
+    for candidate in lapsed:
+        user = _lock_user(session, candidate.user_id)
+        # Re-read under the lock: a payment that committed meanwhile has renewed it.
+        sub = session.get(
+            Subscription, candidate.subscription_id, with_for_update=True, populate_existing=True
+        )
+        if sub is None or sub.status != "past_due" or sub.renews_at > now - grace:
+            continue
         sub.status = "expired"
         sub.version += 1
         user.plan = "free"
-        active = session.scalars(
-            select(License).where(License.user_id == sub.user_id, License.status == "active")
-        ).all()
-        for license_ in active:
-            _set_status(
-                session,
-                license_,
-                "suspended",
-                actor_id=actor_id,
-                reason="subscription_lapsed",
-                now=now,
-            )
+        suspended = _suspend_excess(
+            session,
+            sub.user_id,
+            keep=0,
+            actor_id=actor_id,
+            reason="subscription_lapsed",
+            now=now,
+            include_expired=True,
+        )
         admin_api.record_audit(
             session,
             "SUBSCRIPTION_LAPSED",
             user_id=sub.user_id,
             actor_id=actor_id,
-            details={"subscription_id": sub.subscription_id, "suspended_licenses": len(active)},
+            details={"subscription_id": sub.subscription_id, "suspended_licenses": suspended},
         )
+        count += 1
     session.flush()
-    return len(lapsed)
+    return count

@@ -6,6 +6,7 @@ recommend). Hashes made with older parameters are re-hashed at the next successf
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -14,6 +15,15 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 MIN_LENGTH = 8
 MAX_LENGTH = 128  # characters; bounds the hashing cost a request can cause
+
+
+@functools.cache
+def hasher_for(time_cost: int, memory_cost: int, parallelism: int) -> Hasher:
+    """The shared Hasher for these parameters (its dummy hash is computed once per process,
+    so an unknown email costs one verify, exactly like a wrong password)."""
+    hasher = Hasher(time_cost, memory_cost, parallelism)
+    _ = hasher._dummy_hash  # made now, not on the first unknown email (that would be timeable)
+    return hasher
 
 
 @dataclass(frozen=True)

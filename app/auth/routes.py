@@ -8,7 +8,7 @@ from flask import current_app
 from flask_jwt_extended import get_jwt, jwt_required, verify_jwt_in_request
 
 from app.auth import bp, licensing, service, tokens
-from app.auth.passwords import Hasher
+from app.auth.passwords import Hasher, hasher_for
 from app.auth.schemas import LoginIn, MeOut, RegisterIn, TokenPairOut, UserOut
 from app.extensions import limiter
 from app.kernel.db import get_session, transaction
@@ -19,7 +19,7 @@ BEARER_AUTH = [{"BearerAuth": []}]
 
 def hasher() -> Hasher:
     cfg = current_app.config
-    return Hasher(cfg["ARGON2_TIME_COST"], cfg["ARGON2_MEMORY_COST"], cfg["ARGON2_PARALLELISM"])
+    return hasher_for(cfg["ARGON2_TIME_COST"], cfg["ARGON2_MEMORY_COST"], cfg["ARGON2_PARALLELISM"])
 
 
 def lockout_policy() -> service.LockoutPolicy:

@@ -107,7 +107,7 @@ class ValidateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     token: str = Field(min_length=1, max_length=4096)
-    client_id: str | None = Field(default=None, max_length=128)
+    client_id: str | None = Field(default=None, min_length=1, max_length=128)
 
 
 class ValidateOut(BaseModel):

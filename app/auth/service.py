@@ -7,6 +7,7 @@ login never holds SQLite's write lock while argon2 runs.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -62,8 +63,8 @@ class UserNotFound(NotFound):
 
 
 def normalise_email(email: str) -> str:
-    """Emails are compared and stored trimmed and lower-cased."""
-    return email.strip().lower()
+    """Emails are compared and stored trimmed, NFC-normalised and lower-cased."""
+    return unicodedata.normalize("NFC", email.strip()).lower()
 
 
 # --- accounts ------------------------------------------------------------------------

@@ -225,6 +225,13 @@ def init_app(app: Any) -> None:
         body = problem(503, "database_unavailable", "The database is unavailable; retry shortly.")
         return _respond(body, {"Retry-After": "1"})
 
+    @app.errorhandler(sa_exc.DataError)
+    def _data_error(error: sa_exc.DataError) -> Any:
+        # The database refused a value (a NUL character, a number out of range) that
+        # validation let through: the request is at fault, not the server.
+        log.info("database refused a value: %s", str(error.orig).splitlines()[0])
+        return _respond(problem(422, "invalid_value", "A value in the request cannot be stored."))
+
     @app.errorhandler(sa_exc.IntegrityError)
     def _integrity_error(error: sa_exc.IntegrityError) -> Any:
         # Services translate the constraints they expect into specific 409s; anything that

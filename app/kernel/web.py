@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -46,7 +47,7 @@ def email_in_body() -> str:
     data = request.get_json(silent=True)
     email = data.get("email") if isinstance(data, dict) else None
     if isinstance(email, str) and email.strip():
-        return "acct:" + email.strip().lower()[:320]
+        return "acct:" + unicodedata.normalize("NFC", email.strip()).lower()[:320]
     return "ip:" + client_ip()
 
 

@@ -1,0 +1,236 @@
+"""Findings of an independent review of auth and licensing, kept as regression tests.
+
+Each test failed before its fix (the review ran on 7752452)."""
+
+import threading
+import unicodedata
+from datetime import timedelta
+
+import argon2
+import pytest
+
+from app.auth import api as auth_api
+from app.auth import licensing
+from app.kernel.db import get_session, transaction, utcnow
+from app.kernel.ownership import acting_as
+
+PW = "correct horse"
+
+
+def signup(client, email="ada@example.com"):
+    u = client.post("/api/v1/auth/register", json={"email": email, "password": PW}).get_json()
+    t = client.post("/api/v1/auth/login", json={"email": email, "password": PW}).get_json()
+    return u["user_id"], {"Authorization": "Bearer " + t["access_token"]}
+
+
+def grant(app, uid, seats):
+    with app.app_context():
+        s = get_session()
+        with transaction(s):
+            return auth_api.grant_subscription(
+                s, uid, plan="team", seats=seats, period=timedelta(days=30)
+            )
+
+
+# 1. timing oracle: unknown email costs two argon2 operations, wrong password one
+def test_unknown_email_costs_the_same_argon2_work_as_wrong_password(client, monkeypatch):
+    signup(client)
+    calls = []
+    real_hash, real_verify = argon2.PasswordHasher.hash, argon2.PasswordHasher.verify
+    monkeypatch.setattr(
+        argon2.PasswordHasher, "hash", lambda *a, **k: calls.append("hash") or real_hash(*a, **k)
+    )
+    monkeypatch.setattr(
+        argon2.PasswordHasher,
+        "verify",
+        lambda *a, **k: calls.append("verify") or real_verify(*a, **k),
+    )
+    client.post("/api/v1/auth/login", json={"email": "ada@example.com", "password": "wrong-pass"})
+    wrong = list(calls)
+    calls.clear()
+    client.post(
+        "/api/v1/auth/login", json={"email": "nobody@example.com", "password": "wrong-pass"}
+    )
+    assert calls == wrong == ["verify"]  # observed before the fix: ['hash', 'verify'] vs ['verify']
+
+
+# 2. NUL characters reach PostgreSQL -> 500
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+@pytest.mark.parametrize(
+    "req",
+    [
+        ("post", "/api/v1/auth/login", {"email": "a\x00@x.com", "password": "x"}),
+        (
+            "post",
+            "/api/v1/licenses/activate",
+            {"client_id": "c1", "email": "a\x00", "password": "x"},
+        ),
+        ("get", "/api/v1/licenses/%00", None),
+        ("delete", "/api/v1/licenses/%00", None),
+        (
+            "get",
+            "/api/v1/licenses?cursor=Ilx1MDAwMCI",
+            None,
+        ),  # base64url of the JSON string "\u0000"
+    ],
+)
+def test_nul_bytes_are_4xx_not_500(client, backend, req):
+    _, h = signup(client)
+    method, path, body = req
+    r = getattr(client, method)(path, json=body, headers=h if body is None else {})
+    assert r.status_code < 500, r.get_data(as_text=True)
+
+
+# 3. an expired-but-'active' license is revived past the seat limit by a subscription
+def test_subscription_does_not_revive_licenses_beyond_the_seats(app, client):
+    uid, h = signup(client)
+    with app.app_context(), acting_as("auth"):
+        s = get_session()
+        with transaction(s):
+            licensing.activate(s, uid, "old-laptop", ip=None, now=utcnow() - timedelta(days=366))
+    assert (
+        client.post(
+            "/api/v1/licenses/activate", json={"client_id": "new-laptop"}, headers=h
+        ).status_code
+        == 201
+    )
+    grant(app, uid, 1)
+    seats = client.get("/api/v1/auth/me", headers=h).get_json()["seats"]
+    assert seats["used"] <= seats["limit"], seats  # observed {'limit': 1, 'used': 2}
+
+
+# 4. re-activating a client whose license expired returns the expired license (200)
+def test_reactivating_an_expired_client_gives_a_live_license(app, client):
+    uid, h = signup(client)
+    with app.app_context(), acting_as("auth"):
+        s = get_session()
+        with transaction(s):
+            licensing.activate(s, uid, "old-laptop", ip=None, now=utcnow() - timedelta(days=366))
+    r = client.post("/api/v1/licenses/activate", json={"client_id": "old-laptop"}, headers=h)
+    tok = r.get_json()["token"]
+    v = client.post("/api/v1/licenses/validate", json={"token": tok}).get_json()
+    assert v["code"] == "VALID", (r.status_code, v["code"])  # observed (200, 'EXPIRED')
+
+
+# 5. buying a plan with fewer seats leaves more live licenses than seats
+def test_fewer_seats_suspend_the_excess(app, client):
+    uid, h = signup(client)
+    grant(app, uid, 3)
+    for i in range(3):
+        assert (
+            client.post(
+                "/api/v1/licenses/activate", json={"client_id": f"c{i}"}, headers=h
+            ).status_code
+            == 201
+        )
+    grant(app, uid, 1)
+    seats = client.get("/api/v1/auth/me", headers=h).get_json()["seats"]
+    assert seats["used"] <= seats["limit"], seats  # observed {'limit': 1, 'used': 3}
+
+
+# 6a. lapse_past_due overwrites a renewal that committed between its read and its lock
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_lapse_does_not_overwrite_a_concurrent_renewal(app, client, monkeypatch):
+    uid, h = signup(client)
+    sub = grant(app, uid, 2)
+    for cid in ("a", "b"):
+        client.post("/api/v1/licenses/activate", json={"client_id": cid}, headers=h)
+    with app.app_context():
+        s = get_session()
+        with transaction(s):
+            auth_api.mark_subscription_past_due(s, sub.subscription_id, reason="declined")
+    real, fired = licensing._lock_user, []
+
+    def interleave(session, user_id):
+        if not fired:
+            fired.append(1)
+            th = threading.Thread(target=grant, args=(app, uid, 2))
+            th.start()
+            th.join()
+        return real(session, user_id)
+
+    monkeypatch.setattr(licensing, "_lock_user", interleave)
+    with app.app_context():
+        s = get_session()
+        with transaction(s):
+            auth_api.lapse_past_due_subscriptions(
+                s, grace=timedelta(0), now=sub.renews_at + timedelta(days=1)
+            )
+    with app.app_context():
+        live = auth_api.live_subscription(get_session(), uid)
+    assert live is not None  # observed: None (status 'expired', licenses suspended, plan free)
+
+
+# 6b. cancel_subscription overwrites a concurrent (final) revoke with 'suspended'
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_cancel_does_not_unrevoke_a_concurrently_revoked_license(app, client, monkeypatch):
+    uid, h = signup(client)
+    grant(app, uid, 2)
+    ids = [
+        client.post("/api/v1/licenses/activate", json={"client_id": c}, headers=h).get_json()[
+            "license_id"
+        ]
+        for c in ("a", "b")
+    ]
+
+    def owner_deactivates():
+        client.delete(f"/api/v1/licenses/{ids[1]}", headers=h)
+
+    real, threads = licensing._suspend_excess, []
+
+    def interleave(session, user_id, **kw):
+        if not threads:
+            # The owner revokes a license while the cancellation is about to suspend it.
+            # With row locks the revoke either lands first (and is seen) or waits for our
+            # commit; it must never be overwritten.
+            threads.append(threading.Thread(target=owner_deactivates))
+            threads[0].start()
+            threads[0].join(timeout=2)
+        return real(session, user_id, **kw)
+
+    monkeypatch.setattr(licensing, "_suspend_excess", interleave)
+    with app.app_context():
+        s = get_session()
+        with transaction(s):
+            auth_api.cancel_subscription(s, uid)
+    threads[0].join(timeout=30)
+    with app.app_context():
+        assert (
+            auth_api.get_license(get_session(), ids[1]).status == "revoked"
+        )  # observed 'suspended'
+
+
+# 7. per-account activate limit does not apply to Bearer activations
+def test_bearer_activations_count_against_the_account(app_config, tmp_path):
+    from app import create_app
+
+    app_config.update(
+        RATELIMIT_ENABLED=True,
+        RATELIMIT_ACTIVATE_PER_ACCOUNT="2/minute",
+        RATELIMIT_ACTIVATE_PER_IP="100/minute",
+    )
+    app = create_app(app_config)
+    client = app.test_client()
+    _, h = signup(client)
+    codes = [
+        client.post(
+            "/api/v1/licenses/activate",
+            json={"client_id": "same"},
+            headers=h,
+            environ_base={"REMOTE_ADDR": f"10.0.0.{i}"},
+        ).status_code
+        for i in range(6)
+    ]
+    app.extensions["db"].dispose()
+    assert 429 in codes, codes  # observed [201, 200, 200, 200, 200, 200]
+
+
+# 8. an email registered in NFD cannot log in with the same string
+def test_login_with_the_registered_email_string(client):
+    email = unicodedata.normalize("NFD", "josé@example.com")
+    assert (
+        client.post("/api/v1/auth/register", json={"email": email, "password": PW}).status_code
+        == 201
+    )
+    r = client.post("/api/v1/auth/login", json={"email": email, "password": PW})
+    assert r.status_code == 200, r.get_json()  # observed 401 invalid_credentials
