@@ -174,6 +174,19 @@ def _backup_errors() -> Iterator[None]:
         raise click.ClickException(str(exc)) from None
 
 
+@ownership_cli.command("grants")
+@click.option(
+    "--app-role", default="licensing_app", show_default=True, help="The app's login role."
+)
+@click.option("--prefix", default="licensing_", show_default=True, help="Module role prefix.")
+def ownership_grants(app_role: str, prefix: str) -> None:
+    """Print the PostgreSQL roles and GRANTs that enforce table ownership (phase 2)."""
+    from app.kernel.grants import grant_statements
+
+    for statement in grant_statements(registry, app_role=app_role, prefix=prefix):
+        click.echo(statement)
+
+
 @backup_cli.command("create")
 def backup_create() -> None:
     """Back up the database, verify the copy, record size, checksum and row counts."""

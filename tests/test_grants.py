@@ -1,0 +1,77 @@
+"""Phase 2, first step: PostgreSQL itself refuses a foreign write under a module's role."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from app.kernel.grants import grant_statements, role_of
+from app.kernel.ownership import registry
+
+
+def test_grants_follow_the_registry():
+    sql = "\n".join(grant_statements(registry, app_role="licensing_app"))
+    assert "GRANT SELECT, INSERT, UPDATE, DELETE ON public.users TO licensing_auth;" in sql
+    assert "GRANT SELECT ON public.users TO licensing_admin;" in sql
+    assert "ON public.users TO licensing_orders" not in sql
+    assert "GRANT SELECT, INSERT, UPDATE, DELETE ON public.audit_logs TO licensing_admin;" in sql
+    assert "ON public.audit_logs TO licensing_auth" not in sql
+
+
+@pytest.fixture
+def role_prefix(database_url):
+    """Roles are cluster-wide: a prefix of our own, and every role dropped afterwards."""
+    prefix = f"lt_{uuid.uuid4().hex[:8]}_"
+    yield prefix
+    url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as conn:
+        roles = [
+            r[0]
+            for r in conn.execute(
+                "SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (prefix + "%",)
+            )
+        ]
+        for role in roles:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_the_database_refuses_what_the_registry_forbids(runner, database_url, role_prefix):
+    app_role = f"{role_prefix}app"
+    result = runner.invoke(
+        args=["ownership", "grants", "--app-role", app_role, "--prefix", role_prefix]
+    )
+    assert result.exit_code == 0, result.output
+    url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {app_role} NOLOGIN")
+        for statement in result.output.splitlines():
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO users (user_id, email, password_hash, plan, role, failed_logins, "
+            "created_at, updated_at) VALUES ('usr_g', 'g@x.io', 'h', 'free', 'user', 0, now(), now())"
+        )
+
+        def as_role(module: str, sql: str) -> None:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL ROLE {role_of(module, role_prefix)}")
+                conn.execute(sql)
+
+        # No application code and no guard involved: the database decides.
+        with pytest.raises(errors.InsufficientPrivilege):
+            as_role("admin", "UPDATE users SET role = 'admin'")
+        with pytest.raises(errors.InsufficientPrivilege):
+            as_role("orders", "SELECT count(*) FROM audit_logs")
+        with pytest.raises(errors.InsufficientPrivilege):
+            as_role("auth", "DELETE FROM audit_logs")
+        as_role("admin", "SELECT count(*) FROM users")  # a granted read
+        as_role(
+            "admin",
+            "INSERT INTO audit_logs (log_id, action, timestamp) VALUES ('log_g', 'X', now())",
+        )
+        as_role("auth", "UPDATE users SET plan = 'pro' WHERE user_id = 'usr_g'")
+        assert conn.execute("SELECT role, plan FROM users").fetchall() == [("user", "pro")]
