@@ -86,6 +86,9 @@ def load_config(
         # The guard always raises outside production; production may choose "log" or "off".
         "OWNERSHIP_GUARD": env.get("OWNERSHIP_GUARD", "raise") if production else "raise",
         "SQL_ECHO": _bool(env.get("SQL_ECHO"), False),
+        # Phase 2 (PostgreSQL): each module's statements run under its own database role.
+        "DB_ROLES": _bool(env.get("DB_ROLES"), False),
+        "DB_ROLE_PREFIX": env.get("DB_ROLE_PREFIX", "licensing_"),
         "TRUSTED_PROXIES": _int(env, "TRUSTED_PROXIES", 0),
         "BACKUP_DIR": env.get("BACKUP_DIR") or str(instance / "backups"),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 1024 * 1024),

@@ -75,3 +75,66 @@ def test_the_database_refuses_what_the_registry_forbids(runner, database_url, ro
         )
         as_role("auth", "UPDATE users SET plan = 'pro' WHERE user_id = 'usr_g'")
         assert conn.execute("SELECT role, plan FROM users").fetchall() == [("user", "pro")]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_the_app_runs_each_module_under_its_role(app_config, database_url, role_prefix, runner):
+    """With DB_ROLES on, real flows work under the module roles, and with the guard off
+    the database still refuses admin code writing auth's table."""
+    from sqlalchemy import update
+    from sqlalchemy.exc import ProgrammingError
+
+    from app import create_app
+    from app.auth.models import User
+    from app.kernel.db import get_session, transaction
+    from app.kernel.ownership import module_api
+
+    url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    app_role = f"{role_prefix}app"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {app_role} NOLOGIN")
+        for statement in grant_statements(registry, app_role=app_role, prefix=role_prefix):
+            conn.execute(statement)
+
+    app_config.update(DB_ROLES=True, DB_ROLE_PREFIX=role_prefix)
+    app = create_app(app_config)
+    client = app.test_client()
+    password = "correct horse battery"
+    assert (
+        client.post(
+            "/api/v1/auth/register", json={"email": "r@example.com", "password": password}
+        ).status_code
+        == 201
+    )
+    tokens = client.post(
+        "/api/v1/auth/login", json={"email": "r@example.com", "password": password}
+    ).get_json()
+    bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
+    lic = client.post("/api/v1/licenses/activate", json={"client_id": "role-box"}, headers=bearer)
+    assert lic.status_code == 201, lic.get_json()
+    assert (
+        client.post(
+            "/api/v1/licenses/validate", json={"token": lic.get_json()["token"]}
+        ).get_json()["code"]
+        == "VALID"
+    )
+    order = client.post(
+        "/api/v1/orders",
+        json={"plan": "pro", "payment_token": "tok_ok"},
+        headers={**bearer, "Idempotency-Key": "k"},
+    )
+    assert order.status_code == 201, order.get_json()
+    app.extensions["db"].dispose()
+
+    app_config["OWNERSHIP_GUARD"] = "off"
+    unguarded = create_app(app_config)
+
+    @module_api("admin")
+    def promote_everyone(session):
+        session.execute(update(User).values(role="admin"))
+
+    with unguarded.app_context():
+        session = get_session()
+        with pytest.raises(ProgrammingError, match="permission denied"), transaction(session):
+            promote_everyone(session)
+    unguarded.extensions["db"].dispose()

@@ -94,6 +94,7 @@ class EngineSettings:
     connect_timeout: int = 5
     sqlite_busy_timeout_ms: int = 5000
     guard_mode: str = "raise"
+    role_prefix: str | None = None  # PostgreSQL: run each module's statements under its role
     echo: bool = False
 
 
@@ -115,7 +116,8 @@ def make_engine(settings: EngineSettings) -> Engine:
         engine = _make_postgresql_engine(url, settings)
     else:
         raise ValueError(f"unsupported database backend {url.get_backend_name()!r}")
-    ownership.install_guard(engine, settings.guard_mode)
+    role_prefix = settings.role_prefix if engine.dialect.name == "postgresql" else None
+    ownership.install_guard(engine, settings.guard_mode, role_prefix)
     return engine
 
 
@@ -308,6 +310,7 @@ def settings_from_config(config: Any) -> EngineSettings:
         statement_timeout_ms=config["DB_STATEMENT_TIMEOUT_MS"],
         sqlite_busy_timeout_ms=config["SQLITE_BUSY_TIMEOUT_MS"],
         guard_mode=config["OWNERSHIP_GUARD"],
+        role_prefix=config["DB_ROLE_PREFIX"] if config["DB_ROLES"] else None,
         echo=config["SQL_ECHO"],
     )
 

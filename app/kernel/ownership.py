@@ -289,10 +289,18 @@ def check(module: str | None, tables: StatementTables, statement: str = "") -> N
             raise OwnershipViolation(module, table, "read", statement)
 
 
-def install_guard(engine: Engine, mode: str) -> None:
-    """Check every statement the engine runs ("raise"), only log breaches ("log"), or not."""
+def install_guard(engine: Engine, mode: str, role_prefix: str | None = None) -> None:
+    """Check every statement the engine runs ("raise"), only log breaches ("log"), or not.
+
+    With `role_prefix` (PostgreSQL, phase 2) each statement also runs under its module's
+    database role (`SET LOCAL ROLE <prefix><module>` when the acting module changes inside
+    a transaction), so the GRANTs from `flask ownership grants` are enforced by the
+    database itself — also with the guard off.
+    """
     if mode not in GUARD_MODES:
         raise ValueError(f"OWNERSHIP_GUARD must be one of {GUARD_MODES}, not {mode!r}")
+    if role_prefix is not None:
+        _install_role_switching(engine, role_prefix)
     if mode == "off":
         return
     # Note the 2.0 event signature: before_cursor_execute sees the execution context, whose
@@ -318,3 +326,31 @@ def install_guard(engine: Engine, mode: str) -> None:
             if mode == "raise":
                 raise
             log.error("ownership violation", exc_info=True)
+
+
+_ROLE_KEY = "ownership_role"
+
+
+def _install_role_switching(engine: Engine, prefix: str) -> None:
+    @event.listens_for(engine, "before_cursor_execute")
+    def _switch_role(
+        conn: Any, cursor: Any, _statement: str, _params: Any, _context: Any, _many: bool
+    ) -> None:
+        module = _acting.get()
+        wanted = None if module in (None, OPERATOR) else f"{prefix}{module}"
+        if conn.info.get(_ROLE_KEY) != wanted:
+            # Role names come from the registry (identifiers we wrote), not from input.
+            cursor.execute("RESET ROLE" if wanted is None else f"SET LOCAL ROLE {wanted}")
+            conn.info[_ROLE_KEY] = wanted
+
+    # SET LOCAL ends with the transaction (and a rollback to a savepoint may undo it): forget
+    # what was set, so the next statement sets it again.
+    def _forget(conn: Any, *_args: Any) -> None:
+        conn.info.pop(_ROLE_KEY, None)
+
+    for name in ("commit", "rollback", "rollback_savepoint"):
+        event.listen(engine, name, _forget)
+
+    @event.listens_for(engine, "checkin")
+    def _forget_on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info.pop(_ROLE_KEY, None)  # the pool's reset rolled the transaction back
