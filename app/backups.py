@@ -20,7 +20,6 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.engine import make_url
 
@@ -330,11 +329,3 @@ def prune(backup_dir: Path, keep_days: int, now: datetime | None = None) -> list
             removed.append(path)
     return removed
 
-
-def summary(m: Manifest) -> dict[str, Any]:
-    return {
-        "file": m.file,
-        "size": m.size,
-        "rows": sum(m.row_counts.values()),
-        "revision": m.revision,
-    }

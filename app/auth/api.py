@@ -14,7 +14,6 @@ from app.kernel.ownership import module_api
 
 EmailTaken = service.EmailTaken
 __all__ = ["EmailTaken", "Hasher", "SigningKeyError", "UserSummary", "generate_key_file"]
-PASSWORD_LENGTH = (MIN_LENGTH, MAX_LENGTH)
 
 
 @dataclass(frozen=True)

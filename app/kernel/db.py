@@ -275,11 +275,6 @@ def transaction(session: Session) -> Iterator[Session]:
         session.info.pop(_COMMITTING, None)
 
 
-def in_write_transaction(session: Session) -> bool:
-    """True inside `with transaction(session)`."""
-    return bool(session.info.get(_WRITE))
-
-
 # --- Flask wiring --------------------------------------------------------------------
 
 

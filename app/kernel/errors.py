@@ -89,10 +89,6 @@ class MalformedJSON(ProblemError):
     status, code = 400, "malformed_json"
 
 
-class ServiceUnavailable(ProblemError):
-    status, code = 503, "service_unavailable"
-
-
 def _phrase(status: int) -> tuple[str, str]:
     """(title, description) of an HTTP status; generic ones for statuses Python doesn't name."""
     try:

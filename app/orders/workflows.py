@@ -26,10 +26,6 @@ from app.orders.plans import Plan
 log = logging.getLogger(__name__)
 
 
-class PaymentDeclinedProblem(ProblemError):
-    status, code = 402, "payment_declined"
-
-
 class PaymentUnavailableProblem(ProblemError):
     status, code = 502, "payment_unavailable"
 
