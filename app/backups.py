@@ -20,11 +20,13 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import make_url
 
 from app.kernel.db import normalise_url
 
+PG_TABLES_SQL = "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
 TABLES_SQL = (
     "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
 )
@@ -94,15 +96,19 @@ def _sqlite_verify(path: Path) -> tuple[dict[str, int], str | None]:
         result = conn.execute("PRAGMA integrity_check").fetchall()
         if result != [("ok",)]:
             raise BackupError(f"{path}: integrity_check failed: {result[:5]}")
-        tables = [r[0] for r in conn.execute(TABLES_SQL)]
-        counts = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}  # noqa: S608
-        revision = None
-        if "alembic_version" in tables:
-            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-            revision = row[0] if row else None
-        return counts, revision
+        return _contents(conn, [r[0] for r in conn.execute(TABLES_SQL)])
     finally:
         conn.close()
+
+
+def _contents(conn: Any, tables: list[str]) -> tuple[dict[str, int], str | None]:
+    """Row counts per table and the schema revision, on a sqlite3 or psycopg connection."""
+    counts = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}  # noqa: S608
+    revision = None
+    if "alembic_version" in tables:
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        revision = row[0] if row else None
+    return counts, revision
 
 
 def _sqlite_backup(url: str, target: Path) -> None:
@@ -158,18 +164,7 @@ def _pg_scratch_restore(url: str, dump: Path) -> tuple[dict[str, int], str | Non
             "a verification restore",
         )
         with psycopg.connect(scratch_url) as conn:
-            tables = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
-                )
-            ]
-            counts = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}  # noqa: S608
-            revision = None
-            if "alembic_version" in tables:
-                row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-                revision = row[0] if row else None
-        return counts, revision
+            return _contents(conn, [r[0] for r in conn.execute(PG_TABLES_SQL)])
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
@@ -328,4 +323,3 @@ def prune(backup_dir: Path, keep_days: int, now: datetime | None = None) -> list
                 manifest_path(path).unlink()
             removed.append(path)
     return removed
-

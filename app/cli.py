@@ -263,10 +263,7 @@ def users_create_admin(email: str, password_stdin: bool) -> None:
     problem = auth_api.check_password_policy(password)
     if problem:
         raise click.ClickException(problem)
-    cfg = current_app.config
-    hasher = auth_api.Hasher(
-        cfg["ARGON2_TIME_COST"], cfg["ARGON2_MEMORY_COST"], cfg["ARGON2_PARALLELISM"]
-    )
+    hasher = auth_api.hasher_from_config(current_app.config)
     session = get_session()
     try:
         with transaction(session):

@@ -27,9 +27,7 @@ from app.auth import api as auth_api
 from app.kernel.db import get_session, transaction
 from app.kernel.errors import Forbidden, NotFound, ProblemError
 from app.kernel.pagination import InvalidCursor, decode_cursor, encode_cursor
-from app.kernel.web import client_ip, problem_responses
-
-BEARER_AUTH = [{"BearerAuth": []}]
+from app.kernel.web import BEARER_AUTH, client_ip, problem_responses
 
 
 class PreconditionRequired(ProblemError):

@@ -8,12 +8,19 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session
 
 from app.auth import MODULE, licensing, service
-from app.auth.passwords import MAX_LENGTH, MIN_LENGTH, Hasher
+from app.auth.passwords import MAX_LENGTH, MIN_LENGTH, Hasher, hasher_from_config
 from app.auth.signing import SigningKeyError, generate_key_file
 from app.kernel.ownership import module_api
 
 EmailTaken = service.EmailTaken
-__all__ = ["EmailTaken", "Hasher", "SigningKeyError", "UserSummary", "generate_key_file"]
+__all__ = [
+    "EmailTaken",
+    "Hasher",
+    "SigningKeyError",
+    "UserSummary",
+    "generate_key_file",
+    "hasher_from_config",
+]
 
 
 @dataclass(frozen=True)
@@ -46,10 +53,10 @@ def check_password_policy(password: str) -> str | None:
 
 @module_api(MODULE)
 def create_user(
-    session: Session, email: str, password: str, *, role: str = "user", hasher: Hasher | None = None
+    session: Session, email: str, password: str, *, hasher: Hasher, role: str = "user"
 ) -> UserSummary:
     """Create an account (inside the caller's transaction). Raises EmailTaken."""
-    password_hash = (hasher or Hasher()).hash(password)
+    password_hash = hasher.hash(password)
     return _summary(service.register(session, email, password_hash, role=role, actor_id="cli"))
 
 

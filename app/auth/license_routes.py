@@ -9,7 +9,7 @@ from flask import current_app
 from flask_jwt_extended import get_jwt, jwt_required, verify_jwt_in_request
 
 from app.auth import bp, licensing, root_bp, service, signing
-from app.auth.routes import BEARER_AUTH, hasher, lockout_policy
+from app.auth.routes import hasher, lockout_policy
 from app.auth.schemas import (
     ActivatedLicenseOut,
     ActivateIn,
@@ -25,9 +25,11 @@ from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.errors import ProblemError, Unauthorized
 from app.kernel.pagination import PageQuery, decode_key_cursor, encode_cursor
 from app.kernel.web import (
+    BEARER_AUTH,
     client_ip,
     config_limit,
     email_in_body,
+    jwt_subject_key,
     problem_responses,
     token_in_body,
 )
@@ -42,15 +44,6 @@ def _signed(license_: Any) -> dict[str, Any]:
         issued_at=utcnow(),
     )
     return {**LicenseOut.model_validate(license_).model_dump(), "token": token}
-
-
-def _account_key() -> str:
-    """Per account on activation: the user of a verified Bearer token, else the body's email."""
-    try:
-        verified = verify_jwt_in_request(optional=True)
-    except Exception:  # an invalid token is refused by the view; limit the attempt by email/IP
-        verified = None
-    return "user:" + get_jwt()["sub"] if verified else email_in_body()
 
 
 def _activation_user(session: Any, body: ActivateIn) -> tuple[str | None, Any]:
@@ -69,7 +62,10 @@ def _activation_user(session: Any, body: ActivateIn) -> tuple[str | None, Any]:
 
 @bp.post("/licenses/activate")
 @limiter.limit(config_limit("RATELIMIT_ACTIVATE_PER_IP"), key_func=client_ip)
-@limiter.limit(config_limit("RATELIMIT_ACTIVATE_PER_ACCOUNT"), key_func=_account_key)
+@limiter.limit(
+    config_limit("RATELIMIT_ACTIVATE_PER_ACCOUNT"),
+    key_func=jwt_subject_key(refresh=False, fallback=email_in_body),
+)
 @bp.input(ActivateIn)
 @bp.output(ActivatedLicenseOut, status_code=201, description="A new license")
 @bp.doc(

@@ -7,8 +7,10 @@ recommend). Hashes made with older parameters are re-hashed at the next successf
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -24,6 +26,13 @@ def hasher_for(time_cost: int, memory_cost: int, parallelism: int) -> Hasher:
     hasher = Hasher(time_cost, memory_cost, parallelism)
     _ = hasher._dummy_hash  # made now, not on the first unknown email (that would be timeable)
     return hasher
+
+
+def hasher_from_config(config: Mapping[str, Any]) -> Hasher:
+    """The shared Hasher for the app's ARGON2_* settings."""
+    return hasher_for(
+        config["ARGON2_TIME_COST"], config["ARGON2_MEMORY_COST"], config["ARGON2_PARALLELISM"]
+    )
 
 
 @dataclass(frozen=True)

@@ -8,32 +8,27 @@ from flask import current_app
 from flask_jwt_extended import get_jwt, jwt_required, verify_jwt_in_request
 
 from app.auth import bp, licensing, service, tokens
-from app.auth.passwords import Hasher, hasher_for
+from app.auth.passwords import Hasher, hasher_from_config
 from app.auth.schemas import LoginIn, MeOut, RegisterIn, TokenPairOut, UserOut
 from app.extensions import limiter
 from app.kernel.db import get_session, transaction
-from app.kernel.web import client_ip, config_limit, email_in_body, problem_responses
-
-BEARER_AUTH = [{"BearerAuth": []}]
+from app.kernel.web import (
+    BEARER_AUTH,
+    client_ip,
+    config_limit,
+    email_in_body,
+    jwt_subject_key,
+    problem_responses,
+)
 
 
 def hasher() -> Hasher:
-    cfg = current_app.config
-    return hasher_for(cfg["ARGON2_TIME_COST"], cfg["ARGON2_MEMORY_COST"], cfg["ARGON2_PARALLELISM"])
+    return hasher_from_config(current_app.config)
 
 
 def lockout_policy() -> service.LockoutPolicy:
     cfg = current_app.config
     return service.LockoutPolicy(cfg["LOGIN_MAX_FAILURES"], cfg["LOGIN_LOCK_DURATION"])
-
-
-def _refresh_limit_key() -> str:
-    """Per account on refresh: the user of a *verified* refresh token, else the client IP."""
-    try:
-        verify_jwt_in_request(refresh=True, skip_revocation_check=True)
-        return "user:" + get_jwt()["sub"]
-    except Exception:  # an invalid token is rejected by the view; limit it by address
-        return "ip:" + client_ip()
 
 
 @bp.post("/auth/register")
@@ -72,7 +67,10 @@ def login(json_data: LoginIn) -> Any:
 
 @bp.post("/auth/refresh")
 @limiter.limit(config_limit("RATELIMIT_REFRESH_PER_IP"), key_func=client_ip)
-@limiter.limit(config_limit("RATELIMIT_REFRESH_PER_ACCOUNT"), key_func=_refresh_limit_key)
+@limiter.limit(
+    config_limit("RATELIMIT_REFRESH_PER_ACCOUNT"),
+    key_func=jwt_subject_key(refresh=True, fallback=client_ip),
+)
 @bp.output(TokenPairOut)
 @bp.doc(
     summary="Exchange a refresh token (as Bearer) for a new pair; the old one is spent",

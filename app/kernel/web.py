@@ -37,6 +37,31 @@ def module_blueprint(
     return bp
 
 
+# The OpenAPI security requirement of routes that take an access token.
+BEARER_AUTH: list[dict[str, list[str]]] = [{"BearerAuth": []}]
+
+
+def jwt_subject_key(*, refresh: bool, fallback: Callable[[], str]) -> Callable[[], str]:
+    """A rate-limit key "per account": the user of a *verified* token, else `fallback()`.
+
+    Only a verified token counts: an unverified `sub` would let anyone spend another
+    user's budget. An invalid token is refused by the view itself.
+    """
+
+    def key() -> str:
+        from flask_jwt_extended import get_jwt, verify_jwt_in_request
+
+        try:
+            verified = verify_jwt_in_request(
+                optional=not refresh, refresh=refresh, skip_revocation_check=True
+            )
+        except Exception:  # rejected by the view; limited by the fallback meanwhile
+            verified = None
+        return "user:" + get_jwt()["sub"] if verified else fallback()
+
+    return key
+
+
 def client_ip() -> str:
     """The client's address (after ProxyFix has applied the trusted hops)."""
     return request.remote_addr or "unknown"

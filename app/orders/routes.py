@@ -12,13 +12,12 @@ from app.auth import api as auth_api
 from app.kernel.db import get_session
 from app.kernel.errors import ProblemError, problem_body_response
 from app.kernel.pagination import PageQuery, decode_key_cursor, encode_cursor
-from app.kernel.web import problem_responses
+from app.kernel.web import BEARER_AUTH, problem_responses
 from app.orders import bp, service, workflows
 from app.orders.payments import PaymentGateway, make_gateway
 from app.orders.plans import Plan, load_catalog
 from app.orders.schemas import DashboardOut, OrderIn, OrderOut, OrderPage, PlanOut
 
-BEARER_AUTH = [{"BearerAuth": []}]
 KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
