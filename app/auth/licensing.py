@@ -115,12 +115,13 @@ def seats_in_use(session: Session, user_id: str, now: datetime | None = None) ->
     )
 
 
-def seat_limit(session: Session, user: User) -> int:
+def seats_of(subscription: Subscription | None) -> int:
     """Free plan: 1. Paid plans: the live subscription's seats."""
-    subscription = live_subscription(session, user.user_id)
-    if subscription is not None:
-        return subscription.seats
-    return FREE_SEATS
+    return subscription.seats if subscription is not None else FREE_SEATS
+
+
+def seat_limit(session: Session, user: User) -> int:
+    return seats_of(live_subscription(session, user.user_id))
 
 
 def seats_for(session: Session, user: User) -> dict[str, int]:
@@ -280,7 +281,7 @@ def activate(
     LICENSE_CREATED audited. Either both rows commit or neither does.
     """
     now = now or utcnow()
-    user = _lock_user(session, user_id)
+    _lock_user(session, user_id)  # seat changes of one user run one at a time
     existing = session.scalar(
         select(License).where(License.client_id == client_id, License.status != "revoked")
     )
@@ -304,11 +305,11 @@ def activate(
             raise LicenseSuspended()
         return Activation(existing, created=False)
 
-    limit = seat_limit(session, user)
+    subscription = live_subscription(session, user_id)  # its seats, and its renewal date
+    limit = seats_of(subscription)
     if seats_in_use(session, user_id, now) >= limit:
         raise SeatLimitReached(limit)
 
-    subscription = live_subscription(session, user_id)
     expires_at = subscription.renews_at if subscription is not None else now + LICENSE_LIFETIME
     license_ = License(
         license_id=new_id("lic"),
@@ -422,13 +423,14 @@ def update_status(
     session: Session,
     license_id: str,
     new_status: str,
-    expected_version: int,
+    expected_version: int | None,
     *,
     actor_id: str | None,
     ip: str | None = None,
     reason: str = "admin",
 ) -> License:
-    """Change a license's status if it is still at `expected_version`.
+    """Change a license's status if it is still at `expected_version` (None: whatever
+    version it is at now — still checked by the UPDATE against a concurrent change).
 
     `UPDATE … WHERE version = :expected`; zero rows → VersionConflict (or LicenseNotFound).
     Forbidden transitions (see TRANSITIONS) → InvalidTransition.
@@ -436,10 +438,14 @@ def update_status(
     if new_status not in STATUSES:
         raise ValueError(f"unknown status {new_status!r}")
     current = session.execute(
-        select(License.status, License.version).where(License.license_id == license_id)
+        select(License.status, License.version, License.user_id).where(
+            License.license_id == license_id
+        )
     ).first()
     if current is None:
         raise LicenseNotFound(license_id)
+    if expected_version is None:
+        expected_version = current.version
     if current.version != expected_version:
         raise VersionConflict(current.version, license_id)
     if new_status == current.status:
@@ -449,10 +455,9 @@ def update_status(
     now = utcnow()
     if new_status == "active":
         # Back to active takes a seat: count under the user's lock, like an activation.
-        owner = session.scalar(select(License.user_id).where(License.license_id == license_id))
-        user = _lock_user(session, owner)
+        user = _lock_user(session, current.user_id)
         limit = seat_limit(session, user)
-        if seats_in_use(session, owner, now) >= limit:
+        if seats_in_use(session, current.user_id, now) >= limit:
             raise SeatLimitReached(limit)
     result = session.execute(
         update(License)
@@ -497,22 +502,18 @@ def batch_update_statuses(
     ids = [u.license_id for u in updates]
     if len(set(ids)) != len(ids):
         raise Conflict("A license appears twice in the batch.", code="duplicate_license")
-    versions = dict(
-        session.execute(
-            select(License.license_id, License.version).where(License.license_id.in_(ids))
-        ).all()
-    )
-    changed = []
-    for u in updates:
-        if u.license_id not in versions:
-            raise LicenseNotFound(u.license_id)
-        expected = versions[u.license_id] if u.expected_version is None else u.expected_version
-        changed.append(
-            update_status(
-                session, u.license_id, u.status, expected, actor_id=actor_id, ip=ip, reason="batch"
-            )
+    return [
+        update_status(
+            session,
+            u.license_id,
+            u.status,
+            u.expected_version,
+            actor_id=actor_id,
+            ip=ip,
+            reason="batch",
         )
-    return changed
+        for u in updates
+    ]
 
 
 # --- renewals (driven by the orders module) ------------------------------------------
