@@ -275,9 +275,15 @@ def test_sqlite_read_then_write_transactions_are_serialised(database_url):
 
 
 def test_ids_are_prefixed_and_time_sortable():
-    first, second = new_id("usr"), new_id("usr")
-    assert first.startswith("usr_") and len(first) == 30
-    assert first < second or first[:14] == second[:14]
+    import re
+    import time
+
+    first = new_id("usr")
+    time.sleep(0.002)  # a later millisecond: ULIDs sort by time first
+    second = new_id("usr")
+    assert re.fullmatch(r"usr_[0-9A-HJKMNP-TV-Z]{26}", first)  # Crockford base32
+    assert first < second
+    assert first != new_id("usr")
     with pytest.raises(ValueError):
         new_id("xyz")
 

@@ -51,7 +51,7 @@ def test_one_structured_line_per_request_without_secrets(client, caplog):
         200,
         "POST",
     )
-    assert login["duration_ms"] >= 0
+    assert 0 < login["duration_ms"] < 60_000
     me = access[2].fields
     assert me["user_id"] and me["user_id"].startswith("usr_")
     line = JsonFormatter().format(access[1])
