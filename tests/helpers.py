@@ -15,6 +15,24 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+FLASK = [str(BIN / "flask"), "--app", "wsgi"]
+
+
+def run_flask(
+    *args: str, env: dict[str, str], timeout: float = 120, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`flask --app wsgi ARGS` in a child process, as an operator would run it."""
+    return subprocess.run(
+        [*FLASK, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+    )
+
+
 def assert_problem(response, status: int, code: str | None = None) -> dict:
     """The Flask test response is an RFC 9457 problem with this status (and code)."""
     text = response.get_data(as_text=True)

@@ -15,7 +15,7 @@ from sqlalchemy import func, insert, select, text
 from app.admin.models import AuditLog, AuditLogArchive
 from app.kernel.db import EngineSettings, make_engine, make_sessionmaker, transaction, utcnow
 from app.kernel.ownership import OPERATOR, acting_as
-from tests.helpers import BIN, ROOT, gunicorn_server, http, project_env
+from tests.helpers import FLASK, ROOT, gunicorn_server, http, project_env, run_flask
 from tests.test_auth_processes import _count
 
 pytestmark = pytest.mark.slow
@@ -26,15 +26,7 @@ def _cli(database_url: str, *args: str, signing_key: str) -> subprocess.Complete
     env = project_env(
         APP_ENV="testing", DATABASE_URL=database_url, LICENSE_SIGNING_KEYS=signing_key
     )
-    return subprocess.run(
-        [BIN / "flask", "--app", "wsgi", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        input=PASSWORD + "\n",
-    )
+    return run_flask(*args, env=env, input=PASSWORD + "\n")
 
 
 def test_two_admins_racing_one_patch(database_url, signing_key_file):
@@ -135,9 +127,7 @@ def test_archive_killed_mid_way_then_rerun_loses_nothing(database_url, signing_k
     )
     proc = subprocess.Popen(
         [
-            BIN / "flask",
-            "--app",
-            "wsgi",
+            *FLASK,
             "audit",
             "archive",
             "--older-than",
@@ -166,23 +156,8 @@ def test_archive_killed_mid_way_then_rerun_loses_nothing(database_url, signing_k
     assert 300 <= moved < n
     assert moved + left == n  # each entry in exactly one place, even right after the kill
 
-    result = subprocess.run(
-        [
-            BIN / "flask",
-            "--app",
-            "wsgi",
-            "audit",
-            "archive",
-            "--older-than",
-            "90d",
-            "--batch-size",
-            "500",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_flask(
+        "audit", "archive", "--older-than", "90d", "--batch-size", "500", env=env, timeout=120
     )
     assert result.returncode == 0, result.stderr
     assert _count(database_url, archived) == n

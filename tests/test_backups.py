@@ -16,7 +16,7 @@ import pytest
 
 from app import backups
 from tests.conftest import create_pg_database, drop_pg_database, pg_url
-from tests.helpers import BIN, ROOT, project_env
+from tests.helpers import BIN, ROOT, project_env, run_flask
 
 PASSWORD = "correct horse battery"
 
@@ -203,16 +203,10 @@ def test_backup_under_write_load_holds_everything_acknowledged(database_url, tmp
         while len(_acked(tmp_path)) < 50:
             time.sleep(0.02)
         acknowledged_before = _acked(tmp_path)
-        result = subprocess.run(
-            [BIN / "flask", "--app", "wsgi", "backup", "create"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=project_env(
-                APP_ENV="testing", DATABASE_URL=database_url, BACKUP_DIR=str(tmp_path / "bk")
-            ),
+        env = project_env(
+            APP_ENV="testing", DATABASE_URL=database_url, BACKUP_DIR=str(tmp_path / "bk")
         )
+        result = run_flask("backup", "create", env=env, timeout=300)
         assert result.returncode == 0, result.stderr
         during = len(_acked(tmp_path)) - len(acknowledged_before)
     finally:

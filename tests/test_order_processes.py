@@ -18,7 +18,7 @@ from app.auth.models import Subscription
 from app.kernel.db import EngineSettings, make_engine, make_sessionmaker, transaction, utcnow
 from app.kernel.ownership import OPERATOR, acting_as
 from app.orders.models import Order
-from tests.helpers import BIN, ROOT, gunicorn_server, http, project_env
+from tests.helpers import FLASK, ROOT, gunicorn_server, http, project_env, run_flask
 from tests.test_auth_processes import _count, _parallel
 
 pytestmark = pytest.mark.slow
@@ -112,7 +112,7 @@ def test_a_renewal_run_killed_after_the_charge_is_finished_by_the_next_run(
         database_url, signing_key_file, ledger, SANDBOX_LATENCY_MS="5000", ORDER_LEASE_SECONDS="1"
     )
     proc = subprocess.Popen(
-        [BIN / "flask", "--app", "wsgi", "subscriptions", "renew"],
+        [*FLASK, "subscriptions", "renew"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -135,14 +135,7 @@ def test_a_renewal_run_killed_after_the_charge_is_finished_by_the_next_run(
 
     time.sleep(1.2)  # the dead run's lease expires
     env["SANDBOX_LATENCY_MS"] = "0"
-    result = subprocess.run(
-        [BIN / "flask", "--app", "wsgi", "subscriptions", "renew"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_flask("subscriptions", "renew", env=env, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "renewed 1" in result.stdout
     charges = [e for e in _ledger(ledger) if e["type"] == "charge"]
@@ -154,14 +147,7 @@ def test_a_renewal_run_killed_after_the_charge_is_finished_by_the_next_run(
         ],
     )
     assert renewals == [("paid", charges[1]["charge_id"])]
-    again = subprocess.run(
-        [BIN / "flask", "--app", "wsgi", "subscriptions", "renew"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    again = run_flask("subscriptions", "renew", env=env, timeout=60)
     assert "renewed 0" in again.stdout and len(_ledger(ledger)) == 2
 
 
@@ -171,7 +157,7 @@ def test_two_renewal_runs_at_once_charge_once(database_url, signing_key_file, tm
     env = _cli_env(database_url, signing_key_file, ledger, SANDBOX_LATENCY_MS="300")
     runs = [
         subprocess.Popen(
-            [BIN / "flask", "--app", "wsgi", "subscriptions", "renew"],
+            [*FLASK, "subscriptions", "renew"],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from app.kernel import migrations
-from tests.helpers import BIN, ROOT, free_port, project_env, wait_for_http
+from tests.helpers import BIN, ROOT, free_port, project_env, run_flask, wait_for_http
 
 pytestmark = pytest.mark.slow
 
@@ -61,14 +61,7 @@ def test_production_without_secrets_refuses_to_start(tmp_path):
     env = project_env(APP_ENV="production", DATABASE_URL=f"sqlite:///{tmp_path}/app.db")
     env.pop("SECRET_KEY", None)
     env.pop("JWT_SECRET_KEY", None)
-    result = subprocess.run(
-        [BIN / "flask", "--app", "wsgi", "db", "upgrade"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_flask("db", "upgrade", env=env, timeout=60)
     assert result.returncode == 2
     assert "refusing to start with APP_ENV=production" in result.stderr
     assert "SECRET_KEY is not set" in result.stderr
@@ -102,14 +95,7 @@ def test_production_with_weak_secret_is_refused(tmp_path):
         SECRET_KEY="short",
         JWT_SECRET_KEY="j" * 40,
     )
-    result = subprocess.run(
-        [BIN / "flask", "--app", "wsgi", "db", "current"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_flask("db", "current", env=env, timeout=60)
     assert result.returncode == 2
     assert "SECRET_KEY is shorter than 32 characters" in result.stderr
 
@@ -123,14 +109,7 @@ def test_production_with_an_unreadable_signing_key_refuses_to_start(tmp_path):
         LICENSE_SIGNING_KEYS=str(tmp_path / "missing.pem"),
         ALLOW_SANDBOX_PAYMENTS="1",
     )
-    result = subprocess.run(
-        [BIN / "flask", "--app", "wsgi", "db", "current"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_flask("db", "current", env=env, timeout=60)
     assert result.returncode == 2
     assert "cannot read license signing key" in result.stderr
     assert "Traceback" not in result.stderr
@@ -145,14 +124,7 @@ def test_production_with_real_secrets_starts(tmp_path, signing_key_file):
         LICENSE_SIGNING_KEYS=signing_key_file,
         ALLOW_SANDBOX_PAYMENTS="1",
     )
-    result = subprocess.run(
-        [BIN / "flask", "--app", "wsgi", "db", "upgrade"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_flask("db", "upgrade", env=env, timeout=60)
     assert result.returncode == 0, result.stderr
     head = ",".join(sorted(migrations.head_revisions()))
     assert f"database at {head}" in result.stdout
