@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: run test lint format docs clean
+.PHONY: run test test-schemas lint format docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: $(VENV)/.installed-test
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Every PostgreSQL test again, on the phase-2 layout (one schema per module, DB_SCHEMAS=on).
+test-schemas: $(VENV)/.installed-test
+	TEST_DB_SCHEMAS=1 $(BIN)/pytest -m postgres $(PYTEST_ARGS)
 
 format: $(VENV)/.installed-test
 	$(BIN)/ruff format .

@@ -71,7 +71,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
 
 
 def register_extensions(app: APIFlask) -> None:
-    from app import extensions
+    # The modules declare their tables first: the engine's flat layout maps their schemas.
+    from app import admin, auth, extensions, orders  # noqa: F401
     from app.kernel import db
 
     db.init_app(app)

@@ -26,7 +26,12 @@ from sqlalchemy.engine import make_url
 
 from app.kernel.db import normalise_url
 
-PG_TABLES_SQL = "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
+# Every table of the database: `public` (the flat layout, alembic) and the module schemas.
+PG_TABLES_SQL = (
+    "SELECT CASE WHEN schemaname = 'public' THEN tablename ELSE schemaname || '.' || tablename END"
+    " FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+    " ORDER BY 1"
+)
 TABLES_SQL = (
     "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
 )
@@ -101,9 +106,18 @@ def _sqlite_verify(path: Path) -> tuple[dict[str, int], str | None]:
         conn.close()
 
 
+def _quoted(table: str) -> str:
+    """`name` or `schema.name` (module schemas, phase 2) as a quoted SQL identifier."""
+    return ".".join(f'"{part}"' for part in table.split("."))
+
+
 def _contents(conn: Any, tables: list[str]) -> tuple[dict[str, int], str | None]:
-    """Row counts per table and the schema revision, on a sqlite3 or psycopg connection."""
-    counts = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}  # noqa: S608
+    """Row counts per table and the schema revision, on a sqlite3 or psycopg connection.
+    Tables outside the default schema are named `schema.table`."""
+    counts = {
+        t: conn.execute(f"SELECT count(*) FROM {_quoted(t)}").fetchone()[0]  # noqa: S608
+        for t in tables
+    }
     revision = None
     if "alembic_version" in tables:
         row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
@@ -274,7 +288,8 @@ def restore(path: Path, url: str, *, force: bool, now: datetime | None = None) -
 
     with psycopg.connect(_libpq_url(url)) as conn:
         has_tables = conn.execute(
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+            "SELECT count(*) FROM pg_tables"
+            " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
         ).fetchone()[0]
     kept_note = ""
     if has_tables:

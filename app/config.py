@@ -56,6 +56,10 @@ def _check_database_url(url: str) -> None:
         )
 
 
+def _is_postgresql(url: str) -> bool:
+    return url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
+
+
 def load_config(
     instance_path: str | os.PathLike[str], env: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
@@ -69,6 +73,8 @@ def load_config(
 
     database_url = env.get("DATABASE_URL") or f"sqlite:///{instance / 'app.db'}"
     _check_database_url(database_url)
+    if _bool(env.get("DB_SCHEMAS"), False) and not _is_postgresql(database_url):
+        raise ConfigError("DB_SCHEMAS=on needs a PostgreSQL DATABASE_URL (SQLite has no schemas)")
     return {
         "APP_ENV": app_env,
         "TESTING": app_env == "testing",
@@ -86,7 +92,9 @@ def load_config(
         # The guard always raises outside production; production may choose "log" or "off".
         "OWNERSHIP_GUARD": env.get("OWNERSHIP_GUARD", "raise") if production else "raise",
         "SQL_ECHO": _bool(env.get("SQL_ECHO"), False),
-        # Phase 2 (PostgreSQL): each module's statements run under its own database role.
+        # Phase 2 (PostgreSQL): each module's tables in its own schema (`auth.users`, …) …
+        "DB_SCHEMAS": _bool(env.get("DB_SCHEMAS"), False),
+        # … and each module's statements run under its own database role.
         "DB_ROLES": _bool(env.get("DB_ROLES"), False),
         "DB_ROLE_PREFIX": env.get("DB_ROLE_PREFIX", "licensing_"),
         "TRUSTED_PROXIES": _int(env, "TRUSTED_PROXIES", 0),

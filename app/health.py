@@ -37,15 +37,12 @@ def healthz() -> Any:
 
 @bp.get("/readyz")
 @bp.doc(
-    summary="Readiness: database reachable, migrations at head, Redis when configured",
+    summary="Readiness: database reachable, migrations at head, tables where DB_SCHEMAS "
+    "says, Redis when configured",
     responses={200: "ready", 503: "a dependency is failing"},
 )
 def readyz() -> Any:
-    checks = {
-        "database": _check_database(),
-        "migrations": _check_migrations(),
-        "redis": _check_redis(),
-    }
+    checks = {**_database_checks(get_database().engine), "redis": _check_redis()}
     failing = {name: state for name, state in checks.items() if state not in ("ok", "skipped")}
     if failing:
         body = problem(
@@ -60,28 +57,29 @@ def readyz() -> Any:
     return {"status": "ready", "checks": checks}
 
 
-def _check_database() -> str:
-    try:
-        with acting_as(OPERATOR), get_database().engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        return "ok"
-    except Exception as exc:  # any failure means "not ready", reported, never raised
-        log.warning("readiness: database check failed: %s", str(exc).splitlines()[0])
-        return "unreachable"
-
-
 @cache
 def _head_revisions() -> frozenset[str]:
     return migrations.head_revisions()
 
 
-def _check_migrations() -> str:
+def _database_checks(engine: Any, prefix: str = "") -> dict[str, str]:
+    """Reachable; migrations at head; tables where DB_SCHEMAS says (one connection)."""
+    expected = migrations.SCHEMAS if current_app.config["DB_SCHEMAS"] else migrations.FLAT
     try:
-        with acting_as(OPERATOR), get_database().engine.connect() as conn:
+        with acting_as(OPERATOR), engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
             current = migrations.current_revisions(conn)
-    except Exception:
-        return "unknown"
-    return "ok" if current == _head_revisions() else "behind"
+            layout = migrations.current_layout(conn)
+    except Exception as exc:  # any failure means "not ready", reported, never raised
+        log.warning("readiness: database check failed: %s", str(exc).splitlines()[0])
+        return {f"{prefix}database": "unreachable"}
+    return {
+        f"{prefix}database": "ok",
+        f"{prefix}migrations": "ok" if current == _head_revisions() else "behind",
+        f"{prefix}layout": "ok"
+        if layout in (expected, migrations.EMPTY)
+        else f"{layout}, expected {expected}",
+    }
 
 
 def _check_redis() -> str:

@@ -20,6 +20,7 @@ from sqlalchemy import text
 from app import create_app
 from app.kernel import migrations
 from app.models import metadata
+from tests.helpers import PG_SCHEMAS, layout_config
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -54,13 +55,23 @@ def drop_pg_database(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that runs on PostgreSQL `postgres`, so the schema pass can pick them
+    (`pytest -m postgres`): the backend parameters and the PostgreSQL fixtures."""
+    pg_fixtures = {"pg_migrated_url", "fresh_pg_url"}
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "postgresql" in params.values() or pg_fixtures & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
+
+
 @pytest.fixture(scope="session")
 def pg_migrated_url() -> Iterator[str]:
     """A throwaway PostgreSQL database for this run, migrated to head."""
     name = create_pg_database()
     url = pg_url(name)
     try:
-        migrations.upgrade(url)
+        migrations.upgrade(url, schemas=PG_SCHEMAS)
         yield url
     finally:
         drop_pg_database(name)
@@ -88,9 +99,12 @@ def _truncate_all(url: str) -> None:
     from app.kernel.db import EngineSettings, make_engine
 
     engine = make_engine(EngineSettings(url=url, guard_mode="off", pool_size=1, max_overflow=0))
+    layout = migrations.SCHEMAS if PG_SCHEMAS else migrations.FLAT
     try:
         with engine.begin() as conn:
-            names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+            names = ", ".join(
+                migrations.qualified_name(conn, t.name, layout) for t in metadata.sorted_tables
+            )
             conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
     finally:
         engine.dispose()
@@ -131,6 +145,7 @@ def app_config(database_url: str, tmp_path: Path, signing_key_file: str) -> dict
         "APP_ENV": "testing",
         "TESTING": True,
         "DATABASE_URL": database_url,
+        **layout_config(database_url),
         "REDIS_URL": None,
         "BACKUP_DIR": str(tmp_path / "backups"),
         "SANDBOX_LEDGER": str(tmp_path / "sandbox-ledger.jsonl"),

@@ -14,6 +14,35 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+# The schema pass (`make test-schemas`, CI): PostgreSQL databases get the phase-2 layout,
+# one schema per module, and every app and child process on them runs with DB_SCHEMAS=on.
+PG_SCHEMAS = os.environ.get("TEST_DB_SCHEMAS") == "1"
+
+
+def is_postgresql(url: str | None) -> bool:
+    return bool(url) and url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
+
+
+def in_layout(table: str, url: str | None) -> str:
+    """`table` as raw SQL (and backup manifests) name it in this run's layout on `url`."""
+    if layout_config(url)["DB_SCHEMAS"]:
+        from app.kernel.ownership import registry
+
+        return f"{registry.schema_of(table)}.{table}"
+    return table
+
+
+def engine_settings(url: str, **options: object):
+    """EngineSettings for a test's own engine on `url`, in this run's layout."""
+    from app.kernel.db import EngineSettings
+
+    return EngineSettings(url=url, schemas=layout_config(url)["DB_SCHEMAS"], **options)
+
+
+def layout_config(url: str | None) -> dict[str, bool]:
+    """The DB_SCHEMAS setting an app on `url` needs in this test run."""
+    return {"DB_SCHEMAS": PG_SCHEMAS and is_postgresql(url)}
+
 
 FLASK = [str(BIN / "flask"), "--app", "wsgi"]
 
@@ -139,9 +168,13 @@ def wait_for_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None
 
 
 def project_env(**overrides: str) -> dict[str, str]:
-    """The environment for a child process: this one, minus app settings, plus overrides."""
-    env = {k: v for k, v in os.environ.items() if k not in {"APP_ENV", "DATABASE_URL", "REDIS_URL"}}
+    """The environment for a child process: this one, minus app settings, plus overrides
+    (and DB_SCHEMAS=on for a PostgreSQL database in the schema pass)."""
+    app_settings = {"APP_ENV", "DATABASE_URL", "REDIS_URL", "DB_SCHEMAS", "TEST_DB_SCHEMAS"}
+    env = {k: v for k, v in os.environ.items() if k not in app_settings}
     env.update(overrides)
+    if "DB_SCHEMAS" not in overrides and layout_config(env.get("DATABASE_URL"))["DB_SCHEMAS"]:
+        env["DB_SCHEMAS"] = "on"
     return env
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -103,7 +104,7 @@ def test_a_demoted_admin_is_refused_at_once(app, client, admin):
 
 def test_read_models_match_the_real_tables():
     for read_model in READ_MODELS:
-        real = metadata.tables[read_model.name]
+        real = metadata.tables[read_model.fullname]  # same schema as the real table
         for column in read_model.c:
             assert column.name in real.c, f"{read_model.name}.{column.name} is not a real column"
 
@@ -244,7 +245,8 @@ def test_user_detail_is_one_join(app, client, admin, user):
     assert body["email"] == "ada@example.com"
     assert [lic["license_id"] for lic in body["licenses"]] == [auth_licenses[0]["license_id"]]
     touching_licenses = [s for s in statements if "licenses" in s]
-    assert len(touching_licenses) == 1 and "LEFT OUTER JOIN licenses" in touching_licenses[0]
+    assert len(touching_licenses) == 1
+    assert re.search(r"LEFT OUTER JOIN (\w+\.)?licenses", touching_licenses[0])
     assert_problem(
         client.get("/api/v1/admin/users/usr_nobody", headers=admin["headers"]),
         404,

@@ -13,9 +13,17 @@ import pytest
 from sqlalchemy import func, insert, select, text
 
 from app.admin.models import AuditLog, AuditLogArchive
-from app.kernel.db import EngineSettings, make_engine, make_sessionmaker, transaction, utcnow
-from app.kernel.ownership import OPERATOR, acting_as
-from tests.helpers import FLASK, ROOT, gunicorn_server, http, project_env, run_flask
+from app.kernel.db import make_engine, make_sessionmaker, transaction, utcnow
+from app.kernel.ownership import OPERATOR, acting_as, registry
+from tests.helpers import (
+    FLASK,
+    ROOT,
+    engine_settings,
+    gunicorn_server,
+    http,
+    project_env,
+    run_flask,
+)
 from tests.test_auth_processes import _count
 
 pytestmark = pytest.mark.slow
@@ -100,7 +108,7 @@ def test_two_admins_racing_one_patch(database_url, signing_key_file):
 
 
 def _seed_old_audit(url: str, n: int) -> None:
-    engine = make_engine(EngineSettings(url=url))
+    engine = make_engine(engine_settings(url))
     old = utcnow() - timedelta(days=200)
     rows = [
         {
@@ -186,12 +194,14 @@ QUERIES = {
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("name", sorted(QUERIES))
 def test_list_and_search_queries_use_an_index(database_url, name):
-    engine = make_engine(EngineSettings(url=database_url))
+    engine = make_engine(engine_settings(database_url))
     try:
         with acting_as(OPERATOR), engine.begin() as conn:
             # Tables are tiny in tests; forbid sequential scans to ask "is there an index
             # that serves this query?" rather than "is a scan cheaper for ten rows?".
             conn.execute(text("SET LOCAL enable_seqscan = off"))
+            # The queries name bare tables; in the schema layout they live in module schemas.
+            conn.execute(text(f"SET LOCAL search_path TO {', '.join(registry.schemas())}, public"))
             plan = "\n".join(r[0] for r in conn.execute(text("EXPLAIN " + QUERIES[name])))
     finally:
         engine.dispose()

@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 
 from app.admin.models import AuditLog
 from app.auth.models import User
-from app.kernel.db import EngineSettings, make_engine, make_sessionmaker
+from app.kernel.db import make_engine, make_sessionmaker
 from app.kernel.ownership import OPERATOR, acting_as
-from tests.helpers import free_port, gunicorn_server, http
+from tests.helpers import engine_settings, free_port, gunicorn_server, http
 
 pytestmark = pytest.mark.slow
 PASSWORD = "correct horse battery"
@@ -22,7 +22,7 @@ N = 12
 
 
 def _count(url: str, stmt) -> int:
-    engine = make_engine(EngineSettings(url=url))
+    engine = make_engine(engine_settings(url))
     try:
         with make_sessionmaker(engine)() as session, acting_as(OPERATOR):
             return session.scalar(stmt)

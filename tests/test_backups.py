@@ -16,7 +16,7 @@ import pytest
 
 from app import backups
 from tests.conftest import create_pg_database, drop_pg_database, pg_url
-from tests.helpers import BIN, ROOT, project_env, run_flask
+from tests.helpers import BIN, ROOT, in_layout, project_env, run_flask
 
 PASSWORD = "correct horse battery"
 
@@ -46,7 +46,9 @@ def test_create_list_verify_restore(app, client, runner, app_config, tmp_path, b
     made = runner.invoke(args=["backup", "create"])
     assert made.exit_code == 0, made.output
     [(path, manifest)] = backups.list_backups(Path(app_config["BACKUP_DIR"]))
-    assert manifest.row_counts["users"] == 1 and manifest.row_counts["audit_logs"] == 1
+    url = app_config["DATABASE_URL"]
+    assert manifest.row_counts[in_layout("users", url)] == 1
+    assert manifest.row_counts[in_layout("audit_logs", url)] == 1
     assert manifest.revision is not None and manifest.size == path.stat().st_size
     assert "integrity_check" in made.output or "scratch" in made.output
     assert path.name in runner.invoke(args=["backup", "list"]).output
@@ -168,9 +170,10 @@ def test_backup_script_fails_loudly(tmp_path):
 def _writer(url: str, ack_file: str, stop_file: str, worker: int) -> None:
     """Commit events one by one; after each commit, write its id to the ack file."""
     from app.kernel import events
-    from app.kernel.db import EngineSettings, make_engine, make_sessionmaker, transaction
+    from app.kernel.db import make_engine, make_sessionmaker, transaction
+    from tests.helpers import engine_settings
 
-    engine = make_engine(EngineSettings(url=url, pool_size=1, max_overflow=0))
+    engine = make_engine(engine_settings(url, pool_size=1, max_overflow=0))
     sessions = make_sessionmaker(engine)
     seq = 0
     with open(ack_file, "a") as acks:
@@ -236,11 +239,12 @@ def test_backup_under_write_load_holds_everything_acknowledged(database_url, tmp
                 restored = {
                     r[0]
                     for r in conn.execute(
-                        "SELECT aggregate_id FROM event_outbox WHERE event_type = 'load'"
+                        f"SELECT aggregate_id FROM {in_layout('event_outbox', database_url)}"
+                        " WHERE event_type = 'load'"
                     )
                 }
         finally:
             drop_pg_database(name)
     assert acknowledged_before <= restored
-    assert manifest.row_counts["event_outbox"] == len(restored)
+    assert manifest.row_counts[in_layout("event_outbox", database_url)] == len(restored)
     assert json.loads(backups.manifest_path(path).read_text())["sha256"] == manifest.sha256

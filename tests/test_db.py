@@ -12,7 +12,6 @@ from sqlalchemy import delete, func, insert, select, text
 from app.auth.models import User
 from app.kernel import events
 from app.kernel.db import (
-    EngineSettings,
     TransactionMisuse,
     get_database,
     get_session,
@@ -25,6 +24,7 @@ from app.kernel.db import (
 from app.kernel.ids import new_id
 from app.kernel.models import OutboxEvent
 from app.kernel.ownership import KERNEL, OPERATOR, acting_as
+from tests.helpers import engine_settings
 
 
 def _sqlite_path(url: str) -> str:
@@ -198,7 +198,7 @@ PER_WORKER = 25
 
 def _read_then_write(url: str, worker: int, results) -> None:
     """Each transaction reads the count of ticks, then appends a tick recording it."""
-    engine = make_engine(EngineSettings(url=url, pool_size=1, max_overflow=0))
+    engine = make_engine(engine_settings(url, pool_size=1, max_overflow=0))
     sessions = make_sessionmaker(engine)
     errors = 0
     try:
@@ -243,7 +243,7 @@ def _run_workers(url: str) -> list[tuple[str, object]]:
 
 
 def _ticks(url: str) -> list[dict]:
-    engine = make_engine(EngineSettings(url=url))
+    engine = make_engine(engine_settings(url))
     try:
         with make_sessionmaker(engine)() as session, acting_as(OPERATOR):
             return [

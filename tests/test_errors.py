@@ -145,7 +145,7 @@ def test_a_missing_table_is_a_500_not_an_outage(app_config, tmp_path):
     from app.kernel.models import OutboxEvent
     from app.kernel.ownership import KERNEL, acting_as
 
-    app_config["DATABASE_URL"] = f"sqlite:///{tmp_path}/never-migrated.db"
+    app_config.update(DATABASE_URL=f"sqlite:///{tmp_path}/never-migrated.db", DB_SCHEMAS=False)
     application = create_app(app_config)
 
     @application.get("/_test/count")

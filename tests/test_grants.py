@@ -10,6 +10,7 @@ from psycopg import errors
 
 from app.kernel.grants import grant_statements, role_of
 from app.kernel.ownership import registry
+from tests.helpers import in_layout, layout_config
 
 
 def test_grants_follow_the_registry():
@@ -19,6 +20,24 @@ def test_grants_follow_the_registry():
     assert "ON public.users TO licensing_orders" not in sql
     assert "GRANT SELECT, INSERT, UPDATE, DELETE ON public.audit_logs TO licensing_admin;" in sql
     assert "ON public.audit_logs TO licensing_auth" not in sql
+
+
+def test_schema_grants_give_usage_only_on_the_schemas_a_module_touches():
+    lines = grant_statements(registry, app_role="licensing_app", schemas=True)
+    sql = "\n".join(lines)
+    assert "GRANT SELECT, INSERT, UPDATE, DELETE ON auth.users TO licensing_auth;" in sql
+    assert "GRANT SELECT ON auth.users TO licensing_admin;" in sql
+    assert "GRANT SELECT, INSERT, UPDATE, DELETE ON admin.audit_logs TO licensing_admin;" in sql
+    usage = {line for line in lines if line.startswith("GRANT USAGE")}
+    assert usage == {
+        "GRANT USAGE ON SCHEMA auth TO licensing_auth;",
+        "GRANT USAGE ON SCHEMA admin TO licensing_admin;",
+        "GRANT USAGE ON SCHEMA auth TO licensing_admin;",
+        "GRANT USAGE ON SCHEMA orders TO licensing_admin;",
+        "GRANT USAGE ON SCHEMA orders TO licensing_orders;",
+        "GRANT USAGE ON SCHEMA kernel TO licensing_kernel;",
+    }
+    assert "public" not in sql
 
 
 @pytest.fixture
@@ -47,12 +66,13 @@ def test_the_database_refuses_what_the_registry_forbids(runner, database_url, ro
     )
     assert result.exit_code == 0, result.output
     url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    users, audit_logs = in_layout("users", url), in_layout("audit_logs", url)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {app_role} NOLOGIN")
         for statement in result.output.splitlines():
             conn.execute(statement)
         conn.execute(
-            "INSERT INTO users (user_id, email, password_hash, plan, role, failed_logins, "
+            f"INSERT INTO {users} (user_id, email, password_hash, plan, role, failed_logins, "
             "created_at, updated_at) VALUES ('usr_g', 'g@x.io', 'h', 'free', 'user', 0, now(), now())"
         )
 
@@ -63,18 +83,18 @@ def test_the_database_refuses_what_the_registry_forbids(runner, database_url, ro
 
         # No application code and no guard involved: the database decides.
         with pytest.raises(errors.InsufficientPrivilege):
-            as_role("admin", "UPDATE users SET role = 'admin'")
+            as_role("admin", f"UPDATE {users} SET role = 'admin'")
         with pytest.raises(errors.InsufficientPrivilege):
-            as_role("orders", "SELECT count(*) FROM audit_logs")
+            as_role("orders", f"SELECT count(*) FROM {audit_logs}")
         with pytest.raises(errors.InsufficientPrivilege):
-            as_role("auth", "DELETE FROM audit_logs")
-        as_role("admin", "SELECT count(*) FROM users")  # a granted read
+            as_role("auth", f"DELETE FROM {audit_logs}")
+        as_role("admin", f"SELECT count(*) FROM {users}")  # a granted read
         as_role(
             "admin",
-            "INSERT INTO audit_logs (log_id, action, timestamp) VALUES ('log_g', 'X', now())",
+            f"INSERT INTO {audit_logs} (log_id, action, timestamp) VALUES ('log_g', 'X', now())",
         )
-        as_role("auth", "UPDATE users SET plan = 'pro' WHERE user_id = 'usr_g'")
-        assert conn.execute("SELECT role, plan FROM users").fetchall() == [("user", "pro")]
+        as_role("auth", f"UPDATE {users} SET plan = 'pro' WHERE user_id = 'usr_g'")
+        assert conn.execute(f"SELECT role, plan FROM {users}").fetchall() == [("user", "pro")]
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
@@ -93,7 +113,10 @@ def test_the_app_runs_each_module_under_its_role(app_config, database_url, role_
     app_role = f"{role_prefix}app"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {app_role} NOLOGIN")
-        for statement in grant_statements(registry, app_role=app_role, prefix=role_prefix):
+        schemas = layout_config(url)["DB_SCHEMAS"]
+        for statement in grant_statements(
+            registry, app_role=app_role, schemas=schemas, prefix=role_prefix
+        ):
             conn.execute(statement)
 
     app_config.update(DB_ROLES=True, DB_ROLE_PREFIX=role_prefix)

@@ -10,9 +10,9 @@ from sqlalchemy import func, select, update
 from app.admin.models import AuditLog
 from app.auth import api as auth_api
 from app.auth.models import License
-from app.kernel.db import EngineSettings, make_engine, make_sessionmaker, transaction
+from app.kernel.db import make_engine, make_sessionmaker, transaction
 from app.kernel.ownership import OPERATOR, acting_as
-from tests.helpers import gunicorn_server, http
+from tests.helpers import engine_settings, gunicorn_server, http
 from tests.test_auth_processes import _count, _parallel
 
 pytestmark = pytest.mark.slow
@@ -38,7 +38,7 @@ def _activate(base: str, who: dict[str, str], client_id: str):
 
 
 def _in_db(url: str, fn):
-    engine = make_engine(EngineSettings(url=url))
+    engine = make_engine(engine_settings(url))
     try:
         with make_sessionmaker(engine)() as session:
             with transaction(session):

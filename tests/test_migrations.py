@@ -11,6 +11,7 @@ from app import create_app
 from app.kernel import migrations
 from app.kernel.db import EngineSettings, make_engine
 from app.models import metadata
+from tests.helpers import PG_SCHEMAS, layout_config
 
 ALL_TABLES = {t.name for t in metadata.sorted_tables}
 
@@ -23,15 +24,24 @@ def empty_url(request, tmp_path: Path) -> str:
 
 
 def _tables(url: str) -> set[str]:
+    """The tables where the run's layout puts them (module schemas in the schema pass)."""
     engine = make_engine(EngineSettings(url=url, guard_mode="off"))
     try:
-        return set(inspect(engine).get_table_names()) - {"alembic_version"}
+        inspector = inspect(engine)
+        if engine.dialect.name == "postgresql" and PG_SCHEMAS:
+            return {
+                name
+                for schema in inspector.get_schema_names()
+                for name in inspector.get_table_names(schema=schema)
+                if schema not in ("public", "information_schema")
+            }
+        return set(inspector.get_table_names()) - {"alembic_version"}
     finally:
         engine.dispose()
 
 
 def _cli(url: str, *args: str):
-    application = create_app({"APP_ENV": "testing", "DATABASE_URL": url})
+    application = create_app({"APP_ENV": "testing", "DATABASE_URL": url, **layout_config(url)})
     try:
         return application.test_cli_runner().invoke(args=list(args))
     finally:
@@ -72,7 +82,8 @@ def test_check_fails_when_a_migration_is_missing(empty_url):
     # Simulate a model change without its migration: drop an index the models declare.
     engine = make_engine(EngineSettings(url=empty_url, guard_mode="off"))
     with engine.begin() as conn:
-        conn.exec_driver_sql("DROP INDEX ix_audit_logs_action_timestamp_log_id")
+        schema = "admin." if layout_config(empty_url)["DB_SCHEMAS"] else ""
+        conn.exec_driver_sql(f"DROP INDEX {schema}ix_audit_logs_action_timestamp_log_id")
     engine.dispose()
     result = _cli(empty_url, "db", "check")
     assert result.exit_code != 0

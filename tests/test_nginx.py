@@ -15,10 +15,10 @@ import pytest
 from sqlalchemy import select
 
 from app.admin.models import AuditLog
-from app.kernel.db import EngineSettings, make_engine, make_sessionmaker
+from app.kernel.db import make_engine, make_sessionmaker
 from app.kernel.ownership import OPERATOR, acting_as
 from tests.conftest import service_unavailable
-from tests.helpers import ROOT, free_port, gunicorn_server
+from tests.helpers import ROOT, engine_settings, free_port, gunicorn_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("backend", ["sqlite"], indirect=True)]
 PASSWORD = "correct horse battery"
@@ -123,7 +123,7 @@ def test_behind_nginx_the_app_sees_the_client_and_ignores_spoofing(database_url,
         big = b'{"email": "' + b"x" * (2 * 1024 * 1024) + b'"}'
         assert call(port, "POST", "/api/v1/auth/register", big)[0] == 413
 
-    engine = make_engine(EngineSettings(url=database_url))
+    engine = make_engine(engine_settings(database_url))
     with make_sessionmaker(engine)() as session, acting_as(OPERATOR):
         ips = [
             e.ip_address

@@ -45,12 +45,25 @@ def test_readyz_when_ready(client):
     assert response.status_code == 200, response.get_json()
     assert response.get_json() == {
         "status": "ready",
-        "checks": {"database": "ok", "migrations": "ok", "redis": "skipped"},
+        "checks": {"database": "ok", "migrations": "ok", "layout": "ok", "redis": "skipped"},
     }
 
 
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_readyz_fails_when_the_tables_are_not_where_db_schemas_says(app_config):
+    app_config["DB_SCHEMAS"] = not app_config["DB_SCHEMAS"]
+    application = create_app(app_config)
+    body = assert_problem(application.test_client().get("/readyz"), 503, "not_ready")
+    expected = "schemas" if app_config["DB_SCHEMAS"] else "flat"
+    assert (
+        body["checks"]["layout"]
+        == f"{'flat' if expected == 'schemas' else 'schemas'}, expected {expected}"
+    )
+    application.extensions["db"].dispose()
+
+
 def test_readyz_reports_migrations_behind(app_config, tmp_path):
-    app_config["DATABASE_URL"] = f"sqlite:///{tmp_path}/empty.db"
+    app_config.update(DATABASE_URL=f"sqlite:///{tmp_path}/empty.db", DB_SCHEMAS=False)
     application = create_app(app_config)
     body = assert_problem(application.test_client().get("/readyz"), 503, "not_ready")
     assert body["checks"]["migrations"] == "behind"

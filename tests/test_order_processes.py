@@ -15,10 +15,18 @@ from sqlalchemy import func, select, update
 
 from app.admin.models import AuditLog
 from app.auth.models import Subscription
-from app.kernel.db import EngineSettings, make_engine, make_sessionmaker, transaction, utcnow
+from app.kernel.db import make_engine, make_sessionmaker, transaction, utcnow
 from app.kernel.ownership import OPERATOR, acting_as
 from app.orders.models import Order
-from tests.helpers import FLASK, ROOT, gunicorn_server, http, project_env, run_flask
+from tests.helpers import (
+    FLASK,
+    ROOT,
+    engine_settings,
+    gunicorn_server,
+    http,
+    project_env,
+    run_flask,
+)
 from tests.test_auth_processes import _count, _parallel
 
 pytestmark = pytest.mark.slow
@@ -68,7 +76,7 @@ def test_ten_concurrent_retries_charge_once_and_answer_identically(
 
 
 def _db(url: str, fn):
-    engine = make_engine(EngineSettings(url=url))
+    engine = make_engine(engine_settings(url))
     try:
         with make_sessionmaker(engine)() as session, acting_as(OPERATOR), transaction(session):
             return fn(session)

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.admin import MODULE
 from app.kernel.db import Base, UtcDateTime, utcnow
 from app.kernel.ids import id_factory
 
@@ -35,6 +36,7 @@ class AuditLog(Base):
         Index("ix_audit_logs_timestamp_log_id", "timestamp", "log_id"),
         Index("ix_audit_logs_user_id_timestamp_log_id", "user_id", "timestamp", "log_id"),
         Index("ix_audit_logs_action_timestamp_log_id", "action", "timestamp", "log_id"),
+        {"schema": MODULE},
     )
 
 
@@ -51,3 +53,5 @@ class AuditLogArchive(Base):
     ip_address: Mapped[str | None] = mapped_column(String(45))
     timestamp: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     archived_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+    __table_args__ = {"schema": MODULE}

@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.auth import MODULE
 from app.kernel.db import Base, UtcDateTime, utcnow
 from app.kernel.ids import id_factory
 
@@ -27,7 +28,7 @@ class User(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
 
     # Serves lookups by plan (its leading column) and "new users per plan since …".
-    __table_args__ = (Index("ix_users_plan_created_at", "plan", "created_at"),)
+    __table_args__ = (Index("ix_users_plan_created_at", "plan", "created_at"), {"schema": MODULE})
 
 
 class TokenRevocation(Base):
@@ -47,6 +48,8 @@ class TokenRevocation(Base):
     revoked_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
 
+    __table_args__ = {"schema": MODULE}
+
 
 class Subscription(Base):
     """A paid plan granted to a user (by the orders module, through auth.api).
@@ -60,7 +63,7 @@ class Subscription(Base):
     subscription_id: Mapped[str] = mapped_column(
         String(40), primary_key=True, default=id_factory("sub")
     )
-    user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id"))
+    user_id: Mapped[str] = mapped_column(ForeignKey(User.user_id))
     plan: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16))
     seats: Mapped[int] = mapped_column(Integer)
@@ -79,6 +82,7 @@ class Subscription(Base):
             sqlite_where=text("status IN ('active', 'past_due')"),
             postgresql_where=text("status IN ('active', 'past_due')"),
         ),
+        {"schema": MODULE},
     )
 
 
@@ -93,7 +97,7 @@ class License(Base):
     __tablename__ = "licenses"
 
     license_id: Mapped[str] = mapped_column(String(40), primary_key=True, default=id_factory("lic"))
-    user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id"))
+    user_id: Mapped[str] = mapped_column(ForeignKey(User.user_id))
     client_id: Mapped[str] = mapped_column(String(128))
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
@@ -114,4 +118,5 @@ class License(Base):
             sqlite_where=text("status != 'revoked'"),
             postgresql_where=text("status != 'revoked'"),
         ),
+        {"schema": MODULE},
     )

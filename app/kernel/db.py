@@ -95,6 +95,7 @@ class EngineSettings:
     sqlite_busy_timeout_ms: int = 5000
     guard_mode: str = "raise"
     role_prefix: str | None = None  # PostgreSQL: run each module's statements under its role
+    schemas: bool = False  # PostgreSQL: each module's tables in its own schema (phase 2)
     echo: bool = False
 
 
@@ -107,24 +108,39 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def flat_layout() -> dict[str, str | None]:
+    """The `schema_translate_map` of the flat layout: every module schema to the default one.
+
+    Models name their owner's schema (`auth.users`); in the flat layout (SQLite, phase-1
+    PostgreSQL) those names render as the database's default schema. Built from the
+    registry, so every module must have declared itself before an engine is made.
+    """
+    return dict.fromkeys(ownership.registry.schemas())
+
+
 def make_engine(settings: EngineSettings) -> Engine:
     """Create a tuned engine for SQLite or PostgreSQL, with the ownership guard installed."""
     url = make_url(normalise_url(settings.url))
-    if url.get_backend_name() == "sqlite":
-        engine = _make_sqlite_engine(url, settings)
-    elif url.get_backend_name() == "postgresql":
-        engine = _make_postgresql_engine(url, settings)
+    backend = url.get_backend_name()
+    if settings.schemas and backend != "postgresql":
+        raise ValueError("the schema layout (DB_SCHEMAS) needs PostgreSQL")
+    options = {} if settings.schemas else {"schema_translate_map": flat_layout()}
+    if backend == "sqlite":
+        engine = _make_sqlite_engine(url, settings, options)
+    elif backend == "postgresql":
+        engine = _make_postgresql_engine(url, settings, options)
     else:
-        raise ValueError(f"unsupported database backend {url.get_backend_name()!r}")
+        raise ValueError(f"unsupported database backend {backend!r}")
     role_prefix = settings.role_prefix if engine.dialect.name == "postgresql" else None
     ownership.install_guard(engine, settings.guard_mode, role_prefix)
     return engine
 
 
-def _make_postgresql_engine(url: Any, settings: EngineSettings) -> Engine:
+def _make_postgresql_engine(url: Any, settings: EngineSettings, options: dict) -> Engine:
     return create_engine(
         url,
         echo=settings.echo,
+        execution_options=options,
         pool_pre_ping=True,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
@@ -161,11 +177,12 @@ def _warn_about_sqlite_version(version: str) -> None:
         )
 
 
-def _make_sqlite_engine(url: Any, settings: EngineSettings) -> Engine:
+def _make_sqlite_engine(url: Any, settings: EngineSettings, options: dict) -> Engine:
     _warn_about_sqlite_version(sqlite3.sqlite_version)
     engine = create_engine(
         url,
         echo=settings.echo,
+        execution_options=options,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout,
@@ -306,6 +323,7 @@ def settings_from_config(config: Any) -> EngineSettings:
         sqlite_busy_timeout_ms=config["SQLITE_BUSY_TIMEOUT_MS"],
         guard_mode=config["OWNERSHIP_GUARD"],
         role_prefix=config["DB_ROLE_PREFIX"] if config["DB_ROLES"] else None,
+        schemas=config["DB_SCHEMAS"],
         echo=config["SQL_ECHO"],
     )
 

@@ -5,6 +5,10 @@ reads and writes its tables, granted readers may SELECT, nobody else gets anythi
 application's login role is made a member of every module role, so it can take on a
 module's role for that module's statements (`SET LOCAL ROLE`); then PostgreSQL itself
 refuses a foreign write, whatever the application code does.
+
+In the flat layout every table is in `public`; in the schema layout (DB_SCHEMAS=on) each
+table is in its owner's schema, and a role gets USAGE on exactly the schemas whose tables
+it may touch.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from app.kernel.ownership import Registry
 
 ROLE_PREFIX = "licensing_"
+FLAT_SCHEMA = "public"
 
 
 def role_of(module: str, prefix: str = ROLE_PREFIX) -> str:
@@ -19,14 +24,17 @@ def role_of(module: str, prefix: str = ROLE_PREFIX) -> str:
 
 
 def grant_statements(
-    registry: Registry, *, app_role: str, schema: str | None = None, prefix: str = ROLE_PREFIX
+    registry: Registry, *, app_role: str, schemas: bool = False, prefix: str = ROLE_PREFIX
 ) -> list[str]:
     """The SQL that creates the module roles and grants them their tables.
 
-    `schema` None means the flat phase-1 layout (tables in `public`); the statements are
-    idempotent, so they can be re-run after every migration that adds a table.
+    The statements are idempotent, so they can be re-run after every migration that adds a
+    table and after moving to the schema layout.
     """
-    table_schema = schema or "public"
+
+    def schema_of(table: str) -> str:
+        return registry.schema_of(table) if schemas else FLAT_SCHEMA
+
     sql: list[str] = []
     for decl in sorted(registry.modules(), key=lambda d: d.name):
         role = role_of(decl.name, prefix)
@@ -34,10 +42,13 @@ def grant_statements(
             f"DO $$ BEGIN CREATE ROLE {role} NOLOGIN; "
             f"EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
         )
-        sql.append(f"GRANT USAGE ON SCHEMA {table_schema} TO {role};")
+        for schema in sorted({schema_of(t) for t in decl.owns | decl.reads}):
+            sql.append(f"GRANT USAGE ON SCHEMA {schema} TO {role};")
         for table in sorted(decl.owns):
-            sql.append(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table_schema}.{table} TO {role};")
+            sql.append(
+                f"GRANT SELECT, INSERT, UPDATE, DELETE ON {schema_of(table)}.{table} TO {role};"
+            )
         for table in sorted(decl.reads):
-            sql.append(f"GRANT SELECT ON {table_schema}.{table} TO {role};")
+            sql.append(f"GRANT SELECT ON {schema_of(table)}.{table} TO {role};")
         sql.append(f"GRANT {role} TO {app_role};")
     return sql

@@ -1,4 +1,12 @@
-"""Alembic, driven from the app's configuration (one lineage for SQLite and PostgreSQL)."""
+"""Alembic, driven from the app's configuration (one lineage for SQLite and PostgreSQL).
+
+The same migrations build both layouts: flat (every table in the default schema: SQLite,
+phase-1 PostgreSQL) and, on PostgreSQL with DB_SCHEMAS=on, one schema per module. Migration
+scripts name a table's schema with `schema_of("users")` and a foreign key's target with
+`ref("users.user_id")`; both are None/unqualified in the flat layout. (alembic does not
+apply the engine's `schema_translate_map` to its own operations and reflection, so the
+scripts say the schema explicitly.)
+"""
 
 from __future__ import annotations
 
@@ -9,18 +17,83 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import BLANK_SCHEMA, MetaData, text
+
+from app.kernel.ownership import registry
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
-def alembic_config(database_url: str) -> Config:
-    """An alembic Config for this project's migrations and the given database."""
+def alembic_config(database_url: str, *, schemas: bool = False) -> Config:
+    """An alembic Config for this project's migrations and the given database (and layout)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("version_locations", str(MIGRATIONS_DIR / "versions"))
     cfg.set_main_option("path_separator", "os")
     cfg.attributes["database_url"] = database_url
+    cfg.attributes["schemas"] = schemas
     return cfg
+
+
+# --- helpers for migration scripts ---------------------------------------------------
+
+
+def _schemas_layout() -> bool:
+    from alembic import context
+
+    return bool(context.config.attributes.get("schemas"))
+
+
+def schema_of(table: str) -> str | None:
+    """In a migration script: the schema `table` lives in (None in the flat layout)."""
+    return registry.schema_of(table) if _schemas_layout() else None
+
+
+def ref(target: str) -> str:
+    """In a migration script: a foreign key target `"table.column"`, schema-qualified when
+    the layout has schemas."""
+    table, _, _column = target.partition(".")
+    return f"{registry.schema_of(table)}.{target}" if _schemas_layout() else target
+
+
+def flat_metadata(metadata: MetaData) -> MetaData:
+    """A copy of the models' metadata with every table in the default schema (flat layout)."""
+    flat = MetaData(naming_convention=metadata.naming_convention)
+    for table in metadata.sorted_tables:
+        table.to_metadata(flat, schema=None, referred_schema_fn=lambda *_args: BLANK_SCHEMA)
+    return flat
+
+
+# --- the layout of a database ----------------------------------------------------------
+
+FLAT, SCHEMAS, EMPTY, MIXED = "flat", "schemas", "empty", "mixed"
+
+_WHERE_TABLES_LIVE = text(
+    "SELECT table_schema, table_name FROM information_schema.tables "
+    "WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'information_schema')"
+)
+
+
+def current_layout(connection: Any) -> str:
+    """Where the registered tables are: `flat`, `schemas`, `empty` (none yet) or `mixed`
+    (some moved, some not: an interrupted move by hand; our moves are one transaction)."""
+    if connection.dialect.name != "postgresql":
+        return FLAT if registry.tables() & set(_sqlite_tables(connection)) else EMPTY
+    default = connection.dialect.default_schema_name
+    found = {(schema, name) for schema, name in connection.execute(_WHERE_TABLES_LIVE)}
+    flat = {t for t in registry.tables() if (default, t) in found}
+    moved = {t for t in registry.tables() if (registry.schema_of(t), t) in found}
+    if not flat and not moved:
+        return EMPTY
+    if flat and not moved:
+        return FLAT
+    if moved and not flat:
+        return SCHEMAS
+    return MIXED
+
+
+def _sqlite_tables(connection: Any) -> list[str]:
+    return [r[0] for r in connection.exec_driver_sql("SELECT name FROM sqlite_master")]
 
 
 def head_revisions() -> frozenset[str]:
@@ -34,18 +107,67 @@ def current_revisions(connection: Any) -> frozenset[str]:
     return frozenset(MigrationContext.configure(connection).get_current_heads())
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(database_url), revision)
+def upgrade(database_url: str, revision: str = "head", *, schemas: bool = False) -> None:
+    command.upgrade(alembic_config(database_url, schemas=schemas), revision)
 
 
-def downgrade(database_url: str, revision: str) -> None:
-    command.downgrade(alembic_config(database_url), revision)
+def downgrade(database_url: str, revision: str, *, schemas: bool = False) -> None:
+    command.downgrade(alembic_config(database_url, schemas=schemas), revision)
 
 
-def check(database_url: str) -> None:
+def check(database_url: str, *, schemas: bool = False) -> None:
     """Raise alembic's AutogenerateDiffsDetected when the models and migrations disagree."""
-    command.check(alembic_config(database_url))
+    command.check(alembic_config(database_url, schemas=schemas))
 
 
-def revision(database_url: str, message: str, autogenerate: bool) -> None:
-    command.revision(alembic_config(database_url), message=message, autogenerate=autogenerate)
+def revision(database_url: str, message: str, autogenerate: bool, *, schemas: bool = False) -> None:
+    command.revision(
+        alembic_config(database_url, schemas=schemas), message=message, autogenerate=autogenerate
+    )
+
+
+def qualified_name(connection: Any, table: str, layout: str) -> str:
+    """`"schema"."table"` for a registered table under `layout`, quoted for raw SQL."""
+    if connection.dialect.name != "postgresql":
+        return f'"{table}"'
+    schema = (
+        registry.schema_of(table) if layout == SCHEMAS else connection.dialect.default_schema_name
+    )
+    return f'"{schema}"."{table}"'
+
+
+def row_counts(connection: Any, layout: str) -> dict[str, int]:
+    """Rows per registered table, read where `layout` puts the tables (operator code)."""
+    return {
+        table: connection.exec_driver_sql(
+            f"SELECT count(*) FROM {qualified_name(connection, table, layout)}"  # noqa: S608
+        ).scalar_one()
+        for table in sorted(registry.tables())
+    }
+
+
+def move_tables(connection: Any, *, to: str, lock_timeout: str = "5s") -> list[str]:
+    """Move every registered table between the flat layout and one schema per module.
+
+    Runs in the caller's transaction: PostgreSQL DDL is transactional, so every table moves
+    or none does. `ALTER TABLE … SET SCHEMA` moves a table with its rows, indexes,
+    constraints, owned sequences and privileges, without copying data; it waits at most
+    `lock_timeout` for each table's lock instead of queueing the application behind it.
+    Returns the statements run.
+    """
+    if connection.dialect.name != "postgresql":
+        raise ValueError("only PostgreSQL has schemas; SQLite stays flat")
+    if to not in (FLAT, SCHEMAS):
+        raise ValueError(f"unknown layout {to!r}")
+    default = connection.dialect.default_schema_name
+    statements = [f"SET LOCAL lock_timeout = '{lock_timeout}'"]
+    if to == SCHEMAS:
+        statements += [f'CREATE SCHEMA IF NOT EXISTS "{s}"' for s in registry.schemas()]
+    for table in sorted(registry.tables()):
+        source, target = (default, registry.schema_of(table))
+        if to == FLAT:
+            source, target = target, source
+        statements.append(f'ALTER TABLE "{source}"."{table}" SET SCHEMA "{target}"')
+    for statement in statements:
+        connection.exec_driver_sql(statement)
+    return statements

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.kernel.db import Base, UtcDateTime, utcnow
 from app.kernel.ids import id_factory
+from app.kernel.ownership import KERNEL
 
 
 class OutboxEvent(Base):
@@ -28,6 +29,7 @@ class OutboxEvent(Base):
     # The relay scans unpublished events oldest first.
     __table_args__ = (
         Index("ix_event_outbox_published_at_created_at", "published_at", "created_at"),
+        {"schema": KERNEL},
     )
 
 
@@ -39,3 +41,5 @@ class InboxEvent(Base):
     consumer: Mapped[str] = mapped_column(String(50), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     processed_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+    __table_args__ = {"schema": KERNEL}

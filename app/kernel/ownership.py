@@ -108,6 +108,17 @@ class Registry:
     def tables(self) -> set[str]:
         return set(self._owner)
 
+    def schemas(self) -> list[str]:
+        """The PostgreSQL schemas of the phase-2 layout: one per module, named after it."""
+        return sorted(self._modules)
+
+    def schema_of(self, table: str) -> str:
+        """The schema a table lives in under the phase-2 layout: its owner's."""
+        owner = self._owner.get(table)
+        if owner is None:
+            raise KeyError(f"table {table!r} has no owner in the registry")
+        return owner
+
     def readers_of(self, table: str) -> list[str]:
         return sorted(m.name for m in self._modules.values() if table in m.reads)
 

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.kernel.db import Base, UtcDateTime, utcnow
 from app.kernel.ids import id_factory
+from app.orders import MODULE
 
 
 class Order(Base):
@@ -43,6 +44,7 @@ class Order(Base):
         Index("ix_orders_user_id_order_id", "user_id", "order_id"),
         Index("ix_orders_subscription_id", "subscription_id"),
         Index("ix_orders_status", "status"),
+        {"schema": MODULE},
     )
 
 
@@ -65,3 +67,5 @@ class IdempotencyKey(Base):
     response_body: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     locked_until: Mapped[datetime] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
+
+    __table_args__ = {"schema": MODULE}

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from app.kernel.migrations import schema_of
+
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -29,9 +31,13 @@ def upgrade() -> None:
         sa.Column("published_at", TS, nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("event_id", name=op.f("pk_event_outbox")),
+        schema=schema_of("event_outbox"),
     )
     op.create_index(
-        "ix_event_outbox_published_at_created_at", "event_outbox", ["published_at", "created_at"]
+        "ix_event_outbox_published_at_created_at",
+        "event_outbox",
+        ["published_at", "created_at"],
+        schema=schema_of("event_outbox"),
     )
     op.create_table(
         "event_inbox",
@@ -39,6 +45,7 @@ def upgrade() -> None:
         sa.Column("event_id", sa.String(length=40), nullable=False),
         sa.Column("processed_at", TS, nullable=False),
         sa.PrimaryKeyConstraint("consumer", "event_id", name=op.f("pk_event_inbox")),
+        schema=schema_of("event_inbox"),
     )
     op.create_table(
         "users",
@@ -51,9 +58,12 @@ def upgrade() -> None:
         sa.Column("updated_at", TS, nullable=False),
         sa.PrimaryKeyConstraint("user_id", name=op.f("pk_users")),
         sa.UniqueConstraint("email", name=op.f("uq_users_email")),
+        schema=schema_of("users"),
     )
-    op.create_index(op.f("ix_users_created_at"), "users", ["created_at"])
-    op.create_index("ix_users_plan_created_at", "users", ["plan", "created_at"])
+    op.create_index(op.f("ix_users_created_at"), "users", ["created_at"], schema=schema_of("users"))
+    op.create_index(
+        "ix_users_plan_created_at", "users", ["plan", "created_at"], schema=schema_of("users")
+    )
     op.create_table(
         "audit_logs",
         sa.Column("log_id", sa.String(length=40), nullable=False),
@@ -64,14 +74,21 @@ def upgrade() -> None:
         sa.Column("ip_address", sa.String(length=45), nullable=True),
         sa.Column("timestamp", TS, nullable=False),
         sa.PrimaryKeyConstraint("log_id", name=op.f("pk_audit_logs")),
+        schema=schema_of("audit_logs"),
     )
-    op.create_index(op.f("ix_audit_logs_action"), "audit_logs", ["action"])
-    op.create_index(op.f("ix_audit_logs_timestamp"), "audit_logs", ["timestamp"])
-    op.create_index(op.f("ix_audit_logs_user_id"), "audit_logs", ["user_id"])
+    op.create_index(
+        op.f("ix_audit_logs_action"), "audit_logs", ["action"], schema=schema_of("audit_logs")
+    )
+    op.create_index(
+        op.f("ix_audit_logs_timestamp"), "audit_logs", ["timestamp"], schema=schema_of("audit_logs")
+    )
+    op.create_index(
+        op.f("ix_audit_logs_user_id"), "audit_logs", ["user_id"], schema=schema_of("audit_logs")
+    )
 
 
 def downgrade() -> None:
-    op.drop_table("audit_logs")
-    op.drop_table("users")
-    op.drop_table("event_inbox")
-    op.drop_table("event_outbox")
+    op.drop_table("audit_logs", schema=schema_of("audit_logs"))
+    op.drop_table("users", schema=schema_of("users"))
+    op.drop_table("event_inbox", schema=schema_of("event_inbox"))
+    op.drop_table("event_outbox", schema=schema_of("event_outbox"))

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from app.kernel.migrations import schema_of
+
 revision: str = "0002"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
@@ -28,9 +30,15 @@ def upgrade() -> None:
         sa.Column("revoked_at", TS, nullable=False),
         sa.Column("expires_at", TS, nullable=False),
         sa.PrimaryKeyConstraint("key", name=op.f("pk_token_revocations")),
+        schema=schema_of("token_revocations"),
     )
-    op.create_index(op.f("ix_token_revocations_expires_at"), "token_revocations", ["expires_at"])
-    with op.batch_alter_table("users") as batch_op:
+    op.create_index(
+        op.f("ix_token_revocations_expires_at"),
+        "token_revocations",
+        ["expires_at"],
+        schema=schema_of("token_revocations"),
+    )
+    with op.batch_alter_table("users", schema=schema_of("users")) as batch_op:
         batch_op.add_column(
             sa.Column("failed_logins", sa.Integer(), server_default="0", nullable=False)
         )
@@ -38,7 +46,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("users") as batch_op:
+    with op.batch_alter_table("users", schema=schema_of("users")) as batch_op:
         batch_op.drop_column("locked_until")
         batch_op.drop_column("failed_logins")
-    op.drop_table("token_revocations")
+    op.drop_table("token_revocations", schema=schema_of("token_revocations"))

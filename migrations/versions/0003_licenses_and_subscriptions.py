@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from app.kernel.migrations import ref, schema_of
+
 revision: str = "0003"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
@@ -33,12 +35,23 @@ def upgrade() -> None:
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("updated_at", TS, nullable=False),
         sa.ForeignKeyConstraint(
-            ["user_id"], ["users.user_id"], name=op.f("fk_subscriptions_user_id_users")
+            ["user_id"], [ref("users.user_id")], name=op.f("fk_subscriptions_user_id_users")
         ),
         sa.PrimaryKeyConstraint("subscription_id", name=op.f("pk_subscriptions")),
+        schema=schema_of("subscriptions"),
     )
-    op.create_index("ix_subscriptions_user_id_status", "subscriptions", ["user_id", "status"])
-    op.create_index("ix_subscriptions_renews_at", "subscriptions", ["renews_at"])
+    op.create_index(
+        "ix_subscriptions_user_id_status",
+        "subscriptions",
+        ["user_id", "status"],
+        schema=schema_of("subscriptions"),
+    )
+    op.create_index(
+        "ix_subscriptions_renews_at",
+        "subscriptions",
+        ["renews_at"],
+        schema=schema_of("subscriptions"),
+    )
     op.create_index(
         "uq_subscriptions_user_id_live",
         "subscriptions",
@@ -46,6 +59,7 @@ def upgrade() -> None:
         unique=True,
         sqlite_where=LIVE_SUBSCRIPTION,
         postgresql_where=LIVE_SUBSCRIPTION,
+        schema=schema_of("subscriptions"),
     )
     op.create_table(
         "licenses",
@@ -58,14 +72,24 @@ def upgrade() -> None:
         sa.Column("expires_at", TS, nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["user_id"], ["users.user_id"], name=op.f("fk_licenses_user_id_users")
+            ["user_id"], [ref("users.user_id")], name=op.f("fk_licenses_user_id_users")
         ),
         sa.PrimaryKeyConstraint("license_id", name=op.f("pk_licenses")),
+        schema=schema_of("licenses"),
     )
-    op.create_index("ix_licenses_user_id_status", "licenses", ["user_id", "status"])
-    op.create_index("ix_licenses_client_id", "licenses", ["client_id"])
-    op.create_index("ix_licenses_status", "licenses", ["status"])
-    op.create_index("ix_licenses_expires_at", "licenses", ["expires_at"])
+    op.create_index(
+        "ix_licenses_user_id_status",
+        "licenses",
+        ["user_id", "status"],
+        schema=schema_of("licenses"),
+    )
+    op.create_index(
+        "ix_licenses_client_id", "licenses", ["client_id"], schema=schema_of("licenses")
+    )
+    op.create_index("ix_licenses_status", "licenses", ["status"], schema=schema_of("licenses"))
+    op.create_index(
+        "ix_licenses_expires_at", "licenses", ["expires_at"], schema=schema_of("licenses")
+    )
     op.create_index(
         "uq_licenses_client_id_live",
         "licenses",
@@ -73,9 +97,10 @@ def upgrade() -> None:
         unique=True,
         sqlite_where=LIVE_LICENSE,
         postgresql_where=LIVE_LICENSE,
+        schema=schema_of("licenses"),
     )
 
 
 def downgrade() -> None:
-    op.drop_table("licenses")
-    op.drop_table("subscriptions")
+    op.drop_table("licenses", schema=schema_of("licenses"))
+    op.drop_table("subscriptions", schema=schema_of("subscriptions"))

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from app.kernel.migrations import schema_of
+
 revision: str = "0005"
 down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
@@ -40,10 +42,15 @@ def upgrade() -> None:
         sa.Column("version", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("order_id", name=op.f("pk_orders")),
         sa.UniqueConstraint("renewal_key", name=op.f("uq_orders_renewal_key")),
+        schema=schema_of("orders"),
     )
-    op.create_index("ix_orders_user_id_order_id", "orders", ["user_id", "order_id"])
-    op.create_index("ix_orders_subscription_id", "orders", ["subscription_id"])
-    op.create_index("ix_orders_status", "orders", ["status"])
+    op.create_index(
+        "ix_orders_user_id_order_id", "orders", ["user_id", "order_id"], schema=schema_of("orders")
+    )
+    op.create_index(
+        "ix_orders_subscription_id", "orders", ["subscription_id"], schema=schema_of("orders")
+    )
+    op.create_index("ix_orders_status", "orders", ["status"], schema=schema_of("orders"))
     op.create_table(
         "idempotency_keys",
         sa.Column("user_id", sa.String(length=40), nullable=False),
@@ -56,11 +63,22 @@ def upgrade() -> None:
         sa.Column("locked_until", TS, nullable=False),
         sa.Column("created_at", TS, nullable=False),
         sa.PrimaryKeyConstraint("user_id", "key", name=op.f("pk_idempotency_keys")),
+        schema=schema_of("idempotency_keys"),
     )
-    op.create_index(op.f("ix_idempotency_keys_created_at"), "idempotency_keys", ["created_at"])
-    op.create_index(op.f("ix_idempotency_keys_order_id"), "idempotency_keys", ["order_id"])
+    op.create_index(
+        op.f("ix_idempotency_keys_created_at"),
+        "idempotency_keys",
+        ["created_at"],
+        schema=schema_of("idempotency_keys"),
+    )
+    op.create_index(
+        op.f("ix_idempotency_keys_order_id"),
+        "idempotency_keys",
+        ["order_id"],
+        schema=schema_of("idempotency_keys"),
+    )
 
 
 def downgrade() -> None:
-    op.drop_table("idempotency_keys")
-    op.drop_table("orders")
+    op.drop_table("idempotency_keys", schema=schema_of("idempotency_keys"))
+    op.drop_table("orders", schema=schema_of("orders"))
