@@ -56,6 +56,30 @@ def _check_database_url(url: str) -> None:
         )
 
 
+# Phase 3 (DESIGN §7): the module that may run on its own database. auth and orders share
+# transactions with each other (a paid order grants a subscription), so they stay together.
+SEPARABLE_MODULES = ("admin",)
+
+
+def _module_databases(env: Mapping[str, str]) -> dict[str, str]:
+    urls = {}
+    for module in ("auth", "admin", "orders"):
+        url = env.get(f"{module.upper()}_DATABASE_URL")
+        if not url:
+            continue
+        if module not in SEPARABLE_MODULES:
+            raise ConfigError(
+                f"{module.upper()}_DATABASE_URL: only {', '.join(SEPARABLE_MODULES)} can run on "
+                "its own database (see docs/phases.md)"
+            )
+        try:
+            _check_database_url(url)
+        except ConfigError as exc:
+            raise ConfigError(f"{module.upper()}_{exc}") from None
+        urls[module] = url
+    return urls
+
+
 def _is_postgresql(url: str) -> bool:
     return url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
 
@@ -73,15 +97,24 @@ def load_config(
 
     database_url = env.get("DATABASE_URL") or f"sqlite:///{instance / 'app.db'}"
     _check_database_url(database_url)
-    if _bool(env.get("DB_SCHEMAS"), False) and not _is_postgresql(database_url):
-        raise ConfigError("DB_SCHEMAS=on needs a PostgreSQL DATABASE_URL (SQLite has no schemas)")
+    module_databases = _module_databases(env)
+    if _bool(env.get("DB_SCHEMAS"), False) and not all(
+        _is_postgresql(url) for url in (database_url, *module_databases.values())
+    ):
+        raise ConfigError("DB_SCHEMAS=on needs PostgreSQL database URLs (SQLite has no schemas)")
     return {
         "APP_ENV": app_env,
         "TESTING": app_env == "testing",
         "SECRET_KEY": env.get("SECRET_KEY") or DEV_SECRET,
         "JWT_SECRET_KEY": env.get("JWT_SECRET_KEY") or DEV_SECRET,
         "DATABASE_URL": database_url,
+        # Phase 3: modules on their own database ({"admin": url}); their inbound facade
+        # calls travel through the outbox, `flask outbox relay` and `flask outbox consume`.
+        "MODULE_DATABASE_URLS": module_databases,
         "REDIS_URL": env.get("REDIS_URL") or None,
+        "OUTBOX_STREAM": env.get("OUTBOX_STREAM", "licensing:events"),
+        "OUTBOX_BATCH_SIZE": _int(env, "OUTBOX_BATCH_SIZE", 200),
+        "OUTBOX_LEASE_SECONDS": _int(env, "OUTBOX_LEASE_SECONDS", 15),
         "DB_APPLICATION_NAME": env.get("DB_APPLICATION_NAME", "licensing"),
         "DB_POOL_SIZE": _int(env, "DB_POOL_SIZE", 5),
         "DB_MAX_OVERFLOW": _int(env, "DB_MAX_OVERFLOW", 5),

@@ -37,12 +37,16 @@ def healthz() -> Any:
 
 @bp.get("/readyz")
 @bp.doc(
-    summary="Readiness: database reachable, migrations at head, tables where DB_SCHEMAS "
-    "says, Redis when configured",
+    summary="Readiness: each database reachable, migrated to head, its tables where "
+    "DB_SCHEMAS says; Redis when configured",
     responses={200: "ready", 503: "a dependency is failing"},
 )
 def readyz() -> Any:
-    checks = {**_database_checks(get_database().engine), "redis": _check_redis()}
+    database = get_database()
+    checks = _database_checks(database.engine)
+    for module, engine in database.module_engines.items():
+        checks.update(_database_checks(engine, prefix=f"{module}_"))  # phase 3
+    checks["redis"] = _check_redis()
     failing = {name: state for name, state in checks.items() if state not in ("ok", "skipped")}
     if failing:
         body = problem(

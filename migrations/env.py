@@ -8,8 +8,11 @@ uses the models' metadata as is for schemas, and a flat copy of it otherwise.
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
 from alembic.util.exc import CommandError
+from sqlalchemy import Identity
 from sqlalchemy.schema import CreateSchema
 
 from app.kernel import migrations
@@ -25,6 +28,17 @@ def render_item(type_: str, obj: object, autogen_context: object) -> str | bool:
     if type_ == "type" and isinstance(obj, UtcDateTime):
         return "sa.DateTime(timezone=True)"
     return False
+
+
+def sqlite_compare_server_default(
+    _context: object, _inspected: object, metadata_column: Any, *_defaults: object
+) -> bool | None:
+    """SQLite has no identity columns (an INTEGER PRIMARY KEY numbers its rows itself):
+    the models' `Identity()` is not a difference there. Everything else: alembic decides.
+    (SQLite only: alembic's hook for a custom comparison fails on PostgreSQL identities.)"""
+    if isinstance(metadata_column.server_default, Identity):
+        return False
+    return None
 
 
 def only_module_schemas(name: str | None, type_: str, _parent_names: object) -> bool:
@@ -68,7 +82,7 @@ def run_migrations_online() -> None:
                 include_name=only_module_schemas if schemas else None,
                 render_as_batch=sqlite,
                 compare_type=True,
-                compare_server_default=True,
+                compare_server_default=sqlite_compare_server_default if sqlite else True,
                 render_item=render_item,
                 # Our SQLite connections begin transactions themselves, so DDL is
                 # transactional on both backends: a failed migration leaves nothing behind.

@@ -186,3 +186,14 @@ def redis_url() -> str:
     finally:
         client.close()
     return REDIS_URL
+
+
+@pytest.fixture
+def private_redis(redis_url):  # redis_url: skip/fail like the other Redis tests
+    """A redis-server of the test's own, on a free port: it can really be killed."""
+    from tests.helpers import RedisServer
+
+    server = RedisServer()
+    server.start()
+    yield server
+    server.kill()

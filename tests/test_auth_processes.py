@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,7 +11,7 @@ from app.admin.models import AuditLog
 from app.auth.models import User
 from app.kernel.db import make_engine, make_sessionmaker
 from app.kernel.ownership import OPERATOR, acting_as
-from tests.helpers import engine_settings, free_port, gunicorn_server, http
+from tests.helpers import engine_settings, gunicorn_server, http
 
 pytestmark = pytest.mark.slow
 PASSWORD = "correct horse battery"
@@ -107,62 +104,6 @@ def test_concurrent_failures_lock_exactly_once(database_url):
 
 
 # --- Redis-backed rate limits -------------------------------------------------------
-
-
-class RedisServer:
-    """A private redis-server on a free port, so it can really be killed and restarted."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed")
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        import redis
-
-        client = redis.Redis(port=self.port)
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise AssertionError("private redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-
-@pytest.fixture
-def private_redis(redis_url):  # redis_url: skip/fail like the other Redis tests
-    server = RedisServer()
-    server.start()
-    yield server
-    server.kill()
 
 
 @pytest.mark.redis

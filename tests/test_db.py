@@ -151,7 +151,9 @@ def test_timestamps_are_aware_utc_on_every_backend(app):
             )
         session.expunge_all()
         with acting_as(KERNEL):
-            stored = session.get(OutboxEvent, "evt_t").created_at
+            stored = session.scalars(
+                select(OutboxEvent.created_at).where(OutboxEvent.event_id == "evt_t")
+            ).one()
         assert stored.tzinfo is not None and stored.utcoffset() == timedelta(0)
         assert stored == moment
         assert stored.hour == 18  # 03:04 at +09:00 is 18:04 UTC the day before

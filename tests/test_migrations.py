@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from app import create_app
 from app.kernel import migrations
 from app.kernel.db import EngineSettings, make_engine
 from app.models import metadata
-from tests.helpers import PG_SCHEMAS, layout_config
+from tests.helpers import PG_SCHEMAS, in_layout, layout_config
 
 ALL_TABLES = {t.name for t in metadata.sorted_tables}
 
@@ -166,4 +167,40 @@ def test_sqlite_batch_rebuild_of_a_parent_table_keeps_child_rows(tmp_path):
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM licenses")).scalar() == 1
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1  # back on for the app
+    engine.dispose()
+
+
+def test_the_outbox_rebuild_keeps_every_event_in_creation_order(empty_url):
+    """0006 gives the outbox its `seq`: rows already there keep their ids and payloads and
+    are numbered in the order they were created, and the way back keeps them too."""
+    assert _cli(empty_url, "db", "upgrade", "0005").exit_code == 0
+    outbox = in_layout("event_outbox", empty_url)
+    engine = make_engine(EngineSettings(url=empty_url, guard_mode="off"))
+    created = ["2026-01-03 00:00:00", "2026-01-01 00:00:00", "2026-01-02 00:00:00"]
+    with engine.begin() as conn:
+        for n, at in enumerate(created):
+            conn.execute(
+                text(
+                    f"INSERT INTO {outbox} (event_id, event_type, aggregate_id, payload,"
+                    " created_at, attempts) VALUES (:id, 'order.paid', 'ord_1', :payload, :at, 0)"
+                ),
+                {"id": f"evt_{n}", "payload": f'{{"n": {n}}}', "at": at},
+            )
+    assert _cli(empty_url, "db", "upgrade").exit_code == 0
+    with engine.connect() as conn:
+        rows = conn.execute(text(f"SELECT seq, event_id, payload FROM {outbox} ORDER BY seq")).all()
+    assert [(seq, event_id) for seq, event_id, _ in rows] == [
+        (1, "evt_1"),
+        (2, "evt_2"),
+        (3, "evt_0"),
+    ]
+    assert [json.loads(p) if isinstance(p, str) else p for _, _, p in rows] == [
+        {"n": 1},
+        {"n": 2},
+        {"n": 0},
+    ]
+    assert _cli(empty_url, "db", "downgrade", "0005").exit_code == 0
+    with engine.connect() as conn:
+        back = conn.execute(text(f"SELECT event_id FROM {outbox} ORDER BY created_at")).scalars()
+        assert list(back) == ["evt_1", "evt_2", "evt_0"]
     engine.dispose()

@@ -20,7 +20,10 @@ bp = module_blueprint(MODULE, __name__, url_prefix="/api/v1/admin", tag="Admin")
 
 
 def init_app(app: Any) -> None:
-    """Register admin's routes (every one of them requires the admin role)."""
-    from app.admin import routes  # noqa: F401 - routes attach themselves to bp
+    """Register admin's routes (every one of them requires the admin role) and the events
+    its consumer applies when it runs on its own database (phase 3)."""
+    from app.admin import routes, service  # noqa: F401 - routes attach themselves to bp
+    from app.kernel import events
 
     app.register_blueprint(bp)
+    events.register_handler(MODULE, service.AUDIT_RECORDED, service.apply_audit_event)

@@ -8,7 +8,12 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.admin import MODULE, service
+from app.kernel import events
+from app.kernel.db import has_own_database
 from app.kernel.ownership import module_api
+
+# The event an audit entry travels as when admin has its own database (phase 3).
+AUDIT_RECORDED = service.AUDIT_RECORDED
 
 
 @module_api(MODULE)
@@ -24,11 +29,22 @@ def record_audit(
     """Write an audit entry inside the caller's transaction; returns its log id.
 
     This is the only way any module writes an audit entry. It commits nothing: the entry
-    lands with the caller's rows or not at all.
+    lands with the caller's rows or not at all. When admin runs on its own database
+    (phase 3) the entry is an `audit.recorded` event in the caller's outbox instead, which
+    admin's consumer applies exactly once (same log id).
     """
-    entry = service.record_audit(
-        session, action, user_id=user_id, actor_id=actor_id, details=details, ip_address=ip_address
+    entry = service.new_audit_entry(
+        action, user_id=user_id, actor_id=actor_id, details=details, ip_address=ip_address
     )
+    if has_own_database(session, MODULE):
+        events.publish(
+            session,
+            AUDIT_RECORDED,
+            service.audit_payload(entry),
+            aggregate_id=user_id or actor_id,
+        )
+    else:
+        session.add(entry)
     return entry.log_id
 
 

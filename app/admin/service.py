@@ -16,11 +16,14 @@ from sqlalchemy.orm import Session
 from app.admin.models import AuditLog, AuditLogArchive
 from app.admin.readmodels import licenses, users
 from app.kernel.db import UtcDateTime, utcnow
+from app.kernel.events import Event
 from app.kernel.ids import new_id
 
+AUDIT_RECORDED = "audit.recorded"
+AUDIT_FIELDS = ("log_id", "user_id", "actor_id", "action", "details", "ip_address")
 
-def record_audit(
-    session: Session,
+
+def new_audit_entry(
     action: str,
     *,
     user_id: str | None = None,
@@ -28,8 +31,8 @@ def record_audit(
     details: dict[str, Any] | None = None,
     ip_address: str | None = None,
 ) -> AuditLog:
-    """Add an audit entry to the session's current transaction."""
-    entry = AuditLog(
+    """A new audit entry, stamped now, not yet in any session."""
+    return AuditLog(
         log_id=new_id("log"),
         action=action,
         user_id=user_id,
@@ -38,8 +41,24 @@ def record_audit(
         ip_address=ip_address,
         timestamp=utcnow(),
     )
-    session.add(entry)
-    return entry
+
+
+def audit_payload(entry: AuditLog) -> dict[str, Any]:
+    """The entry as the payload of an `audit.recorded` event (JSON)."""
+    payload = {name: getattr(entry, name) for name in AUDIT_FIELDS}
+    payload["timestamp"] = entry.timestamp.isoformat()
+    return payload
+
+
+def apply_audit_event(session: Session, event: Event) -> None:
+    """Write the entry an `audit.recorded` event carries (admin's consumer, phase 3)."""
+    payload = event.payload
+    session.add(
+        AuditLog(
+            **{name: payload.get(name) for name in AUDIT_FIELDS},
+            timestamp=datetime.fromisoformat(payload["timestamp"]),
+        )
+    )
 
 
 # --- statistics ----------------------------------------------------------------------

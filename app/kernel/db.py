@@ -217,9 +217,9 @@ def _make_sqlite_engine(url: Any, settings: EngineSettings, options: dict) -> En
 _WRITE = "write_transaction"
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+def make_sessionmaker(engine: Engine, **options: Any) -> sessionmaker[Session]:
     """Sessions that keep loaded values after commit (responses render after the commit)."""
-    return sessionmaker(bind=engine, expire_on_commit=False, autoflush=True)
+    return sessionmaker(bind=engine, expire_on_commit=False, autoflush=True, **options)
 
 
 _COMMITTING = "transaction_committing"
@@ -295,26 +295,75 @@ def transaction(session: Session) -> Iterator[Session]:
 # --- Flask wiring --------------------------------------------------------------------
 
 
-class Database:
-    """The app's engine and session factory; one per app, kept in `app.extensions`."""
+# Session.info key: the modules whose tables live in a database of their own (phase 3).
+MODULE_DATABASES = "module_databases"
 
-    def __init__(self, engine: Engine) -> None:
+
+def has_own_database(session: Session, module: str) -> bool:
+    """True when `module`'s tables live in a database of their own (phase 3): its facade
+    then cannot join the caller's transaction, and must go through the outbox."""
+    return module in session.info.get(MODULE_DATABASES, ())
+
+
+class Database:
+    """The app's engines and session factories; one per app, kept in `app.extensions`.
+
+    `engine` is the main database. In phase 3 a module may have its own (`module_engines`):
+    request sessions then send that module's tables there (SQLAlchemy binds), and
+    `sessions_for(module)` gives sessions whose every statement goes there (its consumer,
+    its maintenance commands).
+    """
+
+    def __init__(self, engine: Engine, module_engines: dict[str, Engine] | None = None) -> None:
         self.engine = engine
-        self.sessions = make_sessionmaker(engine)
+        self.module_engines = dict(module_engines or {})
+        self._info = {MODULE_DATABASES: frozenset(self.module_engines)}
+        self._module_sessions: dict[str, sessionmaker[Session]] = {}
+
+    @functools.cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        """Request sessions. Built on first use, when every module's models are loaded, so
+        the tables of modules with their own database can be bound to it."""
+        binds = {
+            table: self.module_engines[owner]
+            for table in Base.metadata.tables.values()
+            if (owner := ownership.registry.owner_of(table.name)) in self.module_engines
+        }
+        return make_sessionmaker(self.engine, binds=binds, info=self._info)
+
+    def engine_for(self, module: str) -> Engine:
+        return self.module_engines.get(module, self.engine)
+
+    def sessions_for(self, module: str) -> sessionmaker[Session]:
+        """Sessions on the database where `module`'s tables live (the main one, or its own)."""
+        if module not in self.module_engines:
+            return self.sessions
+        if module not in self._module_sessions:
+            self._module_sessions[module] = make_sessionmaker(
+                self.module_engines[module], info=self._info
+            )
+        return self._module_sessions[module]
+
+    def engines(self) -> dict[str, Engine]:
+        """Every database of the app by name: `main`, then each module's own."""
+        return {"main": self.engine, **self.module_engines}
 
     @property
     def backend(self) -> str:
         return self.engine.dialect.name
 
     def dispose(self) -> None:
-        self.engine.dispose()
+        for engine in self.engines().values():
+            engine.dispose()
 
 
-def settings_from_config(config: Any) -> EngineSettings:
-    """Engine settings from a Flask config mapping."""
+def settings_from_config(config: Any, module: str | None = None) -> EngineSettings:
+    """Engine settings from a Flask config mapping: the main database, or `module`'s own."""
+    url = config["DATABASE_URL"] if module is None else config["MODULE_DATABASE_URLS"][module]
+    name = config["DB_APPLICATION_NAME"] + ("" if module is None else f"-{module}")
     return EngineSettings(
-        url=config["DATABASE_URL"],
-        application_name=config["DB_APPLICATION_NAME"],
+        url=url,
+        application_name=name,
         pool_size=config["DB_POOL_SIZE"],
         max_overflow=config["DB_MAX_OVERFLOW"],
         pool_timeout=config["DB_POOL_TIMEOUT"],
@@ -332,7 +381,11 @@ def init_app(app: Any) -> None:
     """Bind a Database to the app; sessions open lazily and close with the app context."""
     from flask import g
 
-    database = Database(make_engine(settings_from_config(app.config)))
+    module_engines = {
+        module: make_engine(settings_from_config(app.config, module))
+        for module in app.config["MODULE_DATABASE_URLS"]
+    }
+    database = Database(make_engine(settings_from_config(app.config)), module_engines)
     app.extensions["db"] = database
 
     @app.teardown_appcontext

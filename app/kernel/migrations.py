@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import BLANK_SCHEMA, MetaData, text
+from sqlalchemy import BLANK_SCHEMA, Engine, MetaData, Table, func, select, text, tuple_
 
 from app.kernel.ownership import registry
 
@@ -171,3 +171,44 @@ def move_tables(connection: Any, *, to: str, lock_timeout: str = "5s") -> list[s
     for statement in statements:
         connection.exec_driver_sql(statement)
     return statements
+
+
+def copy_rows(
+    table: Table, source: Engine, target: Engine, *, batch_size: int = 1000
+) -> tuple[int, int, int]:
+    """Copy a table's rows from one database to another, keeping rows the target has.
+
+    Keyset batches in primary-key order, each committed on its own (an interrupted copy
+    resumes by running again). Returns (rows copied, rows in source, rows in target).
+    Operator code: the caller acts as OPERATOR.
+    """
+    key = list(table.primary_key.columns)
+    insert = _insert_keeping_existing(target, table)
+    count = select(func.count()).select_from(table)
+    with target.connect() as conn:
+        before = conn.execute(count).scalar_one()
+    after_key = None
+    while True:
+        page = select(table).order_by(*key).limit(batch_size)
+        if after_key is not None:
+            page = page.where(tuple_(*key) > tuple_(*after_key))
+        with source.connect() as conn:
+            rows = [row._asdict() for row in conn.execute(page)]
+        if not rows:
+            break
+        with target.execution_options(sqlite_write=True).begin() as conn:
+            conn.execute(insert, rows)
+        after_key = [rows[-1][column.name] for column in key]
+    with source.connect() as conn:
+        in_source = conn.execute(count).scalar_one()
+    with target.connect() as conn:
+        in_target = conn.execute(count).scalar_one()
+    return in_target - before, in_source, in_target
+
+
+def _insert_keeping_existing(engine: Engine, table: Table) -> Any:
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table).on_conflict_do_nothing()

@@ -1,0 +1,463 @@
+"""Phase 3 delivery: the outbox relayed to Redis Streams and consumed exactly once.
+
+The caller commits its rows and an event in one transaction (`events.publish`). From there:
+
+- **The relay** (`flask outbox relay`) holds a lease in the database, so one relay publishes
+  at a time and events enter the stream in outbox order (`seq`); a second relay waits and
+  takes over when the holder stops renewing. It XADDs a batch, then marks it published. A
+  relay killed between the two re-publishes the batch next time: delivery is at least once.
+- **Consumers** (`flask outbox consume MODULE`) read with a consumer group, apply each event
+  and record its id in their own database's inbox in ONE transaction, then XACK. A consumer
+  killed between apply and ack gets the entry again and finds it in the inbox: applied once.
+- **Redis keeps nothing on disk.** An event counts as delivered only when every consumer
+  group has acknowledged it (`confirmed_at`), read from the groups' state. The stream
+  carries an *epoch* key; when Redis comes back empty the epoch is gone, and the relay
+  publishes again every event that was published in an older epoch and not confirmed.
+
+Order: one relay publishes in `seq` order and one consumer per group (a lock in Redis)
+applies in stream order, after first re-reading its own pending entries. So events of one
+aggregate are applied in the order their transactions committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.kernel import events
+from app.kernel.db import transaction, utcnow
+from app.kernel.faults import failpoint
+from app.kernel.models import EventLease, OutboxEvent
+from app.kernel.ownership import KERNEL, acting_as
+
+log = logging.getLogger(__name__)
+
+StreamId = tuple[int, int]
+NOTHING: StreamId = (0, 0)
+EVERYTHING: StreamId = (2**63, 0)
+
+
+def parse_stream_id(text: str) -> StreamId:
+    """A Redis stream entry id (`1700000000000-3`) as a comparable pair."""
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def format_stream_id(sid: StreamId) -> str:
+    return f"{sid[0]}-{sid[1]}"
+
+
+def default_name() -> str:
+    """A name for this process: host and pid (unique among live processes)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def epoch_key(stream: str) -> str:
+    return f"{stream}:epoch"
+
+
+# --- the relay -----------------------------------------------------------------------
+
+
+@dataclass
+class RelayReport:
+    leader: bool = False
+    published: int = 0
+    confirmed: int = 0
+    republished: int = 0  # published in an epoch Redis has forgotten, not confirmed
+
+
+class OutboxRelay:
+    """Publishes outbox events to a Redis stream and confirms them once every group has
+    acknowledged them. `run_once()` is one round; `run()` loops until told to stop."""
+
+    LEASE = "outbox-relay"
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        redis_client: Any,
+        *,
+        stream: str,
+        groups: Sequence[str],
+        batch_size: int = 200,
+        lease_seconds: int = 15,
+        holder: str | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.redis = redis_client
+        self.stream = stream
+        self.groups = tuple(groups)
+        self.batch_size = batch_size
+        self.lease = timedelta(seconds=lease_seconds)
+        self.holder = holder or f"{default_name()}-{uuid.uuid4().hex[:6]}"
+
+    def run(self, *, interval: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
+        """Relay until `stop()`; a failing Redis or database costs a pause, never the loop.
+        On the way out the lease is handed back, so a standby relay takes over at once."""
+        failures = 0
+        try:
+            while not stop():
+                try:
+                    report = self.run_once()
+                    failures = 0
+                except Exception as exc:  # an outage: report, back off, try again
+                    failures += 1
+                    log.warning("outbox relay: %s (retrying)", str(exc).splitlines()[0])
+                    time.sleep(min(interval * 2**failures, 10))
+                    continue
+                if report.published < self.batch_size:
+                    time.sleep(interval)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Give the lease up (if held), so another relay need not wait for it to expire."""
+        with acting_as(KERNEL), self.sessions() as session, transaction(session):
+            session.execute(
+                update(EventLease)
+                .where(EventLease.name == self.LEASE, EventLease.holder == self.holder)
+                .values(expires_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+
+    def run_once(self) -> RelayReport:
+        report = RelayReport()
+        with acting_as(KERNEL):
+            if not self._hold_lease():
+                return report
+            report.leader = True
+            epoch = self._epoch()
+            report.republished = self._forget_lost(epoch)
+            report.published = self._publish(epoch)
+            report.confirmed = self._confirm(epoch)
+        return report
+
+    # The lease: a row in event_leases. Whoever holds it (or finds it expired) renews it.
+    def _hold_lease(self) -> bool:
+        now = utcnow()
+        try:
+            with self.sessions() as session, transaction(session):
+                if self._renew(session, now):
+                    return True
+                if session.get(EventLease, self.LEASE) is not None:
+                    return False  # another relay holds it
+                session.add(
+                    EventLease(name=self.LEASE, holder=self.holder, expires_at=now + self.lease)
+                )
+                return True
+        except IntegrityError:
+            return False  # another relay created it at the same moment
+
+    def _renew(self, session: Session, now: Any) -> bool:
+        result = session.execute(
+            update(EventLease)
+            .where(
+                EventLease.name == self.LEASE,
+                or_(EventLease.holder == self.holder, EventLease.expires_at < now),
+            )
+            .values(holder=self.holder, expires_at=now + self.lease)
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
+    def _epoch(self) -> str:
+        """This Redis instance's epoch (a new one after it lost its data), with every
+        consumer group created from the start of the stream."""
+        key = epoch_key(self.stream)
+        epoch = self.redis.get(key)
+        if epoch is None:
+            self.redis.set(key, uuid.uuid4().hex, nx=True)
+            epoch = self.redis.get(key)
+            log.info("outbox relay: stream %s starts epoch %s", self.stream, epoch)
+        for group in self.groups:
+            ensure_group(self.redis, self.stream, group)
+        return epoch
+
+    def _forget_lost(self, epoch: str) -> int:
+        """Events published into an older epoch and never confirmed are gone with that
+        Redis: mark them unpublished, to be published again (in order, before newer ones)."""
+        with self.sessions() as session, transaction(session):
+            result = session.execute(
+                update(OutboxEvent)
+                .where(
+                    OutboxEvent.confirmed_at.is_(None),
+                    OutboxEvent.published_at.is_not(None),
+                    OutboxEvent.stream_ref.not_like(f"{epoch}/%"),
+                )
+                .values(published_at=None, stream_ref=None)
+                .execution_options(synchronize_session=False)
+            )
+        if result.rowcount:
+            log.warning("outbox relay: re-publishing %d event(s) Redis lost", result.rowcount)
+        return result.rowcount
+
+    def _publish(self, epoch: str) -> int:
+        with self.sessions() as session:
+            rows = session.execute(
+                select(
+                    OutboxEvent.seq,
+                    OutboxEvent.event_id,
+                    OutboxEvent.event_type,
+                    OutboxEvent.aggregate_id,
+                    OutboxEvent.payload,
+                    OutboxEvent.created_at,
+                )
+                .where(OutboxEvent.published_at.is_(None))
+                .order_by(OutboxEvent.seq)
+                .limit(self.batch_size)
+            ).all()
+        if not rows:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for row in rows:
+            pipe.xadd(self.stream, entry_fields(row))
+        entry_ids = pipe.execute()
+        failpoint("outbox.relay.after_publish")
+        table = OutboxEvent.__table__
+        mark = (
+            update(table)
+            .where(table.c.seq == bindparam("b_seq"), table.c.published_at.is_(None))
+            .values(
+                published_at=bindparam("b_at"),
+                stream_ref=bindparam("b_ref"),
+                attempts=table.c.attempts + 1,
+            )
+        )
+        now = utcnow()
+        with self.sessions() as session, transaction(session):
+            # Fencing: a relay that lost its lease meanwhile does not mark; the new holder
+            # publishes these again (a duplicate the inboxes absorb), keeping the order.
+            if not self._renew(session, now):
+                log.warning("outbox relay: lease lost; leaving %d event(s) unmarked", len(rows))
+                return 0
+            session.execute(
+                mark,
+                [
+                    {"b_seq": row.seq, "b_at": now, "b_ref": f"{epoch}/{entry_id}"}
+                    for row, entry_id in zip(rows, entry_ids, strict=True)
+                ],
+            )
+        return len(rows)
+
+    def _confirm(self, epoch: str) -> int:
+        """Mark confirmed what every group has acknowledged; trim it from the stream."""
+        below = acknowledged_below(self.redis, self.stream, self.groups)
+        with self.sessions() as session, transaction(session):
+            rows = session.execute(
+                select(OutboxEvent.seq, OutboxEvent.stream_ref)
+                .where(OutboxEvent.confirmed_at.is_(None), OutboxEvent.published_at.is_not(None))
+                .order_by(OutboxEvent.seq)
+                .limit(10 * self.batch_size)
+            ).all()
+            done = [
+                row.seq
+                for row in rows
+                if row.stream_ref.startswith(f"{epoch}/")
+                and parse_stream_id(row.stream_ref.partition("/")[2]) < below
+            ]
+            if done:
+                session.execute(
+                    update(OutboxEvent)
+                    .where(OutboxEvent.seq.in_(done))
+                    .values(confirmed_at=utcnow())
+                    .execution_options(synchronize_session=False)
+                )
+        if NOTHING < below < EVERYTHING:
+            self.redis.xtrim(self.stream, minid=format_stream_id(below), approximate=True)
+        return len(done)
+
+
+def entry_fields(row: Any) -> dict[str, str]:
+    return {
+        "event_id": row.event_id,
+        "type": row.event_type,
+        "aggregate_id": row.aggregate_id or "",
+        "seq": str(row.seq),
+        "created_at": row.created_at.isoformat(),
+        "payload": json.dumps(row.payload, separators=(",", ":")),
+    }
+
+
+def ensure_group(redis_client: Any, stream: str, group: str) -> None:
+    """Create the consumer group (reading from the start of the stream) unless it exists."""
+    import redis
+
+    try:
+        redis_client.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def acknowledged_below(redis_client: Any, stream: str, groups: Sequence[str]) -> StreamId:
+    """The first entry id not acknowledged by every group: entries below it are done.
+
+    A group has acknowledged everything up to its last delivered entry, except what is still
+    pending (delivered, not acknowledged). A missing stream or group has acknowledged nothing.
+    """
+    import redis
+
+    if not groups:
+        return EVERYTHING
+    try:
+        infos = {info["name"]: info for info in redis_client.xinfo_groups(stream)}
+    except redis.ResponseError:  # no such stream (Redis lost it)
+        return NOTHING
+    bound = EVERYTHING
+    for group in groups:
+        info = infos.get(group)
+        if info is None:
+            return NOTHING
+        if info["pending"]:
+            first_pending = redis_client.xpending(stream, group)["min"]
+            group_bound = parse_stream_id(first_pending)
+        else:
+            ms, seq = parse_stream_id(info["last-delivered-id"])
+            group_bound = (ms, seq + 1)
+        bound = min(bound, group_bound)
+    return bound
+
+
+# --- consumers -----------------------------------------------------------------------
+
+
+class EventConsumer:
+    """Applies a stream's events for one module, exactly once, in stream order."""
+
+    def __init__(
+        self,
+        module: str,
+        sessions: sessionmaker[Session],
+        redis_client: Any,
+        *,
+        stream: str,
+        name: str | None = None,
+        batch_size: int = 100,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 60_000,
+        lock_ms: int = 15_000,
+        max_attempts: int = 3,
+    ) -> None:
+        self.module = module
+        self.sessions = sessions
+        self.redis = redis_client
+        self.stream = stream
+        self.group = module
+        self.name = name or default_name()
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.lock_ms = lock_ms
+        self.max_attempts = max_attempts
+        self.handlers = events.handlers_of(module)
+        self._failures: dict[str, int] = {}
+        self._lock_key = f"{stream}:consumer:{self.group}"
+        self._renew_lock = redis_client.register_script(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then "
+            "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+        )
+
+    def run(
+        self, *, stop: Callable[[], bool] = lambda: False, max_events: int | None = None
+    ) -> int:
+        """Consume until `stop()` (or `max_events` applied or skipped); returns how many."""
+        handled = 0
+        failures = 0
+        while not stop() and (max_events is None or handled < max_events):
+            try:
+                limit = None if max_events is None else max_events - handled
+                handled += self.poll_once(limit=limit)
+                failures = 0
+            except Exception as exc:  # Redis or the database away: back off, try again
+                failures += 1
+                log.warning(
+                    "outbox consumer %s: %s (retrying)", self.name, str(exc).splitlines()[0]
+                )
+                time.sleep(min(0.2 * 2**failures, 10))
+        return handled
+
+    def poll_once(self, limit: int | None = None) -> int:
+        """One round: own pending entries first (after a crash), then entries a dead
+        consumer left behind, then new ones (waiting up to block_ms). Returns how many
+        entries were handled."""
+        if not self._hold_lock():
+            time.sleep(self.block_ms / 1000)
+            return 0
+        ensure_group(self.redis, self.stream, self.group)
+        count = min(self.batch_size, limit) if limit else self.batch_size
+        entries = self._read("0", count)
+        if not entries:
+            entries = self._claim_abandoned(count)
+        if not entries:
+            entries = self._read(">", count, block=self.block_ms)
+        for entry_id, fields in entries:
+            self.handle(entry_id, fields)
+        return len(entries)
+
+    def _hold_lock(self) -> bool:
+        if self.redis.set(self._lock_key, self.name, nx=True, px=self.lock_ms):
+            return True
+        return bool(self._renew_lock(keys=[self._lock_key], args=[self.name, self.lock_ms]))
+
+    def _read(self, start: str, count: int, block: int | None = None) -> list:
+        answer = self.redis.xreadgroup(
+            self.group, self.name, {self.stream: start}, count=count, block=block
+        )
+        return answer[0][1] if answer else []
+
+    def _claim_abandoned(self, count: int) -> list:
+        answer = self.redis.xautoclaim(
+            self.stream, self.group, self.name, self.claim_idle_ms, "0-0", count=count
+        )
+        return [entry for entry in answer[1] if entry[1]] if answer else []
+
+    def handle(self, entry_id: str, fields: dict[str, str] | None) -> None:
+        """Apply one entry (unless its event is in the inbox already), then acknowledge it."""
+        if fields:
+            event = events.Event(
+                event_id=fields["event_id"],
+                event_type=fields["type"],
+                aggregate_id=fields.get("aggregate_id") or None,
+                payload=json.loads(fields["payload"]),
+                seq=int(fields.get("seq", 0)),
+            )
+            handler = self.handlers.get(event.event_type)
+            if handler is not None and not self._apply(entry_id, event, handler):
+                return  # left pending: retried next round
+        failpoint("outbox.consume.after_apply")
+        self.redis.xack(self.stream, self.group, entry_id)
+
+    def _apply(self, entry_id: str, event: events.Event, handler: events.Handler) -> bool:
+        try:
+            # The handler's rows are flushed at the commit: still as the consumer's module.
+            with acting_as(self.module), self.sessions() as session, transaction(session):
+                if events.mark_processed(session, self.module, event.event_id):
+                    handler(session, event)
+            self._failures.pop(entry_id, None)
+            return True
+        except IntegrityError:
+            return True  # a racing consumer recorded it first: applied once, by them
+        except Exception:
+            failures = self._failures[entry_id] = self._failures.get(entry_id, 0) + 1
+            log.exception("outbox consumer %s: event %s failed", self.name, event.event_id)
+            if failures < self.max_attempts:
+                return False
+            self.redis.xadd(
+                f"{self.stream}:dead:{self.group}",
+                {"entry_id": entry_id, "event_id": event.event_id, "type": event.event_type},
+            )
+            log.error("outbox consumer %s: event %s dead-lettered", self.name, event.event_id)
+            return True
