@@ -63,10 +63,11 @@ def audit_archive(older_than: str, batch_size: int, pause: float) -> None:
     from app.kernel.db import utcnow
 
     cutoff = utcnow() - parse_age(older_than)
-    session = get_session()
+    # Where admin's tables are: the main database, or admin's own (phase 3).
+    session = get_database().sessions_for("admin")()
     moved = 0
     while True:
-        with transaction(session):
+        with session, transaction(session):
             count = admin_api.archive_audit_batch(session, cutoff, batch_size)
         if count == 0:
             break

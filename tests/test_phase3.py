@@ -16,14 +16,15 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from datetime import UTC, datetime
 
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app import create_app
 from app.admin import api as admin_api
-from app.admin.models import AuditLog
+from app.admin.models import AuditLog, AuditLogArchive
 from app.kernel import migrations
 from app.kernel.db import get_session, make_engine, transaction
 from app.kernel.models import InboxEvent, OutboxEvent
@@ -519,3 +520,20 @@ def test_a_poison_event_is_dead_lettered_not_blocking(phase3_app):
     dead = client.xrange(f"{phase3_app.config['OUTBOX_STREAM']}:dead:admin")
     assert [fields["type"] for _id, fields in dead] == ["audit.recorded"]
     assert client.xpending(phase3_app.config["OUTBOX_STREAM"], "admin")["pending"] == 0
+
+
+def test_audit_archive_works_in_admins_own_database(phase3_app, runner):
+    ids = record_events(phase3_app, 12)
+    relay_for(phase3_app).run_once()
+    drain(consumer_for(phase3_app))
+    admin_url = phase3_app.config["MODULE_DATABASE_URLS"]["admin"]
+    engine = make_engine(engine_settings(admin_url, pool_size=1, max_overflow=0))
+    with acting_as(OPERATOR), engine.begin() as conn:  # make them old
+        conn.execute(update(AuditLog).values(timestamp=datetime(2020, 1, 1, tzinfo=UTC)))
+    engine.dispose()
+    result = runner.invoke(args=["audit", "archive", "--older-than", "90d", "--batch-size", "5"])
+    assert result.exit_code == 0, result.output
+    assert "archived 12 audit entries" in result.output
+    archived = rows(admin_url, select(AuditLogArchive.log_id))
+    assert sorted(r.log_id for r in archived) == sorted(ids)
+    assert audit_ids(admin_url) == []
