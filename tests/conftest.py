@@ -197,3 +197,23 @@ def private_redis(redis_url):  # redis_url: skip/fail like the other Redis tests
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def role_prefix(roles_database_url: str) -> Iterator[str]:
+    """Roles are cluster-wide: a prefix of the test's own, and every role with it dropped
+    afterwards (with what it owns and was granted in `roles_database_url`, which each test
+    module defines)."""
+    prefix = f"lt_{uuid.uuid4().hex[:8]}_"
+    yield prefix
+    url = roles_database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as conn:
+        roles = [
+            r[0]
+            for r in conn.execute(
+                "SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (prefix + "%",)
+            )
+        ]
+        for role in roles:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")

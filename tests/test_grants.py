@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import psycopg
 import pytest
 from psycopg import errors
@@ -41,21 +39,9 @@ def test_schema_grants_give_usage_only_on_the_schemas_a_module_touches():
 
 
 @pytest.fixture
-def role_prefix(database_url):
-    """Roles are cluster-wide: a prefix of our own, and every role dropped afterwards."""
-    prefix = f"lt_{uuid.uuid4().hex[:8]}_"
-    yield prefix
-    url = database_url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(url, autocommit=True) as conn:
-        roles = [
-            r[0]
-            for r in conn.execute(
-                "SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (prefix + "%",)
-            )
-        ]
-        for role in roles:
-            conn.execute(f"DROP OWNED BY {role}")
-            conn.execute(f"DROP ROLE {role}")
+def roles_database_url(database_url):
+    """The database the test's module roles get privileges in (see conftest.role_prefix)."""
+    return database_url
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)

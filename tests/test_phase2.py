@@ -3,8 +3,6 @@ it (and back), and the database refusing a foreign write under the module roles.
 
 from __future__ import annotations
 
-import uuid
-
 import psycopg
 import pytest
 from psycopg import errors
@@ -213,20 +211,9 @@ def test_a_failed_move_moves_nothing(fresh_pg_url, signing_key_file, tmp_path):
 
 
 @pytest.fixture
-def role_prefix(fresh_pg_url):
-    """Roles are cluster-wide: a prefix of our own, and every role dropped afterwards."""
-    prefix = f"lt_{uuid.uuid4().hex[:8]}_"
-    yield prefix
-    with psycopg.connect(libpq(fresh_pg_url), autocommit=True) as conn:
-        roles = [
-            r[0]
-            for r in conn.execute(
-                "SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (prefix + "%",)
-            )
-        ]
-        for role in roles:
-            conn.execute(f"DROP OWNED BY {role}")
-            conn.execute(f"DROP ROLE {role}")
+def roles_database_url(fresh_pg_url):
+    """The database the test's module roles get privileges in (see conftest.role_prefix)."""
+    return fresh_pg_url
 
 
 def test_with_the_guard_off_postgresql_refuses_admin_writing_auth_users(
