@@ -531,8 +531,15 @@ def outbox_consume(module: str, name: str | None, until_idle: bool, block_ms: in
     )
     if until_idle:
         handled = 0
-        while count := consumer.poll_once():
-            handled += count
+        try:
+            while count := consumer.poll_once():
+                handled += count
+        finally:
+            consumer.release()
+        if consumer.waiting:
+            raise click.ClickException(
+                f"handled {handled} event(s); another consumer of {module} holds the lock"
+            )
         click.echo(f"handled {handled} event(s); nothing left to read")
         return
     click.echo(f"consuming {consumer.stream} as {consumer.group}/{consumer.name}", err=True)

@@ -537,3 +537,43 @@ def test_audit_archive_works_in_admins_own_database(phase3_app, runner):
     archived = rows(admin_url, select(AuditLogArchive.log_id))
     assert sorted(r.log_id for r in archived) == sorted(ids)
     assert audit_ids(admin_url) == []
+
+
+def test_another_consumer_takes_over_what_a_dead_one_left_pending(phase3_app):
+    """One consumer per group: a second waits for the lock, then applies first what the
+    dead one had received, then the rest — in stream order, each once."""
+    ids = record_events(phase3_app, 10)
+    relay_for(phase3_app).run_once()
+    dead = consumer_for(phase3_app, name="a", lock_ms=300)
+    assert dead.poll_once(limit=1) == 1  # applies one …
+    assert len(dead._read(">", 4)) == 4  # … receives four more, and dies before applying them
+    heir = consumer_for(phase3_app, name="b", lock_ms=300)
+    assert heir.poll_once() == 0 and heir.waiting  # the dead one's lock is still live
+    time.sleep(0.4)
+    drain(heir)
+    assert_exactly_once(phase3_app, ids)
+    admin_url = phase3_app.config["MODULE_DATABASE_URLS"]["admin"]
+    applied = [
+        r.event_id for r in rows(admin_url, select(InboxEvent).order_by(InboxEvent.processed_at))
+    ]
+    published = [f["event_id"] for f in stream_entries(phase3_app)]
+    assert applied == published
+
+
+def test_a_clean_exit_hands_the_lock_over_at_once(phase3_app, runner):
+    record_events(phase3_app, 3)
+    relay_for(phase3_app).run_once()
+    first = runner.invoke(
+        args=["outbox", "consume", "admin", "--name", "x", "--until-idle", "--block-ms", "50"]
+    )
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(
+        args=["outbox", "consume", "admin", "--name", "y", "--until-idle", "--block-ms", "50"]
+    )
+    assert second.exit_code == 0, second.output  # not "another consumer holds the lock"
+    holder = consumer_for(phase3_app, name="z", lock_ms=10_000)
+    assert holder._hold_lock()
+    third = runner.invoke(
+        args=["outbox", "consume", "admin", "--name", "y", "--until-idle", "--block-ms", "50"]
+    )
+    assert third.exit_code == 1 and "holds the lock" in third.output

@@ -335,7 +335,16 @@ def acknowledged_below(redis_client: Any, stream: str, groups: Sequence[str]) ->
 
 
 class EventConsumer:
-    """Applies a stream's events for one module, exactly once, in stream order."""
+    """Applies a stream's events for one module, exactly once, in stream order.
+
+    The module is the consumer group. One consumer of a group works at a time: it holds a
+    lock in Redis (`<stream>:consumer:<group>`) whose value is its name, renewed every round
+    and released on a clean exit; another consumer waits for it. The name is the
+    consumer's identity (as in Redis): a restarted consumer with the same name resumes at
+    once with the entries it had received but not acknowledged; one with another name
+    takes over when the lock expires, first claiming whatever the previous one left pending.
+    Run one process per name.
+    """
 
     def __init__(
         self,
@@ -347,7 +356,7 @@ class EventConsumer:
         name: str | None = None,
         batch_size: int = 100,
         block_ms: int = 1000,
-        claim_idle_ms: int = 60_000,
+        claim_idle_ms: int = 0,
         lock_ms: int = 15_000,
         max_attempts: int = 3,
     ) -> None:
@@ -364,36 +373,55 @@ class EventConsumer:
         self.max_attempts = max_attempts
         self.handlers = events.handlers_of(module)
         self._failures: dict[str, int] = {}
+        self.waiting = False  # another consumer of the group held the lock last round
         self._lock_key = f"{stream}:consumer:{self.group}"
         self._renew_lock = redis_client.register_script(
             "if redis.call('get', KEYS[1]) == ARGV[1] then "
             "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
         )
+        self._release_lock = redis_client.register_script(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then "
+            "return redis.call('del', KEYS[1]) else return 0 end"
+        )
 
     def run(
         self, *, stop: Callable[[], bool] = lambda: False, max_events: int | None = None
     ) -> int:
-        """Consume until `stop()` (or `max_events` applied or skipped); returns how many."""
+        """Consume until `stop()` (or `max_events` applied or skipped); returns how many.
+        A failing Redis or database costs a pause, never the loop."""
         handled = 0
         failures = 0
-        while not stop() and (max_events is None or handled < max_events):
-            try:
-                limit = None if max_events is None else max_events - handled
-                handled += self.poll_once(limit=limit)
-                failures = 0
-            except Exception as exc:  # Redis or the database away: back off, try again
-                failures += 1
-                log.warning(
-                    "outbox consumer %s: %s (retrying)", self.name, str(exc).splitlines()[0]
-                )
-                time.sleep(min(0.2 * 2**failures, 10))
+        try:
+            while not stop() and (max_events is None or handled < max_events):
+                try:
+                    limit = None if max_events is None else max_events - handled
+                    handled += self.poll_once(limit=limit)
+                    failures = 0
+                except Exception as exc:  # Redis or the database away: back off, retry
+                    failures += 1
+                    log.warning(
+                        "outbox consumer %s: %s (retrying)", self.name, str(exc).splitlines()[0]
+                    )
+                    time.sleep(min(0.2 * 2**failures, 10))
+        finally:
+            self.release()
         return handled
 
+    def release(self) -> None:
+        """Give the group's lock up (if held), so a waiting consumer starts at once."""
+        import redis
+
+        try:
+            self._release_lock(keys=[self._lock_key], args=[self.name])
+        except redis.RedisError as exc:  # it expires by itself
+            log.warning("outbox consumer %s: lock not released: %s", self.name, exc)
+
     def poll_once(self, limit: int | None = None) -> int:
-        """One round: own pending entries first (after a crash), then entries a dead
-        consumer left behind, then new ones (waiting up to block_ms). Returns how many
-        entries were handled."""
-        if not self._hold_lock():
+        """One round: own pending entries first (after a crash), then entries a previous
+        consumer left pending, then new ones (waiting up to block_ms). Returns how many
+        entries were handled; 0 also when another consumer holds the lock."""
+        self.waiting = not self._hold_lock()
+        if self.waiting:
             time.sleep(self.block_ms / 1000)
             return 0
         ensure_group(self.redis, self.stream, self.group)
