@@ -481,11 +481,17 @@ def outbox_relay(once: bool, interval: float) -> None:
     from app.kernel.outbox import OutboxRelay
 
     config = current_app.config
+    groups = sorted(config["MODULE_DATABASE_URLS"])
+    if not groups:
+        raise click.ClickException(
+            "no module has a database of its own (ADMIN_DATABASE_URL), so no consumer group "
+            "would acknowledge the events: nothing to relay to"
+        )
     relay = OutboxRelay(
         get_database().sessions_for("kernel"),
         _redis(),
         stream=config["OUTBOX_STREAM"],
-        groups=sorted(config["MODULE_DATABASE_URLS"]),
+        groups=groups,
         batch_size=config["OUTBOX_BATCH_SIZE"],
         lease_seconds=config["OUTBOX_LEASE_SECONDS"],
     )
@@ -507,7 +513,9 @@ def outbox_relay(once: bool, interval: float) -> None:
 
 @outbox_cli.command("consume")
 @click.argument("module")
-@click.option("--name", default=None, help="Consumer name (default: this host's name).")
+@click.option(
+    "--name", default=None, help="Consumer name, stable across restarts (default: the host name)."
+)
 @click.option("--until-idle", is_flag=True, help="Exit once there is nothing left to read.")
 @click.option("--block-ms", default=1000, show_default=True, type=click.IntRange(10, 60_000))
 def outbox_consume(module: str, name: str | None, until_idle: bool, block_ms: int) -> None:
@@ -547,6 +555,38 @@ def outbox_consume(module: str, name: str | None, until_idle: bool, block_ms: in
         consumer.run(stop=stop)
 
 
+@outbox_cli.command("dead-letters")
+@click.argument("module")
+@click.option("--retry", is_flag=True, help="Apply them again; those that succeed are removed.")
+def outbox_dead_letters(module: str, retry: bool) -> None:
+    """Events MODULE's consumer set aside after failing to apply them (in its database)."""
+    from app.kernel import events
+
+    session = get_database().sessions_for(module)()
+    with session, acting_as(module):
+        letters = events.dead_letters(session, module)
+        if not letters:
+            click.echo("no dead letters")
+            return
+        handlers = events.handlers_of(module)
+        for letter in letters:
+            line = f"{letter.failed_at.isoformat()} {letter.event_id} {letter.event_type}"
+            if not retry:
+                click.echo(f"{line}: {letter.error}")
+                continue
+            event = events.Event(
+                letter.event_id, letter.event_type, letter.aggregate_id, letter.payload
+            )
+            try:
+                with transaction(session):
+                    if events.mark_processed(session, module, event.event_id):
+                        handlers[event.event_type](session, event)
+                    events.forget_dead_letter(session, module, event.event_id)
+                click.echo(f"{line}: applied")
+            except Exception as exc:
+                click.echo(f"{line}: failed again: {str(exc).splitlines()[0]}")
+
+
 @outbox_cli.command("status")
 def outbox_status() -> None:
     """How many events wait to be published, and how many to be confirmed."""
@@ -573,19 +613,26 @@ def outbox_status() -> None:
 @outbox_cli.command("prune")
 @click.option("--older-than", "older_than", default="7d", show_default=True)
 def outbox_prune(older_than: str) -> None:
-    """Delete events confirmed longer ago than --older-than (they were delivered)."""
-    from sqlalchemy import delete
+    """Delete events confirmed longer ago than --older-than (they were delivered).
+
+    Without a module on its own database (phases 1 and 2) nothing consumes the outbox, so
+    events older than that are deleted whatever their state: the tables they describe are
+    the record.
+    """
+    from sqlalchemy import delete, or_
 
     from app.kernel.db import utcnow
     from app.kernel.models import OutboxEvent
 
     cutoff = utcnow() - parse_age(older_than)
+    relayed = bool(current_app.config["MODULE_DATABASE_URLS"])
+    done = OutboxEvent.confirmed_at < cutoff
+    old = done if relayed else or_(done, OutboxEvent.created_at < cutoff)
     session = get_database().sessions_for("kernel")()
     with session, acting_as(OPERATOR), transaction(session):
-        removed = session.execute(
-            delete(OutboxEvent).where(OutboxEvent.confirmed_at < cutoff)
-        ).rowcount
-    click.echo(f"pruned {removed} confirmed event(s)")
+        removed = session.execute(delete(OutboxEvent).where(old)).rowcount
+    what = "confirmed" if relayed else "old (nothing consumes them in this phase)"
+    click.echo(f"pruned {removed} {what} event(s)")
 
 
 def init_app(app: Any) -> None:

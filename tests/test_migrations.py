@@ -204,3 +204,50 @@ def test_the_outbox_rebuild_keeps_every_event_in_creation_order(empty_url):
         back = conn.execute(text(f"SELECT event_id FROM {outbox} ORDER BY created_at")).scalars()
         assert list(back) == ["evt_1", "evt_2", "evt_0"]
     engine.dispose()
+
+
+@pytest.fixture
+def roles_database_url(fresh_pg_url):
+    return fresh_pg_url
+
+
+@pytest.mark.postgres
+def test_upgrading_keeps_the_module_roles_privileges(fresh_pg_url, role_prefix):
+    """Grants applied at 0005 (behind head: tables of later revisions are skipped) still hold
+    after 0006 changed the outbox, and new events continue its numbering."""
+    import psycopg
+
+    from app.kernel.grants import grant_statements
+    from app.kernel.ownership import registry
+
+    assert _cli(fresh_pg_url, "db", "upgrade", "0005").exit_code == 0
+    libpq = fresh_pg_url.replace("postgresql+psycopg://", "postgresql://")
+    outbox = in_layout("event_outbox", fresh_pg_url)
+    kernel = f"{role_prefix}kernel"
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role_prefix}app NOLOGIN")
+        for statement in grant_statements(
+            registry,
+            app_role=f"{role_prefix}app",
+            schemas=layout_config(fresh_pg_url)["DB_SCHEMAS"],
+            prefix=role_prefix,
+        ):
+            conn.execute(statement)  # event_leases does not exist yet: skipped, no error
+        conn.execute(
+            f"INSERT INTO {outbox} (event_id, event_type, payload, created_at, attempts)"
+            " VALUES ('evt_old', 'x', '{}', now(), 0)"
+        )
+    assert _cli(fresh_pg_url, "db", "upgrade").exit_code == 0
+    with psycopg.connect(libpq) as conn:
+        privilege = conn.execute(
+            "SELECT has_table_privilege(%s, %s, 'INSERT')", (kernel, outbox)
+        ).fetchone()
+        assert privilege == (True,)
+        with conn.transaction():
+            conn.execute(f"SET LOCAL ROLE {kernel}")
+            conn.execute(
+                f"INSERT INTO {outbox} (event_id, event_type, payload, created_at, attempts)"
+                " VALUES ('evt_new', 'x', '{}', now(), 0)"
+            )
+        seqs = conn.execute(f"SELECT event_id, seq FROM {outbox} ORDER BY seq").fetchall()
+        assert seqs == [("evt_old", 1), ("evt_new", 2)]

@@ -219,30 +219,37 @@ def roles_database_url(fresh_pg_url):
 def test_with_the_guard_off_postgresql_refuses_admin_writing_auth_users(
     fresh_pg_url, signing_key_file, tmp_path, role_prefix
 ):
-    """The schema layout with module roles: the database itself enforces ownership."""
+    """The schema layout with module roles, the app connected as an ordinary login role that
+    owns its tables (not a superuser): the database itself enforces ownership."""
     from sqlalchemy import update
+    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ProgrammingError
 
     from app.auth.models import User
     from app.kernel.db import get_session, transaction
     from app.kernel.ownership import module_api
 
-    settings = {"DB_SCHEMAS": True, "DB_ROLES": True, "DB_ROLE_PREFIX": role_prefix}
-    app = make_app(fresh_pg_url, signing_key_file, tmp_path, **settings)
-    assert cli(app, "db", "upgrade").exit_code == 0
     app_role = f"{role_prefix}app"
+    database = make_url(fresh_pg_url).database
+    with psycopg.connect(libpq(fresh_pg_url), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {app_role} LOGIN NOSUPERUSER NOCREATEROLE")
+        conn.execute(f'GRANT CREATE ON DATABASE "{database}" TO {app_role}')
+        conn.execute(f"GRANT CREATE ON SCHEMA public TO {app_role}")  # alembic_version
+    app_url = make_url(fresh_pg_url).set(username=app_role).render_as_string(hide_password=False)
+
+    settings = {"DB_SCHEMAS": True, "DB_ROLES": True, "DB_ROLE_PREFIX": role_prefix}
+    app = make_app(app_url, signing_key_file, tmp_path, **settings)
+    assert cli(app, "db", "upgrade").exit_code == 0  # the login role creates and owns it all
     grants = cli(app, "ownership", "grants", "--app-role", app_role, "--prefix", role_prefix)
     assert "ON auth.users" in grants.output and "public." not in grants.output
-    with psycopg.connect(libpq(fresh_pg_url), autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {app_role} NOLOGIN")
+    with psycopg.connect(libpq(fresh_pg_url), autocommit=True) as conn:  # a DBA makes roles
         for statement in grants.output.splitlines():
             conn.execute(statement)
     seed(app)  # every module's real work runs under its role
+    assert app.test_client().get("/readyz").status_code == 200  # operator reads as the owner
     app.extensions["db"].dispose()
 
-    unguarded = make_app(
-        fresh_pg_url, signing_key_file, tmp_path, OWNERSHIP_GUARD="off", **settings
-    )
+    unguarded = make_app(app_url, signing_key_file, tmp_path, OWNERSHIP_GUARD="off", **settings)
 
     @module_api("admin")
     def promote_everyone(session):
@@ -254,10 +261,9 @@ def test_with_the_guard_off_postgresql_refuses_admin_writing_auth_users(
             with transaction(session):
                 promote_everyone(session)
     unguarded.extensions["db"].dispose()
-    with psycopg.connect(libpq(fresh_pg_url)) as conn:
-        assert conn.execute("SELECT count(*) FROM auth.users WHERE role = 'admin'").fetchone() == (
-            0,
-        )
+    with psycopg.connect(libpq(app_url)) as conn:
+        admins = conn.execute("SELECT count(*) FROM auth.users WHERE role = 'admin'").fetchone()
+        assert admins == (0,)
         with pytest.raises(errors.InsufficientPrivilege):
             with conn.transaction():
                 conn.execute(f"SET LOCAL ROLE {role_prefix}admin")

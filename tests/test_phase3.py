@@ -27,7 +27,7 @@ from app.admin import api as admin_api
 from app.admin.models import AuditLog, AuditLogArchive
 from app.kernel import migrations
 from app.kernel.db import get_session, make_engine, transaction
-from app.kernel.models import InboxEvent, OutboxEvent
+from app.kernel.models import EventLease, InboxEvent, OutboxEvent
 from app.kernel.outbox import EventConsumer, OutboxRelay
 from app.kernel.ownership import OPERATOR, acting_as
 from tests.conftest import create_pg_database, drop_pg_database, pg_url
@@ -331,8 +331,10 @@ def test_two_relays_at_once_publish_every_event_in_order(phase3_app, phase3_conf
         main_url = phase3_config["DATABASE_URL"]
         unpublished = select(func.count()).where(OutboxEvent.published_at.is_(None))
         _wait_until(lambda: scalar(main_url, unpublished) == 0, 60, "every event published")
-        # Kill the lease holder mid-flight; the other carries on.
-        relays[0].send_signal(signal.SIGKILL)
+        # Kill the lease holder mid-flight; the standby takes over when the lease runs out.
+        holder = scalar(main_url, select(EventLease.holder))
+        [victim] = [proc for proc in relays if f"-{proc.pid}-" in holder]
+        victim.send_signal(signal.SIGKILL)
         more = record_events(phase3_app, 30, aggregates=4)
         _wait_until(lambda: scalar(main_url, unpublished) == 0, 60, "the survivor to take over")
     finally:
@@ -502,24 +504,135 @@ def test_relay_and_consumer_ride_out_a_redis_restart_under_load(phase3_config, p
     assert_exactly_once(app, ids)
 
 
-def test_a_poison_event_is_dead_lettered_not_blocking(phase3_app):
-    """An event the handler cannot apply is retried, then set aside; the rest flow on."""
+def test_a_poison_event_is_set_aside_durably_not_blocking(phase3_app, runner):
+    """An event the handler cannot apply is retried, then kept in admin's database as a
+    dead letter and acknowledged; the events behind it flow on, in order."""
+    from app.kernel import events
+
     good = record_events(phase3_app, 3)
     with phase3_app.app_context():
         session = get_session()
-        from app.kernel import events
-
         with transaction(session):
-            events.publish(session, "audit.recorded", {"log_id": "log_bad"}, aggregate_id="x")
+            bad = events.publish(session, "audit.recorded", {"log_id": "log_bad"}, aggregate_id="x")
     good += record_events(phase3_app, 2)
     relay_for(phase3_app).run_once()
-    consumer = consumer_for(phase3_app)
-    drain(consumer)
+    drain(consumer_for(phase3_app))
     assert_exactly_once(phase3_app, good)
     client = redis.Redis.from_url(phase3_app.config["REDIS_URL"], decode_responses=True)
-    dead = client.xrange(f"{phase3_app.config['OUTBOX_STREAM']}:dead:admin")
-    assert [fields["type"] for _id, fields in dead] == ["audit.recorded"]
     assert client.xpending(phase3_app.config["OUTBOX_STREAM"], "admin")["pending"] == 0
+    listed = runner.invoke(args=["outbox", "dead-letters", "admin"])
+    assert bad in listed.output and "KeyError('timestamp')" in listed.output
+    retried = runner.invoke(args=["outbox", "dead-letters", "admin", "--retry"])
+    assert "failed again" in retried.output
+    assert bad in runner.invoke(args=["outbox", "dead-letters", "admin"]).output  # still kept
+
+
+def test_a_database_outage_is_waited_out_not_dead_lettered(phase3_app):
+    """Admin's database away for a while: the consumer backs off and comes back to the same
+    entry; nothing is set aside, nothing lost, nothing reordered."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.kernel.models import DeadLetter
+
+    ids = record_events(phase3_app, 6)
+    relay_for(phase3_app).run_once()
+    consumer = consumer_for(phase3_app)
+    working = consumer.sessions
+    outage = {"left": 5}
+
+    def sessions():
+        if outage["left"]:
+            outage["left"] -= 1
+            raise OperationalError("connect", {}, ConnectionRefusedError("admin database down"))
+        return working()
+
+    consumer.sessions = sessions
+    for _ in range(5):
+        with pytest.raises(OperationalError):
+            consumer.poll_once()
+    drain(consumer)
+    assert_exactly_once(phase3_app, ids)
+    admin_url = phase3_app.config["MODULE_DATABASE_URLS"]["admin"]
+    assert scalar(admin_url, select(func.count()).select_from(DeadLetter)) == 0
+    applied = [
+        r.event_id for r in rows(admin_url, select(InboxEvent).order_by(InboxEvent.processed_at))
+    ]
+    assert applied == [f["event_id"] for f in stream_entries(phase3_app)]
+
+
+def test_a_failed_apply_holds_back_the_entries_behind_it(phase3_app):
+    ids = record_events(phase3_app, 5, aggregates=1)
+    relay_for(phase3_app).run_once()
+    consumer = consumer_for(phase3_app)
+    apply, failed = consumer.handlers["audit.recorded"], []
+
+    def flaky(session, event):
+        if event.payload["details"]["i"] == 1 and not failed:
+            failed.append(event.event_id)
+            raise RuntimeError("a hiccup")
+        apply(session, event)
+
+    consumer.handlers["audit.recorded"] = flaky
+    drain(consumer)
+    assert failed
+    assert_exactly_once(phase3_app, ids)
+    admin_url = phase3_app.config["MODULE_DATABASE_URLS"]["admin"]
+    applied = [
+        r.event_id for r in rows(admin_url, select(InboxEvent).order_by(InboxEvent.processed_at))
+    ]
+    assert applied == [f["event_id"] for f in stream_entries(phase3_app)]
+
+
+def test_redis_restarting_in_the_middle_of_a_relay_round(phase3_config, private_redis):
+    """The relay read the epoch, then Redis restarted empty (and the consumer already made
+    a new stream and group): nothing is published into the new Redis under the old epoch,
+    nothing is confirmed by mistake, and the next round delivers everything once."""
+    phase3_config["REDIS_URL"] = private_redis.url
+    app = create_app(phase3_config)
+    try:
+        ids = record_events(app, 10)
+        relay = relay_for(app)
+        assert relay.run_once().published == 10
+        assert consumer_for(app).poll_once(limit=4) == 4
+        later = record_events(app, 3)
+        forget = relay._forget_lost
+
+        def restart_then_forget(epoch):
+            private_redis.restart()
+            consumer_for(app).poll_once()  # recreates stream and group, reads nothing
+            return forget(epoch)
+
+        relay._forget_lost = restart_then_forget
+        relay.redis = redis.Redis.from_url(private_redis.url, decode_responses=True)
+        report = relay.run_once()
+        assert report.published == 0 and report.confirmed == 0
+        relay._forget_lost = forget
+        report = relay.run_once()
+        assert report.republished == 10 and report.published == 13
+        drain(consumer_for(app))
+        assert_exactly_once(app, ids + later)
+        assert relay.run_once().confirmed == 13
+    finally:
+        app.extensions["db"].dispose()
+
+
+def test_a_stream_that_lost_entries_but_kept_its_epoch_starts_a_new_one(phase3_app):
+    """A failover or a restored snapshot: the epoch key survived, the newest entries did
+    not. The relay notices (the stream ends before what it had reached) and publishes
+    every unconfirmed event again."""
+    ids = record_events(phase3_app, 8)
+    relay = relay_for(phase3_app)
+    assert relay.run_once().published == 8
+    client = redis.Redis.from_url(phase3_app.config["REDIS_URL"], decode_responses=True)
+    stream = phase3_app.config["OUTBOX_STREAM"]
+    client.delete(stream)  # the entries and the group are gone; the epoch key is not
+    consumer_for(phase3_app).poll_once()  # a consumer recreates an empty stream and group
+    more = record_events(phase3_app, 2)
+    assert relay.run_once().published == 0  # refused: the stream went back in time
+    report = relay.run_once()
+    assert report.republished == 8 and report.published == 10
+    drain(consumer_for(phase3_app))
+    assert_exactly_once(phase3_app, ids + more)
 
 
 def test_audit_archive_works_in_admins_own_database(phase3_app, runner):

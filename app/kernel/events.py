@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.kernel.models import InboxEvent, OutboxEvent
+from app.kernel.models import DeadLetter, InboxEvent, OutboxEvent
 from app.kernel.ownership import KERNEL, module_api
 
 
@@ -60,19 +60,64 @@ def handlers_of(consumer: str) -> dict[str, Handler]:
 
 
 @module_api(KERNEL)
+def was_processed(session: Session, consumer: str, event_id: str) -> bool:
+    """True when `consumer`'s inbox has `event_id`."""
+    return (
+        session.scalar(
+            select(InboxEvent.event_id).where(
+                InboxEvent.consumer == consumer, InboxEvent.event_id == event_id
+            )
+        )
+        is not None
+    )
+
+
+@module_api(KERNEL)
 def mark_processed(session: Session, consumer: str, event_id: str) -> bool:
     """Record in the inbox that `consumer` applied `event_id`, in the caller's transaction.
 
     False when it was recorded before (the event is a duplicate: skip it). Two consumers
     racing on one event both see True; the inbox's primary key fails the second commit.
     """
-    seen = session.scalar(
-        select(InboxEvent.event_id).where(
-            InboxEvent.consumer == consumer, InboxEvent.event_id == event_id
-        )
-    )
-    if seen is not None:
+    if was_processed(session, consumer, event_id):
         return False
     session.add(InboxEvent(consumer=consumer, event_id=event_id))
     session.flush()
     return True
+
+
+@module_api(KERNEL)
+def record_dead_letter(session: Session, consumer: str, event: Event, error: str) -> None:
+    """Set aside an event `consumer` cannot apply, with the error, in its own database."""
+    session.merge(
+        DeadLetter(
+            consumer=consumer,
+            event_id=event.event_id,
+            event_type=event.event_type,
+            aggregate_id=event.aggregate_id,
+            payload=event.payload,
+            error=error[:1000],
+        )
+    )
+    session.flush()
+
+
+@module_api(KERNEL)
+def dead_letters(session: Session, consumer: str) -> list[DeadLetter]:
+    """The events set aside for `consumer`, oldest first."""
+    return list(
+        session.scalars(
+            select(DeadLetter)
+            .where(DeadLetter.consumer == consumer)
+            .order_by(DeadLetter.failed_at, DeadLetter.event_id)
+        )
+    )
+
+
+@module_api(KERNEL)
+def forget_dead_letter(session: Session, consumer: str, event_id: str) -> None:
+    """Remove a dead letter (it was applied after all), in the caller's transaction."""
+    letter = session.get(DeadLetter, (consumer, event_id))
+    if letter is not None:
+        session.delete(letter)
+        session.flush()

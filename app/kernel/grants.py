@@ -19,6 +19,15 @@ ROLE_PREFIX = "licensing_"
 FLAT_SCHEMA = "public"
 
 
+def _grant(privileges: str, table: str, role: str) -> str:
+    """A GRANT that skips a table the database does not have yet (it is behind head):
+    re-running the grants after the upgrade that creates it grants it then."""
+    return (
+        f"DO $$ BEGIN IF to_regclass('{table}') IS NOT NULL THEN "
+        f"GRANT {privileges} ON {table} TO {role}; END IF; END $$;"
+    )
+
+
 def role_of(module: str, prefix: str = ROLE_PREFIX) -> str:
     return f"{prefix}{module}"
 
@@ -28,8 +37,9 @@ def grant_statements(
 ) -> list[str]:
     """The SQL that creates the module roles and grants them their tables.
 
-    The statements are idempotent, so they can be re-run after every migration that adds a
-    table and after moving to the schema layout.
+    The statements are idempotent, so they can be re-run after every upgrade (a migration
+    may add or rebuild a table) and after moving to the schema layout; tables the database
+    does not have yet are skipped.
     """
 
     def schema_of(table: str) -> str:
@@ -46,9 +56,9 @@ def grant_statements(
             sql.append(f"GRANT USAGE ON SCHEMA {schema} TO {role};")
         for table in sorted(decl.owns):
             sql.append(
-                f"GRANT SELECT, INSERT, UPDATE, DELETE ON {schema_of(table)}.{table} TO {role};"
+                _grant("SELECT, INSERT, UPDATE, DELETE", f"{schema_of(table)}.{table}", role)
             )
         for table in sorted(decl.reads):
-            sql.append(f"GRANT SELECT ON {schema_of(table)}.{table} TO {role};")
+            sql.append(_grant("SELECT", f"{schema_of(table)}.{table}", role))
         sql.append(f"GRANT {role} TO {app_role};")
     return sql

@@ -59,6 +59,24 @@ class InboxEvent(Base):
     __table_args__ = {"schema": KERNEL}
 
 
+class DeadLetter(Base):
+    """An event a consumer could not apply after several attempts, set aside in the
+    consumer's own database (durable, unlike Redis) so that acknowledging it loses nothing.
+    `flask outbox dead-letters MODULE [--retry]` lists them and applies them again."""
+
+    __tablename__ = "event_dead_letters"
+
+    consumer: Mapped[str] = mapped_column(String(50), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    event_type: Mapped[str] = mapped_column(String(100))
+    aggregate_id: Mapped[str | None] = mapped_column(String(40))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    error: Mapped[str] = mapped_column(String(1000))
+    failed_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+    __table_args__ = {"schema": KERNEL}
+
+
 class EventLease(Base):
     """Who may relay (or consume) right now: one row per lease, held until `expires_at`.
 

@@ -33,7 +33,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.kernel import events
@@ -62,6 +62,35 @@ def format_stream_id(sid: StreamId) -> str:
 def default_name() -> str:
     """A name for this process: host and pid (unique among live processes)."""
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+# XADD a batch only while the stream is still the one of the relay's epoch, atomically.
+# A Redis that restarted since the epoch was read has no epoch key (or another one): false,
+# nothing added. A Redis that kept the key but lost entries (a failover, a restored
+# snapshot) has a stream that is gone or ends before the highest entry this epoch reached
+# (ARGV[3]): -1, nothing added. Either way the relay starts a new epoch, in which every
+# event not yet confirmed is published again.
+_PUBLISH_IN_EPOCH = """
+if redis.call('get', KEYS[2]) ~= ARGV[1] then return false end
+if ARGV[3] ~= '0-0' then
+  if redis.call('exists', KEYS[1]) == 0 then return -1 end
+  local info = redis.call('xinfo', 'stream', KEYS[1])
+  local last
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i + 1] end
+  end
+  local lms, lseq = string.match(last, '(%d+)-(%d+)')
+  local hms, hseq = string.match(ARGV[3], '(%d+)-(%d+)')
+  lms, lseq, hms, hseq = tonumber(lms), tonumber(lseq), tonumber(hms), tonumber(hseq)
+  if lms < hms or (lms == hms and lseq < hseq) then return -1 end
+end
+local width = tonumber(ARGV[2])
+local ids = {}
+for i = 4, #ARGV, width do
+  ids[#ids + 1] = redis.call('xadd', KEYS[1], '*', unpack(ARGV, i, i + width - 1))
+end
+return ids
+"""
 
 
 def epoch_key(stream: str) -> str:
@@ -98,11 +127,19 @@ class OutboxRelay:
     ) -> None:
         self.sessions = sessions
         self.redis = redis_client
+        if not groups:
+            # Without a group nothing can acknowledge an event, and "published" would have
+            # to count as delivered: a Redis restart would then lose it.
+            raise ValueError("the relay needs the consumer groups that must acknowledge events")
         self.stream = stream
         self.groups = tuple(groups)
         self.batch_size = batch_size
         self.lease = timedelta(seconds=lease_seconds)
         self.holder = holder or f"{default_name()}-{uuid.uuid4().hex[:6]}"
+        self._publish_in_epoch = redis_client.register_script(_PUBLISH_IN_EPOCH)
+        # The highest entry id this relay knows the stream reached in the current epoch: a
+        # stream that reports less has gone back in time (a failover, a restored snapshot).
+        self._high_water: tuple[str, StreamId] | None = None
 
     def run(self, *, interval: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
         """Relay until `stop()`; a failing Redis or database costs a pause, never the loop.
@@ -221,11 +258,22 @@ class OutboxRelay:
             ).all()
         if not rows:
             return 0
-        pipe = self.redis.pipeline(transaction=False)
-        for row in rows:
-            pipe.xadd(self.stream, entry_fields(row))
-        entry_ids = pipe.execute()
+        flat = [str(part) for row in rows for item in entry_fields(row).items() for part in item]
+        high_water = format_stream_id(self._known_high_water(epoch))
+        entry_ids = self._publish_in_epoch(
+            keys=[self.stream, epoch_key(self.stream)],
+            args=[epoch, 2 * len(ENTRY_FIELDS), high_water, *flat],
+        )
+        if entry_ids is None:
+            log.warning(
+                "outbox relay: the stream left epoch %s; publishing again next round", epoch
+            )
+            return 0
+        if entry_ids == -1:
+            self._new_epoch(f"the stream lost entries of epoch {epoch} (it reached {high_water})")
+            return 0
         failpoint("outbox.relay.after_publish")
+        self._raise_high_water(epoch, max(parse_stream_id(i) for i in entry_ids))
         table = OutboxEvent.__table__
         mark = (
             update(table)
@@ -254,7 +302,9 @@ class OutboxRelay:
 
     def _confirm(self, epoch: str) -> int:
         """Mark confirmed what every group has acknowledged; trim it from the stream."""
-        below = acknowledged_below(self.redis, self.stream, self.groups)
+        below = self._acknowledged_below(epoch)
+        if below == NOTHING:
+            return 0
         with self.sessions() as session, transaction(session):
             rows = session.execute(
                 select(OutboxEvent.seq, OutboxEvent.stream_ref)
@@ -275,9 +325,77 @@ class OutboxRelay:
                     .values(confirmed_at=utcnow())
                     .execution_options(synchronize_session=False)
                 )
-        if NOTHING < below < EVERYTHING:
-            self.redis.xtrim(self.stream, minid=format_stream_id(below), approximate=True)
+        self.redis.xtrim(self.stream, minid=format_stream_id(below), approximate=True)
         return len(done)
+
+    def _acknowledged_below(self, epoch: str) -> StreamId:
+        """The first entry id not acknowledged by every group (entries below it are done),
+        read in one MULTI with the epoch and the stream's own state. NOTHING when the stream
+        is not this epoch's any more, or has gone back in time — then a new epoch starts,
+        and every event not confirmed is published again."""
+        import redis
+
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.get(epoch_key(self.stream))
+        pipe.xinfo_stream(self.stream)
+        pipe.xinfo_groups(self.stream)
+        for group in self.groups:
+            pipe.xpending(self.stream, group)
+        try:
+            current, stream, groups, *pending = pipe.execute(raise_on_error=False)
+        except redis.ResponseError:
+            return NOTHING
+        if current != epoch or isinstance(stream, Exception) or isinstance(groups, Exception):
+            return NOTHING
+        high_water = self._known_high_water(epoch)
+        if parse_stream_id(stream["last-generated-id"]) < high_water:
+            self._new_epoch(
+                f"the stream went back to {stream['last-generated-id']} "
+                f"(epoch {epoch} had reached {format_stream_id(high_water)})"
+            )
+            return NOTHING
+        infos = {info["name"]: info for info in groups}
+        bound = EVERYTHING
+        for group, summary in zip(self.groups, pending, strict=True):
+            info = infos.get(group)
+            if info is None or isinstance(summary, Exception):
+                return NOTHING
+            if summary["pending"]:
+                group_bound = parse_stream_id(summary["min"])
+            else:
+                ms, seq = parse_stream_id(info["last-delivered-id"])
+                group_bound = (ms, seq + 1)
+            bound = min(bound, group_bound)
+        return bound
+
+    def _new_epoch(self, why: str) -> None:
+        """Redis lost entries but kept the epoch key: replace the key, so that every event
+        not yet confirmed is published again (duplicates are absorbed by the inboxes)."""
+        log.error("outbox relay: %s; starting a new epoch", why)
+        self.redis.set(epoch_key(self.stream), uuid.uuid4().hex)
+
+    def _raise_high_water(self, epoch: str, entry: StreamId) -> None:
+        known = self._known_high_water(epoch)
+        self._high_water = (epoch, max(known, entry))
+
+    def _known_high_water(self, epoch: str) -> StreamId:
+        """The highest entry id published in this epoch: remembered, or (after a restart of
+        the relay) read from the events marked last."""
+        if self._high_water is not None and self._high_water[0] == epoch:
+            return self._high_water[1]
+        with self.sessions() as session:
+            refs = session.scalars(
+                select(OutboxEvent.stream_ref)
+                .where(OutboxEvent.published_at.is_not(None))
+                .order_by(OutboxEvent.published_at.desc())
+                .limit(self.batch_size)
+            ).all()
+        ids = [parse_stream_id(r.partition("/")[2]) for r in refs if r.startswith(f"{epoch}/")]
+        self._high_water = (epoch, max(ids, default=NOTHING))
+        return self._high_water[1]
+
+
+ENTRY_FIELDS = ("event_id", "type", "aggregate_id", "seq", "created_at", "payload")
 
 
 def entry_fields(row: Any) -> dict[str, str]:
@@ -300,35 +418,6 @@ def ensure_group(redis_client: Any, stream: str, group: str) -> None:
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
-
-
-def acknowledged_below(redis_client: Any, stream: str, groups: Sequence[str]) -> StreamId:
-    """The first entry id not acknowledged by every group: entries below it are done.
-
-    A group has acknowledged everything up to its last delivered entry, except what is still
-    pending (delivered, not acknowledged). A missing stream or group has acknowledged nothing.
-    """
-    import redis
-
-    if not groups:
-        return EVERYTHING
-    try:
-        infos = {info["name"]: info for info in redis_client.xinfo_groups(stream)}
-    except redis.ResponseError:  # no such stream (Redis lost it)
-        return NOTHING
-    bound = EVERYTHING
-    for group in groups:
-        info = infos.get(group)
-        if info is None:
-            return NOTHING
-        if info["pending"]:
-            first_pending = redis_client.xpending(stream, group)["min"]
-            group_bound = parse_stream_id(first_pending)
-        else:
-            ms, seq = parse_stream_id(info["last-delivered-id"])
-            group_bound = (ms, seq + 1)
-        bound = min(bound, group_bound)
-    return bound
 
 
 # --- consumers -----------------------------------------------------------------------
@@ -365,7 +454,7 @@ class EventConsumer:
         self.redis = redis_client
         self.stream = stream
         self.group = module
-        self.name = name or default_name()
+        self.name = name or socket.gethostname()
         self.batch_size = batch_size
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
@@ -419,7 +508,8 @@ class EventConsumer:
     def poll_once(self, limit: int | None = None) -> int:
         """One round: own pending entries first (after a crash), then entries a previous
         consumer left pending, then new ones (waiting up to block_ms). Returns how many
-        entries were handled; 0 also when another consumer holds the lock."""
+        entries it took on (applied, skipped as duplicates, or failed and left pending);
+        0 when there was nothing to read or another consumer holds the lock."""
         self.waiting = not self._hold_lock()
         if self.waiting:
             time.sleep(self.block_ms / 1000)
@@ -431,8 +521,13 @@ class EventConsumer:
             entries = self._claim_abandoned(count)
         if not entries:
             entries = self._read(">", count, block=self.block_ms)
-        for entry_id, fields in entries:
-            self.handle(entry_id, fields)
+        for done, (entry_id, fields) in enumerate(entries):
+            # Renewed per entry: a consumer that lost the lock stops before applying more.
+            if done and not self._hold_lock():
+                self.waiting = True
+                return done
+            if not self.handle(entry_id, fields):
+                return done + 1  # left pending; those behind it wait, to keep the order
         return len(entries)
 
     def _hold_lock(self) -> bool:
@@ -452,8 +547,9 @@ class EventConsumer:
         )
         return [entry for entry in answer[1] if entry[1]] if answer else []
 
-    def handle(self, entry_id: str, fields: dict[str, str] | None) -> None:
-        """Apply one entry (unless its event is in the inbox already), then acknowledge it."""
+    def handle(self, entry_id: str, fields: dict[str, str] | None) -> bool:
+        """Apply one entry (unless its event is in the inbox already), then acknowledge it.
+        False when it failed and stays pending, to be retried next round."""
         if fields:
             event = events.Event(
                 event_id=fields["event_id"],
@@ -464,11 +560,16 @@ class EventConsumer:
             )
             handler = self.handlers.get(event.event_type)
             if handler is not None and not self._apply(entry_id, event, handler):
-                return  # left pending: retried next round
+                return False
         failpoint("outbox.consume.after_apply")
         self.redis.xack(self.stream, self.group, entry_id)
+        return True
 
     def _apply(self, entry_id: str, event: events.Event, handler: events.Handler) -> bool:
+        """Apply the event and record it in the inbox, in one transaction. A database that
+        is away is an outage (raised: the loop backs off and comes back to this entry), not
+        a fault of the event; an event that fails `max_attempts` times is set aside in the
+        dead letters of this database (durably: its acknowledgement then loses nothing)."""
         try:
             # The handler's rows are flushed at the commit: still as the consumer's module.
             with acting_as(self.module), self.sessions() as session, transaction(session):
@@ -476,16 +577,35 @@ class EventConsumer:
                     handler(session, event)
             self._failures.pop(entry_id, None)
             return True
-        except IntegrityError:
-            return True  # a racing consumer recorded it first: applied once, by them
-        except Exception:
-            failures = self._failures[entry_id] = self._failures.get(entry_id, 0) + 1
-            log.exception("outbox consumer %s: event %s failed", self.name, event.event_id)
-            if failures < self.max_attempts:
-                return False
-            self.redis.xadd(
-                f"{self.stream}:dead:{self.group}",
-                {"entry_id": entry_id, "event_id": event.event_id, "type": event.event_type},
-            )
-            log.error("outbox consumer %s: event %s dead-lettered", self.name, event.event_id)
-            return True
+        except OperationalError:
+            raise
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise
+            if isinstance(exc, IntegrityError) and self._processed(event.event_id):
+                return True  # a racing consumer recorded it first: applied once, by them
+            error: Exception = exc
+        except Exception as exc:
+            error = exc
+        failures = self._failures[entry_id] = self._failures.get(entry_id, 0) + 1
+        log.error(
+            "outbox consumer %s: event %s failed (%d of %d): %s",
+            self.name,
+            event.event_id,
+            failures,
+            self.max_attempts,
+            str(error).splitlines()[0] if str(error) else type(error).__name__,
+        )
+        if failures < self.max_attempts:
+            return False
+        with acting_as(self.module), self.sessions() as session, transaction(session):
+            events.record_dead_letter(session, self.module, event, repr(error))
+        self._failures.pop(entry_id, None)
+        log.error(
+            "outbox consumer %s: event %s set aside as a dead letter", self.name, event.event_id
+        )
+        return True
+
+    def _processed(self, event_id: str) -> bool:
+        with acting_as(self.module), self.sessions() as session:
+            return events.was_processed(session, self.module, event_id)

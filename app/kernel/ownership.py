@@ -153,7 +153,7 @@ registry = Registry()
 
 # The kernel's own tables: any module appends to the outbox through kernel.events.
 KERNEL = "kernel"
-registry.declare(KERNEL, owns={"event_outbox", "event_inbox", "event_leases"})
+registry.declare(KERNEL, owns={"event_outbox", "event_inbox", "event_leases", "event_dead_letters"})
 
 # Operations that legitimately touch every table (backups, row counts, migrations) run
 # as this actor. It is not a module and owns nothing; it is simply not restricted.

@@ -1,7 +1,8 @@
-"""kernel: the outbox gets its order (seq) and delivery state; the relay's lease table.
+"""kernel: the outbox gets its order (seq) and delivery state; relay leases; dead letters.
 
-The outbox is rebuilt (a new primary key cannot be added in place on SQLite): the rows are
-copied oldest first, so `seq` follows their creation order.
+Rows already in the outbox are numbered in the order they were created. On PostgreSQL the
+table is changed in place, so the privileges granted on it (`flask ownership grants`, phase
+2) stay; SQLite cannot add a primary key in place, so there the table is rebuilt.
 
 Revision ID: 0006
 Revises: 0005
@@ -21,8 +22,12 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 TS = sa.DateTime(timezone=True)
-SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-COMMON = (
+OLD_INDEX = "ix_event_outbox_published_at_created_at"
+NEW_INDEXES = {
+    "ix_event_outbox_published_at_seq": ["published_at", "seq"],
+    "ix_event_outbox_confirmed_at_seq": ["confirmed_at", "seq"],
+}
+KEPT = (
     "event_id",
     "event_type",
     "aggregate_id",
@@ -33,83 +38,15 @@ COMMON = (
 )
 
 
-def _outbox(name: str, *, new: bool) -> sa.Table:
-    """The outbox table in its new (seq) or old (event_id key) shape, under `name`."""
-    schema = schema_of("event_outbox")
-    columns = [
-        sa.Column("event_type", sa.String(length=100), nullable=False),
-        sa.Column("aggregate_id", sa.String(length=40), nullable=True),
-        sa.Column("payload", sa.JSON(), nullable=False),
-        sa.Column("created_at", TS, nullable=False),
-        sa.Column("published_at", TS, nullable=True),
-        sa.Column("attempts", sa.Integer(), nullable=False),
-    ]
-    if new:
-        return op.create_table(
-            name,
-            sa.Column("seq", SEQ, sa.Identity(), nullable=False),
-            sa.Column("event_id", sa.String(length=40), nullable=False),
-            *columns,
-            sa.Column("stream_ref", sa.String(length=100), nullable=True),
-            sa.Column("confirmed_at", TS, nullable=True),
-            sa.PrimaryKeyConstraint("seq", name="pk_event_outbox"),
-            sa.UniqueConstraint("event_id", name="uq_event_outbox_event_id"),
-            schema=schema,
-            sqlite_autoincrement=True,
-        )
-    return op.create_table(
-        name,
-        sa.Column("event_id", sa.String(length=40), nullable=False),
-        *columns,
-        sa.PrimaryKeyConstraint("event_id", name="pk_event_outbox"),
-        schema=schema,
-    )
-
-
-def _swap(*, new: bool) -> None:
-    """Rename the outbox aside, create it in the other shape, copy the rows, drop the old."""
-    schema = schema_of("event_outbox")
-    old_index = "ix_event_outbox_published_at_created_at"
-    if new:
-        op.drop_index(old_index, table_name="event_outbox", schema=schema)
-    else:
-        op.drop_index("ix_event_outbox_confirmed_at_seq", table_name="event_outbox", schema=schema)
-        op.drop_index("ix_event_outbox_published_at_seq", table_name="event_outbox", schema=schema)
-    op.rename_table("event_outbox", "event_outbox_old", schema=schema)
-    if op.get_bind().dialect.name == "postgresql":
-        # The old primary key's index keeps its name through the rename; free the name.
-        op.drop_constraint("pk_event_outbox", "event_outbox_old", type_="primary", schema=schema)
-        if not new:
-            op.drop_constraint(
-                "uq_event_outbox_event_id", "event_outbox_old", type_="unique", schema=schema
-            )
-    target = _outbox("event_outbox", new=new)
-    old_columns = COMMON if new else (*COMMON, "seq")
-    old = sa.table("event_outbox_old", *(sa.column(name) for name in old_columns), schema=schema)
-    rows = sa.select(*(old.c[name] for name in COMMON)).order_by(
-        *((old.c.created_at, old.c.event_id) if new else (old.c.seq,))
-    )
-    op.execute(target.insert().from_select(list(COMMON), rows))
-    op.drop_table("event_outbox_old", schema=schema)
-    if new:
-        op.create_index(
-            "ix_event_outbox_published_at_seq",
-            "event_outbox",
-            ["published_at", "seq"],
-            schema=schema,
-        )
-        op.create_index(
-            "ix_event_outbox_confirmed_at_seq",
-            "event_outbox",
-            ["confirmed_at", "seq"],
-            schema=schema,
-        )
-    else:
-        op.create_index(old_index, "event_outbox", ["published_at", "created_at"], schema=schema)
-
-
 def upgrade() -> None:
-    _swap(new=True)
+    schema = schema_of("event_outbox")
+    op.drop_index(OLD_INDEX, table_name="event_outbox", schema=schema)
+    if op.get_bind().dialect.name == "postgresql":
+        _number_in_place(schema)
+    else:
+        _rebuild_with_seq(schema)
+    for name, columns in NEW_INDEXES.items():
+        op.create_index(name, "event_outbox", columns, schema=schema)
     op.create_table(
         "event_leases",
         sa.Column("name", sa.String(length=100), nullable=False),
@@ -118,8 +55,100 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("name", name=op.f("pk_event_leases")),
         schema=schema_of("event_leases"),
     )
+    op.create_table(
+        "event_dead_letters",
+        sa.Column("consumer", sa.String(length=50), nullable=False),
+        sa.Column("event_id", sa.String(length=40), nullable=False),
+        sa.Column("event_type", sa.String(length=100), nullable=False),
+        sa.Column("aggregate_id", sa.String(length=40), nullable=True),
+        sa.Column("payload", sa.JSON(), nullable=False),
+        sa.Column("error", sa.String(length=1000), nullable=False),
+        sa.Column("failed_at", TS, nullable=False),
+        sa.PrimaryKeyConstraint("consumer", "event_id", name=op.f("pk_event_dead_letters")),
+        schema=schema_of("event_dead_letters"),
+    )
+
+
+def _number_in_place(schema: str | None) -> None:
+    table = f"{schema}.event_outbox" if schema else "event_outbox"
+    op.add_column("event_outbox", sa.Column("seq", sa.BigInteger(), nullable=True), schema=schema)
+    op.execute(
+        f"UPDATE {table} SET seq = ordered.n FROM (SELECT event_id, row_number() OVER "  # noqa: S608
+        f"(ORDER BY created_at, event_id) AS n FROM {table}) AS ordered "
+        f"WHERE {table}.event_id = ordered.event_id"
+    )
+    op.alter_column("event_outbox", "seq", nullable=False, schema=schema)
+    op.execute(f"ALTER TABLE {table} ALTER COLUMN seq ADD GENERATED BY DEFAULT AS IDENTITY")
+    # The identity continues after the rows numbered above.
+    op.execute(
+        f"SELECT setval(pg_get_serial_sequence('{table}', 'seq'), coalesce(max(seq), 1), "  # noqa: S608
+        f"max(seq) IS NOT NULL) FROM {table}"
+    )
+    op.drop_constraint("pk_event_outbox", "event_outbox", type_="primary", schema=schema)
+    op.create_primary_key("pk_event_outbox", "event_outbox", ["seq"], schema=schema)
+    op.create_unique_constraint(
+        "uq_event_outbox_event_id", "event_outbox", ["event_id"], schema=schema
+    )
+    op.add_column(
+        "event_outbox", sa.Column("stream_ref", sa.String(length=100), nullable=True), schema=schema
+    )
+    op.add_column("event_outbox", sa.Column("confirmed_at", TS, nullable=True), schema=schema)
+
+
+def _rebuild_with_seq(schema: str | None) -> None:
+    op.rename_table("event_outbox", "event_outbox_old", schema=schema)
+    new = op.create_table(
+        "event_outbox",
+        sa.Column("seq", sa.Integer(), sa.Identity(), nullable=False),
+        sa.Column("event_id", sa.String(length=40), nullable=False),
+        sa.Column("event_type", sa.String(length=100), nullable=False),
+        sa.Column("aggregate_id", sa.String(length=40), nullable=True),
+        sa.Column("payload", sa.JSON(), nullable=False),
+        sa.Column("created_at", TS, nullable=False),
+        sa.Column("published_at", TS, nullable=True),
+        sa.Column("stream_ref", sa.String(length=100), nullable=True),
+        sa.Column("confirmed_at", TS, nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("seq", name="pk_event_outbox"),
+        sa.UniqueConstraint("event_id", name="uq_event_outbox_event_id"),
+        schema=schema,
+        sqlite_autoincrement=True,
+    )
+    old = sa.table("event_outbox_old", *(sa.column(name) for name in KEPT), schema=schema)
+    rows = sa.select(*(old.c[name] for name in KEPT)).order_by(old.c.created_at, old.c.event_id)
+    op.execute(new.insert().from_select(list(KEPT), rows))
+    op.drop_table("event_outbox_old", schema=schema)
 
 
 def downgrade() -> None:
+    op.drop_table("event_dead_letters", schema=schema_of("event_dead_letters"))
     op.drop_table("event_leases", schema=schema_of("event_leases"))
-    _swap(new=False)
+    schema = schema_of("event_outbox")
+    for name in NEW_INDEXES:
+        op.drop_index(name, table_name="event_outbox", schema=schema)
+    if op.get_bind().dialect.name == "postgresql":
+        op.drop_constraint(
+            "uq_event_outbox_event_id", "event_outbox", type_="unique", schema=schema
+        )
+        op.drop_constraint("pk_event_outbox", "event_outbox", type_="primary", schema=schema)
+        for column in ("confirmed_at", "stream_ref", "seq"):
+            op.drop_column("event_outbox", column, schema=schema)
+        op.create_primary_key("pk_event_outbox", "event_outbox", ["event_id"], schema=schema)
+    else:
+        op.rename_table("event_outbox", "event_outbox_new", schema=schema)
+        old = op.create_table(
+            "event_outbox",
+            sa.Column("event_id", sa.String(length=40), nullable=False),
+            sa.Column("event_type", sa.String(length=100), nullable=False),
+            sa.Column("aggregate_id", sa.String(length=40), nullable=True),
+            sa.Column("payload", sa.JSON(), nullable=False),
+            sa.Column("created_at", TS, nullable=False),
+            sa.Column("published_at", TS, nullable=True),
+            sa.Column("attempts", sa.Integer(), nullable=False),
+            sa.PrimaryKeyConstraint("event_id", name="pk_event_outbox"),
+            schema=schema,
+        )
+        new = sa.table("event_outbox_new", *(sa.column(name) for name in KEPT), schema=schema)
+        op.execute(old.insert().from_select(list(KEPT), sa.select(*new.c)))
+        op.drop_table("event_outbox_new", schema=schema)
+    op.create_index(OLD_INDEX, "event_outbox", ["published_at", "created_at"], schema=schema)
