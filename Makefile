@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: run test test-schemas lint format docs clean
+.PHONY: run test test-schemas soak lint format docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ lint: $(VENV)/.installed-test
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The reliability suite at full length (fuzzing, races, crashes, outages, authorization,
+# hostile input, secrets) with a summary per category; `make test` runs it short.
+soak: $(VENV)/.installed-test
+	$(BIN)/python scripts/soak.py
 
 # Every PostgreSQL test again, on the phase-2 layout (one schema per module, DB_SCHEMAS=on).
 test-schemas: $(VENV)/.installed-test
