@@ -228,7 +228,9 @@ def test_a_full_disk_under_sqlite_gives_clear_errors_and_no_half_writes(
     )
 
 
-def test_redis_killed_and_restarted_under_load(database_url, private_redis, signing_key_file):
+def test_redis_killed_and_restarted_under_load(
+    database_url, private_redis, signing_key_file, backend
+):
     """Rate limits live in Redis; without it they fall back to memory and nothing 500s."""
     env = {
         "LICENSE_SIGNING_KEYS": signing_key_file,
@@ -249,7 +251,7 @@ def test_redis_killed_and_restarted_under_load(database_url, private_redis, sign
     assert load.statuses[503] == 0 and load.statuses[-1] == 0
     _registered_and_audited(database_url, load.registered)
     _report(
-        "outage: Redis killed",
+        f"outage: Redis killed ({backend})",
         f"{sum(load.statuses.values())} registrations (rate-limited through Redis) across a "
         "Redis SIGKILL and restart",
         "all answered 201, 0 x 500, limits fell back to memory and came back",
