@@ -96,6 +96,9 @@ class Settings:
     overhead: bool = True
     profile: str | None = None
     profile_seconds: float = 15.0
+    ab: str | None = None
+    ab_scenarios: tuple[str, ...] = ("baseline", "validate")
+    ab_rounds: int = 5
 
 
 def log(message: str) -> None:
@@ -187,11 +190,21 @@ def migrate(env: dict[str, str]) -> None:
 class Server:
     """gunicorn -c deploy/gunicorn.conf.py APP, on a free loopback port."""
 
-    def __init__(self, name: str, env: dict[str, str], workdir: Path, app: str = "wsgi:app"):
+    def __init__(
+        self,
+        name: str,
+        env: dict[str, str],
+        workdir: Path,
+        app: str = "wsgi:app",
+        cwd: Path = ROOT,
+    ):
         self.name = name
+        self.cwd = cwd
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"server-{name}.log"
+        # Kept after the run (bench/.cache/logs) for a look at what went wrong.
+        self.log_path = CACHE / "logs" / f"server-{name}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.env = {**env, "HOST": "127.0.0.1", "PORT": str(self.port)}
         self.app = app
         self.proc: subprocess.Popen[bytes] | None = None
@@ -200,7 +213,7 @@ class Server:
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(
                 [BIN / "gunicorn", "-c", "deploy/gunicorn.conf.py", self.app],
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -227,6 +240,16 @@ class Server:
         with contextlib.suppress(OSError):
             return [int(p) for p in path.read_text().split()]
         return []
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) spent so far by the master and its workers."""
+        assert self.proc is not None
+        total = 0
+        for pid in [self.proc.pid, *self.workers()]:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+        return total / os.sysconf("SC_CLK_TCK")
 
     def rss_mib(self) -> dict[int, float]:
         out = {}
@@ -294,13 +317,18 @@ def wrk(
     ]
     if scenario.idempotency:
         args.append("idempotency")
+    cpu = server.cpu_seconds()
     result = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60)
+    cpu = server.cpu_seconds() - cpu
     line = next((x for x in result.stdout.splitlines() if x.startswith("BENCH ")), None)
     if result.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed: {result.stdout}\n{result.stderr}")
     out = json.loads(line[len("BENCH ") :])
     out["rps"] = round(out["requests"] / (out["duration_us"] / 1e6), 1)
     out["error_total"] = sum(out["errors"].values())
+    # The server's CPU per request: unlike throughput, barely moved by other load on the
+    # machine (the test suite of a colleague, say), so it is the steadier comparison.
+    out["cpu_us"] = round(cpu / max(1, out["requests"]) * 1e6, 1)
     return out
 
 
@@ -339,12 +367,21 @@ def summarise(rounds: list[dict[str, dict[str, Any]]], names: list[str]) -> dict
             "rps": median([x["rps"] for x in runs]),
             "ratio": median(ratios),
             "ratios": [round(x, 3) for x in ratios],
+            "cpu_us": median([x["cpu_us"] for x in runs]),
+            # baseline's CPU per request / this one's: the throughput ratio an otherwise
+            # idle machine would show (wrk's own CPU aside)
+            "cpu_ratio": median(
+                [r["baseline"]["cpu_us"] / r[name]["cpu_us"] for r in rounds if name in r]
+            ),
             "p50_ms": median([x["latency_us"]["p50"] / 1000 for x in runs]),
             "p99_ms": median([x["latency_us"]["p99"] / 1000 for x in runs]),
             "errors": sum(x["error_total"] for x in runs),
             "requests": sum(x["requests"] for x in runs),
             "non_valid": sum(
-                v for x in runs for k, v in x["validations"].items() if 'code="VALID"' not in k
+                v
+                for x in runs
+                for k, v in x.get("validations", {}).items()
+                if 'code="VALID"' not in k
             ),
         }
     return out
@@ -628,6 +665,105 @@ def postgres_phase(settings: Settings, workdir: Path, results: dict[str, Any]) -
             server.stop()
 
 
+# --- before/after ---------------------------------------------------------------------------
+
+
+def ab_phase(settings: Settings, workdir: Path) -> None:
+    """This checkout ("after") against a git ref ("before"), on one database, in
+    alternating rounds: each side's ratios to its own baseline, and after/before."""
+    before_tree = workdir / "before"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(before_tree), settings.ab],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    servers: list[Server] = []
+    try:
+        db = workdir / "ab.db"
+        shutil.copyfile(template(settings.small_users, settings.small_audit), db)
+        env = service_env(f"sqlite:///{db}", workdir)
+        python("-m", "bench.seed", "accounts", env=env)
+        files = workdir / "files"
+        request_files(env, files)
+        before = Server("before", env, workdir, cwd=before_tree).start()
+        servers.append(before)
+        after = Server("after", env, workdir).start()
+        servers.append(after)
+        names = list(settings.ab_scenarios)
+        for s in servers:
+            for name in names:
+                wrk(s, files, BY_NAME[name], settings.warmup, settings, "warm")
+        rounds: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+        for rnd in range(settings.ab_rounds):
+            order = servers if rnd % 2 == 0 else list(reversed(servers))
+            this: dict[str, dict[str, Any]] = {"before": {}, "after": {}}
+            for n in names:  # each scenario's before and after back to back
+                for s in order:
+                    this[s.name][n] = wrk(s, files, BY_NAME[n], settings.duration, settings, "ab")
+            for side, runs in this.items():
+                rounds[side].append(runs)
+            log(
+                f"ab round {rnd + 1}: "
+                + "  ".join(
+                    f"{side} " + " ".join(f"{n} {r[-1][n]['rps']:.0f}" for n in names)
+                    for side, r in rounds.items()
+                )
+            )
+        micro: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+        for rnd in range(settings.ab_rounds):
+            for side, tree in (("before", before_tree), ("after", ROOT))[:: 1 - 2 * (rnd % 2)]:
+                out = subprocess.run(
+                    [sys.executable, str(BENCH / "micro.py"), str(files)],
+                    cwd=tree,
+                    env={**env, "PYTHONPATH": str(tree)},
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    timeout=600,
+                ).stdout
+                micro[side].append(json.loads(out.strip().splitlines()[-1]))
+        summary = {side: summarise(r, names) for side, r in rounds.items()}
+        print(f"\nbefore = {settings.ab}, after = this checkout; median of {settings.ab_rounds}")
+        print(
+            f"  {'scenario':13s} {'ratio: before':>13s} {'after':>6s}  {'cpu ratio: before':>17s}"
+            f" {'after':>6s}  {'after/before rps':>16s} {'cpu/req':>7s}  p99"
+        )
+        for n in names:
+            b, a = summary["before"][n], summary["after"][n]
+            speed = median(
+                [
+                    x[n]["rps"] / y[n]["rps"]
+                    for x, y in zip(rounds["after"], rounds["before"], strict=True)
+                ]
+            )
+            cpu = median(
+                [
+                    x[n]["cpu_us"] / y[n]["cpu_us"]
+                    for x, y in zip(rounds["after"], rounds["before"], strict=True)
+                ]
+            )
+            print(
+                f"  {n:13s} {b['ratio']:13.3f} {a['ratio']:6.3f}  {b['cpu_ratio']:17.3f}"
+                f" {a['cpu_ratio']:6.3f}  {speed:16.3f} {cpu:7.3f}  "
+                f"{b['p99_ms']:.1f} -> {a['p99_ms']:.1f} ms; errors {b['errors']}/{a['errors']}"
+            )
+        print("  in-process CPU per request (µs, median; bench/micro.py):")
+        for n in ("baseline", "validate"):
+            b = median([m[n] for m in micro["before"]])
+            a = median([m[n] for m in micro["after"]])
+            print(f"    {n:11s} before {b:8.1f}  after {a:8.1f}  after/before {a / b:6.3f}")
+        b = median([m["baseline"] / m["validate"] for m in micro["before"]])
+        a = median([m["baseline"] / m["validate"] for m in micro["after"]])
+        print(f"    baseline/validate CPU: before {b:.3f}  after {a:.3f}")
+    finally:
+        for s in servers:
+            s.stop()
+        subprocess.run(
+            ["git", "worktree", "remove", "--force", str(before_tree)], cwd=ROOT, check=False
+        )
+
+
 # --- profiling ----------------------------------------------------------------------------
 
 
@@ -834,6 +970,15 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument("--no-scale", action="store_true")
     parser.add_argument("--no-overhead", action="store_true")
     parser.add_argument("--profile", choices=sorted(BY_NAME), help="py-spy one scenario")
+    parser.add_argument(
+        "--ab",
+        metavar="GIT_REF",
+        help="only compare this checkout with GIT_REF (before/after of an optimisation)",
+    )
+    parser.add_argument(
+        "--ab-scenarios", default="baseline,validate", help="comma-separated, with baseline"
+    )
+    parser.add_argument("--ab-rounds", type=int, default=5)
     args = parser.parse_args(argv)
     s = Settings()
     if args.quick:
@@ -845,6 +990,9 @@ def parse_args(argv: list[str] | None) -> Settings:
     s.scale = s.scale and not args.no_scale
     s.overhead = not args.no_overhead
     s.profile = args.profile
+    s.ab = args.ab
+    s.ab_scenarios = tuple(args.ab_scenarios.split(","))
+    s.ab_rounds = args.ab_rounds
     return s
 
 
@@ -867,6 +1015,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
+        if settings.ab:
+            ab_phase(settings, workdir)
+            return
         sqlite_phase(settings, workdir, results)
         if settings.scale:
             scale_phase(settings, workdir, results)
