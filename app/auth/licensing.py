@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Row, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -348,9 +349,25 @@ def get_license(session: Session, license_id: str) -> License:
     return license_
 
 
-def license_for_validation(session: Session, license_id: str) -> License | None:
-    """The current row (one primary-key look-up; no writes)."""
-    return session.get(License, license_id, populate_existing=True)
+# Validation is the hot path: its look-up is one Core statement, built once (SQLAlchemy
+# memoises the cache key on the object, so each call finds the compiled SQL at once), run
+# on the session's connection — no ORM identity map, loading or refresh on the way.
+LICENSE_COLUMNS = (
+    License.license_id,
+    License.user_id,
+    License.client_id,
+    License.status,
+    License.created_at,
+    License.expires_at,
+    License.version,
+)
+_LICENSE_BY_ID = select(*LICENSE_COLUMNS).where(License.license_id == bindparam("license_id"))
+
+
+def license_for_validation(session: Session, license_id: str) -> Row[Any] | None:
+    """The license's current row, read from the database on every call (read-after-write):
+    a Row with the license's attributes, or None. One primary-key look-up; no writes."""
+    return session.connection().execute(_LICENSE_BY_ID, {"license_id": license_id}).first()
 
 
 def list_licenses(
