@@ -35,6 +35,9 @@ def main() -> None:
     parser.add_argument("files")
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--scenarios", default="baseline,validate")
+    parser.add_argument(
+        "--distinct", type=int, default=0, help="cycle over only the first N requests of a file"
+    )
     args = parser.parse_args()
     from wsgi import app
 
@@ -43,6 +46,7 @@ def main() -> None:
     for name in args.scenarios.split(","):
         text = (Path(args.files) / f"{name}.txt").read_text()
         lines = [line.split("\t") for line in text.splitlines() if line]
+        lines = lines[: args.distinct] if args.distinct else lines
         replay(client, lines, min(500, args.requests))  # warm-up
         out[name] = round(replay(client, lines, args.requests), 1)
     print(json.dumps(out))

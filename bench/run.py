@@ -99,6 +99,7 @@ class Settings:
     ab: str | None = None
     ab_scenarios: tuple[str, ...] = ("baseline", "validate")
     ab_rounds: int = 5
+    ab_micro_distinct: int = 0
 
 
 def log(message: str) -> None:
@@ -714,7 +715,10 @@ def ab_phase(settings: Settings, workdir: Path) -> None:
         for rnd in range(settings.ab_rounds):
             for side, tree in (("before", before_tree), ("after", ROOT))[:: 1 - 2 * (rnd % 2)]:
                 out = subprocess.run(
-                    [sys.executable, str(BENCH / "micro.py"), str(files)],
+                    [
+                        *(sys.executable, str(BENCH / "micro.py"), str(files)),
+                        *("--distinct", str(settings.ab_micro_distinct)),
+                    ],
                     cwd=tree,
                     env={**env, "PYTHONPATH": str(tree)},
                     capture_output=True,
@@ -979,6 +983,12 @@ def parse_args(argv: list[str] | None) -> Settings:
         "--ab-scenarios", default="baseline,validate", help="comma-separated, with baseline"
     )
     parser.add_argument("--ab-rounds", type=int, default=5)
+    parser.add_argument(
+        "--ab-micro-distinct",
+        type=int,
+        default=0,
+        help="in-process part: cycle over N requests only (repeated tokens)",
+    )
     args = parser.parse_args(argv)
     s = Settings()
     if args.quick:
@@ -993,6 +1003,7 @@ def parse_args(argv: list[str] | None) -> Settings:
     s.ab = args.ab
     s.ab_scenarios = tuple(args.ab_scenarios.split(","))
     s.ab_rounds = args.ab_rounds
+    s.ab_micro_distinct = args.ab_micro_distinct
     return s
 
 
