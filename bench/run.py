@@ -85,7 +85,7 @@ class Settings:
     duration: float = 4.0
     warmup: float = 1.5
     reps: int = 3
-    overhead_rounds: int = 5
+    overhead_rounds: int = 4
     scale_rounds: int = 3
     scale_users: int = 1_000_000
     scale_audit: int = 10_000_000
@@ -477,10 +477,13 @@ def sqlite_phase(settings: Settings, workdir: Path, results: dict[str, Any]) -> 
 
 
 def overhead_servers(env: dict[str, str], workdir: Path) -> list[Server]:
+    variant = "bench.variants:app"
+    no_metrics = {"BENCH_VARIANT": "no-metrics"}
     servers = [
-        Server("bare", {**env, "OWNERSHIP_GUARD": "off"}, workdir, app="bench.variants:app"),
+        Server("bare", {**env, "OWNERSHIP_GUARD": "off", **no_metrics}, workdir, app=variant),
         Server("no-guard", {**env, "OWNERSHIP_GUARD": "off"}, workdir),
-        Server("no-metrics", env, workdir, app="bench.variants:app"),
+        Server("no-metrics", {**env, **no_metrics}, workdir, app=variant),
+        Server("recommended", {**env, "BENCH_VARIANT": "recommended"}, workdir, app=variant),
     ]
     if answers(6379):
         servers.append(Server("redis-limits", {**env, "REDIS_URL": REDIS_URL}, workdir))
@@ -492,36 +495,54 @@ def overhead_servers(env: dict[str, str], workdir: Path) -> list[Server]:
 def overhead_phase(
     full: Server, variants: list[Server], files: Path, settings: Settings
 ) -> dict[str, Any]:
-    """Validate on the same database, everything on vs. parts off, alternating rounds."""
+    """Validate on the same database, everything on vs. parts off, alternating rounds
+    (and the baseline on the full and the "recommended" server, for their ratios)."""
     validate = BY_NAME["validate"]
     servers = [full, *variants]
+    # the full and the "recommended" server also run these, for their own ratios
+    compared, extra = {full.name, "recommended"}, ("baseline", "activate")
     for s in variants:
         wrk(s, files, validate, settings.warmup, settings, "warm")
-    rps: dict[str, list[float]] = {s.name: [] for s in servers}
-    p99: dict[str, list[float]] = {s.name: [] for s in servers}
-    errors = dict.fromkeys(rps, 0)
+    runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
+    more: dict[str, dict[str, list[dict[str, Any]]]] = {
+        name: {x: [] for x in extra} for name in compared
+    }
     for rnd in range(settings.overhead_rounds):
         order = servers if rnd % 2 == 0 else list(reversed(servers))
         for s in order:
-            run = wrk(s, files, validate, settings.duration, settings, f"ovh{rnd}")
-            rps[s.name].append(run["rps"])
-            p99[s.name].append(run["latency_us"]["p99"] / 1000)
-            errors[s.name] += run["error_total"]
-        done = ", ".join(f"{k} {v[-1]:.0f}" for k, v in rps.items())
-        log(f"overhead round {rnd + 1}: {done} req/s")
-    out: dict[str, Any] = {
-        name: {
-            "rps": median(values),
-            "p99_ms": median(p99[name]),
-            "errors": errors[name],
+            runs[s.name].append(wrk(s, files, validate, settings.duration, settings, "ovh"))
+            for x in extra if s.name in compared else ():
+                more[s.name][x].append(wrk(s, files, BY_NAME[x], settings.duration, settings, x))
+        done = ", ".join(f"{k} {v[-1]['rps']:.0f}" for k, v in runs.items())
+        log(f"overhead round {rnd + 1}: validate {done} req/s")
+
+    def per_round(name: str, key: str) -> list[float]:
+        return [f[key] / v[key] for f, v in zip(runs[full.name], runs[name], strict=True)]
+
+    out: dict[str, Any] = {}
+    for name, values in runs.items():
+        out[name] = {
+            "rps": median([r["rps"] for r in values]),
+            "p99_ms": median([r["latency_us"]["p99"] / 1000 for r in values]),
+            "cpu_us": median([r["cpu_us"] for r in values]),
+            "errors": sum(r["error_total"] for r in values),
             # full / variant per round, so each pair saw the same machine state
-            "full_over_this": median([f / v for f, v in zip(rps["sqlite"], values, strict=True)]),
+            "full_over_this": median(per_round(name, "rps")),
+            "cpu_this_over_full": median([1 / x for x in per_round(name, "cpu_us")]),
         }
-        for name, values in rps.items()
-    }
-    out["guard_and_metrics_cost_pct"] = round((1 - out["bare"]["full_over_this"]) * 100, 1)
-    out["guard_cost_pct"] = round((1 - out["no-guard"]["full_over_this"]) * 100, 1)
-    out["metrics_cost_pct"] = round((1 - out["no-metrics"]["full_over_this"]) * 100, 1)
+        if name in more:
+            rounds = [
+                {"validate": v, **{x: more[name][x][i] for x in extra}}
+                for i, v in enumerate(values)
+            ]
+            out[name]["ratios"] = summarise(rounds, ["validate", "activate"])
+    for part, name in (
+        ("guard_and_metrics", "bare"),
+        ("guard", "no-guard"),
+        ("metrics", "no-metrics"),
+    ):
+        out[f"{part}_cost_pct"] = round((1 - out[name]["full_over_this"]) * 100, 1)
+        out[f"{part}_cpu_cost_pct"] = round((1 - out[name]["cpu_this_over_full"]) * 100, 1)
     for s in variants:
         out[s.name]["server_log"] = s.log_problems()
     return out
@@ -929,9 +950,20 @@ def print_table(results: dict[str, Any]) -> None:
     if "overhead" in results:
         o = results["overhead"]
         print(
-            f"\noverhead on validate: guard+metrics {o['guard_and_metrics_cost_pct']}%, "
-            f"guard {o['guard_cost_pct']}%, metrics {o['metrics_cost_pct']}%"
+            "\noverhead on validate (throughput; CPU per request): "
+            + ", ".join(
+                f"{part} {o[part + '_cost_pct']}%; {o[part + '_cpu_cost_pct']}%"
+                for part in ("guard_and_metrics", "guard", "metrics")
+            )
         )
+        print("  ratios to the baseline, as run vs with the changes recommended outside this")
+        print("  branch (bench/README.md), alternating rounds:")
+        for n in ("validate", "activate"):
+            f, r = o["sqlite"]["ratios"][n], o["recommended"]["ratios"][n]
+            print(
+                f"    {n:9s} {f['ratio']:.3f} -> {r['ratio']:.3f} (CPU {f['cpu_ratio']:.3f} -> "
+                f"{r['cpu_ratio']:.3f}); p99 {f['p99_ms']:.1f} -> {r['p99_ms']:.1f} ms"
+            )
         if "redis-limits" in o:
             print(
                 f"  Redis-backed rate limits: {o['redis-limits']['rps']} req/s "
