@@ -35,13 +35,14 @@ def main() -> None:
     parser.add_argument("files")
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--scenarios", default="baseline,validate")
+    parser.add_argument("--app", default="wsgi", help="module with the WSGI `app`")
     parser.add_argument(
         "--distinct", type=int, default=0, help="cycle over only the first N requests of a file"
     )
     args = parser.parse_args()
-    from wsgi import app
+    import importlib
 
-    client = app.test_client()
+    client = importlib.import_module(args.app).app.test_client()
     out = {}
     for name in args.scenarios.split(","):
         text = (Path(args.files) / f"{name}.txt").read_text()
