@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: run test test-schemas soak lint format docs clean
+.PHONY: run test test-schemas soak bench lint format docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,16 @@ test-schemas: $(VENV)/.installed-test
 format: $(VENV)/.installed-test
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+$(VENV)/.installed-bench: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e '.[bench]'
+	touch $@ $(VENV)/.installed-run
+
+# The benchmark (bench/README.md): real gunicorn + wrk on loopback; not part of `make test`.
+# Installs wrk from Debian when it is missing; writes bench/results.json.
+bench: $(VENV)/.installed-bench
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # Regenerate the ownership table in docs/ownership.md from the registry.
 docs: $(VENV)/.installed-run

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Row, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -94,25 +95,33 @@ class InvalidTransition(Conflict):
 # --- seats and subscriptions ---------------------------------------------------------
 
 
-def live_subscription(session: Session, user_id: str) -> Subscription | None:
-    return session.scalar(
-        select(Subscription).where(
-            Subscription.user_id == user_id, Subscription.status.in_(LIVE_SUBSCRIPTION)
-        )
+# The statements of activation (the hot write path), built once with bind parameters:
+# SQLAlchemy memoises each one's cache key on the object, so a call neither rebuilds the
+# expression nor recomputes its key to find the compiled SQL.
+_LIVE_SUBSCRIPTION = select(Subscription).where(
+    Subscription.user_id == bindparam("user_id"), Subscription.status.in_(LIVE_SUBSCRIPTION)
+)
+_SEATS_IN_USE = (
+    select(func.count())
+    .select_from(License)
+    .where(
+        License.user_id == bindparam("user_id"),
+        License.status == "active",
+        License.expires_at > bindparam("now"),
     )
+)
+_LIVE_LICENSE_OF_CLIENT = select(License).where(
+    License.client_id == bindparam("client_id"), License.status != "revoked"
+)
+
+
+def live_subscription(session: Session, user_id: str) -> Subscription | None:
+    return session.scalar(_LIVE_SUBSCRIPTION, {"user_id": user_id})
 
 
 def seats_in_use(session: Session, user_id: str, now: datetime | None = None) -> int:
     """Active, unexpired licenses of the user."""
-    return session.scalar(
-        select(func.count())
-        .select_from(License)
-        .where(
-            License.user_id == user_id,
-            License.status == "active",
-            License.expires_at > (now or utcnow()),
-        )
-    )
+    return session.scalar(_SEATS_IN_USE, {"user_id": user_id, "now": now or utcnow()})
 
 
 def seats_of(subscription: Subscription | None) -> int:
@@ -282,9 +291,7 @@ def activate(
     """
     now = now or utcnow()
     _lock_user(session, user_id)  # seat changes of one user run one at a time
-    existing = session.scalar(
-        select(License).where(License.client_id == client_id, License.status != "revoked")
-    )
+    existing = session.scalar(_LIVE_LICENSE_OF_CLIENT, {"client_id": client_id})
     if existing is not None and existing.expires_at <= now:
         # An expired license no longer holds its client: retire it, then issue a new one.
         _set_status(
@@ -348,9 +355,25 @@ def get_license(session: Session, license_id: str) -> License:
     return license_
 
 
-def license_for_validation(session: Session, license_id: str) -> License | None:
-    """The current row (one primary-key look-up; no writes)."""
-    return session.get(License, license_id, populate_existing=True)
+# Validation is the hot path: its look-up is one Core statement, built once (SQLAlchemy
+# memoises the cache key on the object, so each call finds the compiled SQL at once), run
+# on the session's connection — no ORM identity map, loading or refresh on the way.
+LICENSE_COLUMNS = (
+    License.license_id,
+    License.user_id,
+    License.client_id,
+    License.status,
+    License.created_at,
+    License.expires_at,
+    License.version,
+)
+_LICENSE_BY_ID = select(*LICENSE_COLUMNS).where(License.license_id == bindparam("license_id"))
+
+
+def license_for_validation(session: Session, license_id: str) -> Row[Any] | None:
+    """The license's current row, read from the database on every call (read-after-write):
+    a Row with the license's attributes, or None. One primary-key look-up; no writes."""
+    return session.connection().execute(_LICENSE_BY_ID, {"license_id": license_id}).first()
 
 
 def list_licenses(

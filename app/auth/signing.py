@@ -13,6 +13,8 @@ import base64
 import hashlib
 import json
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -99,11 +101,20 @@ def key_paths(setting: str | None) -> list[str]:
 class KeySet:
     """The signing key (first) and every verifying key, by kid."""
 
-    def __init__(self, keys: list[SigningKey]) -> None:
+    def __init__(self, keys: list[SigningKey], verified_cache_size: int = 16_384) -> None:
         if not keys:
             raise SigningKeyError("no license signing keys configured")
         self.keys = keys
         self.by_kid = {k.kid: k for k in keys}
+        # Apps validate the same token again and again (at every start, on a timer): a
+        # token whose signature checked out once is remembered, by its SHA-256, so the
+        # next validation skips the Ed25519 verification and the JWT parsing. Only
+        # successes are kept, and a token's result cannot change while the keys don't
+        # (expiry is the license row's business, not the token's). Bounded (LRU), per
+        # process: about 1.2 KB per entry (20 MB when full).
+        self._verified: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
+        self._verified_cache_size = verified_cache_size
+        self._lock = threading.Lock()
 
     @classmethod
     def from_files(cls, paths: list[str]) -> KeySet:
@@ -138,6 +149,22 @@ class KeySet:
     def verify(self, token: str) -> dict[str, Any]:
         """The claims of a token signed by one of our keys. Expiry is not checked here: the
         license row decides that. Raises jwt.InvalidTokenError for anything else."""
+        if self._verified_cache_size <= 0:
+            return self._verify(token)
+        digest = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            claims = self._verified.get(digest)
+            if claims is not None:
+                self._verified.move_to_end(digest)
+                return dict(claims)
+        claims = self._verify(token)
+        with self._lock:
+            self._verified[digest] = claims
+            if len(self._verified) > self._verified_cache_size:
+                self._verified.popitem(last=False)
+        return dict(claims)
+
+    def _verify(self, token: str) -> dict[str, Any]:
         header = jwt.get_unverified_header(token)
         key = self.by_kid.get(header.get("kid", ""))
         if key is None or header.get("alg") != ALGORITHM:

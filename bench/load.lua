@@ -1,0 +1,88 @@
+-- wrk script of the benchmark: cycles through the requests of a file written by bench/seed.py.
+--
+--   wrk -s bench/load.lua URL -- FILE RUN_ID [idempotency]
+--
+-- Each line of FILE is METHOD, PATH, Authorization ("-" for none) and a JSON body ("-" for
+-- none), tab-separated. "{seq}" in a body becomes a value unique to this request (RUN_ID,
+-- thread and counter): new client ids for activations. With "idempotency", every request
+-- also carries a unique Idempotency-Key. done() prints one JSON line for bench/run.py.
+
+local threads = {}
+local counter = 0
+id = 0 -- set per thread by setup() (a global: thread:set writes globals)
+local run_id = "run"
+local idempotency = false
+local templates = {}
+local fixed = {}
+
+function setup(thread)
+  thread:set("id", #threads)
+  table.insert(threads, thread)
+end
+
+local function split(line)
+  local fields = {}
+  for field in string.gmatch(line, "([^\t]+)") do
+    table.insert(fields, field)
+  end
+  return fields
+end
+
+function init(args)
+  run_id = args[2] or "run"
+  idempotency = args[3] == "idempotency"
+  for line in io.lines(args[1]) do
+    if line ~= "" then
+      local f = split(line)
+      local headers = {}
+      if f[3] ~= "-" then
+        headers["Authorization"] = f[3]
+      end
+      local body = nil
+      if f[4] ~= "-" then
+        body = f[4]
+        headers["Content-Type"] = "application/json"
+      end
+      table.insert(templates, { method = f[1], path = f[2], headers = headers, body = body })
+    end
+  end
+  -- Requests without per-request parts are formatted once.
+  for i, t in ipairs(templates) do
+    if not idempotency and (t.body == nil or not string.find(t.body, "{seq}", 1, true)) then
+      fixed[i] = wrk.format(t.method, t.path, t.headers, t.body)
+    end
+  end
+  -- Threads start at different places in the file.
+  counter = (id * 7919) % #templates
+end
+
+function request()
+  counter = counter + 1
+  local i = counter % #templates + 1
+  if fixed[i] then
+    return fixed[i]
+  end
+  local t = templates[i]
+  local unique = run_id .. "-" .. id .. "-" .. counter
+  local body = t.body and string.gsub(t.body, "{seq}", unique) or nil
+  local headers = t.headers
+  if idempotency then
+    headers = {}
+    for k, v in pairs(t.headers) do
+      headers[k] = v
+    end
+    headers["Idempotency-Key"] = unique
+  end
+  return wrk.format(t.method, t.path, headers, body)
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH {"requests": %d, "duration_us": %d, "bytes": %d, "errors": {"connect": %d, ' ..
+    '"read": %d, "write": %d, "status": %d, "timeout": %d}, "latency_us": {"p50": %d, ' ..
+    '"p90": %d, "p99": %d, "max": %d, "mean": %.1f}}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status,
+    e.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.max, latency.mean))
+end

@@ -1,0 +1,128 @@
+"""The WSGI app with parts switched off or changed — only to measure what they cost.
+
+    BENCH_VARIANT=no-metrics gunicorn -c deploy/gunicorn.conf.py bench.variants:app
+
+- `no-metrics`: the service has no setting that turns metrics off (they are meant to stay
+  on), so the metric objects the code increments are replaced with ones that do nothing,
+  before the app is built.
+- `recommended`: the changes bench/README.md recommends for files outside the benchmark's
+  reach, applied from outside so their gain can be measured before anyone makes them:
+  the rate limiter's in-memory storage expires keys lazily instead of starting a timer
+  thread on (nearly) every hit; the API opens no Flask cookie session (it has none:
+  tokens are Bearer JWTs); SQLite write transactions queue on a file lock (flock) before
+  BEGIN IMMEDIATE, so a waiting writer wakes the moment the lock is free instead of
+  polling in SQLite's busy handler (sleeps of 1…100 ms).
+
+Everything else (logs, rate limits, the ownership guard unless OWNERSHIP_GUARD=off) is
+the production app of `wsgi.py`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from app.kernel import metrics
+
+VARIANT = os.environ.get("BENCH_VARIANT", "")
+
+
+class _NoMetric:
+    def labels(self, *_args: Any, **_kwargs: Any) -> _NoMetric:
+        return self
+
+    def inc(self, *_args: Any) -> None:
+        pass
+
+    def observe(self, *_args: Any) -> None:
+        pass
+
+    def set(self, *_args: Any) -> None:
+        pass
+
+
+def _without_metrics() -> None:
+    for name in dir(metrics):
+        if name.isupper():
+            setattr(metrics, name, _NoMetric())
+
+
+def _lazy_limiter_expiry() -> None:
+    """limits' MemoryStorage starts a threading.Timer(0.01 s) whenever the previous one
+    has finished — on nearly every hit under load — and the request waits for the new
+    thread to start. Expired counters are already ignored on read (`get()` checks the
+    expiry), so the sweep only frees memory: once a second is plenty."""
+    from limits.storage.memory import MemoryStorage
+
+    state = {"next": 0.0}
+    lock = threading.Lock()
+
+    def schedule_expiry(self: MemoryStorage) -> None:
+        now = time.monotonic()
+        if now < state["next"]:
+            return
+        with lock:
+            if now < state["next"]:
+                return
+            state["next"] = now + 1.0
+        self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+
+    MemoryStorage._MemoryStorage__schedule_expiry = schedule_expiry  # type: ignore[attr-defined]
+
+
+def _queued_sqlite_writers() -> None:
+    from app.kernel import db
+
+    original = db.transaction
+    locks: dict[str, int] = {}
+
+    @contextmanager
+    def transaction(session: Any) -> Iterator[Any]:
+        engine = session.get_bind()
+        if session.info.get(db._WRITE) or engine.dialect.name != "sqlite":
+            with original(session):  # nested (a savepoint), or not SQLite
+                yield session
+            return
+        path = f"{engine.url.database}.writers"
+        if path not in locks:
+            locks[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(locks[path], fcntl.LOCK_EX)
+        try:
+            with original(session):
+                yield session
+        finally:
+            fcntl.flock(locks[path], fcntl.LOCK_UN)
+
+    db.transaction = transaction
+
+
+def _no_cookie_session(application: Any) -> None:
+    from flask.sessions import NullSession, SessionInterface
+
+    class NoSession(SessionInterface):
+        def open_session(self, app: Any, request: Any) -> NullSession:
+            return NullSession()
+
+        def save_session(self, app: Any, session: Any, response: Any) -> None:
+            return None
+
+    application.session_interface = NoSession()
+
+
+if VARIANT == "no-metrics":
+    _without_metrics()
+elif VARIANT == "recommended":
+    _lazy_limiter_expiry()
+    _queued_sqlite_writers()  # before the routes import transaction()
+
+from wsgi import app  # noqa: E402 - after the patches above
+
+if VARIANT == "recommended":
+    _no_cookie_session(app)
+
+__all__ = ["app"]

@@ -1,0 +1,87 @@
+"""The license-validation hot path after its optimisations (bench/README.md): it still
+reads the current row every time and answers exactly as before."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import jwt as pyjwt
+import pytest
+from sqlalchemy import update
+
+from app.auth import licensing
+from app.auth.models import License
+from app.auth.signing import KeySet, generate_key_file
+from app.kernel.db import get_database, get_session, transaction
+from app.kernel.ownership import OPERATOR, acting_as
+from tests.test_licenses import account, activate
+
+
+def test_validation_lookup_reads_the_current_row_every_time(app, client):
+    lic = activate(client, account(client)).get_json()
+    with app.app_context(), acting_as("auth"):
+        session = get_session()
+        first = licensing.license_for_validation(session, lic["license_id"])
+        assert (first.status, first.version, first.client_id) == ("active", 1, "laptop-1")
+        assert first.expires_at.tzinfo is not None  # aware UTC, as the ORM gives it
+        # Changed by someone else (another session, committed) while this one is open:
+        other = get_database().sessions()
+        with acting_as(OPERATOR), transaction(other):
+            other.execute(
+                update(License)
+                .where(License.license_id == lic["license_id"])
+                .values(status="suspended", version=2)
+            )
+        other.close()
+        session.rollback()  # a request's read transaction ends; the next one starts fresh
+        again = licensing.license_for_validation(session, lic["license_id"])
+        assert (again.status, again.version) == ("suspended", 2)
+        assert licensing.license_for_validation(session, "lic_unknown") is None
+
+
+def _keys(tmp_path, name="k.pem") -> KeySet:
+    generate_key_file(tmp_path / name)
+    return KeySet.from_files([str(tmp_path / name)])
+
+
+def _token(keys: KeySet, license_id: str = "lic_1") -> str:
+    now = datetime.now(UTC)
+    return keys.sign(
+        license_id=license_id,
+        user_id="usr_1",
+        client_id="c1",
+        expires_at=now + timedelta(days=1),
+        issued_at=now,
+    )
+
+
+def test_verified_tokens_are_remembered_but_never_forged_ones(tmp_path, monkeypatch):
+    keys = _keys(tmp_path)
+    token = _token(keys)
+    calls = []
+    real = KeySet._verify
+    monkeypatch.setattr(KeySet, "_verify", lambda self, t: calls.append(t) or real(self, t))
+
+    first = keys.verify(token)
+    first["license_id"] = "tampered"  # a caller's change does not leak into the cache
+    assert keys.verify(token)["license_id"] == "lic_1"
+    assert calls == [token]  # the second check was a cache hit
+
+    # A changed payload with the old signature, or another key's token: verified (and
+    # refused) every time, never answered from the cache.
+    header, _payload, signature = token.split(".")
+    other = _token(keys, "lic_2").split(".")[1]
+    for bad in (f"{header}.{other}.{signature}", _token(_keys(tmp_path, "other.pem"))):
+        for _ in range(2):
+            with pytest.raises(pyjwt.InvalidTokenError):
+                keys.verify(bad)
+    assert calls.count(token) == 1 and len(calls) == 5
+
+
+def test_the_verified_cache_is_bounded(tmp_path):
+    keys = KeySet(_keys(tmp_path).keys, verified_cache_size=3)
+    tokens = [_token(keys, f"lic_{i}") for i in range(5)]
+    for token in tokens:
+        keys.verify(token)
+    assert len(keys._verified) == 3
+    assert [keys.verify(t)["license_id"] for t in tokens] == [f"lic_{i}" for i in range(5)]
