@@ -109,7 +109,9 @@ class License(Base):
         # Seats in use, a user's licenses (user_id is the leading column).
         Index("ix_licenses_user_id_status", "user_id", "status"),
         Index("ix_licenses_client_id", "client_id"),
-        Index("ix_licenses_status", "status"),
+        # Status counts and their oldest/newest issue time (admin statistics) from the
+        # index alone; its leading column serves lookups by status too.
+        Index("ix_licenses_status_created_at", "status", "created_at"),
         Index("ix_licenses_expires_at", "expires_at"),
         Index(
             "uq_licenses_client_id_live",
