@@ -14,7 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from app import observability
 from app.config import check_production, load_config
 from app.kernel.errors import MalformedJSON
-from app.kernel.web import document_common_errors
+from app.kernel.web import document_common_errors, document_request_headers
 
 __all__ = ["create_app"]
 
@@ -74,7 +74,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
     register_blueprints(app)
     register_errorhandlers(app)
     register_commands(app)
-    app.spec_processor(document_common_errors)
+    headers = document_request_headers(app)
+    app.spec_processor(lambda spec: headers(document_common_errors(spec)))  # only one is kept
     if app.config["TRUSTED_PROXIES"] > 0:
         # Believe exactly that many X-Forwarded-* hops; anything further left is the
         # client's own claim and is ignored.

@@ -165,3 +165,13 @@ def test_the_openapi_document_lists_the_common_errors(client):
     me = spec["paths"]["/api/v1/auth/me"]["get"]["responses"]
     assert "401" in me
     assert "/metrics" not in spec["paths"]
+
+
+def test_the_openapi_document_declares_the_headers_views_read(client):
+    spec = client.get("/openapi.json").get_json()
+    order = spec["paths"]["/api/v1/orders"]["post"]["parameters"]
+    assert [(p["name"], p["in"], p["required"]) for p in order] == [
+        ("Idempotency-Key", "header", True)
+    ]
+    patch = spec["paths"]["/api/v1/admin/licenses/{license_id}"]["patch"]["parameters"]
+    assert ("If-Match", "header", True) in [(p["name"], p["in"], p.get("required")) for p in patch]

@@ -27,7 +27,7 @@ from app.auth import api as auth_api
 from app.kernel.db import get_session, transaction
 from app.kernel.errors import Forbidden, NotFound, ProblemError
 from app.kernel.pagination import InvalidCursor, decode_cursor, encode_cursor
-from app.kernel.web import BEARER_AUTH, client_ip, problem_responses
+from app.kernel.web import BEARER_AUTH, client_ip, problem_responses, request_headers
 
 
 class PreconditionRequired(ProblemError):
@@ -160,6 +160,14 @@ def _expected_version() -> int:
 @bp.input(LicensePatchIn)
 @bp.output(AdminLicenseOut, headers={"ETag": {"description": "The new version"}})
 @_doc("Change a license's status (If-Match required)", 404, 409, 412, 422, 428)
+@request_headers(
+    {
+        "name": "If-Match",
+        "required": True,
+        "description": 'The ETag from GET, e.g. "3": a change made meanwhile is a 412.',
+        "schema": {"type": "string"},
+    }
+)
 def patch_license(license_id: str, json_data: LicensePatchIn) -> Any:
     expected = _expected_version()
     session = get_session()

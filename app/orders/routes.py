@@ -12,7 +12,7 @@ from app.auth import api as auth_api
 from app.kernel.db import get_session
 from app.kernel.errors import ProblemError, problem_body_response
 from app.kernel.pagination import PageQuery, decode_key_cursor, encode_cursor
-from app.kernel.web import BEARER_AUTH, problem_responses
+from app.kernel.web import BEARER_AUTH, problem_responses, request_headers
 from app.orders import bp, service, workflows
 from app.orders.payments import PaymentGateway, make_gateway
 from app.orders.plans import Plan, load_catalog
@@ -64,6 +64,15 @@ def plans() -> Any:
     summary="Buy a plan (Idempotency-Key header required; retries replay the answer)",
     security=BEARER_AUTH,
     responses=problem_responses(400, 401, 402, 409, 422, 502),
+)
+@request_headers(
+    {
+        "name": "Idempotency-Key",
+        "required": True,
+        "description": "Names this purchase: a retry with the same key (and body) replays the "
+        "first answer and charges once; another body with the same key is a 409.",
+        "schema": {"type": "string", "pattern": KEY_PATTERN.pattern},
+    }
 )
 def place_order(json_data: OrderIn) -> Any:
     key = request.headers.get("Idempotency-Key", "")
