@@ -5,13 +5,12 @@
 - `no-metrics`: the service has no setting that turns metrics off (they are meant to stay
   on), so the metric objects the code increments are replaced with ones that do nothing,
   before the app is built.
-- `recommended`: the changes bench/README.md recommends for files outside the benchmark's
-  reach, applied from outside so their gain can be measured before anyone makes them:
-  the rate limiter's in-memory storage expires keys lazily instead of starting a timer
-  thread on (nearly) every hit; the API opens no Flask cookie session (it has none:
-  tokens are Bearer JWTs); SQLite write transactions queue on a file lock (flock) before
-  BEGIN IMMEDIATE, so a waiting writer wakes the moment the lock is free instead of
-  polling in SQLite's busy handler (sleeps of 1…100 ms).
+- `recommended`: the changes bench/README.md recommends and the service has not adopted
+  (yet), applied from outside so their gain can be measured before anyone makes them:
+  SQLite write transactions queue on a file lock (flock) before BEGIN IMMEDIATE, so a
+  waiting writer wakes the moment the lock is free instead of polling in SQLite's busy
+  handler (sleeps of 1…100 ms). (The lazy expiry of the in-memory rate-limit storage and
+  the absent cookie session, recommended earlier, are in the service now.)
 
 Everything else (logs, rate limits, the ownership guard unless OWNERSHIP_GUARD=off) is
 the production app of `wsgi.py`.
@@ -21,8 +20,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -52,29 +49,6 @@ def _without_metrics() -> None:
             setattr(metrics, name, _NoMetric())
 
 
-def _lazy_limiter_expiry() -> None:
-    """limits' MemoryStorage starts a threading.Timer(0.01 s) whenever the previous one
-    has finished — on nearly every hit under load — and the request waits for the new
-    thread to start. Expired counters are already ignored on read (`get()` checks the
-    expiry), so the sweep only frees memory: once a second is plenty."""
-    from limits.storage.memory import MemoryStorage
-
-    state = {"next": 0.0}
-    lock = threading.Lock()
-
-    def schedule_expiry(self: MemoryStorage) -> None:
-        now = time.monotonic()
-        if now < state["next"]:
-            return
-        with lock:
-            if now < state["next"]:
-                return
-            state["next"] = now + 1.0
-        self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
-
-    MemoryStorage._MemoryStorage__schedule_expiry = schedule_expiry  # type: ignore[attr-defined]
-
-
 def _queued_sqlite_writers() -> None:
     from app.kernel import db
 
@@ -101,28 +75,11 @@ def _queued_sqlite_writers() -> None:
     db.transaction = transaction
 
 
-def _no_cookie_session(application: Any) -> None:
-    from flask.sessions import NullSession, SessionInterface
-
-    class NoSession(SessionInterface):
-        def open_session(self, app: Any, request: Any) -> NullSession:
-            return NullSession()
-
-        def save_session(self, app: Any, session: Any, response: Any) -> None:
-            return None
-
-    application.session_interface = NoSession()
-
-
 if VARIANT == "no-metrics":
     _without_metrics()
 elif VARIANT == "recommended":
-    _lazy_limiter_expiry()
     _queued_sqlite_writers()  # before the routes import transaction()
 
 from wsgi import app  # noqa: E402 - after the patches above
-
-if VARIANT == "recommended":
-    _no_cookie_session(app)
 
 __all__ = ["app"]
