@@ -8,6 +8,7 @@ from typing import Any
 
 from apiflask import APIFlask
 from flask import Request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import observability
@@ -35,6 +36,21 @@ class ApiRequest(Request):
         raise MalformedJSON("The request body is not valid JSON.")
 
 
+class ApiJSONProvider(DefaultJSONProvider):
+    """JSON nested deeper than the parser can go is malformed input, not a server error.
+
+    Python's parser recurses and raises RecursionError (not ValueError) on a body like
+    `[[[[…]]]]` ten thousand deep; Flask only turns ValueError into "bad JSON" (and
+    `get_json(silent=True)`, as the rate-limit keys use it, only swallows ValueError).
+    """
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
     """Build the application. `config` overrides settings read from the environment.
 
@@ -49,6 +65,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
         instance_relative_config=True,
     )
     app.request_class = ApiRequest
+    app.json = ApiJSONProvider(app)
     settings = load_config(app.instance_path)
     settings.update(config or {})
     check_production(settings)
