@@ -504,3 +504,38 @@ def test_deeply_nested_json_is_a_400_not_a_recursion_error(app_config, tally, li
     finally:
         app.extensions["db"].dispose()
     tally.assert_held()
+
+
+# --- query values and cursors --------------------------------------------------------
+
+
+def cursor_of(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def ok_or_refused(status: int) -> bool:
+    return status in (200, 422)
+
+
+def test_odd_email_prefixes_are_answered_not_500(client, world, tally):
+    """The admin's email-prefix filter with blank prefixes and prefixes at the edges of
+    Unicode (the last code point; the one before the surrogates) is still a prefix filter."""
+    admin = world["admin"]
+    prefixes = [" ", "   ", "\t", "\U0010ffff", "a\U0010ffff", "\U0010ffff\U0010ffff"]
+    prefixes += ["\ud7ff", "a\ud7ff", "\ufffd", "%", "_", "\x7f", "ADA", " ada"]
+    for email in prefixes:
+        response = tally.check(
+            f"users email={email!r}",
+            client.get(f"{API}/admin/users", query_string={"email": email}, headers=admin),
+            [200],
+        )
+        if response.status_code == 200:
+            emails = [u["email"] for u in response.get_json()["items"]]
+            wanted = email.strip().lower()
+            tally.expect(
+                f"users email={email!r} prefix",
+                all(e.startswith(wanted) for e in emails)
+                and ("ada@example.com" in emails) == "ada@example.com".startswith(wanted),
+                f"{emails} for {email!r}",
+            )
+    tally.assert_held()
