@@ -539,3 +539,22 @@ def test_odd_email_prefixes_are_answered_not_500(client, world, tally):
                 f"{emails} for {email!r}",
             )
     tally.assert_held()
+
+
+def test_times_beyond_the_calendar_in_utc_are_422(client, world, tally):
+    """since/until that parse but fall before year 1 or after 9999 once moved to UTC."""
+    admin = world["admin"]
+    for name, value, allowed in (
+        ("since", "0001-01-01T00:00:00+14:00", [422]),
+        ("until", "0001-01-01T00:00:00+23:59", [422]),
+        ("since", "9999-12-31T23:59:59-14:00", [422]),
+        ("until", "9999-12-31T23:59:59-23:59", [422]),
+        ("since", "0001-01-01T00:00:00-14:00", [200]),  # 14:00 UTC on day one
+        ("until", "9999-12-31T23:59:59+14:00", [200]),
+    ):
+        tally.check(
+            f"audit {name}={value}",
+            client.get(f"{API}/admin/audit-logs", query_string={name: value}, headers=admin),
+            allowed,
+        )
+    tally.assert_held()
