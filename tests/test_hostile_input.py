@@ -558,3 +558,47 @@ def test_times_beyond_the_calendar_in_utc_are_422(client, world, tally):
             allowed,
         )
     tally.assert_held()
+
+
+def test_forged_cursors_are_422_not_500(client, world, tally):
+    """Cursors are base64url JSON, so anyone can forge one: lone surrogates (which cannot
+    be sent to a database), naive or impossible times, wrong shapes — all invalid_cursor."""
+    admin, user = world["admin"], world["user"]
+    forged = [
+        '"\\ud800"',
+        '"a\\udfff"',
+        '["2026-01-01T00:00:00+00:00", "\\ud800"]',
+        '["\\ud800", "x"]',
+        '["2026-01-01T00:00:00", "usr_x"]',  # naive
+        '["2026-01-01", "usr_x"]',  # a date, naive
+        '["0001-01-01T00:00:00+14:00", "usr_x"]',
+        '["9999-12-31T23:59:59-14:00", "usr_x"]',
+        '["2026-01-01T00:00:00+00:00", "usr_x", "extra"]',
+        "[1, 2]",
+        '{"a": 1}',
+        "1e999",
+    ]
+    for raw in forged:
+        for path, headers in (
+            (f"{API}/licenses", user),
+            (f"{API}/orders", user),
+            (f"{API}/admin/users", admin),
+            (f"{API}/admin/audit-logs", admin),
+        ):
+            response = tally.check(
+                f"{path} cursor {raw[:60]}",
+                client.get(path, query_string={"cursor": cursor_of(raw)}, headers=headers),
+                [422],
+            )
+            tally.expect(
+                f"{path} cursor {raw[:60]} code",
+                response.get_json().get("code") == "invalid_cursor",
+                str(response.get_json()),
+            )
+    for limit in ("0", "-1", "101", "1e3", "1.5", "abc", "9" * 40, "", "\x00"):
+        tally.check(
+            f"licenses limit={limit!r}",
+            client.get(f"{API}/licenses", query_string={"limit": limit}, headers=user),
+            [422],
+        )
+    tally.assert_held()
