@@ -37,14 +37,18 @@ class ApiRequest(Request):
 
 
 class ApiJSONProvider(DefaultJSONProvider):
-    """JSON nested deeper than the parser can go is malformed input, not a server error.
+    """Request bodies are strict UTF-8 JSON (RFC 8259); anything else is malformed input.
 
-    Python's parser recurses and raises RecursionError (not ValueError) on a body like
-    `[[[[…]]]]` ten thousand deep; Flask only turns ValueError into "bad JSON" (and
-    `get_json(silent=True)`, as the rate-limit keys use it, only swallows ValueError).
+    - Python's parser recurses and raises RecursionError (not ValueError) on a body like
+      `[[[[…]]]]` ten thousand deep; Flask only turns ValueError into "bad JSON" (and
+      `get_json(silent=True)`, as the rate-limit keys use it, only swallows ValueError).
+    - `json.loads(bytes)` decodes with "surrogatepass", so encoded surrogates (invalid
+      UTF-8) would get through as lone surrogates, and it guesses UTF-16 and UTF-32.
     """
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        if isinstance(s, bytes | bytearray):
+            s = bytes(s).decode("utf-8-sig")  # UnicodeDecodeError is a ValueError
         try:
             return super().loads(s, **kwargs)
         except RecursionError:

@@ -602,3 +602,80 @@ def test_forged_cursors_are_422_not_500(client, world, tally):
             [422],
         )
     tally.assert_held()
+
+
+# --- bodies: size, encoding, odd values ----------------------------------------------
+
+
+def body_requests(world: dict[str, Any]) -> list[tuple[str, str, str, dict, dict]]:
+    """(label, method, url, valid body, headers) for every body operation, plus activation
+    by email and password (the same operation, called without a token)."""
+    lic = world["license"]
+    calls = []
+    for (method, path), make in sorted(BODIES.items()):
+        url, headers = concrete(path, world)
+        calls.append((f"{method} {path}", method, url, make(lic), headers))
+    calls.append(
+        (
+            "POST activate with credentials",
+            "POST",
+            f"{API}/licenses/activate",
+            {"client_id": "box-3", "email": "ada@example.com", "password": PASSWORD},
+            {},
+        )
+    )
+    return calls
+
+
+def test_a_two_megabyte_body_is_413_everywhere(app, client, world, tally):
+    before = business_counts(app)
+    for label, method, url, body, headers in body_requests(world):
+        field_name = next(iter(body))
+        big = json.dumps({**body, field_name: "x" * (2 * 1024 * 1024)}).encode()
+        response = tally.check(
+            f"{label} 2 MB",
+            client.open(
+                url, method=method, data=big, headers=headers, content_type="application/json"
+            ),
+            [413],
+        )
+        tally.expect(
+            f"{label} 2 MB code",
+            response.get_json().get("code") == "payload_too_large",
+            str(response.get_json()),
+        )
+    tally.expect("nothing stored", business_counts(app) == before, str(business_counts(app)))
+    tally.assert_held()
+
+
+INVALID_UTF8 = [
+    b"\xff\xfe",  # never valid
+    b"\xc0\xaf",  # overlong "/"
+    b"\xed\xa0\x80",  # an encoded surrogate
+    b"\xe2\x82",  # truncated
+    b"\xf4\x90\x80\x80",  # beyond U+10FFFF
+]
+
+
+def test_invalid_utf8_is_400_everywhere(app, client, world, tally):
+    before = business_counts(app)
+    for label, method, url, body, headers in body_requests(world):
+        text = json.dumps(body).encode()
+        for bad in INVALID_UTF8:
+            # inside the first string value, where a lenient decoder would keep it
+            data = text.replace(b'": "', b'": "' + bad, 1)
+            assert bad in data, label
+            response = tally.check(
+                f"{label} {bad!r}",
+                client.open(
+                    url, method=method, data=data, headers=headers, content_type="application/json"
+                ),
+                [400],
+            )
+            tally.expect(
+                f"{label} {bad!r} code",
+                response.get_json().get("code") == "malformed_json",
+                str(response.get_json()),
+            )
+    tally.expect("nothing stored", business_counts(app) == before, str(business_counts(app)))
+    tally.assert_held()
