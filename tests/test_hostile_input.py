@@ -679,3 +679,69 @@ def test_invalid_utf8_is_400_everywhere(app, client, world, tally):
             )
     tally.expect("nothing stored", business_counts(app) == before, str(business_counts(app)))
     tally.assert_held()
+
+
+def fields_of(body: dict[str, Any]) -> list[tuple[tuple, Any]]:
+    """(path, value) of every leaf (list items and nested objects included)."""
+    leaves = []
+    for key, value in body.items():
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                leaves += [((key, i, *p), v) for p, v in fields_of(item)]
+        else:
+            leaves.append(((key,), value))
+    return leaves
+
+
+def replaced(body: Any, path: tuple, value: Any) -> Any:
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    if isinstance(body, list):
+        return [replaced(item, rest, value) if i == head else item for i, item in enumerate(body)]
+    return {**body, head: replaced(body[head], rest, value)}
+
+
+# Fields that may legitimately hold these values; everything else is a 4xx.
+NUL_ACCEPTED = {
+    ("POST /api/v1/auth/register", "password"): [201, 422],  # opaque, hashed; 8+ characters
+    ("POST /api/v1/licenses/validate", "token"): [200],  # valid: false, INVALID_TOKEN
+    ("POST /api/v1/licenses/validate", "client_id"): [200],  # valid: false, CLIENT_MISMATCH
+}
+OPTIONAL = {
+    ("POST /api/v1/orders", "seats"),
+    ("POST /api/v1/licenses/validate", "client_id"),
+    ("POST /api/v1/admin/licenses/batch-status", "version"),
+}
+
+
+def test_nul_bytes_in_every_field_are_refused_and_store_nothing(app, client, world, tally):
+    before = business_counts(app)
+    accepted = 0
+    for label, method, url, body, headers in body_requests(world):
+        for path, value in fields_of(body):
+            if not isinstance(value, str):
+                continue
+            name = str(path[-1])
+            for bad in ("\x00", value[:3] + "\x00" + value[3:], value + "\x00"):
+                allowed = NUL_ACCEPTED.get((label, name), client_error)
+                response = tally.check(
+                    f"{label} {name}={bad!r}",
+                    client.open(
+                        url,
+                        method=method,
+                        json=replaced(body, path, bad),
+                        headers={**headers, "Idempotency-Key": f"nul-{tally.tried}"},
+                    ),
+                    allowed,
+                )
+                if (label, name) == ("POST /api/v1/auth/register", "password"):
+                    accepted += response.status_code == 201
+                    body = {**body, "email": f"nul{tally.tried}@example.com"}
+    after = business_counts(app)
+    tally.expect(
+        "nothing stored but the accounts with odd passwords",
+        after == {**before, "users": before["users"] + accepted},
+        f"{before} -> {after}",
+    )
+    tally.assert_held()

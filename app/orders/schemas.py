@@ -22,7 +22,13 @@ class OrderIn(BaseModel):
 
     plan: str = Field(min_length=1, max_length=32)
     seats: int | None = Field(default=None, ge=1, le=100_000)
-    payment_token: str = Field(min_length=1, max_length=128, examples=["tok_ok"])
+    payment_token: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[\x21-\x7e]+$",
+        description="The payment provider's token: visible ASCII",
+        examples=["tok_ok"],
+    )
 
 
 class OrderOut(BaseModel):
