@@ -745,3 +745,65 @@ def test_nul_bytes_in_every_field_are_refused_and_store_nothing(app, client, wor
         f"{before} -> {after}",
     )
     tally.assert_held()
+
+
+def test_very_long_strings_are_422(app, client, world, tally):
+    before = business_counts(app)
+    for label, method, url, body, headers in body_requests(world):
+        for path, value in fields_of(body):
+            if not isinstance(value, str):
+                continue
+            for size in (10_000, 500_000):
+                tally.check(
+                    f"{label} {path[-1]} {size} chars",
+                    client.open(
+                        url,
+                        method=method,
+                        json=replaced(body, path, value[:1] + "a" * size),
+                        headers={**headers, "Idempotency-Key": f"long-{tally.tried}"},
+                    ),
+                    [422],
+                )
+    tally.expect("nothing stored", business_counts(app) == before, str(business_counts(app)))
+    tally.assert_held()
+
+
+WRONG_TYPES = [123, -1, 1.5, True, False, [], ["a"], {}, {"a": 1}, None]
+NOT_INTEGERS = ["3", "1", 3.0, True, "3 seats", 1e400]
+
+
+def test_wrong_types_are_422(app, client, world, tally):
+    before = business_counts(app)
+    for label, method, url, body, headers in body_requests(world):
+        for path, value in fields_of(body):
+            name = str(path[-1])
+            values = WRONG_TYPES if isinstance(value, str) else [*NOT_INTEGERS, [], {}, "x"]
+            for bad in values:
+                if bad is None and (label, name) in OPTIONAL:
+                    continue  # null is "not given" there
+                tally.check(
+                    f"{label} {name}={bad!r}",
+                    client.open(
+                        url,
+                        method=method,
+                        data=json.dumps(replaced(body, path, bad)),
+                        content_type="application/json",
+                        headers={**headers, "Idempotency-Key": f"type-{tally.tried}"},
+                    ),
+                    # without a token, a null credential is "no credentials": 401
+                    [401, 422] if label.endswith("credentials") and bad is None else [422],
+                )
+        for shape in ([], [body], "body", 1, None, True):
+            tally.check(
+                f"{label} body={shape!r}",
+                client.open(
+                    url,
+                    method=method,
+                    data=json.dumps(shape),
+                    content_type="application/json",
+                    headers={**headers, "Idempotency-Key": f"shape-{tally.tried}"},
+                ),
+                [401, 422] if label.endswith("credentials") else [422],
+            )
+    tally.expect("nothing stored", business_counts(app) == before, str(business_counts(app)))
+    tally.assert_held()

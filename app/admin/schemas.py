@@ -132,7 +132,9 @@ class BatchUpdateIn(BaseModel):
 
     license_id: str = Field(min_length=1, max_length=40)
     status: LicenseStatus
-    version: int | None = Field(default=None, ge=1, description="expected version (optional)")
+    version: int | None = Field(
+        default=None, ge=1, strict=True, description="expected version (optional)"
+    )
 
 
 class BatchStatusIn(BaseModel):

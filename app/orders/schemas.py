@@ -21,7 +21,8 @@ class OrderIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     plan: str = Field(min_length=1, max_length=32)
-    seats: int | None = Field(default=None, ge=1, le=100_000)
+    # strict: "3" or true is not a number of seats to charge for
+    seats: int | None = Field(default=None, ge=1, le=100_000, strict=True)
     payment_token: str = Field(
         min_length=1,
         max_length=128,
