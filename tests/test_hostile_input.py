@@ -11,8 +11,10 @@ SOAK_REPORT names a file, appends {"category": "hostile", "tried": N, "held": M}
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +27,7 @@ from app.auth.models import User
 from app.kernel.db import get_database, get_session
 from app.kernel.ownership import OPERATOR, acting_as
 from app.models import metadata
+from tests.helpers import free_port, gunicorn_server, nginx_in_front_of
 
 PASSWORD = "correct horse battery"
 API = "/api/v1"
@@ -807,3 +810,192 @@ def test_wrong_types_are_422(app, client, world, tally):
             )
     tally.expect("nothing stored", business_counts(app) == before, str(business_counts(app)))
     tally.assert_held()
+
+
+# --- through nginx, in front of a real gunicorn --------------------------------------
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def mimetype(self) -> str:
+        return self.headers.get("content-type", "").split(";")[0].strip()
+
+
+def raw_request(port: int, data: bytes, source: str = "127.0.0.1") -> RawResponse:
+    """Send bytes as they are (http.client refuses what a hostile client sends); read the
+    answer up to the close (every request here says Connection: close or is refused)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15, source_address=(source, 0)) as s:
+        s.sendall(data)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := s.recv(65536):
+                received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 "), received[:200]
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return RawResponse(int(lines[0].split()[1]), headers, body)
+
+
+def get(target: str, *headers: bytes) -> bytes:
+    return (
+        f"GET {target} HTTP/1.1\r\nHost: api.example.com\r\n".encode()
+        + b"".join(h + b"\r\n" for h in headers)
+        + b"Connection: close\r\n\r\n"
+    )
+
+
+def line_of(length: int) -> str:
+    """A GET /healthz request target whose request line is exactly `length` bytes."""
+    target = "/healthz?pad="
+    return target + "a" * (length - len(f"GET {target} HTTP/1.1"))
+
+
+class RawTally(Tally):
+    def check_raw(self, label: str, response: RawResponse, status: int, code: str | None = None):
+        """`status`; errors as a complete problem+json with `code`; never an HTML page."""
+        self.tried += 1
+        wrong = None
+        if response.status != status:
+            wrong = f"status {response.status}, expected {status}: {response.body[:200]!r}"
+        elif status >= 400:
+            if response.mimetype != "application/problem+json":
+                wrong = f"{status} as {response.mimetype}: {response.body[:200]!r}"
+            else:
+                body = json.loads(response.body)
+                if not {"type", "title", "status", "detail", "code"} <= body.keys():
+                    wrong = f"incomplete problem {body}"
+                elif (body["status"], body["code"]) != (status, code or body["code"]):
+                    wrong = f"problem {body}, expected {status} {code}"
+        elif response.mimetype != "application/json":
+            wrong = f"{status} as {response.mimetype}"
+        if wrong is None:
+            self.held += 1
+        else:
+            self.failures.append(f"{label}: {wrong}")
+
+
+@pytest.fixture
+def raw_tally():
+    t = RawTally()
+    yield t
+    TOTALS["tried"] += t.tried
+    TOTALS["held"] += t.held
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_behind_nginx_oversized_requests_get_problem_json_never_html(
+    database_url, signing_key_file, tmp_path, raw_tally
+):
+    """Request lines and headers up to nginx's limits reach the app (gunicorn's own limits,
+    4 KiB lines and 100 fields by default, would answer them with an HTML page); beyond,
+    nginx answers 414/431/400/413 as problem+json, and its 502s and 403s too."""
+    t = raw_tally
+    with (
+        gunicorn_server(database_url, workers=1, LICENSE_SIGNING_KEYS=signing_key_file) as base,
+        nginx_in_front_of(base.removeprefix("http://"), tmp_path) as port,
+    ):
+        for length in (4094, 4095, 6000, 8190):  # gunicorn's default limit is 4094
+            t.check_raw(f"request line {length}", raw_request(port, get(line_of(length))), 200)
+        for length in (8191, 10 * 1024, 64 * 1024):
+            t.check_raw(
+                f"request line {length}",
+                raw_request(port, get(line_of(length))),
+                414,
+                "uri_too_long",
+            )
+        fits = [
+            ("one 8190-byte header", [b"X-Big: " + b"b" * 8183]),
+            ("150 small headers", [b"X-H%d: v" % i for i in range(150)]),
+            ("4 X-Forwarded-For of 7 KB", [b"X-Forwarded-For: " + b"1" * 7000] * 4),
+            ("3 headers of 7 KB", [b"X-A%d: " % i + b"a" * 7000 for i in range(3)]),
+        ]
+        for label, headers in fits:
+            t.check_raw(label, raw_request(port, get("/healthz", *headers)), 200)
+        too_large = [
+            ("one 20 KB header", [b"X-Big: " + b"b" * 20_000]),
+            ("one 9000-byte cookie", [b"Cookie: c=" + b"c" * 9000]),
+            ("5 headers of 7 KB", [b"X-A%d: " % i + b"a" * 7000 for i in range(5)]),
+        ]
+        for label, headers in too_large:
+            t.check_raw(
+                label, raw_request(port, get("/healthz", *headers)), 431, "headers_too_large"
+            )
+        malformed = [
+            ("garbage request line", b"\x00\x01\x02 / HTTP/1.1\r\n\r\n"),
+            ("space in a header name", b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n\r\n"),
+            (
+                "bad chunk size",
+                b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+            ),
+            (
+                "two lengths",
+                b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                b"Content-Length: 3\r\n\r\n{}",
+            ),
+        ]
+        for label, data in malformed:
+            response = raw_request(port, data)
+            t.check_raw(label, response, 400, "bad_request")
+        t.check_raw(
+            "HTTP/9.9",
+            raw_request(port, b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n"),
+            505,
+            "http_version_not_supported",
+        )
+        t.check_raw(
+            "unknown transfer coding",
+            raw_request(
+                port,
+                b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+            ),
+            501,
+            "not_implemented",
+        )
+        big = (
+            b"POST /api/v1/auth/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 2097152\r\nConnection: close\r\n\r\n" + b"x" * 65536
+        )
+        t.check_raw("2 MB body", raw_request(port, big), 413, "payload_too_large")
+        t.check_raw(
+            "/metrics from elsewhere",
+            raw_request(port, get("/metrics"), source="127.0.0.2"),
+            403,
+            "forbidden",
+        )
+        # The app's own problems pass through nginx untouched.
+        t.check_raw(
+            "nginx's error pages are internal",
+            raw_request(port, get("/_problems/bad_request")),
+            404,
+            "not_found",
+        )
+        t.check_raw("the app's 404", raw_request(port, get("/api/v1/nope")), 404, "not_found")
+        register = json.dumps({"email": "n@example.com", "password": PASSWORD}).encode()
+        t.check_raw(
+            "the app's 422",
+            raw_request(
+                port,
+                b"POST /api/v1/auth/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % (len(register) - 2)
+                + register[:-2]
+                + b"}}",
+            ),
+            400,
+            "malformed_json",
+        )
+    dead = free_port()  # nothing listens there: nginx's own 502
+    (tmp_path / "dead").mkdir()
+    with nginx_in_front_of(f"127.0.0.1:{dead}", tmp_path / "dead") as port:
+        t.check_raw("upstream down", raw_request(port, get("/healthz")), 502, "bad_gateway")
+    t.assert_held()
