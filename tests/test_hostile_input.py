@@ -15,8 +15,10 @@ import contextlib
 import json
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from select import select as wait_readable
 from typing import Any
 from urllib.parse import quote
 
@@ -27,7 +29,7 @@ from app.auth.models import User
 from app.kernel.db import get_database, get_session
 from app.kernel.ownership import OPERATOR, acting_as
 from app.models import metadata
-from tests.helpers import free_port, gunicorn_server, nginx_in_front_of
+from tests.helpers import free_port, gunicorn_server, nginx_call, nginx_in_front_of
 
 PASSWORD = "correct horse battery"
 API = "/api/v1"
@@ -999,3 +1001,105 @@ def test_behind_nginx_oversized_requests_get_problem_json_never_html(
     with nginx_in_front_of(f"127.0.0.1:{dead}", tmp_path / "dead") as port:
         t.check_raw("upstream down", raw_request(port, get("/healthz")), 502, "bad_gateway")
     t.assert_held()
+
+
+@dataclass
+class SlowClient:
+    """A client that sends its request in pieces with a gap between them, and notes when
+    the server hangs up on it."""
+
+    port: int
+    pieces: list[bytes]
+    gap: float
+    sent: int = 0
+    cut: bool = False
+    answer: bytes = b""
+    started: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        try:
+            self._send_slowly()
+        finally:
+            self.started.set()
+
+    def _send_slowly(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for piece in self.pieces:
+                try:
+                    s.sendall(piece)
+                except OSError:
+                    self.cut = True
+                    break
+                self.sent += 1
+                if self.sent == 1:
+                    self.started.set()
+                readable, _, _ = wait_readable([s], [], [], self.gap)
+                if readable:  # the server spoke or hung up before the request was complete
+                    with contextlib.suppress(OSError):
+                        self.answer = s.recv(65536)
+                    self.cut = True
+                    break
+
+    @property
+    def complete(self) -> bool:
+        return self.sent == len(self.pieces)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_behind_nginx_slow_clients_are_cut_off_and_others_served(
+    database_url, signing_key_file, tmp_path, tally
+):
+    """Slowloris (headers a byte at a time) and slow bodies are disconnected by nginx's
+    timeouts before their requests complete, while a normal client is served meanwhile —
+    with a single gunicorn worker, which any one of them would otherwise hold."""
+    timeouts = {"client_header_timeout": "2s", "client_body_timeout": "1s"}
+    header = (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nUser-Agent: " + b"s" * 400 + b"\r\n\r\n"
+    )  # a byte every 0.1 s: 40 s to send, were it not cut off
+    body_head = (
+        b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 40\r\n\r\n"
+    )
+    with (
+        gunicorn_server(database_url, workers=1, LICENSE_SIGNING_KEYS=signing_key_file) as base,
+        nginx_in_front_of(base.removeprefix("http://"), tmp_path, timeouts) as port,
+    ):
+        slow = [SlowClient(port, [bytes([b]) for b in header], gap=0.1) for _ in range(4)]
+        # the body, a byte at a time, with gaps longer than client_body_timeout
+        slow += [SlowClient(port, [body_head] + [b" "] * 40, gap=1.6) for _ in range(4)]
+        threads = [threading.Thread(target=c.run, daemon=True) for c in slow]
+        for thread in threads:
+            thread.start()
+        for client in slow:
+            client.started.wait(30)
+        # Meanwhile: every slow client is connected and mid-request, and others are served.
+        still_open = sum(not c.cut for c in slow)
+        for i in range(5):
+            status, body, _ = nginx_call(port, "GET", "/healthz")
+            tally.expect(f"normal request {i}", status == 200, f"{status} {body[:200]!r}")
+        tally.expect(
+            "served while the slow clients were connected",
+            still_open == len(slow) and sum(not c.cut for c in slow) == len(slow),
+            f"{still_open} of {len(slow)} slow clients were still connected before, "
+            f"{sum(not c.cut for c in slow)} after",
+        )
+        for thread in threads:
+            thread.join(120)
+        for i, client in enumerate(slow):
+            kind = "slowloris" if i < 4 else "slow body"
+            tally.expect(
+                f"{kind} {i} cut off before its request was complete",
+                client.cut and not client.complete,
+                f"sent {client.sent} of {len(client.pieces)} pieces, cut={client.cut}",
+            )
+            # nginx just hangs up on a timed-out client (or says 408 as a problem)
+            tally.expect(
+                f"{kind} {i} was hung up on, not answered",
+                client.answer == b"" or b"application/problem+json" in client.answer,
+                repr(client.answer[:200]),
+            )
+        status, _, _ = nginx_call(port, "GET", "/healthz")
+        tally.expect("served afterwards", status == 200, str(status))
+    tally.assert_held()
