@@ -1000,6 +1000,12 @@ def test_behind_nginx_oversized_requests_get_problem_json_never_html(
     (tmp_path / "dead").mkdir()
     with nginx_in_front_of(f"127.0.0.1:{dead}", tmp_path / "dead") as port:
         t.check_raw("upstream down", raw_request(port, get("/healthz")), 502, "bad_gateway")
+    # An upstream that accepts and never answers: nginx's own 504.
+    (tmp_path / "mute").mkdir()
+    with socket.create_server(("127.0.0.1", 0)) as mute:
+        upstream = f"127.0.0.1:{mute.getsockname()[1]}"
+        with nginx_in_front_of(upstream, tmp_path / "mute", {"proxy_read_timeout": "1s"}) as port:
+            t.check_raw("upstream mute", raw_request(port, get("/healthz")), 504, "gateway_timeout")
     t.assert_held()
 
 
