@@ -423,11 +423,6 @@ def test_every_body_operation_is_described(client):
     assert sorted(BODIES) == body_operations(client)
 
 
-def valid_bodies(world: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-    lic = world["license"]
-    return {key: make(lic) for key, make in BODIES.items()}
-
-
 BODIES: dict[tuple[str, str], Callable[[dict[str, Any]], dict[str, Any]]] = {
     ("POST", f"{API}/auth/register"): lambda lic: {
         "email": "new@example.com",
