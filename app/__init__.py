@@ -8,6 +8,7 @@ from typing import Any
 
 from apiflask import APIFlask
 from flask import Request
+from flask.json.provider import DefaultJSONProvider
 from flask.sessions import NullSession, SessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -47,6 +48,25 @@ class ApiRequest(Request):
         raise MalformedJSON("The request body is not valid JSON.")
 
 
+class ApiJSONProvider(DefaultJSONProvider):
+    """Request bodies are strict UTF-8 JSON (RFC 8259); anything else is malformed input.
+
+    - Python's parser recurses and raises RecursionError (not ValueError) on a body like
+      `[[[[…]]]]` ten thousand deep; Flask only turns ValueError into "bad JSON" (and
+      `get_json(silent=True)`, as the rate-limit keys use it, only swallows ValueError).
+    - `json.loads(bytes)` decodes with "surrogatepass", so encoded surrogates (invalid
+      UTF-8) would get through as lone surrogates, and it guesses UTF-16 and UTF-32.
+    """
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        if isinstance(s, bytes | bytearray):
+            s = bytes(s).decode("utf-8-sig")  # UnicodeDecodeError is a ValueError
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
     """Build the application. `config` overrides settings read from the environment.
 
@@ -62,6 +82,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
     )
     app.request_class = ApiRequest
     app.session_interface = NoCookieSession()
+    app.json = ApiJSONProvider(app)
     settings = load_config(app.instance_path)
     settings.update(config or {})
     check_production(settings)

@@ -19,6 +19,15 @@ keepalive = 5
 # Recycle workers now and then (with jitter, so they do not all restart at once).
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "5000"))
 max_requests_jitter = max_requests // 10
+# nginx (deploy/nginx.conf) refuses request lines and headers that are too large, with a
+# problem+json answer. gunicorn's own limits sit at or above nginx's (8 KiB per line, 32 KiB
+# of headers), so it never answers a request nginx let through with its HTML 414/431 page:
+# the request line at gunicorn's maximum, 8190 bytes (nginx's: 8 KiB with its CRLF); as
+# many header fields as fit in 32 KiB; a field as long as all of them (nginx joins a
+# client's repeated X-Forwarded-For into one and appends the address it saw).
+limit_request_line = 8190
+limit_request_fields = 32768
+limit_request_field_size = 65536
 # Only the local reverse proxy may set X-Forwarded-*; the app's ProxyFix decides how many
 # hops to believe (TRUSTED_PROXIES).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
+from http.client import HTTPConnection
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -292,3 +295,78 @@ class RedisServer:
         """Kill it and start a new, empty one on the same port."""
         self.kill()
         self.start()
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+
+
+def nginx_config(upstream: str, port: int, folder: Path, settings: dict[str, str] | None = None):
+    """deploy/nginx.conf as a test runs it: its own port, upstream, pid, logs and temp
+    folders, and `settings` ({directive: value}) replacing the sample's values."""
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    for old, new in {
+        "listen 80;": f"listen 127.0.0.1:{port};",
+        "server 127.0.0.1:8000;": f"server {upstream};",
+        "pid /run/nginx-licensing.pid;": f"pid {folder}/nginx.pid;",
+        "/var/log/nginx/licensing-error.log": f"{folder}/error.log",
+        "/var/log/nginx/licensing-access.log": f"{folder}/access.log",
+        "http {": f"http {{\n    client_body_temp_path {folder}/body;\n    proxy_temp_path {folder}/proxy;",
+    }.items():
+        assert old in conf, old
+        conf = conf.replace(old, new)
+    for directive, value in (settings or {}).items():
+        conf, n = re.subn(
+            rf"^(\s*){re.escape(directive)}\s[^;]*;",
+            rf"\g<1>{directive} {value};",
+            conf,
+            flags=re.M,
+        )
+        assert n == 1, f"{directive} appears {n} times in deploy/nginx.conf"
+    return conf
+
+
+@contextlib.contextmanager
+def nginx_in_front_of(upstream: str, tmp_path: Path, settings: dict[str, str] | None = None):
+    """A real nginx running deploy/nginx.conf in front of `upstream` (host:port); yields
+    its port. `settings` overrides directives (e.g. shorter timeouts for a test)."""
+    binary = nginx_binary()
+    if binary is None:
+        from tests.conftest import service_unavailable
+
+        service_unavailable("nginx", "not installed")
+    port = free_port()
+    (tmp_path / "nginx.conf").write_text(nginx_config(upstream, port, tmp_path, settings))
+    subprocess.run(
+        [binary, "-t", "-c", str(tmp_path / "nginx.conf")], check=True, capture_output=True
+    )
+    proc = subprocess.Popen(
+        [binary, "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                HTTPConnection("127.0.0.1", port, timeout=1).request("GET", "/healthz")
+                break
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def nginx_call(port: int, method: str, path: str, body=None, headers=None, source="127.0.0.1"):
+    """One request to a local server; returns (status, raw body, headers)."""
+    conn = HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+    payload = json.dumps(body).encode() if isinstance(body, dict) else body
+    conn.request(
+        method, path, body=payload, headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response.status, data, dict(response.getheaders())

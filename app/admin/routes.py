@@ -3,7 +3,7 @@ admin — checked once for the whole blueprint, so a new route cannot forget it.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import request
@@ -62,8 +62,11 @@ def _keyset(cursor: str | None) -> tuple[datetime, str] | None:
         return None
     try:
         when, key = raw
-        return datetime.fromisoformat(when), str(key)
-    except (TypeError, ValueError):
+        moment = datetime.fromisoformat(when)
+        if moment.tzinfo is None:  # the API only hands out UTC times
+            raise ValueError(when)
+        return moment.astimezone(UTC), str(key)
+    except (TypeError, ValueError, OverflowError):
         raise InvalidCursor() from None
 
 

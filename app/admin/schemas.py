@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 LicenseStatus = Literal["active", "suspended", "revoked"]
 
@@ -80,6 +80,17 @@ class AuditQuery(BaseModel):
     limit: int = Field(default=20, ge=1, le=100)
     cursor: str | None = Field(default=None, max_length=512)
 
+    @field_validator("since", "until")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        # 0001-01-01T00:00+14:00 parses, but is in year 0 in UTC, where the database is.
+        if value is None:
+            return None
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("must fall within the years 1 to 9999 in UTC") from None
+
 
 class AuditEntryOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -121,7 +132,9 @@ class BatchUpdateIn(BaseModel):
 
     license_id: str = Field(min_length=1, max_length=40)
     status: LicenseStatus
-    version: int | None = Field(default=None, ge=1, description="expected version (optional)")
+    version: int | None = Field(
+        default=None, ge=1, strict=True, description="expected version (optional)"
+    )
 
 
 class BatchStatusIn(BaseModel):

@@ -6,6 +6,7 @@ tables are read through `readmodels` (admin may read them, never write them).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -104,8 +105,16 @@ def is_admin(session: Session, user_id: str) -> bool:
 
 def _prefix_range(column: Any, prefix: str) -> Any:
     """`column` starts with `prefix`, written as a range so the B-tree index serves it."""
-    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-    return and_(column >= prefix, column < upper)
+    # The bound is the prefix with its last character moved one code point on. The last
+    # code point cannot move, so trailing ones are dropped first (none left: no bound),
+    # and the surrogates, which no stored string holds, are stepped over.
+    stem = prefix.rstrip(chr(sys.maxunicode))
+    if not stem:
+        return column >= prefix
+    following = ord(stem[-1]) + 1
+    if 0xD800 <= following <= 0xDFFF:
+        following = 0xE000
+    return and_(column >= prefix, column < stem[:-1] + chr(following))
 
 
 USER_COLUMNS = (
@@ -129,8 +138,9 @@ def list_users(
 ) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
     """Users, newest first, filtered by email prefix and plan; keyset (created_at, user_id)."""
     stmt = select(*USER_COLUMNS)
-    if email_prefix:
-        stmt = stmt.where(_prefix_range(users.c.email, email_prefix.strip().lower()))
+    prefix = (email_prefix or "").strip().lower()  # emails are stored trimmed, lower-case
+    if prefix:
+        stmt = stmt.where(_prefix_range(users.c.email, prefix))
     if plan:
         stmt = stmt.where(users.c.plan == plan)
     if after is not None:

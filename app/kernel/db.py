@@ -140,6 +140,9 @@ def _make_postgresql_engine(url: Any, settings: EngineSettings, options: dict) -
     return create_engine(
         url,
         echo=settings.echo,
+        # Parameters hold password hashes and emails: never in SQL_ECHO output nor in the
+        # text of a logged database error (tests/test_secrets.py).
+        hide_parameters=True,
         execution_options=options,
         pool_pre_ping=True,
         pool_size=settings.pool_size,
@@ -181,6 +184,7 @@ def _make_sqlite_engine(url: Any, settings: EngineSettings, options: dict) -> En
     _warn_about_sqlite_version(sqlite3.sqlite_version)
     engine = create_engine(
         url,
+        hide_parameters=True,  # as for PostgreSQL
         echo=settings.echo,
         execution_options=options,
         pool_size=settings.pool_size,

@@ -44,8 +44,11 @@ def decode_cursor(cursor: str | None) -> Any:
         return None
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        return json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+        key = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        # JSON may spell lone surrogates (\ud800), which no database accepts.
+        json.dumps(key, ensure_ascii=False).encode()
+        return key
+    except (binascii.Error, ValueError, UnicodeDecodeError, UnicodeEncodeError):
         raise InvalidCursor() from None
 
 

@@ -21,8 +21,15 @@ class OrderIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     plan: str = Field(min_length=1, max_length=32)
-    seats: int | None = Field(default=None, ge=1, le=100_000)
-    payment_token: str = Field(min_length=1, max_length=128, examples=["tok_ok"])
+    # strict: "3" or true is not a number of seats to charge for
+    seats: int | None = Field(default=None, ge=1, le=100_000, strict=True)
+    payment_token: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[\x21-\x7e]+$",
+        description="The payment provider's token: visible ASCII",
+        examples=["tok_ok"],
+    )
 
 
 class OrderOut(BaseModel):
