@@ -34,7 +34,7 @@ CATEGORIES = {
     "crash": ["tests/test_crash.py"],
     "outages": ["tests/test_outages.py", "tests/test_ops.py", "tests/test_phase3.py"],
     "authz": ["tests/test_authz_matrix.py", "tests/test_admin.py"],
-    "hostile input": ["tests/test_hostile_input.py", "tests/test_errors.py"],
+    "hostile": ["tests/test_hostile_input.py", "tests/test_errors.py"],
     "secrets": ["tests/test_secrets.py", "tests/test_observability.py"],
 }
 

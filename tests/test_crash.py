@@ -7,6 +7,7 @@ order exactly once."""
 from __future__ import annotations
 
 import contextlib
+import http.client as http_client
 import json
 import os
 import signal
@@ -40,7 +41,7 @@ def _try(load: Load, method: str, url: str, body: dict, headers: dict) -> tuple[
     """One request; a connection cut by a kill is status 0 (no answer)."""
     try:
         status, answer, _ = http(method, url, body, headers)
-    except OSError:
+    except (OSError, http_client.HTTPException):  # refused, reset, or cut mid-answer
         with load.lock:
             load.unanswered += 1
         return 0, None
@@ -57,6 +58,7 @@ class Load:
         self.acked_licenses: dict[str, str] = {}  # user_id -> license_id
         self.acked_orders: dict[str, str] = {}  # idempotency key -> order_id
         self.unanswered = 0  # requests a kill cut off: the client does not know the outcome
+        self.errors: list[BaseException] = []  # what went wrong in a client thread
         self.lock = threading.Lock()
 
     def activate(self, user: dict) -> bool:
@@ -92,9 +94,12 @@ class Load:
         return False
 
     def run(self, users: list[dict]) -> None:
-        for user in users:
-            self.activate(user)
-            self.order(user)
+        try:
+            for user in users:
+                self.activate(user)
+                self.order(user)
+        except BaseException as exc:  # an unexpected answer: the test fails with it
+            self.errors.append(exc)
 
 
 def _register(base: str, n: int) -> dict:
@@ -150,6 +155,7 @@ def test_sigkill_workers_and_the_server_mid_load_loses_nothing_acknowledged(
         for thread in threads:
             thread.join(timeout=120)
     assert kills == 2
+    assert not load.errors, load.errors
     assert load.unanswered >= 1, "the kills cut no request off: nothing was tested"
     killed_mid_flight = load.unanswered
 
