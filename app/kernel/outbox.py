@@ -4,19 +4,25 @@ The caller commits its rows and an event in one transaction (`events.publish`). 
 
 - **The relay** (`flask outbox relay`) holds a lease in the database, so one relay publishes
   at a time and events enter the stream in outbox order (`seq`); a second relay waits and
-  takes over when the holder stops renewing. It XADDs a batch, then marks it published. A
-  relay killed between the two re-publishes the batch next time: delivery is at least once.
+  takes over when the holder stops renewing. It XADDs a batch, then marks it published (re-
+  checking the lease in that transaction). A relay killed between the two re-publishes the
+  batch next time: delivery is at least once.
 - **Consumers** (`flask outbox consume MODULE`) read with a consumer group, apply each event
   and record its id in their own database's inbox in ONE transaction, then XACK. A consumer
   killed between apply and ack gets the entry again and finds it in the inbox: applied once.
+  A database outage is waited out on the same entry; an event the handler keeps failing on
+  is kept in the consumer's database as a dead letter, then acknowledged.
 - **Redis keeps nothing on disk.** An event counts as delivered only when every consumer
-  group has acknowledged it (`confirmed_at`), read from the groups' state. The stream
-  carries an *epoch* key; when Redis comes back empty the epoch is gone, and the relay
-  publishes again every event that was published in an older epoch and not confirmed.
+  group has acknowledged it (`confirmed_at`), read from the groups' state in one MULTI with
+  the stream's epoch key. Entries are added only while that key is the relay's epoch and
+  the stream has not gone back before the highest entry reached (a Lua script). When Redis
+  comes back empty, or loses entries but keeps the key, a new epoch starts and every event
+  published in an older one and not confirmed is published again.
 
 Order: one relay publishes in `seq` order and one consumer per group (a lock in Redis)
-applies in stream order, after first re-reading its own pending entries. So events of one
-aggregate are applied in the order their transactions committed.
+applies in stream order, own pending entries first, a failed entry holding back the ones
+behind it. So events of one aggregate are applied in the order their transactions committed.
+See ADR 0004 and docs/phases.md.
 """
 
 from __future__ import annotations
