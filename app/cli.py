@@ -579,8 +579,7 @@ def outbox_dead_letters(module: str, retry: bool) -> None:
             )
             try:
                 with transaction(session):
-                    if events.mark_processed(session, module, event.event_id):
-                        handlers[event.event_type](session, event)
+                    events.apply_once(session, module, event, handlers[event.event_type])
                     events.forget_dead_letter(session, module, event.event_id)
                 click.echo(f"{line}: applied")
             except Exception as exc:

@@ -86,6 +86,15 @@ def mark_processed(session: Session, consumer: str, event_id: str) -> bool:
     return True
 
 
+def apply_once(session: Session, consumer: str, event: Event, handler: Handler) -> bool:
+    """Apply `event` with `handler` unless `consumer`'s inbox has it, recording it there: in
+    the caller's transaction, as `consumer`. False for a duplicate (nothing applied)."""
+    if not mark_processed(session, consumer, event.event_id):
+        return False
+    handler(session, event)
+    return True
+
+
 @module_api(KERNEL)
 def record_dead_letter(session: Session, consumer: str, event: Event, error: str) -> None:
     """Set aside an event `consumer` cannot apply, with the error, in its own database."""

@@ -146,6 +146,7 @@ class OutboxRelay:
         # The highest entry id this relay knows the stream reached in the current epoch: a
         # stream that reports less has gone back in time (a failover, a restored snapshot).
         self._high_water: tuple[str, StreamId] | None = None
+        self._forgotten_before: str | None = None  # the epoch _forget_lost last ran in
 
     def run(self, *, interval: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
         """Relay until `stop()`; a failing Redis or database costs a pause, never the loop.
@@ -231,7 +232,11 @@ class OutboxRelay:
 
     def _forget_lost(self, epoch: str) -> int:
         """Events published into an older epoch and never confirmed are gone with that
-        Redis: mark them unpublished, to be published again (in order, before newer ones)."""
+        Redis: mark them unpublished, to be published again (in order, before newer ones).
+        Only a new epoch (or this relay's first round) can leave such events, so an idle
+        round does not write."""
+        if epoch == self._forgotten_before:
+            return 0
         with self.sessions() as session, transaction(session):
             result = session.execute(
                 update(OutboxEvent)
@@ -243,6 +248,7 @@ class OutboxRelay:
                 .values(published_at=None, stream_ref=None)
                 .execution_options(synchronize_session=False)
             )
+        self._forgotten_before = epoch
         if result.rowcount:
             log.warning("outbox relay: re-publishing %d event(s) Redis lost", result.rowcount)
         return result.rowcount
@@ -307,24 +313,28 @@ class OutboxRelay:
         return len(rows)
 
     def _confirm(self, epoch: str) -> int:
-        """Mark confirmed what every group has acknowledged; trim it from the stream."""
-        below = self._acknowledged_below(epoch)
-        if below == NOTHING:
-            return 0
-        with self.sessions() as session, transaction(session):
+        """Mark confirmed what every group has acknowledged; trim it from the stream. Reads
+        first: with nothing in flight, a round asks Redis nothing and writes nothing."""
+        with self.sessions() as session:
             rows = session.execute(
                 select(OutboxEvent.seq, OutboxEvent.stream_ref)
                 .where(OutboxEvent.confirmed_at.is_(None), OutboxEvent.published_at.is_not(None))
                 .order_by(OutboxEvent.seq)
                 .limit(10 * self.batch_size)
             ).all()
-            done = [
-                row.seq
-                for row in rows
-                if row.stream_ref.startswith(f"{epoch}/")
-                and parse_stream_id(row.stream_ref.partition("/")[2]) < below
-            ]
-            if done:
+        if not rows:
+            return 0
+        below = self._acknowledged_below(epoch)
+        if below == NOTHING:
+            return 0
+        done = [
+            row.seq
+            for row in rows
+            if row.stream_ref.startswith(f"{epoch}/")
+            and parse_stream_id(row.stream_ref.partition("/")[2]) < below
+        ]
+        if done:
+            with self.sessions() as session, transaction(session):
                 session.execute(
                     update(OutboxEvent)
                     .where(OutboxEvent.seq.in_(done))
@@ -579,8 +589,7 @@ class EventConsumer:
         try:
             # The handler's rows are flushed at the commit: still as the consumer's module.
             with acting_as(self.module), self.sessions() as session, transaction(session):
-                if events.mark_processed(session, self.module, event.event_id):
-                    handler(session, event)
+                events.apply_once(session, self.module, event, handler)
             self._failures.pop(entry_id, None)
             return True
         except OperationalError:
