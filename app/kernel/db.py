@@ -335,9 +335,6 @@ class Database:
         }
         return make_sessionmaker(self.engine, binds=binds, info=self._info)
 
-    def engine_for(self, module: str) -> Engine:
-        return self.module_engines.get(module, self.engine)
-
     def sessions_for(self, module: str) -> sessionmaker[Session]:
         """Sessions on the database where `module`'s tables live (the main one, or its own)."""
         if module not in self.module_engines:
