@@ -38,7 +38,8 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
 
 
-def _check_database_url(url: str) -> None:
+def _check_database_url(url: str) -> str:
+    """Refuse a URL the app cannot use; return its backend (`sqlite` or `postgresql`)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -54,6 +55,7 @@ def _check_database_url(url: str) -> None:
             "DATABASE_URL must name a SQLite file (sqlite:///path/app.db): an in-memory "
             "database is private to each connection and each worker"
         )
+    return "postgresql" if backend == "postgres" else backend
 
 
 # Phase 3 (DESIGN §7): the module that may run on its own database. auth and orders share
@@ -61,7 +63,8 @@ def _check_database_url(url: str) -> None:
 SEPARABLE_MODULES = ("admin",)
 
 
-def _module_databases(env: Mapping[str, str]) -> dict[str, str]:
+def _module_databases(env: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """{module: (url, backend)} for the modules given a database of their own."""
     urls = {}
     for module in ("auth", "admin", "orders"):
         url = env.get(f"{module.upper()}_DATABASE_URL")
@@ -73,15 +76,10 @@ def _module_databases(env: Mapping[str, str]) -> dict[str, str]:
                 "its own database (see docs/phases.md)"
             )
         try:
-            _check_database_url(url)
+            urls[module] = (url, _check_database_url(url))
         except ConfigError as exc:
             raise ConfigError(f"{module.upper()}_{exc}") from None
-        urls[module] = url
     return urls
-
-
-def _is_postgresql(url: str) -> bool:
-    return url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
 
 
 def load_config(
@@ -96,11 +94,12 @@ def load_config(
     instance = Path(instance_path)
 
     database_url = env.get("DATABASE_URL") or f"sqlite:///{instance / 'app.db'}"
-    _check_database_url(database_url)
+    backend = _check_database_url(database_url)
     module_databases = _module_databases(env)
-    if _bool(env.get("DB_SCHEMAS"), False) and not all(
-        _is_postgresql(url) for url in (database_url, *module_databases.values())
-    ):
+    if _bool(env.get("DB_SCHEMAS"), False) and {
+        backend,
+        *(b for _, b in module_databases.values()),
+    } != {"postgresql"}:
         raise ConfigError("DB_SCHEMAS=on needs PostgreSQL database URLs (SQLite has no schemas)")
     return {
         "APP_ENV": app_env,
@@ -110,7 +109,7 @@ def load_config(
         "DATABASE_URL": database_url,
         # Phase 3: modules on their own database ({"admin": url}); their inbound facade
         # calls travel through the outbox, `flask outbox relay` and `flask outbox consume`.
-        "MODULE_DATABASE_URLS": module_databases,
+        "MODULE_DATABASE_URLS": {module: url for module, (url, _) in module_databases.items()},
         "REDIS_URL": env.get("REDIS_URL") or None,
         "OUTBOX_STREAM": env.get("OUTBOX_STREAM", "licensing:events"),
         "OUTBOX_BATCH_SIZE": _int(env, "OUTBOX_BATCH_SIZE", 200),

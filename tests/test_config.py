@@ -76,3 +76,18 @@ def test_production_accepts_real_secrets(tmp_path):
         "ALLOW_SANDBOX_PAYMENTS": "1",
     }
     check_production(load_config(tmp_path, env=env))
+
+
+def test_the_schema_layout_needs_postgresql_everywhere(tmp_path):
+    pg = "postgresql://db/x"
+    assert load_config(tmp_path, env={"DATABASE_URL": pg, "DB_SCHEMAS": "on"})["DB_SCHEMAS"]
+    for env in (
+        {"DB_SCHEMAS": "on"},  # the SQLite default
+        {
+            "DATABASE_URL": pg,
+            "ADMIN_DATABASE_URL": f"sqlite:///{tmp_path}/a.db",
+            "DB_SCHEMAS": "on",
+        },
+    ):
+        with pytest.raises(ConfigError, match="DB_SCHEMAS=on needs PostgreSQL"):
+            load_config(tmp_path, env=env)
