@@ -43,6 +43,25 @@ def engine_settings(url: str, **options: object):
     return EngineSettings(url=url, schemas=layout_config(url)["DB_SCHEMAS"], **options)
 
 
+def db_scalar(url: str, stmt) -> object:
+    """One value read from the database at `url` (as the operator), on an engine of its own."""
+    rows = db_rows(url, stmt)
+    return rows[0][0] if rows else None
+
+
+def db_rows(url: str, stmt) -> list:
+    """The rows of `stmt` read from the database at `url` (as the operator)."""
+    from app.kernel.db import make_engine
+    from app.kernel.ownership import OPERATOR, acting_as
+
+    engine = make_engine(engine_settings(url, pool_size=1, max_overflow=0))
+    try:
+        with acting_as(OPERATOR), engine.connect() as conn:
+            return list(conn.execute(stmt))
+    finally:
+        engine.dispose()
+
+
 def layout_config(url: str | None) -> dict[str, bool]:
     """The DB_SCHEMAS setting an app on `url` needs in this test run."""
     return {"DB_SCHEMAS": PG_SCHEMAS and is_postgresql(url)}

@@ -18,13 +18,13 @@ from app.kernel.ownership import OPERATOR, acting_as, registry
 from tests.helpers import (
     FLASK,
     ROOT,
+    db_scalar,
     engine_settings,
     gunicorn_server,
     http,
     project_env,
     run_flask,
 )
-from tests.test_auth_processes import _count
 
 pytestmark = pytest.mark.slow
 PASSWORD = "correct horse battery"
@@ -104,7 +104,7 @@ def test_two_admins_racing_one_patch(database_url, signing_key_file):
                 == 200
             )
     changes = select(func.count()).where(AuditLog.action == "LICENSE_STATUS_CHANGED")
-    assert _count(database_url, changes) == 2 * rounds  # each accepted change audited once
+    assert db_scalar(database_url, changes) == 2 * rounds  # each accepted change audited once
 
 
 def _seed_old_audit(url: str, n: int) -> None:
@@ -153,14 +153,14 @@ def test_archive_killed_mid_way_then_rerun_loses_nothing(database_url, signing_k
     )
     archived = select(func.count()).select_from(AuditLogArchive)
     deadline = time.monotonic() + 60
-    while _count(database_url, archived) < 300:
+    while db_scalar(database_url, archived) < 300:
         assert time.monotonic() < deadline, "archive made no progress"
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # mid-way, possibly mid-batch
     proc.wait()
-    moved = _count(database_url, archived)
-    left = _count(database_url, select(func.count()).select_from(AuditLog))
+    moved = db_scalar(database_url, archived)
+    left = db_scalar(database_url, select(func.count()).select_from(AuditLog))
     assert 300 <= moved < n
     assert moved + left == n  # each entry in exactly one place, even right after the kill
 
@@ -168,10 +168,10 @@ def test_archive_killed_mid_way_then_rerun_loses_nothing(database_url, signing_k
         "audit", "archive", "--older-than", "90d", "--batch-size", "500", env=env, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert _count(database_url, archived) == n
-    assert _count(database_url, select(func.count()).select_from(AuditLog)) == 0
+    assert db_scalar(database_url, archived) == n
+    assert db_scalar(database_url, select(func.count()).select_from(AuditLog)) == 0
     distinct = select(func.count(func.distinct(AuditLogArchive.log_id)))
-    assert _count(database_url, distinct) == n
+    assert db_scalar(database_url, distinct) == n
 
 
 # --- EXPLAIN on PostgreSQL ------------------------------------------------------------

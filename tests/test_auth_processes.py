@@ -9,22 +9,11 @@ from sqlalchemy import func, select
 
 from app.admin.models import AuditLog
 from app.auth.models import User
-from app.kernel.db import make_engine, make_sessionmaker
-from app.kernel.ownership import OPERATOR, acting_as
-from tests.helpers import engine_settings, gunicorn_server, http
+from tests.helpers import db_scalar, gunicorn_server, http
 
 pytestmark = pytest.mark.slow
 PASSWORD = "correct horse battery"
 N = 12
-
-
-def _count(url: str, stmt) -> int:
-    engine = make_engine(engine_settings(url))
-    try:
-        with make_sessionmaker(engine)() as session, acting_as(OPERATOR):
-            return session.scalar(stmt)
-    finally:
-        engine.dispose()
 
 
 def _parallel(fn, n: int = N) -> list:
@@ -44,9 +33,10 @@ def test_racing_registrations_of_one_email(database_url):
     statuses = sorted(status for status, _, _ in results)
     assert statuses == [201] + [409] * (N - 1), statuses
     assert all(body["code"] == "email_taken" for status, body, _ in results if status == 409)
-    assert _count(database_url, select(func.count()).select_from(User)) == 1
+    assert db_scalar(database_url, select(func.count()).select_from(User)) == 1
     assert (
-        _count(database_url, select(func.count()).where(AuditLog.action == "USER_REGISTERED")) == 1
+        db_scalar(database_url, select(func.count()).where(AuditLog.action == "USER_REGISTERED"))
+        == 1
     )
 
 
@@ -74,7 +64,9 @@ def test_racing_uses_of_one_refresh_token(database_url):
         )
         assert (status, body["code"]) == (401, "token_revoked")
     assert (
-        _count(database_url, select(func.count()).where(AuditLog.action == "TOKEN_REUSE_DETECTED"))
+        db_scalar(
+            database_url, select(func.count()).where(AuditLog.action == "TOKEN_REUSE_DETECTED")
+        )
         == 1
     )
 
@@ -97,9 +89,10 @@ def test_concurrent_failures_lock_exactly_once(database_url):
     assert status == 423
     assert {s for s, _, _ in results} <= {401, 423}
     counted = select(func.count()).where(AuditLog.action == "LOGIN_FAILED")
-    assert _count(database_url, counted) == 5
+    assert db_scalar(database_url, counted) == 5
     assert (
-        _count(database_url, select(func.count()).where(AuditLog.action == "ACCOUNT_LOCKED")) == 1
+        db_scalar(database_url, select(func.count()).where(AuditLog.action == "ACCOUNT_LOCKED"))
+        == 1
     )
 
 

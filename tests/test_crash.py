@@ -24,8 +24,7 @@ from sqlalchemy import select
 from app.admin.models import AuditLog
 from app.auth.models import License
 from app.orders.models import Order
-from tests.helpers import gunicorn_server, http
-from tests.test_phase3 import rows
+from tests.helpers import db_rows, gunicorn_server, http
 
 pytestmark = pytest.mark.slow
 PASSWORD = "correct horse battery"
@@ -165,14 +164,14 @@ def test_sigkill_workers_and_the_server_mid_load_loses_nothing_acknowledged(
             assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
     # Every success the clients saw survived the kills, with its audit entry.
-    licenses = {r.license_id: r for r in rows(database_url, select(License))}
+    licenses = {r.license_id: r for r in db_rows(database_url, select(License))}
     created = Counter(
         r.details["license_id"]
-        for r in rows(database_url, select(AuditLog).where(AuditLog.action == "LICENSE_CREATED"))
+        for r in db_rows(database_url, select(AuditLog).where(AuditLog.action == "LICENSE_CREATED"))
     )
     assert set(load.acked_licenses.values()) <= set(licenses)
     assert created == Counter(set(licenses))  # every license exactly one entry, and no orphans
-    orders = {r.order_id: r for r in rows(database_url, select(Order))}
+    orders = {r.order_id: r for r in db_rows(database_url, select(Order))}
     for order_id in load.acked_orders.values():
         assert orders[order_id].status == "paid"
 
@@ -189,7 +188,7 @@ def test_sigkill_workers_and_the_server_mid_load_loses_nothing_acknowledged(
                     time.sleep(0.3)
     assert len(load.acked_licenses) == USERS and len(load.acked_orders) == USERS
 
-    orders = {r.order_id: r for r in rows(database_url, select(Order))}
+    orders = {r.order_id: r for r in db_rows(database_url, select(Order))}
     paid = {oid for oid, o in orders.items() if o.status == "paid"}
     assert set(load.acked_orders.values()) == paid  # one paid order per key, no strays
     ledger_entries = [json.loads(line) for line in Path(ledger).read_text().splitlines()]
@@ -204,13 +203,13 @@ def test_sigkill_workers_and_the_server_mid_load_loses_nothing_acknowledged(
     assert unrefunded == paid  # money kept exactly for the paid orders
     paid_audits = Counter(
         r.details["order_id"]
-        for r in rows(database_url, select(AuditLog).where(AuditLog.action == "ORDER_PAID"))
+        for r in db_rows(database_url, select(AuditLog).where(AuditLog.action == "ORDER_PAID"))
     )
     assert paid_audits == Counter(paid)
-    licenses = {r.license_id for r in rows(database_url, select(License))}
+    licenses = {r.license_id for r in db_rows(database_url, select(License))}
     created = Counter(
         r.details["license_id"]
-        for r in rows(database_url, select(AuditLog).where(AuditLog.action == "LICENSE_CREATED"))
+        for r in db_rows(database_url, select(AuditLog).where(AuditLog.action == "LICENSE_CREATED"))
     )
     assert created == Counter(licenses)
     report = os.environ.get("SOAK_REPORT")

@@ -12,8 +12,8 @@ from app.auth import api as auth_api
 from app.auth.models import License
 from app.kernel.db import make_engine, make_sessionmaker, transaction
 from app.kernel.ownership import OPERATOR, acting_as
-from tests.helpers import engine_settings, gunicorn_server, http
-from tests.test_auth_processes import _count, _parallel
+from tests.helpers import db_scalar, engine_settings, gunicorn_server, http
+from tests.test_auth_processes import _parallel
 
 pytestmark = pytest.mark.slow
 PASSWORD = "correct horse battery"
@@ -54,9 +54,10 @@ def test_racing_activations_of_one_client_by_one_user(database_url, signing_key_
     statuses = sorted(s for s, _, _ in results)
     assert statuses == [200] * (N - 1) + [201], statuses
     assert len({b["license_id"] for _, b, _ in results}) == 1
-    assert _count(database_url, select(func.count()).select_from(License)) == 1
+    assert db_scalar(database_url, select(func.count()).select_from(License)) == 1
     assert (
-        _count(database_url, select(func.count()).where(AuditLog.action == "LICENSE_CREATED")) == 1
+        db_scalar(database_url, select(func.count()).where(AuditLog.action == "LICENSE_CREATED"))
+        == 1
     )
 
 
@@ -70,9 +71,10 @@ def test_racing_activations_of_one_client_by_many_users(database_url, signing_ke
     statuses = sorted(s for s, _, _ in results)
     assert statuses == [201] + [409] * (N - 1), statuses
     assert {b["code"] for s, b, _ in results if s == 409} == {"client_id_taken"}
-    assert _count(database_url, select(func.count()).select_from(License)) == 1
+    assert db_scalar(database_url, select(func.count()).select_from(License)) == 1
     assert (
-        _count(database_url, select(func.count()).where(AuditLog.action == "LICENSE_CREATED")) == 1
+        db_scalar(database_url, select(func.count()).where(AuditLog.action == "LICENSE_CREATED"))
+        == 1
     )
 
 
@@ -97,9 +99,9 @@ def test_racing_activations_never_exceed_the_seats(database_url, signing_key_fil
             statuses = sorted(s for s, _, _ in results)
             assert statuses == [201] * seats + [409] * (N - seats), statuses
             assert {b["code"] for s, b, _ in results if s == 409} == {"seat_limit_reached"}
-    assert _count(database_url, select(func.count()).select_from(License)) == seats * rounds
+    assert db_scalar(database_url, select(func.count()).select_from(License)) == seats * rounds
     created = select(func.count()).where(AuditLog.action == "LICENSE_CREATED")
-    assert _count(database_url, created) == seats * rounds
+    assert db_scalar(database_url, created) == seats * rounds
 
 
 def test_read_after_write_across_workers(database_url, signing_key_file):

@@ -21,13 +21,14 @@ from app.orders.models import Order
 from tests.helpers import (
     FLASK,
     ROOT,
+    db_scalar,
     engine_settings,
     gunicorn_server,
     http,
     project_env,
     run_flask,
 )
-from tests.test_auth_processes import _count, _parallel
+from tests.test_auth_processes import _parallel
 
 pytestmark = pytest.mark.slow
 PASSWORD = "correct horse battery"
@@ -71,8 +72,8 @@ def test_ten_concurrent_retries_charge_once_and_answer_identically(
     assert len({json.dumps(body, sort_keys=True) for _, body, _ in results}) == 1
     charges = [e for e in _ledger(ledger) if e["type"] == "charge"]
     assert len(charges) == 1 and charges[0]["amount_cents"] == 3600
-    assert _count(database_url, select(func.count()).select_from(Order)) == 1
-    assert _count(database_url, select(func.count()).where(AuditLog.action == "ORDER_PAID")) == 1
+    assert db_scalar(database_url, select(func.count()).select_from(Order)) == 1
+    assert db_scalar(database_url, select(func.count()).where(AuditLog.action == "ORDER_PAID")) == 1
 
 
 def _db(url: str, fn):

@@ -24,8 +24,7 @@ from app.admin.models import AuditLog
 from app.auth.models import User
 from app.kernel import migrations
 from tests.conftest import REQUIRE_SERVICES
-from tests.helpers import free_port, gunicorn_server, http
-from tests.test_phase3 import rows, scalar
+from tests.helpers import db_rows, db_scalar, free_port, gunicorn_server, http
 
 pytestmark = pytest.mark.slow
 PASSWORD = "correct horse battery"
@@ -155,10 +154,10 @@ class Traffic:
 
 def _registered_and_audited(url: str, emails: list[str]) -> None:
     """Every acknowledged registration exists, and users and their audit entries match."""
-    users = scalar(url, select(func.count()).select_from(User))
-    stored = {r.email for r in rows(url, select(User.email))}
+    users = db_scalar(url, select(func.count()).select_from(User))
+    stored = {r.email for r in db_rows(url, select(User.email))}
     assert set(emails) <= stored
-    audited = scalar(url, select(func.count()).where(AuditLog.action == "USER_REGISTERED"))
+    audited = db_scalar(url, select(func.count()).where(AuditLog.action == "USER_REGISTERED"))
     assert audited == users  # nothing half-written: no user without its entry, or the reverse
 
 

@@ -36,6 +36,8 @@ from tests.helpers import (
     PG_SCHEMAS,
     ROOT,
     assert_problem,
+    db_rows,
+    db_scalar,
     engine_settings,
     project_env,
     run_flask,
@@ -102,26 +104,8 @@ def cli_env(config: dict, **extra: str) -> dict[str, str]:
     )
 
 
-def scalar(url: str, stmt):
-    engine = make_engine(engine_settings(url, pool_size=1, max_overflow=0))
-    try:
-        with acting_as(OPERATOR), engine.connect() as conn:
-            return conn.execute(stmt).scalar()
-    finally:
-        engine.dispose()
-
-
-def rows(url: str, stmt) -> list:
-    engine = make_engine(engine_settings(url, pool_size=1, max_overflow=0))
-    try:
-        with acting_as(OPERATOR), engine.connect() as conn:
-            return list(conn.execute(stmt))
-    finally:
-        engine.dispose()
-
-
 def audit_ids(url: str) -> list[str]:
-    return [r.log_id for r in rows(url, select(AuditLog.log_id))]
+    return [r.log_id for r in db_rows(url, select(AuditLog.log_id))]
 
 
 def record_events(app, n: int, aggregates: int = 5, action: str = "TEST_EVENT") -> list[str]:
@@ -183,7 +167,7 @@ def assert_exactly_once(app, expected_ids: list[str]) -> None:
     stored = audit_ids(admin_url)
     assert sorted(stored) == sorted(expected_ids)
     assert len(set(stored)) == len(stored)
-    assert scalar(admin_url, select(func.count()).select_from(InboxEvent)) == len(expected_ids)
+    assert db_scalar(admin_url, select(func.count()).select_from(InboxEvent)) == len(expected_ids)
 
 
 # --- the happy path -------------------------------------------------------------------------
@@ -213,7 +197,7 @@ def test_audit_entries_travel_through_the_outbox_to_admins_database(phase3_app, 
     main_url, admin_url = config["DATABASE_URL"], config["MODULE_DATABASE_URLS"]["admin"]
     # Nothing in either audit table yet: the entries are events, committed with the rows.
     assert audit_ids(main_url) == [] and audit_ids(admin_url) == []
-    events = rows(main_url, select(OutboxEvent).order_by(OutboxEvent.seq))
+    events = db_rows(main_url, select(OutboxEvent).order_by(OutboxEvent.seq))
     audit_events = [e for e in events if e.event_type == "audit.recorded"]
     actions = [e.payload["action"] for e in audit_events]
     assert actions == ["USER_REGISTERED", "LOGIN_SUCCEEDED", "LICENSE_CREATED", "ADMIN_CREATED"]
@@ -330,13 +314,13 @@ def test_two_relays_at_once_publish_every_event_in_order(phase3_app, phase3_conf
         ids = record_events(phase3_app, 120, aggregates=4)
         main_url = phase3_config["DATABASE_URL"]
         unpublished = select(func.count()).where(OutboxEvent.published_at.is_(None))
-        _wait_until(lambda: scalar(main_url, unpublished) == 0, 60, "every event published")
+        _wait_until(lambda: db_scalar(main_url, unpublished) == 0, 60, "every event published")
         # Kill the lease holder mid-flight; the standby takes over when the lease runs out.
-        holder = scalar(main_url, select(EventLease.holder))
+        holder = db_scalar(main_url, select(EventLease.holder))
         [victim] = [proc for proc in relays if f"-{proc.pid}-" in holder]
         victim.send_signal(signal.SIGKILL)
         more = record_events(phase3_app, 30, aggregates=4)
-        _wait_until(lambda: scalar(main_url, unpublished) == 0, 60, "the survivor to take over")
+        _wait_until(lambda: db_scalar(main_url, unpublished) == 0, 60, "the survivor to take over")
     finally:
         for proc in relays:
             proc.kill()
@@ -370,7 +354,7 @@ def test_relay_killed_between_publish_and_mark(phase3_app, phase3_config):
     # In Redis, but the outbox does not know: all 20 still unpublished.
     assert len(stream_entries(phase3_app)) == 20
     unpublished = select(func.count()).where(OutboxEvent.published_at.is_(None))
-    assert scalar(main_url, unpublished) == 20
+    assert db_scalar(main_url, unpublished) == 20
 
     time.sleep(1.1)  # the dead relay's lease runs out; the next one takes over
     again = run_flask("outbox", "relay", "--once", env=cli_env(phase3_config))
@@ -489,7 +473,7 @@ def test_relay_and_consumer_ride_out_a_redis_restart_under_load(phase3_config, p
         producer.join()
         unconfirmed = select(func.count()).where(OutboxEvent.confirmed_at.is_(None))
         _wait_until(
-            lambda: scalar(phase3_config["DATABASE_URL"], unconfirmed) == 0,
+            lambda: db_scalar(phase3_config["DATABASE_URL"], unconfirmed) == 0,
             90,
             "every event confirmed",
         )
@@ -553,9 +537,9 @@ def test_a_database_outage_is_waited_out_not_dead_lettered(phase3_app):
     drain(consumer)
     assert_exactly_once(phase3_app, ids)
     admin_url = phase3_app.config["MODULE_DATABASE_URLS"]["admin"]
-    assert scalar(admin_url, select(func.count()).select_from(DeadLetter)) == 0
+    assert db_scalar(admin_url, select(func.count()).select_from(DeadLetter)) == 0
     applied = [
-        r.event_id for r in rows(admin_url, select(InboxEvent).order_by(InboxEvent.processed_at))
+        r.event_id for r in db_rows(admin_url, select(InboxEvent).order_by(InboxEvent.processed_at))
     ]
     assert applied == [f["event_id"] for f in stream_entries(phase3_app)]
 
@@ -578,7 +562,7 @@ def test_a_failed_apply_holds_back_the_entries_behind_it(phase3_app):
     assert_exactly_once(phase3_app, ids)
     admin_url = phase3_app.config["MODULE_DATABASE_URLS"]["admin"]
     applied = [
-        r.event_id for r in rows(admin_url, select(InboxEvent).order_by(InboxEvent.processed_at))
+        r.event_id for r in db_rows(admin_url, select(InboxEvent).order_by(InboxEvent.processed_at))
     ]
     assert applied == [f["event_id"] for f in stream_entries(phase3_app)]
 
@@ -647,7 +631,7 @@ def test_audit_archive_works_in_admins_own_database(phase3_app, runner):
     result = runner.invoke(args=["audit", "archive", "--older-than", "90d", "--batch-size", "5"])
     assert result.exit_code == 0, result.output
     assert "archived 12 audit entries" in result.output
-    archived = rows(admin_url, select(AuditLogArchive.log_id))
+    archived = db_rows(admin_url, select(AuditLogArchive.log_id))
     assert sorted(r.log_id for r in archived) == sorted(ids)
     assert audit_ids(admin_url) == []
 
@@ -667,7 +651,7 @@ def test_another_consumer_takes_over_what_a_dead_one_left_pending(phase3_app):
     assert_exactly_once(phase3_app, ids)
     admin_url = phase3_app.config["MODULE_DATABASE_URLS"]["admin"]
     applied = [
-        r.event_id for r in rows(admin_url, select(InboxEvent).order_by(InboxEvent.processed_at))
+        r.event_id for r in db_rows(admin_url, select(InboxEvent).order_by(InboxEvent.processed_at))
     ]
     published = [f["event_id"] for f in stream_entries(phase3_app)]
     assert applied == published
