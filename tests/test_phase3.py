@@ -674,3 +674,29 @@ def test_a_clean_exit_hands_the_lock_over_at_once(phase3_app, runner):
         args=["outbox", "consume", "admin", "--name", "y", "--until-idle", "--block-ms", "50"]
     )
     assert third.exit_code == 1 and "holds the lock" in third.output
+
+
+def test_an_idle_relay_round_only_renews_its_lease(phase3_app):
+    """With everything confirmed, a round writes nothing but the lease (SQLite serialises
+    writers: a relay polling twice a second must not compete with the app for nothing)."""
+    from sqlalchemy import event
+
+    record_events(phase3_app, 3)
+    relay = relay_for(phase3_app)
+    relay.run_once()
+    drain(consumer_for(phase3_app))
+    assert relay.run_once().confirmed == 3
+    engine = phase3_app.extensions["db"].engine
+    writes: list[str] = []
+
+    def capture(_conn, _cursor, statement, *_args):
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+            writes.append(statement)
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        for _ in range(3):
+            assert relay.run_once().leader
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    assert len(writes) == 3 and all("event_leases" in w for w in writes), writes
