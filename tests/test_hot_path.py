@@ -17,7 +17,12 @@ from app.kernel.ownership import OPERATOR, acting_as
 from tests.test_licenses import account, activate
 
 
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_validation_lookup_reads_the_current_row_every_time(app, client):
+    """In ONE session and read transaction (READ COMMITTED: each statement sees what is
+    committed), a change committed elsewhere is seen by the next look-up — which an ORM
+    `Session.get` answering from its identity map would not. (SQLite keeps the snapshot
+    of an open read transaction, so only PostgreSQL can tell the two apart.)"""
     lic = activate(client, account(client)).get_json()
     with app.app_context(), acting_as("auth"):
         session = get_session()
@@ -33,7 +38,6 @@ def test_validation_lookup_reads_the_current_row_every_time(app, client):
                 .values(status="suspended", version=2)
             )
         other.close()
-        session.rollback()  # a request's read transaction ends; the next one starts fresh
         again = licensing.license_for_validation(session, lic["license_id"])
         assert (again.status, again.version) == ("suspended", 2)
         assert licensing.license_for_validation(session, "lic_unknown") is None
@@ -55,17 +59,15 @@ def _token(keys: KeySet, license_id: str = "lic_1") -> str:
     )
 
 
-def test_verified_tokens_are_remembered_but_never_forged_ones(tmp_path, monkeypatch):
+def test_verified_tokens_are_remembered_but_never_forged_ones(tmp_path):
     keys = _keys(tmp_path)
     token = _token(keys)
-    calls = []
-    real = KeySet._verify
-    monkeypatch.setattr(KeySet, "_verify", lambda self, t: calls.append(t) or real(self, t))
+    cache = keys._verified
 
     first = keys.verify(token)
     first["license_id"] = "tampered"  # a caller's change does not leak into the cache
     assert keys.verify(token)["license_id"] == "lic_1"
-    assert calls == [token]  # the second check was a cache hit
+    assert (cache.cache_info().hits, cache.cache_info().misses) == (1, 1)
 
     # A changed payload with the old signature, or another key's token: verified (and
     # refused) every time, never answered from the cache.
@@ -75,13 +77,20 @@ def test_verified_tokens_are_remembered_but_never_forged_ones(tmp_path, monkeypa
         for _ in range(2):
             with pytest.raises(pyjwt.InvalidTokenError):
                 keys.verify(bad)
-    assert calls.count(token) == 1 and len(calls) == 5
+    assert (cache.cache_info().hits, cache.cache_info().misses) == (1, 5)
+    assert cache.cache_info().currsize == 1
 
 
-def test_the_verified_cache_is_bounded(tmp_path):
+def test_the_verified_cache_is_bounded_and_keeps_the_recently_used(tmp_path):
     keys = KeySet(_keys(tmp_path).keys, verified_cache_size=3)
-    tokens = [_token(keys, f"lic_{i}") for i in range(5)]
-    for token in tokens:
+    tokens = [_token(keys, f"lic_{i}") for i in range(4)]
+    for token in tokens[:3]:
         keys.verify(token)
-    assert len(keys._verified) == 3
-    assert [keys.verify(t)["license_id"] for t in tokens] == [f"lic_{i}" for i in range(5)]
+    keys.verify(tokens[0])  # used again: now the most recent
+    keys.verify(tokens[3])  # a fourth: the least recently used (lic_1) goes
+    info = keys._verified.cache_info()
+    assert (info.currsize, info.hits, info.misses) == (3, 1, 4)
+    assert keys.verify(tokens[0])["license_id"] == "lic_0"  # kept: a hit
+    assert keys.verify(tokens[1])["license_id"] == "lic_1"  # evicted: verified again
+    info = keys._verified.cache_info()
+    assert (info.hits, info.misses) == (2, 5)

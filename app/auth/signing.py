@@ -10,11 +10,10 @@ empty, one key is generated under the instance folder on first use.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -107,14 +106,12 @@ class KeySet:
         self.keys = keys
         self.by_kid = {k.kid: k for k in keys}
         # Apps validate the same token again and again (at every start, on a timer): a
-        # token whose signature checked out once is remembered, by its SHA-256, so the
-        # next validation skips the Ed25519 verification and the JWT parsing. Only
-        # successes are kept, and a token's result cannot change while the keys don't
-        # (expiry is the license row's business, not the token's). Bounded (LRU), per
-        # process: about 1.2 KB per entry (20 MB when full).
-        self._verified: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
-        self._verified_cache_size = verified_cache_size
-        self._lock = threading.Lock()
+        # token whose signature checked out once is remembered, so the next validation
+        # skips the Ed25519 verification and the JWT parsing. Only successes are kept
+        # (lru_cache stores no exceptions), and a token's result cannot change while the
+        # keys don't (expiry is the license row's business, not the token's). Bounded
+        # (least recently used out), per process.
+        self._verified = functools.lru_cache(maxsize=verified_cache_size)(self._verify)
 
     @classmethod
     def from_files(cls, paths: list[str]) -> KeySet:
@@ -149,20 +146,7 @@ class KeySet:
     def verify(self, token: str) -> dict[str, Any]:
         """The claims of a token signed by one of our keys. Expiry is not checked here: the
         license row decides that. Raises jwt.InvalidTokenError for anything else."""
-        if self._verified_cache_size <= 0:
-            return self._verify(token)
-        digest = hashlib.sha256(token.encode()).digest()
-        with self._lock:
-            claims = self._verified.get(digest)
-            if claims is not None:
-                self._verified.move_to_end(digest)
-                return dict(claims)
-        claims = self._verify(token)
-        with self._lock:
-            self._verified[digest] = claims
-            if len(self._verified) > self._verified_cache_size:
-                self._verified.popitem(last=False)
-        return dict(claims)
+        return dict(self._verified(token))  # a copy: callers may change theirs
 
     def _verify(self, token: str) -> dict[str, Any]:
         header = jwt.get_unverified_header(token)
