@@ -43,6 +43,37 @@ def engine_settings(url: str, **options: object):
     return EngineSettings(url=url, schemas=layout_config(url)["DB_SCHEMAS"], **options)
 
 
+def bearer(token: str | None) -> dict[str, str]:
+    """The Authorization header of an access (or refresh) token; none without one."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def b64url(data: bytes) -> str:
+    """Base64url without padding, as JWTs spell their parts."""
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def tampered(token: str) -> str:
+    """The JWT with one character in the middle of its signature changed (never the last
+    one: its low bits are padding, so changing it may leave the signature's bytes as is)."""
+    header, payload, signature = token.split(".")
+    i = len(signature) // 2
+    swapped = "A" if signature[i] != "A" else "B"
+    return f"{header}.{payload}.{signature[:i]}{swapped}{signature[i + 1 :]}"
+
+
+def soak_report(category: str, tried: object, held: object) -> None:
+    """One line for `make soak`'s summary (scripts/soak.py), when SOAK_REPORT names a file."""
+    import json
+
+    target = os.environ.get("SOAK_REPORT")
+    if target:
+        with open(target, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"category": category, "tried": tried, "held": held}) + "\n")
+
+
 def db_scalar(url: str, stmt) -> object:
     """One value read from the database at `url` (as the operator), on an engine of its own."""
     rows = db_rows(url, stmt)
@@ -202,9 +233,18 @@ def project_env(**overrides: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def gunicorn_server(database_url: str, workers: int = 3, processes: list | None = None, **env: str):
+def gunicorn_server(
+    database_url: str,
+    workers: int = 3,
+    processes: list | None = None,
+    output: list[str] | None = None,
+    **env: str,
+):
     """A real gunicorn (deploy/gunicorn.conf.py) on a free port; yields its base URL.
-    The gunicorn master's Popen is appended to `processes` when given."""
+    The gunicorn master's Popen is appended to `processes` when given, and what it printed
+    (a file, never a pipe nobody reads) to `output` when it has stopped."""
+    import tempfile
+
     port = free_port()
     settings = {
         "APP_ENV": "testing",
@@ -218,28 +258,32 @@ def gunicorn_server(database_url: str, workers: int = 3, processes: list | None 
         "RATELIMIT_ENABLED": "false",
     }
     settings.update(env)
-    proc = subprocess.Popen(
-        [BIN / "gunicorn", "-c", "deploy/gunicorn.conf.py", "wsgi:app"],
-        cwd=ROOT,
-        env=project_env(**settings),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    if processes is not None:
-        processes.append(proc)
-    try:
-        wait_for_http(base + "/healthz", timeout=30, proc=proc)
-        yield base
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [BIN / "gunicorn", "-c", "deploy/gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT,
+            env=project_env(**settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        base = f"http://127.0.0.1:{port}"
+        if processes is not None:
+            processes.append(proc)
         try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.communicate()
+            wait_for_http(base + "/healthz", timeout=30, proc=proc)
+            yield base
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 15)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+            if output is not None:
+                log.seek(0)
+                output.append(log.read().decode(errors="replace"))
 
 
 def http(method: str, url: str, body: object = None, headers: dict[str, str] | None = None):
@@ -361,17 +405,14 @@ def nginx_in_front_of(upstream: str, tmp_path: Path, settings: dict[str, str] | 
     subprocess.run(
         [binary, "-t", "-c", str(tmp_path / "nginx.conf")], check=True, capture_output=True
     )
-    proc = subprocess.Popen(
-        [binary, "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    with open(tmp_path / "nginx.stderr", "w") as stderr:
+        proc = subprocess.Popen(
+            [binary, "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     try:
-        for _ in range(100):
-            with contextlib.suppress(OSError):
-                HTTPConnection("127.0.0.1", port, timeout=1).request("GET", "/healthz")
-                break
-            time.sleep(0.05)
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=10, proc=proc)
         yield port
     finally:
         proc.terminate()

@@ -16,7 +16,7 @@ from app.admin.models import AuditLog
 from app.auth.models import TokenRevocation, User
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.ownership import OPERATOR, acting_as
-from tests.helpers import assert_problem
+from tests.helpers import assert_problem, bearer
 
 PASSWORD = "correct horse battery"
 
@@ -27,10 +27,6 @@ def register(client, email="ada@example.com", password=PASSWORD, **kw):
 
 def login(client, email="ada@example.com", password=PASSWORD, **kw):
     return client.post("/api/v1/auth/login", json={"email": email, "password": password}, **kw)
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def tokens(client, email="ada@example.com") -> dict:

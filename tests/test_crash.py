@@ -24,7 +24,7 @@ from sqlalchemy import select
 from app.admin.models import AuditLog
 from app.auth.models import License
 from app.orders.models import Order
-from tests.helpers import db_rows, gunicorn_server, http
+from tests.helpers import db_rows, gunicorn_server, http, soak_report
 
 pytestmark = pytest.mark.slow
 PASSWORD = "correct horse battery"
@@ -115,6 +115,18 @@ def _register(base: str, n: int) -> dict:
     }
 
 
+def _licenses_each_with_one_entry(url: str) -> set[str]:
+    """The licenses in the database; each has exactly one LICENSE_CREATED entry, and no
+    entry names a license that does not exist."""
+    licenses = {r.license_id for r in db_rows(url, select(License.license_id))}
+    created = Counter(
+        r.details["license_id"]
+        for r in db_rows(url, select(AuditLog).where(AuditLog.action == "LICENSE_CREATED"))
+    )
+    assert created == Counter(licenses)
+    return licenses
+
+
 def _kill_server(master: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(master.pid, signal.SIGKILL)
@@ -164,13 +176,8 @@ def test_sigkill_workers_and_the_server_mid_load_loses_nothing_acknowledged(
             assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
     # Every success the clients saw survived the kills, with its audit entry.
-    licenses = {r.license_id: r for r in db_rows(database_url, select(License))}
-    created = Counter(
-        r.details["license_id"]
-        for r in db_rows(database_url, select(AuditLog).where(AuditLog.action == "LICENSE_CREATED"))
-    )
-    assert set(load.acked_licenses.values()) <= set(licenses)
-    assert created == Counter(set(licenses))  # every license exactly one entry, and no orphans
+    licenses = _licenses_each_with_one_entry(database_url)
+    assert set(load.acked_licenses.values()) <= licenses
     orders = {r.order_id: r for r in db_rows(database_url, select(Order))}
     for order_id in load.acked_orders.values():
         assert orders[order_id].status == "paid"
@@ -206,24 +213,11 @@ def test_sigkill_workers_and_the_server_mid_load_loses_nothing_acknowledged(
         for r in db_rows(database_url, select(AuditLog).where(AuditLog.action == "ORDER_PAID"))
     )
     assert paid_audits == Counter(paid)
-    licenses = {r.license_id for r in db_rows(database_url, select(License))}
-    created = Counter(
-        r.details["license_id"]
-        for r in db_rows(database_url, select(AuditLog).where(AuditLog.action == "LICENSE_CREATED"))
+    licenses = _licenses_each_with_one_entry(database_url)
+    soak_report(
+        f"crash ({backend})",
+        f"{USERS} users x (activation + order), 2 workers and the server SIGKILLed, "
+        f"{killed_mid_flight} requests cut off",
+        f"{len(licenses)} licenses and {len(paid)} paid orders, each with its audit entry; "
+        "one charge per order",
     )
-    assert created == Counter(licenses)
-    report = os.environ.get("SOAK_REPORT")
-    if report:
-        with open(report, "a") as f:
-            f.write(
-                json.dumps(
-                    {
-                        "category": f"crash ({backend})",
-                        "tried": f"{USERS} users x (activation + order), 2 workers and the "
-                        f"server SIGKILLed, {killed_mid_flight} requests cut off",
-                        "held": f"{len(licenses)} licenses and {len(paid)} paid orders, each "
-                        "with its audit entry; one charge per order",
-                    }
-                )
-                + "\n"
-            )

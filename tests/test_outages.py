@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client as http_client
-import json
 import os
 import shutil
 import sqlite3
@@ -24,18 +23,11 @@ from app.admin.models import AuditLog
 from app.auth.models import User
 from app.kernel import migrations
 from tests.conftest import REQUIRE_SERVICES
-from tests.helpers import db_rows, db_scalar, free_port, gunicorn_server, http
+from tests.helpers import db_rows, db_scalar, free_port, gunicorn_server, http, soak_report
 
 pytestmark = pytest.mark.slow
 PASSWORD = "correct horse battery"
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
-
-
-def _report(category: str, tried: str, held: str) -> None:
-    path = os.environ.get("SOAK_REPORT")
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps({"category": category, "tried": tried, "held": held}) + "\n")
 
 
 class PrivateCluster:
@@ -176,7 +168,7 @@ def test_postgresql_stopped_and_started_under_load(private_cluster, signing_key_
     assert not load.bad, load.bad[:5]
     assert load.statuses[503] >= 10 and len(load.registered) >= before + 20
     _registered_and_audited(private_cluster.url, load.registered)
-    _report(
+    soak_report(
         "outage: PostgreSQL stopped",
         f"{sum(load.statuses.values())} registrations while the server was stopped and started",
         f"{load.statuses[503]} x 503 problem+json while down, 0 x 500, "
@@ -225,7 +217,7 @@ def test_a_full_disk_under_sqlite_gives_clear_errors_and_no_half_writes(
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     _registered_and_audited(url, load.registered)
-    _report(
+    soak_report(
         "outage: disk full (SQLite)",
         f"{sum(load.statuses.values())} registrations while the disk filled up and emptied",
         f"{load.statuses[503]} x 503 problem+json while full, 0 x 500, integrity_check ok, "
@@ -255,7 +247,7 @@ def test_redis_killed_and_restarted_under_load(
     assert not load.bad, load.bad[:5]
     assert load.statuses[503] == 0 and load.statuses[-1] == 0
     _registered_and_audited(database_url, load.registered)
-    _report(
+    soak_report(
         f"outage: Redis killed ({backend})",
         f"{sum(load.statuses.values())} registrations (rate-limited through Redis) across a "
         "Redis SIGKILL and restart",

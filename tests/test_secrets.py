@@ -17,7 +17,6 @@ import base64
 import json
 import logging
 import secrets
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,15 +29,18 @@ from cryptography.hazmat.primitives import serialization
 
 from app import create_app
 from app.observability import JsonFormatter, TextFormatter
-from tests.helpers import BIN, ROOT, free_port, project_env, run_flask, wait_for_http
+from tests.helpers import (
+    b64url,
+    bearer,
+    gunicorn_server,
+    project_env,
+    run_flask,
+    tampered,
+)
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
 API = "/api/v1"
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 @dataclass
@@ -114,16 +116,6 @@ class Recorder:
     @property
     def last(self) -> int:
         return len(self.exchanges) - 1
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def tampered(token: str) -> str:
-    header, payload, signature = token.split(".")
-    i = len(signature) // 2
-    return f"{header}.{payload}.{signature[:i]}{'A' if signature[i] != 'A' else 'B'}{signature[i + 1 :]}"
 
 
 def run_flow(
@@ -444,25 +436,17 @@ def test_no_secret_in_gunicorn_logs_or_responses(database_url, signing_key_file,
     import urllib.request
 
     s = Secrets()
-    env = project_env(
-        APP_ENV="testing",
-        DATABASE_URL=database_url,
-        SECRET_KEY=s.secret_key,
-        JWT_SECRET_KEY=s.jwt_secret_key,
-        LICENSE_SIGNING_KEYS=signing_key_file,
-        LOG_LEVEL="DEBUG",
-        GUNICORN_ACCESS_LOG="-",
-        ARGON2_TIME_COST="1",
-        ARGON2_MEMORY_COST="1024",
-        RATELIMIT_ENABLED="false",
-        SANDBOX_LEDGER=str(tmp_path / "ledger.jsonl"),
-        HOST="127.0.0.1",
-        PORT=str(free_port()),
-        WEB_CONCURRENCY="2",
-    )
-    base = f"http://127.0.0.1:{env['PORT']}"
-    log_path = tmp_path / "gunicorn.log"
+    settings = {
+        "SECRET_KEY": s.secret_key,
+        "JWT_SECRET_KEY": s.jwt_secret_key,
+        "LICENSE_SIGNING_KEYS": signing_key_file,
+        "SANDBOX_LEDGER": str(tmp_path / "ledger.jsonl"),
+        "ARGON2_TIME_COST": "1",
+        "ARGON2_MEMORY_COST": "1024",
+    }
+    env = project_env(APP_ENV="testing", DATABASE_URL=database_url, **settings)  # for the CLI
     cli_output: list[str] = []
+    server_output: list[str] = []
 
     def transport(method, path, json_body, headers, data):
         payload = (
@@ -488,23 +472,17 @@ def test_no_secret_in_gunicorn_logs_or_responses(database_url, signing_key_file,
         assert result.returncode == 0, result.stderr
         cli_output.append(result.stdout + result.stderr)
 
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [BIN / "gunicorn", "-c", "deploy/gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            wait_for_http(base + "/healthz", timeout=30, proc=proc)
-            send = Recorder(transport)
-            run_flow(send, s, make_admin, oversized=False)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-    output = log_path.read_text(errors="replace")
+    with gunicorn_server(
+        database_url,
+        workers=2,
+        output=server_output,
+        LOG_LEVEL="DEBUG",
+        GUNICORN_ACCESS_LOG="-",
+        **settings,
+    ) as base:
+        send = Recorder(transport)
+        run_flow(send, s, make_admin, oversized=False)
+    [output] = server_output
     assert "Booting worker" in output and "/api/v1/auth/login" in output  # DEBUG, access log
     logs = {"gunicorn output": output, "CLI output": "\n".join(cli_output)}
     found = leaks(s, signing_key_file, logs, send.exchanges)
