@@ -52,8 +52,14 @@ function init(args)
       fixed[i] = wrk.format(t.method, t.path, t.headers, t.body)
     end
   end
-  -- Threads start at different places in the file.
-  counter = (id * 7919) % #templates
+  -- Each run (RUN_ID is new every time) and each thread starts at a different place in the
+  -- file, so consecutive runs do not replay the same requests (validate: the same tokens,
+  -- which the workers' verified-token caches would then answer).
+  local h = 0
+  for i = 1, #run_id do
+    h = (h * 31 + string.byte(run_id, i)) % 2147483647
+  end
+  counter = (h + id * 7919) % #templates
 end
 
 function request()
