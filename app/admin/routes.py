@@ -3,7 +3,7 @@ admin — checked once for the whole blueprint, so a new route cannot forget it.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from flask import request
@@ -22,6 +22,7 @@ from app.admin.schemas import (
     UserPage,
     UserQuery,
     UserStatsOut,
+    in_utc,
 )
 from app.auth import api as auth_api
 from app.kernel.db import get_session, transaction
@@ -62,11 +63,8 @@ def _keyset(cursor: str | None) -> tuple[datetime, str] | None:
         return None
     try:
         when, key = raw
-        moment = datetime.fromisoformat(when)
-        if moment.tzinfo is None:  # the API only hands out UTC times
-            raise ValueError(when)
-        return moment.astimezone(UTC), str(key)
-    except (TypeError, ValueError, OverflowError):
+        return in_utc(datetime.fromisoformat(when)), str(key)  # the API hands out UTC times
+    except (TypeError, ValueError):
         raise InvalidCursor() from None
 
 

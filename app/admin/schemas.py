@@ -10,6 +10,18 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 LicenseStatus = Literal["active", "suspended", "revoked"]
 
 
+def in_utc(moment: datetime) -> datetime:
+    """An aware time in UTC, where the database keeps times. ValueError for a naive one, or
+    one outside the years 1 to 9999 once in UTC (0001-01-01T00:00+14:00 parses, but is in
+    year 0 in UTC)."""
+    if moment.tzinfo is None:
+        raise ValueError("must have a time zone")
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must fall within the years 1 to 9999 in UTC") from None
+
+
 class UserStatsItem(BaseModel):
     plan: str
     user_count: int
@@ -83,13 +95,7 @@ class AuditQuery(BaseModel):
     @field_validator("since", "until")
     @classmethod
     def _in_utc(cls, value: datetime | None) -> datetime | None:
-        # 0001-01-01T00:00+14:00 parses, but is in year 0 in UTC, where the database is.
-        if value is None:
-            return None
-        try:
-            return value.astimezone(UTC)
-        except OverflowError:
-            raise ValueError("must fall within the years 1 to 9999 in UTC") from None
+        return None if value is None else in_utc(value)
 
 
 class AuditEntryOut(BaseModel):
