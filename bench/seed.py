@@ -80,10 +80,6 @@ AUDIT_ACTIONS = (
 )
 
 
-def _app():
-    return create_app()
-
-
 # --- bulk rows, generated in SQLite ---------------------------------------------------
 
 
@@ -292,7 +288,7 @@ def bulk_python(users: int, audit: int, password_hash: str) -> None:
 
 
 def cmd_bulk(args: argparse.Namespace) -> None:
-    app = _app()
+    app = create_app()
     with app.app_context():
         password_hash = auth_api.hasher_from_config(app.config).hash(PASSWORD)
         if get_database().backend == "sqlite":
@@ -327,7 +323,7 @@ def _create_admin(password_hash: str) -> None:
 
 
 def cmd_accounts(_args: argparse.Namespace) -> None:
-    app = _app()
+    app = create_app()
     with app.app_context():
         hasher = _HashedOnce(auth_api.hasher_from_config(app.config).hash(PASSWORD))
         session = get_session()
@@ -379,7 +375,7 @@ def _users_like(session, pattern: str) -> list[str]:
 def cmd_requests(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    app = _app()
+    app = create_app()
     rng = random.Random(args.seed)
     with app.app_context(), acting_as("auth"):
         session = get_session()
