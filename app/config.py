@@ -176,6 +176,11 @@ def load_config(
     }
 
 
+def rate_limit_settings(config: Mapping[str, Any]) -> list[str]:
+    """The names of the per-route limits (`RATELIMIT_<ROUTE>_PER_<KEY>`) in a configuration."""
+    return sorted(name for name in config if name.startswith("RATELIMIT_") and "_PER_" in name)
+
+
 def check_production(config: Mapping[str, Any]) -> None:
     """Refuse production settings that would be unsafe; raise ConfigError listing them all."""
     if config["APP_ENV"] != "production":

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.config import load_config, rate_limit_settings
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 CACHE = BENCH / ".cache"
@@ -52,11 +54,8 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 # Rate limiting stays on, with limits far above what one load generator on loopback can
 # reach: the limiter does all its work (keys, counters, headers) and never answers 429.
 HIGH_LIMIT = "10000000/minute"
-RATE_LIMIT_SETTINGS = [
-    f"RATELIMIT_{what}_PER_{per}"
-    for what in ("REGISTER", "LOGIN", "REFRESH", "ACTIVATE")
-    for per in ("IP", "ACCOUNT")
-] + ["RATELIMIT_VALIDATE_PER_IP", "RATELIMIT_VALIDATE_PER_TOKEN"]
+# Every per-route limit the service has, as its configuration names them.
+RATE_LIMIT_SETTINGS = rate_limit_settings(load_config(tempfile.gettempdir(), env={}))
 
 
 @dataclass(frozen=True)

@@ -141,8 +141,9 @@ def coverage_problems(app) -> list[str]:
         for method, rule in sorted(routes - REQUESTS.keys())
     ]
     problems += [
-        f"{method} {rule} is in EXPECTED but the app has no such route"
-        for method, rule in sorted(EXPECTED.keys() - routes)
+        f"{method} {rule} is in {name} but the app has no such route"
+        for name, table in (("EXPECTED", EXPECTED), ("REQUESTS", REQUESTS))
+        for method, rule in sorted(table.keys() - routes)
     ]
     return problems
 

@@ -25,6 +25,7 @@ import pytest
 from sqlalchemy import func, inspect, select
 
 from app.auth.models import User
+from app.config import load_config, rate_limit_settings
 from app.kernel.db import get_database, get_session
 from app.kernel.ownership import OPERATOR, acting_as
 from app.models import metadata
@@ -469,11 +470,7 @@ def test_deeply_nested_json_is_a_400_not_a_recursion_error(app_config, tally, li
     limiter's key functions read the body first; a few hundred levels are just invalid."""
     from app import create_app
 
-    generous = {
-        f"RATELIMIT_{what}_PER_{per}": "1000/minute"
-        for what in ("REGISTER", "LOGIN", "REFRESH", "ACTIVATE")
-        for per in ("IP", "ACCOUNT")
-    }
+    generous = dict.fromkeys(rate_limit_settings(load_config(".", env={})), "1000/minute")
     # With limits on, the key functions (per account, per token) read the body first.
     app = create_app({**app_config, **generous, "RATELIMIT_ENABLED": limits == "rate limits on"})
     client = app.test_client()
