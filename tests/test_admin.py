@@ -1,4 +1,4 @@
-"""The admin API on SQLite and PostgreSQL (DESIGN §5, Admin)."""
+"""The admin API on SQLite and PostgreSQL (README: Admin)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Accounts and tokens over HTTP, on SQLite and PostgreSQL (DESIGN §5, Auth)."""
+"""Accounts and tokens over HTTP, on SQLite and PostgreSQL (README: Using the API)."""
 
 from __future__ import annotations
 

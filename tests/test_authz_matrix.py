@@ -7,7 +7,7 @@ with its name. The callers:
 - anonymous: no Authorization header;
 - user_a: owns the license and the order the routes are asked about;
 - user_b: another user: A's license and order are 404 to B ("not found or not yours");
-- admin: may read any license or order (DESIGN §5), and is the only one on /admin;
+- admin: may read any license or order (README: Licenses, Orders), and is the only one on /admin;
 - expired, revoked (after /auth/logout), tampered (one character of the signature
   flipped), alg_none (header {"alg": "none"}, A's claims, no signature), forged (A's
   signature on claims changed to make A an admin, or B on a refresh token), and

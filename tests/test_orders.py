@@ -1,4 +1,4 @@
-"""Orders over HTTP on SQLite and PostgreSQL (DESIGN §5, Orders)."""
+"""Orders over HTTP on SQLite and PostgreSQL (README: Orders)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ownership registry and its runtime guard, on SQLite and PostgreSQL (DESIGN §2)."""
+"""The ownership registry and its runtime guard, on SQLite and PostgreSQL (docs/ownership.md)."""
 
 from __future__ import annotations
 

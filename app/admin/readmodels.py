@@ -1,4 +1,4 @@
-"""The columns of auth's tables that admin reads (DESIGN §2: admin may read them).
+"""The columns of auth's tables that admin reads (admin may read them: docs/ownership.md).
 
 Admin may not import auth's models, so it declares here, as tables of a private MetaData
 (not the models'), exactly what it reads, in the owner's schema. A test checks every column

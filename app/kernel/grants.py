@@ -1,7 +1,7 @@
-"""PostgreSQL roles and GRANTs generated from the ownership registry (DESIGN §7, phase 2).
+"""PostgreSQL roles and GRANTs generated from the ownership registry (phase 2, docs/phases.md).
 
-One NOLOGIN role per module (and the kernel) with exactly the rights of DESIGN §2: the owner
-reads and writes its tables, granted readers may SELECT, nobody else gets anything. The
+One NOLOGIN role per module (and the kernel) with exactly the rights of docs/ownership.md:
+the owner reads and writes its tables, granted readers may SELECT, nobody else gets anything. The
 application's login role is made a member of every module role, so it can take on a
 module's role for that module's statements (`SET LOCAL ROLE`); then PostgreSQL itself
 refuses a foreign write, whatever the application code does.

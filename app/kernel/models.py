@@ -1,5 +1,5 @@
 """The kernel's own tables: the event outbox, the consumers' inbox and the relay's lease
-(DESIGN §7)."""
+(docs/phases.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The table-ownership registry and the runtime guard (DESIGN §2).
+"""The table-ownership registry and the runtime guard (docs/architecture.md).
 
 Each module declares the tables it owns and the tables it may read. From that one registry
 come the runtime guard below, `flask ownership show`, docs/ownership.md and, in phase 2,
