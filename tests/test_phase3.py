@@ -136,6 +136,17 @@ def relay_for(app, **options) -> OutboxRelay:
     )
 
 
+def expire_leases(app) -> None:
+    """Every relay lease in the main database runs out now: an explicit step, so that no test
+    races a short lease against the machine's speed."""
+    engine = make_engine(engine_settings(app.config["DATABASE_URL"], pool_size=1, max_overflow=0))
+    try:
+        with acting_as(OPERATOR), engine.begin() as conn:
+            conn.execute(update(EventLease).values(expires_at=datetime(2000, 1, 1, tzinfo=UTC)))
+    finally:
+        engine.dispose()
+
+
 def consumer_for(app, name: str = "c1", **options) -> EventConsumer:
     return EventConsumer(
         "admin",
@@ -272,13 +283,14 @@ def test_copy_module_brings_the_history_along(app, phase3_config):
 
 def test_one_relay_holds_the_lease_the_other_waits(phase3_app):
     record_events(phase3_app, 10)
-    first, second = relay_for(phase3_app, lease_seconds=1), relay_for(phase3_app, lease_seconds=1)
+    first = relay_for(phase3_app, lease_seconds=600)
+    second = relay_for(phase3_app, lease_seconds=600)
     assert first.run_once().published == 10
     standby = second.run_once()
     assert not standby.leader and standby.published == 0
     # The holder stops renewing (it died): once its lease runs out the other takes over.
     record_events(phase3_app, 3)
-    time.sleep(1.1)
+    expire_leases(phase3_app)
     assert second.run_once().published == 3
     assert not first.run_once().leader
     assert [int(f["seq"]) for f in stream_entries(phase3_app)] == list(range(1, 14))
@@ -641,13 +653,17 @@ def test_another_consumer_takes_over_what_a_dead_one_left_pending(phase3_app):
     dead one had received, then the rest — in stream order, each once."""
     ids = record_events(phase3_app, 10)
     relay_for(phase3_app).run_once()
-    dead = consumer_for(phase3_app, name="a", lock_ms=300)
+    dead = consumer_for(phase3_app, name="a", lock_ms=60_000)
     assert dead.poll_once(limit=1) == 1  # applies one …
     assert len(dead._read(">", 4)) == 4  # … receives four more, and dies before applying them
-    heir = consumer_for(phase3_app, name="b", lock_ms=300)
+    heir = consumer_for(phase3_app, name="b", lock_ms=60_000)
     assert heir.poll_once() == 0 and heir.waiting  # the dead one's lock is still live
-    time.sleep(0.4)
+    # The dead one's lock runs out: an explicit step, not a race against the machine's speed.
+    assert dead.redis.pexpire(dead._lock_key, 1)
+    while dead.redis.exists(dead._lock_key):
+        time.sleep(0.01)
     drain(heir)
+    assert not heir.waiting
     assert_exactly_once(phase3_app, ids)
     admin_url = phase3_app.config["MODULE_DATABASE_URLS"]["admin"]
     applied = [
