@@ -301,7 +301,7 @@ def test_revocations_survive_a_restart(app_config, client):
         restarted.extensions["db"].dispose()
 
 
-def _forge(claims: dict, key: str = "development-only-placeholder-never-use-in-production") -> str:
+def _forge(claims: dict, key: str) -> str:
     return pyjwt.encode(claims, key, algorithm="HS256")
 
 
@@ -325,7 +325,12 @@ def test_bad_tokens_are_401_problems(app, client):
             "invalid_token",
         ),
         "expired": (
-            bearer(_forge({**good, "exp": good["iat"] - 10, "nbf": good["iat"] - 100})),
+            bearer(
+                _forge(
+                    {**good, "exp": good["iat"] - 10, "nbf": good["iat"] - 100},
+                    key=app.config["JWT_SECRET_KEY"],
+                )
+            ),
             "token_expired",
         ),
         "refresh as access": (bearer(pair["refresh_token"]), "invalid_token"),
