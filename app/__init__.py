@@ -12,6 +12,7 @@ from apiflask import APIFlask
 from flask import Request
 from flask.json.provider import DefaultJSONProvider
 from flask.sessions import NullSession, SessionInterface
+from werkzeug.exceptions import UnsupportedMediaType
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import observability
@@ -50,7 +51,19 @@ class NoCookieSession(SessionInterface):
 
 
 class ApiRequest(Request):
-    """Malformed JSON is a 400 problem with code `malformed_json`, not a bare BadRequest."""
+    """Bodies are JSON, sent as JSON: `application/json` or a `+json` type, else 415; and
+    malformed JSON is a 400 problem with code `malformed_json`, not a bare BadRequest.
+
+    Views read bodies with `get_json(force=True)` (APIFlask does): `force` is ignored
+    here, so a `text/plain` or form body (which a cross-site page can post without a
+    CORS preflight) is never parsed as JSON."""
+
+    def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        if not self.is_json:
+            if silent:
+                return None
+            raise UnsupportedMediaType("Send the body as JSON with Content-Type: application/json.")
+        return super().get_json(force=False, silent=silent, cache=cache)
 
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
         raise MalformedJSON("The request body is not valid JSON.")
@@ -64,15 +77,25 @@ class ApiJSONProvider(DefaultJSONProvider):
       `get_json(silent=True)`, as the rate-limit keys use it, only swallows ValueError).
     - `json.loads(bytes)` decodes with "surrogatepass", so encoded surrogates (invalid
       UTF-8) would get through as lone surrogates, and it guesses UTF-16 and UTF-32.
+    - Duplicate member names (`{"seats": 1, "seats": 50}`) are refused, at any depth:
+      Python keeps the last one, another parser (a proxy, a log reader) may keep the first.
     """
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         if isinstance(s, bytes | bytearray):
             s = bytes(s).decode("utf-8-sig")  # UnicodeDecodeError is a ValueError
+        kwargs.setdefault("object_pairs_hook", _unique_members)
         try:
             return super().loads(s, **kwargs)
         except RecursionError:
             raise ValueError("JSON nested too deeply") from None
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        raise ValueError("duplicate member names in a JSON object")
+    return members
 
 
 def instance_path(config: Mapping[str, Any] | None = None) -> str | None:

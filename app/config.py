@@ -146,7 +146,13 @@ def load_config(
         "ARGON2_TIME_COST": _int(env, "ARGON2_TIME_COST", 2),
         "ARGON2_MEMORY_COST": _int(env, "ARGON2_MEMORY_COST", 19 * 1024),
         "ARGON2_PARALLELISM": _int(env, "ARGON2_PARALLELISM", 1),
+        # Login throttling (docs/adr/0008-login-lockout.md): failures per account and client
+        # address, and per account from all addresses, within a window; each consecutive
+        # lock twice as long as the one before, from LOGIN_LOCK_SECONDS to LOGIN_LOCK_MINUTES.
         "LOGIN_MAX_FAILURES": _int(env, "LOGIN_MAX_FAILURES", 5),
+        "LOGIN_ACCOUNT_MAX_FAILURES": _int(env, "LOGIN_ACCOUNT_MAX_FAILURES", 50),
+        "LOGIN_FAILURE_WINDOW": timedelta(minutes=_int(env, "LOGIN_FAILURE_WINDOW_MINUTES", 15)),
+        "LOGIN_FIRST_LOCK": timedelta(seconds=_int(env, "LOGIN_LOCK_SECONDS", 60)),
         "LOGIN_LOCK_DURATION": timedelta(minutes=_int(env, "LOGIN_LOCK_MINUTES", 30)),
         # Rate limits (flask-limiter syntax); Redis-backed when REDIS_URL is set
         "RATELIMIT_ENABLED": _bool(env.get("RATELIMIT_ENABLED"), True),
