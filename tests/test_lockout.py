@@ -51,8 +51,8 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch) -> Clock:
     clock = Clock()
-    monkeypatch.setattr("app.auth.routes.utcnow", clock)
-    monkeypatch.setattr("app.auth.license_routes.utcnow", clock)
+    monkeypatch.setattr("app.auth.routes.utcnow", clock, raising=False)
+    monkeypatch.setattr("app.auth.license_routes.utcnow", clock, raising=False)
     return clock
 
 
