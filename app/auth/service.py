@@ -301,6 +301,7 @@ def settle_login(
     if attempt.password_ok and attempt.user_id is not None:
         existing = session.scalars(
             _throttles(attempt.account, address)
+            .order_by(LoginThrottle.address)  # the failure path's lock order
             .with_for_update()
             .execution_options(populate_existing=True)
         ).all()
