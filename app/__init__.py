@@ -12,13 +12,12 @@ from apiflask import APIFlask
 from flask import Request
 from flask.json.provider import DefaultJSONProvider
 from flask.sessions import NullSession, SessionInterface
-from werkzeug.exceptions import UnsupportedMediaType
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import observability
 from app.config import check_production, check_secrets, load_config
 from app.kernel import files
-from app.kernel.errors import MalformedJSON
+from app.kernel.errors import MalformedJSON, ProblemError
 from app.kernel.web import document_common_errors, document_request_headers
 
 __all__ = ["create_app"]
@@ -62,7 +61,11 @@ class ApiRequest(Request):
         if not self.is_json:
             if silent:
                 return None
-            raise UnsupportedMediaType("Send the body as JSON with Content-Type: application/json.")
+            raise ProblemError(
+                "Send the body as JSON, with Content-Type: application/json.",
+                status=415,
+                code="unsupported_media_type",
+            )
         return super().get_json(force=False, silent=silent, cache=cache)
 
     def on_json_loading_failed(self, e: ValueError | None) -> Any:

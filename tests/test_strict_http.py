@@ -100,6 +100,7 @@ def test_bodies_that_are_not_sent_as_json_are_415(app, client, content_type):
         response = client.post(path, data=body, headers=headers)
         body_out = assert_problem(response, 415, "unsupported_media_type")
         assert body_out["title"] == "Unsupported Media Type"
+        assert "Content-Type: application/json" in body_out["detail"]
     assert user_count(app) == 0
 
 
