@@ -202,6 +202,7 @@ def test_hostile_requests_do_not_reset_limits_already_counted(limited, caplog):
     assert "Traceback" not in log
     assert not [r for r in caplog.records if r.exc_info]
     assert "falling back" not in log and "Failed to rate limit" not in log
+    assert "rate-limit key" not in log  # nothing failed: a 2 MB body is the view's 413
 
 
 def test_a_key_function_that_fails_is_keyed_by_address(app, caplog):

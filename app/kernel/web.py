@@ -12,6 +12,7 @@ from typing import Any
 
 from apiflask import APIBlueprint
 from flask import current_app, g, request
+from werkzeug.exceptions import HTTPException
 
 from app.kernel import ownership
 
@@ -92,6 +93,8 @@ def rate_limit_key(key: Callable[[], str]) -> Callable[[], str]:
     def total() -> str:
         try:
             value = key()
+        except HTTPException:  # a body too large to read: the view answers it (413)
+            return "ip:" + client_ip()
         except Exception as exc:
             log.warning(
                 "rate-limit key %s failed (%s); keyed by address", key.__name__, type(exc).__name__
@@ -134,9 +137,10 @@ def client_ip() -> str:
     """The client's address (after ProxyFix has applied the trusted hops), in canonical
     form; "unknown" when what the proxy passed on is not an address."""
     try:
-        return str(ipaddress.ip_address(request.remote_addr or ""))
+        address = str(ipaddress.ip_address(request.remote_addr or ""))
     except ValueError:
         return "unknown"
+    return address if len(address) <= 45 else "unknown"  # an IPv6 scope id can be long
 
 
 def _json_member(name: str) -> str | None:
