@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -13,11 +15,17 @@ from flask.sessions import NullSession, SessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import observability
-from app.config import check_production, load_config
-from app.kernel.errors import MalformedJSON
+from app.config import check_production, check_secrets, load_config
+from app.kernel import files
+from app.kernel.errors import MalformedJSON, ProblemError
 from app.kernel.web import document_common_errors, document_request_headers
 
 __all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+# Outside production, secrets that are not set are generated into the instance folder.
+SECRET_FILES = {"SECRET_KEY": "secret-key", "JWT_SECRET_KEY": "jwt-secret-key"}
 
 
 # Error responses are documented per route as application/problem+json (kernel.web.
@@ -42,7 +50,23 @@ class NoCookieSession(SessionInterface):
 
 
 class ApiRequest(Request):
-    """Malformed JSON is a 400 problem with code `malformed_json`, not a bare BadRequest."""
+    """Bodies are JSON, sent as JSON: `application/json` or a `+json` type, else 415; and
+    malformed JSON is a 400 problem with code `malformed_json`, not a bare BadRequest.
+
+    Views read bodies with `get_json(force=True)` (APIFlask does): `force` is ignored
+    here, so a `text/plain` or form body (which a cross-site page can post without a
+    CORS preflight) is never parsed as JSON."""
+
+    def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        if not self.is_json:
+            if silent:
+                return None
+            raise ProblemError(
+                "Send the body as JSON, with Content-Type: application/json.",
+                status=415,
+                code="unsupported_media_type",
+            )
+        return super().get_json(force=False, silent=silent, cache=cache)
 
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
         raise MalformedJSON("The request body is not valid JSON.")
@@ -56,21 +80,40 @@ class ApiJSONProvider(DefaultJSONProvider):
       `get_json(silent=True)`, as the rate-limit keys use it, only swallows ValueError).
     - `json.loads(bytes)` decodes with "surrogatepass", so encoded surrogates (invalid
       UTF-8) would get through as lone surrogates, and it guesses UTF-16 and UTF-32.
+    - Duplicate member names (`{"seats": 1, "seats": 50}`) are refused, at any depth:
+      Python keeps the last one, another parser (a proxy, a log reader) may keep the first.
     """
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         if isinstance(s, bytes | bytearray):
             s = bytes(s).decode("utf-8-sig")  # UnicodeDecodeError is a ValueError
+        kwargs.setdefault("object_pairs_hook", _unique_members)
         try:
             return super().loads(s, **kwargs)
         except RecursionError:
             raise ValueError("JSON nested too deeply") from None
 
 
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        raise ValueError("duplicate member names in a JSON object")
+    return members
+
+
+def instance_path(config: Mapping[str, Any] | None = None) -> str | None:
+    """The instance folder: `INSTANCE_PATH` (config, then environment), else Flask's
+    default (`instance/` beside the package)."""
+    path = (config or {}).get("INSTANCE_PATH") or os.environ.get("INSTANCE_PATH")
+    return os.path.abspath(path) if path else None
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
     """Build the application. `config` overrides settings read from the environment.
 
-    No side effects beyond reading configuration: no migrations, no network connections.
+    No side effects beyond reading configuration and the instance folder (created 0700;
+    outside production, the secrets generated there on first start): no migrations, no
+    network connections.
     """
     app = APIFlask(
         __name__,
@@ -78,6 +121,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
         version="1.0",
         spec_path="/openapi.json",
         docs_path=None,
+        instance_path=instance_path(config),
         instance_relative_config=True,
     )
     app.request_class = ApiRequest
@@ -88,8 +132,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
     check_production(settings)
     app.config.from_mapping(settings)
     app.config.from_mapping(OPENAPI_SETTINGS)
-    os.makedirs(app.instance_path, exist_ok=True)
+    files.private_dir(app.instance_path)
     observability.configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
+    use_instance_secrets(app)
+    check_secrets(app.config)
 
     register_extensions(app)
     register_blueprints(app)
@@ -103,6 +149,30 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
         hops = app.config["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     return app
+
+
+def use_instance_secrets(app: APIFlask) -> None:
+    """Development and testing: SECRET_KEY / JWT_SECRET_KEY that are not set are generated
+    once per instance folder (random, mode 0600) and shared by every process using it.
+    Nothing is ever signed with a value from the source code. Production must set both."""
+    if app.config["APP_ENV"] == "production":
+        return
+    missing = tuple(name for name in SECRET_FILES if not app.config.get(name))
+    for name in missing:
+        app.config[name], _ = files.instance_secret(app.instance_path, SECRET_FILES[name])
+    if missing:
+        _say_where_secrets_are(missing, app.instance_path)
+
+
+@functools.cache
+def _say_where_secrets_are(names: tuple[str, ...], folder: str) -> None:
+    paths = ", ".join(os.path.join(folder, SECRET_FILES[name]) for name in names)
+    log.info(
+        "%s not set: using the secrets generated for this instance in %s (mode 0600). "
+        "Set them in production.",
+        " and ".join(names),
+        paths,
+    )
 
 
 def register_extensions(app: APIFlask) -> None:

@@ -19,6 +19,7 @@ from flask.cli import AppGroup
 from app.auth import api as auth_api
 from app.kernel import migrations
 from app.kernel.db import get_database, get_session, transaction
+from app.kernel.emails import normalise_email
 from app.kernel.ownership import OPERATOR, acting_as, registry
 
 db_cli = AppGroup("db", help="Database migrations (alembic).")
@@ -390,9 +391,20 @@ def users_create_admin(email: str, password_stdin: bool) -> None:
             user = auth_api.create_user(session, email, password, role="admin", hasher=hasher)
     except auth_api.EmailTaken:
         raise click.ClickException(
-            f"an account with email {email.strip().lower()} already exists"
+            f"an account with email {normalise_email(email)} already exists"
         ) from None
     click.echo(f"created admin {user.email} ({user.user_id})")
+
+
+@users_cli.command("unlock")
+@click.argument("email")
+def users_unlock(email: str) -> None:
+    """Lift the login locks of EMAIL (every address, and the account); audited."""
+    session = get_session()
+    with transaction(session):
+        user, cleared = auth_api.unlock_email(session, email, current_app.config, actor_id="cli")
+    who = f"{user.email} ({user.user_id})" if user else f"{normalise_email(email)} (no account)"
+    click.echo(f"unlocked {who}: {cleared} failure record(s) cleared")
 
 
 @tokens_cli.command("prune")

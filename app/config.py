@@ -1,7 +1,9 @@
 """Settings from the environment, with safe development defaults.
 
-`APP_ENV=production` refuses to start without real secrets: a missing or weak
-`SECRET_KEY` or `JWT_SECRET_KEY` is a `ConfigError` with a message saying what to set.
+No secret has a default in the source. `APP_ENV=production` refuses to start without real
+secrets: a missing `SECRET_KEY` or `JWT_SECRET_KEY` is a `ConfigError` with a message
+saying what to set. In development and testing, unset secrets are generated once per
+instance folder (`create_app`); a secret that is set must be strong in every environment.
 """
 
 from __future__ import annotations
@@ -13,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 ENVIRONMENTS = ("development", "production", "testing")
-# The development placeholder: long enough for HS256, public, refused in production.
-DEV_SECRET = "development-only-placeholder-never-use-in-production"  # noqa: S105
 MIN_SECRET_LENGTH = 32
+SECRETS = ("SECRET_KEY", "JWT_SECRET_KEY")
 
 
 class ConfigError(RuntimeError):
@@ -104,8 +105,9 @@ def load_config(
     return {
         "APP_ENV": app_env,
         "TESTING": app_env == "testing",
-        "SECRET_KEY": env.get("SECRET_KEY") or DEV_SECRET,
-        "JWT_SECRET_KEY": env.get("JWT_SECRET_KEY") or DEV_SECRET,
+        # Unset: None. Production refuses to start; elsewhere create_app generates them.
+        "SECRET_KEY": env.get("SECRET_KEY") or None,
+        "JWT_SECRET_KEY": env.get("JWT_SECRET_KEY") or None,
         "DATABASE_URL": database_url,
         # Phase 3: modules on their own database ({"admin": url}); their inbound facade
         # calls travel through the outbox, `flask outbox relay` and `flask outbox consume`.
@@ -144,7 +146,13 @@ def load_config(
         "ARGON2_TIME_COST": _int(env, "ARGON2_TIME_COST", 2),
         "ARGON2_MEMORY_COST": _int(env, "ARGON2_MEMORY_COST", 19 * 1024),
         "ARGON2_PARALLELISM": _int(env, "ARGON2_PARALLELISM", 1),
+        # Login throttling (docs/adr/0008-login-lockout.md): failures per account and client
+        # address, and per account from all addresses, within a window; each consecutive
+        # lock twice as long as the one before, from LOGIN_LOCK_SECONDS to LOGIN_LOCK_MINUTES.
         "LOGIN_MAX_FAILURES": _int(env, "LOGIN_MAX_FAILURES", 5),
+        "LOGIN_ACCOUNT_MAX_FAILURES": _int(env, "LOGIN_ACCOUNT_MAX_FAILURES", 50),
+        "LOGIN_FAILURE_WINDOW": timedelta(minutes=_int(env, "LOGIN_FAILURE_WINDOW_MINUTES", 15)),
+        "LOGIN_FIRST_LOCK": timedelta(seconds=_int(env, "LOGIN_LOCK_SECONDS", 60)),
         "LOGIN_LOCK_DURATION": timedelta(minutes=_int(env, "LOGIN_LOCK_MINUTES", 30)),
         # Rate limits (flask-limiter syntax); Redis-backed when REDIS_URL is set
         "RATELIMIT_ENABLED": _bool(env.get("RATELIMIT_ENABLED"), True),
@@ -181,20 +189,40 @@ def rate_limit_settings(config: Mapping[str, Any]) -> list[str]:
     return sorted(name for name in config if name.startswith("RATELIMIT_") and "_PER_" in name)
 
 
-def check_production(config: Mapping[str, Any]) -> None:
-    """Refuse production settings that would be unsafe; raise ConfigError listing them all."""
-    if config["APP_ENV"] != "production":
-        return
+def secret_problems(config: Mapping[str, Any]) -> list[str]:
+    """What is wrong with SECRET_KEY and JWT_SECRET_KEY (missing, short, or the same)."""
     problems = []
-    for name in ("SECRET_KEY", "JWT_SECRET_KEY"):
+    for name in SECRETS:
         value = config.get(name) or ""
-        if value == DEV_SECRET or not value:
+        if not value:
             problems.append(f"{name} is not set")
         elif len(value) < MIN_SECRET_LENGTH:
             problems.append(f"{name} is shorter than {MIN_SECRET_LENGTH} characters")
     secret = config.get("SECRET_KEY")
-    if secret and secret != DEV_SECRET and secret == config.get("JWT_SECRET_KEY"):
+    if secret and secret == config.get("JWT_SECRET_KEY"):
         problems.append("SECRET_KEY and JWT_SECRET_KEY must differ")
+    return problems
+
+
+GENERATE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"  # noqa: S105
+
+
+def check_secrets(config: Mapping[str, Any]) -> None:
+    """Refuse weak or missing secrets in any environment (tokens are signed with them)."""
+    problems = secret_problems(config)
+    if problems:
+        raise ConfigError(
+            "refusing to start: "
+            + "; ".join(problems)
+            + f". Generate a secret with: {GENERATE_SECRET}"
+        )
+
+
+def check_production(config: Mapping[str, Any]) -> None:
+    """Refuse production settings that would be unsafe; raise ConfigError listing them all."""
+    if config["APP_ENV"] != "production":
+        return
+    problems = secret_problems(config)
     if config.get("PAYMENT_PROVIDER") == "sandbox" and not config.get("ALLOW_SANDBOX_PAYMENTS"):
         problems.append("PAYMENT_PROVIDER is the sandbox (set ALLOW_SANDBOX_PAYMENTS=1 for a demo)")
     if not config.get("LICENSE_SIGNING_KEYS"):
@@ -205,7 +233,6 @@ def check_production(config: Mapping[str, Any]) -> None:
         raise ConfigError(
             "refusing to start with APP_ENV=production: "
             + "; ".join(problems)
-            + ". Generate a secret with: "
-            + "python -c 'import secrets; print(secrets.token_urlsafe(48))'; "
+            + f". Generate a secret with: {GENERATE_SECRET}; "
             + "a license signing key with: flask --app wsgi licenses generate-key PATH"
         )

@@ -18,6 +18,23 @@ from app.kernel.db import get_database
 
 access_log = logging.getLogger("app.access")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# Metric labels come from closed sets, so no request can create new series: any other
+# method is "other"; a path no route matches is "<unmatched>".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "<unmatched>"
+# Control characters (C0, DEL, C1) and Unicode's line and paragraph separators: a logged
+# value holding one could start what looks like a new log line. Lone surrogates too: the
+# log stream could not encode them.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def escape_controls(value: object) -> str:
+    """`value` as text with every control character written as an escape (\\n, \\x1b…)."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value))
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,16 +54,34 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """Plain lines for development, with the structured fields appended as key=value."""
+    """Plain lines for development, with the structured fields appended as key=value.
+
+    The message and every field have their control characters escaped, so what a client
+    sends (a path with %0a) cannot forge a line; a traceback's lines are indented, so
+    only a record's first line starts at the margin."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return "\n".join("    " + line for line in super().formatException(ei).splitlines())
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join("    " + line for line in stack_info.splitlines())
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         fields = getattr(record, "fields", None)
         if fields:
-            line += " " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+            line += " " + " ".join(
+                f"{escape_controls(k)}={escape_controls(v)}"
+                for k, v in fields.items()
+                if v is not None
+            )
         return line
 
 
@@ -67,11 +102,12 @@ def _start() -> None:
 
 def _finish(response: Response) -> Response:
     duration = time.perf_counter() - g.get("started", time.perf_counter())
-    route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+    route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
     request_id = g.get("request_id", "-")
     response.headers["X-Request-ID"] = request_id
-    metrics.HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-    metrics.HTTP_LATENCY.labels(request.method, route).observe(duration)
+    method = method_label(request.method)
+    metrics.HTTP_REQUESTS.labels(method, route, str(response.status_code)).inc()
+    metrics.HTTP_LATENCY.labels(method, route).observe(duration)
     if response.status_code == 429:
         metrics.RATE_LIMITED.labels(route).inc()
     claims = g.get("_jwt_extended_jwt") or {}

@@ -3,6 +3,10 @@
 With REQUIRE_SERVICES=1 (CI), an unreachable PostgreSQL or Redis fails the run instead of
 skipping its tests. PostgreSQL tests use a throwaway database created for this run and
 dropped at the end.
+
+The run has an instance folder of its own (INSTANCE_PATH, inherited by every app and child
+process the tests start), so the secrets and keys generated there never touch the
+repository's instance/ folder.
 """
 
 from __future__ import annotations
@@ -25,6 +29,22 @@ from tests.helpers import PG_SCHEMAS, layout_config
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not os.environ.get("INSTANCE_PATH"):
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="licensing-test-instance-")
+        os.environ["INSTANCE_PATH"] = folder
+        config._test_instance_path = folder  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = getattr(config, "_test_instance_path", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop("INSTANCE_PATH", None)
 
 
 def service_unavailable(what: str, why: object) -> None:

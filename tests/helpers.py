@@ -211,7 +211,9 @@ def wait_for_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"server exited early with code {proc.returncode}")
         try:
-            urllib.request.urlopen(url, timeout=1).close()  # noqa: S310 - loopback test URL
+            # 3 s: longer than an answer that takes a second (nginx's 504 in front of a mute
+            # upstream with proxy_read_timeout 1s) on a loaded machine.
+            urllib.request.urlopen(url, timeout=3).close()  # noqa: S310 - loopback test URL
             return
         except urllib.error.HTTPError:
             return

@@ -108,6 +108,7 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
     ("GET", f"{API}/admin/stats/licenses"): admin_only(200),
     ("GET", f"{API}/admin/users"): admin_only(200),
     ("GET", f"{API}/admin/users/<user_id>"): admin_only(200),
+    ("POST", f"{API}/admin/users/<user_id>/unlock"): admin_only(200),
     ("GET", f"{API}/admin/audit-logs"): admin_only(200),
     ("GET", f"{API}/admin/licenses/<license_id>"): admin_only(200),
     ("PATCH", f"{API}/admin/licenses/<license_id>"): admin_only(200),
@@ -356,6 +357,9 @@ REQUESTS: dict[tuple[str, str], Callable[[World], Call]] = {
     ("GET", f"{API}/admin/stats/licenses"): no_body(f"{API}/admin/stats/licenses"),
     ("GET", f"{API}/admin/users"): no_body(f"{API}/admin/users"),
     ("GET", f"{API}/admin/users/<user_id>"): about(f"{API}/admin/users/<user_id>", "user_id"),
+    ("POST", f"{API}/admin/users/<user_id>/unlock"): about(
+        f"{API}/admin/users/<user_id>/unlock", "user_id"
+    ),
     ("GET", f"{API}/admin/audit-logs"): no_body(f"{API}/admin/audit-logs"),
     ("GET", f"{API}/admin/licenses/<license_id>"): about(
         f"{API}/admin/licenses/<license_id>", "license_id"

@@ -3,13 +3,15 @@ spoofing through X-Forwarded-For. Skipped where nginx is absent (required in CI)
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import select
 
 from app.admin.models import AuditLog
 from app.kernel.db import make_engine, make_sessionmaker
 from app.kernel.ownership import OPERATOR, acting_as
-from tests.helpers import engine_settings, gunicorn_server, nginx_call, nginx_in_front_of
+from tests.helpers import ROOT, engine_settings, gunicorn_server, nginx_call, nginx_in_front_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("backend", ["sqlite"], indirect=True)]
 PASSWORD = "correct horse battery"
@@ -74,3 +76,25 @@ def test_behind_nginx_the_app_sees_the_client_and_ignores_spoofing(database_url,
     assert ips == ["127.0.0.2"] * 3 + [
         "127.0.0.3"
     ]  # the client's address: not nginx's, not the spoof
+
+
+def test_only_nginx_is_exposed_and_it_keeps_metrics_internal(database_url, tmp_path, monkeypatch):
+    """gunicorn listens on loopback unless told otherwise; through nginx, /metrics answers
+    127.0.0.1 only (problem+json 403 to anyone else), the public documents everyone."""
+    import runpy
+
+    monkeypatch.delenv("HOST", raising=False)  # the default, as `make run` and the docs give it
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "prom"))
+    settings = runpy.run_path(str(ROOT / "deploy" / "gunicorn.conf.py"))
+    assert settings["bind"].startswith("127.0.0.1:")
+    with (
+        gunicorn_server(database_url, workers=1) as base,
+        nginx_in_front_of(base.removeprefix("http://"), tmp_path) as port,
+    ):
+        status, body, headers = nginx_call(port, "GET", "/metrics", source="127.0.0.2")
+        assert status == 403
+        assert headers["Content-Type"].startswith("application/problem+json")
+        assert json.loads(body)["code"] == "forbidden"
+        assert nginx_call(port, "GET", "/metrics")[0] == 200  # the local scraper
+        for path in ("/openapi.json", "/healthz", "/.well-known/jwks.json"):
+            assert nginx_call(port, "GET", path, source="127.0.0.2")[0] == 200, path

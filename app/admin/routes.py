@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import request
+from flask import current_app, request
 from flask_jwt_extended import get_jwt, verify_jwt_in_request
 
 from app.admin import bp, service
@@ -109,6 +109,20 @@ def get_user(user_id: str) -> Any:
     if user is None:
         raise NotFound("No such user.", code="user_not_found")
     return user
+
+
+@bp.post("/users/<user_id>/unlock")
+@bp.output(UserDetailOut)
+@_doc("Lift a user's login locks (every address, and the account): audited", 404)
+def unlock_user(user_id: str) -> Any:
+    session = get_session()
+    with transaction(session):
+        unlocked = auth_api.unlock_user(
+            session, user_id, current_app.config, actor_id=get_jwt()["sub"], ip=client_ip()
+        )
+    if unlocked is None:
+        raise NotFound("No such user.", code="user_not_found")
+    return service.user_with_licenses(session, user_id)
 
 
 @bp.get("/audit-logs")

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from app.admin.models import AuditLog, AuditLogArchive
 from app.admin.readmodels import licenses, users
 from app.kernel.db import UtcDateTime, utcnow
+from app.kernel.emails import normalise_email
 from app.kernel.events import Event
 from app.kernel.ids import new_id
 
@@ -138,7 +139,7 @@ def list_users(
 ) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
     """Users, newest first, filtered by email prefix and plan; keyset (created_at, user_id)."""
     stmt = select(*USER_COLUMNS)
-    prefix = (email_prefix or "").strip().lower()  # emails are stored trimmed, lower-case
+    prefix = normalise_email(email_prefix or "")  # as emails are stored
     if prefix:
         stmt = stmt.where(_prefix_range(users.c.email, prefix))
     if plan:

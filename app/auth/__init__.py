@@ -10,7 +10,9 @@ from app.kernel.web import module_blueprint
 
 MODULE = "auth"
 declaration = registry.declare(
-    MODULE, owns={"users", "token_revocations", "licenses", "subscriptions"}, reads=set()
+    MODULE,
+    owns={"users", "login_throttles", "token_revocations", "licenses", "subscriptions"},
+    reads=set(),
 )
 
 bp = module_blueprint(MODULE, __name__, url_prefix="/api/v1", tag="Auth")

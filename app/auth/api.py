@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -67,6 +69,41 @@ def get_user(session: Session, user_id: str) -> UserSummary | None:
         return _summary(service.get_user(session, user_id))
     except service.UserNotFound:
         return None
+
+
+@module_api(MODULE)
+def unlock_email(
+    session: Session,
+    email: str,
+    config: Mapping[str, Any],
+    *,
+    actor_id: str | None,
+    ip: str | None = None,
+) -> tuple[UserSummary | None, int]:
+    """Lift the login locks of an email, account or not (inside the caller's transaction;
+    audited as ACCOUNT_UNLOCKED). Returns the user, if any, and the records cleared."""
+    policy = service.LockoutPolicy.from_config(config)
+    user, cleared = service.unlock(session, email, policy, actor_id=actor_id, ip=ip)
+    return (_summary(user) if user is not None else None), cleared
+
+
+@module_api(MODULE)
+def unlock_user(
+    session: Session,
+    user_id: str,
+    config: Mapping[str, Any],
+    *,
+    actor_id: str | None,
+    ip: str | None = None,
+) -> UserSummary | None:
+    """Lift the login locks of a user's account (audited); None when there is no such user."""
+    try:
+        user = service.get_user(session, user_id)
+    except service.UserNotFound:
+        return None
+    policy = service.LockoutPolicy.from_config(config)
+    unlocked, _ = service.unlock(session, user.email, policy, actor_id=actor_id, ip=ip)
+    return _summary(unlocked)
 
 
 @module_api(MODULE)

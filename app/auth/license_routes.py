@@ -26,6 +26,7 @@ from app.kernel.errors import ProblemError, Unauthorized
 from app.kernel.pagination import PageQuery, decode_key_cursor, encode_cursor
 from app.kernel.web import (
     BEARER_AUTH,
+    NO_STORE,
     client_ip,
     config_limit,
     email_in_body,
@@ -46,7 +47,7 @@ def _signed(license_: Any) -> dict[str, Any]:
     return {**LicenseOut.model_validate(license_).model_dump(), "token": token}
 
 
-def _activation_user(session: Any, body: ActivateIn) -> tuple[str | None, Any]:
+def _activation_user(session: Any, body: ActivateIn, now: Any) -> tuple[str | None, Any]:
     """Who is activating: the Bearer token's user, or (email, password) checked like a login."""
     if verify_jwt_in_request(optional=True):
         if body.email is not None or body.password is not None:
@@ -57,7 +58,15 @@ def _activation_user(session: Any, body: ActivateIn) -> tuple[str | None, Any]:
             "A Bearer token, or email and password, is required.",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    return None, service.check_credentials(session, hasher(), body.email, body.password)
+    return None, service.check_credentials(
+        session,
+        hasher(),
+        body.email,
+        body.password,
+        policy=lockout_policy(),
+        ip=client_ip(),
+        now=now,
+    )
 
 
 @bp.post("/licenses/activate")
@@ -82,11 +91,13 @@ def _activation_user(session: Any, body: ActivateIn) -> tuple[str | None, Any]:
     },
 )
 def activate(json_data: ActivateIn) -> Any:
-    session = get_session()
-    user_id, attempt = _activation_user(session, json_data)
+    session, now = get_session(), utcnow()
+    user_id, attempt = _activation_user(session, json_data, now)
     with transaction(session):
         if attempt is not None:
-            outcome = service.settle_login(session, attempt, lockout_policy(), ip=client_ip())
+            outcome = service.settle_login(
+                session, attempt, lockout_policy(), ip=client_ip(), now=now
+            )
             user_id = outcome.user.user_id if outcome.user is not None else None
         if user_id is not None:
             try:
@@ -98,10 +109,10 @@ def activate(json_data: ActivateIn) -> Any:
                 raise
     if attempt is not None and user_id is None:
         if outcome.locked_until is not None:
-            raise service.AccountLocked(outcome.locked_until)
+            raise service.AccountLocked(outcome.locked_until, now)
         raise service.InvalidCredentials()
     metrics.LICENSE_ACTIVATIONS.labels("created" if activation.created else "existing").inc()
-    return _signed(activation.license), 201 if activation.created else 200
+    return _signed(activation.license), 201 if activation.created else 200, NO_STORE
 
 
 @bp.post("/licenses/validate")

@@ -13,7 +13,10 @@ from app.kernel.ids import id_factory
 
 
 class User(Base):
-    """An account. Emails are stored lower-cased and are unique."""
+    """An account. Emails are stored normalised (app.kernel.emails) and are unique.
+
+    `failed_logins` and `locked_until` show admins the account-wide login state; the
+    throttling itself is `LoginThrottle`'s (per account and address, and account-wide)."""
 
     __tablename__ = "users"
 
@@ -29,6 +32,29 @@ class User(Base):
 
     # Serves lookups by plan (its leading column) and "new users per plan since …".
     __table_args__ = (Index("ix_users_plan_created_at", "plan", "created_at"), {"schema": MODULE})
+
+
+class LoginThrottle(Base):
+    """Failed logins of one account from one client address (`address` "*": from all).
+
+    `account` is a keyed digest of the normalised email, so an email without an account
+    is throttled exactly like one with (and nothing typed into the email field is stored
+    as typed). Failures count within a window; reaching the limit locks the address (or,
+    for "*", the account) for a time that doubles with each consecutive lock.
+    """
+
+    __tablename__ = "login_throttles"
+
+    account: Mapped[str] = mapped_column(String(64), primary_key=True)
+    address: Mapped[str] = mapped_column(String(45), primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    last_failure_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    lockouts: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = {"schema": MODULE}
 
 
 class TokenRevocation(Base):

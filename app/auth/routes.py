@@ -11,9 +11,10 @@ from app.auth import bp, licensing, service, tokens
 from app.auth.passwords import Hasher, hasher_from_config
 from app.auth.schemas import LoginIn, MeOut, RegisterIn, TokenPairOut, UserOut
 from app.extensions import limiter
-from app.kernel.db import get_session, transaction
+from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.web import (
     BEARER_AUTH,
+    NO_STORE,
     client_ip,
     config_limit,
     email_in_body,
@@ -27,8 +28,7 @@ def hasher() -> Hasher:
 
 
 def lockout_policy() -> service.LockoutPolicy:
-    cfg = current_app.config
-    return service.LockoutPolicy(cfg["LOGIN_MAX_FAILURES"], cfg["LOGIN_LOCK_DURATION"])
+    return service.LockoutPolicy.from_config(current_app.config)
 
 
 @bp.post("/auth/register")
@@ -54,15 +54,17 @@ def register(json_data: RegisterIn) -> Any:
     summary="Log in: an access and a refresh token", responses=problem_responses(401, 422, 423, 429)
 )
 def login(json_data: LoginIn) -> Any:
-    session = get_session()
-    attempt = service.check_credentials(session, hasher(), json_data.email, json_data.password)
+    session, policy, ip, now = get_session(), lockout_policy(), client_ip(), utcnow()
+    attempt = service.check_credentials(
+        session, hasher(), json_data.email, json_data.password, policy=policy, ip=ip, now=now
+    )
     with transaction(session):
-        outcome = service.settle_login(session, attempt, lockout_policy(), ip=client_ip())
+        outcome = service.settle_login(session, attempt, policy, ip=ip, now=now)
     if outcome.locked_until is not None:
-        raise service.AccountLocked(outcome.locked_until)
+        raise service.AccountLocked(outcome.locked_until, now)
     if outcome.user is None:
         raise service.InvalidCredentials()
-    return tokens.issue_pair(outcome.user)
+    return tokens.issue_pair(outcome.user), 200, NO_STORE
 
 
 @bp.post("/auth/refresh")
@@ -96,7 +98,7 @@ def refresh() -> Any:
         raise service.TokenRevoked("This refresh token was already used; its session is revoked.")
     if outcome.user is None:
         raise service.TokenRevoked()
-    return tokens.issue_pair(outcome.user, family=claims["fam"])
+    return tokens.issue_pair(outcome.user, family=claims["fam"]), 200, NO_STORE
 
 
 @bp.post("/auth/logout")

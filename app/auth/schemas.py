@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.auth.passwords import MAX_LENGTH, MIN_LENGTH
+from app.kernel.emails import normalise_email
+
+
+def _valid_email(value: str) -> str:
+    """The normalised address, if it is a syntactically valid one (no DNS look-up)."""
+    email = normalise_email(value)
+    try:
+        validate_email(email, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"value is not a valid email address: {exc}") from None
+    return email
+
+
+# An address as registered: normalised (app.kernel.emails), then checked for syntax.
+Email = Annotated[
+    str,
+    Field(max_length=320, json_schema_extra={"format": "email"}),
+    AfterValidator(_valid_email),
+]
 
 
 class RegisterIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    email: EmailStr = Field(max_length=320, examples=["ada@example.com"])
+    email: Email = Field(examples=["ada@example.com"])
     password: str = Field(min_length=MIN_LENGTH, max_length=MAX_LENGTH)
 
 

@@ -7,17 +7,22 @@ login never holds SQLite's write lock while argon2 runs.
 
 from __future__ import annotations
 
-import unicodedata
+import hashlib
+import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
+from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
-from app.auth.models import TokenRevocation, User
+from app.auth.models import LoginThrottle, TokenRevocation, User
 from app.auth.passwords import Hasher
+from app.kernel import emails
 from app.kernel.db import utcnow
 from app.kernel.errors import Conflict, NotFound, ProblemError, Unauthorized
 from app.kernel.ids import new_id
@@ -42,10 +47,11 @@ class InvalidCredentials(Unauthorized):
 class AccountLocked(ProblemError):
     status, code = 423, "account_locked"
 
-    def __init__(self, until: datetime) -> None:
-        seconds = max(1, int((until - utcnow()).total_seconds()) + 1)
+    def __init__(self, until: datetime, now: datetime | None = None) -> None:
+        seconds = max(1, int((until - (now or utcnow())).total_seconds()) + 1)
         super().__init__(
-            "Too many failed logins; the account is locked. Try again later.",
+            "Too many failed logins; logging in to this account is locked for a while. "
+            "Try again later.",
             headers={"Retry-After": str(seconds)},
             locked_until=until.isoformat(),
         )
@@ -62,9 +68,8 @@ class UserNotFound(NotFound):
     code = "user_not_found"
 
 
-def normalise_email(email: str) -> str:
-    """Emails are compared and stored trimmed, NFC-normalised and lower-cased."""
-    return unicodedata.normalize("NFC", email.strip()).lower()
+# Emails are compared and stored in one canonical form (NFKC, case-folded, IDNA domain).
+normalise_email = emails.normalise_email
 
 
 # --- accounts ------------------------------------------------------------------------
@@ -117,11 +122,44 @@ def get_user(session: Session, user_id: str) -> User:
 
 # --- logins --------------------------------------------------------------------------
 
+WHOLE_ACCOUNT = "*"  # LoginThrottle.address of the account-wide counter
+
 
 @dataclass(frozen=True)
 class LockoutPolicy:
+    """Login throttling (docs/adr/0008-login-lockout.md).
+
+    `max_failures` wrong passwords for one account from one address lock that address out
+    of that account; `account_max_failures` from all addresses together lock the account.
+    Failures count within `window`; each consecutive lock lasts twice the one before,
+    from `first_lock` up to `max_lock`. `key` keys the account digest (the SECRET_KEY).
+    """
+
     max_failures: int = 5
-    lock_for: timedelta = timedelta(minutes=30)
+    account_max_failures: int = 50
+    window: timedelta = timedelta(minutes=15)
+    first_lock: timedelta = timedelta(minutes=1)
+    max_lock: timedelta = timedelta(minutes=30)
+    key: bytes = b""
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> LockoutPolicy:
+        return cls(
+            max_failures=config["LOGIN_MAX_FAILURES"],
+            account_max_failures=config["LOGIN_ACCOUNT_MAX_FAILURES"],
+            window=config["LOGIN_FAILURE_WINDOW"],
+            first_lock=config["LOGIN_FIRST_LOCK"],
+            max_lock=config["LOGIN_LOCK_DURATION"],
+            key=str(config["SECRET_KEY"]).encode(),
+        )
+
+    def account(self, normalised_email: str) -> str:
+        """The digest that names an account (existing or not) in LoginThrottle and audits."""
+        data = normalised_email.encode("utf-8", "surrogatepass")
+        return hmac.new(self.key, data, hashlib.sha256).hexdigest()
+
+    def lock_for(self, lockouts: int) -> timedelta:
+        return min(self.first_lock * 2 ** min(lockouts - 1, 30), self.max_lock)
 
 
 @dataclass(frozen=True)
@@ -129,6 +167,7 @@ class LoginAttempt:
     """What checking the credentials found, before anything is written."""
 
     email: str
+    account: str
     user_id: str | None
     password_ok: bool
     locked_until: datetime | None = None
@@ -141,43 +180,142 @@ class LoginOutcome:
     locked_until: datetime | None = None
 
 
-def check_credentials(session: Session, hasher: Hasher, email: str, password: str) -> LoginAttempt:
-    """Verify a password (read-only). Unknown emails cost the same time as wrong passwords."""
+def _locked_until(rows: Any, now: datetime) -> datetime | None:
+    ends = [r.locked_until for r in rows if r.locked_until is not None and r.locked_until > now]
+    return max(ends) if ends else None
+
+
+def _throttles(account: str, ip: str | None) -> Any:
+    return select(LoginThrottle).where(
+        LoginThrottle.account == account,
+        LoginThrottle.address.in_([ip or "unknown", WHOLE_ACCOUNT]),
+    )
+
+
+def check_credentials(
+    session: Session,
+    hasher: Hasher,
+    email: str,
+    password: str,
+    *,
+    policy: LockoutPolicy,
+    ip: str | None,
+    now: datetime,
+) -> LoginAttempt:
+    """Verify a password (read-only). A locked address or account is answered before any
+    hash is verified, whether the email has an account or not; otherwise an unknown email
+    costs one verification (of a dummy hash), exactly like a wrong password."""
     email = normalise_email(email)
+    account = policy.account(email)
+    locked = _locked_until(session.scalars(_throttles(account, ip)), now)
+    if locked is not None:
+        return LoginAttempt(email, account, None, False, locked_until=locked)
     row = session.execute(
-        select(User.user_id, User.password_hash, User.locked_until).where(User.email == email)
+        select(User.user_id, User.password_hash).where(User.email == email)
     ).first()
-    now = utcnow()
-    if row is not None and row.locked_until is not None and row.locked_until > now:
-        return LoginAttempt(email, row.user_id, False, locked_until=row.locked_until)
     ok = hasher.verify(row.password_hash if row else None, password)
     new_hash = hasher.hash(password) if ok and hasher.needs_rehash(row.password_hash) else None
-    return LoginAttempt(email, row.user_id if row else None, ok, new_hash=new_hash)
+    return LoginAttempt(email, account, row.user_id if row else None, ok, new_hash=new_hash)
+
+
+def _rows_for_update(
+    session: Session, account: str, ip: str, user_id: str | None, now: datetime
+) -> Any:
+    """The address's and the account's throttles, created if missing, locked for update."""
+    dialect = session.get_bind(LoginThrottle).dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    session.execute(
+        insert(LoginThrottle)
+        .values(
+            [
+                {
+                    "account": account,
+                    "address": address,
+                    "user_id": user_id,
+                    "failures": 0,
+                    "lockouts": 0,
+                    "window_started_at": now,
+                    "last_failure_at": now,
+                }
+                for address in (WHOLE_ACCOUNT, ip)
+            ]
+        )
+        .on_conflict_do_nothing()
+    )
+    rows = session.scalars(
+        _throttles(account, ip)
+        .order_by(LoginThrottle.address)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).all()
+    return {row.address: row for row in rows}
+
+
+def _count_failure(row: LoginThrottle, limit: int, policy: LockoutPolicy, now: datetime) -> bool:
+    """Count one failure on `row`; True when it locks."""
+    quiet_since = max(row.last_failure_at, row.locked_until or row.last_failure_at)
+    if now - quiet_since > policy.window:
+        row.lockouts = 0  # quiet for a whole window (after its lock): the backoff starts over
+    if now - row.window_started_at > policy.window:
+        row.failures, row.window_started_at = 0, now
+    row.failures += 1
+    row.last_failure_at = now
+    if row.failures < limit:
+        return False
+    row.lockouts += 1
+    row.locked_until = now + policy.lock_for(row.lockouts)
+    row.failures, row.window_started_at = 0, now
+    return True
+
+
+def attempted_identifier(attempt: LoginAttempt) -> dict[str, str]:
+    """What an audit entry may say about an email nobody has: the address if it is one,
+    else only its digest (a password typed into the email field must not be stored)."""
+    try:
+        validate_email(attempt.email, check_deliverability=False)
+    except EmailNotValidError:
+        return {"identifier_digest": attempt.account[:32]}
+    return {"email": attempt.email}
 
 
 def settle_login(
-    session: Session, attempt: LoginAttempt, policy: LockoutPolicy, *, ip: str | None
+    session: Session,
+    attempt: LoginAttempt,
+    policy: LockoutPolicy,
+    *,
+    ip: str | None,
+    now: datetime,
 ) -> LoginOutcome:
-    """Record a login attempt (inside a write transaction): reset or count failures, lock.
+    """Record a login attempt (inside a write transaction): count failures and lock, or
+    clear the address's failures on success.
 
-    The user's row is re-read under the write lock, so concurrent failures all count and
-    a lock set by a concurrent attempt is honoured.
+    The throttles are re-read under a row lock (PostgreSQL) or the write lock (SQLite), so
+    concurrent failures all count and a lock set by a concurrent attempt is honoured.
     """
-    if attempt.user_id is None:
-        admin_api.record_audit(
-            session,
-            "LOGIN_FAILED",
-            details={"email": attempt.email, "reason": "unknown_email"},
-            ip_address=ip,
-        )
-        return LoginOutcome(None)
-    user = session.get(User, attempt.user_id, populate_existing=True, with_for_update=True)
-    now = utcnow()
-    if user is None:
-        return LoginOutcome(None)
-    if user.locked_until is not None and user.locked_until > now:
-        return LoginOutcome(None, locked_until=user.locked_until)
-    if attempt.password_ok:
+    if attempt.locked_until is not None:
+        return LoginOutcome(None, locked_until=attempt.locked_until)
+    address = ip or "unknown"
+    if attempt.password_ok and attempt.user_id is not None:
+        existing = session.scalars(
+            _throttles(attempt.account, address)
+            .order_by(LoginThrottle.address)  # the failure path's lock order
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).all()
+        locked = _locked_until(existing, now)
+        if locked is not None:
+            return LoginOutcome(None, locked_until=locked)
+        user = session.get(User, attempt.user_id, populate_existing=True, with_for_update=True)
+        if user is None:
+            return LoginOutcome(None)
+        for row in existing:
+            if row.address == WHOLE_ACCOUNT:
+                row.failures = 0  # the backoff level stays while an attack goes on
+            else:
+                session.delete(row)
         if user.failed_logins or user.locked_until is not None:
             user.failed_logins, user.locked_until = 0, None
         if attempt.new_hash:
@@ -191,29 +329,78 @@ def settle_login(
             ip_address=ip,
         )
         return LoginOutcome(user)
-    user.failed_logins += 1
-    failures = user.failed_logins
+
+    rows = _rows_for_update(session, attempt.account, address, attempt.user_id, now)
+    pair, whole = rows[address], rows[WHOLE_ACCOUNT]
+    locked = _locked_until(rows.values(), now)
+    if locked is not None:  # a concurrent attempt locked it meanwhile
+        return LoginOutcome(None, locked_until=locked)
+    details: dict[str, Any] = (
+        {"reason": "wrong_password"}
+        if attempt.user_id
+        else {"reason": "unknown_email", **attempted_identifier(attempt)}
+    )
     admin_api.record_audit(
         session,
         "LOGIN_FAILED",
-        user_id=user.user_id,
-        details={"reason": "wrong_password", "consecutive_failures": failures},
+        user_id=attempt.user_id,
+        details={**details, "failures_from_address": pair.failures + 1},
         ip_address=ip,
     )
-    if failures >= policy.max_failures:
-        user.failed_logins, user.locked_until = 0, now + policy.lock_for
-        admin_api.record_audit(
-            session,
-            "ACCOUNT_LOCKED",
-            user_id=user.user_id,
-            details={
-                "consecutive_failures": failures,
-                "locked_until": user.locked_until.isoformat(),
-            },
-            ip_address=ip,
-        )
-        return LoginOutcome(None, locked_until=user.locked_until)
-    return LoginOutcome(None)
+    for row, limit, scope in (
+        (pair, policy.max_failures, "address"),
+        (whole, policy.account_max_failures, "account"),
+    ):
+        if _count_failure(row, limit, policy, now):
+            admin_api.record_audit(
+                session,
+                "ACCOUNT_LOCKED",
+                user_id=attempt.user_id,
+                details={
+                    "scope": scope,
+                    "locked_until": row.locked_until.isoformat(),
+                    "lock": row.lockouts,
+                    **({} if attempt.user_id else attempted_identifier(attempt)),
+                },
+                ip_address=ip,
+            )
+    if attempt.user_id is not None:
+        user = session.get(User, attempt.user_id)
+        if user is not None:  # what admins see: the account-wide state
+            user.failed_logins, user.locked_until = whole.failures, whole.locked_until
+    return LoginOutcome(None, locked_until=_locked_until(rows.values(), now))
+
+
+def unlock(
+    session: Session,
+    email: str,
+    policy: LockoutPolicy,
+    *,
+    actor_id: str | None,
+    ip: str | None = None,
+) -> tuple[User | None, int]:
+    """Lift every lock and forget every failure of an email (account or not), audited.
+    Returns the user (None when the email has no account) and how many records went."""
+    email = normalise_email(email)
+    account = policy.account(email)
+    user = session.scalar(select(User).where(User.email == email))
+    cleared = (
+        session.execute(delete(LoginThrottle).where(LoginThrottle.account == account)).rowcount or 0
+    )
+    if user is not None and (user.failed_logins or user.locked_until is not None):
+        user.failed_logins, user.locked_until = 0, None
+    admin_api.record_audit(
+        session,
+        "ACCOUNT_UNLOCKED",
+        user_id=user.user_id if user else None,
+        actor_id=actor_id,
+        details={
+            "records_cleared": cleared,
+            **({} if user else {"identifier_digest": account[:32]}),
+        },
+        ip_address=ip,
+    )
+    return user, cleared
 
 
 # --- token revocation ----------------------------------------------------------------

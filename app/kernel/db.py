@@ -11,8 +11,10 @@ statement timeout, so a dead server costs one failed request and then recovers b
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from app.kernel import ownership
+from app.kernel import files, ownership
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +184,11 @@ def _warn_about_sqlite_version(version: str) -> None:
 
 def _make_sqlite_engine(url: Any, settings: EngineSettings, options: dict) -> Engine:
     _warn_about_sqlite_version(sqlite3.sqlite_version)
+    path = url.database
+    if path and path != ":memory:" and not url.query.get("uri"):
+        # It holds password hashes and emails: warn now if it is open to other users.
+        for suffix in ("", "-wal", "-shm"):
+            files.warn_if_exposed(os.path.abspath(path + suffix))
     engine = create_engine(
         url,
         hide_parameters=True,  # as for PostgreSQL
@@ -193,6 +200,15 @@ def _make_sqlite_engine(url: Any, settings: EngineSettings, options: dict) -> En
         connect_args={"timeout": settings.sqlite_busy_timeout_ms / 1000},
     )
     busy_timeout = int(settings.sqlite_busy_timeout_ms)
+
+    @event.listens_for(engine, "do_connect")
+    def _create_private(_dialect: Any, _record: Any, cargs: Any, _cparams: Any) -> None:
+        # SQLite would create a missing file 0644 (less the umask) in whatever folder; an
+        # empty file is an empty database, so make it first, 0600 in a 0700 folder. Its -wal
+        # and -shm files take the database file's mode (SQLite copies it).
+        if path and path != ":memory:" and not url.query.get("uri"):
+            with contextlib.suppress(OSError):  # SQLite's own attempt reports it (503)
+                files.create_private_file(path)
 
     @event.listens_for(engine, "connect")
     def _tune_sqlite(dbapi_connection: sqlite3.Connection, _record: Any) -> None:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import unicodedata
+import ipaddress
+import logging
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
 from apiflask import APIBlueprint
 from flask import current_app, g, request
+from werkzeug.exceptions import HTTPException
 
 from app.kernel import ownership
+
+log = logging.getLogger(__name__)
 
 
 def module_blueprint(
@@ -67,8 +72,43 @@ def document_request_headers(app: Any) -> Callable[[dict[str, Any]], dict[str, A
     return process
 
 
+# The headers of a response that carries tokens: no cache (browser, proxy) may keep it.
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
 # The OpenAPI security requirement of routes that take an access token.
 BEARER_AUTH: list[dict[str, list[str]]] = [{"BearerAuth": []}]
+
+
+def rate_limit_key(key: Callable[[], str]) -> Callable[[], str]:
+    """A rate-limit key function made total: it never raises and returns ASCII.
+
+    flask-limiter takes any exception from a key function for a storage failure and
+    switches every later request to fresh in-memory counters, so one hostile body would
+    reset every limit. Whatever the body, header or encoding, the wrapped key answers: a
+    failure (logged on one line, no traceback) falls back to the client's address, and a
+    key that is not plain ASCII (Redis keys are bytes) is replaced by its digest.
+    """
+
+    @functools.wraps(key)
+    def total() -> str:
+        try:
+            value = key()
+        except HTTPException:  # a body too large to read: the view answers it (413)
+            return "ip:" + client_ip()
+        except Exception as exc:
+            log.warning(
+                "rate-limit key %s failed (%s); keyed by address", key.__name__, type(exc).__name__
+            )
+            return "ip:" + client_ip()
+        if not value.isascii() or not value.isprintable():
+            return "h:" + _digest(value)
+        return value
+
+    return total
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def jwt_subject_key(*, refresh: bool, fallback: Callable[[], str]) -> Callable[[], str]:
@@ -87,31 +127,46 @@ def jwt_subject_key(*, refresh: bool, fallback: Callable[[], str]) -> Callable[[
             )
         except Exception:  # rejected by the view; limited by the fallback meanwhile
             verified = None
-        return "user:" + get_jwt()["sub"] if verified else fallback()
+        return "user:" + str(get_jwt()["sub"]) if verified else fallback()
 
-    return key
+    key.__name__ = f"jwt_subject_key_{'refresh' if refresh else 'access'}"
+    return rate_limit_key(key)
 
 
 def client_ip() -> str:
-    """The client's address (after ProxyFix has applied the trusted hops)."""
-    return request.remote_addr or "unknown"
+    """The client's address (after ProxyFix has applied the trusted hops), in canonical
+    form; "unknown" when what the proxy passed on is not an address."""
+    try:
+        address = str(ipaddress.ip_address(request.remote_addr or ""))
+    except ValueError:
+        return "unknown"
+    return address if len(address) <= 45 else "unknown"  # an IPv6 scope id can be long
 
 
+def _json_member(name: str) -> str | None:
+    """A string member of a JSON object body, or None (any other body, any other type)."""
+    data = request.get_json(silent=True)
+    value = data.get(name) if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+@rate_limit_key
 def email_in_body() -> str:
     """Rate-limit key "per account": the normalised email of a JSON body, else the IP."""
-    data = request.get_json(silent=True)
-    email = data.get("email") if isinstance(data, dict) else None
-    if isinstance(email, str) and email.strip():
-        return "acct:" + unicodedata.normalize("NFC", email.strip()).lower()[:320]
+    from app.kernel.emails import normalise_email
+
+    email = _json_member("email")
+    if email and email.strip():
+        return "acct:" + _digest(normalise_email(email))
     return "ip:" + client_ip()
 
 
+@rate_limit_key
 def token_in_body() -> str:
     """Rate-limit key "per token": a digest of the JSON body's token, else the IP."""
-    data = request.get_json(silent=True)
-    token = data.get("token") if isinstance(data, dict) else None
-    if isinstance(token, str) and token:
-        return "tok:" + hashlib.sha256(token.encode()).hexdigest()[:32]
+    token = _json_member("token")
+    if token:
+        return "tok:" + _digest(token)
     return "ip:" + client_ip()
 
 
@@ -157,7 +212,7 @@ def problem_responses(*statuses: int) -> dict[int, dict[str, Any]]:
 
 def document_common_errors(spec: dict[str, Any]) -> dict[str, Any]:
     """Add the errors every operation can answer to the OpenAPI document, in one place:
-    400/413/422 where there is a JSON body, 422 where there are parameters, 401 where a
+    400/413/415/422 where there is a JSON body, 422 where there are parameters, 401 where a
     token is required, 500 and 503 everywhere (as problem+json)."""
     for item in spec.get("paths", {}).values():
         for method, operation in item.items():
@@ -166,7 +221,7 @@ def document_common_errors(spec: dict[str, Any]) -> dict[str, Any]:
             statuses = [500, 503]
             if "requestBody" in operation:
                 operation["requestBody"]["required"] = True  # an empty body is malformed JSON
-                statuses += [400, 413, 422]
+                statuses += [400, 413, 415, 422]
             if operation.get("parameters"):
                 statuses.append(422)
             if operation.get("security"):

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
+from app.kernel import files
 from app.kernel.ids import new_id
 
 
@@ -102,11 +103,11 @@ class SandboxGateway:
             self._append({"type": "refund", "idempotency_key": idempotency_key, **asdict(refund)})
             return refund
 
-    # The ledger: one JSON object per line, under an exclusive lock across processes.
+    # The ledger: one JSON object per line, under an exclusive lock across processes;
+    # private (0600 in a 0700 folder): it records every payment.
     @contextmanager
     def _locked(self) -> Iterator[list[dict]]:
-        self.ledger.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.ledger, "a+") as file:
+        with files.open_private(self.ledger, "a+") as file:
             fcntl.flock(file, fcntl.LOCK_EX)
             try:
                 file.seek(0)

@@ -1,0 +1,218 @@
+"""Rate limits that no request can switch off (issue 14 item 2).
+
+flask-limiter takes an exception from a key function for a storage failure and moves every
+later request to fresh in-memory counters. A lone surrogate in a validation token used to
+do exactly that, so the limits on login and register started again from zero, with Redis
+and without. Here a limit is exhausted, hostile bodies and headers follow (each answered as
+usual, without a traceback in the log), and the next request is still 429 — on the
+in-memory storage and on Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from app import create_app
+from app.extensions import limiter
+from app.kernel.web import rate_limit_key
+from tests.helpers import assert_problem
+
+API = "/api/v1"
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def backend():
+    return "sqlite"
+
+
+@pytest.fixture(params=["memory", "redis"])
+def storage(request) -> str:
+    if request.param == "memory":
+        return "memory://"
+    import redis
+
+    url = request.getfixturevalue("redis_url")
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter("LIMITS:*"):  # no counts left by an earlier run
+        client.delete(key)
+    client.close()
+    return url
+
+
+@pytest.fixture
+def limited(app_config, storage, monkeypatch, caplog):
+    # create_app would replace the root logger's handlers, and with them caplog's.
+    monkeypatch.setattr("app.observability.configure_logging", lambda *_args: None)
+    # The limiter is one object per process: start from a healthy storage whatever an
+    # earlier test left (the app under test would always start so).
+    monkeypatch.setattr(limiter, "_storage_dead", False)
+    caplog.set_level(logging.INFO)
+    application = create_app(
+        {
+            **app_config,
+            "RATELIMIT_ENABLED": True,
+            "RATELIMIT_STORAGE_URI": storage,
+            "RATELIMIT_LOGIN_PER_ACCOUNT": "3/minute",
+            "RATELIMIT_LOGIN_PER_IP": "1000/minute",
+            "RATELIMIT_REGISTER_PER_IP": "1000/minute",
+            "RATELIMIT_REGISTER_PER_ACCOUNT": "1000/minute",
+            "RATELIMIT_VALIDATE_PER_TOKEN": "2/minute",
+            "RATELIMIT_VALIDATE_PER_IP": "1000/minute",
+            "RATELIMIT_ACTIVATE_PER_ACCOUNT": "1000/minute",
+            "RATELIMIT_ACTIVATE_PER_IP": "1000/minute",
+            "RATELIMIT_REFRESH_PER_ACCOUNT": "1000/minute",
+            "RATELIMIT_REFRESH_PER_IP": "1000/minute",
+        }
+    )
+    yield application
+    application.extensions["db"].dispose()
+
+
+def deep(n: int) -> bytes:
+    return b'{"a":' * n + b"1" + b"}" * n
+
+
+# (label, path, body bytes, headers, statuses that are the route's normal answer)
+HOSTILE = [
+    ("lone surrogate token", "validate", b'{"token": "\\ud800"}', {}, {200, 422}),
+    ("lone low surrogate token", "validate", b'{"token": "a\\udfffb"}', {}, {200, 422}),
+    ("lone surrogate email", "login", b'{"email": "\\ud800@x.io", "password": "x"}', {}, {422}),
+    ("surrogate email register", "register", b'{"email": "\\udfff", "password": "p" }', {}, {422}),
+    (
+        "surrogate in activate",
+        "activate",
+        b'{"client_id": "c", "email": "\\ud800", "password": "x"}',
+        {},
+        {422},
+    ),
+    ("invalid UTF-8", "login", b'{"email": "\xed\xa0\x80@x.io", "password": "x"}', {}, {400}),
+    ("invalid UTF-8 token", "validate", b'{"token": "\xff\xfe"}', {}, {400}),
+    ("array body", "validate", b"[1, 2]", {}, {422}),
+    ("string body", "login", b'"victim@example.com"', {}, {422}),
+    ("number body", "register", b"1e999", {}, {422}),
+    ("null body", "validate", b"null", {}, {422}),
+    (
+        "email not a string",
+        "login",
+        b'{"email": ["victim@example.com"], "password": "x"}',
+        {},
+        {422},
+    ),
+    ("token not a string", "validate", b'{"token": {"a": 1}}', {}, {422}),
+    ("deep JSON", "validate", deep(50_000), {}, {400}),
+    ("deep JSON login", "login", deep(50_000), {}, {400}),
+    (
+        "duplicate members",
+        "login",
+        b'{"email": "a@x.io", "email": "b@x.io", "password": "x"}',
+        {},
+        {400},
+    ),
+    ("two megabytes", "login", b'{"email": "' + b"x" * 2_000_000 + b'"}', {}, {413}),
+    (
+        "text/plain",
+        "login",
+        b'{"email": "victim@example.com", "password": "x"}',
+        {"Content-Type": "text/plain"},
+        {415},
+    ),
+    (
+        "form",
+        "validate",
+        b"token=abc",
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        {415},
+    ),
+    (
+        "utf-16 charset",
+        "login",
+        json.dumps({"email": "v@x.io", "password": "x"}).encode("utf-16"),
+        {"Content-Type": "application/json; charset=utf-16"},
+        {400},
+    ),
+    ("odd bearer", "refresh", b"", {"Authorization": "Bearer \xff\xfe\x00"}, {401}),
+    ("long bearer", "refresh", b"", {"Authorization": "Bearer " + "a" * 6000}, {401}),
+    (
+        "forged sub",
+        "activate",
+        b'{"client_id": "c"}',
+        {"Authorization": "Bearer e30.eyJzdWIiOnt9fQ.x"},
+        {401},
+    ),
+    (
+        "odd forwarded-for",
+        "login",
+        b'{"email": "z@x.io", "password": "x"}',
+        {"X-Forwarded-For": "\xff, ::::, 1.2.3.4.5"},
+        {401},
+    ),
+]
+PATHS = {
+    "validate": f"{API}/licenses/validate",
+    "login": f"{API}/auth/login",
+    "register": f"{API}/auth/register",
+    "activate": f"{API}/licenses/activate",
+    "refresh": f"{API}/auth/refresh",
+}
+
+
+def test_hostile_requests_do_not_reset_limits_already_counted(limited, caplog):
+    client = limited.test_client()
+
+    def victim_login():
+        return client.post(
+            f"{API}/auth/login", json={"email": "victim@example.com", "password": "guess!"}
+        )
+
+    def validate_abc():
+        return client.post(f"{API}/licenses/validate", json={"token": "abc"})
+
+    assert [victim_login().status_code for _ in range(3)] == [401, 401, 401]
+    assert_problem(victim_login(), 429, "rate_limited")
+    assert [validate_abc().status_code for _ in range(2)] == [200, 200]
+    assert_problem(validate_abc(), 429, "rate_limited")
+
+    wrong = []
+    for n, (label, route, body, headers, expected) in enumerate(HOSTILE):
+        headers = {"Content-Type": "application/json", **headers}
+        # Each from an address of its own: a body without an email or token is limited
+        # per address, and these are not about that.
+        response = client.post(
+            PATHS[route], data=body, headers=headers, environ_base={"REMOTE_ADDR": f"10.0.0.{n}"}
+        )
+        text = response.get_data(as_text=True)
+        if response.status_code not in expected or "Traceback" in text:
+            wrong.append(f"{label}: {response.status_code} {text[:200]}")
+    assert not wrong, "\n".join(wrong)
+
+    # Limits already counted are still in force: same storage, same counts.
+    assert_problem(victim_login(), 429, "rate_limited")
+    assert_problem(validate_abc(), 429, "rate_limited")
+    assert_problem(
+        client.post(f"{API}/auth/login", json={"email": "VICTIM@example.com", "password": "x"}),
+        429,
+        "rate_limited",
+    )
+    assert limiter._storage_dead is False
+    log = caplog.text
+    assert "Traceback" not in log
+    assert not [r for r in caplog.records if r.exc_info]
+    assert "falling back" not in log and "Failed to rate limit" not in log
+    assert "rate-limit key" not in log  # nothing failed: a 2 MB body is the view's 413
+
+
+def test_a_key_function_that_fails_is_keyed_by_address(app, caplog):
+    def broken() -> str:
+        raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+
+    key = rate_limit_key(broken)
+    with app.test_request_context(environ_base={"REMOTE_ADDR": "203.0.113.5"}):
+        assert key() == "ip:203.0.113.5"
+        assert rate_limit_key(lambda: "acct:\ud800")().startswith("h:")
+        assert rate_limit_key(lambda: "tok:ab\ncd")().startswith("h:")
+        assert rate_limit_key(lambda: "ip:198.51.100.1")() == "ip:198.51.100.1"
+    assert "Traceback" not in caplog.text
