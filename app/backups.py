@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import uuid
@@ -73,8 +72,25 @@ def manifest_path(backup: Path) -> Path:
     return backup.with_name(backup.name + ".json")
 
 
+def _private_file(path: Path) -> Path:
+    """Create `path` empty, readable and writable by this user only (0600), whatever the
+    umask: backups hold password hashes and every user's data."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    os.chmod(path, 0o600)  # O_CREAT's mode is masked by the umask; this is not
+    return path
+
+
+def _private_dir(path: Path) -> Path:
+    """The backup folder, created or tightened to 0700 (this user only)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
 def _write_manifest(m: Manifest, backup: Path) -> None:
-    tmp = manifest_path(backup).with_suffix(".json.partial")
+    tmp = _private_file(manifest_path(backup).with_suffix(".json.partial"))
     tmp.write_text(json.dumps(asdict(m), indent=2, sort_keys=True))
     os.replace(tmp, manifest_path(backup))
 
@@ -131,7 +147,7 @@ def _sqlite_backup(url: str, target: Path) -> None:
     if not source.exists():
         raise BackupError(f"the database file {source} does not exist")
     src = sqlite3.connect(source, timeout=30)
-    dst = sqlite3.connect(target)
+    dst = sqlite3.connect(_private_file(target))
     try:
         src.backup(dst, pages=-1)  # one step: the copy is a single consistent snapshot
         dst.execute("PRAGMA journal_mode=DELETE")  # a self-contained file, no -wal beside it
@@ -144,7 +160,8 @@ def _sqlite_backup(url: str, target: Path) -> None:
 
 
 def _libpq_url(url: str) -> str:
-    """The URL pg_dump/psql understand (no SQLAlchemy driver suffix)."""
+    """The URL pg_dump/psql understand (no SQLAlchemy driver suffix), password included:
+    for psycopg in this process only, never for a command line."""
     return (
         make_url(normalise_url(url))
         .set(drivername="postgresql")
@@ -152,13 +169,31 @@ def _libpq_url(url: str) -> str:
     )
 
 
-def _run(args: list[str], what: str) -> subprocess.CompletedProcess[str]:
+def _libpq_target(url: str) -> tuple[str, dict[str, str]]:
+    """(the URL without its password, the child's environment with PGPASSWORD): a password
+    on a command line is visible to every user of the host (ps, /proc/<pid>/cmdline)."""
+    parsed = make_url(normalise_url(url)).set(drivername="postgresql")
+    env = dict(os.environ)
+    if parsed.password is not None:
+        env["PGPASSWORD"] = str(parsed.password)
+    return parsed._replace(password=None).render_as_string(hide_password=False), env
+
+
+def _run(args: list[str], what: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     try:
-        result = subprocess.run(args, capture_output=True, text=True, timeout=3600)
+        result = subprocess.run(
+            args,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+            env=env,
+            preexec_fn=lambda: os.umask(0o077),  # files it writes: this user only
+        )
     except FileNotFoundError:
         raise BackupError(f"{args[0]} is not installed (needed to {what})") from None
     if result.returncode != 0:
-        raise BackupError(f"{what} failed: {result.stderr.strip()[-500:]}")
+        detail = " ".join(line.strip() for line in result.stderr.splitlines() if line.strip())
+        raise BackupError(f"{what} failed: {detail[-500:]}")
     return result
 
 
@@ -173,9 +208,11 @@ def _pg_scratch_restore(url: str, dump: Path) -> tuple[dict[str, int], str | Non
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{scratch}"')
     try:
+        target, env = _libpq_target(scratch_url)
         _run(
-            ["pg_restore", "--no-owner", "--exit-on-error", "-d", scratch_url, str(dump)],
+            ["pg_restore", "--no-owner", "--exit-on-error", "-d", target, str(dump)],
             "a verification restore",
+            env,
         )
         with psycopg.connect(scratch_url) as conn:
             return _contents(conn, [r[0] for r in conn.execute(PG_TABLES_SQL)])
@@ -194,7 +231,7 @@ def backend_of(url: str) -> str:
 def create(url: str, backup_dir: Path, now: datetime | None = None) -> Manifest:
     """Make a backup, verify it, and only then give it its final name and manifest."""
     now = now or datetime.now(UTC)
-    backup_dir.mkdir(parents=True, exist_ok=True)
+    _private_dir(backup_dir)
     backend = backend_of(url)
     suffix = ".db" if backend == "sqlite" else ".dump"
     final = backup_dir / f"backup-{_stamp(now)}{suffix}"
@@ -205,7 +242,13 @@ def create(url: str, backup_dir: Path, now: datetime | None = None) -> Manifest:
             counts, revision = _sqlite_verify(partial)
             how = "integrity_check"
         else:
-            _run(["pg_dump", "-Fc", "--no-owner", "-f", str(partial), _libpq_url(url)], "pg_dump")
+            _pg_reachable(url)
+            target, env = _libpq_target(url)
+            _run(
+                ["pg_dump", "-Fc", "--no-owner", "-f", str(_private_file(partial)), target],
+                "pg_dump",
+                env,
+            )
             counts, revision = _pg_scratch_restore(url, partial)
             how = "restored into a scratch database"
         os.replace(partial, final)
@@ -258,9 +301,19 @@ def verify(path: Path, url: str | None = None) -> Manifest:
     return manifest
 
 
+def _pg_reachable(url: str) -> None:
+    """Connect once, so a database that is missing or out of reach is psycopg's one-line
+    error (the CLI reports it as such), not pg_dump's paragraph."""
+    import psycopg
+
+    psycopg.connect(_libpq_url(url), connect_timeout=10).close()
+
+
 def restore(path: Path, url: str, *, force: bool, now: datetime | None = None) -> str:
-    """Replace the live database with a verified backup. Refuses to overwrite a database
-    that has data unless `force`; the replaced database is kept. Stop the app first."""
+    """Restore a verified backup into the live database, in place and in ONE transaction,
+    so a running service carries on with the restored data: nothing it acknowledges after
+    the restore is lost. Refuses to overwrite a database that has data unless `force`; the
+    replaced database is kept (copied just before)."""
     manifest = verify(path, url)
     now = now or datetime.now(UTC)
     if manifest.backend != backend_of(url):
@@ -268,41 +321,62 @@ def restore(path: Path, url: str, *, force: bool, now: datetime | None = None) -
             f"{path} is a {manifest.backend} backup; DATABASE_URL is {backend_of(url)}"
         )
     if manifest.backend == "sqlite":
-        target = _sqlite_file(url)
-        if target.exists() and target.stat().st_size > 0 and not force:
-            raise BackupError(f"{target} exists; pass --force to replace it (it will be kept)")
-        kept = None
-        if target.exists():
-            kept = target.with_name(f"{target.name}.replaced-{_stamp(now)}")
-            _sqlite_backup(f"sqlite:///{target}", kept)  # a consistent copy, WAL included
-        staging = target.with_name(target.name + ".restoring")
-        shutil.copyfile(path, staging)
-        for leftover in (Path(f"{target}-wal"), Path(f"{target}-shm")):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
-        os.replace(staging, target)
-        return f"restored {path.name} into {target}" + (
-            f"; the replaced database is {kept}" if kept else ""
-        )
+        return _sqlite_restore(path, url, force=force, now=now)
+    return _pg_restore(path, url, force=force, now=now)
+
+
+def _sqlite_restore(path: Path, url: str, *, force: bool, now: datetime) -> str:
+    target = _sqlite_file(url)
+    if not target.parent.is_dir():
+        raise BackupError(f"{target.parent} does not exist (the folder of DATABASE_URL)")
+    has_data = target.exists() and target.stat().st_size > 0
+    if has_data and not force:
+        raise BackupError(f"{target} exists; pass --force to replace it (it will be kept)")
+    kept = None
+    if has_data:
+        kept = target.with_name(f"{target.name}.replaced-{_stamp(now)}")
+        _sqlite_backup(f"sqlite:///{target}", kept)  # a consistent copy, WAL included
+    # The online backup API, backwards: the backup's pages are written into the live
+    # database through SQLite's own locking, as one write transaction. Workers that have it
+    # open see the restored data from their next transaction on (no file is swapped under
+    # them, so nothing goes to a deleted inode); writers wait on the lock meanwhile.
+    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    live = sqlite3.connect(target, timeout=60)
+    try:
+        source.backup(live, pages=-1)
+    finally:
+        live.close()
+        source.close()
+    return f"restored {path.name} into {target}" + (
+        f"; the replaced database is {kept}" if kept else ""
+    )
+
+
+def _pg_restore(path: Path, url: str, *, force: bool, now: datetime) -> str:
     import psycopg
 
-    with psycopg.connect(_libpq_url(url)) as conn:
+    with psycopg.connect(_libpq_url(url), connect_timeout=10) as conn:
         has_tables = conn.execute(
             "SELECT count(*) FROM pg_tables"
             " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
         ).fetchone()[0]
+    target, env = _libpq_target(url)
     kept_note = ""
     if has_tables:
         if not force:
             raise BackupError(
                 "the database has tables; pass --force to replace it (it will be dumped first)"
             )
-        kept = path.parent / f"replaced-{_stamp(now)}.dump"
+        kept = _private_file(path.parent / f"replaced-{_stamp(now)}.dump")
         _run(
-            ["pg_dump", "-Fc", "--no-owner", "-f", str(kept), _libpq_url(url)],
+            ["pg_dump", "-Fc", "--no-owner", "-f", str(kept), target],
             "dumping the replaced database",
+            env,
         )
         kept_note = f"; the replaced database was dumped to {kept}"
+    # One transaction: the running service's connections see the old tables until the
+    # commit and the restored ones after it; a statement that waited on a dropped table
+    # fails (it was not acknowledged). Any error rolls the whole restore back.
     _run(
         [
             "pg_restore",
@@ -310,11 +384,13 @@ def restore(path: Path, url: str, *, force: bool, now: datetime | None = None) -
             "--if-exists",
             "--no-owner",
             "--exit-on-error",
+            "--single-transaction",
             "-d",
-            _libpq_url(url),
+            target,
             str(path),
         ],
         "pg_restore",
+        env,
     )
     return f"restored {path.name}{kept_note}"
 

@@ -50,6 +50,14 @@ def _check_database_url(url: str) -> str:
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql", "postgres"):
         raise ConfigError(f"DATABASE_URL must be sqlite:///… or postgresql://…, not {backend}://")
+    # One driver per backend, the one the engines, migrations and backups all use:
+    # postgres:// and postgresql:// (with or without +psycopg) mean psycopg 3.
+    _, _, driver = parsed.drivername.partition("+")
+    if driver not in ("", "pysqlite" if backend == "sqlite" else "psycopg"):
+        raise ConfigError(
+            f"DATABASE_URL: the {parsed.drivername} driver is not supported; "
+            + ("write sqlite:///…" if backend == "sqlite" else "write postgresql://… (psycopg 3)")
+        )
     if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
         raise ConfigError(
             "DATABASE_URL must name a SQLite file (sqlite:///path/app.db): an in-memory "
