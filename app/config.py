@@ -171,6 +171,9 @@ def load_config(
         # Licenses: Ed25519 private key files, comma-separated; the first signs.
         "LICENSE_SIGNING_KEYS": env.get("LICENSE_SIGNING_KEYS") or None,
         "JWKS_MAX_AGE": _int(env, "JWKS_MAX_AGE", 300),
+        # A license token expires with its license, or after this long if that comes first;
+        # `validate` hands out a fresh one in the second half of its life (ADR 0007).
+        "LICENSE_TOKEN_TTL": timedelta(days=_int(env, "LICENSE_TOKEN_TTL_DAYS", 30)),
         # Orders and payments
         "PLANS_JSON": env.get("PLANS_JSON") or None,
         "PAYMENT_PROVIDER": env.get("PAYMENT_PROVIDER", "sandbox"),
