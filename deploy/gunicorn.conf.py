@@ -8,6 +8,7 @@ PROMETHEUS_MULTIPROC_DIR (a fresh temporary directory unless one is given).
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
@@ -43,11 +44,24 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 
 def on_starting(server):
-    """Start with empty metrics (values of a previous run would be summed in)."""
+    """Before any socket or worker: start with empty metrics (values of a previous run would
+    be summed in), then build the app once and check it can serve (app/startup.py). A broken
+    production deployment exits here, code 2, with the CLI's one-line message — instead of
+    workers failing to boot and being restarted forever."""
     folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(folder, exist_ok=True)
     for name in os.listdir(folder):
         os.remove(os.path.join(folder, name))
+    from app.startup import preflight
+
+    problem = preflight()
+    if problem:
+        sys.stderr.write(f"error: {problem}\n")
+        sys.stderr.flush()
+        if server.pidfile is not None:
+            server.pidfile.unlink()
+        on_exit(server)
+        sys.exit(2)
 
 
 def child_exit(server, worker):
