@@ -383,25 +383,49 @@ def _backup_errors() -> Iterator[None]:
 
 @ownership_cli.command("grants")
 @click.option(
-    "--app-role", default="licensing_app", show_default=True, help="The app's login role."
+    "--prefix", default=None, help="Module role prefix [default: DB_ROLE_PREFIX, licensing_]."
 )
-@click.option("--prefix", default="licensing_", show_default=True, help="Module role prefix.")
+@click.option("--app-role", default=None, help="The app's login role [default: <prefix>app].")
+@click.option(
+    "--create-login-role",
+    is_flag=True,
+    help="Also create the app's login role (LOGIN; set its password afterwards).",
+)
 @click.option(
     "--layout",
     type=click.Choice(["flat", "schemas"]),
     default=None,
     help="Where the tables are (default: schemas when DB_SCHEMAS=on, else flat).",
 )
-def ownership_grants(app_role: str, prefix: str, layout: str | None) -> None:
+def ownership_grants(
+    prefix: str | None, app_role: str | None, create_login_role: bool, layout: str | None
+) -> None:
     """Print the PostgreSQL roles and GRANTs that enforce table ownership (phase 2).
 
-    Pipe them into psql as the database owner: `flask ownership grants | psql "$URL"`.
+    One setting names every role: DB_ROLE_PREFIX (the app uses it for `SET ROLE`) gives
+    the module roles (<prefix>auth, …) and the app's login role (<prefix>app), which
+    DATABASE_URL must connect as. Pipe the SQL into psql as the tables' owner:
+    `flask ownership grants --create-login-role | psql "$OWNER_URL"`.
     """
     from app.kernel.grants import grant_statements
 
+    prefix = prefix if prefix is not None else current_app.config["DB_ROLE_PREFIX"]
+    app_role = app_role or f"{prefix}app"
     schemas = _schemas() if layout is None else layout == "schemas"
+    if create_login_role:
+        click.echo(
+            f"DO $$ BEGIN CREATE ROLE {app_role} LOGIN; "
+            "EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
+        )
     for statement in grant_statements(registry, app_role=app_role, schemas=schemas, prefix=prefix):
         click.echo(statement)
+    how = "" if create_login_role else " (create it with --create-login-role)"
+    click.echo(
+        f"-- the app must connect as {app_role}{how}; give it a password with "
+        f"psql's \\password {app_role}, put it in DATABASE_URL, and set DB_ROLES=on "
+        f"and DB_ROLE_PREFIX={prefix}",
+        err=True,
+    )
 
 
 @backup_cli.command("create")
