@@ -11,7 +11,10 @@ import shutil
 import sys
 import tempfile
 
+# The upstream of deploy/nginx.conf is 127.0.0.1:8000: change PORT and that line together.
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+# The master's pid, for a graceful reload after a deploy: kill -HUP "$(cat "$GUNICORN_PIDFILE")".
+pidfile = os.environ.get("GUNICORN_PIDFILE") or None
 workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count() * 2 + 1)
 worker_class = "sync"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
@@ -36,7 +39,10 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 # log is optional and carries the same id.
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
-errorlog = "-"
+# With --daemon there is no terminal: GUNICORN_ERROR_LOG names a file for gunicorn's log and
+# (capture_output) the app's own output.
+errorlog = os.environ.get("GUNICORN_ERROR_LOG") or "-"
+capture_output = errorlog != "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
