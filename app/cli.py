@@ -434,11 +434,16 @@ def backup_create() -> None:
     from app import backups
 
     with _backup_errors():
-        manifest = backups.create(current_app.config["DATABASE_URL"], _backup_dir())
+        manifest = backups.create(
+            current_app.config["DATABASE_URL"],
+            _backup_dir(),
+            module_urls=current_app.config["MODULE_DATABASE_URLS"],
+        )
     rows = sum(manifest.row_counts.values())
     click.echo(
         f"backup {_backup_dir() / manifest.file} size={manifest.size} rows={rows} "
         f"sha256={manifest.sha256[:16]} verified={manifest.verified!r}"
+        + "".join(f" + {module}: {part}" for module, part in manifest.parts.items())
     )
 
 
@@ -452,8 +457,10 @@ def backup_list() -> None:
             click.echo(f"{path.name}  UNVERIFIED (no manifest)")
         else:
             rows = sum(manifest.row_counts.values())
+            with_parts = "".join(f"  + {module}: {part}" for module, part in manifest.parts.items())
             click.echo(
                 f"{path.name}  {manifest.size} bytes  {rows} rows  revision {manifest.revision}"
+                + with_parts
             )
 
 
@@ -464,7 +471,9 @@ def backup_verify(file: Path) -> None:
     from app import backups
 
     with _backup_errors():
-        manifest = backups.verify(file, current_app.config["DATABASE_URL"])
+        manifest = backups.verify(
+            file, current_app.config["DATABASE_URL"], current_app.config["MODULE_DATABASE_URLS"]
+        )
     click.echo(f"{file.name}: ok ({sum(manifest.row_counts.values())} rows, {manifest.verified})")
 
 
@@ -477,7 +486,15 @@ def backup_restore(file: Path, force: bool) -> None:
     from app import backups
 
     with _backup_errors():
-        click.echo(backups.restore(file, current_app.config["DATABASE_URL"], force=force))
+        click.echo(
+            backups.restore(
+                file,
+                current_app.config["DATABASE_URL"],
+                force=force,
+                module_urls=current_app.config["MODULE_DATABASE_URLS"],
+                schemas=_schemas(),
+            )
+        )
 
 
 @backup_cli.command("prune")

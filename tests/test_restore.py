@@ -142,3 +142,112 @@ def test_no_password_on_a_command_line(database_url, tmp_path):
     for line in command_lines:
         assert secret not in line, line
     assert all("PGPASSWORD" in names.split() for names in env_names)
+
+
+# --- phase 3: admin's own database is backed up and restored with the main one ----------
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_phase3_backups_cover_admins_database(app_config, sqlite_template, tmp_path):
+    import shutil
+
+    from sqlalchemy import insert, select, update
+
+    from app import create_app
+    from app.admin.models import AuditLog
+    from app.kernel.db import EngineSettings, make_engine
+    from app.kernel.models import InboxEvent, OutboxEvent
+    from app.kernel.ownership import OPERATOR, acting_as
+
+    admin_url = f"sqlite:///{tmp_path}/admin.db"
+    shutil.copy(sqlite_template, tmp_path / "admin.db")
+    config = {**app_config, "MODULE_DATABASE_URLS": {"admin": admin_url}}
+    main_url = config["DATABASE_URL"]
+
+    def run(url, *statements):
+        engine = make_engine(EngineSettings(url=url, guard_mode="off"))
+        try:
+            with acting_as(OPERATOR), engine.begin() as conn:
+                return [conn.execute(s) for s in statements][-1]
+        finally:
+            engine.dispose()
+
+    def rows(url, stmt):
+        engine = make_engine(EngineSettings(url=url, guard_mode="off"))
+        try:
+            with acting_as(OPERATOR), engine.connect() as conn:
+                return list(conn.execute(stmt))
+        finally:
+            engine.dispose()
+
+    def deliver(event_id, *, applied=True):
+        """What relay and consumer do: admin applies the event; the outbox confirms it."""
+        if applied:
+            run(
+                admin_url,
+                insert(AuditLog).values(log_id=f"log_{event_id[-20:]}", action="DELIVERED"),
+                insert(InboxEvent).values(consumer="admin", event_id=event_id),
+            )
+        run(
+            main_url,
+            update(OutboxEvent)
+            .where(OutboxEvent.event_id == event_id)
+            .values(published_at=utcnow(), confirmed_at=utcnow(), stream_ref="e/1-0"),
+        )
+
+    from app.kernel.db import utcnow
+
+    app = create_app(config)
+    runner, client = app.test_cli_runner(), app.test_client()
+    try:
+        assert _register_in(client, "kept@example.com") == 201
+        [kept_event] = [r[0] for r in rows(main_url, select(OutboxEvent.event_id))]
+        deliver(kept_event)
+        # An event the main database counts as delivered, but admin's backup will not hold.
+        assert _register_in(client, "second@example.com") == 201
+        lost_event = next(
+            r[0] for r in rows(main_url, select(OutboxEvent.event_id)) if r[0] != kept_event
+        )
+        run(
+            main_url,
+            update(OutboxEvent)
+            .where(OutboxEvent.event_id == lost_event)
+            .values(published_at=utcnow(), confirmed_at=utcnow(), stream_ref="e/2-0"),
+        )
+        made = runner.invoke(args=["backup", "create"])
+        assert made.exit_code == 0, made.output
+        [(backup, manifest)] = backups.list_backups(tmp_path / "backups")
+        assert manifest.parts == {"admin": backup.name.replace(".db", "-admin.db")}
+        admin_part = backup.with_name(manifest.parts["admin"])
+        assert admin_part.exists() and backups.read_manifest(admin_part).database == "admin"
+        assert "+ admin:" in made.output
+
+        assert _register_in(client, "replaced@example.com") == 201
+        run(admin_url, insert(AuditLog).values(log_id="log_replaced", action="REPLACED"))
+        app.extensions["db"].dispose()
+        restored = runner.invoke(args=["backup", "restore", str(backup), "--force"])
+        assert restored.exit_code == 0, restored.output
+        assert "admin: restored" in restored.output and "main: restored" in restored.output
+        assert "1 event(s) will be sent again to admin" in restored.output
+    finally:
+        app.extensions["db"].dispose()
+    users = {r[0] for r in rows(main_url, text("SELECT email FROM users"))}
+    assert users == {"kept@example.com", "second@example.com"}
+    actions = {r[0] for r in rows(admin_url, select(AuditLog.action))}
+    assert "REPLACED" not in actions and "DELIVERED" in actions
+    state = dict(rows(main_url, select(OutboxEvent.event_id, OutboxEvent.published_at)))
+    assert state[kept_event] is not None  # admin holds it: stays delivered
+    assert state[lost_event] is None  # admin lost it with the restore: the relay sends it again
+    # Without ADMIN_DATABASE_URL such a backup is not restored halfway.
+    lone = create_app(app_config)
+    try:
+        refused = lone.test_cli_runner().invoke(args=["backup", "restore", str(backup), "--force"])
+    finally:
+        lone.extensions["db"].dispose()
+    assert refused.exit_code == 1 and "ADMIN_DATABASE_URL" in refused.output
+
+
+def _register_in(client, email: str) -> int:
+    return client.post(
+        "/api/v1/auth/register", json={"email": email, "password": PASSWORD}
+    ).status_code
