@@ -482,7 +482,8 @@ def backup_verify(file: Path) -> None:
 @click.option("--force", is_flag=True, help="Replace a database that has data (it is kept).")
 @writes
 def backup_restore(file: Path, force: bool) -> None:
-    """Replace the database with a verified backup. Stop the app first."""
+    """Restore a verified backup in place (gunicorn may keep running); in phase 3 with
+    admin's database."""
     from app import backups
 
     with _backup_errors():

@@ -169,7 +169,7 @@ def cancel_subscription(
 def lock_account(session: Session, user_id: str) -> None:
     """Lock the user's row until the caller's transaction ends: the user's subscription and
     seat changes (purchases, cancels, activations) then wait for it."""
-    licensing.lock_user(session, user_id)
+    licensing._lock_user(session, user_id)
 
 
 @module_api(MODULE)

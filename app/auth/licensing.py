@@ -156,7 +156,7 @@ def grant_subscription(
     if seats < 1:
         raise ValueError("a subscription has at least one seat")
     now = now or utcnow()
-    user = lock_user(session, user_id)
+    user = _lock_user(session, user_id)
     subscription = live_subscription(session, user_id)
     renews_at = now + period
     if subscription is None:
@@ -216,7 +216,7 @@ def cancel_subscription(
     suspension is audited. Returns the cancelled subscription (None if there was none).
     """
     now = now or utcnow()
-    user = lock_user(session, user_id)
+    user = _lock_user(session, user_id)
     subscription = live_subscription(session, user_id)
     if subscription is None or subscription_id not in (None, subscription.subscription_id):
         return None
@@ -270,7 +270,7 @@ def _suspend_excess(
     return len(excess)
 
 
-def lock_user(session: Session, user_id: str) -> User:
+def _lock_user(session: Session, user_id: str) -> User:
     """The user's row, locked until the transaction ends (serialises seat changes)."""
     user = session.get(User, user_id, with_for_update=True, populate_existing=True)
     if user is None:
@@ -296,7 +296,7 @@ def activate(
     LICENSE_CREATED audited. Either both rows commit or neither does.
     """
     now = now or utcnow()
-    lock_user(session, user_id)  # seat changes of one user run one at a time
+    _lock_user(session, user_id)  # seat changes of one user run one at a time
     existing = session.scalar(_LIVE_LICENSE_OF_CLIENT, {"client_id": client_id})
     if existing is not None and existing.expires_at <= now:
         # An expired license no longer holds its client: retire it, then issue a new one.
@@ -484,7 +484,7 @@ def update_status(
     now = utcnow()
     if new_status == "active":
         # Back to active takes a seat: count under the user's lock, like an activation.
-        user = lock_user(session, current.user_id)
+        user = _lock_user(session, current.user_id)
         limit = seat_limit(session, user)
         if seats_in_use(session, current.user_id, now) >= limit:
             raise SeatLimitReached(limit)
@@ -631,7 +631,7 @@ def lapse_past_due(
     )
     count = 0
     for candidate in lapsed:
-        user = lock_user(session, candidate.user_id)
+        user = _lock_user(session, candidate.user_id)
         # Re-read under the lock: a payment that committed meanwhile has renewed it.
         sub = session.get(
             Subscription, candidate.subscription_id, with_for_update=True, populate_existing=True
