@@ -1,36 +1,127 @@
 """Operator commands: `flask --app wsgi db …`, `flask --app wsgi ownership …`.
 
-Each command runs in an app context with its own Session (closed with the context).
+Each command runs in an app context with its own Session (closed with the context). A
+database that cannot be reached or refuses, or a file that cannot be written, ends any
+command with one line naming the cause and exit code 2 (`OperatorGroup`), never a traceback.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import sqlite3
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import click
+import psycopg
 from flask import current_app
 from flask.cli import AppGroup
+from sqlalchemy.exc import DBAPIError
 
 from app.auth import api as auth_api
 from app.kernel import migrations
-from app.kernel.db import get_database, get_session, transaction
+from app.kernel.db import get_database, get_session, sqlite_version_warning, transaction
 from app.kernel.emails import normalise_email
 from app.kernel.ownership import OPERATOR, acting_as, registry
 
-db_cli = AppGroup("db", help="Database migrations (alembic).")
-ownership_cli = AppGroup("ownership", help="The table-ownership registry.")
-backup_cli = AppGroup("backup", help="Verified backups: create, list, verify, restore, prune.")
-users_cli = AppGroup("users", help="User accounts.")
-tokens_cli = AppGroup("tokens", help="Token revocation list maintenance.")
-licenses_cli = AppGroup("licenses", help="License signing keys.")
-audit_cli = AppGroup("audit", help="The audit log.")
-subscriptions_cli = AppGroup("subscriptions", help="Subscription renewals.")
-outbox_cli = AppGroup("outbox", help="Phase 3: relay the outbox to Redis, consume it.")
+log = logging.getLogger(__name__)
+
+
+class OperatorError(click.ClickException):
+    """The command cannot do its work for a reason outside the program (a database that
+    cannot be reached or refuses, a path that cannot be written): one line, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", file=file or sys.stderr)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def describe_failure(exc: BaseException, database_url: str | None) -> str:
+    """One line naming why a command could not reach or use a database or a file."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    where = f" ({_redacted(database_url)})" if database_url else ""
+    if isinstance(cause, sqlite3.Error):
+        path = database_url.split("///", 1)[-1] if database_url else "the SQLite file"
+        hint = (
+            f" (does the folder of {path} exist, and may this user write there?)"
+            if "unable to open" in str(cause) or "readonly" in str(cause)
+            else ""
+        )
+        return f"SQLite database {path}: {_one_line(str(cause))}{hint}"
+    if isinstance(cause, OSError) and not isinstance(exc, DBAPIError):
+        target = f" {cause.filename}" if cause.filename else ""
+        return f"cannot use{target}: {cause.strerror or _one_line(str(cause))}"
+    text = _one_line(str(cause))
+    if isinstance(cause, psycopg.OperationalError):
+        return f"cannot connect to the database{where}: {text}"
+    return f"the database refused{where}: {text}"
+
+
+class OperatorGroup(AppGroup):
+    """A command group whose commands end with one line (exit code 2) when a database or a
+    file is out of reach, instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (DBAPIError, psycopg.Error, sqlite3.Error, OSError) as exc:
+            url = current_app.config.get("DATABASE_URL") if current_app else None
+            raise OperatorError(describe_failure(exc, url)) from None
+
+
+def _warn_about_sqlite() -> None:
+    for url in _databases().values():
+        warning = sqlite_version_warning(url)
+        if warning:
+            log.warning("%s", warning)
+            return
+
+
+def writes(command: Callable[..., Any] | None = None, *, at_start: bool = False) -> Any:
+    """Marks a command that writes to the database: on an affected SQLite library it says
+    so once per invocation — after the work (a failure stays one line), or at the start
+    for a long-running command. Reading commands stay quiet."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if at_start:
+                _warn_about_sqlite()
+            result = command(*args, **kwargs)
+            if not at_start:
+                _warn_about_sqlite()
+            return result
+
+        return run
+
+    return decorate(command) if command is not None else decorate
+
+
+db_cli = OperatorGroup("db", help="Database migrations (alembic).")
+ownership_cli = OperatorGroup("ownership", help="The table-ownership registry.")
+backup_cli = OperatorGroup("backup", help="Verified backups: create, list, verify, restore, prune.")
+users_cli = OperatorGroup("users", help="User accounts.")
+tokens_cli = OperatorGroup("tokens", help="Token revocation list maintenance.")
+licenses_cli = OperatorGroup("licenses", help="License signing keys.")
+audit_cli = OperatorGroup("audit", help="The audit log.")
+subscriptions_cli = OperatorGroup("subscriptions", help="Subscription renewals.")
+outbox_cli = OperatorGroup("outbox", help="Phase 3: relay the outbox to Redis, consume it.")
 
 
 def parse_age(text: str) -> timedelta:
@@ -52,6 +143,7 @@ def parse_age(text: str) -> timedelta:
     type=click.FloatRange(0, 60),
     help="Seconds to wait between batches, to leave room for other writers.",
 )
+@writes
 def audit_archive(older_than: str, batch_size: int, pause: float) -> None:
     """Move audit entries older than --older-than into audit_logs_archive.
 
@@ -117,6 +209,7 @@ def _current(name: str = "main") -> str:
 
 @db_cli.command("upgrade")
 @click.argument("revision", default="head")
+@writes
 def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION (default: head), on every database of the app."""
     for name, url, label in _each_database():
@@ -127,6 +220,7 @@ def db_upgrade(revision: str) -> None:
 
 @db_cli.command("downgrade", context_settings={"ignore_unknown_options": True})
 @click.argument("revision")
+@writes
 def db_downgrade(revision: str) -> None:
     """Revert migrations down to REVISION (`base` for an empty database, `-1` for one step)."""
     for name, url, label in _each_database():
@@ -212,6 +306,7 @@ def _move(to: str) -> None:
 
 
 @db_cli.command("move-to-schemas")
+@writes
 def db_move_to_schemas() -> None:
     """Phase 1 → 2: move every table from the default schema into its module's schema.
 
@@ -223,6 +318,7 @@ def db_move_to_schemas() -> None:
 
 
 @db_cli.command("move-to-flat")
+@writes
 def db_move_to_flat() -> None:
     """Phase 2 → 1 (the way back): every table into the default schema, in one transaction."""
     _move(migrations.FLAT)
@@ -231,6 +327,7 @@ def db_move_to_flat() -> None:
 @db_cli.command("copy-module")
 @click.argument("module")
 @click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100_000))
+@writes
 def db_copy_module(module: str, batch_size: int) -> None:
     """Phase 1/2 → 3: copy MODULE's rows from the main database into its own.
 
@@ -287,25 +384,49 @@ def _backup_errors() -> Iterator[None]:
 
 @ownership_cli.command("grants")
 @click.option(
-    "--app-role", default="licensing_app", show_default=True, help="The app's login role."
+    "--prefix", default=None, help="Module role prefix [default: DB_ROLE_PREFIX, licensing_]."
 )
-@click.option("--prefix", default="licensing_", show_default=True, help="Module role prefix.")
+@click.option("--app-role", default=None, help="The app's login role [default: <prefix>app].")
+@click.option(
+    "--create-login-role",
+    is_flag=True,
+    help="Also create the app's login role (LOGIN; set its password afterwards).",
+)
 @click.option(
     "--layout",
     type=click.Choice(["flat", "schemas"]),
     default=None,
     help="Where the tables are (default: schemas when DB_SCHEMAS=on, else flat).",
 )
-def ownership_grants(app_role: str, prefix: str, layout: str | None) -> None:
+def ownership_grants(
+    prefix: str | None, app_role: str | None, create_login_role: bool, layout: str | None
+) -> None:
     """Print the PostgreSQL roles and GRANTs that enforce table ownership (phase 2).
 
-    Pipe them into psql as the database owner: `flask ownership grants | psql "$URL"`.
+    One setting names every role: DB_ROLE_PREFIX (the app uses it for `SET ROLE`) gives
+    the module roles (<prefix>auth, …) and the app's login role (<prefix>app), which
+    DATABASE_URL must connect as. Pipe the SQL into psql as the tables' owner:
+    `flask ownership grants --create-login-role | psql "$OWNER_URL"`.
     """
     from app.kernel.grants import grant_statements
 
+    prefix = prefix if prefix is not None else current_app.config["DB_ROLE_PREFIX"]
+    app_role = app_role or f"{prefix}app"
     schemas = _schemas() if layout is None else layout == "schemas"
+    if create_login_role:
+        click.echo(
+            f"DO $$ BEGIN CREATE ROLE {app_role} LOGIN; "
+            "EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
+        )
     for statement in grant_statements(registry, app_role=app_role, schemas=schemas, prefix=prefix):
         click.echo(statement)
+    how = "" if create_login_role else " (create it with --create-login-role)"
+    click.echo(
+        f"-- the app must connect as {app_role}{how}; give it a password with "
+        f"psql's \\password {app_role}, put it in DATABASE_URL, and set DB_ROLES=on "
+        f"and DB_ROLE_PREFIX={prefix}",
+        err=True,
+    )
 
 
 @backup_cli.command("create")
@@ -314,11 +435,16 @@ def backup_create() -> None:
     from app import backups
 
     with _backup_errors():
-        manifest = backups.create(current_app.config["DATABASE_URL"], _backup_dir())
+        manifest = backups.create(
+            current_app.config["DATABASE_URL"],
+            _backup_dir(),
+            module_urls=current_app.config["MODULE_DATABASE_URLS"],
+        )
     rows = sum(manifest.row_counts.values())
     click.echo(
         f"backup {_backup_dir() / manifest.file} size={manifest.size} rows={rows} "
         f"sha256={manifest.sha256[:16]} verified={manifest.verified!r}"
+        + "".join(f" + {module}: {part}" for module, part in manifest.parts.items())
     )
 
 
@@ -332,8 +458,10 @@ def backup_list() -> None:
             click.echo(f"{path.name}  UNVERIFIED (no manifest)")
         else:
             rows = sum(manifest.row_counts.values())
+            with_parts = "".join(f"  + {module}: {part}" for module, part in manifest.parts.items())
             click.echo(
                 f"{path.name}  {manifest.size} bytes  {rows} rows  revision {manifest.revision}"
+                + with_parts
             )
 
 
@@ -344,19 +472,31 @@ def backup_verify(file: Path) -> None:
     from app import backups
 
     with _backup_errors():
-        manifest = backups.verify(file, current_app.config["DATABASE_URL"])
+        manifest = backups.verify(
+            file, current_app.config["DATABASE_URL"], current_app.config["MODULE_DATABASE_URLS"]
+        )
     click.echo(f"{file.name}: ok ({sum(manifest.row_counts.values())} rows, {manifest.verified})")
 
 
 @backup_cli.command("restore")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Replace a database that has data (it is kept).")
+@writes
 def backup_restore(file: Path, force: bool) -> None:
-    """Replace the database with a verified backup. Stop the app first."""
+    """Restore a verified backup in place (gunicorn may keep running); in phase 3 with
+    admin's database."""
     from app import backups
 
     with _backup_errors():
-        click.echo(backups.restore(file, current_app.config["DATABASE_URL"], force=force))
+        click.echo(
+            backups.restore(
+                file,
+                current_app.config["DATABASE_URL"],
+                force=force,
+                module_urls=current_app.config["MODULE_DATABASE_URLS"],
+                schemas=_schemas(),
+            )
+        )
 
 
 @backup_cli.command("prune")
@@ -374,6 +514,7 @@ def backup_prune(keep_days: int) -> None:
 @click.option(
     "--password-stdin", is_flag=True, help="Read the password from standard input (one line)."
 )
+@writes
 def users_create_admin(email: str, password_stdin: bool) -> None:
     """Create an admin account. Prompts for the password (hidden, confirmed) unless
     --password-stdin is given."""
@@ -408,6 +549,7 @@ def users_unlock(email: str) -> None:
 
 
 @tokens_cli.command("prune")
+@writes
 def tokens_prune() -> None:
     """Delete revocations of tokens that have expired anyway (run daily from cron)."""
     session = get_session()
@@ -433,6 +575,7 @@ def licenses_generate_key(path: str) -> None:
 
 
 @subscriptions_cli.command("renew")
+@writes
 def subscriptions_renew() -> None:
     """Charge due subscriptions and extend them (cron, e.g. hourly).
 
@@ -484,6 +627,7 @@ def _until_signalled() -> Iterator[Any]:
 @outbox_cli.command("relay")
 @click.option("--once", is_flag=True, help="One round (publish, confirm), then exit.")
 @click.option("--interval", default=0.5, show_default=True, type=click.FloatRange(0.01, 60))
+@writes(at_start=True)
 def outbox_relay(once: bool, interval: float) -> None:
     """Publish outbox events to the Redis stream, oldest first, and confirm delivered ones.
 
@@ -530,6 +674,7 @@ def outbox_relay(once: bool, interval: float) -> None:
 )
 @click.option("--until-idle", is_flag=True, help="Exit once there is nothing left to read.")
 @click.option("--block-ms", default=1000, show_default=True, type=click.IntRange(10, 60_000))
+@writes(at_start=True)
 def outbox_consume(module: str, name: str | None, until_idle: bool, block_ms: int) -> None:
     """Apply the stream's events for MODULE (its consumer group), each exactly once.
 
@@ -570,6 +715,7 @@ def outbox_consume(module: str, name: str | None, until_idle: bool, block_ms: in
 @outbox_cli.command("dead-letters")
 @click.argument("module")
 @click.option("--retry", is_flag=True, help="Apply them again; those that succeed are removed.")
+@writes
 def outbox_dead_letters(module: str, retry: bool) -> None:
     """Events MODULE's consumer set aside after failing to apply them (in its database)."""
     from app.kernel import events
@@ -623,6 +769,7 @@ def outbox_status() -> None:
 
 @outbox_cli.command("prune")
 @click.option("--older-than", "older_than", default="7d", show_default=True)
+@writes
 def outbox_prune(older_than: str) -> None:
     """Delete events confirmed longer ago than --older-than (they were delivered).
 

@@ -51,6 +51,14 @@ def _check_database_url(url: str) -> str:
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql", "postgres"):
         raise ConfigError(f"DATABASE_URL must be sqlite:///… or postgresql://…, not {backend}://")
+    # One driver per backend, the one the engines, migrations and backups all use:
+    # postgres:// and postgresql:// (with or without +psycopg) mean psycopg 3.
+    _, _, driver = parsed.drivername.partition("+")
+    if driver not in ("", "pysqlite" if backend == "sqlite" else "psycopg"):
+        raise ConfigError(
+            f"DATABASE_URL: the {parsed.drivername} driver is not supported; "
+            + ("write sqlite:///…" if backend == "sqlite" else "write postgresql://… (psycopg 3)")
+        )
     if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
         raise ConfigError(
             "DATABASE_URL must name a SQLite file (sqlite:///path/app.db): an in-memory "
@@ -59,7 +67,7 @@ def _check_database_url(url: str) -> str:
     return "postgresql" if backend == "postgres" else backend
 
 
-# Phase 3 (DESIGN §7): the module that may run on its own database. auth and orders share
+# Phase 3 (docs/phases.md): the module that may run on its own database. auth and orders share
 # transactions with each other (a paid order grants a subscription), so they stay together.
 SEPARABLE_MODULES = ("admin",)
 
@@ -171,6 +179,9 @@ def load_config(
         # Licenses: Ed25519 private key files, comma-separated; the first signs.
         "LICENSE_SIGNING_KEYS": env.get("LICENSE_SIGNING_KEYS") or None,
         "JWKS_MAX_AGE": _int(env, "JWKS_MAX_AGE", 300),
+        # A license token expires with its license, or after this long if that comes first;
+        # `validate` hands out a fresh one in the second half of its life (ADR 0007).
+        "LICENSE_TOKEN_TTL": timedelta(days=_int(env, "LICENSE_TOKEN_TTL_DAYS", 30)),
         # Orders and payments
         "PLANS_JSON": env.get("PLANS_JSON") or None,
         "PAYMENT_PROVIDER": env.get("PAYMENT_PROVIDER", "sandbox"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from functools import cache
 from typing import Any
 
@@ -42,11 +44,7 @@ def healthz() -> Any:
     responses={200: "ready", 503: "a dependency is failing"},
 )
 def readyz() -> Any:
-    database = get_database()
-    checks = _database_checks(database.engine)
-    for module, engine in database.module_engines.items():
-        checks.update(_database_checks(engine, prefix=f"{module}_"))  # phase 3
-    checks["redis"] = _check_redis()
+    checks = readiness_checks()
     failing = {name: state for name, state in checks.items() if state not in ("ok", "skipped")}
     if failing:
         body = problem(
@@ -59,6 +57,47 @@ def readyz() -> Any:
             current_app.json.dumps(body), status=503, mimetype=PROBLEM_MEDIA_TYPE
         )
     return {"status": "ready", "checks": checks}
+
+
+def readiness_checks(*, redis: bool = True) -> dict[str, str]:
+    """Every readiness check by name: "ok", "skipped" or what is wrong, in a few words."""
+    database = get_database()
+    checks = {"instance": _check_instance(), "signing_keys": _check_signing_keys()}
+    checks.update(_database_checks(database.engine))
+    for module, engine in database.module_engines.items():
+        checks.update(_database_checks(engine, prefix=f"{module}_"))  # phase 3
+    checks["redis"] = _check_redis() if redis else "skipped"
+    return checks
+
+
+def _writable(folder: str | os.PathLike[str]) -> bool:
+    """Whether this process can create a file in `folder` (tried, not guessed from modes:
+    root ignores them, a read-only mount does not)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def _check_instance() -> str:
+    folder = current_app.instance_path
+    if not os.path.isdir(folder):
+        return f"missing: {folder}"
+    return "ok" if _writable(folder) else f"read-only: {folder}"
+
+
+def _check_signing_keys() -> str:
+    from app.auth.api import SigningKeyError
+    from app.auth.signing import license_keys
+
+    try:
+        license_keys()
+    except SigningKeyError as exc:
+        return str(exc)
+    except OSError as exc:  # the development key cannot be written
+        return f"cannot create the development signing key: {exc.strerror} ({exc.filename})"
+    return "ok"
 
 
 @cache
@@ -76,7 +115,7 @@ def _database_checks(engine: Any, prefix: str = "") -> dict[str, str]:
             layout = migrations.current_layout(conn)
     except Exception as exc:  # any failure means "not ready", reported, never raised
         log.warning("readiness: database check failed: %s", str(exc).splitlines()[0])
-        return {f"{prefix}database": "unreachable"}
+        return {f"{prefix}database": _why_unreachable(engine)}
     return {
         f"{prefix}database": "ok",
         f"{prefix}migrations": "ok" if current == _head_revisions() else "behind",
@@ -84,6 +123,17 @@ def _database_checks(engine: Any, prefix: str = "") -> dict[str, str]:
         if layout in (expected, migrations.EMPTY)
         else f"{layout}, expected {expected}",
     }
+
+
+def _why_unreachable(engine: Any) -> str:
+    """A SQLite file in a folder this process cannot write is not an outage: say so."""
+    if engine.dialect.name == "sqlite" and engine.url.database:
+        folder = os.path.dirname(os.path.abspath(engine.url.database))
+        if not os.path.isdir(folder):
+            return f"missing folder: {folder}"
+        if not _writable(folder):
+            return f"read-only: {folder} (SQLite needs to write its folder)"
+    return "unreachable"
 
 
 def _check_redis() -> str:

@@ -8,9 +8,13 @@ PROMETHEUS_MULTIPROC_DIR (a fresh temporary directory unless one is given).
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 
+# The upstream of deploy/nginx.conf is 127.0.0.1:8000: change PORT and that line together.
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+# The master's pid, for a graceful reload after a deploy: kill -HUP "$(cat "$GUNICORN_PIDFILE")".
+pidfile = os.environ.get("GUNICORN_PIDFILE") or None
 workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count() * 2 + 1)
 worker_class = "sync"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
@@ -35,7 +39,10 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 # log is optional and carries the same id.
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
-errorlog = "-"
+# With --daemon there is no terminal: GUNICORN_ERROR_LOG names a file for gunicorn's log and
+# (capture_output) the app's own output.
+errorlog = os.environ.get("GUNICORN_ERROR_LOG") or "-"
+capture_output = errorlog != "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -43,11 +50,24 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 
 def on_starting(server):
-    """Start with empty metrics (values of a previous run would be summed in)."""
+    """Before any socket or worker: start with empty metrics (values of a previous run would
+    be summed in), then build the app once and check it can serve (app/startup.py). A broken
+    production deployment exits here, code 2, with the CLI's one-line message — instead of
+    workers failing to boot and being restarted forever."""
     folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(folder, exist_ok=True)
     for name in os.listdir(folder):
         os.remove(os.path.join(folder, name))
+    from app.startup import preflight
+
+    problem = preflight()
+    if problem:
+        sys.stderr.write(f"error: {problem}\n")
+        sys.stderr.flush()
+        if server.pidfile is not None:
+            server.pidfile.unlink()
+        on_exit(server)
+        sys.exit(2)
 
 
 def child_exit(server, worker):

@@ -9,6 +9,7 @@
 # Reads the same environment as the app (DATABASE_URL, BACKUP_DIR, …). Extra knobs:
 # BACKUP_KEEP_DAYS (30), BACKUP_LOCK (file), FLASK (the flask executable).
 set -uo pipefail
+umask 077  # the log, the lock and anything else made here: this user only
 cd "$(dirname "$0")/.."
 
 BACKUP_DIR=${BACKUP_DIR:-instance/backups}

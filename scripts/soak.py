@@ -36,12 +36,17 @@ CATEGORIES = {
     "authz": ["tests/test_authz_matrix.py", "tests/test_admin.py"],
     "hostile": ["tests/test_hostile_input.py", "tests/test_errors.py"],
     "secrets": ["tests/test_secrets.py", "tests/test_observability.py"],
+    "money": ["tests/test_order_semantics.py", "tests/test_orders.py"],
+    "operations": ["tests/test_restore.py", "tests/test_startup.py", "tests/test_cli_errors.py"],
 }
 
 LONG_SETTINGS = {
     "FUZZ_EXAMPLES": os.environ.get("FUZZ_EXAMPLES", "100"),
     "FUZZ_BACKENDS": os.environ.get("FUZZ_BACKENDS", "sqlite,postgresql"),
     "CRASH_USERS": os.environ.get("CRASH_USERS", "120"),
+    # Generated order sequences (ADR 0006): 8 x 10 steps in `make test`.
+    "ORDER_STATE_EXAMPLES": os.environ.get("ORDER_STATE_EXAMPLES", "200"),
+    "ORDER_STATE_STEPS": os.environ.get("ORDER_STATE_STEPS", "25"),
 }
 
 

@@ -31,6 +31,10 @@ def test_settings_come_from_the_environment(tmp_path):
         ("sqlite://", "must name a SQLite file"),
         ("sqlite:///:memory:", "must name a SQLite file"),
         ("not a url", "not a database URL"),
+        # one driver per backend: what the engines, migrations and backups all use
+        ("postgresql+psycopg2://db/x", "driver is not supported"),
+        ("postgresql+asyncpg://db/x", "driver is not supported"),
+        ("sqlite+aiosqlite:///x.db", "driver is not supported"),
     ],
 )
 def test_unusable_database_urls_are_clear_errors(tmp_path, url, message):

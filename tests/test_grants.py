@@ -147,3 +147,34 @@ def test_the_app_runs_each_module_under_its_role(app_config, database_url, role_
         with pytest.raises(ProgrammingError, match="permission denied"), transaction(session):
             promote_everyone(session)
     unguarded.extensions["db"].dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_one_prefix_names_every_role_and_the_login_role_is_created(
+    app_config, database_url, role_prefix
+):
+    """DB_ROLE_PREFIX alone governs the grants (no --prefix/--app-role), and
+    --create-login-role makes the login role the app then connects as."""
+    from app import create_app
+
+    app = create_app({**app_config, "DB_ROLE_PREFIX": role_prefix})
+    try:
+        result = app.test_cli_runner().invoke(args=["ownership", "grants", "--create-login-role"])
+    finally:
+        app.extensions["db"].dispose()
+    assert result.exit_code == 0, result.output
+    app_role = f"{role_prefix}app"
+    statements = result.stdout.splitlines()
+    assert f"CREATE ROLE {app_role} LOGIN" in statements[0]
+    assert f"GRANT {role_prefix}auth TO {app_role};" in statements
+    assert "licensing_" not in result.stdout
+    assert f"connect as {app_role}" in result.stderr and "DB_ROLES=on" in result.stderr
+
+    url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+    as_app = url.replace("://postgres@", f"://{app_role}@")  # trust authentication here
+    with psycopg.connect(as_app, autocommit=True) as conn:
+        conn.execute(f"SET ROLE {role_prefix}auth")
+        assert conn.execute(f"SELECT count(*) FROM {in_layout('users', url)}").fetchone() == (0,)

@@ -45,7 +45,14 @@ def test_readyz_when_ready(client):
     assert response.status_code == 200, response.get_json()
     assert response.get_json() == {
         "status": "ready",
-        "checks": {"database": "ok", "migrations": "ok", "layout": "ok", "redis": "skipped"},
+        "checks": {
+            "instance": "ok",
+            "signing_keys": "ok",
+            "database": "ok",
+            "migrations": "ok",
+            "layout": "ok",
+            "redis": "skipped",
+        },
     }
 
 

@@ -205,7 +205,7 @@ def test_a_failure_after_the_charge_is_refunded(app, app_config, client, monkeyp
 
     ada = account(client)
     monkeypatch.setattr(service.auth_api, "grant_subscription", broken)
-    assert_problem(order(client, ada, "comp-1"), 500, "internal_error")
+    failed_body = assert_problem(order(client, ada, "comp-1"), 502, "settlement_failed")
     money = ledger(app_config)
     assert [e["type"] for e in money] == ["charge", "refund"]
     assert (
@@ -225,9 +225,12 @@ def test_a_failure_after_the_charge_is_refunded(app, app_config, client, monkeyp
     with app.app_context(), acting_as(OPERATOR):
         assert get_session().scalars(select(OutboxEvent)).all() == []
 
+    assert failed_body["refund_id"] == money[1]["refund_id"]
+
     monkeypatch.undo()
-    retry = order(client, ada, "comp-1")  # the key was released: the retry buys for real
-    assert retry.status_code == 201
+    retry = order(client, ada, "comp-1")  # the same key replays the outcome: no new charge
+    assert retry.status_code == 502 and retry.get_json() == failed_body
+    assert order(client, ada, "comp-2").status_code == 201  # a new key buys for real
     assert [e["type"] for e in ledger(app_config)] == ["charge", "refund", "charge"]
 
 

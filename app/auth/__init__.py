@@ -26,6 +26,18 @@ def init_app(app: Any) -> None:
 
     tokens.init_app(app)
     app.register_blueprint(bp)
+
+    @app.errorhandler(signing.SigningKeyError)
+    def _signing_unavailable(error: signing.SigningKeyError) -> Any:
+        # Not the client's fault and not a bug: the deployment's key is missing or
+        # unreadable (/readyz names it). Logged; the detail stays out of the response.
+        from app.kernel.errors import problem_response
+
+        signing.log.error("license signing unavailable: %s", error)
+        return problem_response(
+            503, "signing_unavailable", "License tokens cannot be signed right now."
+        )
+
     app.register_blueprint(root_bp)
     if app.config["APP_ENV"] == "production":
         with app.app_context():

@@ -187,10 +187,26 @@ def grant_subscription(
 
 @module_api(MODULE)
 def cancel_subscription(
-    session: Session, user_id: str, *, actor_id: str | None = None
+    session: Session,
+    user_id: str,
+    *,
+    actor_id: str | None = None,
+    subscription_id: str | None = None,
 ) -> SubscriptionSummary | None:
-    """End the user's subscription; licenses above the free seats are suspended, newest first."""
-    return _subscription(licensing.cancel_subscription(session, user_id, actor_id=actor_id))
+    """End the user's live subscription (only if it is `subscription_id`, when given);
+    licenses above the free seats are suspended, newest first."""
+    return _subscription(
+        licensing.cancel_subscription(
+            session, user_id, actor_id=actor_id, subscription_id=subscription_id
+        )
+    )
+
+
+@module_api(MODULE)
+def lock_account(session: Session, user_id: str) -> None:
+    """Lock the user's row until the caller's transaction ends: the user's subscription and
+    seat changes (purchases, cancels, activations) then wait for it."""
+    licensing._lock_user(session, user_id)
 
 
 @module_api(MODULE)

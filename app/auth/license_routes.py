@@ -36,15 +36,34 @@ from app.kernel.web import (
 )
 
 
-def _signed(license_: Any) -> dict[str, Any]:
-    token = signing.license_keys().sign(
+def _token(license_: Any, now: Any) -> str:
+    """A token for the license as it is now: it expires with the license, or after
+    LICENSE_TOKEN_TTL_DAYS if that comes first (ADR 0007)."""
+    ttl = current_app.config["LICENSE_TOKEN_TTL"]
+    return signing.license_keys().sign(
         license_id=license_.license_id,
         user_id=license_.user_id,
         client_id=license_.client_id,
-        expires_at=license_.expires_at,
-        issued_at=utcnow(),
+        expires_at=min(license_.expires_at, now + ttl),
+        issued_at=now,
+        version=license_.version,
     )
+
+
+def _signed(license_: Any) -> dict[str, Any]:
+    token = _token(license_, utcnow())
     return {**LicenseOut.model_validate(license_).model_dump(), "token": token}
+
+
+def _stale(claims: dict[str, Any], license_: Any, now: Any) -> bool:
+    """The token sent no longer tells the truth offline, or soon will not: the license's
+    terms changed since it was signed (its version moved on: expiry, status), or it
+    expires before the license and less than half of LICENSE_TOKEN_TTL_DAYS is left."""
+    if claims.get("ver") != license_.version:
+        return True
+    half_life = current_app.config["LICENSE_TOKEN_TTL"] / 2
+    exp = claims["exp"]
+    return exp < int(license_.expires_at.timestamp()) and exp < (now + half_life).timestamp()
 
 
 def _activation_user(session: Any, body: ActivateIn, now: Any) -> tuple[str | None, Any]:
@@ -143,7 +162,10 @@ def validate(json_data: ValidateIn) -> Any:
         code = "EXPIRED"
     else:
         code = "VALID"
-    return _verdict(code, license_, checked_at)
+    verdict = _verdict(code, license_, checked_at)
+    if code == "VALID" and _stale(claims, license_, checked_at):
+        verdict["token"] = _token(license_, checked_at)
+    return verdict
 
 
 def _verdict(code: str, license_: Any, checked_at: Any) -> dict[str, Any]:

@@ -202,9 +202,15 @@ def grant_subscription(
 
 
 def cancel_subscription(
-    session: Session, user_id: str, *, actor_id: str | None = None, now: datetime | None = None
+    session: Session,
+    user_id: str,
+    *,
+    actor_id: str | None = None,
+    now: datetime | None = None,
+    subscription_id: str | None = None,
 ) -> Subscription | None:
-    """End the user's live subscription; back to the free plan.
+    """End the user's live subscription (if it is `subscription_id`, when given); back to
+    the free plan.
 
     Licenses above the free plan's seats are suspended, newest first, and each
     suspension is audited. Returns the cancelled subscription (None if there was none).
@@ -212,7 +218,7 @@ def cancel_subscription(
     now = now or utcnow()
     user = _lock_user(session, user_id)
     subscription = live_subscription(session, user_id)
-    if subscription is None:
+    if subscription is None or subscription_id not in (None, subscription.subscription_id):
         return None
     subscription.status = "cancelled"
     subscription.version += 1

@@ -137,6 +137,12 @@ class ValidateOut(BaseModel):
     ]
     license: LicenseOut | None
     checked_at: datetime
+    token: str | None = Field(
+        default=None,
+        description="A freshly signed token, when the license's terms changed since the one "
+        "sent was signed or it is close to its expiry: keep it instead (ADR 0007). Its exp "
+        "never exceeds the license's expiry.",
+    )
 
 
 class Jwk(BaseModel):

@@ -13,6 +13,7 @@ import base64
 import functools
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +23,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+log = logging.getLogger(__name__)
 
 ALGORITHM = "EdDSA"
 ISSUER = "licensing-platform"
@@ -129,7 +132,11 @@ class KeySet:
         client_id: str,
         expires_at: datetime,
         issued_at: datetime,
+        version: int | None = None,
     ) -> str:
+        """A token for the license as it is now. `exp` is `expires_at` rounded down, so it
+        never exceeds the license's expiry; `ver` is the license's version, so `validate`
+        can tell a token signed before the terms changed (ADR 0007)."""
         claims = {
             "iss": ISSUER,
             "sub": license_id,
@@ -138,6 +145,7 @@ class KeySet:
             "client_id": client_id,
             "iat": int(issued_at.timestamp()),
             "exp": int(expires_at.timestamp()),
+            **({"ver": version} if version is not None else {}),
         }
         return jwt.encode(
             claims, self.signing.private, algorithm=ALGORITHM, headers={"kid": self.signing.kid}
@@ -176,7 +184,12 @@ def license_keys() -> KeySet:
             if current_app.config["APP_ENV"] == "production":
                 raise SigningKeyError("LICENSE_SIGNING_KEYS is not set")
             default = Path(current_app.instance_path) / DEV_KEY_NAME
-            generate_key_file(default)
+            try:
+                generate_key_file(default)
+            except OSError as exc:
+                raise SigningKeyError(
+                    f"cannot create the development signing key {default}: {exc.strerror}"
+                ) from None
             paths = [str(default)]
         keys = KeySet.from_files(paths)
         current_app.extensions["license_keys"] = keys

@@ -103,10 +103,9 @@ class EngineSettings:
 
 def normalise_url(url: str) -> str:
     """Point plain PostgreSQL URLs at psycopg 3 (`postgresql://` → `postgresql+psycopg://`)."""
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://") :]
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    for alias in ("postgres+psycopg://", "postgres://", "postgresql://"):
+        if url.startswith(alias):
+            return "postgresql+psycopg://" + url[len(alias) :]
     return url
 
 
@@ -171,19 +170,23 @@ def sqlite_has_wal_reset_bug(version: str) -> bool:
     return not (3, 44, 6) <= v < (3, 45, 0)
 
 
-@functools.cache
-def _warn_about_sqlite_version(version: str) -> None:
-    if sqlite_has_wal_reset_bug(version):
-        log.warning(
-            "SQLite %s carries the WAL-reset bug (fixed in 3.51.3, 3.50.7 and 3.44.6): "
-            "concurrent writers and checkpoints can corrupt the database. Upgrade the "
-            "SQLite library Python links against, or use PostgreSQL in production.",
-            version,
-        )
+def sqlite_version_warning(url: str) -> str | None:
+    """What to tell the operator when `url` is a SQLite database and the SQLite library
+    carries the WAL-reset bug (None otherwise). Said once per service start (the gunicorn
+    master) and once per CLI command that writes, not by every process that opens it."""
+    if make_url(normalise_url(url)).get_backend_name() != "sqlite":
+        return None
+    version = sqlite3.sqlite_version
+    if not sqlite_has_wal_reset_bug(version):
+        return None
+    return (
+        f"SQLite {version} carries the WAL-reset bug (fixed in 3.51.3, 3.50.7 and 3.44.6): "
+        "concurrent writers and checkpoints can corrupt the database. Upgrade the SQLite "
+        "library Python links against, or use PostgreSQL in production."
+    )
 
 
 def _make_sqlite_engine(url: Any, settings: EngineSettings, options: dict) -> Engine:
-    _warn_about_sqlite_version(sqlite3.sqlite_version)
     path = url.database
     if path and path != ":memory:" and not url.query.get("uri"):
         # It holds password hashes and emails: warn now if it is open to other users.

@@ -18,5 +18,8 @@ bp = module_blueprint(MODULE, __name__, url_prefix="/api/v1", tag="Orders")
 
 def init_app(app: Any) -> None:
     from app.orders import routes  # noqa: F401 - routes attach themselves to bp
+    from app.orders.payments import make_gateway
 
+    # Built at start-up: an unknown or broken PAYMENT_PROVIDER stops create_app.
+    app.extensions["payments"] = make_gateway(app.config)
     app.register_blueprint(bp)

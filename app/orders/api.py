@@ -8,7 +8,6 @@ from sqlalchemy.orm import Session
 
 from app.kernel.ownership import acting_as
 from app.orders import MODULE, workflows
-from app.orders.payments import make_gateway
 from app.orders.plans import load_catalog
 
 RenewalReport = workflows.RenewalReport
@@ -21,15 +20,10 @@ def renew_due_subscriptions(session: Session, app: Any) -> RenewalReport:
     function to call inside someone else's transaction.
     """
     cfg = app.config
-    gateway = make_gateway(
-        cfg["PAYMENT_PROVIDER"],
-        sandbox_ledger=cfg["SANDBOX_LEDGER"],
-        sandbox_latency=cfg["SANDBOX_LATENCY_MS"] / 1000,
-    )
     with acting_as(MODULE):
         return workflows.renew_due(
             session,
-            gateway,
+            app.extensions["payments"],
             load_catalog(cfg["PLANS_JSON"]),
             grace=cfg["RENEWAL_GRACE"],
             lease=cfg["ORDER_LEASE"],

@@ -36,6 +36,9 @@ class Order(Base):
     failure_code: Mapped[str | None] = mapped_column(String(64))
     subscription_id: Mapped[str | None] = mapped_column(String(40))
     renewal_key: Mapped[str | None] = mapped_column(String(100), unique=True)
+    # When the payment was settled: the latest settled order of a subscription is the one
+    # its terms come from (ADR 0006).
+    settled_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
     version: Mapped[int] = mapped_column(Integer, default=1)

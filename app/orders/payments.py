@@ -7,20 +7,25 @@ or two racing retries, cannot double-charge even before our own database is cons
 The sandbox accepts `tok_ok`, declines `tok_declined` and is unavailable for
 `tok_unavailable`. It keeps its ledger in a JSON-lines file, so every worker process (and
 a test) sees the same charges.
+
+Other providers are installed packages: `PAYMENT_PROVIDER=<name>` picks the one whose
+distribution declares `<name>` in the `licensing.payment_providers` entry-point group.
 """
 
 from __future__ import annotations
 
 import fcntl
+import importlib.metadata
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from app.config import ConfigError
 from app.kernel import files
 from app.kernel.ids import new_id
 
@@ -127,13 +132,50 @@ class SandboxGateway:
             return entries
 
 
-PROVIDERS = {"sandbox": SandboxGateway}
+# --- the registry ----------------------------------------------------------------------
+
+# Installed packages offer providers under this entry-point group; each entry point names a
+# factory `(config: Mapping[str, Any]) -> PaymentGateway` that gets the app's configuration.
+ENTRY_POINT_GROUP = "licensing.payment_providers"
+
+GatewayFactory = Callable[[Mapping[str, Any]], PaymentGateway]
 
 
-def make_gateway(
-    provider: str, *, sandbox_ledger: str, sandbox_latency: float = 0.0
-) -> PaymentGateway:
-    """The configured provider. A real one is added to PROVIDERS; the service is unchanged."""
-    if provider not in PROVIDERS:
-        raise ValueError(f"unknown PAYMENT_PROVIDER {provider!r}; known: {', '.join(PROVIDERS)}")
-    return SandboxGateway(sandbox_ledger, latency=sandbox_latency)
+def _sandbox(config: Mapping[str, Any]) -> PaymentGateway:
+    return SandboxGateway(
+        config["SANDBOX_LEDGER"], latency=config.get("SANDBOX_LATENCY_MS", 0) / 1000
+    )
+
+
+BUILT_IN: dict[str, GatewayFactory] = {"sandbox": _sandbox}
+
+
+def installed_providers() -> dict[str, Any]:
+    """Every provider by name: the built-in sandbox, then the installed entry points."""
+    found: dict[str, Any] = dict(BUILT_IN)
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(entry_point.name, entry_point)
+    return found
+
+
+def make_gateway(config: Mapping[str, Any]) -> PaymentGateway:
+    """The gateway PAYMENT_PROVIDER names, built from the app's configuration.
+
+    Called once by `create_app`, so an unknown or broken provider stops the start-up with a
+    ConfigError instead of failing the first order.
+    """
+    name = config["PAYMENT_PROVIDER"]
+    providers = installed_providers()
+    if name not in providers:
+        raise ConfigError(
+            f"unknown PAYMENT_PROVIDER {name!r}; installed providers: {', '.join(providers)}"
+        )
+    factory = providers[name]
+    if isinstance(factory, importlib.metadata.EntryPoint):
+        try:
+            factory = factory.load()
+        except Exception as exc:  # an ImportError, or anything the package raises on import
+            raise ConfigError(
+                f"PAYMENT_PROVIDER {name!r} cannot be loaded ({factory.value}): {exc}"
+            ) from None
+    return factory(config)

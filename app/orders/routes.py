@@ -14,7 +14,7 @@ from app.kernel.errors import ProblemError, problem_body_response
 from app.kernel.pagination import PageQuery, decode_key_cursor, encode_cursor
 from app.kernel.web import BEARER_AUTH, problem_responses, request_headers
 from app.orders import bp, service, workflows
-from app.orders.payments import PaymentGateway, make_gateway
+from app.orders.payments import PaymentGateway
 from app.orders.plans import Plan, load_catalog
 from app.orders.schemas import DashboardOut, OrderIn, OrderOut, OrderPage, PlanOut
 
@@ -33,16 +33,8 @@ def catalog() -> dict[str, Plan]:
 
 
 def gateway() -> PaymentGateway:
-    gw = current_app.extensions.get("payments")
-    if gw is None:
-        cfg = current_app.config
-        gw = make_gateway(
-            cfg["PAYMENT_PROVIDER"],
-            sandbox_ledger=cfg["SANDBOX_LEDGER"],
-            sandbox_latency=cfg["SANDBOX_LATENCY_MS"] / 1000,
-        )
-        current_app.extensions["payments"] = gw
-    return gw
+    """The provider PAYMENT_PROVIDER names (built by create_app)."""
+    return current_app.extensions["payments"]
 
 
 def settings() -> workflows.Settings:

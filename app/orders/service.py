@@ -63,6 +63,19 @@ class OrderNotCancellable(Conflict):
     code = "order_not_cancellable"
 
 
+class OrderSuperseded(Conflict):
+    """A later order changed or renewed the subscription: this one no longer backs it, so
+    cancelling it cannot end it (ADR 0006)."""
+
+    code = "order_superseded"
+
+    def __init__(self, backing_order_id: str) -> None:
+        super().__init__(
+            "A later order now backs this subscription; cancel that one instead.",
+            backing_order_id=backing_order_id,
+        )
+
+
 @dataclass(frozen=True)
 class OrderRequest:
     plan: str
@@ -197,6 +210,7 @@ def fulfil(session: Session, order_id: str, charge: Charge, plan: Plan) -> dict[
     )
     order.status, order.charge_id = "paid", charge.charge_id
     order.subscription_id = subscription.subscription_id
+    order.settled_at = utcnow()
     order.version += 1
     session.flush()
     admin_api.record_audit(
@@ -292,9 +306,38 @@ def list_orders(
 # --- cancelling ----------------------------------------------------------------------
 
 
+def backing_order(session: Session, subscription_id: str) -> Order | None:
+    """The order a subscription's plan, seats and period come from: its latest settled
+    order that is paid (or being cancelled). Earlier ones are superseded (ADR 0006)."""
+    return session.scalar(
+        select(Order)
+        .where(
+            Order.subscription_id == subscription_id,
+            Order.status.in_(("paid", "cancelling")),
+            Order.settled_at.is_not(None),
+        )
+        .order_by(Order.settled_at.desc(), Order.order_id.desc())
+        .limit(1)
+    )
+
+
+def _check_backs_its_subscription(session: Session, order: Order) -> None:
+    """Only the order that backs the user's live subscription may be cancelled."""
+    live = auth_api.live_subscription(session, order.user_id)
+    if live is None or live.subscription_id != order.subscription_id:
+        raise OrderNotCancellable(
+            "This order's subscription has ended; there is nothing left to cancel."
+        )
+    backing = backing_order(session, live.subscription_id)
+    if backing is not None and backing.order_id != order.order_id:
+        raise OrderSuperseded(backing.order_id)
+
+
 def begin_cancel(session: Session, order_id: str, *, user_id: str, is_admin: bool) -> Order | None:
-    """Mark a paid order `cancelling` (inside a write transaction). None when it is
-    already cancelled (the caller answers with it as is)."""
+    """Mark the paid order that backs the user's live subscription `cancelling` (inside a
+    write transaction). None when it is already cancelled (the caller answers with it as
+    is). A superseded order is 409 `order_superseded`; one whose subscription has ended,
+    409 `order_not_cancellable`."""
     order = session.get(Order, order_id, with_for_update=True, populate_existing=True)
     if order is None or (order.user_id != user_id and not is_admin):
         raise OrderNotFound()
@@ -302,22 +345,33 @@ def begin_cancel(session: Session, order_id: str, *, user_id: str, is_admin: boo
         return None
     if order.status not in ("paid", "cancelling"):
         raise OrderNotCancellable(f"A {order.status} order cannot be cancelled.")
+    if order.status == "paid":
+        auth_api.lock_account(session, order.user_id)  # no order of the user settles meanwhile
+        _check_backs_its_subscription(session, order)
     order.status = "cancelling"
     order.version += 1
     return order
 
 
 def finish_cancel(session: Session, order_id: str, refund: Refund, *, actor_id: str) -> Order:
-    """Refunded: the order cancelled, the subscription ended (licenses above the free seats
-    suspended, newest first), audited, announced — one transaction."""
+    """Refunded: the order cancelled and, if it still backs the subscription, the
+    subscription ended (licenses above the free seats suspended, newest first), audited,
+    announced — one transaction. If a later order settled between the two steps, that
+    order's terms stand and the subscription is left alone."""
     order = session.get(Order, order_id, with_for_update=True, populate_existing=True)
     assert order is not None
     if order.status != "cancelling":
         return order  # a concurrent cancel finished it
+    auth_api.lock_account(session, order.user_id)
+    backing = backing_order(session, order.subscription_id) if order.subscription_id else None
+    still_backing = backing is not None and backing.order_id == order.order_id
     order.status, order.refund_id = "cancelled", refund.refund_id
     order.version += 1
     session.flush()
-    auth_api.cancel_subscription(session, order.user_id, actor_id=actor_id)
+    if still_backing:
+        auth_api.cancel_subscription(
+            session, order.user_id, actor_id=actor_id, subscription_id=order.subscription_id
+        )
     admin_api.record_audit(
         session,
         "ORDER_CANCELLED",
@@ -328,6 +382,7 @@ def finish_cancel(session: Session, order_id: str, refund: Refund, *, actor_id: 
             "refund_id": refund.refund_id,
             "amount_cents": order.amount_cents,
             "currency": order.currency,
+            "subscription_ended": still_backing,
         },
     )
     events.publish(
@@ -399,21 +454,27 @@ def claim_renewal(
     return order
 
 
-def settle_renewal(session: Session, order_id: str, charge: Charge, sub: Any, plan: Plan) -> None:
+def settle_renewal(session: Session, order_id: str, charge: Charge, sub: Any, plan: Plan) -> bool:
+    """The renewal paid and the subscription extended, in one transaction. False when the
+    subscription is no longer there to renew (cancelled, or renewed by another run since):
+    then nothing is written and the caller refunds the charge."""
     order = session.get(Order, order_id, with_for_update=True, populate_existing=True)
     assert order is not None
     if order.status != "pending":
-        return
-    order.status, order.charge_id = "paid", charge.charge_id
-    order.version += 1
-    session.flush()
-    auth_api.renew_subscription(
+        return True
+    renewed = auth_api.renew_subscription(
         session,
         sub.subscription_id,
         expected_renews_at=sub.renews_at,
         period=timedelta(days=plan.period_days),
         actor_id=order.order_id,
     )
+    if renewed is None:
+        return False
+    order.status, order.charge_id = "paid", charge.charge_id
+    order.settled_at = utcnow()
+    order.version += 1
+    session.flush()
     admin_api.record_audit(
         session,
         "ORDER_PAID",
@@ -439,6 +500,7 @@ def settle_renewal(session: Session, order_id: str, charge: Charge, sub: Any, pl
         },
         aggregate_id=order.order_id,
     )
+    return True
 
 
 def fail_renewal(

@@ -107,16 +107,13 @@ def place_order(
             "The payment provider is unavailable; nothing was charged. Retry later.",
             order_id=order.order_id,
         ) from None
-    if charge.refunded:  # a taken-over attempt whose charge was already refunded
-        with transaction(session):
-            service.fail(
-                session,
-                order.order_id,
-                failure_code="charge_refunded",
-                audit_action="ORDER_PAYMENT_FAILED",
-                response=None,
-            )
-        raise OrderFailed("This order's payment was refunded; retry with a new Idempotency-Key.")
+    if charge.refunded:
+        # A taken-over attempt whose settlement failed and was refunded, but not recorded:
+        # record it now, and answer (and replay) what the first attempt should have.
+        outcome = _compensate(session, gateway, order.order_id, charge, order.amount_cents)
+        if outcome is None:
+            raise OrderFailed("This order's payment was refunded; nothing was bought.")
+        return outcome
 
     try:
         with transaction(session):
@@ -125,22 +122,35 @@ def place_order(
         log.exception(
             "order %s: settling after a successful charge failed; refunding", order.order_id
         )
-        _compensate(session, gateway, order.order_id, charge, order.amount_cents)
-        raise
+        outcome = _compensate(session, gateway, order.order_id, charge, order.amount_cents)
+        if outcome is None:
+            raise
+        return outcome
     return 201, body
 
 
 def _compensate(
     session: Session, gateway: PaymentGateway, order_id: str, charge: Any, amount: int
-) -> None:
-    """Refund a charge whose order could not be settled, and record that.
+) -> tuple[int, dict[str, Any]] | None:
+    """Refund a charge whose order could not be settled, and record that — with the key
+    completed, so a retry with the same Idempotency-Key replays this 502
+    `settlement_failed` (naming the refund) and never charges again.
 
-    If the refund or the record fails too, the order stays pending with its key claimed:
-    a retry after the lease takes it over, finds the charge (refunded or not) and settles.
+    If the refund or the record fails too (None), the order stays pending with its key
+    claimed: a retry after the lease takes it over, finds the charge (refunded or not) and
+    settles or records it.
     """
     try:
         refund = gateway.refund(
             charge_id=charge.charge_id, amount_cents=amount, idempotency_key=f"{order_id}:refund"
+        )
+        body = problem(
+            502,
+            "settlement_failed",
+            "The payment went through but the order could not be completed, so it was "
+            "refunded; nothing was bought. Retry with a new Idempotency-Key.",
+            order_id=order_id,
+            refund_id=refund.refund_id,
         )
         with transaction(session):
             service.fail(
@@ -148,16 +158,18 @@ def _compensate(
                 order_id,
                 failure_code="settlement_failed",
                 audit_action="ORDER_REFUNDED",
-                response=None,
+                response=(502, body),
                 refund=refund,
                 details={"reason": "compensation", "charge_id": charge.charge_id},
             )
+        return 502, body
     except Exception:
         log.critical(
             "order %s: compensation incomplete; a retry after the lease will finish it",
             order_id,
             exc_info=True,
         )
+        return None
 
 
 def cancel_order(
@@ -252,7 +264,25 @@ def _renew_one(session, gateway, catalog, sub, *, now, lease, report) -> None:
         report.failed += 1
         return
     with transaction(session):
-        service.settle_renewal(session, order.order_id, charge, sub, plan)
+        settled = service.settle_renewal(session, order.order_id, charge, sub, plan)
+    if not settled:  # cancelled (or renewed elsewhere) while we charged: give it back
+        refund = gateway.refund(
+            charge_id=charge.charge_id,
+            amount_cents=order.amount_cents,
+            idempotency_key=f"{order.order_id}:refund",
+        )
+        with transaction(session):
+            service.fail(
+                session,
+                order.order_id,
+                failure_code="subscription_ended",
+                audit_action="ORDER_REFUNDED",
+                response=None,
+                refund=refund,
+                details={"reason": "subscription_ended", "charge_id": charge.charge_id},
+            )
+        report.failed += 1
+        return
     report.renewed += 1
     report.charged_cents[order.currency] = (
         report.charged_cents.get(order.currency, 0) + order.amount_cents

@@ -1,0 +1,55 @@
+"""What the gunicorn master checks once, before it forks any worker (deploy/gunicorn.conf.py).
+
+It builds the app exactly as a worker would (configuration, signing keys, payment provider)
+and runs the readiness checks. In production a broken deployment — unsafe settings, an
+unreadable signing key, migrations behind head, tables not where DB_SCHEMAS says, an
+instance folder it cannot write — stops the master at once with the one-line message the CLI
+prints (exit code 2), before the port is bound or a worker boots. Elsewhere each problem is
+one log line and the service starts. A database that is down right now is not a broken
+deployment: /readyz reports it and the app recovers when it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("app.startup")
+
+# Readiness checks whose failure means the deployment itself is wrong (not an outage).
+DEPLOYMENT_CHECKS = ("instance", "signing_keys", "migrations", "layout")
+
+
+def preflight() -> str | None:
+    """The message to exit with (one line), or None when the service may start."""
+    from app import create_app, health
+    from app.auth.api import SigningKeyError
+    from app.config import ConfigError
+    from app.kernel.db import sqlite_version_warning
+
+    try:
+        app = create_app()
+    except (ConfigError, SigningKeyError) as exc:
+        return str(exc)
+    try:
+        with app.app_context():
+            checks = health.readiness_checks(redis=False)
+    finally:
+        app.extensions["db"].dispose()  # no connection is inherited by the workers
+    for url in [app.config["DATABASE_URL"], *app.config["MODULE_DATABASE_URLS"].values()]:
+        warning = sqlite_version_warning(url)
+        if warning:
+            log.warning("%s", warning)
+            break
+    broken = {
+        name: state
+        for name, state in checks.items()
+        if name.rsplit("_", 1)[-1] in DEPLOYMENT_CHECKS or name in DEPLOYMENT_CHECKS
+        if state not in ("ok", "skipped")
+    }
+    if not broken:
+        return None
+    summary = "; ".join(f"{name}: {state}" for name, state in broken.items())
+    if app.config["APP_ENV"] == "production":
+        return f"refusing to serve with APP_ENV=production: {summary}"
+    log.warning("not ready to serve everything: %s", summary)
+    return None

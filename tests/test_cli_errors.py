@@ -1,0 +1,92 @@
+"""Operator commands end with one line naming the cause (exit code 2) when the database or a
+path is out of reach; `postgres://` URLs work wherever `postgresql://` ones do."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.kernel import migrations
+from tests.conftest import PG_ADMIN_URL, create_pg_database, drop_pg_database, pg_url
+from tests.helpers import free_port, project_env, run_flask
+
+pytestmark = pytest.mark.slow
+
+
+def _one_line_error(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def pg_reachable():
+    """Skips (or fails with REQUIRE_SERVICES=1) when PostgreSQL is not there at all."""
+    drop_pg_database(create_pg_database("lic_probe"))
+
+
+def _base(url: str) -> str:
+    return url.rpartition("/")[0]
+
+
+@pytest.mark.parametrize(
+    ("make_url", "cause"),
+    [
+        (lambda tmp: _base(PG_ADMIN_URL) + "/lic_no_such_database", '"lic_no_such_database"'),
+        (
+            lambda tmp: "postgresql://lic_no_such_role@" + _base(PG_ADMIN_URL).split("@")[1] + "/x",
+            '"lic_no_such_role"',
+        ),
+        (lambda tmp: f"postgresql://postgres@127.0.0.1:{free_port()}/x", "refused"),
+    ],
+    ids=["missing-database", "wrong-role", "closed-port"],
+)
+def test_db_upgrade_cannot_reach_postgresql(tmp_path, pg_reachable, make_url, cause):
+    url = make_url(tmp_path)
+    result = run_flask("db", "upgrade", env=project_env(APP_ENV="testing", DATABASE_URL=url))
+    line = _one_line_error(result)
+    assert "cannot connect to the database" in line and cause in line, line
+    assert "Traceback" not in result.stderr
+
+
+def test_db_upgrade_cannot_write_the_sqlite_path(tmp_path):
+    url = f"sqlite:///{tmp_path}/missing-folder/app.db"
+    result = run_flask("db", "upgrade", env=project_env(APP_ENV="testing", DATABASE_URL=url))
+    line = _one_line_error(result)
+    assert f"{tmp_path}/missing-folder/app.db" in line and "unable to open" in line, line
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["db", "current"],
+        ["db", "layout"],
+        ["backup", "create"],
+        ["tokens", "prune"],
+        ["subscriptions", "renew"],
+        ["outbox", "status"],
+        ["audit", "archive"],
+    ],
+    ids=lambda c: " ".join(c),
+)
+def test_every_command_says_it_in_one_line(tmp_path, command):
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/x"
+    env = project_env(APP_ENV="testing", DATABASE_URL=url, BACKUP_DIR=str(tmp_path / "bk"))
+    line = _one_line_error(run_flask(*command, env=env))
+    assert "refused" in line, line
+
+
+@pytest.mark.parametrize("scheme", ["postgres", "postgres+psycopg", "postgresql+psycopg"])
+def test_postgres_urls_work_everywhere(tmp_path, pg_reachable, scheme):
+    name = create_pg_database("lic_scheme")
+    try:
+        url = f"{scheme}://" + pg_url(name).split("://", 1)[1]
+        env = project_env(APP_ENV="testing", DATABASE_URL=url, BACKUP_DIR=str(tmp_path / "bk"))
+        for command in (["db", "upgrade"], ["db", "current"], ["backup", "create"]):
+            result = run_flask(*command, env=env)
+            assert result.returncode == 0, (command, result.stderr)
+        head = ",".join(sorted(migrations.head_revisions()))
+        assert f"{head} (head)" in run_flask("db", "current", env=env).stdout
+    finally:
+        drop_pg_database(name)

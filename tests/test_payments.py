@@ -1,0 +1,136 @@
+"""PAYMENT_PROVIDER picks the gateway from a registry (entry points); unknown names fail at
+start-up, not on the first order."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from app import create_app
+from app.auth.models import Subscription
+from app.config import ConfigError
+from app.kernel.db import get_session, transaction, utcnow
+from app.kernel.ownership import OPERATOR, acting_as
+from tests.helpers import project_env, run_flask
+
+PASSWORD = "correct horse battery"
+
+PROVIDER_MODULE = '''
+"""A payment provider package, as a vendor would install it."""
+import json
+from pathlib import Path
+
+from app.orders.payments import Charge, Refund
+
+
+class RecordingGateway:
+    """Charges everything; writes each call to RECORDING_GATEWAY_LOG."""
+
+    def __init__(self, log):
+        self.log = Path(log)
+
+    def _note(self, **call):
+        with self.log.open("a") as f:
+            f.write(json.dumps(call) + "\\n")
+
+    def charge(self, *, amount_cents, currency, payment_method, idempotency_key):
+        self._note(op="charge", amount_cents=amount_cents, key=idempotency_key)
+        return Charge("ch_rec_" + idempotency_key[-8:], amount_cents, currency)
+
+    def refund(self, *, charge_id, amount_cents, idempotency_key):
+        self._note(op="refund", amount_cents=amount_cents, key=idempotency_key)
+        return Refund("re_rec_" + idempotency_key[-8:], charge_id, amount_cents)
+
+
+def from_config(config):
+    return RecordingGateway(config["RECORDING_GATEWAY_LOG"])
+'''
+
+
+def install_provider(folder: Path) -> Path:
+    """A package `recording_provider` whose distribution declares the entry point
+    `licensing.payment_providers: recording`, importable from `folder`."""
+    folder.mkdir()
+    (folder / "recording_provider.py").write_text(PROVIDER_MODULE)
+    dist = folder / "recording_provider-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: recording-provider\nVersion: 1.0\n"
+    )
+    (dist / "entry_points.txt").write_text(
+        textwrap.dedent(
+            """\
+            [licensing.payment_providers]
+            recording = recording_provider:from_config
+            """
+        )
+    )
+    return folder
+
+
+@pytest.fixture
+def provider_on_path(tmp_path, monkeypatch):
+    folder = install_provider(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(folder))
+    yield folder
+    sys.modules.pop("recording_provider", None)
+
+
+def test_an_installed_provider_takes_the_orders(app_config, provider_on_path, tmp_path):
+    log = tmp_path / "gateway.jsonl"
+    app = create_app({**app_config, "PAYMENT_PROVIDER": "recording", "RECORDING_GATEWAY_LOG": log})
+    try:
+        client = app.test_client()
+        client.post("/api/v1/auth/register", json={"email": "a@example.com", "password": PASSWORD})
+        pair = client.post(
+            "/api/v1/auth/login", json={"email": "a@example.com", "password": PASSWORD}
+        ).get_json()
+        response = client.post(
+            "/api/v1/orders",
+            json={"plan": "pro", "seats": 2, "payment_token": "tok_anything"},
+            headers={"Authorization": f"Bearer {pair['access_token']}", "Idempotency-Key": "k1"},
+        )
+        assert response.status_code == 201, response.get_json()
+        assert len(log.read_text().splitlines()) == 1
+        # Renewals (the CLI) charge through the same provider.
+        with app.app_context(), acting_as(OPERATOR):
+            session = get_session()
+            with transaction(session):
+                session.execute(update(Subscription).values(renews_at=utcnow()))
+        result = app.test_cli_runner().invoke(args=["subscriptions", "renew"])
+        assert "renewed 1" in result.output, result.output
+    finally:
+        app.extensions["db"].dispose()
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(c["op"], c["amount_cents"]) for c in calls] == [("charge", 1800), ("charge", 1800)]
+    assert not Path(app_config["SANDBOX_LEDGER"]).exists()  # the sandbox was not used
+
+
+def test_an_unknown_provider_fails_in_create_app(app_config):
+    with pytest.raises(ConfigError, match=r"unknown PAYMENT_PROVIDER 'stripe'.*sandbox"):
+        create_app({**app_config, "PAYMENT_PROVIDER": "stripe"})
+
+
+def test_a_provider_that_cannot_be_loaded_fails_in_create_app(app_config, tmp_path, monkeypatch):
+    folder = install_provider(tmp_path / "site")
+    (folder / "recording_provider.py").write_text("raise ImportError('missing SDK')\n")
+    monkeypatch.syspath_prepend(str(folder))
+    with pytest.raises(ConfigError, match="PAYMENT_PROVIDER 'recording' cannot be loaded"):
+        create_app({**app_config, "PAYMENT_PROVIDER": "recording"})
+
+
+@pytest.mark.slow
+def test_an_unknown_provider_is_a_one_line_error_at_start(tmp_path):
+    env = project_env(
+        APP_ENV="testing", DATABASE_URL=f"sqlite:///{tmp_path}/app.db", PAYMENT_PROVIDER="stripe"
+    )
+    result = run_flask("db", "current", env=env, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: unknown PAYMENT_PROVIDER 'stripe'; installed providers: sandbox"
+    ]
