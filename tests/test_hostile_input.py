@@ -444,6 +444,10 @@ BODIES: dict[tuple[str, str], Callable[[dict[str, Any]], dict[str, Any]]] = {
         "token": lic["token"],
         "client_id": lic["client_id"],
     },
+    ("POST", f"{API}/licenses/deactivate"): lambda lic: {
+        "token": lic["token"],
+        "client_id": lic["client_id"],
+    },
     ("POST", f"{API}/orders"): lambda lic: {"plan": "pro", "seats": 3, "payment_token": "tok_ok"},
     ("PATCH", f"{API}/admin/licenses/{{license_id}}"): lambda lic: {"status": "suspended"},
     ("POST", f"{API}/admin/licenses/batch-status"): lambda lic: {
