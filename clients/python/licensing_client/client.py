@@ -89,7 +89,7 @@ class LicensingClient:
         if jwks_cache_path is None and state_path is not None:
             jwks_cache_path = f"{os.fspath(state_path)}.jwks.json"
         self.jwks = JwksCache(
-            Path(jwks_cache_path) if jwks_cache_path is not None else None,
+            Path(jwks_cache_path).expanduser() if jwks_cache_path is not None else None,
             self._fetch_jwks,
             clock,
         )

@@ -46,7 +46,7 @@ class StateFile:
     None. Callers hold the client's lock."""
 
     def __init__(self, path: str | os.PathLike[str] | None) -> None:
-        self.path = Path(path) if path is not None else None
+        self.path = Path(path).expanduser() if path is not None else None
         self._data: dict[str, Any] | None = None
 
     def load(self) -> dict[str, Any]:
