@@ -625,3 +625,14 @@ def test_the_example_app_activates_once_then_checks_at_start(service, tmp_path):
     state.unlink()  # a new machine, a mistyped password: one line, exit code 2
     wrong = run(f"{email}\nwrong password!!\n")
     assert wrong.returncode == 2 and "invalid_credentials" in wrong.stderr
+
+
+def test_asking_about_another_client_does_not_change_the_stored_state(service, tmp_path, cid):
+    clock = Clock()
+    token = _activated(service, tmp_path, clock, cid)
+    with lib(service, tmp_path, clock) as app:
+        result = app.check(token, "someone-elses-box")
+        assert (result.code, result.online) == (CheckCode.CLIENT_MISMATCH, True)
+    assert json.loads((tmp_path / "license.json").read_text())["last_code"] == "VALID"
+    with lib(dead_url(), tmp_path, clock, retries=0) as down:
+        assert down.check().code is CheckCode.VALID

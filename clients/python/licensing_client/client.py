@@ -262,7 +262,9 @@ class LicensingClient:
         if not isinstance(answer, dict):
             raise UntrustedAnswer("validate's answer is not an object")
         validation = self._verified_validation(answer, token, client_id, nonce, stored)
-        if token == stored.get("token") or not stored.get("token"):
+        if not stored.get("token") or (
+            token == stored.get("token") and client_id == stored.get("client_id")
+        ):
             self._record_online(validation, token, client_id)
         return validation
 
@@ -372,7 +374,8 @@ class LicensingClient:
     def verify_offline(self, token: str | None = None, client_id: str | None = None) -> CheckResult:
         """The token checked with the cached keys only (no network), the clock checked
         against the last server time seen, and the last online answer respected: a
-        REVOKED or SUSPENDED license stays so. No grace period applies here."""
+        license the service called REVOKED, SUSPENDED (or anything but VALID) stays so.
+        No grace period applies here."""
         with self._lock:
             stored = self._state.load()
         token = token if token is not None else stored.get("token")
@@ -413,8 +416,10 @@ class LicensingClient:
             and stored.get("license_id") == unverified.get("license_id")
         )
         last_code = stored.get("last_code") if same_license else None
-        if last_code in (Code.REVOKED.value, Code.SUSPENDED.value):
-            return result(CheckCode(last_code), unverified)  # never overridden offline
+        if last_code is not None and last_code != Code.VALID.value:
+            # The service's last word (REVOKED, SUSPENDED, EXPIRED, …) is never overridden
+            # offline: only the service can lift it.
+            return result(CheckCode(last_code), unverified)
         now = self._clock()
         iat = unverified.get("iat")
         seen = max(
