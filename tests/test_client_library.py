@@ -583,7 +583,7 @@ def test_proxy_and_timeouts_are_passed_to_httpx(tmp_path):
 
     sleeps = Sleeps()
     with LicensingClient(
-        "http://licensing.invalid",
+        "https://licensing.invalid",
         transport=httpx.MockTransport(handler),
         timeout=2.5,
         sleep=sleeps,
@@ -592,8 +592,17 @@ def test_proxy_and_timeouts_are_passed_to_httpx(tmp_path):
         result = app.check("not-a-token", "box")
     assert (result.code, result.online) == (CheckCode.INVALID_TOKEN, False)
     assert len(seen) == 2 and seen[0].extensions["timeout"]["connect"] == 2.5
-    client = LicensingClient("http://x.invalid", proxy="http://proxy.invalid:3128")
+    client = LicensingClient("https://x.invalid", proxy="http://proxy.invalid:3128")
     client.close()
+
+
+def test_plain_http_is_refused_off_loopback():
+    """Keys fetched over plain HTTP could be anybody's: the app must ask for it."""
+    with pytest.raises(ValueError, match="https"):
+        LicensingClient("http://licensing.example.com")
+    LicensingClient("http://licensing.example.com", allow_http=True).close()
+    LicensingClient("http://127.0.0.1:8000").close()
+    LicensingClient("https://licensing.example.com").close()
 
 
 def test_the_example_app_activates_once_then_checks_at_start(service, tmp_path):

@@ -35,6 +35,7 @@ VERDICT_TYP = "license-verdict+jwt"
 MAX_VERDICT_LIFETIME = 3600  # a verdict claiming to live longer than this is not the service's
 RETRY_STATUSES = {429, 502, 503, 504}
 API = "/api/v1"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def _seconds(value: timedelta | float) -> float:
@@ -49,7 +50,9 @@ class LicensingClient:
     public keys are cached (default: next to the state file, `<state>.jwks.json`).
     `grace_period`: how long after the last successful online check an offline check may
     still accept the license. `max_clock_drift`: how far the system clock may be behind
-    the last server time seen before offline acceptance is refused.
+    the last server time seen before offline acceptance is refused. `base_url` must be
+    https:// (the JWKS it serves is trusted because TLS vouches for the service), except on
+    loopback or with `allow_http=True`.
     """
 
     def __init__(
@@ -68,8 +71,16 @@ class LicensingClient:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         transport: httpx.BaseTransport | None = None,
+        allow_http: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        url = httpx.URL(self.base_url)
+        if url.scheme != "https" and not allow_http and url.host not in LOOPBACK:
+            # New signing keys are believed because TLS says they come from the service;
+            # over plain HTTP whoever answers could hand the app keys of their own.
+            raise ValueError(
+                f"{base_url}: use https:// (plain http only on loopback, or allow_http=True)"
+            )
         self.grace_period = _seconds(grace_period)
         self.max_clock_drift = _seconds(max_clock_drift)
         self.retries = retries
