@@ -359,6 +359,12 @@ def test_key_rotation_refreshes_the_cached_jwks_on_the_unknown_kid(
             clock.now += 61
             assert app.jwks.key(pyjwt.get_unverified_header(stranger)["kid"]) is None
             assert app.jwks.fetches == 2
+            # A known kid within the document's max-age (300 s): no fetch; past it: one.
+            known_kid = pyjwt.get_unverified_header(result.token)["kid"]
+            clock.now += 200
+            assert app.jwks.key(known_kid) is not None and app.jwks.fetches == 2
+            clock.now += 101
+            assert app.jwks.key(known_kid) is not None and app.jwks.fetches == 3
 
 
 def test_a_tampered_token_fails_offline(service, tmp_path, cid):
