@@ -16,8 +16,8 @@ $(VENV)/.installed-run: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e .
 	touch $@
 
-$(VENV)/.installed-test: setup.cfg pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e '.[test]'
+$(VENV)/.installed-test: setup.cfg pyproject.toml clients/python/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e '.[test]' -e clients/python
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run

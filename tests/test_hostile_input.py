@@ -444,6 +444,10 @@ BODIES: dict[tuple[str, str], Callable[[dict[str, Any]], dict[str, Any]]] = {
         "token": lic["token"],
         "client_id": lic["client_id"],
     },
+    ("POST", f"{API}/licenses/deactivate"): lambda lic: {
+        "token": lic["token"],
+        "client_id": lic["client_id"],
+    },
     ("POST", f"{API}/orders"): lambda lic: {"plan": "pro", "seats": 3, "payment_token": "tok_ok"},
     ("PATCH", f"{API}/admin/licenses/{{license_id}}"): lambda lic: {"status": "suspended"},
     ("POST", f"{API}/admin/licenses/batch-status"): lambda lic: {
@@ -989,7 +993,9 @@ def test_behind_nginx_oversized_requests_get_problem_json_never_html(
     (tmp_path / "mute").mkdir()
     with socket.create_server(("127.0.0.1", 0)) as mute:
         upstream = f"127.0.0.1:{mute.getsockname()[1]}"
-        with nginx_in_front_of(upstream, tmp_path / "mute", {"proxy_read_timeout": "1s"}) as port:
+        # 500 ms: nginx must give its 504 before wait_for_http (1 s per try) gives up on it.
+        settings = {"proxy_read_timeout": "500ms"}
+        with nginx_in_front_of(upstream, tmp_path / "mute", settings) as port:
             t.check_raw("upstream mute", raw_request(port, get("/healthz")), 504, "gateway_timeout")
     t.assert_held()
 

@@ -13,6 +13,7 @@ from app.auth.routes import hasher, lockout_policy
 from app.auth.schemas import (
     ActivatedLicenseOut,
     ActivateIn,
+    DeactivateIn,
     JwksOut,
     LicenseOut,
     LicensePage,
@@ -145,15 +146,17 @@ def activate(json_data: ActivateIn) -> Any:
 )
 def validate(json_data: ValidateIn) -> Any:
     checked_at = utcnow()
+    asked = (json_data, checked_at)
     try:
         claims = signing.license_keys().verify(json_data.token)
     except pyjwt.InvalidTokenError:
-        return _verdict("INVALID_TOKEN", None, checked_at)
-    license_ = licensing.license_for_validation(get_session(), claims["license_id"])
+        return _verdict("INVALID_TOKEN", None, None, asked)
+    license_id = claims["license_id"]
+    license_ = licensing.license_for_validation(get_session(), license_id)
     if license_ is None:
-        return _verdict("NOT_FOUND", None, checked_at)
+        return _verdict("NOT_FOUND", None, license_id, asked)
     if json_data.client_id is not None and json_data.client_id != license_.client_id:
-        return _verdict("CLIENT_MISMATCH", None, checked_at)
+        return _verdict("CLIENT_MISMATCH", None, license_id, asked)
     if license_.status == "revoked":
         code = "REVOKED"
     elif license_.status == "suspended":
@@ -162,15 +165,65 @@ def validate(json_data: ValidateIn) -> Any:
         code = "EXPIRED"
     else:
         code = "VALID"
-    verdict = _verdict(code, license_, checked_at)
+    answer = _verdict(code, license_, license_id, asked)
     if code == "VALID" and _stale(claims, license_, checked_at):
-        verdict["token"] = _token(license_, checked_at)
-    return verdict
+        answer["token"] = _token(license_, checked_at)
+    return answer
 
 
-def _verdict(code: str, license_: Any, checked_at: Any) -> dict[str, Any]:
+def _verdict(
+    code: str, license_: Any, license_id: str | None, asked: tuple[ValidateIn, Any]
+) -> dict[str, Any]:
+    """The answer, with its signed `verdict` (README: "Signed verdicts")."""
+    request, checked_at = asked
     metrics.LICENSE_VALIDATIONS.labels(code).inc()
-    return {"valid": code == "VALID", "code": code, "license": license_, "checked_at": checked_at}
+    verdict = signing.license_keys().sign_verdict(
+        code=code,
+        license_id=license_id,
+        client_id=request.client_id,
+        nonce=request.nonce,
+        issued_at=checked_at,
+        ttl_seconds=signing.VERDICT_TTL_SECONDS,
+    )
+    return {
+        "valid": code == "VALID",
+        "code": code,
+        "license": license_,
+        "checked_at": checked_at,
+        "verdict": verdict,
+    }
+
+
+@bp.post("/licenses/deactivate")
+@limiter.limit(config_limit("RATELIMIT_VALIDATE_PER_IP"), key_func=client_ip)
+@limiter.limit(config_limit("RATELIMIT_VALIDATE_PER_TOKEN"), key_func=token_in_body)
+@bp.input(DeactivateIn)
+@bp.output(LicenseOut)
+@bp.doc(
+    summary="Deactivate a license from the app that holds it: its token and client id, "
+    "no password (revoked, seat freed)",
+    responses=problem_responses(404, 422, 429),
+)
+def deactivate_from_app(json_data: DeactivateIn) -> Any:
+    # A token that is not ours, a license that is gone, a client id that is not the
+    # license's: one 404, so this route tells nobody more than validate does.
+    try:
+        claims = signing.license_keys().verify(json_data.token)
+    except pyjwt.InvalidTokenError:
+        raise licensing.LicenseNotFound() from None
+    if claims["client_id"] != json_data.client_id:
+        raise licensing.LicenseNotFound()
+    session = get_session()
+    with transaction(session):
+        license_ = licensing.deactivate(
+            session,
+            claims["user_id"],
+            claims["license_id"],
+            ip=client_ip(),
+            client_id=json_data.client_id,
+            reason="deactivated_from_app",
+        )
+    return license_
 
 
 @bp.get("/licenses")

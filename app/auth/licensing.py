@@ -428,10 +428,21 @@ def _set_status(
     )
 
 
-def deactivate(session: Session, user_id: str, license_id: str, *, ip: str | None) -> License:
-    """The owner gives a license up: revoked, seat freed, audited. Others get 404."""
+def deactivate(
+    session: Session,
+    user_id: str,
+    license_id: str,
+    *,
+    ip: str | None,
+    client_id: str | None = None,
+    reason: str = "deactivated_by_owner",
+) -> License:
+    """The owner gives a license up: revoked, seat freed, audited. Others get 404, and so
+    does a `client_id` (when given: the app's own call) that is not the license's."""
     license_ = session.get(License, license_id, with_for_update=True, populate_existing=True)
     if license_ is None or license_.user_id != user_id:
+        raise LicenseNotFound()
+    if client_id is not None and license_.client_id != client_id:
         raise LicenseNotFound()
     if license_.status != "revoked":
         _set_status(
@@ -439,7 +450,7 @@ def deactivate(session: Session, user_id: str, license_id: str, *, ip: str | Non
             license_,
             "revoked",
             actor_id=user_id,
-            reason="deactivated_by_owner",
+            reason=reason,
             now=utcnow(),
             ip=ip,
             action="LICENSE_DEACTIVATED",

@@ -128,6 +128,12 @@ class ValidateIn(BaseModel):
 
     token: str = Field(min_length=1, max_length=4096)
     client_id: str | None = Field(default=None, min_length=1, max_length=128)
+    nonce: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{8,128}$",
+        description="A fresh value the app makes (8-128 URL-safe characters); the signed "
+        "`verdict` repeats it, so a replayed answer is told apart.",
+    )
 
 
 class ValidateOut(BaseModel):
@@ -143,6 +149,18 @@ class ValidateOut(BaseModel):
         "sent was signed or it is close to its expiry: keep it instead (ADR 0007). Its exp "
         "never exceeds the license's expiry.",
     )
+    verdict: str = Field(
+        description="A JWS (EdDSA, `typ: license-verdict+jwt`, `kid` from the JWKS) over "
+        "`code`, `license_id`, `client_id`, `nonce`, `iat` (the server's time) and `exp` "
+        "(a few minutes later): what an app verifies instead of trusting the plain JSON."
+    )
+
+
+class DeactivateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=1, max_length=4096)
+    client_id: str = Field(min_length=1, max_length=128)
 
 
 class Jwk(BaseModel):

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 ALGORITHM = "EdDSA"
 ISSUER = "licensing-platform"
+# The JOSE `typ` of a signed validation verdict. License tokens never carry it and verdicts
+# always do, so neither can be presented as the other.
+VERDICT_TYP = "license-verdict+jwt"
+VERDICT_TTL_SECONDS = 300  # a verdict is for the request that asked; apps check it at once
 DEV_KEY_NAME = "license-signing-key.pem"
 
 
@@ -151,6 +155,35 @@ class KeySet:
             claims, self.signing.private, algorithm=ALGORITHM, headers={"kid": self.signing.kid}
         )
 
+    def sign_verdict(
+        self,
+        *,
+        code: str,
+        license_id: str | None,
+        client_id: str | None,
+        nonce: str | None,
+        issued_at: datetime,
+        ttl_seconds: int,
+    ) -> str:
+        """A short-lived JWS over a validation's answer: the app that sent `nonce` can tell
+        the service's answer from a fake server's or a replayed one."""
+        iat = int(issued_at.timestamp())
+        claims = {
+            "iss": ISSUER,
+            "code": code,
+            "license_id": license_id,
+            "client_id": client_id,
+            "nonce": nonce,
+            "iat": iat,
+            "exp": iat + ttl_seconds,
+        }
+        return jwt.encode(
+            claims,
+            self.signing.private,
+            algorithm=ALGORITHM,
+            headers={"kid": self.signing.kid, "typ": VERDICT_TYP},
+        )
+
     def verify(self, token: str) -> dict[str, Any]:
         """The claims of a token signed by one of our keys. Expiry is not checked here: the
         license row decides that. Raises jwt.InvalidTokenError for anything else."""
@@ -161,6 +194,8 @@ class KeySet:
         key = self.by_kid.get(header.get("kid", ""))
         if key is None or header.get("alg") != ALGORITHM:
             raise jwt.InvalidTokenError("unknown key or algorithm")
+        if header.get("typ") == VERDICT_TYP:
+            raise jwt.InvalidTokenError("a validation verdict is not a license token")
         return jwt.decode(
             token,
             key.public,
