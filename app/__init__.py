@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -157,15 +156,19 @@ def use_instance_secrets(app: APIFlask) -> None:
     Nothing is ever signed with a value from the source code. Production must set both."""
     if app.config["APP_ENV"] == "production":
         return
-    missing = tuple(name for name in SECRET_FILES if not app.config.get(name))
-    for name in missing:
-        app.config[name], _ = files.instance_secret(app.instance_path, SECRET_FILES[name])
-    if missing:
-        _say_where_secrets_are(missing, app.instance_path)
+    generated = []
+    for name in SECRET_FILES:
+        if not app.config.get(name):
+            app.config[name], made = files.instance_secret(app.instance_path, SECRET_FILES[name])
+            if made:
+                generated.append(name)
+    if generated:
+        _say_where_secrets_are(tuple(generated), app.instance_path)
 
 
-@functools.cache
 def _say_where_secrets_are(names: tuple[str, ...], folder: str) -> None:
+    """Said once per instance folder, by the process that generated the secrets: later
+    processes (every worker, every CLI command) just use them, quietly."""
     paths = ", ".join(os.path.join(folder, SECRET_FILES[name]) for name in names)
     log.info(
         "%s not set: using the secrets generated for this instance in %s (mode 0600). "

@@ -35,9 +35,15 @@ def pytest_configure(config: pytest.Config) -> None:
     if not os.environ.get("INSTANCE_PATH"):
         import tempfile
 
+        from app import SECRET_FILES
+        from app.kernel import files
+
         folder = tempfile.mkdtemp(prefix="licensing-test-instance-")
         os.environ["INSTANCE_PATH"] = folder
         config._test_instance_path = folder  # type: ignore[attr-defined]
+        # Generated now, so that no test's first command is the one that says so.
+        for name in SECRET_FILES.values():
+            files.instance_secret(folder, name)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -89,7 +89,7 @@ def exposed(path: str | os.PathLike[str]) -> bool:
     """True when `path` exists and others than its owner may read or write it."""
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
+    except OSError:  # missing, or a path that cannot exist: opening it will say why
         return False
     return bool(stat.S_IMODE(mode) & 0o077)
 
