@@ -5,7 +5,9 @@
 -- Each line of FILE is METHOD, PATH, Authorization ("-" for none) and a JSON body ("-" for
 -- none), tab-separated. "{seq}" in a body becomes a value unique to this request (RUN_ID,
 -- thread and counter): new client ids for activations. With "idempotency", every request
--- also carries a unique Idempotency-Key. done() prints one JSON line for bench/run.py.
+-- also carries a unique Idempotency-Key. Every request carries the headers nginx adds in
+-- front of the service (deploy/nginx.conf: X-Forwarded-For, X-Forwarded-Proto,
+-- X-Request-ID). done() prints one JSON line for bench/load.py.
 
 local threads = {}
 local counter = 0
@@ -34,7 +36,11 @@ function init(args)
   for line in io.lines(args[1]) do
     if line ~= "" then
       local f = split(line)
-      local headers = {}
+      local headers = {
+        ["X-Forwarded-For"] = "198.51.100.7",
+        ["X-Forwarded-Proto"] = "http",
+        ["X-Request-ID"] = "bench-" .. (#templates + 1),
+      }
       if f[3] ~= "-" then
         headers["Authorization"] = f[3]
       end
@@ -78,6 +84,7 @@ function request()
       headers[k] = v
     end
     headers["Idempotency-Key"] = unique
+    headers["X-Request-ID"] = unique
   end
   return wrk.format(t.method, t.path, headers, body)
 end

@@ -240,11 +240,17 @@ def gunicorn_server(
     workers: int = 3,
     processes: list | None = None,
     output: list[str] | None = None,
+    *,
+    app: str = "wsgi:app",
+    cwd: Path = ROOT,
+    log_path: Path | None = None,
     **env: str,
 ):
     """A real gunicorn (deploy/gunicorn.conf.py) on a free port; yields its base URL.
     The gunicorn master's Popen is appended to `processes` when given, and what it printed
-    (a file, never a pipe nobody reads) to `output` when it has stopped."""
+    (a file, never a pipe nobody reads) to `output` when it has stopped. `app` is the WSGI
+    app to serve, from `cwd` (another checkout, say); `log_path` keeps what it printed in
+    that file instead of a temporary one (the benchmark reads it while the server runs)."""
     import tempfile
 
     port = free_port()
@@ -260,10 +266,10 @@ def gunicorn_server(
         "RATELIMIT_ENABLED": "false",
     }
     settings.update(env)
-    with tempfile.TemporaryFile() as log:
+    with open(log_path, "w+b") if log_path else tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
-            [BIN / "gunicorn", "-c", "deploy/gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT,
+            [BIN / "gunicorn", "-c", "deploy/gunicorn.conf.py", app],
+            cwd=cwd,
             env=project_env(**settings),
             stdout=log,
             stderr=subprocess.STDOUT,

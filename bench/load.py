@@ -1,0 +1,175 @@
+"""Load: wrk runs (bench/load.lua) and their summaries over interleaved rounds."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from bench.scenarios import BY_NAME, Scenario, Settings
+from bench.server import BENCH, Server, log, request
+
+
+def median(values: Iterable[float]) -> float:
+    values = list(values)
+    return round(statistics.median(values), 3) if values else float("nan")
+
+
+def wrk(
+    server: Server,
+    files: Path,
+    scenario: Scenario,
+    seconds: float,
+    settings: Settings,
+    tag: str,
+    connections: int | None = None,
+) -> dict[str, Any]:
+    """One wrk run; its summary with throughput, latency, errors and server CPU."""
+    connections = connections or settings.connections
+    args = [
+        "wrk",
+        f"-t{settings.threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(BENCH / "load.lua"),
+        server.url,
+        "--",
+        str(files / scenario.file),
+        f"{tag}-{uuid.uuid4().hex[:6]}",
+    ]
+    if scenario.idempotency:
+        args.append("idempotency")
+    cpu = server.cpu_seconds()
+    result = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60)
+    cpu = server.cpu_seconds() - cpu
+    line = next((x for x in result.stdout.splitlines() if x.startswith("BENCH ")), None)
+    if result.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed: {result.stdout}\n{result.stderr}")
+    out = json.loads(line[len("BENCH ") :])
+    out["rps"] = round(out["requests"] / (out["duration_us"] / 1e6), 1)
+    out["error_total"] = sum(out["errors"].values())
+    out["p50_ms"] = out["latency_us"]["p50"] / 1000
+    out["p99_ms"] = out["latency_us"]["p99"] / 1000
+    # The server's CPU per request: unlike throughput, barely moved by other load on the
+    # machine (the test suite of a colleague, say), so it is the steadier comparison.
+    out["cpu_us"] = round(cpu / max(1, out["requests"]) * 1e6, 1)
+    return out
+
+
+def measure(
+    server: Server, files: Path, scenario: Scenario, settings: Settings, tag: str
+) -> dict[str, Any]:
+    """A wrk run, plus what the service itself counted: validations by code (a
+    validation that is not VALID did not do the work the scenario means)."""
+    counted = scenario.name == "validate" and not server.app.startswith("bench.reference")
+    before = server.counters("license_validations", "code") if counted else {}
+    run = wrk(server, files, scenario, settings.duration, settings, tag)
+    if counted:
+        after = server.counters("license_validations", "code")
+        run["not_valid"] = sum(v - before.get(k, 0.0) for k, v in after.items() if k != "VALID")
+    return run
+
+
+def preflight(server: Server, files: Path, names: Iterable[str]) -> dict[str, str]:
+    """One request of each scenario, checked before any load: 2xx, and VALID for a
+    validation (the reference's answer too). Returns {scenario: problem} (empty: fine)."""
+    problems = {}
+    for name in names:
+        first = (files / BY_NAME[name].file).read_text().splitlines()[0].split("\t")
+        method, path, auth, body = first
+        if BY_NAME[name].idempotency or "{seq}" in body:
+            continue  # needs a unique key or client id: wrk's load checks its status
+        status, answer = request(
+            server.url + path, method, None if body == "-" else body, None if auth == "-" else auth
+        )
+        if not 200 <= status < 300:
+            problems[name] = f"{status}: {answer}"
+        elif name == "validate" and not (isinstance(answer, dict) and answer.get("valid")):
+            problems[name] = f"not valid: {answer}"
+    return problems
+
+
+Plan = list[tuple[Server, str]]  # (server, scenario) pairs of one round, in order
+
+
+def rounds(
+    plan: Plan,
+    files: Callable[[Server], Path],
+    settings: Settings,
+    label: str,
+    after_round: Callable[[int], None] | None = None,
+) -> list[dict[tuple[str, str], dict[str, Any]]]:
+    """Warm every (server, scenario) up, then `settings.reps` rounds of the plan, the
+    order reversed every other round (a slow drift of the machine then cancels out in
+    the medians of per-round ratios). Returns, per round, {(server, scenario): run}.
+    `after_round(n)` is called after the warm-up (0) and after each round (1, 2, …)."""
+    log(f"{label}: warm-up ({settings.warmup:g}s per run)")
+    for server, name in plan:
+        wrk(server, files(server), BY_NAME[name], settings.warmup, settings, f"warm-{name}")
+    if after_round:
+        after_round(0)
+    out = []
+    for rep in range(settings.reps):
+        this = {}
+        for server, name in plan if rep % 2 == 0 else reversed(plan):
+            run = measure(server, files(server), BY_NAME[name], settings, f"r{rep}-{name}")
+            this[(server.name, name)] = run
+            log(
+                f"{label} round {rep + 1}/{settings.reps} {server.name:18s} {name:13s} "
+                f"{run['rps']:8.1f} req/s  p99 {run['p99_ms']:7.1f} ms  "
+                f"errors {run['error_total']}"
+            )
+        out.append(this)
+        if after_round:
+            after_round(rep + 1)
+    return out
+
+
+def ratio_per_round(
+    runs: list[dict[tuple[str, str], dict[str, Any]]],
+    top: tuple[str, str],
+    bottom: tuple[str, str],
+    key: str = "rps",
+) -> list[float]:
+    """top / bottom in each round where both ran (for CPU per request: bottom / top)."""
+    out = []
+    for r in runs:
+        if top in r and bottom in r:
+            a, b = r[top][key], r[bottom][key]
+            out.append(a / b if key == "rps" else b / a)
+    return out
+
+
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over rounds of one (server, scenario)'s runs; errors summed."""
+    return {
+        "rps": median(r["rps"] for r in runs),
+        "cpu_us": median(r["cpu_us"] for r in runs),
+        "p50_ms": median(r["p50_ms"] for r in runs),
+        "p99_ms": median(r["p99_ms"] for r in runs),
+        "errors": sum(r["error_total"] for r in runs),
+        "not_valid": sum(r.get("not_valid", 0) for r in runs),
+        "requests": sum(r["requests"] for r in runs),
+    }
+
+
+def leak_check(rss: list[dict[int, float]]) -> dict[str, Any]:
+    """RSS per worker after warm-up and after each round: growth from the end of the first
+    round to the end of the last ("flat": no worker grew more than 2 MiB)."""
+    if len(rss) < 3:
+        return {"verdict": "not enough rounds"}
+    first, last = rss[1], rss[-1]
+    growth = {pid: round(last[pid] - first[pid], 1) for pid in last if pid in first}
+    worst = max(growth.values(), default=0.0)
+    return {
+        "growth_mib_after_round_1": growth,
+        "worst_mib": worst,
+        "verdict": "flat" if worst <= 2.0 else "grows",
+    }

@@ -1,0 +1,410 @@
+"""The prototyped optimisations, as patches applied from outside app/ (bench/variants.py
+selects them with BENCH_VARIANT). Each is the smallest change to the service that shows
+the gain; bench/README.md's recommendations say how to make it properly in app/.
+`BEFORE` patches run before the app is built (the routes import what they patch), `AFTER`
+ones get the built app.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from flask import g, request
+
+from app.kernel import metrics
+
+# --- before the app is built ---------------------------------------------------------------
+
+
+class _NoMetric:
+    def labels(self, *_args: Any, **_kwargs: Any) -> _NoMetric:
+        return self
+
+    def inc(self, *_args: Any) -> None:
+        pass
+
+    def observe(self, *_args: Any) -> None:
+        pass
+
+    def set(self, *_args: Any) -> None:
+        pass
+
+
+def no_metrics() -> None:
+    """Metrics off (the service has no switch for it): what metrics cost in all."""
+    for name in dir(metrics):
+        if name.isupper():
+            setattr(metrics, name, _NoMetric())
+
+
+class _Children:
+    """A labelled metric whose children are looked up once per label values."""
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._metric, name)
+
+
+def metrics_once() -> None:
+    """prometheus_client's labels() validates and locks on every call: resolve each
+    (method, route, status) child once."""
+    for name in ("HTTP_REQUESTS", "HTTP_LATENCY", "RATE_LIMITED"):
+        setattr(metrics, name, _Children(getattr(metrics, name)))
+    for name in ("LICENSE_VALIDATIONS", "LICENSE_ACTIVATIONS"):
+        setattr(metrics, name, _Children(getattr(metrics, name)))
+
+
+def access_log_once() -> None:
+    """The access log line built once: one dict, one json.dumps, handed to the handlers as
+    a finished record (no Logger._log/findCaller/makeRecord, no second dict in the
+    formatter). Same line, same keys in the same order."""
+    from datetime import UTC, datetime
+
+    from app import observability
+
+    access_log = observability.access_log
+    original_format = observability.JsonFormatter.format
+    original_finish = observability._finish
+
+    def format(self: Any, record: logging.LogRecord) -> str:
+        return (
+            record.msg if getattr(record, "preformatted", False) else original_format(self, record)
+        )
+
+    def finish(response: Any) -> Any:
+        if not access_log.isEnabledFor(logging.INFO):
+            return original_finish(response)
+        now = time.time()
+        duration = time.perf_counter() - g.get("started", time.perf_counter())
+        rule = request.url_rule
+        route = rule.rule if rule is not None else "<unmatched>"
+        request_id = g.get("request_id", "-")
+        status = response.status_code
+        method = request.method
+        response.headers["X-Request-ID"] = request_id
+        metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
+        metrics.HTTP_LATENCY.labels(method, route).observe(duration)
+        if status == 429:
+            metrics.RATE_LIMITED.labels(route).inc()
+        claims = g.get("_jwt_extended_jwt") or {}
+        line = json.dumps(
+            {
+                "ts": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds"),
+                "level": "info",
+                "logger": "app.access",
+                "message": f"{method} {route} {status}",
+                "request_id": request_id,
+                "method": method,
+                "route": route,
+                "path": request.path,
+                "status": status,
+                "duration_ms": round(duration * 1000, 2),
+                "user_id": claims.get("sub"),
+                "ip": request.remote_addr,
+            },
+            default=str,
+        )
+        record = logging.LogRecord("app.access", logging.INFO, __file__, 0, line, None, None)
+        record.created = now
+        record.preformatted = True  # type: ignore[attr-defined]
+        access_log.handle(record)
+        return response
+
+    observability.JsonFormatter.format = format  # type: ignore[method-assign]
+    observability._finish = finish
+
+
+def jwt_once() -> None:
+    """An access token is verified once per request: the per-account rate-limit key and
+    the view both ask flask-jwt-extended, which decodes (and verifies) it each time."""
+    import flask_jwt_extended.view_decorators as views
+
+    decode = views.decode_token
+
+    def decode_token(encoded: str, csrf_value: Any = None, allow_expired: bool = False) -> Any:
+        cache = g.setdefault("_bench_decoded_tokens", {})
+        key = (encoded, csrf_value, allow_expired)
+        if key not in cache:
+            cache[key] = decode(encoded, csrf_value, allow_expired)
+        return cache[key]
+
+    views.decode_token = decode_token
+
+
+def revocation_prebuilt() -> None:
+    """The revocation look-up as one statement built once (bind parameters), instead of
+    a new select() per request."""
+    from sqlalchemy import bindparam, select
+
+    from app.auth import service
+    from app.auth.models import TokenRevocation
+
+    stmt = (
+        select(TokenRevocation.key)
+        .where(TokenRevocation.key.in_(bindparam("keys", expanding=True)))
+        .limit(1)
+    )
+
+    def is_revoked(session: Any, jti: str, family: str | None) -> bool:
+        keys = [jti] if not family else [jti, family]
+        return session.scalar(stmt, {"keys": keys}) is not None
+
+    service.is_revoked = is_revoked
+
+
+def queued_writers() -> None:
+    """SQLite write transactions queue on a file lock (flock) before BEGIN IMMEDIATE: a
+    waiting writer wakes the moment the lock is free instead of polling in SQLite's busy
+    handler (sleeps of 1…100 ms)."""
+    from app.kernel import db
+
+    original = db.transaction
+    locks: dict[str, int] = {}
+
+    @contextmanager
+    def transaction(session: Any) -> Iterator[Any]:
+        engine = session.get_bind()
+        if session.info.get(db._WRITE) or engine.dialect.name != "sqlite":
+            with original(session):  # nested (a savepoint), or not SQLite
+                yield session
+            return
+        path = f"{engine.url.database}.writers"
+        if path not in locks:
+            locks[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(locks[path], fcntl.LOCK_EX)
+        try:
+            with original(session):
+                yield session
+        finally:
+            fcntl.flock(locks[path], fcntl.LOCK_UN)
+
+    db.transaction = transaction
+
+
+def sandbox_ledger_tail() -> None:
+    """The sandbox payment provider reads only the ledger lines it has not seen yet, and
+    finds an idempotency key in a dict: constant cost per charge instead of parsing the
+    whole (growing) ledger every time."""
+    from dataclasses import asdict
+
+    from app.kernel.ids import new_id
+    from app.orders import payments
+
+    def charge(
+        self: Any, *, amount_cents: int, currency: str, payment_method: str, idempotency_key: str
+    ) -> Any:
+        if payment_method == "tok_unavailable":
+            raise payments.PaymentUnavailable("sandbox: provider unavailable")
+        with open(self.ledger, "a+") as file:
+            fcntl.flock(file, fcntl.LOCK_EX)
+            try:
+                seen = self.__dict__.setdefault("_charges", {})
+                refunded = self.__dict__.setdefault("_refunded", set())
+                file.seek(self.__dict__.get("_offset", 0))
+                for line in file:
+                    if line.strip():
+                        entry = json.loads(line)
+                        if entry["type"] == "charge":
+                            seen[entry["idempotency_key"]] = entry
+                        elif entry["type"] == "refund":
+                            refunded.add(entry["charge_id"])
+                self._offset = file.tell()
+                if (entry := seen.get(idempotency_key)) is not None:
+                    return payments.Charge(
+                        entry["charge_id"],
+                        entry["amount_cents"],
+                        entry["currency"],
+                        entry["charge_id"] in refunded,
+                    )
+                if payment_method != "tok_ok":
+                    raise payments.PaymentDeclined("sandbox: card declined")
+                result = payments.Charge(new_id("ch"), amount_cents, currency)
+                self._append(
+                    {"type": "charge", "idempotency_key": idempotency_key, **asdict(result)}
+                )
+            finally:
+                fcntl.flock(file, fcntl.LOCK_UN)
+        if self.latency:
+            time.sleep(self.latency)
+        return result
+
+    payments.SandboxGateway.charge = charge  # type: ignore[method-assign]
+
+
+def redis_limits_one_trip() -> None:
+    """Redis-backed limits: the hit returns the counter and its TTL in the same round trip,
+    and the rate-limit headers are computed from it (limits asks Redis twice more, GET and
+    TTL, for the headers of every limited request). Registers itself as `redis://`."""
+    from limits.storage.redis import RedisStorage
+
+    script = """
+local current = redis.call("incrby", KEYS[1], tonumber(ARGV[2]))
+if current == tonumber(ARGV[2]) then redis.call("expire", KEYS[1], ARGV[1]) end
+return {current, redis.call("pttl", KEYS[1])}
+"""
+
+    class OneTripRedisStorage(RedisStorage):
+        STORAGE_SCHEME = ["redis"]
+        FRESH = 0.05  # seconds a hit's answer serves the headers of the same request
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._hit = self.get_connection().register_script(script)
+            self._last: dict[str, tuple[int, float, float]] = {}
+
+        def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+            count, pttl = self._hit([self.prefixed_key(key)], [expiry, amount])
+            now = time.monotonic()
+            self._last[key] = (int(count), time.time() + max(int(pttl), 0) / 1000, now)
+            if len(self._last) > 4096:
+                self._last = {k: v for k, v in self._last.items() if now - v[2] < self.FRESH}
+            return int(count)
+
+        def _fresh(self, key: str) -> tuple[int, float, float] | None:
+            last = self._last.get(key)
+            return last if last and time.monotonic() - last[2] < self.FRESH else None
+
+        def get(self, key: str) -> int:
+            last = self._fresh(key)
+            return last[0] if last else super().get(key)
+
+        def get_expiry(self, key: str) -> float:
+            last = self._fresh(key)
+            return last[1] if last else super().get_expiry(key)
+
+
+# --- after the app is built ----------------------------------------------------------------
+
+
+def limiter_routes_only(app: Any) -> None:
+    """flask-limiter's before/after/teardown hooks run on every request, even for routes
+    without limits (/healthz, /metrics, …): skip them for an endpoint once the limiter
+    has found it has no limits."""
+    from app.extensions import limiter
+
+    unlimited: set[str] = set()
+
+    def find(hooks: list[Any]) -> int:
+        # bound methods of the limiter, or functools.partial(Limiter.__inject_headers, it)
+        return next(
+            i
+            for i, f in enumerate(hooks)
+            if getattr(f, "__self__", None) is limiter or limiter in getattr(f, "args", ())
+        )
+
+    before, after = app.before_request_funcs[None], app.after_request_funcs[None]
+    teardown = app.teardown_request_funcs[None]
+    check, inject, release = before[find(before)], after[find(after)], teardown[find(teardown)]
+
+    def check_limits() -> Any:
+        endpoint = request.endpoint
+        if endpoint in unlimited:
+            return None
+        out = check()
+        if endpoint and not limiter.context.view_rate_limits:
+            unlimited.add(endpoint)
+        return out
+
+    def inject_headers(response: Any) -> Any:
+        return response if request.endpoint in unlimited else inject(response)
+
+    def release_context(exc: BaseException | None = None) -> None:
+        if request.endpoint not in unlimited:
+            release(exc)
+
+    before[find(before)] = check_limits
+    after[find(after)] = inject_headers
+    teardown[find(teardown)] = release_context
+
+
+def security_headers_once(app: Any) -> None:
+    """The five security headers added in one pass over the response's headers
+    (werkzeug's Headers.setdefault scans the whole list, case-insensitively, twice per
+    header)."""
+    from app import health
+
+    hooks = app.after_request_funcs[None]
+    i = hooks.index(health.add_security_headers)
+    lowered = [(k.lower(), k, v) for k, v in health.SECURITY_HEADERS.items()]
+
+    def add_security_headers(response: Any) -> Any:
+        headers = response.headers
+        present = {k.lower() for k in headers.keys()}  # noqa: SIM118 - Headers, not a dict
+        for low, name, value in lowered:
+            if low not in present:
+                headers.add(name, value)
+        if request.is_secure and "strict-transport-security" not in present:
+            headers.add("Strict-Transport-Security", health.HSTS)
+        return response
+
+    hooks[i] = add_security_headers
+
+
+def autocommit_read(app: Any) -> None:
+    """Validation reads the license on a connection of its own in autocommit, without
+    pool pre-ping (one reconnect-and-retry instead): one round trip on PostgreSQL (today:
+    ping, BEGIN, SELECT, ROLLBACK), no BEGIN/ROLLBACK and no ORM session on SQLite."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import DBAPIError
+
+    from app.auth import licensing
+    from app.kernel.db import make_engine, settings_from_config
+
+    engine = make_engine(settings_from_config(app.config))
+    engine.pool._pre_ping = False  # type: ignore[attr-defined]
+    if engine.dialect.name == "sqlite":
+        # pysqlite runs in autocommit already (isolation_level None); the app's "begin"
+        # hook is what sends BEGIN: not on this engine.
+        for listener in list(engine.dispatch.begin):
+            event.remove(engine, "begin", listener)
+        reads = engine
+    else:
+        reads = engine.execution_options(isolation_level="AUTOCOMMIT")
+    statement = licensing._LICENSE_BY_ID
+
+    def license_for_validation(_session: Any, license_id: str) -> Any:
+        for attempt in (1, 2):
+            try:
+                with reads.connect() as conn:
+                    return conn.execute(statement, {"license_id": license_id}).first()
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        return None
+
+    licensing.license_for_validation = license_for_validation
+
+
+BEFORE: dict[str, Callable[[], None]] = {
+    "no-metrics": no_metrics,
+    "metrics-once": metrics_once,
+    "access-log-once": access_log_once,
+    "jwt-once": jwt_once,
+    "revocation-prebuilt": revocation_prebuilt,
+    "queued-writers": queued_writers,
+    "sandbox-ledger-tail": sandbox_ledger_tail,
+    "redis-limits-one-trip": redis_limits_one_trip,
+}
+AFTER: dict[str, Callable[[Any], None]] = {
+    "limiter-routes-only": limiter_routes_only,
+    "security-headers-once": security_headers_once,
+    "autocommit-read": autocommit_read,
+}
+# Every recommended prototype (not `no-metrics`: metrics stay).
+ALL = [n for n in [*BEFORE, *AFTER] if n != "no-metrics"]

@@ -1,0 +1,169 @@
+"""The report: targets (MET/MISS), the table on stdout, and bench/README.md's results."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from typing import Any
+
+from bench.server import BENCH
+
+# Issue 17's targets: medians of interleaved rounds, all features on.
+HEALTHZ_X_HELLO = 0.8
+VALIDATE_X_MINIMAL, VALIDATE_P99_MS = 1.0, 10.0
+POSTGRES_X_SQLITE = 0.8
+ACTIVATE_X_MINIMAL, ACTIVATE_P99_MS = 0.3, 50.0
+ORDER_X_MINIMAL = 0.1
+SCALE_1M_X_10K = 0.9
+
+
+def _scenario(results: dict[str, Any], backend: str, name: str) -> dict[str, Any] | None:
+    return (results.get(backend) or {}).get("scenarios", {}).get(name)
+
+
+def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each target with the figures it is judged on and `met`; a target whose phase did
+    not run is left out (a quick or partial run judges what it measured)."""
+    out: dict[str, dict[str, Any]] = {}
+    if h := _scenario(results, "sqlite", "healthz"):
+        out["healthz >= 0.8 x Flask hello"] = {
+            "x_hello": h["x_hello"],
+            "met": h["x_hello"] >= HEALTHZ_X_HELLO and h["errors"] == 0,
+        }
+    if v := _scenario(results, "sqlite", "validate"):
+        bad = v["errors"] + v["not_valid"]
+        out["validate SQLite >= 1.0 x minimal validate, p99 <= 10 ms"] = {
+            "x_minimal": v["x_minimal"],
+            "p99_ms": v["p99_ms"],
+            "errors": bad,
+            "met": v["x_minimal"] >= VALIDATE_X_MINIMAL
+            and v["p99_ms"] <= VALIDATE_P99_MS
+            and bad == 0,
+        }
+    if "postgres_over_sqlite" in results:
+        ratio = results["postgres_over_sqlite"]["validate"]
+        v = _scenario(results, "postgres", "validate") or {}
+        bad = v.get("errors", 0) + v.get("not_valid", 0)
+        out["validate PostgreSQL >= 0.8 x validate SQLite"] = {
+            "x_sqlite": ratio,
+            "errors": bad,
+            "met": ratio >= POSTGRES_X_SQLITE and bad == 0,
+        }
+    for backend in ("sqlite", "postgres"):
+        if a := _scenario(results, backend, "activate"):
+            busy = results[backend]["server_log"]["sqlite_busy"]
+            out[f"activate {backend} >= 0.3 x minimal validate, p99 <= 50 ms"] = {
+                "x_minimal": a["x_minimal"],
+                "p99_ms": a["p99_ms"],
+                "errors": a["errors"] + busy,
+                "met": a["x_minimal"] >= ACTIVATE_X_MINIMAL
+                and a["p99_ms"] <= ACTIVATE_P99_MS
+                and a["errors"] + busy == 0,
+            }
+    for backend in ("sqlite", "postgres"):
+        if o := _scenario(results, backend, "order"):
+            out[f"paid order {backend} >= 0.1 x minimal validate"] = {
+                "x_minimal": o["x_minimal"],
+                "errors": o["errors"],
+                "met": o["x_minimal"] >= ORDER_X_MINIMAL and o["errors"] == 0,
+            }
+    for backend in ("sqlite", "postgres"):
+        if "leak_check" in (results.get(backend) or {}):
+            check = results[backend]["leak_check"]
+            if check["verdict"] != "not enough rounds":
+                out[f"worker memory flat ({backend})"] = {
+                    "worst_growth_mib": check["worst_mib"],
+                    "met": check["verdict"] == "flat",
+                }
+    if "scale" in results:
+        sc = results["scale"]
+        out["validate at 1M >= 0.9 x at 10k"] = {
+            "ratio": sc["validate_1m_over_10k"],
+            "cpu_ratio": sc["validate_1m_over_10k_cpu"],
+            "met": sc["validate_1m_over_10k"] >= SCALE_1M_X_10K,
+        }
+    return out
+
+
+def print_main(results: dict[str, Any]) -> None:
+    s = results["settings"]
+    refs = results.get("references", {})
+    print(
+        f"references ({s['connections']} connections, {s['reps']} rounds x {s['duration']:g}s, "
+        "median req/s): " + ", ".join(f"{name} {r['rps']:.0f}" for name, r in refs.items())
+    )
+    for backend in ("sqlite", "postgres"):
+        part = results.get(backend)
+        if not part:
+            continue
+        print(
+            f"\n{backend}: {part['seed']['licenses']:,} licenses; rate limits in "
+            f"{results['server']['rate_limit_storage']}"
+        )
+        print(
+            f"  {'scenario':13s} {'req/s':>8s} {'xhello':>7s} {'xminval':>7s} {'cpu xmin':>8s} "
+            f"{'p50 ms':>7s} {'p99 ms':>7s} {'errors':>6s}"
+        )
+        for name, x in part["scenarios"].items():
+            print(
+                f"  {name:13s} {x['rps']:8.1f} {x['x_hello']:7.3f} {x['x_minimal']:7.3f} "
+                f"{x['cpu_x_minimal']:8.3f} {x['p50_ms']:7.1f} {x['p99_ms']:7.1f} "
+                f"{x['errors'] + x['not_valid']:6d}"
+            )
+        print(f"  server log: {part['server_log']}")
+        print(
+            f"  worker RSS MiB (final): {sorted(part['rss_mib'][-1].values())}; "
+            f"leak check: {part['leak_check']['verdict']} "
+            f"(worst growth {part['leak_check'].get('worst_mib')} MiB)"
+        )
+    if "postgres_over_sqlite" in results:
+        ratios = results["postgres_over_sqlite"]
+        print("\npostgres / sqlite, per round: " + ", ".join(f"{k} {v}" for k, v in ratios.items()))
+
+
+def print_table(results: dict[str, Any]) -> None:
+    from bench import anatomy, prototypes, scale
+
+    if "references" in results:
+        print_main(results)
+    if "contention" in results:
+        prototypes.print_contention(results["contention"])
+    if "prototypes" in results:
+        prototypes.print_prototypes(results["prototypes"])
+    if "scale" in results:
+        scale.print_scale(results["scale"])
+    if "anatomy" in results:
+        anatomy.print_anatomy(results["anatomy"])
+    print("\ntargets:")
+    for name, t in results["targets"].items():
+        figures = {k: v for k, v in t.items() if k != "met"}
+        print(f"  {'MET ' if t['met'] else 'MISS'} {name}: {figures}")
+
+
+README_START, README_END = "<!-- results: written by bench/run.py -->", "<!-- /results -->"
+
+
+def record_in_readme(table: str, results: dict[str, Any]) -> None:
+    """The latest table goes into bench/README.md, between its two markers."""
+    readme = BENCH / "README.md"
+    text = readme.read_text() if readme.exists() else ""
+    if README_START not in text or README_END not in text:
+        return
+    head, _, rest = text.partition(README_START)
+    _, _, tail = rest.partition(README_END)
+    when = f"{results['started_at']}, {results['machine']['cpus']} cores, {results['elapsed_s']} s"
+    block = f"{README_START}\nLatest full run ({when}):\n\n```\n{table.strip()}\n```\n{README_END}"
+    readme.write_text(head + block + tail)
+
+
+def machine() -> dict[str, Any]:
+    import sqlite3
+
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "platform": platform.platform(),
+        "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0],
+    }
