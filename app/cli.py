@@ -551,11 +551,15 @@ def users_unlock(email: str) -> None:
 @tokens_cli.command("prune")
 @writes
 def tokens_prune() -> None:
-    """Delete revocations of tokens that have expired anyway (run daily from cron)."""
+    """Delete revocations of tokens that have expired anyway, and login throttles that no
+    longer count (run daily from cron)."""
     session = get_session()
     with transaction(session):
         removed = auth_api.prune_token_revocations(session)
-    click.echo(f"pruned {removed} expired revocation(s)")
+        throttles = auth_api.prune_login_throttles(
+            session, current_app.config["LOGIN_FAILURE_WINDOW"]
+        )
+    click.echo(f"pruned {removed} expired revocation(s), {throttles} stale login throttle(s)")
 
 
 @licenses_cli.command("generate-key")

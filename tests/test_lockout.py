@@ -228,3 +228,36 @@ def test_unlock_from_the_cli_and_the_admin_api_is_audited(app, client, runner, c
         404,
         "user_not_found",
     )
+
+
+def test_tokens_prune_forgets_throttles_that_no_longer_count(
+    app, client, runner, clock, monkeypatch
+):
+    """Failures of emails nobody has would pile up forever: the daily `tokens prune` drops
+    every throttle row that is neither locked nor inside its window, and keeps the rest."""
+    register(client)
+    for _ in range(5):
+        login(client, email="nobody@example.com", password=WRONG, ip=ATTACKER)
+    assert login(client, email="nobody@example.com", ip=ATTACKER).status_code == 423
+    login(client, password=WRONG, ip=OWNER)
+
+    def rows() -> int:
+        from app.auth.models import LoginThrottle
+
+        with app.app_context(), acting_as(OPERATOR):
+            return len(list(get_session().scalars(select(LoginThrottle))))
+
+    before = rows()
+    assert before == 4  # (nobody, attacker), (nobody, *), (ada, owner), (ada, *)
+    result = runner.invoke(args=["tokens", "prune"])
+    assert result.exit_code == 0, result.output
+    assert ", 0 stale login throttle(s)" in result.output
+    assert rows() == before  # all still count: inside the window, or locked
+
+    clock.advance(24 * 3600)  # a quiet day later
+    monkeypatch.setattr("app.auth.service.utcnow", clock)
+    result = runner.invoke(args=["tokens", "prune"])
+    assert result.exit_code == 0, result.output
+    assert ", 4 stale login throttle(s)" in result.output
+    assert rows() == 0
+    assert login(client, ip=OWNER).status_code == 200

@@ -112,6 +112,12 @@ def prune_token_revocations(session: Session) -> int:
     return service.prune_revocations(session)
 
 
+@module_api(MODULE)
+def prune_login_throttles(session: Session, window: timedelta) -> int:
+    """Delete login throttles that no longer count (inside the caller's transaction)."""
+    return service.prune_login_throttles(session, window)
+
+
 # --- licensing, for the orders and admin modules --------------------------------------
 
 VersionConflict = licensing.VersionConflict

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -487,6 +487,20 @@ def logout(
     if family:
         _revoke(session, family, "family", user_id, "logout", family_expires_at)
     admin_api.record_audit(session, "LOGOUT", user_id=user_id, actor_id=user_id, ip_address=ip)
+
+
+def prune_login_throttles(session: Session, window: timedelta) -> int:
+    """Delete throttle rows that no longer count: not locked, and no failure (nor lock)
+    within the last `window`, so the next failure would start them over anyway. Without
+    this, failures of emails nobody has would pile up. Returns how many."""
+    quiet_since = utcnow() - window
+    result = session.execute(
+        delete(LoginThrottle).where(
+            LoginThrottle.last_failure_at < quiet_since,
+            or_(LoginThrottle.locked_until.is_(None), LoginThrottle.locked_until < quiet_since),
+        )
+    )
+    return result.rowcount or 0
 
 
 def prune_revocations(session: Session, now: datetime | None = None) -> int:
