@@ -44,16 +44,34 @@ def _login(client, email, ip="198.51.100.1", headers=None):
     )
 
 
-def test_login_is_limited_per_account(limited):
+def test_login_is_limited_per_account_and_address(limited):
     application, client = _app(limited)
-    for i in range(3):  # three different addresses, one account
-        assert _login(client, "a@example.com", ip=f"198.51.100.{i}").status_code == 401
-    response = _login(client, "A@example.com", ip="198.51.100.9")
+    for _ in range(3):  # one address guessing one account's password
+        assert _login(client, "a@example.com", ip="198.51.100.1").status_code == 401
+    response = _login(client, "A@example.com", ip="198.51.100.1")
     body = assert_problem(response, 429, "rate_limited")
     assert int(response.headers["Retry-After"]) > 0
     assert body["title"] == "Too Many Requests"
-    # Another account from the same address is not affected.
-    assert _login(client, "b@example.com", ip="198.51.100.9").status_code == 401
+    # Another account from the same address is not affected …
+    assert _login(client, "b@example.com", ip="198.51.100.1").status_code == 401
+    application.extensions["db"].dispose()
+
+
+def test_one_address_cannot_spend_the_owners_budget(limited):
+    """The per-account limit counts per account AND address: an attacker hammering an
+    account from one address is refused, the owner logging in from elsewhere is not (the
+    account-wide protection against many addresses is the lockout's ceiling, ADR 0008)."""
+    application, client = _app(limited)
+    client.post("/api/v1/auth/register", json={"email": "a@example.com", "password": PASSWORD})
+    for _ in range(6):
+        _login(client, "a@example.com", ip="203.0.113.66")
+    assert_problem(_login(client, "a@example.com", ip="203.0.113.66"), 429, "rate_limited")
+    owner = client.post(
+        "/api/v1/auth/login",
+        json={"email": "a@example.com", "password": PASSWORD},
+        environ_base={"REMOTE_ADDR": "198.51.100.7"},
+    )
+    assert owner.status_code == 200, owner.get_json()
     application.extensions["db"].dispose()
 
 
@@ -77,12 +95,12 @@ def test_register_is_limited_per_ip_and_per_account(limited):
         )
 
     assert register("a@example.com", "192.0.2.1").status_code == 201
-    assert register("a@example.com", "192.0.2.2").status_code == 409
-    assert_problem(register("a@example.com", "192.0.2.3"), 429, "rate_limited")
-    assert register("b@example.com", "192.0.2.1").status_code == 201
-    assert register("c@example.com", "192.0.2.1").status_code == 201
-    assert register("d@example.com", "192.0.2.1").status_code == 201
-    assert_problem(register("e@example.com", "192.0.2.1"), 429, "rate_limited")
+    assert register("a@example.com", "192.0.2.1").status_code == 409
+    assert_problem(register("a@example.com", "192.0.2.1"), 429, "rate_limited")  # per account
+    assert register("a@example.com", "192.0.2.3").status_code == 409  # … and address
+    for email in ("b@example.com", "c@example.com", "d@example.com"):
+        assert register(email, "192.0.2.3").status_code == 201
+    assert_problem(register("e@example.com", "192.0.2.3"), 429, "rate_limited")  # per address
     application.extensions["db"].dispose()
 
 

@@ -152,12 +152,15 @@ def _json_member(name: str) -> str | None:
 
 @rate_limit_key
 def email_in_body() -> str:
-    """Rate-limit key "per account": the normalised email of a JSON body, else the IP."""
+    """Rate-limit key "per account": the normalised email of a JSON body *and* the client's
+    address, else the address. Counting per account alone would let one address spend the
+    owner's budget and keep them out from anywhere; the account-wide defence against many
+    addresses is the login lockout's ceiling (docs/adr/0008-login-lockout.md)."""
     from app.kernel.emails import normalise_email
 
     email = _json_member("email")
     if email and email.strip():
-        return "acct:" + _digest(normalise_email(email))
+        return "acct:" + _digest(normalise_email(email)) + "@" + client_ip()
     return "ip:" + client_ip()
 
 
