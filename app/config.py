@@ -200,8 +200,34 @@ def rate_limit_settings(config: Mapping[str, Any]) -> list[str]:
     return sorted(name for name in config if name.startswith("RATELIMIT_") and "_PER_" in name)
 
 
+# Values published as examples or placeholders: long enough, known to everyone.
+KNOWN_SECRETS = frozenset(
+    {
+        "development-only-placeholder-never-use-in-production",  # this project's old default
+        "your-256-bit-secret",  # jwt.io's example
+    }
+)
+MIN_DISTINCT_CHARACTERS = 12  # a token_urlsafe(48) secret has ~45 of its 64 alphabet
+
+
+def guessable(value: str) -> bool:
+    """True for a secret that is long but guessable: a known placeholder (also repeated or
+    padded), blank padding, too few distinct characters, or a short pattern repeated
+    ("changemechangeme…", "your-256-bit-secret-your-256-bit-secret"). A random secret made
+    with the command the messages suggest is never guessable."""
+    core = value.strip()
+    if core != value or any(known in value for known in KNOWN_SECRETS):
+        return True
+    if len(set(value)) < MIN_DISTINCT_CHARACTERS:
+        return True
+    # A short pattern repeated ("changemechangeme…"), give or take its last character.
+    n = len(value)
+    return any(value[p : n - 1] == value[: n - 1 - p] for p in range(1, n // 2))
+
+
 def secret_problems(config: Mapping[str, Any]) -> list[str]:
-    """What is wrong with SECRET_KEY and JWT_SECRET_KEY (missing, short, or the same)."""
+    """What is wrong with SECRET_KEY and JWT_SECRET_KEY (missing, short, guessable, or the
+    same)."""
     problems = []
     for name in SECRETS:
         value = config.get(name) or ""
@@ -209,6 +235,8 @@ def secret_problems(config: Mapping[str, Any]) -> list[str]:
             problems.append(f"{name} is not set")
         elif len(value) < MIN_SECRET_LENGTH:
             problems.append(f"{name} is shorter than {MIN_SECRET_LENGTH} characters")
+        elif guessable(value):
+            problems.append(f"{name} is guessable (a placeholder, padding or a repeated pattern)")
     secret = config.get("SECRET_KEY")
     if secret and secret == config.get("JWT_SECRET_KEY"):
         problems.append("SECRET_KEY and JWT_SECRET_KEY must differ")

@@ -43,6 +43,11 @@ def engine_settings(url: str, **options: object):
     return EngineSettings(url=url, schemas=layout_config(url)["DB_SCHEMAS"], **options)
 
 
+# Secrets as an operator makes them (secrets.token_urlsafe(48)): tests that set their own.
+STRONG_SECRET = "p0Q7xk2V_rT9mLwZ4sYbN8eHcJ1uGfD6aKoR3vXqE5tWiM-yUzB0nCgS7hLpA2dF"
+OTHER_SECRET = "Zm9yIHRlc3RzIG9ubHk_Y2x3Vt8Qe1Rk4NbXp6Hs2Jd9Lf0Ga7Cw3Uy5Io-KzMn"
+
+
 def bearer(token: str | None) -> dict[str, str]:
     """The Authorization header of an access (or refresh) token; none without one."""
     return {"Authorization": f"Bearer {token}"} if token else {}

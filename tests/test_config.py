@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.config import ConfigError, check_production, load_config
+from tests.helpers import OTHER_SECRET, STRONG_SECRET
 
 
 def test_development_defaults(tmp_path):
@@ -60,9 +61,9 @@ def test_guard_cannot_be_relaxed_outside_production(tmp_path):
     [
         ({}, "SECRET_KEY is not set; JWT_SECRET_KEY is not set; PAYMENT_PROVIDER is the sandbox"),
         ({"PAYMENT_PROVIDER": "stripe"}, "LICENSE_SIGNING_KEYS is not set"),
-        ({"SECRET_KEY": "x" * 40}, "JWT_SECRET_KEY is not set"),
-        ({"SECRET_KEY": "x" * 40, "JWT_SECRET_KEY": "x" * 40}, "must differ"),
-        ({"SECRET_KEY": "x" * 40, "JWT_SECRET_KEY": "y" * 10}, "JWT_SECRET_KEY is shorter"),
+        ({"SECRET_KEY": STRONG_SECRET}, "JWT_SECRET_KEY is not set"),
+        ({"SECRET_KEY": STRONG_SECRET, "JWT_SECRET_KEY": STRONG_SECRET}, "must differ"),
+        ({"SECRET_KEY": STRONG_SECRET, "JWT_SECRET_KEY": "y" * 10}, "JWT_SECRET_KEY is shorter"),
     ],
 )
 def test_production_refuses_missing_or_weak_secrets(tmp_path, env, message):
@@ -74,8 +75,8 @@ def test_production_refuses_missing_or_weak_secrets(tmp_path, env, message):
 def test_production_accepts_real_secrets(tmp_path):
     env = {
         "APP_ENV": "production",
-        "SECRET_KEY": "x" * 40,
-        "JWT_SECRET_KEY": "y" * 40,
+        "SECRET_KEY": STRONG_SECRET,
+        "JWT_SECRET_KEY": OTHER_SECRET,
         "LICENSE_SIGNING_KEYS": "/etc/licensing/key.pem",
         "ALLOW_SANDBOX_PAYMENTS": "1",
     }

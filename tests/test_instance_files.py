@@ -28,7 +28,7 @@ import pytest
 from app import create_app
 from app.config import ConfigError
 from app.kernel import files, migrations
-from tests.helpers import assert_problem, b64url, bearer
+from tests.helpers import OTHER_SECRET, STRONG_SECRET, assert_problem, b64url, bearer
 
 
 @pytest.fixture
@@ -229,7 +229,41 @@ def test_a_weak_secret_is_refused_in_development_too(bare_config, name, value):
 
 def test_the_same_secret_twice_is_refused(bare_config):
     with pytest.raises(ConfigError, match="must differ"):
-        create_app({**bare_config, "SECRET_KEY": "s" * 40, "JWT_SECRET_KEY": "s" * 40})
+        create_app({**bare_config, "SECRET_KEY": STRONG_SECRET, "JWT_SECRET_KEY": STRONG_SECRET})
+
+
+# Long enough, and guessable all the same (found by the outside test in production).
+GUESSABLE_LONG = [
+    "development-only-placeholder-never-use-in-production",
+    "a" * 40,
+    "changeme" * 4,
+    "0123456789" * 4,
+    "secret" + " " * 35,
+    "your-256-bit-secret-your-256-bit-secret",
+    "passwordpasswordpasswordpassword1",
+]
+
+
+@pytest.mark.parametrize("environment", ["production", "development"])
+@pytest.mark.parametrize("value", GUESSABLE_LONG)
+def test_a_long_but_guessable_secret_is_refused(bare_config, signing_key_file, environment, value):
+    config = {
+        **bare_config,
+        "APP_ENV": environment,
+        "ALLOW_SANDBOX_PAYMENTS": True,
+        "LICENSE_SIGNING_KEYS": signing_key_file,
+        "SECRET_KEY": OTHER_SECRET,
+        "JWT_SECRET_KEY": value,
+    }
+    with pytest.raises(ConfigError, match="JWT_SECRET_KEY is guessable"):
+        create_app(config)
+
+
+def test_a_generated_secret_is_accepted(bare_config):
+    application = create_app(
+        {**bare_config, "SECRET_KEY": STRONG_SECRET, "JWT_SECRET_KEY": OTHER_SECRET}
+    )
+    application.extensions["db"].dispose()
 
 
 # --- item 5: private files -----------------------------------------------------------

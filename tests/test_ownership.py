@@ -23,6 +23,7 @@ from app.kernel.ownership import (
     registry,
 )
 from app.models import metadata
+from tests.helpers import OTHER_SECRET, STRONG_SECRET
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -243,8 +244,8 @@ def test_guard_off_allows_everything(app_config):
 
     app_config["APP_ENV"] = "production"
     app_config["OWNERSHIP_GUARD"] = "off"
-    app_config["SECRET_KEY"] = "s" * 40
-    app_config["JWT_SECRET_KEY"] = "j" * 40
+    app_config["SECRET_KEY"] = STRONG_SECRET
+    app_config["JWT_SECRET_KEY"] = OTHER_SECRET
     app_config["ALLOW_SANDBOX_PAYMENTS"] = True
     application = create_app(app_config)
     with application.app_context():

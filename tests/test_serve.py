@@ -12,7 +12,16 @@ import urllib.request
 import pytest
 
 from app.kernel import migrations
-from tests.helpers import BIN, ROOT, free_port, project_env, run_flask, wait_for_http
+from tests.helpers import (
+    BIN,
+    OTHER_SECRET,
+    ROOT,
+    STRONG_SECRET,
+    free_port,
+    project_env,
+    run_flask,
+    wait_for_http,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +102,7 @@ def test_production_with_weak_secret_is_refused(tmp_path):
         APP_ENV="production",
         DATABASE_URL=f"sqlite:///{tmp_path}/app.db",
         SECRET_KEY="short",
-        JWT_SECRET_KEY="j" * 40,
+        JWT_SECRET_KEY=OTHER_SECRET,
     )
     result = run_flask("db", "current", env=env, timeout=60)
     assert result.returncode == 2
@@ -104,8 +113,8 @@ def test_production_with_an_unreadable_signing_key_refuses_to_start(tmp_path):
     env = project_env(
         APP_ENV="production",
         DATABASE_URL=f"sqlite:///{tmp_path}/app.db",
-        SECRET_KEY="s" * 40,
-        JWT_SECRET_KEY="j" * 40,
+        SECRET_KEY=STRONG_SECRET,
+        JWT_SECRET_KEY=OTHER_SECRET,
         LICENSE_SIGNING_KEYS=str(tmp_path / "missing.pem"),
         ALLOW_SANDBOX_PAYMENTS="1",
     )
@@ -119,8 +128,8 @@ def test_production_with_real_secrets_starts(tmp_path, signing_key_file):
     env = project_env(
         APP_ENV="production",
         DATABASE_URL=f"sqlite:///{tmp_path}/app.db",
-        SECRET_KEY="s" * 40,
-        JWT_SECRET_KEY="j" * 40,
+        SECRET_KEY=STRONG_SECRET,
+        JWT_SECRET_KEY=OTHER_SECRET,
         LICENSE_SIGNING_KEYS=signing_key_file,
         ALLOW_SANDBOX_PAYMENTS="1",
     )

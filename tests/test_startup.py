@@ -12,11 +12,24 @@ import pytest
 
 from app import create_app
 from app.kernel import migrations
-from tests.helpers import BIN, ROOT, free_port, gunicorn_server, project_env, run_flask
+from tests.helpers import (
+    BIN,
+    OTHER_SECRET,
+    ROOT,
+    STRONG_SECRET,
+    free_port,
+    gunicorn_server,
+    project_env,
+    run_flask,
+)
 
 pytestmark = pytest.mark.slow
 
-SECRETS = {"SECRET_KEY": "s" * 40, "JWT_SECRET_KEY": "j" * 40, "ALLOW_SANDBOX_PAYMENTS": "1"}
+SECRETS = {
+    "SECRET_KEY": STRONG_SECRET,
+    "JWT_SECRET_KEY": OTHER_SECRET,
+    "ALLOW_SANDBOX_PAYMENTS": "1",
+}
 
 
 def _gunicorn_exits(port: int, **env: str) -> tuple[int, str]:
