@@ -33,6 +33,9 @@ OPENAPI_SETTINGS = {
     "AUTO_VALIDATION_ERROR_RESPONSE": False,
     "AUTO_AUTH_ERROR_RESPONSE": False,
     "AUTO_404_RESPONSE": False,
+    # No `servers` from the first request's Host (APIFlask would cache it for every later
+    # client): without it, OpenAPI means the host the document was fetched from.
+    "AUTO_SERVERS": False,
     "SECURITY_SCHEMES": {"BearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
 }
 

@@ -158,6 +158,9 @@ def add_security_headers(response: Any) -> Any:
     """Security headers on every response, HSTS only when served over HTTPS."""
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
+    if request.path.startswith("/api/"):
+        # Tokens, signed verdicts, personal data: no API answer is for a cache to keep.
+        response.headers.setdefault("Cache-Control", "no-store")
     if request.is_secure:
         response.headers.setdefault("Strict-Transport-Security", HSTS)
     return response

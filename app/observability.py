@@ -78,11 +78,18 @@ class TextFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if fields:
             line += " " + " ".join(
-                f"{escape_controls(k)}={escape_controls(v)}"
-                for k, v in fields.items()
-                if v is not None
+                f"{escape_controls(k)}={_text_value(v)}" for k, v in fields.items() if v is not None
             )
         return line
+
+
+def _text_value(value: Any) -> str:
+    """A field's value for the text format: quoted when it holds a space, a quote or `=`,
+    so that a value a client chose (a path) cannot pose as fields of its own."""
+    text = escape_controls(value)
+    if text and not any(c in text for c in ' "=\\'):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def configure_logging(level: str, fmt: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shlex
 import string
 from urllib.parse import quote
 
@@ -205,7 +206,7 @@ def test_a_path_with_line_breaks_writes_one_log_line(client, caplog, formatter):
     if isinstance(formatter, JsonFormatter):
         assert json.loads(line)["path"] == FORGED  # all of it, escaped by JSON
     else:
-        assert "path=/api/v1/x\\n2026-01-01" in line
+        assert 'path="/api/v1/x\\\\n2026-01-01' in line  # quoted, its backslashes doubled
 
 
 def test_text_log_messages_and_tracebacks_cannot_start_a_line():
@@ -221,3 +222,54 @@ def test_text_log_messages_and_tracebacks_cannot_start_a_line():
     lines = formatter.format(record).splitlines()
     assert lines[0].endswith("user said hi\\nFAKE LINE")
     assert all(line.startswith("    ") for line in lines[1:])  # the traceback, indented
+
+
+# --- found by the outside test --------------------------------------------------------
+
+
+def test_the_openapi_document_never_names_a_clients_host(app):
+    """APIFlask filled `servers` from the first request's Host and cached it for every later
+    client: a client sending `Host: evil.example` first made generated clients and doc
+    viewers talk to that host."""
+    first = app.test_client().get("/openapi.json", headers={"Host": "evil.example"})
+    later = app.test_client().get("/openapi.json", headers={"Host": "api.vendor.example"})
+    for response in (first, later):
+        assert response.status_code == 200
+        assert "evil.example" not in response.get_data(as_text=True)
+        assert response.get_json().get("servers", [{"url": "/"}]) == [{"url": "/"}]
+
+
+def test_every_api_answer_is_no_store(client):
+    """Tokens, verdicts and personal data: no API answer may be kept by a cache."""
+    client.post(f"{API}/auth/register", json={"email": "ada@example.com", "password": PASSWORD})
+    login = client.post(
+        f"{API}/auth/login", json={"email": "ada@example.com", "password": PASSWORD}
+    ).get_json()
+    headers = bearer(login["access_token"])
+    token = client.post(
+        f"{API}/licenses/activate", json={"client_id": "box"}, headers=headers
+    ).get_json()["token"]
+    for response in (
+        client.post(f"{API}/licenses/validate", json={"token": token}),
+        client.get(f"{API}/auth/me", headers=headers),
+        client.get(f"{API}/licenses", headers=headers),
+        client.get(f"{API}/me/dashboard", headers=headers),
+        client.get(f"{API}/orders", headers=headers),
+        client.get(f"{API}/auth/me"),  # a 401 problem too
+    ):
+        assert response.headers.get("Cache-Control") == "no-store", response.request.path
+    # The public documents stay cacheable.
+    assert "max-age" in client.get("/.well-known/jwks.json").headers["Cache-Control"]
+
+
+def test_text_log_values_cannot_pose_as_other_fields(client, caplog):
+    caplog.set_level(logging.INFO, logger="app.access")
+    client.get(quote("/api/v1/x status=200 duration_ms=1 ip=6.6.6.6 user=usr_admin"))
+    [record] = [r for r in caplog.records if r.name == "app.access"]
+    line = TextFormatter().format(record)
+    # Read back as a log shipper would (shell-style quoting): the path is one field.
+    fields = dict(
+        token.split("=", 1) for token in shlex.split(line.split(": ", 1)[1]) if "=" in token
+    )
+    assert fields["path"] == "/api/v1/x status=200 duration_ms=1 ip=6.6.6.6 user=usr_admin"
+    assert (fields["status"], fields["ip"]) == ("404", "127.0.0.1"), line
