@@ -197,6 +197,33 @@ def test_provider_down_is_502_and_the_key_can_be_retried(app, app_config, client
     assert len(ledger(app_config)) == 1
 
 
+def test_after_a_502_the_key_still_names_its_order(app, app_config, client):
+    """Nothing was charged, so the key may be retried — for the same order (a new card is
+    fine), never for another plan or seat count (found by the outside test: pro/3 that hit
+    a 502, then enterprise/30 with the same key, was charged 87,000)."""
+    ada = account(client)
+    first = order(client, ada, "k-502", token="tok_unavailable", plan="pro", seats=3)
+    assert_problem(first, 502, "payment_unavailable")
+    assert_problem(
+        order(client, ada, "k-502", token="tok_ok", plan="enterprise", seats=30),
+        409,
+        "idempotency_conflict",
+    )
+    assert_problem(
+        order(client, ada, "k-502", token="tok_ok", plan="pro", seats=4),
+        409,
+        "idempotency_conflict",
+    )
+    assert ledger(app_config) == []
+    retry = order(client, ada, "k-502", token="tok_ok", plan="pro", seats=3)
+    assert retry.status_code == 201, retry.get_json()
+    assert (retry.get_json()["plan"], retry.get_json()["seats"]) == ("pro", 3)
+    assert order(client, ada, "k-502", token="tok_ok", plan="pro", seats=3).get_json() == (
+        retry.get_json()
+    )
+    assert [e["amount_cents"] for e in ledger(app_config)] == [retry.get_json()["amount_cents"]]
+
+
 def test_a_failure_after_the_charge_is_refunded(app, app_config, client, monkeypatch):
     from app.orders import service
 

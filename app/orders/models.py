@@ -64,7 +64,7 @@ class IdempotencyKey(Base):
     user_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16))  # in_progress | completed
+    state: Mapped[str] = mapped_column(String(16))  # in_progress | completed | released
     order_id: Mapped[str] = mapped_column(String(40), index=True)
     response_status: Mapped[int | None] = mapped_column(Integer)
     response_body: Mapped[dict[str, Any] | None] = mapped_column(JSON)

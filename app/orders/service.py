@@ -140,6 +140,21 @@ def claim(
     """
     now = now or utcnow()
     row = session.get(IdempotencyKey, (user_id, key), with_for_update=True, populate_existing=True)
+    if row is not None and row.state == "released":
+        # Its last attempt charged nothing (or was refunded): the key may try again, for the
+        # same order — another card is fine, another plan or seat count is another request.
+        failed = session.get(Order, row.order_id)
+        if failed is None or (failed.plan, failed.seats) != (request.plan, request.seats):
+            raise IdempotencyConflict()
+        order = _new_order(session, user_id, request, plan, now)
+        row.fingerprint, row.order_id, row.state = (
+            request.fingerprint(),
+            order.order_id,
+            "in_progress",
+        )
+        row.locked_until = now + lease
+        session.flush()
+        return Claim(order=order)
     if row is not None:
         if row.fingerprint != request.fingerprint():
             raise IdempotencyConflict()
@@ -149,20 +164,7 @@ def claim(
             return Claim()
         row.locked_until = now + lease
         return Claim(order=session.get(Order, row.order_id, populate_existing=True))
-    order = Order(
-        order_id=new_id("ord"),
-        user_id=user_id,
-        kind="purchase",
-        plan=plan.plan,
-        seats=request.seats,
-        amount_cents=price(plan, request.seats),
-        currency=plan.currency,
-        status="pending",
-        payment_method=request.payment_method,
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(order)
+    order = _new_order(session, user_id, request, plan, now)
     session.add(
         IdempotencyKey(
             user_id=user_id,
@@ -178,6 +180,26 @@ def claim(
     return Claim(order=order)
 
 
+def _new_order(
+    session: Session, user_id: str, request: OrderRequest, plan: Plan, now: datetime
+) -> Order:
+    order = Order(
+        order_id=new_id("ord"),
+        user_id=user_id,
+        kind="purchase",
+        plan=plan.plan,
+        seats=request.seats,
+        amount_cents=price(plan, request.seats),
+        currency=plan.currency,
+        status="pending",
+        payment_method=request.payment_method,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(order)
+    return order
+
+
 def _complete_key(session: Session, order: Order, status: int, body: dict[str, Any]) -> None:
     session.execute(
         update(IdempotencyKey)
@@ -187,10 +209,13 @@ def _complete_key(session: Session, order: Order, status: int, body: dict[str, A
 
 
 def _release_key(session: Session, order: Order) -> None:
-    """Forget the key, so a retry with it may try again (nothing charged, or refunded)."""
-    key = session.scalar(select(IdempotencyKey).where(IdempotencyKey.order_id == order.order_id))
-    if key is not None:
-        session.delete(key)
+    """Let a retry with the key try again (nothing charged, or refunded) — for the same
+    order only: the key keeps naming it (`claim`)."""
+    session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.order_id == order.order_id)
+        .values(state="released")
+    )
 
 
 # --- 3. settle -----------------------------------------------------------------------
