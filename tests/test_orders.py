@@ -367,3 +367,28 @@ def test_a_declined_renewal_goes_past_due_then_lapses(app, app_config, client, r
     assert [e["type"] for e in ledger(app_config)] == ["charge"]  # only the original purchase
     assert {"RENEWAL_FAILED", "SUBSCRIPTION_PAST_DUE", "SUBSCRIPTION_LAPSED"} <= set(actions(app))
     assert [u.plan for u in rows(app, select(User))] == ["free"]
+
+
+@pytest.mark.parametrize("state", ["period over, not renewed yet", "past due"])
+def test_an_order_whose_period_is_over_is_not_refunded(app, app_config, client, state):
+    """Cancel refunds the purchase that is in force; a period already used up (its renewal
+    due or declined) is not refunded (found by the outside test: a full refund after 29
+    days and 23 hours, and after a declined renewal)."""
+    ada = account(client)
+    paid = order(client, ada, "k-used").get_json()
+    with app.app_context(), acting_as(OPERATOR):
+        session = get_session()
+        with transaction(session):
+            session.execute(
+                update(Subscription).values(
+                    renews_at=utcnow() - timedelta(minutes=5),
+                    status="past_due" if state == "past due" else "active",
+                )
+            )
+    assert_problem(
+        client.post(f"/api/v1/orders/{paid['order_id']}/cancel", headers=ada),
+        409,
+        "order_not_cancellable",
+    )
+    assert [e["type"] for e in ledger(app_config)] == ["charge"]
+    assert [o.status for o in rows(app, select(Order))] == ["paid"]

@@ -353,6 +353,9 @@ def _check_backs_its_subscription(session: Session, order: Order) -> None:
         raise OrderNotCancellable(
             "This order's subscription has ended; there is nothing left to cancel."
         )
+    if live.status != "active" or live.renews_at <= utcnow():
+        # The period it paid for is used up (its renewal is due, or was declined).
+        raise OrderNotCancellable("The period this order paid for is over; it is not refunded.")
     backing = backing_order(session, live.subscription_id)
     if backing is not None and backing.order_id != order.order_id:
         raise OrderSuperseded(backing.order_id)
