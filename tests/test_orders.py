@@ -392,3 +392,34 @@ def test_an_order_whose_period_is_over_is_not_refunded(app, app_config, client, 
     )
     assert [e["type"] for e in ledger(app_config)] == ["charge"]
     assert [o.status for o in rows(app, select(Order))] == ["paid"]
+
+
+def test_a_purchase_while_past_due_brings_the_licenses_back(app, client):
+    """Licenses that ran to the end of the paid period (the renewal declined) are extended
+    by the next purchase, as a renewal would (outside test: they stayed EXPIRED)."""
+    ada = account(client)
+    order(client, ada, "k-first", seats=3)
+    tokens = [
+        client.post(
+            "/api/v1/licenses/activate", json={"client_id": f"box-{i}"}, headers=ada
+        ).get_json()["token"]
+        for i in range(2)
+    ]
+    ended = utcnow() - timedelta(hours=1)
+    with app.app_context(), acting_as(OPERATOR):
+        session = get_session()
+        with transaction(session):
+            session.execute(update(Subscription).values(renews_at=ended, status="past_due"))
+            session.execute(update(License).values(expires_at=ended))
+    codes = [
+        client.post("/api/v1/licenses/validate", json={"token": t}).get_json()["code"]
+        for t in tokens
+    ]
+    assert codes == ["EXPIRED", "EXPIRED"]
+    assert order(client, ada, "k-again", seats=3).status_code == 201
+    codes = [
+        client.post("/api/v1/licenses/validate", json={"token": t}).get_json()["code"]
+        for t in tokens
+    ]
+    assert codes == ["VALID", "VALID"]
+    assert client.get("/api/v1/auth/me", headers=ada).get_json()["seats"] == {"limit": 3, "used": 2}

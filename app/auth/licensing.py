@@ -159,6 +159,9 @@ def grant_subscription(
     user = _lock_user(session, user_id)
     subscription = live_subscription(session, user_id)
     renews_at = now + period
+    # Licenses valid to the end of the period paid so far count and are extended, also when
+    # that period has just ended (a renewal declined, the subscription past due).
+    alive_from = now if subscription is None else min(now, subscription.renews_at)
     if subscription is None:
         subscription = Subscription(
             subscription_id=new_id("sub"),
@@ -177,11 +180,21 @@ def grant_subscription(
     user.plan = plan
     session.flush()
     suspended = _suspend_excess(
-        session, user_id, keep=seats, actor_id=actor_id, reason="fewer_seats", now=now
+        session,
+        user_id,
+        keep=seats,
+        actor_id=actor_id,
+        reason="fewer_seats",
+        now=now,
+        alive_from=alive_from,
     )
     session.execute(
         update(License)
-        .where(License.user_id == user_id, License.status == "active", License.expires_at > now)
+        .where(
+            License.user_id == user_id,
+            License.status == "active",
+            License.expires_at >= alive_from,
+        )
         .values(expires_at=renews_at, version=License.version + 1, updated_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -251,12 +264,16 @@ def _suspend_excess(
     reason: str,
     now: datetime,
     include_expired: bool = False,
+    alive_from: datetime | None = None,
 ) -> int:
-    """Suspend the user's active, unexpired licenses beyond `keep`, newest first (each
-    audited). The rows are locked first, so a concurrent change (an owner revoking one)
-    is either seen or waits; a stale write never overrides it. Returns how many."""
+    """Suspend the user's active, unexpired licenses (or those valid until `alive_from`)
+    beyond `keep`, newest first (each audited). The rows are locked first, so a concurrent
+    change (an owner revoking one) is either seen or waits; a stale write never overrides
+    it. Returns how many."""
     stmt = select(License).where(License.user_id == user_id, License.status == "active")
-    if not include_expired:
+    if alive_from is not None:
+        stmt = stmt.where(License.expires_at >= alive_from)
+    elif not include_expired:
         stmt = stmt.where(License.expires_at > now)
     active = session.scalars(
         stmt.order_by(License.created_at.desc(), License.license_id.desc())
