@@ -598,6 +598,8 @@ def subscriptions_renew() -> None:
         f"renewed {report.renewed}, failed {report.failed}, skipped {report.skipped}, "
         f"lapsed {report.lapsed}; charged {charged}"
     )
+    if report.problems:  # cron mails a failing job: say what needs an operator
+        raise click.ClickException("; ".join(report.problems))
 
 
 def _redis() -> Any:

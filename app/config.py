@@ -192,6 +192,9 @@ def load_config(
         # before a retry may take over from a process that died mid-way.
         "ORDER_LEASE": timedelta(seconds=_int(env, "ORDER_LEASE_SECONDS", 60)),
         "RENEWAL_GRACE": timedelta(days=_int(env, "RENEWAL_GRACE_DAYS", 7)),
+        # Renew this long before the renewal date, so that licenses never lapse between two
+        # cron runs (at least the cron interval: hourly by default).
+        "RENEWAL_LEAD": timedelta(hours=_int(env, "RENEWAL_LEAD_HOURS", 2)),
     }
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
+from app import create_app
 from app.admin.models import AuditLog
 from app.auth.models import License, Subscription, User
 from app.kernel.db import get_session, transaction, utcnow
@@ -339,6 +340,49 @@ def test_renewal_charges_once_and_extends(app, app_config, client, runner):
     ]
     renewals = rows(app, select(Order).where(Order.kind == "renewal"))
     assert [(o.status, o.amount_cents) for o in renewals] == [("paid", 1800)]
+
+
+def test_renewal_runs_ahead_so_licenses_never_lapse_between_cron_runs(app, client, runner):
+    """An hourly cron left up to an hour where a paying customer's licenses were EXPIRED
+    (outside test): a subscription due within RENEWAL_LEAD_HOURS (2) is renewed already,
+    from its renewal date, and its licenses with it."""
+    ada = account(client)
+    order(client, ada, "k", seats=2)
+    token = client.post(
+        "/api/v1/licenses/activate", json={"client_id": "box"}, headers=ada
+    ).get_json()["token"]
+    soon = utcnow() + timedelta(minutes=30)
+    operator(app, update(Subscription).values(renews_at=soon))
+    operator(app, update(License).values(expires_at=soon))
+    result = runner.invoke(args=["subscriptions", "renew"])
+    assert "renewed 1," in result.output, result.output
+    [after] = rows(app, select(Subscription))
+    assert after.renews_at == soon + timedelta(days=30)
+    [lic] = rows(app, select(License))
+    assert lic.expires_at == after.renews_at
+    answer = client.post("/api/v1/licenses/validate", json={"token": token}).get_json()
+    assert answer["code"] == "VALID" and answer["token"]  # a token with the new expiry
+
+
+def test_a_subscription_whose_plan_left_the_catalog_fails_the_run(app, app_config, client):
+    """A renewal that cannot be charged because its plan is gone is not a quiet "skipped"
+    with exit 0 (cron would mail nobody): the run exits 1 and names the subscription."""
+    ada = account(client)
+    order(client, ada, "k", plan="enterprise", seats=10)
+    _due_now(app)
+    plans = [
+        {"plan": "free", "seats": 1, "max_seats": 1, "price_cents": 0, "currency": "EUR",
+         "period_days": 30},
+        {"plan": "pro", "seats": 1, "max_seats": 50, "price_cents": 900, "currency": "EUR",
+         "period_days": 30},
+    ]  # fmt: skip
+    without = create_app({**app_config, "PLANS_JSON": json.dumps(plans)})
+    try:
+        result = without.test_cli_runner().invoke(args=["subscriptions", "renew"])
+    finally:
+        without.extensions["db"].dispose()
+    assert result.exit_code == 1, result.output
+    assert "not in the plan catalog" in result.output and "enterprise" in result.output
 
 
 def test_a_declined_renewal_goes_past_due_then_lapses(app, app_config, client, runner):

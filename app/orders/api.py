@@ -27,4 +27,5 @@ def renew_due_subscriptions(session: Session, app: Any) -> RenewalReport:
             load_catalog(cfg["PLANS_JSON"]),
             grace=cfg["RENEWAL_GRACE"],
             lease=cfg["ORDER_LEASE"],
+            lead=cfg["RENEWAL_LEAD"],
         )

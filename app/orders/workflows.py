@@ -203,6 +203,8 @@ class RenewalReport:
     skipped: int = 0
     lapsed: int = 0
     charged_cents: dict[str, int] = field(default_factory=dict)
+    # Subscriptions that cannot be renewed whatever happens next: the run must fail loudly.
+    problems: list[str] = field(default_factory=list)
 
 
 def renew_due(
@@ -212,17 +214,19 @@ def renew_due(
     *,
     grace: timedelta,
     lease: timedelta,
+    lead: timedelta = timedelta(0),
     batch: int = 100,
 ) -> RenewalReport:
-    """Charge every subscription that is due, extend it; past due on a decline; lapse
-    past-due ones beyond the grace period. Safe to run twice at once or twice in a row."""
+    """Charge every subscription due within `lead`, extend it from its renewal date; past
+    due on a decline; lapse past-due ones beyond the grace period. Safe to run twice at
+    once or twice in a row."""
     report = RenewalReport()
     now = utcnow()
     seen: set[str] = set()
     while True:
         due = [
             s
-            for s in auth_api.due_subscriptions(session, now, limit=batch)
+            for s in auth_api.due_subscriptions(session, now + lead, limit=batch)
             if s.subscription_id not in seen
         ]
         session.rollback()  # end the read snapshot before the write transactions
@@ -239,9 +243,12 @@ def renew_due(
 def _renew_one(session, gateway, catalog, sub, *, now, lease, report) -> None:
     plan = catalog.get(sub.plan)
     if plan is None:
-        log.error(
-            "subscription %s: plan %r is not in the catalog; skipped", sub.subscription_id, sub.plan
+        problem = (
+            f"subscription {sub.subscription_id}: plan {sub.plan!r} is not in the plan catalog "
+            "(PLANS_JSON); not renewed"
         )
+        log.error("%s", problem)
+        report.problems.append(problem)
         report.skipped += 1
         return
     with transaction(session):
