@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from collections.abc import Mapping
@@ -146,11 +147,34 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
     headers = document_request_headers(app)
     app.spec_processor(lambda spec: headers(document_common_errors(spec)))  # only one is kept
     if app.config["TRUSTED_PROXIES"] > 0:
-        # Believe exactly that many X-Forwarded-* hops; anything further left is the
-        # client's own claim and is ignored.
-        hops = app.config["TRUSTED_PROXIES"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
+        app.wsgi_app = TrustedProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, app.config["TRUSTED_PROXIES"], app.config["TRUSTED_PROXY_ADDRESSES"]
+        )
     return app
+
+
+class TrustedProxyFix:
+    """ProxyFix for requests that come from a trusted proxy only.
+
+    Believe exactly `hops` X-Forwarded-* hops (anything further left is the client's own
+    claim), and only when the peer is one of `addresses` (networks): a client that reaches
+    gunicorn directly is its own socket address, whatever it writes in the header."""
+
+    def __init__(self, wsgi_app: Any, hops: int, addresses: str) -> None:
+        self.wsgi_app = wsgi_app
+        self.fixed = ProxyFix(wsgi_app, x_for=hops, x_proto=hops)
+        self.proxies = [
+            ipaddress.ip_network(a.strip(), strict=False) for a in addresses.split(",") if a.strip()
+        ]
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        try:
+            peer = ipaddress.ip_address(environ.get("REMOTE_ADDR", ""))
+        except ValueError:
+            peer = None
+        if peer is not None and any(peer in network for network in self.proxies):
+            return self.fixed(environ, start_response)
+        return self.wsgi_app(environ, start_response)
 
 
 def use_instance_secrets(app: APIFlask) -> None:

@@ -39,6 +39,19 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _networks(env: Mapping[str, str], name: str, default: str) -> str:
+    """A comma-separated list of addresses or networks (checked here, used as text)."""
+    import ipaddress
+
+    raw = env.get(name) or default
+    for item in raw.split(","):
+        try:
+            ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(f"{name}: {item.strip()!r} is not an address or network") from None
+    return raw
+
+
 def _check_database_url(url: str) -> str:
     """Refuse a URL the app cannot use; return its backend (`sqlite` or `postgresql`)."""
     from sqlalchemy.engine import make_url
@@ -140,6 +153,8 @@ def load_config(
         "DB_ROLES": _bool(env.get("DB_ROLES"), False),
         "DB_ROLE_PREFIX": env.get("DB_ROLE_PREFIX", "licensing_"),
         "TRUSTED_PROXIES": _int(env, "TRUSTED_PROXIES", 0),
+        # The peers whose X-Forwarded-* hops are believed (the reverse proxy's addresses).
+        "TRUSTED_PROXY_ADDRESSES": _networks(env, "TRUSTED_PROXY_ADDRESSES", "127.0.0.1,::1"),
         "BACKUP_DIR": env.get("BACKUP_DIR") or str(instance / "backups"),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 1024 * 1024),
         "LOG_LEVEL": env.get("LOG_LEVEL", "INFO").upper(),

@@ -153,3 +153,26 @@ def test_trusted_proxy_hop_gives_the_client_address(limited):
     )
     assert ok.status_code == 401
     application.extensions["db"].dispose()
+
+
+def test_only_the_trusted_proxy_may_name_the_client(limited):
+    """With TRUSTED_PROXIES=1, a peer that reaches gunicorn directly (not the proxy) could
+    name any address it liked in X-Forwarded-For, and dodge per-address limits and lockouts
+    by rotating it (outside test). Only peers in TRUSTED_PROXY_ADDRESSES are believed."""
+    application, client = _app(limited, TRUSTED_PROXIES=1)
+    for i in range(5):
+        _login(
+            client,
+            f"u{i}@example.com",
+            ip="198.51.100.20",
+            headers={"X-Forwarded-For": f"6.6.6.{i}"},
+        )
+    assert_problem(
+        _login(client, "z@example.com", ip="198.51.100.20", headers={"X-Forwarded-For": "6.6.6.9"}),
+        429,
+        "rate_limited",
+    )
+    with application.app_context(), acting_as(OPERATOR):
+        ips = {e.ip_address for e in get_session().scalars(select(AuditLog))}
+    assert ips == {"198.51.100.20"}
+    application.extensions["db"].dispose()
