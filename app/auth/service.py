@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -272,13 +271,9 @@ def _count_failure(row: LoginThrottle, limit: int, policy: LockoutPolicy, now: d
 
 
 def attempted_identifier(attempt: LoginAttempt) -> dict[str, str]:
-    """What an audit entry may say about an email nobody has: the address if it is one,
-    else only its digest (a password typed into the email field must not be stored)."""
-    try:
-        validate_email(attempt.email, check_deliverability=False)
-    except EmailNotValidError:
-        return {"identifier_digest": attempt.account[:32]}
-    return {"email": attempt.email}
+    """What an audit entry may say about an email nobody has: only its keyed digest. What
+    was typed may be a password, also when it looks like an address (`P@ssw0rd.com`)."""
+    return {"identifier_digest": attempt.account[:32]}
 
 
 def settle_login(
