@@ -134,3 +134,34 @@ def test_an_unknown_provider_is_a_one_line_error_at_start(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "error: unknown PAYMENT_PROVIDER 'stripe'; installed providers: sandbox"
     ]
+
+
+BAD_CATALOGS = [
+    "{bad",
+    '{"plan": "pro"}',
+    '[{"plan": "pro", "seats": 3, "max_seats": 50, "price_cents": -1, "currency": "EUR",'
+    ' "period_days": 30}]',
+    '[{"plan": "pro", "seats": "3", "max_seats": 50, "price_cents": 900, "currency": "EUR",'
+    ' "period_days": 30}]',
+    '[{"plan": "pro", "seats": 3, "max_seats": 2, "price_cents": 900, "currency": "EUR",'
+    ' "period_days": 30}]',
+]
+
+
+@pytest.mark.parametrize("plans_json", BAD_CATALOGS)
+def test_a_bad_plan_catalog_fails_in_create_app(app_config, plans_json):
+    """A bad PLANS_JSON made GET /plans and every order 500 behind a green /readyz
+    (outside test): it stops the start, as an unknown provider does."""
+    with pytest.raises(ConfigError, match="PLANS_JSON"):
+        create_app({**app_config, "PLANS_JSON": plans_json})
+
+
+@pytest.mark.slow
+def test_a_bad_plan_catalog_is_a_one_line_error_at_start(tmp_path):
+    env = project_env(
+        APP_ENV="testing", DATABASE_URL=f"sqlite:///{tmp_path}/app.db", PLANS_JSON="{bad"
+    )
+    result = run_flask("subscriptions", "renew", env=env, timeout=60)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: PLANS_JSON"), line

@@ -17,9 +17,16 @@ bp = module_blueprint(MODULE, __name__, url_prefix="/api/v1", tag="Orders")
 
 
 def init_app(app: Any) -> None:
+    from app.config import ConfigError
     from app.orders import routes  # noqa: F401 - routes attach themselves to bp
     from app.orders.payments import make_gateway
+    from app.orders.plans import load_catalog
 
-    # Built at start-up: an unknown or broken PAYMENT_PROVIDER stops create_app.
+    # Built at start-up: an unknown or broken PAYMENT_PROVIDER, or a bad PLANS_JSON, stops
+    # create_app (one line, exit 2) instead of failing the first order.
     app.extensions["payments"] = make_gateway(app.config)
+    try:
+        app.extensions["plans"] = load_catalog(app.config["PLANS_JSON"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     app.register_blueprint(bp)

@@ -8,7 +8,6 @@ from sqlalchemy.orm import Session
 
 from app.kernel.ownership import acting_as
 from app.orders import MODULE, workflows
-from app.orders.plans import load_catalog
 
 RenewalReport = workflows.RenewalReport
 
@@ -24,7 +23,7 @@ def renew_due_subscriptions(session: Session, app: Any) -> RenewalReport:
         return workflows.renew_due(
             session,
             app.extensions["payments"],
-            load_catalog(cfg["PLANS_JSON"]),
+            app.extensions["plans"],
             grace=cfg["RENEWAL_GRACE"],
             lease=cfg["ORDER_LEASE"],
             lead=cfg["RENEWAL_LEAD"],

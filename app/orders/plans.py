@@ -40,10 +40,16 @@ def load_catalog(plans_json: str | None) -> dict[str, Plan]:
     if not plans_json:
         return {p.plan: p for p in DEFAULT_PLANS}
     try:
-        plans = [Plan(**item) for item in json.loads(plans_json)]
+        items = json.loads(plans_json)
+        if not isinstance(items, list):
+            raise TypeError("a JSON list is expected")
+        plans = [Plan(**item) for item in items]
     except (TypeError, ValueError) as exc:
         raise ValueError(f"PLANS_JSON is not a list of plans: {exc}") from None
     for p in plans:
+        numbers = (p.seats, p.max_seats, p.price_cents, p.period_days)
+        if not all(type(n) is int for n in numbers) or not isinstance(p.currency, str):
+            raise ValueError(f"PLANS_JSON: plan {p.plan!r} needs integer numbers and a currency")
         if p.seats < 1 or p.max_seats < p.seats or p.price_cents < 0 or p.period_days < 1:
             raise ValueError(f"PLANS_JSON: plan {p.plan!r} has impossible numbers")
         if len(p.currency) != 3:

@@ -15,7 +15,7 @@ from app.kernel.pagination import PageQuery, decode_key_cursor, encode_cursor
 from app.kernel.web import BEARER_AUTH, problem_responses, request_headers
 from app.orders import bp, service, workflows
 from app.orders.payments import PaymentGateway
-from app.orders.plans import Plan, load_catalog
+from app.orders.plans import Plan
 from app.orders.schemas import DashboardOut, OrderIn, OrderOut, OrderPage, PlanOut
 
 KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -26,10 +26,7 @@ class IdempotencyKeyRequired(ProblemError):
 
 
 def catalog() -> dict[str, Plan]:
-    plans = current_app.extensions.get("plans")
-    if plans is None:
-        plans = current_app.extensions["plans"] = load_catalog(current_app.config["PLANS_JSON"])
-    return plans
+    return current_app.extensions["plans"]  # loaded and checked at start-up
 
 
 def gateway() -> PaymentGateway:
