@@ -15,7 +15,7 @@ from flask.sessions import NullSession, SessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import observability
-from app.config import check_production, check_secrets, load_config
+from app.config import ConfigError, check_production, check_secrets, load_config
 from app.kernel import files
 from app.kernel.errors import MalformedJSON, ProblemError
 from app.kernel.web import document_common_errors, document_request_headers
@@ -135,9 +135,21 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
     check_production(settings)
     app.config.from_mapping(settings)
     app.config.from_mapping(OPENAPI_SETTINGS)
-    files.private_dir(app.instance_path)
+    try:
+        files.private_dir(app.instance_path)
+    except OSError as exc:
+        raise ConfigError(
+            f"the instance folder {app.instance_path} cannot be made private: "
+            f"{exc.strerror or exc} (set INSTANCE_PATH to a folder this user may create)"
+        ) from None
     observability.configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
-    use_instance_secrets(app)
+    try:
+        use_instance_secrets(app)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot keep the generated secrets in {app.instance_path}: {exc.strerror or exc} "
+            "(set SECRET_KEY and JWT_SECRET_KEY, or INSTANCE_PATH to a writable folder)"
+        ) from None
     check_secrets(app.config)
 
     register_extensions(app)

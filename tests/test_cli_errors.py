@@ -93,3 +93,15 @@ def test_postgres_urls_work_everywhere(tmp_path, pg_reachable, scheme):
         assert f"{head} (head)" in run_flask("db", "current", env=env).stdout
     finally:
         drop_pg_database(name)
+
+
+@pytest.mark.parametrize("where", ["under a file", "in /proc"])
+def test_an_instance_folder_that_cannot_be_made_is_one_line(tmp_path, where):
+    """(outside test: a 30-line FileNotFoundError traceback from create_app)"""
+    (tmp_path / "a-file").write_text("")
+    folder = tmp_path / "a-file" / "instance" if where == "under a file" else "/proc/licensing-x"
+    env = project_env(APP_ENV="testing", DATABASE_URL=f"sqlite:///{tmp_path}/app.db")
+    env["INSTANCE_PATH"] = str(folder)
+    result = run_flask("db", "current", env=env)
+    line = _one_line_error(result)
+    assert str(folder) in line, line
