@@ -12,21 +12,31 @@ set -uo pipefail
 umask 077  # the log, the lock and anything else made here: this user only
 cd "$(dirname "$0")/.."
 
-BACKUP_DIR=${BACKUP_DIR:-instance/backups}
+# The app's own default (BACKUP_DIR, else <instance folder>/backups), so that `backup list`
+# and `prune` see what cron made.
+BACKUP_DIR=${BACKUP_DIR:-${INSTANCE_PATH:-instance}/backups}
 export BACKUP_DIR
 KEEP_DAYS=${BACKUP_KEEP_DAYS:-30}
 LOG=${BACKUP_LOG:-$BACKUP_DIR/backup.log}
 LOCK=${BACKUP_LOCK:-$BACKUP_DIR/.backup.lock}
 FLASK=${FLASK:-.venv/bin/flask}
 
-mkdir -p "$BACKUP_DIR" "$(dirname "$LOG")"
+fail() { printf 'backup failed: %s\n' "$*" >&2; exit 1; }
+mkdir -p "$BACKUP_DIR" "$(dirname "$LOG")" 2>/dev/null \
+  || fail "cannot create $BACKUP_DIR (or the folder of $LOG)"
+touch "$LOG" 2>/dev/null || fail "cannot write $LOG"
 log() { printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >>"$LOG"; }
 
-exec 9>"$LOCK"
-if ! flock -n 9; then
-  log "backup skipped: another run holds $LOCK"
-  exit 0
-fi
+{ exec 9>"$LOCK"; } 2>/dev/null || fail "cannot open the lock file $LOCK"
+flock -n -E 75 9
+case $? in
+  0) ;;
+  75)
+    log "backup skipped: another run holds $LOCK"
+    exit 0
+    ;;
+  *) fail "cannot lock $LOCK" ;;
+esac
 
 started=$(date +%s)
 if ! out=$("$FLASK" --app wsgi backup create 2>&1); then

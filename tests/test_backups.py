@@ -164,6 +164,35 @@ def test_backup_script_fails_loudly(tmp_path):
     assert "FAILED" in (folder / "backup.log").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_backup_script_fails_loudly_when_it_cannot_write_its_folder(database_url, tmp_path):
+    """(outside test: `flock: Bad file descriptor`, then "skipped" and exit 0 — no backup,
+    and cron mailed nobody)"""
+    (tmp_path / "a-file").write_text("")
+    env = _script_env(database_url, tmp_path / "a-file" / "bk")
+    result = subprocess.run(
+        [ROOT / "scripts" / "backup.sh"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0, result.stderr
+    assert "a-file/bk" in result.stderr and "skipped" not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_backup_script_uses_the_apps_folder_by_default(database_url, tmp_path):
+    """Without BACKUP_DIR the script backs up where the app's `backup list` looks: under
+    INSTANCE_PATH (it wrote to the checkout's instance/ instead)."""
+    env = _script_env(database_url, tmp_path / "unused")
+    del env["BACKUP_DIR"]
+    env["INSTANCE_PATH"] = str(tmp_path / "inst")
+    result = subprocess.run(
+        [ROOT / "scripts" / "backup.sh"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(backups.list_backups(tmp_path / "inst" / "backups")) == 1
+
+
 # --- under load ------------------------------------------------------------------------
 
 
