@@ -35,6 +35,11 @@ def preflight() -> str | None:
             checks = health.readiness_checks(redis=False)
     finally:
         app.extensions["db"].dispose()  # no connection is inherited by the workers
+    if app.config["APP_ENV"] == "production" and not app.config.get("REDIS_URL"):
+        log.warning(
+            "REDIS_URL is not set: rate limits are counted per worker and start again whenever "
+            "a worker restarts; set REDIS_URL in production"
+        )
     for url in [app.config["DATABASE_URL"], *app.config["MODULE_DATABASE_URLS"].values()]:
         warning = sqlite_version_warning(url)
         if warning:

@@ -24,6 +24,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from app.kernel import files
+
 log = logging.getLogger(__name__)
 
 ALGORITHM = "EdDSA"
@@ -91,7 +93,7 @@ def generate_key_file(path: str | os.PathLike[str]) -> None:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    files.private_dir(path.parent)  # missing folders 0700, like the key itself
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
