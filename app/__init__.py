@@ -43,7 +43,7 @@ OPENAPI_SETTINGS = {
 
 class NoCookieSession(SessionInterface):
     """The API authenticates with Bearer tokens and keeps no cookie session: skip Flask's
-    (opening and saving it cost 2 to 3.5 % of a request, bench/README.md)."""
+    (opening and saving it is measurable per request: bench/README.md)."""
 
     def open_session(self, app: Any, request: Any) -> NullSession:
         return NullSession()

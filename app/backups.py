@@ -3,8 +3,12 @@
 A backup counts only once it is verified: SQLite's copy passes `PRAGMA integrity_check`;
 a PostgreSQL dump is restored into a scratch database. Each backup gets a manifest
 (`<file>.json`: size, SHA-256, row counts, schema revision) written last, so a backup
-without a manifest is an unfinished one and never counts. This is operator code: it reads
-every table, so it runs as OPERATOR.
+without a manifest is an unfinished one and never counts.
+
+This is operator code. Copies, counts and restores go through the database's own tools and
+plain driver connections (the online backup API, pg_dump, pg_restore), which the ownership
+guard does not watch: it guards the app's engines. The one step that uses an engine (marking
+outbox events to be sent again after a phase-3 restore) runs under the guard, as OPERATOR.
 """
 
 from __future__ import annotations
@@ -430,7 +434,7 @@ def resend_unapplied_events(url: str, module_urls: dict[str, str], schemas: bool
     from app.kernel.ownership import OPERATOR, acting_as
 
     def engine(u: str) -> Any:
-        return make_engine(EngineSettings(url=u, guard_mode="off", pool_size=1, schemas=schemas))
+        return make_engine(EngineSettings(url=u, pool_size=1, schemas=schemas))
 
     main = engine(url)
     try:

@@ -22,8 +22,8 @@ class LazyMemoryStorage(MemoryStorage):
     """limits' in-memory storage, sweeping expired keys at most once a second, inline.
 
     The original starts a 10 ms `threading.Timer` whenever the previous one has run — under
-    load, on nearly every hit — and the request waits for the new thread to start: 13 to 25 %
-    of a license validation (bench/README.md). Expired counters are ignored when read
+    load, on nearly every hit — and the request waits for the new thread to start (its cost
+    is measured in bench/README.md). Expired counters are ignored when read
     anyway; the sweep only frees memory, so once a second is plenty. (`lazymemory://`.)
     """
 
