@@ -186,18 +186,15 @@ def _expected_version() -> int:
 def patch_license(license_id: str, json_data: LicensePatchIn) -> Any:
     expected = _expected_version()
     session = get_session()
-    try:
-        with transaction(session):
-            license_ = auth_api.update_license_status(
-                session,
-                license_id,
-                json_data.status,
-                expected,
-                actor_id=get_jwt()["sub"],
-                ip=client_ip(),
-            )
-    except auth_api.VersionConflict as exc:
-        raise PreconditionFailed(exc.detail, **exc.extra) from None
+    with transaction(session):  # a stale version is auth's VersionConflict: 412
+        license_ = auth_api.update_license_status(
+            session,
+            license_id,
+            json_data.status,
+            expected,
+            actor_id=get_jwt()["sub"],
+            ip=client_ip(),
+        )
     return license_, 200, _etag(license_.version)
 
 
@@ -208,11 +205,8 @@ def patch_license(license_id: str, json_data: LicensePatchIn) -> Any:
 def batch_status(json_data: BatchStatusIn) -> Any:
     updates = [auth_api.StatusUpdate(u.license_id, u.status, u.version) for u in json_data.updates]
     session = get_session()
-    try:
-        with transaction(session):
-            changed = auth_api.batch_update_license_statuses(
-                session, updates, actor_id=get_jwt()["sub"], ip=client_ip()
-            )
-    except auth_api.VersionConflict as exc:
-        raise PreconditionFailed(exc.detail, **exc.extra) from None
+    with transaction(session):
+        changed = auth_api.batch_update_license_statuses(
+            session, updates, actor_id=get_jwt()["sub"], ip=client_ip()
+        )
     return {"items": changed}
