@@ -184,6 +184,8 @@ class TrustedProxyFix:
             peer = ipaddress.ip_address(environ.get("REMOTE_ADDR", ""))
         except ValueError:
             peer = None
+        if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+            peer = peer.ipv4_mapped  # a dual-stack bind: ::ffff:127.0.0.1 is 127.0.0.1
         if peer is not None and any(peer in network for network in self.proxies):
             return self.fixed(environ, start_response)
         return self.wsgi_app(environ, start_response)

@@ -176,3 +176,21 @@ def test_only_the_trusted_proxy_may_name_the_client(limited):
         ips = {e.ip_address for e in get_session().scalars(select(AuditLog))}
     assert ips == {"198.51.100.20"}
     application.extensions["db"].dispose()
+
+
+def test_an_ipv4_mapped_proxy_address_is_the_proxy(limited):
+    """On a dual-stack bind the local nginx arrives as ::ffff:127.0.0.1: still the trusted
+    proxy (second outside test: every client then shared one address, and one attacker
+    locked the owner out). Mapped client addresses are their IPv4 form."""
+    application, client = _app(limited, TRUSTED_PROXIES=1)
+    for i in range(3):
+        _login(
+            client,
+            f"m{i}@example.com",
+            ip="::ffff:127.0.0.1",
+            headers={"X-Forwarded-For": f"::ffff:203.0.113.{i}"},
+        )
+    with application.app_context(), acting_as(OPERATOR):
+        ips = sorted(e.ip_address for e in get_session().scalars(select(AuditLog)))
+    assert ips == ["203.0.113.0", "203.0.113.1", "203.0.113.2"]
+    application.extensions["db"].dispose()

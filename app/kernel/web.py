@@ -137,9 +137,12 @@ def client_ip() -> str:
     """The client's address (after ProxyFix has applied the trusted hops), in canonical
     form; "unknown" when what the proxy passed on is not an address."""
     try:
-        address = str(ipaddress.ip_address(request.remote_addr or ""))
+        parsed = ipaddress.ip_address(request.remote_addr or "")
     except ValueError:
         return "unknown"
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        parsed = parsed.ipv4_mapped  # one client, one spelling: ::ffff:10.0.0.1 is 10.0.0.1
+    address = str(parsed)
     return address if len(address) <= 45 else "unknown"  # an IPv6 scope id can be long
 
 
