@@ -225,16 +225,28 @@ KNOWN_SECRETS = frozenset(
         "your-256-bit-secret",  # jwt.io's example
     }
 )
+# Words that a made-up or placeholder secret is written with, and runs a keyboard or an
+# alphabet gives. None is 5 characters or fewer: a random secret contains one by chance
+# with a probability of about 1e-7.
+PLACEHOLDER_WORDS = (
+    "secret", "change", "replace", "insecure", "password", "example", "default", "sample",
+    "placeholder", "generate", "production", "correct", "qwerty", "asdfgh", "zxcvbn",
+    "abcdef", "bcdefg", "cdefgh", "123456", "234567", "345678", "456789", "567890",
+)  # fmt: skip
 MIN_DISTINCT_CHARACTERS = 12  # a token_urlsafe(48) secret has ~45 of its 64 alphabet
 
 
 def guessable(value: str) -> bool:
-    """True for a secret that is long but guessable: a known placeholder (also repeated or
-    padded), blank padding, too few distinct characters, or a short pattern repeated
-    ("changemechangeme…", "your-256-bit-secret-your-256-bit-secret"). A random secret made
-    with the command the messages suggest is never guessable."""
-    core = value.strip()
-    if core != value or any(known in value for known in KNOWN_SECRETS):
+    """True for a secret that is long but guessable: a known placeholder, placeholder words
+    or keyboard and alphabet runs, blanks or shell/markup text (an unexpanded `$(…)`, a
+    `<…>`), letters only (a passphrase), too few distinct characters, or a short pattern
+    repeated. A secret made with `secrets.token_urlsafe(48)` or `token_hex(32)` never is."""
+    folded = value.casefold()
+    if any(known in value for known in KNOWN_SECRETS):
+        return True
+    if any(word in folded for word in PLACEHOLDER_WORDS):
+        return True
+    if any(c.isspace() or c in "$<>()'\"" for c in value) or value.isalpha():
         return True
     if len(set(value)) < MIN_DISTINCT_CHARACTERS:
         return True

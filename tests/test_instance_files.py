@@ -241,7 +241,30 @@ GUESSABLE_LONG = [
     "secret" + " " * 35,
     "your-256-bit-secret-your-256-bit-secret",
     "passwordpasswordpasswordpassword1",
+    # … and the second outside test's, long and not repeated:
+    "your-secret-key-here-please-change-it-now",
+    "change-this-to-a-long-random-string-in-production",
+    "insecure-secret-key-do-not-use-in-production",
+    "REPLACE_ME_WITH_A_REAL_SECRET_VALUE_123",
+    "my-super-secret-jwt-key-that-is-very-long",
+    "abcdefghijklmnopqrstuvwxyz0123456789",
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZABCDEFGHIJKLMN",
+    "qwertyuiopasdfghjklzxcvbnmqwertyuiopasdf",
+    "correcthorsebatterystaplecorrecthorse",
+    "django-insecure-abcdefghijklmnopqrstuvwxyz012345",
+    "<generate with secrets.token_urlsafe(48)>",
+    "$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')",
 ]
+
+
+def test_generated_secrets_are_never_guessable():
+    import secrets
+
+    from app.config import guessable
+
+    for _ in range(2000):
+        assert not guessable(secrets.token_urlsafe(48))
+        assert not guessable(secrets.token_hex(32))
 
 
 @pytest.mark.parametrize("environment", ["production", "development"])
