@@ -467,3 +467,19 @@ def test_a_purchase_while_past_due_brings_the_licenses_back(app, client):
     ]
     assert codes == ["VALID", "VALID"]
     assert client.get("/api/v1/auth/me", headers=ada).get_json()["seats"] == {"limit": 3, "used": 2}
+
+
+def test_no_license_is_born_expired_while_past_due(app, client):
+    """A subscription whose period ended (renewal declined, past due) gives no new license
+    that would be expired at birth (second outside test): 409 subscription_past_due, until
+    a purchase brings the period back."""
+    ada = account(client)
+    order(client, ada, "k-first", seats=3)
+    ended = utcnow() - timedelta(minutes=10)
+    operator(app, update(Subscription).values(renews_at=ended, status="past_due"))
+    refused = client.post("/api/v1/licenses/activate", json={"client_id": "late"}, headers=ada)
+    assert_problem(refused, 409, "subscription_past_due")
+    assert rows(app, select(License)) == []
+    assert order(client, ada, "k-again", seats=3).status_code == 201
+    again = client.post("/api/v1/licenses/activate", json={"client_id": "late"}, headers=ada)
+    assert again.status_code == 201, again.get_json()

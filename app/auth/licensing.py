@@ -53,6 +53,16 @@ class SeatLimitReached(Conflict):
         super().__init__(f"All {limit} seat(s) of the plan are in use.", seats_limit=limit)
 
 
+class SubscriptionPastDue(Conflict):
+    code = "subscription_past_due"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The subscription's paid period is over (its renewal is due or was declined); "
+            "renew it or buy a plan, then activate."
+        )
+
+
 class LicenseSuspended(Conflict):
     code = "license_suspended"
 
@@ -336,6 +346,8 @@ def activate(
         return Activation(existing, created=False)
 
     subscription = live_subscription(session, user_id)  # its seats, and its renewal date
+    if subscription is not None and subscription.renews_at <= now:
+        raise SubscriptionPastDue()  # its license would be expired at birth
     limit = seats_of(subscription)
     if seats_in_use(session, user_id, now) >= limit:
         raise SeatLimitReached(limit)
