@@ -483,3 +483,18 @@ def test_no_license_is_born_expired_while_past_due(app, client):
     assert order(client, ada, "k-again", seats=3).status_code == 201
     again = client.post("/api/v1/licenses/activate", json={"client_id": "late"}, headers=ada)
     assert again.status_code == 201, again.get_json()
+
+
+def test_cancel_answers_alike_whether_or_not_the_renewal_ran(app, app_config, client):
+    """Within RENEWAL_LEAD_HOURS of its renewal date an order is no longer refunded, as if
+    the renewal had already run (second outside test: 200 and a full refund an hour before
+    the date when the job had not run yet, 409 when it had)."""
+    ada = account(client)
+    paid = order(client, ada, "k-lead").get_json()
+    operator(app, update(Subscription).values(renews_at=utcnow() + timedelta(minutes=60)))
+    assert_problem(
+        client.post(f"/api/v1/orders/{paid['order_id']}/cancel", headers=ada),
+        409,
+        "order_not_cancellable",
+    )
+    assert [e["type"] for e in ledger(app_config)] == ["charge"]

@@ -142,7 +142,12 @@ def get_order(order_id: str) -> Any:
 )
 def cancel_order(order_id: str) -> Any:
     order = workflows.cancel_order(
-        get_session(), gateway(), order_id=order_id, user_id=get_jwt()["sub"], is_admin=_is_admin()
+        get_session(),
+        gateway(),
+        order_id=order_id,
+        user_id=get_jwt()["sub"],
+        is_admin=_is_admin(),
+        renewal_lead=current_app.config["RENEWAL_LEAD"],
     )
     return service.order_body(order)
 

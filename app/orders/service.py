@@ -346,22 +346,30 @@ def backing_order(session: Session, subscription_id: str) -> Order | None:
     )
 
 
-def _check_backs_its_subscription(session: Session, order: Order) -> None:
+def _check_backs_its_subscription(session: Session, order: Order, renewal_lead: timedelta) -> None:
     """Only the order that backs the user's live subscription may be cancelled."""
     live = auth_api.live_subscription(session, order.user_id)
     if live is None or live.subscription_id != order.subscription_id:
         raise OrderNotCancellable(
             "This order's subscription has ended; there is nothing left to cancel."
         )
-    if live.status != "active" or live.renews_at <= utcnow():
-        # The period it paid for is used up (its renewal is due, or was declined).
+    if live.status != "active" or live.renews_at - renewal_lead <= utcnow():
+        # The period it paid for is used up: its renewal is due (the renewal job charges
+        # this early) or was declined. The same answer whether or not the job has run.
         raise OrderNotCancellable("The period this order paid for is over; it is not refunded.")
     backing = backing_order(session, live.subscription_id)
     if backing is not None and backing.order_id != order.order_id:
         raise OrderSuperseded(backing.order_id)
 
 
-def begin_cancel(session: Session, order_id: str, *, user_id: str, is_admin: bool) -> Order | None:
+def begin_cancel(
+    session: Session,
+    order_id: str,
+    *,
+    user_id: str,
+    is_admin: bool,
+    renewal_lead: timedelta = timedelta(0),
+) -> Order | None:
     """Mark the paid order that backs the user's live subscription `cancelling` (inside a
     write transaction). None when it is already cancelled (the caller answers with it as
     is). A superseded order is 409 `order_superseded`; one whose subscription has ended,
@@ -375,7 +383,7 @@ def begin_cancel(session: Session, order_id: str, *, user_id: str, is_admin: boo
         raise OrderNotCancellable(f"A {order.status} order cannot be cancelled.")
     if order.status == "paid":
         auth_api.lock_account(session, order.user_id)  # no order of the user settles meanwhile
-        _check_backs_its_subscription(session, order)
+        _check_backs_its_subscription(session, order, renewal_lead)
     order.status = "cancelling"
     order.version += 1
     return order

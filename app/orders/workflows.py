@@ -173,11 +173,19 @@ def _compensate(
 
 
 def cancel_order(
-    session: Session, gateway: PaymentGateway, *, order_id: str, user_id: str, is_admin: bool
+    session: Session,
+    gateway: PaymentGateway,
+    *,
+    order_id: str,
+    user_id: str,
+    is_admin: bool,
+    renewal_lead: timedelta = timedelta(0),
 ) -> Any:
     """Refund and cancel a paid order; idempotent (cancelling again returns the order)."""
     with transaction(session):
-        order = service.begin_cancel(session, order_id, user_id=user_id, is_admin=is_admin)
+        order = service.begin_cancel(
+            session, order_id, user_id=user_id, is_admin=is_admin, renewal_lead=renewal_lead
+        )
     if order is None:
         return service.get_order(session, order_id, user_id=user_id, is_admin=is_admin)
     try:
