@@ -145,6 +145,19 @@ BAD_CATALOGS = [
     ' "period_days": 30}]',
     '[{"plan": "pro", "seats": 3, "max_seats": 2, "price_cents": 900, "currency": "EUR",'
     ' "period_days": 30}]',
+    # second outside test: numbers that overflow dates or amounts, names, an empty catalog
+    '[{"plan": "pro", "seats": 3, "max_seats": 50, "price_cents": 900, "currency": "EUR",'
+    ' "period_days": 3000000}]',
+    '[{"plan": "pro", "seats": 1, "max_seats": 2000000000, "price_cents": 9000000000000000000,'
+    ' "currency": "EUR", "period_days": 30}]',
+    "[]",
+    '[{"plan": "", "seats": 1, "max_seats": 5, "price_cents": 900, "currency": "EUR",'
+    ' "period_days": 30}]',
+    '[{"plan": "pro", "seats": 1, "max_seats": 5, "price_cents": 900, "currency": "eur",'
+    ' "period_days": 30}]',
+    '[{"plan": "pro", "seats": 1, "max_seats": 5, "price_cents": 900, "currency": "EUR",'
+    ' "period_days": 30}, {"plan": "pro", "seats": 1, "max_seats": 5, "price_cents": 100,'
+    ' "currency": "EUR", "period_days": 30}]',
 ]
 
 

@@ -26,6 +26,12 @@ class Plan:
         return asdict(self)
 
 
+# Bounds that keep dates and amounts representable (a period of ten years, a million
+# seats, ten million a seat: their product still fits a 64-bit integer).
+MAX_PERIOD_DAYS = 3660
+MAX_SEATS = 1_000_000
+MAX_PRICE = 1_000_000_000
+
 DEFAULT_PLANS = (
     Plan("free", seats=1, max_seats=1, price_cents=0, currency="EUR", period_days=365),
     Plan("pro", seats=3, max_seats=50, price_cents=900, currency="EUR", period_days=30),
@@ -46,12 +52,23 @@ def load_catalog(plans_json: str | None) -> dict[str, Plan]:
         plans = [Plan(**item) for item in items]
     except (TypeError, ValueError) as exc:
         raise ValueError(f"PLANS_JSON is not a list of plans: {exc}") from None
+    if not plans:
+        raise ValueError("PLANS_JSON: the catalog is empty")
     for p in plans:
         numbers = (p.seats, p.max_seats, p.price_cents, p.period_days)
         if not all(type(n) is int for n in numbers) or not isinstance(p.currency, str):
             raise ValueError(f"PLANS_JSON: plan {p.plan!r} needs integer numbers and a currency")
+        if not isinstance(p.plan, str) or not p.plan.strip():
+            raise ValueError("PLANS_JSON: every plan needs a name")
         if p.seats < 1 or p.max_seats < p.seats or p.price_cents < 0 or p.period_days < 1:
             raise ValueError(f"PLANS_JSON: plan {p.plan!r} has impossible numbers")
-        if len(p.currency) != 3:
+        if p.period_days > MAX_PERIOD_DAYS or p.max_seats > MAX_SEATS or p.price_cents > MAX_PRICE:
+            raise ValueError(
+                f"PLANS_JSON: plan {p.plan!r} is beyond the limits (period ≤ {MAX_PERIOD_DAYS} "
+                f"days, ≤ {MAX_SEATS:,} seats, ≤ {MAX_PRICE:,} minor units a seat)"
+            )
+        if len(p.currency) != 3 or not (p.currency.isascii() and p.currency.isupper()):
             raise ValueError(f"PLANS_JSON: plan {p.plan!r} currency must be an ISO 4217 code")
+    if len({p.plan for p in plans}) != len(plans):
+        raise ValueError("PLANS_JSON: a plan name appears twice")
     return {p.plan: p for p in plans}
