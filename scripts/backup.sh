@@ -10,6 +10,13 @@
 # BACKUP_KEEP_DAYS (30), BACKUP_LOCK (file), FLASK (the flask executable).
 set -uo pipefail
 umask 077  # the log, the lock and anything else made here: this user only
+# Relative paths in the environment mean what they mean where the script was started.
+for name in INSTANCE_PATH BACKUP_DIR BACKUP_LOG BACKUP_LOCK; do
+  value=${!name:-}
+  if [ -n "$value" ] && [ "${value#/}" = "$value" ]; then
+    export "$name=$PWD/$value"
+  fi
+done
 cd "$(dirname "$0")/.."
 
 # The app's own default (BACKUP_DIR, else <instance folder>/backups), so that `backup list`

@@ -191,6 +191,19 @@ def test_backup_script_uses_the_apps_folder_by_default(database_url, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert len(backups.list_backups(tmp_path / "inst" / "backups")) == 1
+    # A relative INSTANCE_PATH means the same folder to the script as to `flask` run from
+    # the same place (the script changes to the checkout before running flask).
+    env["INSTANCE_PATH"] = "relative-inst"
+    result = subprocess.run(
+        [ROOT / "scripts" / "backup.sh"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(backups.list_backups(tmp_path / "relative-inst" / "backups")) == 1
 
 
 # --- under load ------------------------------------------------------------------------
