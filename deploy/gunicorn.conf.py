@@ -12,7 +12,10 @@ import sys
 import tempfile
 
 # The upstream of deploy/nginx.conf is 127.0.0.1:8000: change PORT and that line together.
-bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+_host = os.environ.get("HOST", "127.0.0.1")
+if ":" in _host and not _host.startswith("["):
+    _host = f"[{_host}]"  # an IPv6 address (HOST=::) is bracketed before the port
+bind = f"{_host}:{os.environ.get('PORT', '8000')}"
 # The master's pid, for a graceful reload after a deploy: kill -HUP "$(cat "$GUNICORN_PIDFILE")".
 pidfile = os.environ.get("GUNICORN_PIDFILE") or None
 workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count() * 2 + 1)

@@ -27,8 +27,8 @@ def test_nginx_upstream_and_gunicorn_bind_are_the_same_port():
     nginx = (ROOT / "deploy" / "nginx.conf").read_text()
     [upstream] = re.findall(r"upstream licensing \{[^}]*?server (\S+);", nginx, flags=re.S)
     gunicorn = (ROOT / "deploy" / "gunicorn.conf.py").read_text()
-    host = re.search(r"'HOST', '([^']+)'", gunicorn).group(1)
-    port = re.search(r"'PORT', '([^']+)'", gunicorn).group(1)
+    host = re.search(r"""["']HOST["'], ["']([^"']+)["']""", gunicorn).group(1)
+    port = re.search(r"""["']PORT["'], ["']([^"']+)["']""", gunicorn).group(1)
     assert upstream == f"{host}:{port}"
     assert f"PORT={port}" in README
 
