@@ -245,6 +245,9 @@ def register_errorhandlers(app: APIFlask) -> None:
 
 
 def register_commands(app: APIFlask) -> None:
-    from app import cli
+    """The kernel's commands and the backups'; each module registers its own in init_app."""
+    from app import backups_cli
+    from app.kernel import cli
 
     cli.init_app(app)
+    backups_cli.init_app(app)

@@ -21,9 +21,10 @@ bp = module_blueprint(MODULE, __name__, url_prefix="/api/v1/admin", tag="Admin")
 
 def init_app(app: Any) -> None:
     """Register admin's routes (every one of them requires the admin role) and the events
-    its consumer applies when it runs on its own database (phase 3)."""
-    from app.admin import routes, service  # noqa: F401 - routes attach themselves to bp
+    its consumer applies when it runs on its own database (phase 3), and its commands."""
+    from app.admin import cli, routes, service  # noqa: F401 - routes attach themselves to bp
     from app.kernel import events
 
+    cli.init_app(app)
     app.register_blueprint(bp)
     events.register_handler(MODULE, service.AUDIT_RECORDED, service.apply_audit_event)

@@ -21,8 +21,10 @@ root_bp = module_blueprint(MODULE, __name__, name="auth_root", tag="Licenses")
 
 
 def init_app(app: Any) -> None:
-    """Register auth's routes and its JWT callbacks."""
-    from app.auth import license_routes, routes, signing, tokens  # noqa: F401 - routes attach to bp
+    """Register auth's routes, its JWT callbacks and its commands."""
+    from app.auth import cli, license_routes, routes, signing, tokens  # noqa: F401 - routes attach to bp
+
+    cli.init_app(app)
 
     tokens.init_app(app)
     app.register_blueprint(bp)

@@ -33,19 +33,19 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.kernel import events
 from app.kernel.db import transaction, utcnow
 from app.kernel.faults import failpoint
-from app.kernel.models import EventLease, OutboxEvent
+from app.kernel.models import DeadLetter, EventLease, OutboxEvent
 from app.kernel.ownership import KERNEL, acting_as
 
 log = logging.getLogger(__name__)
@@ -624,3 +624,66 @@ class EventConsumer:
     def _processed(self, event_id: str) -> bool:
         with acting_as(self.module), self.sessions() as session:
             return events.was_processed(session, self.module, event_id)
+
+
+# --- operator services (`flask outbox status|prune|dead-letters`) -------------------------
+
+
+@dataclass(frozen=True)
+class OutboxStatus:
+    unpublished: int
+    unconfirmed: int
+    oldest_unconfirmed: datetime | None
+
+
+def outbox_status(session: Session) -> OutboxStatus:
+    """How many events wait to be published, how many to be confirmed, and since when."""
+    unpublished, unconfirmed, oldest = session.execute(
+        select(
+            func.count().filter(OutboxEvent.published_at.is_(None)),
+            func.count().filter(OutboxEvent.confirmed_at.is_(None)),
+            func.min(OutboxEvent.created_at).filter(OutboxEvent.confirmed_at.is_(None)),
+        )
+    ).one()
+    return OutboxStatus(unpublished, unconfirmed, oldest)
+
+
+def prune_outbox(session: Session, cutoff: datetime, *, relayed: bool) -> int:
+    """Delete events confirmed before `cutoff`; when nothing relays the outbox (`relayed`
+    false: no module on its own database) every event created before it. In the caller's
+    transaction; returns how many were deleted."""
+    done = OutboxEvent.confirmed_at < cutoff
+    old = done if relayed else or_(done, OutboxEvent.created_at < cutoff)
+    return session.execute(delete(OutboxEvent).where(old)).rowcount
+
+
+@dataclass(frozen=True)
+class Retried:
+    """A dead letter applied again: `error` is None when it applied (and was removed)."""
+
+    failed_at: datetime
+    event_id: str
+    event_type: str
+    error: Exception | None
+
+
+def retry_dead_letters(
+    session: Session, consumer: str, letters: Sequence[DeadLetter]
+) -> Iterator[Retried]:
+    """Apply `consumer`'s dead `letters` again, in order, each in its own transaction (one
+    that fails does not hold back the others): one that applies is removed, one that fails
+    again stays. Yields each outcome as it happens."""
+    handlers = events.handlers_of(consumer)
+    for letter in letters:
+        event = events.Event(
+            letter.event_id, letter.event_type, letter.aggregate_id, letter.payload
+        )
+        failed_at = letter.failed_at
+        try:
+            with transaction(session):
+                events.apply_once(session, consumer, event, handlers[event.event_type])
+                events.forget_dead_letter(session, consumer, event.event_id)
+        except Exception as exc:
+            yield Retried(failed_at, event.event_id, event.event_type, exc)
+        else:
+            yield Retried(failed_at, event.event_id, event.event_type, None)

@@ -18,7 +18,7 @@ bp = module_blueprint(MODULE, __name__, url_prefix="/api/v1", tag="Orders")
 
 def init_app(app: Any) -> None:
     from app.config import ConfigError
-    from app.orders import routes  # noqa: F401 - routes attach themselves to bp
+    from app.orders import cli, routes  # noqa: F401 - routes attach themselves to bp
     from app.orders.payments import make_gateway
     from app.orders.plans import load_catalog
 
@@ -30,3 +30,4 @@ def init_app(app: Any) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     app.register_blueprint(bp)
+    cli.init_app(app)

@@ -1,8 +1,12 @@
-"""Operator commands: `flask --app wsgi db …`, `flask --app wsgi ownership …`.
+"""The operator commands' plumbing, and the kernel's own: `flask --app wsgi db …`,
+`flask --app wsgi ownership …`, `flask --app wsgi outbox …`.
 
-Each command runs in an app context with its own Session (closed with the context). A
-database that cannot be reached or refuses, or a file that cannot be written, ends any
-command with one line naming the cause and exit code 2 (`OperatorGroup`), never a traceback.
+Each owner keeps its commands in its own `cli.py` (app/auth/cli.py, app/admin/cli.py,
+app/orders/cli.py, app/backups_cli.py) and registers them from its `init_app`; they all use
+`OperatorGroup`, `writes` and `parse_age` from here. Each command runs in an app context with
+its own Session (closed with the context). A database that cannot be reached or refuses, or a
+file that cannot be written, ends any command with one line naming the cause and exit code 2
+(`OperatorGroup`), never a traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import click
@@ -23,10 +26,8 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy.exc import DBAPIError
 
-from app.auth import api as auth_api
 from app.kernel import migrations
-from app.kernel.db import get_database, get_session, sqlite_version_warning, transaction
-from app.kernel.emails import normalise_email
+from app.kernel.db import get_database, sqlite_version_warning, transaction
 from app.kernel.ownership import OPERATOR, acting_as, registry
 
 log = logging.getLogger(__name__)
@@ -115,12 +116,6 @@ def writes(command: Callable[..., Any] | None = None, *, at_start: bool = False)
 
 db_cli = OperatorGroup("db", help="Database migrations (alembic).")
 ownership_cli = OperatorGroup("ownership", help="The table-ownership registry.")
-backup_cli = OperatorGroup("backup", help="Verified backups: create, list, verify, restore, prune.")
-users_cli = OperatorGroup("users", help="User accounts.")
-tokens_cli = OperatorGroup("tokens", help="Token revocation list maintenance.")
-licenses_cli = OperatorGroup("licenses", help="License signing keys.")
-audit_cli = OperatorGroup("audit", help="The audit log.")
-subscriptions_cli = OperatorGroup("subscriptions", help="Subscription renewals.")
 outbox_cli = OperatorGroup("outbox", help="Phase 3: relay the outbox to Redis, consume it.")
 
 
@@ -131,44 +126,6 @@ def parse_age(text: str) -> timedelta:
     if unit not in units or not number.isdigit() or int(number) <= 0:
         raise click.BadParameter(f"{text!r} is not an age like 90d, 12h, 30m or 45s")
     return timedelta(**{units[unit]: int(number)})
-
-
-@audit_cli.command("archive")
-@click.option("--older-than", "older_than", default="90d", show_default=True, help="e.g. 90d, 12h")
-@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100_000))
-@click.option(
-    "--pause",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0, 60),
-    help="Seconds to wait between batches, to leave room for other writers.",
-)
-@writes
-def audit_archive(older_than: str, batch_size: int, pause: float) -> None:
-    """Move audit entries older than --older-than into audit_logs_archive.
-
-    Each batch is copied and deleted in one transaction, so an interrupted run loses
-    nothing and leaves nothing twice; running it again finishes the job.
-    """
-    import time
-
-    from app.admin import api as admin_api
-    from app.kernel.db import utcnow
-
-    cutoff = utcnow() - parse_age(older_than)
-    # Where admin's tables are: the main database, or admin's own (phase 3).
-    session = get_database().sessions_for("admin")()
-    moved = 0
-    while True:
-        with session, transaction(session):
-            count = admin_api.archive_audit_batch(session, cutoff, batch_size)
-        if count == 0:
-            break
-        moved += count
-        click.echo(f"archived {moved} entries so far", err=True)
-        if pause:
-            time.sleep(pause)
-    click.echo(f"archived {moved} audit entries older than {cutoff.isoformat()}")
 
 
 def _url() -> str:
@@ -335,8 +292,9 @@ def db_copy_module(module: str, batch_size: int) -> None:
     serves and again afterwards; each batch commits on its own. Row counts are compared at
     the end.
     """
-    from app.models import metadata
+    from app.kernel.db import Base
 
+    metadata = Base.metadata  # every module's tables: create_app has imported them all
     database = get_database()
     if module not in database.module_engines:
         raise click.ClickException(
@@ -366,20 +324,6 @@ def ownership_show(fmt: str) -> None:
         click.echo(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
-
-
-def _backup_dir() -> Path:
-    return Path(current_app.config["BACKUP_DIR"])
-
-
-@contextmanager
-def _backup_errors() -> Iterator[None]:
-    from app.backups import BackupError
-
-    try:
-        yield
-    except BackupError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 @ownership_cli.command("grants")
@@ -427,179 +371,6 @@ def ownership_grants(
         f"and DB_ROLE_PREFIX={prefix}",
         err=True,
     )
-
-
-@backup_cli.command("create")
-def backup_create() -> None:
-    """Back up the database, verify the copy, record size, checksum and row counts."""
-    from app import backups
-
-    with _backup_errors():
-        manifest = backups.create(
-            current_app.config["DATABASE_URL"],
-            _backup_dir(),
-            module_urls=current_app.config["MODULE_DATABASE_URLS"],
-        )
-    rows = sum(manifest.row_counts.values())
-    click.echo(
-        f"backup {_backup_dir() / manifest.file} size={manifest.size} rows={rows} "
-        f"sha256={manifest.sha256[:16]} verified={manifest.verified!r}"
-        + "".join(f" + {module}: {part}" for module, part in manifest.parts.items())
-    )
-
-
-@backup_cli.command("list")
-def backup_list() -> None:
-    """Backups, newest first."""
-    from app import backups
-
-    for path, manifest in backups.list_backups(_backup_dir()):
-        if manifest is None:
-            click.echo(f"{path.name}  UNVERIFIED (no manifest)")
-        else:
-            rows = sum(manifest.row_counts.values())
-            with_parts = "".join(f"  + {module}: {part}" for module, part in manifest.parts.items())
-            click.echo(
-                f"{path.name}  {manifest.size} bytes  {rows} rows  revision {manifest.revision}"
-                + with_parts
-            )
-
-
-@backup_cli.command("verify")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def backup_verify(file: Path) -> None:
-    """Check a backup against its manifest, and its integrity (SQLite) or restorability."""
-    from app import backups
-
-    with _backup_errors():
-        manifest = backups.verify(
-            file, current_app.config["DATABASE_URL"], current_app.config["MODULE_DATABASE_URLS"]
-        )
-    click.echo(f"{file.name}: ok ({sum(manifest.row_counts.values())} rows, {manifest.verified})")
-
-
-@backup_cli.command("restore")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--force", is_flag=True, help="Replace a database that has data (it is kept).")
-@writes
-def backup_restore(file: Path, force: bool) -> None:
-    """Restore a verified backup in place (gunicorn may keep running); in phase 3 with
-    admin's database."""
-    from app import backups
-
-    with _backup_errors():
-        click.echo(
-            backups.restore(
-                file,
-                current_app.config["DATABASE_URL"],
-                force=force,
-                module_urls=current_app.config["MODULE_DATABASE_URLS"],
-                schemas=_schemas(),
-            )
-        )
-
-
-@backup_cli.command("prune")
-@click.option("--keep-days", default=30, show_default=True, type=click.IntRange(0))
-def backup_prune(keep_days: int) -> None:
-    """Delete backups older than --keep-days; the newest verified one is always kept."""
-    from app import backups
-
-    removed = backups.prune(_backup_dir(), keep_days)
-    click.echo(f"pruned {len(removed)} backup(s)")
-
-
-@users_cli.command("create-admin")
-@click.argument("email")
-@click.option(
-    "--password-stdin", is_flag=True, help="Read the password from standard input (one line)."
-)
-@writes
-def users_create_admin(email: str, password_stdin: bool) -> None:
-    """Create an admin account. Prompts for the password (hidden, confirmed) unless
-    --password-stdin is given."""
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    problem = auth_api.check_password_policy(password)
-    if problem:
-        raise click.ClickException(problem)
-    hasher = auth_api.hasher_from_config(current_app.config)
-    session = get_session()
-    try:
-        with transaction(session):
-            user = auth_api.create_user(session, email, password, role="admin", hasher=hasher)
-    except auth_api.EmailTaken:
-        raise click.ClickException(
-            f"an account with email {normalise_email(email)} already exists"
-        ) from None
-    click.echo(f"created admin {user.email} ({user.user_id})")
-
-
-@users_cli.command("unlock")
-@click.argument("email")
-def users_unlock(email: str) -> None:
-    """Lift the login locks of EMAIL (every address, and the account); audited."""
-    session = get_session()
-    with transaction(session):
-        user, cleared = auth_api.unlock_email(session, email, current_app.config, actor_id="cli")
-    who = f"{user.email} ({user.user_id})" if user else f"{normalise_email(email)} (no account)"
-    click.echo(f"unlocked {who}: {cleared} failure record(s) cleared")
-
-
-@tokens_cli.command("prune")
-@writes
-def tokens_prune() -> None:
-    """Delete revocations of tokens that have expired anyway, and login throttles that no
-    longer count (run daily from cron)."""
-    session = get_session()
-    with transaction(session):
-        removed = auth_api.prune_token_revocations(session)
-        throttles = auth_api.prune_login_throttles(
-            session, current_app.config["LOGIN_FAILURE_WINDOW"]
-        )
-    click.echo(f"pruned {removed} expired revocation(s), {throttles} stale login throttle(s)")
-
-
-@licenses_cli.command("generate-key")
-@click.argument("path", type=click.Path(dir_okay=False, writable=True))
-def licenses_generate_key(path: str) -> None:
-    """Write a new Ed25519 signing key to PATH (mode 0600; never overwrites).
-
-    To rotate: put the new key first in LICENSE_SIGNING_KEYS and keep the old one after it
-    until every token it signed has expired.
-    """
-    import os
-
-    if os.path.exists(path):
-        raise click.ClickException(f"{path} exists; refusing to overwrite a key")
-    auth_api.generate_key_file(path)
-    click.echo(f"wrote {path}")
-
-
-@subscriptions_cli.command("renew")
-@writes
-def subscriptions_renew() -> None:
-    """Charge due subscriptions and extend them (cron, e.g. hourly).
-
-    A declined charge makes the subscription past due; past-due subscriptions beyond
-    RENEWAL_GRACE_DAYS end and their licenses are suspended. Running it twice at once, or
-    twice in a row, charges nobody twice.
-    """
-    from app.orders import api as orders_api
-
-    report = orders_api.renew_due_subscriptions(get_session(), current_app)
-    charged = (
-        ", ".join(f"{cents / 100:.2f} {cur}" for cur, cents in report.charged_cents.items())
-        or "nothing"
-    )
-    click.echo(
-        f"renewed {report.renewed}, failed {report.failed}, skipped {report.skipped}, "
-        f"lapsed {report.lapsed}; charged {charged}"
-    )
-    if report.problems:  # cron mails a failing job: say what needs an operator
-        raise click.ClickException("; ".join(report.problems))
 
 
 def _redis() -> Any:
@@ -724,7 +495,7 @@ def outbox_consume(module: str, name: str | None, until_idle: bool, block_ms: in
 @writes
 def outbox_dead_letters(module: str, retry: bool) -> None:
     """Events MODULE's consumer set aside after failing to apply them (in its database)."""
-    from app.kernel import events
+    from app.kernel import events, outbox
 
     session = get_database().sessions_for(module)()
     with session, acting_as(module):
@@ -732,43 +503,31 @@ def outbox_dead_letters(module: str, retry: bool) -> None:
         if not letters:
             click.echo("no dead letters")
             return
-        handlers = events.handlers_of(module)
-        for letter in letters:
-            line = f"{letter.failed_at.isoformat()} {letter.event_id} {letter.event_type}"
-            if not retry:
+        if not retry:
+            for letter in letters:
+                line = f"{letter.failed_at.isoformat()} {letter.event_id} {letter.event_type}"
                 click.echo(f"{line}: {letter.error}")
-                continue
-            event = events.Event(
-                letter.event_id, letter.event_type, letter.aggregate_id, letter.payload
-            )
-            try:
-                with transaction(session):
-                    events.apply_once(session, module, event, handlers[event.event_type])
-                    events.forget_dead_letter(session, module, event.event_id)
+            return
+        for retried in outbox.retry_dead_letters(session, module, letters):
+            line = f"{retried.failed_at.isoformat()} {retried.event_id} {retried.event_type}"
+            if retried.error is None:
                 click.echo(f"{line}: applied")
-            except Exception as exc:
-                click.echo(f"{line}: failed again: {str(exc).splitlines()[0]}")
+            else:
+                click.echo(f"{line}: failed again: {str(retried.error).splitlines()[0]}")
 
 
 @outbox_cli.command("status")
 def outbox_status() -> None:
     """How many events wait to be published, and how many to be confirmed."""
-    from sqlalchemy import func, select
-
-    from app.kernel.models import OutboxEvent
+    from app.kernel import outbox
 
     with acting_as(OPERATOR):
         session = get_database().sessions_for("kernel")()
         with session:
-            unpublished, unconfirmed, oldest = session.execute(
-                select(
-                    func.count().filter(OutboxEvent.published_at.is_(None)),
-                    func.count().filter(OutboxEvent.confirmed_at.is_(None)),
-                    func.min(OutboxEvent.created_at).filter(OutboxEvent.confirmed_at.is_(None)),
-                )
-            ).one()
+            status = outbox.outbox_status(session)
+    oldest = status.oldest_unconfirmed
     click.echo(
-        f"unpublished {unpublished}, unconfirmed {unconfirmed}, oldest unconfirmed "
+        f"unpublished {status.unpublished}, unconfirmed {status.unconfirmed}, oldest unconfirmed "
         f"{oldest.isoformat() if oldest else '-'}"
     )
 
@@ -783,29 +542,19 @@ def outbox_prune(older_than: str) -> None:
     events older than that are deleted whatever their state: the tables they describe are
     the record.
     """
-    from sqlalchemy import delete, or_
-
+    from app.kernel import outbox
     from app.kernel.db import utcnow
-    from app.kernel.models import OutboxEvent
 
     cutoff = utcnow() - parse_age(older_than)
     relayed = bool(current_app.config["MODULE_DATABASE_URLS"])
-    done = OutboxEvent.confirmed_at < cutoff
-    old = done if relayed else or_(done, OutboxEvent.created_at < cutoff)
     session = get_database().sessions_for("kernel")()
     with session, acting_as(OPERATOR), transaction(session):
-        removed = session.execute(delete(OutboxEvent).where(old)).rowcount
+        removed = outbox.prune_outbox(session, cutoff, relayed=relayed)
     what = "confirmed" if relayed else "old (nothing consumes them in this phase)"
     click.echo(f"pruned {removed} {what} event(s)")
 
 
 def init_app(app: Any) -> None:
-    app.cli.add_command(outbox_cli)
-    app.cli.add_command(subscriptions_cli)
-    app.cli.add_command(audit_cli)
-    app.cli.add_command(licenses_cli)
-    app.cli.add_command(users_cli)
-    app.cli.add_command(tokens_cli)
     app.cli.add_command(db_cli)
     app.cli.add_command(ownership_cli)
-    app.cli.add_command(backup_cli)
+    app.cli.add_command(outbox_cli)

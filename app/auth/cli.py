@@ -1,0 +1,93 @@
+"""Auth's operator commands: `flask --app wsgi users …`, `tokens …`, `licenses …`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from flask import current_app
+
+from app.auth import api as auth_api
+from app.kernel.cli import OperatorGroup, writes
+from app.kernel.db import get_session, transaction
+from app.kernel.emails import normalise_email
+
+users_cli = OperatorGroup("users", help="User accounts.")
+tokens_cli = OperatorGroup("tokens", help="Token revocation list maintenance.")
+licenses_cli = OperatorGroup("licenses", help="License signing keys.")
+
+
+@users_cli.command("create-admin")
+@click.argument("email")
+@click.option(
+    "--password-stdin", is_flag=True, help="Read the password from standard input (one line)."
+)
+@writes
+def users_create_admin(email: str, password_stdin: bool) -> None:
+    """Create an admin account. Prompts for the password (hidden, confirmed) unless
+    --password-stdin is given."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    problem = auth_api.check_password_policy(password)
+    if problem:
+        raise click.ClickException(problem)
+    hasher = auth_api.hasher_from_config(current_app.config)
+    session = get_session()
+    try:
+        with transaction(session):
+            user = auth_api.create_user(session, email, password, role="admin", hasher=hasher)
+    except auth_api.EmailTaken:
+        raise click.ClickException(
+            f"an account with email {normalise_email(email)} already exists"
+        ) from None
+    click.echo(f"created admin {user.email} ({user.user_id})")
+
+
+@users_cli.command("unlock")
+@click.argument("email")
+def users_unlock(email: str) -> None:
+    """Lift the login locks of EMAIL (every address, and the account); audited."""
+    session = get_session()
+    with transaction(session):
+        user, cleared = auth_api.unlock_email(session, email, current_app.config, actor_id="cli")
+    who = f"{user.email} ({user.user_id})" if user else f"{normalise_email(email)} (no account)"
+    click.echo(f"unlocked {who}: {cleared} failure record(s) cleared")
+
+
+@tokens_cli.command("prune")
+@writes
+def tokens_prune() -> None:
+    """Delete revocations of tokens that have expired anyway, and login throttles that no
+    longer count (run daily from cron)."""
+    session = get_session()
+    with transaction(session):
+        removed = auth_api.prune_token_revocations(session)
+        throttles = auth_api.prune_login_throttles(
+            session, current_app.config["LOGIN_FAILURE_WINDOW"]
+        )
+    click.echo(f"pruned {removed} expired revocation(s), {throttles} stale login throttle(s)")
+
+
+@licenses_cli.command("generate-key")
+@click.argument("path", type=click.Path(dir_okay=False, writable=True))
+def licenses_generate_key(path: str) -> None:
+    """Write a new Ed25519 signing key to PATH (mode 0600; never overwrites).
+
+    To rotate: put the new key first in LICENSE_SIGNING_KEYS and keep the old one after it
+    until every token it signed has expired.
+    """
+    import os
+
+    if os.path.exists(path):
+        raise click.ClickException(f"{path} exists; refusing to overwrite a key")
+    auth_api.generate_key_file(path)
+    click.echo(f"wrote {path}")
+
+
+def init_app(app: Any) -> None:
+    app.cli.add_command(users_cli)
+    app.cli.add_command(tokens_cli)
+    app.cli.add_command(licenses_cli)
