@@ -32,7 +32,7 @@ CATEGORIES = {
         "tests/test_db.py",
     ],
     "crash": ["tests/test_crash.py"],
-    "outages": ["tests/test_outages.py", "tests/test_ops.py", "tests/test_phase3.py"],
+    "outages": ["tests/test_outages.py", "tests/test_ops.py", "tests/test_admin_own_database.py"],
     "authz": ["tests/test_authz_matrix.py", "tests/test_admin.py"],
     "hostile": ["tests/test_hostile_input.py", "tests/test_errors.py"],
     "secrets": ["tests/test_secrets.py", "tests/test_observability.py"],
