@@ -412,3 +412,26 @@ def test_openapi_documents_the_auth_routes(client):
     register_op = spec["paths"]["/api/v1/auth/register"]["post"]
     assert "application/problem+json" in register_op["responses"]["409"]["content"]
     assert spec["paths"]["/api/v1/auth/me"]["get"]["security"] == [{"BearerAuth": []}]
+
+
+def test_unknown_email_costs_the_same_argon2_work_as_wrong_password(client, monkeypatch):
+    """(an independent review: unknown emails cost a hash and a verification, wrong
+    passwords one verification)"""
+    register(client)
+    calls = []
+    real_hash, real_verify = PasswordHasher.hash, PasswordHasher.verify
+    monkeypatch.setattr(
+        PasswordHasher, "hash", lambda *a, **k: calls.append("hash") or real_hash(*a, **k)
+    )
+    monkeypatch.setattr(
+        PasswordHasher,
+        "verify",
+        lambda *a, **k: calls.append("verify") or real_verify(*a, **k),
+    )
+    client.post("/api/v1/auth/login", json={"email": "ada@example.com", "password": "wrong-pass"})
+    wrong = list(calls)
+    calls.clear()
+    client.post(
+        "/api/v1/auth/login", json={"email": "nobody@example.com", "password": "wrong-pass"}
+    )
+    assert calls == wrong == ["verify"]  # observed before the fix: ['hash', 'verify'] vs ['verify']

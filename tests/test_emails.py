@@ -8,6 +8,8 @@ emails to the same form.
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 from sqlalchemy import select, text
 
@@ -178,3 +180,11 @@ def test_migration_0008_brings_stored_emails_to_the_one_form(tmp_path, caplog):
     }
     assert "usr_1" in caplog.text and "another account has" in caplog.text
     assert all(normalise_email(e) == e for uid, e in after.items() if uid != "usr_1")
+
+
+def test_login_with_the_registered_email_string(client):
+    """(an independent review: an email registered in NFD could not log in as typed)"""
+    email = unicodedata.normalize("NFD", "josé@example.com")
+    assert register(client, email).status_code == 201
+    r = login(client, email)
+    assert r.status_code == 200, r.get_json()  # observed 401 invalid_credentials

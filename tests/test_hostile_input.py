@@ -1100,3 +1100,31 @@ def test_behind_nginx_slow_clients_are_cut_off_and_others_served(
         status, _, _ = nginx_call(port, "GET", "/healthz")
         tally.expect("served afterwards", status == 200, str(status))
     tally.assert_held()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+@pytest.mark.parametrize(
+    "req",
+    [
+        ("post", "/api/v1/auth/login", {"email": "a\x00@x.com", "password": "x"}),
+        (
+            "post",
+            "/api/v1/licenses/activate",
+            {"client_id": "c1", "email": "a\x00", "password": "x"},
+        ),
+        ("get", "/api/v1/licenses/%00", None),
+        ("delete", "/api/v1/licenses/%00", None),
+        (
+            "get",
+            "/api/v1/licenses?cursor=Ilx1MDAwMCI",
+            None,
+        ),  # base64url of the JSON string "\u0000"
+    ],
+)
+def test_nul_bytes_are_4xx_not_500(client, backend, req):
+    """(an independent review: NUL characters reached PostgreSQL and answered 500)"""
+    client.post(f"{API}/auth/register", json={"email": "ada@example.com", "password": PASSWORD})
+    h = login(client, "ada@example.com")
+    method, path, body = req
+    r = getattr(client, method)(path, json=body, headers=h if body is None else {})
+    assert r.status_code < 500, r.get_data(as_text=True)

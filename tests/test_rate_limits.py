@@ -194,3 +194,30 @@ def test_an_ipv4_mapped_proxy_address_is_the_proxy(limited):
         ips = sorted(e.ip_address for e in get_session().scalars(select(AuditLog)))
     assert ips == ["203.0.113.0", "203.0.113.1", "203.0.113.2"]
     application.extensions["db"].dispose()
+
+
+def test_bearer_activations_count_against_the_account(app_config, tmp_path):
+    """(an independent review: the per-account limit did not count Bearer activations)"""
+    app_config.update(
+        RATELIMIT_ENABLED=True,
+        RATELIMIT_ACTIVATE_PER_ACCOUNT="2/minute",
+        RATELIMIT_ACTIVATE_PER_IP="100/minute",
+    )
+    app = create_app(app_config)
+    client = app.test_client()
+    client.post("/api/v1/auth/register", json={"email": "ada@example.com", "password": PASSWORD})
+    token = client.post(
+        "/api/v1/auth/login", json={"email": "ada@example.com", "password": PASSWORD}
+    ).get_json()["access_token"]
+    h = {"Authorization": f"Bearer {token}"}
+    codes = [
+        client.post(
+            "/api/v1/licenses/activate",
+            json={"client_id": "same"},
+            headers=h,
+            environ_base={"REMOTE_ADDR": f"10.0.0.{i}"},
+        ).status_code
+        for i in range(6)
+    ]
+    app.extensions["db"].dispose()
+    assert 429 in codes, codes  # observed [201, 200, 200, 200, 200, 200]

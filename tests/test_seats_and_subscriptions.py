@@ -1,12 +1,10 @@
-"""Findings of an independent review of auth and licensing, kept as regression tests.
-
-Each test failed before its fix (the review ran on 7752452)."""
+"""Seats and subscriptions: what a subscription's grant, change, lapse and cancel do to the
+licenses it covers, also when another change races it. (Each of these failed once, before
+its fix, in an independent review of licensing.)"""
 
 import threading
-import unicodedata
 from datetime import timedelta
 
-import argon2
 import pytest
 
 from app.auth import api as auth_api
@@ -32,56 +30,7 @@ def grant(app, uid, seats):
             )
 
 
-# 1. timing oracle: unknown email costs two argon2 operations, wrong password one
-def test_unknown_email_costs_the_same_argon2_work_as_wrong_password(client, monkeypatch):
-    signup(client)
-    calls = []
-    real_hash, real_verify = argon2.PasswordHasher.hash, argon2.PasswordHasher.verify
-    monkeypatch.setattr(
-        argon2.PasswordHasher, "hash", lambda *a, **k: calls.append("hash") or real_hash(*a, **k)
-    )
-    monkeypatch.setattr(
-        argon2.PasswordHasher,
-        "verify",
-        lambda *a, **k: calls.append("verify") or real_verify(*a, **k),
-    )
-    client.post("/api/v1/auth/login", json={"email": "ada@example.com", "password": "wrong-pass"})
-    wrong = list(calls)
-    calls.clear()
-    client.post(
-        "/api/v1/auth/login", json={"email": "nobody@example.com", "password": "wrong-pass"}
-    )
-    assert calls == wrong == ["verify"]  # observed before the fix: ['hash', 'verify'] vs ['verify']
-
-
-# 2. NUL characters reach PostgreSQL -> 500
-@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
-@pytest.mark.parametrize(
-    "req",
-    [
-        ("post", "/api/v1/auth/login", {"email": "a\x00@x.com", "password": "x"}),
-        (
-            "post",
-            "/api/v1/licenses/activate",
-            {"client_id": "c1", "email": "a\x00", "password": "x"},
-        ),
-        ("get", "/api/v1/licenses/%00", None),
-        ("delete", "/api/v1/licenses/%00", None),
-        (
-            "get",
-            "/api/v1/licenses?cursor=Ilx1MDAwMCI",
-            None,
-        ),  # base64url of the JSON string "\u0000"
-    ],
-)
-def test_nul_bytes_are_4xx_not_500(client, backend, req):
-    _, h = signup(client)
-    method, path, body = req
-    r = getattr(client, method)(path, json=body, headers=h if body is None else {})
-    assert r.status_code < 500, r.get_data(as_text=True)
-
-
-# 3. an expired-but-'active' license is revived past the seat limit by a subscription
+# Found: an expired-but-'active' license is revived past the seat limit by a subscription
 def test_subscription_does_not_revive_licenses_beyond_the_seats(app, client):
     uid, h = signup(client)
     with app.app_context(), acting_as("auth"):
@@ -99,7 +48,7 @@ def test_subscription_does_not_revive_licenses_beyond_the_seats(app, client):
     assert seats["used"] <= seats["limit"], seats  # observed {'limit': 1, 'used': 2}
 
 
-# 4. re-activating a client whose license expired returns the expired license (200)
+# Found: re-activating a client whose license expired returns the expired license (200)
 def test_reactivating_an_expired_client_gives_a_live_license(app, client):
     uid, h = signup(client)
     with app.app_context(), acting_as("auth"):
@@ -112,7 +61,7 @@ def test_reactivating_an_expired_client_gives_a_live_license(app, client):
     assert v["code"] == "VALID", (r.status_code, v["code"])  # observed (200, 'EXPIRED')
 
 
-# 5. buying a plan with fewer seats leaves more live licenses than seats
+# Found: buying a plan with fewer seats leaves more live licenses than seats
 def test_fewer_seats_suspend_the_excess(app, client):
     uid, h = signup(client)
     grant(app, uid, 3)
@@ -128,7 +77,7 @@ def test_fewer_seats_suspend_the_excess(app, client):
     assert seats["used"] <= seats["limit"], seats  # observed {'limit': 1, 'used': 3}
 
 
-# 6a. lapse_past_due overwrites a renewal that committed between its read and its lock
+# Found: lapse_past_due overwrites a renewal that committed between its read and its lock
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_lapse_does_not_overwrite_a_concurrent_renewal(app, client, monkeypatch):
     uid, h = signup(client)
@@ -161,7 +110,7 @@ def test_lapse_does_not_overwrite_a_concurrent_renewal(app, client, monkeypatch)
     assert live is not None  # observed: None (status 'expired', licenses suspended, plan free)
 
 
-# 6b. cancel_subscription overwrites a concurrent (final) revoke with 'suspended'
+# Found: cancel_subscription overwrites a concurrent (final) revoke with 'suspended'
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_cancel_does_not_unrevoke_a_concurrently_revoked_license(app, client, monkeypatch):
     uid, h = signup(client)
@@ -198,39 +147,3 @@ def test_cancel_does_not_unrevoke_a_concurrently_revoked_license(app, client, mo
         assert (
             auth_api.get_license(get_session(), ids[1]).status == "revoked"
         )  # observed 'suspended'
-
-
-# 7. per-account activate limit does not apply to Bearer activations
-def test_bearer_activations_count_against_the_account(app_config, tmp_path):
-    from app import create_app
-
-    app_config.update(
-        RATELIMIT_ENABLED=True,
-        RATELIMIT_ACTIVATE_PER_ACCOUNT="2/minute",
-        RATELIMIT_ACTIVATE_PER_IP="100/minute",
-    )
-    app = create_app(app_config)
-    client = app.test_client()
-    _, h = signup(client)
-    codes = [
-        client.post(
-            "/api/v1/licenses/activate",
-            json={"client_id": "same"},
-            headers=h,
-            environ_base={"REMOTE_ADDR": f"10.0.0.{i}"},
-        ).status_code
-        for i in range(6)
-    ]
-    app.extensions["db"].dispose()
-    assert 429 in codes, codes  # observed [201, 200, 200, 200, 200, 200]
-
-
-# 8. an email registered in NFD cannot log in with the same string
-def test_login_with_the_registered_email_string(client):
-    email = unicodedata.normalize("NFD", "josé@example.com")
-    assert (
-        client.post("/api/v1/auth/register", json={"email": email, "password": PW}).status_code
-        == 201
-    )
-    r = client.post("/api/v1/auth/login", json={"email": email, "password": PW})
-    assert r.status_code == 200, r.get_json()  # observed 401 invalid_credentials
