@@ -56,17 +56,6 @@ def _signed(license_: Any) -> dict[str, Any]:
     return {**LicenseOut.model_validate(license_).model_dump(), "token": token}
 
 
-def _stale(claims: dict[str, Any], license_: Any, now: Any) -> bool:
-    """The token sent no longer tells the truth offline, or soon will not: the license's
-    terms changed since it was signed (its version moved on: expiry, status), or it
-    expires before the license and less than half of LICENSE_TOKEN_TTL_DAYS is left."""
-    if claims.get("ver") != license_.version:
-        return True
-    half_life = current_app.config["LICENSE_TOKEN_TTL"] / 2
-    exp = claims["exp"]
-    return exp < int(license_.expires_at.timestamp()) and exp < (now + half_life).timestamp()
-
-
 def _activation_user(session: Any, body: ActivateIn, now: Any) -> tuple[str | None, Any]:
     """Who is activating: the Bearer token's user, or (email, password) checked like a login."""
     if verify_jwt_in_request(optional=True):
@@ -146,52 +135,34 @@ def activate(json_data: ActivateIn) -> Any:
 )
 def validate(json_data: ValidateIn) -> Any:
     checked_at = utcnow()
-    asked = (json_data, checked_at)
-    try:
-        claims = signing.license_keys().verify(json_data.token)
-    except pyjwt.InvalidTokenError:
-        return _verdict("INVALID_TOKEN", None, None, asked)
-    license_id = claims["license_id"]
-    license_ = licensing.license_for_validation(get_session(), license_id)
-    if license_ is None:
-        return _verdict("NOT_FOUND", None, license_id, asked)
-    if json_data.client_id is not None and json_data.client_id != license_.client_id:
-        return _verdict("CLIENT_MISMATCH", None, license_id, asked)
-    if license_.status == "revoked":
-        code = "REVOKED"
-    elif license_.status == "suspended":
-        code = "SUSPENDED"
-    elif license_.expires_at <= checked_at:
-        code = "EXPIRED"
-    else:
-        code = "VALID"
-    answer = _verdict(code, license_, license_id, asked)
-    if code == "VALID" and _stale(claims, license_, checked_at):
-        answer["token"] = _token(license_, checked_at)
-    return answer
-
-
-def _verdict(
-    code: str, license_: Any, license_id: str | None, asked: tuple[ValidateIn, Any]
-) -> dict[str, Any]:
-    """The answer, with its signed `verdict` (README: "Signed verdicts")."""
-    request, checked_at = asked
-    metrics.LICENSE_VALIDATIONS.labels(code).inc()
-    verdict = signing.license_keys().sign_verdict(
-        code=code,
-        license_id=license_id,
-        client_id=request.client_id,
-        nonce=request.nonce,
-        issued_at=checked_at,
-        ttl_seconds=signing.VERDICT_TTL_SECONDS,
+    keys = signing.license_keys()
+    verdict = licensing.validate(
+        get_session(),
+        keys,
+        json_data.token,
+        json_data.client_id,
+        now=checked_at,
+        token_ttl=current_app.config["LICENSE_TOKEN_TTL"],
     )
-    return {
-        "valid": code == "VALID",
-        "code": code,
-        "license": license_,
+    metrics.LICENSE_VALIDATIONS.labels(verdict.code).inc()
+    answer = {
+        "valid": verdict.valid,
+        "code": verdict.code,
+        "license": verdict.license,
         "checked_at": checked_at,
-        "verdict": verdict,
+        # README, "Signed verdicts": what an app verifies instead of trusting plain JSON.
+        "verdict": keys.sign_verdict(
+            code=verdict.code,
+            license_id=verdict.license_id,
+            client_id=json_data.client_id,
+            nonce=json_data.nonce,
+            issued_at=checked_at,
+            ttl_seconds=signing.VERDICT_TTL_SECONDS,
+        ),
     }
+    if verdict.stale:
+        answer["token"] = _token(verdict.license, checked_at)
+    return answer
 
 
 @bp.post("/licenses/deactivate")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import jwt
 from sqlalchemy import Row, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session
 from app.admin import api as admin_api
 from app.auth.models import License, Subscription, User
 from app.auth.service import UserNotFound
+from app.auth.signing import KeySet
 from app.kernel.db import utcnow
 from app.kernel.errors import Conflict, NotFound, ProblemError
 from app.kernel.ids import new_id
@@ -409,6 +411,65 @@ def license_for_validation(session: Session, license_id: str) -> Row[Any] | None
     """The license's current row, read from the database on every call (read-after-write):
     a Row with the license's attributes, or None. One primary-key look-up; no writes."""
     return session.connection().execute(_LICENSE_BY_ID, {"license_id": license_id}).first()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What validation decides about a license token: a value the route renders.
+
+    `license` is the license's current row when the answer is about it (None for
+    INVALID_TOKEN, NOT_FOUND and CLIENT_MISMATCH); `stale` says that the token, though
+    VALID, no longer tells the truth offline and a fresh one should be handed out (ADR 0007).
+    """
+
+    code: str
+    license_id: str | None = None
+    license: Row[Any] | None = None
+    stale: bool = False
+
+    @property
+    def valid(self) -> bool:
+        return self.code == "VALID"
+
+
+def validate(
+    session: Session,
+    keys: KeySet,
+    token: str,
+    client_id: str | None,
+    *,
+    now: datetime,
+    token_ttl: timedelta,
+) -> Verdict:
+    """The verdict on `token` (for `client_id`, when given) against the license's current
+    row (read-after-write: a change is seen by the very next validation). One look-up."""
+    try:
+        claims = keys.verify(token)
+    except jwt.InvalidTokenError:
+        return Verdict("INVALID_TOKEN")
+    license_id = claims["license_id"]
+    license_ = license_for_validation(session, license_id)
+    if license_ is None:
+        return Verdict("NOT_FOUND", license_id)
+    if client_id is not None and client_id != license_.client_id:
+        return Verdict("CLIENT_MISMATCH", license_id)
+    if license_.status == "revoked":
+        return Verdict("REVOKED", license_id, license_)
+    if license_.status == "suspended":
+        return Verdict("SUSPENDED", license_id, license_)
+    if license_.expires_at <= now:
+        return Verdict("EXPIRED", license_id, license_)
+    return Verdict("VALID", license_id, license_, _stale(claims, license_, now, token_ttl))
+
+
+def _stale(claims: dict[str, Any], license_: Any, now: datetime, token_ttl: timedelta) -> bool:
+    """The token no longer tells the truth offline, or soon will not: the license's terms
+    changed since it was signed (its version moved on: expiry, status), or it expires
+    before the license and less than half of its lifetime (`token_ttl`) is left."""
+    if claims.get("ver") != license_.version:
+        return True
+    exp = claims["exp"]
+    return exp < int(license_.expires_at.timestamp()) and exp < (now + token_ttl / 2).timestamp()
 
 
 def list_licenses(
