@@ -498,3 +498,21 @@ def test_cancel_answers_alike_whether_or_not_the_renewal_ran(app, app_config, cl
         "order_not_cancellable",
     )
     assert [e["type"] for e in ledger(app_config)] == ["charge"]
+
+
+def test_orders_come_in_keyset_pages(client):
+    ada = account(client)
+    for i in range(5):
+        assert order(client, ada, f"k-page-{i}", seats=i + 1).status_code == 201
+    seen, cursor = [], None
+    while True:
+        query = "?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = client.get(f"/api/v1/orders{query}", headers=ada).get_json()
+        seen += [o["order_id"] for o in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == 5 and seen == sorted(seen, reverse=True)  # newest first, each once
+    assert_problem(
+        client.get("/api/v1/orders?cursor=WyJ4IiwgInkiXQ", headers=ada), 422, "invalid_cursor"
+    )  # ["x", "y"]: a cursor of another list's shape

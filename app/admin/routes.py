@@ -22,12 +22,11 @@ from app.admin.schemas import (
     UserPage,
     UserQuery,
     UserStatsOut,
-    in_utc,
 )
 from app.auth import api as auth_api
 from app.kernel.db import get_session, transaction
 from app.kernel.errors import Forbidden, NotFound, ProblemError
-from app.kernel.pagination import InvalidCursor, decode_cursor, encode_cursor
+from app.kernel.pagination import decode_keyset
 from app.kernel.web import BEARER_AUTH, client_ip, problem_responses, request_headers
 
 
@@ -57,21 +56,6 @@ def _doc(summary: str, *statuses: int) -> Any:
     )
 
 
-def _keyset(cursor: str | None) -> tuple[datetime, str] | None:
-    raw = decode_cursor(cursor)
-    if raw is None:
-        return None
-    try:
-        when, key = raw
-        return in_utc(datetime.fromisoformat(when)), str(key)  # the API hands out UTC times
-    except (TypeError, ValueError):
-        raise InvalidCursor() from None
-
-
-def _next(cursor: tuple[str, str] | None) -> str | None:
-    return encode_cursor(list(cursor)) if cursor else None
-
-
 @bp.get("/stats/users")
 @bp.output(UserStatsOut)
 @_doc("Users per plan, with new users in the last 30 days")
@@ -96,9 +80,9 @@ def list_users(query_data: UserQuery) -> Any:
         email_prefix=query_data.email,
         plan=query_data.plan,
         limit=query_data.limit,
-        after=_keyset(query_data.cursor),
+        after=decode_keyset(query_data.cursor, (datetime, str)),
     )
-    return {"items": items, "next_cursor": _next(cursor)}
+    return {"items": items, "next_cursor": cursor}
 
 
 @bp.get("/users/<user_id>")
@@ -137,9 +121,12 @@ def audit_logs(query_data: AuditQuery) -> Any:
         until=query_data.until,
     )
     items, cursor = service.search_audit(
-        get_session(), filters, limit=query_data.limit, after=_keyset(query_data.cursor)
+        get_session(),
+        filters,
+        limit=query_data.limit,
+        after=decode_keyset(query_data.cursor, (datetime, str)),
     )
-    return {"items": items, "next_cursor": _next(cursor)}
+    return {"items": items, "next_cursor": cursor}
 
 
 def _etag(version: int) -> dict[str, str]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, insert, literal, or_, select
+from sqlalchemy import and_, case, delete, func, insert, literal, select
 from sqlalchemy.orm import Session
 
 from app.admin.models import AuditLog, AuditLogArchive
@@ -20,6 +20,7 @@ from app.kernel.db import UtcDateTime, utcnow
 from app.kernel.emails import normalise_email
 from app.kernel.events import Event
 from app.kernel.ids import new_id
+from app.kernel.pagination import newest_first, page_of
 
 AUDIT_RECORDED = "audit.recorded"
 AUDIT_FIELDS = ("log_id", "user_id", "actor_id", "action", "details", "ip_address")
@@ -136,7 +137,7 @@ def list_users(
     plan: str | None,
     limit: int,
     after: tuple[datetime, str] | None,
-) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+) -> tuple[list[dict[str, Any]], str | None]:
     """Users, newest first, filtered by email prefix and plan; keyset (created_at, user_id)."""
     stmt = select(*USER_COLUMNS)
     prefix = normalise_email(email_prefix or "")  # as emails are stored
@@ -144,19 +145,9 @@ def list_users(
         stmt = stmt.where(_prefix_range(users.c.email, prefix))
     if plan:
         stmt = stmt.where(users.c.plan == plan)
-    if after is not None:
-        created_at, user_id = after
-        stmt = stmt.where(
-            or_(
-                users.c.created_at < created_at,
-                and_(users.c.created_at == created_at, users.c.user_id < user_id),
-            )
-        )
-    stmt = stmt.order_by(users.c.created_at.desc(), users.c.user_id.desc()).limit(limit + 1)
+    stmt = newest_first(stmt, (users.c.created_at, users.c.user_id), after, limit)
     rows = [dict(r._mapping) for r in session.execute(stmt)]
-    page, more = rows[:limit], len(rows) > limit
-    cursor = (page[-1]["created_at"].isoformat(), page[-1]["user_id"]) if more else None
-    return page, cursor
+    return page_of(rows, limit, lambda u: (u["created_at"], u["user_id"]))
 
 
 LICENSE_COLUMNS = (
@@ -203,7 +194,7 @@ class AuditFilter:
 
 def search_audit(
     session: Session, filters: AuditFilter, *, limit: int, after: tuple[datetime, str] | None
-) -> tuple[list[AuditLog], tuple[str, str] | None]:
+) -> tuple[list[AuditLog], str | None]:
     """Audit entries newest first. The keyset (timestamp, log_id) keeps pages stable while
     new entries arrive: they sort before the cursor, never into a later page."""
     stmt = select(AuditLog)
@@ -215,16 +206,9 @@ def search_audit(
         stmt = stmt.where(AuditLog.timestamp >= filters.since)
     if filters.until:
         stmt = stmt.where(AuditLog.timestamp < filters.until)
-    if after is not None:
-        ts, log_id = after
-        stmt = stmt.where(
-            or_(AuditLog.timestamp < ts, and_(AuditLog.timestamp == ts, AuditLog.log_id < log_id))
-        )
-    stmt = stmt.order_by(AuditLog.timestamp.desc(), AuditLog.log_id.desc()).limit(limit + 1)
-    rows = list(session.scalars(stmt))
-    page, more = rows[:limit], len(rows) > limit
-    cursor = (page[-1].timestamp.isoformat(), page[-1].log_id) if more else None
-    return page, cursor
+    stmt = newest_first(stmt, (AuditLog.timestamp, AuditLog.log_id), after, limit)
+    rows = session.scalars(stmt).all()
+    return page_of(rows, limit, lambda e: (e.timestamp, e.log_id))
 
 
 # --- archive -------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from app.extensions import limiter
 from app.kernel import metrics
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.errors import ProblemError, Unauthorized
-from app.kernel.pagination import PageQuery, decode_key_cursor, encode_cursor
+from app.kernel.pagination import PageQuery, decode_keyset
 from app.kernel.web import (
     BEARER_AUTH,
     NO_STORE,
@@ -205,11 +205,13 @@ def deactivate_from_app(json_data: DeactivateIn) -> Any:
     summary="My licenses, newest first", security=BEARER_AUTH, responses=problem_responses(401, 422)
 )
 def list_mine(query_data: PageQuery) -> Any:
-    after = decode_key_cursor(query_data.cursor)
-    items, next_after = licensing.list_licenses(
-        get_session(), get_jwt()["sub"], limit=query_data.limit, after=after
+    items, next_cursor = licensing.list_licenses(
+        get_session(),
+        get_jwt()["sub"],
+        limit=query_data.limit,
+        after=decode_keyset(query_data.cursor, (str,)),
     )
-    return {"items": items, "next_cursor": encode_cursor(next_after) if next_after else None}
+    return {"items": items, "next_cursor": next_cursor}
 
 
 @bp.get("/licenses/<license_id>")

@@ -26,6 +26,7 @@ from app.auth.signing import KeySet
 from app.kernel.db import utcnow
 from app.kernel.errors import Conflict, NotFound, ProblemError
 from app.kernel.ids import new_id
+from app.kernel.pagination import newest_first, page_of
 
 LICENSE_LIFETIME = timedelta(days=365)
 # Seats of the plan that needs no subscription; paid plans take theirs from the subscription.
@@ -473,15 +474,13 @@ def _stale(claims: dict[str, Any], license_: Any, now: datetime, token_ttl: time
 
 
 def list_licenses(
-    session: Session, user_id: str, *, limit: int, after: str | None
+    session: Session, user_id: str, *, limit: int, after: tuple[str] | None
 ) -> tuple[list[License], str | None]:
-    """The user's licenses, newest first; keyset pagination on the time-sortable id."""
+    """The user's licenses, newest first (keyset on the time-sortable id), and the cursor
+    of the next page."""
     stmt = select(License).where(License.user_id == user_id)
-    if after is not None:
-        stmt = stmt.where(License.license_id < after)
-    rows = list(session.scalars(stmt.order_by(License.license_id.desc()).limit(limit + 1)))
-    next_after = rows[limit - 1].license_id if len(rows) > limit else None
-    return rows[:limit], next_after
+    rows = session.scalars(newest_first(stmt, (License.license_id,), after, limit)).all()
+    return page_of(rows, limit, lambda r: (r.license_id,))
 
 
 # --- status changes ------------------------------------------------------------------

@@ -11,7 +11,7 @@ from flask_jwt_extended import get_jwt, jwt_required
 from app.auth import api as auth_api
 from app.kernel.db import get_session
 from app.kernel.errors import ProblemError, problem_body_response
-from app.kernel.pagination import PageQuery, decode_key_cursor, encode_cursor
+from app.kernel.pagination import PageQuery, decode_keyset
 from app.kernel.web import BEARER_AUTH, problem_responses, request_headers
 from app.orders import bp, service, workflows
 from app.orders.payments import PaymentGateway
@@ -103,14 +103,13 @@ def place_order(json_data: OrderIn) -> Any:
     summary="My orders, newest first", security=BEARER_AUTH, responses=problem_responses(401, 422)
 )
 def list_orders(query_data: PageQuery) -> Any:
-    after = decode_key_cursor(query_data.cursor)
-    items, next_after = service.list_orders(
-        get_session(), get_jwt()["sub"], limit=query_data.limit, after=after
+    items, next_cursor = service.list_orders(
+        get_session(),
+        get_jwt()["sub"],
+        limit=query_data.limit,
+        after=decode_keyset(query_data.cursor, (str,)),
     )
-    return {
-        "items": [service.order_body(o) for o in items],
-        "next_cursor": encode_cursor(next_after) if next_after else None,
-    }
+    return {"items": [service.order_body(o) for o in items], "next_cursor": next_cursor}
 
 
 def _is_admin() -> bool:

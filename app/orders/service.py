@@ -26,6 +26,7 @@ from app.kernel import events
 from app.kernel.db import utcnow
 from app.kernel.errors import Conflict, NotFound, ProblemError
 from app.kernel.ids import new_id
+from app.kernel.pagination import newest_first, page_of
 from app.orders.models import IdempotencyKey, Order
 from app.orders.payments import Charge, Refund
 from app.orders.plans import Plan
@@ -319,13 +320,12 @@ def get_order(session: Session, order_id: str, *, user_id: str, is_admin: bool) 
 
 
 def list_orders(
-    session: Session, user_id: str, *, limit: int, after: str | None
+    session: Session, user_id: str, *, limit: int, after: tuple[str] | None
 ) -> tuple[list[Order], str | None]:
+    """The user's orders, newest first, and the cursor of the next page."""
     stmt = select(Order).where(Order.user_id == user_id)
-    if after is not None:
-        stmt = stmt.where(Order.order_id < after)
-    rows = list(session.scalars(stmt.order_by(Order.order_id.desc()).limit(limit + 1)))
-    return rows[:limit], (rows[limit - 1].order_id if len(rows) > limit else None)
+    rows = session.scalars(newest_first(stmt, (Order.order_id,), after, limit)).all()
+    return page_of(rows, limit, lambda o: (o.order_id,))
 
 
 # --- cancelling ----------------------------------------------------------------------
