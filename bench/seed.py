@@ -167,6 +167,7 @@ def cmd_requests(args: argparse.Namespace) -> None:
                         client_id=r.client_id,
                         expires_at=r.expires_at,
                         issued_at=now,
+                        version=r.version,
                     ),
                     "client_id": r.client_id,
                 },

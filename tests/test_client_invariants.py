@@ -47,6 +47,7 @@ class Service:
             client_id=CLIENT,
             expires_at=datetime.fromtimestamp(T0 + 60 * DAY, UTC),
             issued_at=datetime.fromtimestamp(T0, UTC),
+            version=1,
         )
 
     def __call__(self, request: httpx.Request) -> httpx.Response:

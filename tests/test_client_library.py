@@ -494,6 +494,7 @@ def test_a_renewed_token_from_validate_replaces_the_stored_one(
         client_id=claims["client_id"],
         expires_at=datetime.fromtimestamp(claims["exp"] + 30 * DAY, UTC),
         issued_at=datetime.fromtimestamp(claims["iat"] + 1, UTC),
+        version=claims["ver"] + 1,
     )
     outsider = pyjwt.encode(
         {**claims, "exp": claims["exp"] + 30 * DAY},

@@ -56,6 +56,7 @@ def _token(keys: KeySet, license_id: str = "lic_1") -> str:
         client_id="c1",
         expires_at=now + timedelta(days=1),
         issued_at=now,
+        version=1,
     )
 
 

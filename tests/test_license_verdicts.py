@@ -147,6 +147,7 @@ def test_deactivating_an_unknown_license_is_the_same_404(app, client):
             client_id="box-1",
             expires_at=utcnow() + timedelta(days=1),
             issued_at=utcnow(),
+            version=1,
         )
     assert_problem(
         client.post("/api/v1/licenses/deactivate", json={"token": ghost, "client_id": "box-1"}),

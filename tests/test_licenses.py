@@ -295,6 +295,7 @@ def test_every_validation_code(app, client, signing_key_file):
         client_id="c",
         expires_at=utcnow() + timedelta(days=1),
         issued_at=utcnow(),
+        version=1,
     )
     verdict = validate(client, ghost)
     assert (verdict["valid"], verdict["code"], verdict["license"]) == (False, "NOT_FOUND", None)

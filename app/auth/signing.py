@@ -138,7 +138,7 @@ class KeySet:
         client_id: str,
         expires_at: datetime,
         issued_at: datetime,
-        version: int | None = None,
+        version: int,
     ) -> str:
         """A token for the license as it is now. `exp` is `expires_at` rounded down, so it
         never exceeds the license's expiry; `ver` is the license's version, so `validate`
@@ -151,7 +151,7 @@ class KeySet:
             "client_id": client_id,
             "iat": int(issued_at.timestamp()),
             "exp": int(expires_at.timestamp()),
-            **({"ver": version} if version is not None else {}),
+            "ver": version,
         }
         return jwt.encode(
             claims, self.signing.private, algorithm=ALGORITHM, headers={"kid": self.signing.kid}
