@@ -16,9 +16,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import observability
 from app.config import ConfigError, check_production, check_secrets, load_config
+from app.http import openapi
 from app.kernel import files
 from app.kernel.errors import MalformedJSON, ProblemError
-from app.kernel.web import document_common_errors, document_request_headers
 
 __all__ = ["create_app"]
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 SECRET_FILES = {"SECRET_KEY": "secret-key", "JWT_SECRET_KEY": "jwt-secret-key"}
 
 
-# Error responses are documented per route as application/problem+json (kernel.web.
+# Error responses are documented per route as application/problem+json (app.http.openapi.
 # problem_responses), so APIFlask's generic application/json error entries are turned off.
 OPENAPI_SETTINGS = {
     "AUTO_VALIDATION_ERROR_RESPONSE": False,
@@ -156,8 +156,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
     register_blueprints(app)
     register_errorhandlers(app)
     register_commands(app)
-    headers = document_request_headers(app)
-    app.spec_processor(lambda spec: headers(document_common_errors(spec)))  # only one is kept
+    app.spec_processor(openapi.processor(app))  # only one is kept
     if app.config["TRUSTED_PROXIES"] > 0:
         app.wsgi_app = TrustedProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, app.config["TRUSTED_PROXIES"], app.config["TRUSTED_PROXY_ADDRESSES"]

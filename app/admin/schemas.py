@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from app.kernel.numbers import whole_number
+
 LicenseStatus = Literal["active", "suspended", "revoked"]
 
 
@@ -139,8 +141,10 @@ class BatchUpdateIn(BaseModel):
     license_id: str = Field(min_length=1, max_length=40)
     status: LicenseStatus
     version: int | None = Field(
-        default=None, ge=1, strict=True, description="expected version (optional)"
+        default=None, ge=1, le=2**31 - 1, strict=True, description="expected version (optional)"
     )
+
+    _whole_version = field_validator("version", mode="before")(whole_number)
 
 
 class BatchStatusIn(BaseModel):

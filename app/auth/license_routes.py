@@ -21,6 +21,7 @@ from app.auth.schemas import (
     ValidateOut,
 )
 from app.extensions import limiter
+from app.http.openapi import problem_responses
 from app.kernel import metrics
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.errors import ProblemError, Unauthorized
@@ -32,7 +33,6 @@ from app.kernel.web import (
     config_limit,
     email_in_body,
     jwt_subject_key,
-    problem_responses,
     token_in_body,
 )
 
@@ -88,6 +88,7 @@ def _activation_user(session: Any, body: ActivateIn, now: Any) -> tuple[str | No
 @bp.output(ActivatedLicenseOut, status_code=201, description="A new license")
 @bp.doc(
     summary="Activate a license for a client (idempotent for the same user and client)",
+    operation_id="licensing_activate",
     security=[{"BearerAuth": []}, {}],  # a Bearer token, or email and password in the body
     responses={
         200: {
@@ -131,6 +132,7 @@ def activate(json_data: ActivateIn) -> Any:
 @bp.output(ValidateOut)
 @bp.doc(
     summary="Check a license token against the current license (always 200 when well-formed)",
+    operation_id="licensing_validate",
     responses=problem_responses(400, 422, 429),
 )
 def validate(json_data: ValidateIn) -> Any:
@@ -173,6 +175,7 @@ def validate(json_data: ValidateIn) -> Any:
 @bp.doc(
     summary="Deactivate a license from the app that holds it: its token and client id, "
     "no password (revoked, seat freed)",
+    operation_id="licensing_deactivate_from_app",
     responses=problem_responses(404, 422, 429),
 )
 def deactivate_from_app(json_data: DeactivateIn) -> Any:
@@ -202,7 +205,10 @@ def deactivate_from_app(json_data: DeactivateIn) -> Any:
 @bp.input(PageQuery, location="query")
 @bp.output(LicensePage)
 @bp.doc(
-    summary="My licenses, newest first", security=BEARER_AUTH, responses=problem_responses(401, 422)
+    summary="My licenses, newest first",
+    operation_id="licensing_list",
+    security=BEARER_AUTH,
+    responses=problem_responses(401, 422),
 )
 def list_mine(query_data: PageQuery) -> Any:
     items, next_cursor = licensing.list_licenses(
@@ -219,6 +225,7 @@ def list_mine(query_data: PageQuery) -> Any:
 @bp.output(LicenseOut)
 @bp.doc(
     summary="One license (its owner or an admin)",
+    operation_id="licensing_get",
     security=BEARER_AUTH,
     responses=problem_responses(401, 404),
 )
@@ -235,6 +242,7 @@ def get_one(license_id: str) -> Any:
 @bp.output(LicenseOut)
 @bp.doc(
     summary="Deactivate my license: revoked, seat freed",
+    operation_id="licensing_deactivate",
     security=BEARER_AUTH,
     responses=problem_responses(401, 404),
 )
@@ -247,7 +255,10 @@ def deactivate(license_id: str) -> Any:
 
 @root_bp.get("/.well-known/jwks.json")
 @root_bp.output(JwksOut)
-@root_bp.doc(summary="Public keys that verify license tokens offline (several during rotation)")
+@root_bp.doc(
+    summary="Public keys that verify license tokens offline (several during rotation)",
+    operation_id="licensing_jwks",
+)
 def jwks() -> Any:
     max_age = current_app.config["JWKS_MAX_AGE"]
     return signing.license_keys().jwks(), 200, {"Cache-Control": f"public, max-age={max_age}"}

@@ -11,6 +11,7 @@ from app.auth import bp, licensing, service, tokens
 from app.auth.passwords import Hasher, hasher_from_config
 from app.auth.schemas import LoginIn, MeOut, RegisterIn, TokenPairOut, UserOut
 from app.extensions import limiter
+from app.http.openapi import problem_responses
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.web import (
     BEARER_AUTH,
@@ -19,7 +20,6 @@ from app.kernel.web import (
     config_limit,
     email_in_body,
     jwt_subject_key,
-    problem_responses,
 )
 
 
@@ -36,7 +36,11 @@ def lockout_policy() -> service.LockoutPolicy:
 @limiter.limit(config_limit("RATELIMIT_REGISTER_PER_ACCOUNT"), key_func=email_in_body)
 @bp.input(RegisterIn)
 @bp.output(UserOut, status_code=201)
-@bp.doc(summary="Create an account", responses=problem_responses(409, 422, 429))
+@bp.doc(
+    summary="Create an account",
+    operation_id="auth_register",
+    responses=problem_responses(409, 422, 429),
+)
 def register(json_data: RegisterIn) -> Any:
     password_hash = hasher().hash(json_data.password)  # slow on purpose; outside the transaction
     session = get_session()
@@ -51,7 +55,9 @@ def register(json_data: RegisterIn) -> Any:
 @bp.input(LoginIn)
 @bp.output(TokenPairOut)
 @bp.doc(
-    summary="Log in: an access and a refresh token", responses=problem_responses(401, 422, 423, 429)
+    summary="Log in: an access and a refresh token",
+    operation_id="auth_login",
+    responses=problem_responses(401, 422, 423, 429),
 )
 def login(json_data: LoginIn) -> Any:
     session, policy, ip, now = get_session(), lockout_policy(), client_ip(), utcnow()
@@ -76,6 +82,7 @@ def login(json_data: LoginIn) -> Any:
 @bp.output(TokenPairOut)
 @bp.doc(
     summary="Exchange a refresh token (as Bearer) for a new pair; the old one is spent",
+    operation_id="auth_refresh",
     security=BEARER_AUTH,
     responses=problem_responses(401, 429),
 )
@@ -106,6 +113,7 @@ def refresh() -> Any:
 @bp.output({}, status_code=204)
 @bp.doc(
     summary="Revoke this access token and its refresh family",
+    operation_id="auth_logout",
     security=BEARER_AUTH,
     responses=problem_responses(401),
 )
@@ -130,6 +138,7 @@ def logout() -> Any:
 @bp.output(MeOut)
 @bp.doc(
     summary="The current user, plan, subscription and seats",
+    operation_id="auth_me",
     security=BEARER_AUTH,
     responses=problem_responses(401),
 )

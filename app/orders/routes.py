@@ -9,10 +9,11 @@ from flask import current_app, request
 from flask_jwt_extended import get_jwt, jwt_required
 
 from app.auth import api as auth_api
+from app.http.openapi import problem_responses, request_headers
 from app.kernel.db import get_session
 from app.kernel.errors import ProblemError, problem_body_response
 from app.kernel.pagination import PageQuery, decode_keyset
-from app.kernel.web import BEARER_AUTH, problem_responses, request_headers
+from app.kernel.web import BEARER_AUTH
 from app.orders import bp, service, workflows
 from app.orders.payments import PaymentGateway
 from app.orders.plans import Plan
@@ -40,7 +41,7 @@ def settings() -> workflows.Settings:
 
 @bp.get("/plans")
 @bp.output(list[PlanOut])
-@bp.doc(summary="The plan catalog", responses=problem_responses())
+@bp.doc(summary="The plan catalog", operation_id="orders_list_plans", responses=problem_responses())
 def plans() -> Any:
     return [p.as_dict() for p in catalog().values()]
 
@@ -51,6 +52,7 @@ def plans() -> Any:
 @bp.output(OrderOut, status_code=201)
 @bp.doc(
     summary="Buy a plan (Idempotency-Key header required; retries replay the answer)",
+    operation_id="orders_place",
     security=BEARER_AUTH,
     responses=problem_responses(400, 401, 402, 409, 422, 502),
 )
@@ -100,7 +102,10 @@ def place_order(json_data: OrderIn) -> Any:
 @bp.input(PageQuery, location="query")
 @bp.output(OrderPage)
 @bp.doc(
-    summary="My orders, newest first", security=BEARER_AUTH, responses=problem_responses(401, 422)
+    summary="My orders, newest first",
+    operation_id="orders_list",
+    security=BEARER_AUTH,
+    responses=problem_responses(401, 422),
 )
 def list_orders(query_data: PageQuery) -> Any:
     items, next_cursor = service.list_orders(
@@ -121,6 +126,7 @@ def _is_admin() -> bool:
 @bp.output(OrderOut)
 @bp.doc(
     summary="One order (its owner or an admin)",
+    operation_id="orders_get",
     security=BEARER_AUTH,
     responses=problem_responses(401, 404),
 )
@@ -136,6 +142,7 @@ def get_order(order_id: str) -> Any:
 @bp.output(OrderOut)
 @bp.doc(
     summary="Cancel a paid order: refund it, end the subscription, suspend surplus licenses",
+    operation_id="orders_cancel",
     security=BEARER_AUTH,
     responses=problem_responses(401, 404, 409, 502),
 )
@@ -156,6 +163,7 @@ def cancel_order(order_id: str) -> Any:
 @bp.output(DashboardOut)
 @bp.doc(
     summary="User, subscription, seats, licenses and recent orders in one call",
+    operation_id="orders_dashboard",
     security=BEARER_AUTH,
     responses=problem_responses(401),
 )

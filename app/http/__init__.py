@@ -1,0 +1,1 @@
+"""The HTTP layer: the only place that knows APIFlask and flask-limiter (docs/adr/0005)."""
