@@ -247,6 +247,7 @@ def test_the_generated_client_drives_the_service(generated, database_url, signin
         LicensePatchInStatus,
         LoginIn,
         OrderIn,
+        OrderInPlan,
         OrderPage,
         Problem,
         ProblemCode,
@@ -298,7 +299,7 @@ def test_the_generated_client_drives_the_service(generated, database_url, signin
         assert "pro" in plans
         placed = orders_place.sync_detailed(
             client=me,
-            body=OrderIn(plan="pro", seats=3, payment_token="tok_ok"),
+            body=OrderIn(plan=OrderInPlan.PRO, seats=3, payment_token="tok_ok"),
             idempotency_key=uuid.uuid4().hex,
         )
         assert placed.status_code == 201, placed.content

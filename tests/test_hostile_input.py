@@ -567,8 +567,9 @@ def test_times_beyond_the_calendar_in_utc_are_422(client, world, tally):
 
 
 def test_forged_cursors_are_422_not_500(client, world, tally):
-    """Cursors are base64url JSON, so anyone can forge one: lone surrogates (which cannot
-    be sent to a database), naive or impossible times, wrong shapes — all invalid_cursor."""
+    """Anyone can forge a cursor: base64url JSON (as cursors once were) with lone
+    surrogates (which cannot be sent to a database), naive or impossible times, wrong
+    shapes; times beyond any calendar; a key of another list's shape — all invalid_cursor."""
     admin, user = world["admin"], world["user"]
     forged = [
         '"\\ud800"',
@@ -584,7 +585,9 @@ def test_forged_cursors_are_422_not_500(client, world, tally):
         '{"a": 1}',
         "1e999",
     ]
-    for raw in forged:
+    forged_plain = ["99999999999999999.usr_01M8R5HDTHPE0XRN0KDW4JSSCV", "-1.usr_x", "lic_\x00"]
+    forged_plain += ["1.2.3", "usr_01M8R5HDTHPE0XRN0KDW4JSSCV.1", "", " ", "lic_" + "A" * 26 + "\n"]
+    for cursor in [cursor_of(raw) for raw in forged] + forged_plain:
         for path, headers in (
             (f"{API}/licenses", user),
             (f"{API}/orders", user),
@@ -592,8 +595,8 @@ def test_forged_cursors_are_422_not_500(client, world, tally):
             (f"{API}/admin/audit-logs", admin),
         ):
             tally.check(
-                f"{path} cursor {raw[:60]}",
-                client.get(path, query_string={"cursor": cursor_of(raw)}, headers=headers),
+                f"{path} cursor {cursor[:60]!r}",
+                client.get(path, query_string={"cursor": cursor}, headers=headers),
                 [422],
                 code="invalid_cursor",
             )

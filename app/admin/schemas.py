@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from app.kernel.numbers import whole_number
+from app.kernel.pagination import cursor_field
 
 LicenseStatus = Literal["active", "suspended", "revoked"]
 
@@ -53,7 +54,7 @@ class UserQuery(BaseModel):
     )
     plan: str | None = Field(default=None, min_length=1, max_length=32)
     limit: int = Field(default=20, ge=1, le=100)
-    cursor: str | None = Field(default=None, max_length=512)
+    cursor: str | None = cursor_field((datetime, str))
 
 
 class AdminUserOut(BaseModel):
@@ -92,7 +93,7 @@ class AuditQuery(BaseModel):
     since: AwareDatetime | None = Field(default=None, description="RFC 3339, inclusive")
     until: AwareDatetime | None = Field(default=None, description="RFC 3339, exclusive")
     limit: int = Field(default=20, ge=1, le=100)
-    cursor: str | None = Field(default=None, max_length=512)
+    cursor: str | None = cursor_field((datetime, str))
 
     @field_validator("since", "until")
     @classmethod

@@ -39,6 +39,33 @@ def settings() -> workflows.Settings:
     return workflows.Settings(lease=current_app.config["ORDER_LEASE"])
 
 
+def document_catalog(plans: dict[str, Plan]) -> Any:
+    """The document's OrderIn as the catalog has it: `plan` one of those that can be
+    bought, `seats` at most that plan's max_seats (so a generator or a fuzzer sends what
+    the server takes)."""
+    purchasable = [p for p in plans.values() if p.purchasable]
+
+    def refine(spec: dict[str, Any]) -> None:
+        order_in = spec["components"]["schemas"]["OrderIn"]
+        plan = order_in["properties"]["plan"]
+        plan["enum"] = [p.plan for p in purchasable]
+        plan["description"] = "A plan from GET /plans that can be bought"
+        seats = order_in["properties"]["seats"]
+        seats["description"] = "At most the plan's max_seats; none: the plan's seats"
+        for branch in seats.get("anyOf", [seats]):
+            if branch.get("type") == "integer" and purchasable:
+                branch["maximum"] = max(p.max_seats for p in purchasable)
+        order_in["allOf"] = [
+            {
+                "if": {"properties": {"plan": {"const": p.plan}}, "required": ["plan"]},
+                "then": {"properties": {"seats": {"maximum": p.max_seats}}},
+            }
+            for p in purchasable
+        ]
+
+    return refine
+
+
 @bp.get("/plans")
 @bp.output(list[PlanOut])
 @bp.doc(summary="The plan catalog", operation_id="orders_list_plans", responses=problem_responses())
