@@ -11,7 +11,6 @@ from flask_jwt_extended import get_jwt, verify_jwt_in_request
 
 from app.admin import bp, service
 from app.admin.schemas import (
-    AdminLicenseOut,
     AuditPage,
     AuditQuery,
     BatchStatusIn,
@@ -148,7 +147,7 @@ def _etag(version: int) -> dict[str, str]:
 
 
 @bp.get("/licenses/<license_id>")
-@bp.output(AdminLicenseOut)
+@bp.output(auth_api.LicenseOut)
 @_doc("admin_get_license", "One license, with its version as ETag", 404)
 @response_headers(200, ETag=ETAG)
 def get_license(license_id: str) -> Any:
@@ -175,7 +174,7 @@ def _expected_version() -> int:
 
 @bp.patch("/licenses/<license_id>")
 @bp.input(LicensePatchIn)
-@bp.output(AdminLicenseOut)
+@bp.output(auth_api.LicenseOut)
 @_doc(
     "admin_update_license", "Change a license's status (If-Match required)", 404, 409, 412, 422, 428
 )

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from app.auth.api import LicenseOut, UserOut
 from app.kernel.numbers import whole_number
 from app.kernel.pagination import cursor_field
 
@@ -57,12 +58,9 @@ class UserQuery(BaseModel):
     cursor: str | None = cursor_field((datetime, str))
 
 
-class AdminUserOut(BaseModel):
-    user_id: str
-    email: str
-    plan: str
-    role: str
-    created_at: datetime
+class AdminUserOut(UserOut):
+    """auth's user shape, and what an admin also sees: the account-wide login state."""
+
     failed_logins: int
     locked_until: datetime | None
 
@@ -72,17 +70,8 @@ class UserPage(BaseModel):
     next_cursor: str | None
 
 
-class UserLicenseOut(BaseModel):
-    license_id: str
-    client_id: str
-    status: LicenseStatus
-    created_at: datetime
-    expires_at: datetime
-    version: int
-
-
 class UserDetailOut(AdminUserOut):
-    licenses: list[UserLicenseOut]
+    licenses: list[LicenseOut]
 
 
 class AuditQuery(BaseModel):
@@ -118,18 +107,6 @@ class AuditPage(BaseModel):
     next_cursor: str | None
 
 
-class AdminLicenseOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    license_id: str
-    user_id: str
-    client_id: str
-    status: LicenseStatus
-    created_at: datetime
-    expires_at: datetime
-    version: int
-
-
 class LicensePatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -155,4 +132,4 @@ class BatchStatusIn(BaseModel):
 
 
 class BatchStatusOut(BaseModel):
-    items: list[AdminLicenseOut]
+    items: list[LicenseOut]
