@@ -66,6 +66,10 @@ def parse_args(argv: list[str] | None) -> Settings:
     )
     parser.add_argument("--ab-scenarios", default="healthz,validate", help="comma-separated")
     parser.add_argument("--ab-rounds", type=int, default=5)
+    parser.add_argument("--ab-backend", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument(
+        "--ab-connections", help="comma-separated wrk connection counts (default: --connections)"
+    )
     parser.add_argument(
         "--ab-micro-distinct",
         type=int,
@@ -88,6 +92,12 @@ def parse_args(argv: list[str] | None) -> Settings:
     s.ab = args.ab
     s.ab_scenarios = tuple(args.ab_scenarios.split(","))
     s.ab_rounds = args.ab_rounds
+    s.ab_backend = args.ab_backend
+    s.ab_connections = (
+        tuple(int(c) for c in args.ab_connections.split(","))
+        if args.ab_connections
+        else (s.connections,)
+    )
     s.ab_micro_distinct = args.ab_micro_distinct
     return s
 
