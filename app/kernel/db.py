@@ -14,6 +14,7 @@ round trip (docs/adr/0016-hot-path-database-access.md).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import logging
 import os
@@ -336,6 +337,7 @@ def transaction(session: Session) -> Iterator[Session]:
         if session.new or session.dirty or session.deleted:
             raise RuntimeError("pending ORM changes outside transaction(); refusing to drop them")
         session.rollback()
+    turn = _writers_turn(session.get_bind())
     session.info[_WRITE] = True
     try:
         session.connection(execution_options={"sqlite_write": True})
@@ -348,6 +350,45 @@ def transaction(session: Session) -> Iterator[Session]:
     finally:
         session.info.pop(_WRITE, None)
         session.info.pop(_COMMITTING, None)
+        if turn is not None:
+            os.close(turn)  # the next writer in line goes
+
+
+# SQLite has one writer at a time. Left to itself, a writer that finds the database locked
+# sleeps in SQLite's busy handler (1, 2, 5 … 100 ms between tries) and may lose its turn to
+# a newcomer: under load the unlucky ones wait far longer than the work ahead of them. So
+# every process's write transactions first queue on an exclusive lock of a file beside the
+# database (`<database>-writers`) and begin only when it is theirs: the kernel wakes the
+# next one the moment the lock is free. The lock belongs to the open file, so a writer
+# that dies lets the next one go; busy_timeout still covers writers outside the app.
+_QUEUE_FILES: dict[str, str] = {}
+
+
+def _writers_turn(bind: Any) -> int | None:
+    """Wait for this process's turn to write to `bind`'s SQLite database; the descriptor
+    whose closing ends the turn (None: not SQLite, or an in-memory database)."""
+    url = getattr(bind, "url", None)
+    if url is None or url.get_backend_name() != "sqlite":
+        return None
+    database = url.database
+    if not database or database == ":memory:" or url.query.get("uri"):
+        return None
+    try:
+        path = _QUEUE_FILES.get(database)
+        if path is None:
+            path = os.path.abspath(database) + "-writers"
+            files.create_private_file(path)  # 0600 in a 0700 folder, like the database
+            _QUEUE_FILES[database] = path
+        # A descriptor per transaction, never shared: threads and forked workers each queue.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None  # a folder it cannot write to: SQLite itself will say what is wrong
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 # Session.info key: the autocommit engine (`make_autocommit_engine`) beside each engine.
