@@ -9,8 +9,8 @@ Phases (bench/README.md says more), each on servers started with deploy/gunicorn
 and APP_ENV=production:
 1. Main (bench/phases.py): every scenario on SQLite and PostgreSQL, beside Flask hello and
    the minimal validate (bench/reference/), in interleaved rounds; ratios per round.
-2. Contention (bench/prototypes.py): activate and orders at 16 and 64 connections, SQLite
-   writers as they are and queued on a file lock.
+2. Contention (bench/prototypes.py): activate and orders at 16 and 64 connections, the
+   service as it is and with every prototype.
 3. Prototypes (bench/prototypes.py, bench/variants.py): each recommended optimisation
    applied from outside app/, against the service as it is, in alternating rounds.
 4. Scale (bench/scale.py): validate on 10k vs 1M licenses; admin reads at 1M/10M rows.
