@@ -413,6 +413,32 @@ def test_validation_on_postgresql_is_one_round_trip(app, client, tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_activation_on_postgresql_is_one_transaction(app, client):
+    """The access token's revocation look-up is read in autocommit (ADR 0016), so the
+    request's session begins one transaction, the activation's: no BEGIN/ROLLBACK before."""
+    ada = account(client)
+    with app.app_context():
+        database = get_database()
+        (reads,) = database.autocommit_engines.values()
+    seen: dict[str, list[str]] = {"main": [], "autocommit": [], "begins": []}
+    main = lambda _c, _cur, statement, *_a: seen["main"].append(statement)  # noqa: E731
+    auto = lambda _c, _cur, statement, *_a: seen["autocommit"].append(statement)  # noqa: E731
+    begin = lambda _conn: seen["begins"].append("BEGIN")  # noqa: E731
+    event.listen(database.engine, "before_cursor_execute", main)
+    event.listen(reads, "before_cursor_execute", auto)
+    event.listen(database.engine, "begin", begin)
+    try:
+        assert activate(client, ada).status_code == 201
+    finally:
+        event.remove(database.engine, "before_cursor_execute", main)
+        event.remove(reads, "before_cursor_execute", auto)
+        event.remove(database.engine, "begin", begin)
+    assert len(seen["begins"]) == 1
+    assert not any("token_revocations" in s for s in seen["main"]), seen["main"]
+    assert [s for s in seen["autocommit"] if "token_revocations" in s], seen["autocommit"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_validation_survives_its_connection_dying(app, client, database_url):
     """Without a pre-ping, a connection the server dropped (a restart, an idle timeout) is
     found dead by the read itself: it is replaced and the read tried again — VALID, not 503."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import bindparam, delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -22,7 +22,7 @@ from app.admin import api as admin_api
 from app.auth.models import LoginThrottle, TokenRevocation, User
 from app.auth.passwords import Hasher
 from app.kernel import emails
-from app.kernel.db import utcnow
+from app.kernel.db import read_first, utcnow
 from app.kernel.errors import Conflict, NotFound, ProblemError, Unauthorized
 from app.kernel.ids import new_id
 
@@ -401,13 +401,19 @@ def unlock(
 # --- token revocation ----------------------------------------------------------------
 
 
+# Every authenticated request asks: one statement built once, read in one round trip on
+# PostgreSQL (`read_first`: autocommit, outside the request's transaction).
+_REVOKED = (
+    select(TokenRevocation.key)
+    .where(TokenRevocation.key.in_(bindparam("keys", expanding=True)))
+    .limit(1)
+)
+
+
 def is_revoked(session: Session, jti: str, family: str | None) -> bool:
     """True when the token or its family has been revoked (one primary-key look-up)."""
     keys = [jti] if not family else [jti, family]
-    return (
-        session.scalar(select(TokenRevocation.key).where(TokenRevocation.key.in_(keys)).limit(1))
-        is not None
-    )
+    return read_first(session, _REVOKED, {"keys": keys}) is not None
 
 
 def _revoke(
