@@ -3,7 +3,8 @@ selects them with BENCH_VARIANT). Each is the smallest change to the service tha
 the gain; bench/README.md's recommendations say how to make it properly in app/.
 `BEFORE` patches run before the app is built (the routes import what they patch), `AFTER`
 ones get the built app. Prototypes since made in app/ are gone from here (autocommit-read,
-sandbox-ledger-tail, queued-writers: bench/README.md, "Issue 17, data path").
+revocation-prebuilt, sandbox-ledger-tail, queued-writers: bench/README.md, "Issue 17, data
+path").
 """
 
 from __future__ import annotations
@@ -145,27 +146,6 @@ def jwt_once() -> None:
     views.decode_token = decode_token
 
 
-def revocation_prebuilt() -> None:
-    """The revocation look-up as one statement built once (bind parameters), instead of
-    a new select() per request."""
-    from sqlalchemy import bindparam, select
-
-    from app.auth import service
-    from app.auth.models import TokenRevocation
-
-    stmt = (
-        select(TokenRevocation.key)
-        .where(TokenRevocation.key.in_(bindparam("keys", expanding=True)))
-        .limit(1)
-    )
-
-    def is_revoked(session: Any, jti: str, family: str | None) -> bool:
-        keys = [jti] if not family else [jti, family]
-        return session.scalar(stmt, {"keys": keys}) is not None
-
-    service.is_revoked = is_revoked
-
-
 def redis_limits_one_trip() -> None:
     """Redis-backed limits: the hit returns the counter and its TTL in the same round trip,
     and the rate-limit headers are computed from it (limits asks Redis twice more, GET and
@@ -280,7 +260,6 @@ BEFORE: dict[str, Callable[[], None]] = {
     "metrics-once": metrics_once,
     "access-log-once": access_log_once,
     "jwt-once": jwt_once,
-    "revocation-prebuilt": revocation_prebuilt,
     "redis-limits-one-trip": redis_limits_one_trip,
 }
 AFTER: dict[str, Callable[[Any], None]] = {

@@ -45,7 +45,6 @@ PROTOTYPES = (
     Prototype("redis-limits-one-trip", "sqlite", ("validate", "activate")),
     Prototype("memory-limits", "sqlite", ("validate", "activate"), {"REDIS_URL": ""}),
     Prototype("jwt-once", "sqlite", ("activate", "order")),
-    Prototype("revocation-prebuilt", "sqlite", ("activate", "order")),
 )
 ALL_SCENARIOS = ("healthz", "validate", "activate", "order")
 
