@@ -110,7 +110,7 @@ def ab_micro(
     settings: Settings, env: dict[str, str], files: Path, names: list[str], before_tree: Path
 ) -> dict[str, list[dict[str, Any]]]:
     micro: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
-    for rnd in range(settings.ab_rounds):
+    for rnd in range(settings.ab_rounds if settings.ab_micro else 0):
         for side, tree in (("before", before_tree), ("after", ROOT))[:: 1 - 2 * (rnd % 2)]:
             out = subprocess.run(
                 [
@@ -157,6 +157,8 @@ def print_ab(
             f"  {n:13s} {b:12.1f} {a:8.1f} {speed:12.3f} {cpu:20.3f}  "
             f"{p50b:.0f} / {p99b:.0f} -> {p50a:.0f} / {p99a:.0f}  {errors[0]} / {errors[1]}"
         )
+    if not micro["before"]:
+        return
     print("  in-process CPU per request (µs, median; bench/micro.py):")
     for n in names:
         b = median(m[n]["cpu_us"] for m in micro["before"])

@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument("--ab-rounds", type=int, default=5)
     parser.add_argument("--ab-backend", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument(
+        "--ab-no-micro", action="store_true", help="wrk rounds only (no in-process part)"
+    )
+    parser.add_argument(
         "--ab-connections", help="comma-separated wrk connection counts (default: --connections)"
     )
     parser.add_argument(
@@ -93,6 +96,7 @@ def parse_args(argv: list[str] | None) -> Settings:
     s.ab_scenarios = tuple(args.ab_scenarios.split(","))
     s.ab_rounds = args.ab_rounds
     s.ab_backend = args.ab_backend
+    s.ab_micro = not args.ab_no_micro
     s.ab_connections = (
         tuple(int(c) for c in args.ab_connections.split(","))
         if args.ab_connections
