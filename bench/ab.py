@@ -148,8 +148,10 @@ def print_ab(
     for n in cases:
         b = median(x[n]["rps"] for x, _ in pairs)
         a = median(y[n]["rps"] for _, y in pairs)
-        speed = median(y[n]["rps"] / x[n]["rps"] for x, y in pairs)
-        cpu = median(y[n]["cpu_us"] / x[n]["cpu_us"] for x, y in pairs)
+        # A round where a side answered nothing (a machine too busy for the duration) has
+        # no ratio: left out rather than divided by.
+        speed = median(y[n]["rps"] / x[n]["rps"] for x, y in pairs if x[n]["rps"])
+        cpu = median(y[n]["cpu_us"] / x[n]["cpu_us"] for x, y in pairs if x[n]["cpu_us"])
         p50b, p50a = (median(r[n]["p50_ms"] for r in rounds[side]) for side in ("before", "after"))
         p99b, p99a = (median(r[n]["p99_ms"] for r in rounds[side]) for side in ("before", "after"))
         errors = [sum(r[n]["error_total"] for r in rounds[side]) for side in ("before", "after")]
