@@ -39,6 +39,7 @@ from app.settings.groups import (
     Payments,
     RateLimits,
     Redis,
+    Server,
     Tokens,
 )
 from app.settings.values import Group, check_database_url, env, env_name, lower
@@ -81,6 +82,7 @@ class Settings(BaseSettings):
     payments: Payments = Field(default_factory=Payments)
     orders: Orders = Field(default_factory=Orders)
     backups: Backups = Field(default_factory=Backups)
+    server: Server = Field(default_factory=Server)
 
     @classmethod
     def settings_customise_sources(
@@ -135,6 +137,8 @@ class Settings(BaseSettings):
         modules read)."""
         config: dict[str, Any] = {"APP_ENV": self.app_env, "TESTING": self.app_env == "testing"}
         for group_name, field_name, field in _settings_in_groups():
+            if group_name in NOT_IN_APP_CONFIG_GROUPS:
+                continue
             key = field.json_schema_extra["key"]  # type: ignore[index]
             if key not in NOT_IN_APP_CONFIG:
                 config[key] = getattr(getattr(self, group_name), field_name)
@@ -149,6 +153,7 @@ def _is_group(field: FieldInfo) -> bool:
 
 # Not copied to app.config: the refused phase-3 URLs, and admin's (MODULE_DATABASE_URLS).
 NOT_IN_APP_CONFIG = {"AUTH_DATABASE_URL", "ORDERS_DATABASE_URL", "ADMIN_DATABASE_URL"}
+NOT_IN_APP_CONFIG_GROUPS = {"server"}  # gunicorn's, read by deploy/gunicorn.conf.py
 
 
 def _settings_in_groups() -> Iterator[tuple[str, str, FieldInfo]]:
@@ -257,7 +262,7 @@ PHRASES: dict[str, Callable[[dict[str, Any]], str]] = {
     "greater_than_equal": lambda ctx: f"must be at least {ctx['ge']}",
     "less_than_equal": lambda ctx: f"must be at most {ctx['le']:,}",
     "literal_error": lambda ctx: "must be one of " + ctx["expected"].replace("'", ""),
-    "string_pattern_mismatch": lambda ctx: "has characters it may not have",
+    "string_pattern_mismatch": lambda ctx: f"must match {ctx['pattern']}",
     "string_too_short": lambda ctx: "must not be empty",
     "string_too_long": lambda ctx: f"must be at most {ctx['max_length']} characters",
     "string_type": lambda ctx: "must be text",

@@ -19,8 +19,12 @@ from app.settings.values import (
     RateLimit,
     Seconds,
     Text,
+    addresses_or_any,
+    bind_address,
     env,
     env_name,
+    file_path,
+    folder_path,
     networks,
     not_separable,
     redis_url,
@@ -269,12 +273,12 @@ class Licenses(Group):
     signing_keys: str | None = env(
         "LICENSE_SIGNING_KEYS",
         None,
-        "Ed25519 private key files, comma-separated; the first signs (`flask licenses "
-        "generate-key PATH`); required in production",
-        shown="development and testing: generated into the instance folder",
+        "Ed25519 private key (PEM) files, comma-separated; the first signs, all verify (`flask "
+        "licenses generate-key PATH`); required in production",
+        shown="development and testing: generated `instance/license-signing-key.pem`",
     )
     jwks_max_age: int = env(
-        "JWKS_MAX_AGE", 300, "`Cache-Control: max-age` of the JWKS document, seconds", ge=0
+        "JWKS_MAX_AGE", 300, "`Cache-Control: max-age` of `/.well-known/jwks.json`, seconds", ge=0
     )
     # A license token expires with its license, or after this long if that comes first;
     # `validate` hands out a fresh one in the second half of its life (ADR 0007).
@@ -299,12 +303,13 @@ class Payments(Group):
         "PAYMENT_PROVIDER",
         "sandbox",
         "`sandbox` or an installed provider's name (entry point group "
-        "`licensing.payment_providers`; checked when the app starts)",
+        "`licensing.payment_providers`; checked when the app starts); production refuses the "
+        "sandbox unless `ALLOW_SANDBOX_PAYMENTS=1`",
     )
     allow_sandbox: bool = env(
         "ALLOW_SANDBOX_PAYMENTS", False, "production: allow the sandbox provider (a demo)"
     )
-    sandbox_ledger: str | None = env(
+    sandbox_ledger: Annotated[str | None, BeforeValidator(file_path)] = env(
         "SANDBOX_LEDGER",
         None,
         "the sandbox's ledger file",
@@ -343,4 +348,47 @@ class Orders(Group):
 
 
 class Backups(Group):
-    dir: str | None = env("BACKUP_DIR", None, "where backups go", shown="`instance/backups`")
+    dir: Annotated[str | None, BeforeValidator(folder_path)] = env(
+        "BACKUP_DIR", None, "where backups go", shown="`instance/backups`"
+    )
+
+
+class Server(Group):
+    """gunicorn's settings: deploy/gunicorn.conf.py reads them itself (importing the app there
+    would start its metrics too early), and they are checked here when the master builds the
+    app, before it binds the port. Not copied to app.config."""
+
+    host: Annotated[str, BeforeValidator(bind_address)] = env(
+        "HOST", "127.0.0.1", "the address gunicorn binds (keep it local: expose only nginx)"
+    )
+    port: int = env(
+        "PORT", 8000, "gunicorn's port (deploy/nginx.conf's upstream names it)", ge=1, le=65535
+    )
+    workers: int | None = env(
+        "WEB_CONCURRENCY", None, "gunicorn worker processes", shown="2 x cores + 1", ge=1, le=512
+    )
+    timeout: int = env(
+        "GUNICORN_TIMEOUT", 30, "seconds before a silent worker is restarted", ge=1, le=3600
+    )
+    max_requests: int = env(
+        "GUNICORN_MAX_REQUESTS",
+        5000,
+        "requests before a worker is recycled (with 10% jitter; 0: never)",
+        ge=0,
+    )
+    pidfile: Annotated[str | None, BeforeValidator(file_path)] = env(
+        "GUNICORN_PIDFILE", None, "the master's pid file, for `kill -HUP` after a deploy"
+    )
+    access_log: Annotated[str | None, BeforeValidator(file_path)] = env(
+        "GUNICORN_ACCESS_LOG",
+        None,
+        "gunicorn's own access log (`-`: stderr); the app logs each request anyway",
+    )
+    error_log: Annotated[str | None, BeforeValidator(file_path)] = env(
+        "GUNICORN_ERROR_LOG", None, "gunicorn's log and (then) the app's output", shown="stderr"
+    )
+    forwarded_allow_ips: Annotated[str, BeforeValidator(addresses_or_any)] = env(
+        "FORWARDED_ALLOW_IPS",
+        "127.0.0.1",
+        "peers whose `X-Forwarded-*` gunicorn passes on (`*`: any)",
+    )

@@ -7,17 +7,22 @@ Each check raises ValueError with a phrase that reads after the variable's name
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 ENVIRONMENTS = ("development", "production", "testing")
 GUARD_MODES = ("raise", "log", "off")
 # Phase 3 (docs/phases.md): the module that may run on its own database. auth and orders share
 # transactions with each other (a paid order grants a subscription), so they stay together.
 SEPARABLE_MODULES = ("admin",)
-INT32 = 2**31 - 1  # PostgreSQL's timeouts are 32-bit milliseconds
+INT32 = 2**31 - 1
+HOST_NAME = re.compile(
+    r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"
+)  # PostgreSQL's timeouts are 32-bit milliseconds
 
 
 def env(
@@ -101,8 +106,26 @@ def networks(value: Any) -> Any:
             try:
                 ipaddress.ip_network(item.strip(), strict=False)
             except ValueError:
-                raise ValueError(f"{item.strip()!r} is not an address or network") from None
+                raise ValueError(
+                    f"must be addresses or networks, comma-separated: {item.strip()!r} is not one"
+                ) from None
     return value
+
+
+def bind_address(value: Any) -> Any:
+    """An address to bind: an IP address or a host name."""
+    if isinstance(value, str):
+        try:
+            ipaddress.ip_address(value.strip("[]"))
+        except ValueError:
+            if not HOST_NAME.match(value):
+                raise ValueError("must be an IP address or a host name") from None
+    return value
+
+
+def addresses_or_any(value: Any) -> Any:
+    """gunicorn's `forwarded_allow_ips`: `*`, or addresses and networks."""
+    return value if value == "*" else networks(value)
 
 
 def redis_url(value: Any) -> Any:
@@ -140,6 +163,20 @@ def check_database_url(url: str) -> str:
     return "postgresql" if backend == "postgres" else backend
 
 
+def file_path(value: Any) -> Any:
+    """A file the service writes (it may not exist yet): not a folder."""
+    if isinstance(value, str) and os.path.isdir(value):
+        raise ValueError(f"must name a file, but {value} is a folder")
+    return value
+
+
+def folder_path(value: Any) -> Any:
+    """A folder the service writes into (it may not exist yet): not a file."""
+    if isinstance(value, str) and os.path.exists(value) and not os.path.isdir(value):
+        raise ValueError(f"must name a folder, but {value} is a file")
+    return value
+
+
 def _database_url(value: Any) -> Any:
     if isinstance(value, str):
         check_database_url(value)
@@ -161,7 +198,7 @@ LogLevel = Annotated[
     Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
 ]
 Identifier = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$", max_length=40)]
-Text = Annotated[str, Field(min_length=1, max_length=200)]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 
 # --- the groups ----------------------------------------------------------------------
