@@ -229,13 +229,14 @@ def register_extensions(app: APIFlask) -> None:
 
 
 def register_blueprints(app: APIFlask) -> None:
-    from app import admin, auth, health, orders
+    from app import admin, auth, console, health, orders
 
     observability.init_app(app)
     health.init_app(app)
     auth.init_app(app)
     admin.init_app(app)
     orders.init_app(app)
+    console.init_app(app)  # after the modules: its pages call their services
 
 
 def register_errorhandlers(app: APIFlask) -> None:

@@ -122,10 +122,12 @@ REFRESH_ROUTES = {("POST", f"{API}/auth/refresh")}
 
 
 def route_table(app) -> list[tuple[str, str]]:
-    """Every (method, rule) the app serves, without HEAD, OPTIONS and static files."""
+    """Every (method, rule) the app serves, without HEAD, OPTIONS and static files, and
+    without the web console's pages: they take no token, only a browser session (their
+    matrix, also built from the route table, is in tests/test_console.py)."""
     rows = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint == "static" or rule.endpoint.startswith("console_"):
             continue
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             rows.add((method, rule.rule))
