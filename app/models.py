@@ -4,8 +4,8 @@ Only migrations and the consistency checks use this; modules import their own mo
 """
 
 from app.admin import models as admin_models
-from app.auth import browser_sessions as auth_browser_sessions
 from app.auth import models as auth_models
+from app.auth.accounts import browser_sessions as auth_browser_sessions
 from app.kernel import models as kernel_models
 from app.kernel.db import Base
 from app.orders import models as orders_models

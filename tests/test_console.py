@@ -9,7 +9,7 @@ import re
 from sqlalchemy import select
 
 from app.admin.models import AuditLog
-from app.auth.browser_sessions import BrowserSession
+from app.auth.accounts.browser_sessions import BrowserSession
 from app.auth.models import TokenRevocation
 from tests.helpers import assert_problem, bearer
 

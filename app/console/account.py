@@ -8,10 +8,13 @@ from typing import Any
 from flask import Response, current_app, flash, redirect, render_template, request, session, url_for
 from pydantic import ValidationError
 
-from app.auth import browser_sessions, licensing, service
-from app.auth.license_routes import _token
-from app.auth.routes import hasher, lockout_policy
-from app.auth.schemas import LoginIn, RegisterIn
+from app.auth.accounts import browser_sessions, service
+from app.auth.accounts.routes import hasher, lockout_policy
+from app.auth.accounts.schemas import LoginIn, RegisterIn
+from app.auth.licensing import errors as licensing_errors
+from app.auth.licensing import seats
+from app.auth.licensing import service as licensing
+from app.auth.licensing.routes import _token
 from app.console.web import (
     console_blueprint,
     current_user,
@@ -154,8 +157,8 @@ def dashboard() -> Any:
     licenses, _ = licensing.list_licenses(db, user.user_id, limit=100, after=None)
     return render_template(
         "account/dashboard.html",
-        subscription=licensing.live_subscription(db, user.user_id),
-        seats=licensing.seats_for(db, account),
+        subscription=seats.live_subscription(db, user.user_id),
+        seats=seats.seats_for(db, account),
         licenses=licenses,
         now=utcnow(),
     )
@@ -179,7 +182,7 @@ def license_token(license_id: str) -> Any:
     db = get_session()
     license_ = licensing.get_license(db, license_id)
     if license_.user_id != current_user().user_id:
-        raise licensing.LicenseNotFound()
+        raise licensing_errors.LicenseNotFound()
     if license_.status != "active":
         raise ProblemError(
             "Only an active license has a token to download.",

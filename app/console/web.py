@@ -25,7 +25,7 @@ from flask_limiter.errors import RateLimitExceeded
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
-from app.auth import browser_sessions
+from app.auth.accounts import browser_sessions
 from app.kernel.db import get_session
 from app.kernel.errors import ProblemError
 from app.kernel.web import module_blueprint
@@ -57,7 +57,7 @@ def is_console_path(path: str) -> bool:
 
 class ConsoleCookieSession(SecureCookieSessionInterface):
     """Flask's signed cookie, holding only the browser session's secret and the CSRF
-    token; who is signed in is decided server-side (app.auth.browser_sessions).
+    token; who is signed in is decided server-side (app.auth.accounts.browser_sessions).
 
     HttpOnly and SameSite=Lax always; Secure with the `__Host-` prefix in production (the
     prefix makes the browser refuse it without Secure, a Domain or a Path other than /)."""

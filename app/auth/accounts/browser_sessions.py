@@ -18,7 +18,8 @@ from sqlalchemy import ForeignKey, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from app.admin import api as admin_api
-from app.auth import MODULE, service
+from app.auth import MODULE
+from app.auth.accounts import revocations
 from app.auth.models import User
 from app.kernel.db import Base, UtcDateTime, utcnow
 from app.kernel.ownership import module_api
@@ -100,7 +101,7 @@ def resolve(session: Session, secret: str | None, now: datetime | None = None) -
     ).first()
     if row is None or row.expires_at <= (now or utcnow()):
         return None
-    if service.is_revoked(session, key, None):
+    if revocations.is_revoked(session, key, None):
         return None
     return SignedIn(row.user_id, row.email, row.role, row.plan)
 
@@ -108,7 +109,7 @@ def resolve(session: Session, secret: str | None, now: datetime | None = None) -
 def _revoke_rows(session: Session, rows: list[BrowserSession], reason: str) -> int:
     revoked = 0
     for row in rows:
-        if service._revoke(
+        if revocations._revoke(
             session, row.session_id, SESSION_REVOCATION, row.user_id, reason, row.expires_at
         ):
             revoked += 1
