@@ -9,8 +9,8 @@ from flask import Response, current_app, flash, redirect, render_template, reque
 from pydantic import ValidationError
 
 from app.auth.accounts import browser_sessions, service
-from app.auth.accounts.routes import hasher, lockout_policy
-from app.auth.accounts.schemas import LoginIn, RegisterIn
+from app.auth.accounts.routes import change_password, hasher, lockout_policy
+from app.auth.accounts.schemas import LoginIn, PasswordChangeIn, RegisterIn
 from app.auth.licensing import errors as licensing_errors
 from app.auth.licensing import seats
 from app.auth.licensing import service as licensing
@@ -197,3 +197,32 @@ def license_token(license_id: str) -> Any:
         mimetype="application/jwt",
         headers={"Content-Disposition": f'attachment; filename="{license_.license_id}.jwt"'},
     )
+
+
+@bp.route("/password", methods=["GET", "POST"])
+@requires_user
+def password() -> Any:
+    """POST /api/v1/auth/password's service: this browser stays signed in, every other
+    session (browsers and API tokens) ends."""
+    if request.method == "GET":
+        return render_template("account/password.html", errors=[])
+    try:
+        body = PasswordChangeIn(
+            current_password=request.form.get("current_password", ""),
+            new_password=request.form.get("new_password", ""),
+        )
+    except ValidationError as exc:
+        return render_template("account/password.html", errors=form_errors(exc)), 422
+    try:
+        change_password(
+            get_session(),
+            current_user().user_id,
+            body.current_password,
+            body.new_password,
+            keep_browser_secret=session.get("sid"),
+        )
+    except (service.WrongPassword, service.AccountLocked) as exc:
+        page = render_template("account/password.html", errors=[exc.detail])
+        return page, exc.status, exc.headers
+    flash("Your password is changed; every other session is signed out.", "ok")
+    return redirect(url_for(".dashboard"), code=303)

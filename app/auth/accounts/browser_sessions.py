@@ -133,12 +133,11 @@ def end(session: Session, secret: str, *, ip: str | None) -> None:
         )
 
 
-@module_api(MODULE)
-def end_all(
-    session: Session, user_id: str, *, ip: str | None, except_secret: str | None = None
+def revoke_all(
+    session: Session, user_id: str, *, reason: str, except_secret: str | None = None
 ) -> int:
-    """Revoke every live browser session of the user (but `except_secret`'s, when given);
-    returns how many. Audited as LOGOUT_EVERYWHERE."""
+    """Revoke every live browser session of the user (but `except_secret`'s, when given)
+    inside the caller's transaction; returns how many."""
     now = utcnow()
     keep = _digest(except_secret) if except_secret else None
     rows = [
@@ -150,7 +149,14 @@ def end_all(
         )
         if r.session_id != keep
     ]
-    revoked = _revoke_rows(session, rows, "sign_out_everywhere")
+    return _revoke_rows(session, rows, reason)
+
+
+@module_api(MODULE)
+def end_all(session: Session, user_id: str, *, ip: str | None) -> int:
+    """Sign every browser of the user out ("sign out everywhere"); returns how many.
+    Audited as LOGOUT_EVERYWHERE."""
+    revoked = revoke_all(session, user_id, reason="sign_out_everywhere")
     admin_api.record_audit(
         session,
         "LOGOUT_EVERYWHERE",

@@ -17,14 +17,66 @@ from app.admin import api as admin_api
 from app.auth.models import TokenRevocation, User
 from app.kernel.db import utcnow
 
+# The key of a user's "every token issued before" marker (kind "user"): a password change
+# writes it, and a token issued before its `revoked_at` no longer counts.
+USER_MARKER = "user:"
 
-def is_revoked(session: Session, jti: str, family: str | None) -> bool:
-    """True when the token or its family has been revoked (one primary-key look-up)."""
+
+def is_revoked(
+    session: Session,
+    jti: str,
+    family: str | None,
+    *,
+    user_id: str | None = None,
+    issued_ms: int | None = None,
+) -> bool:
+    """True when the token or its family has been revoked, or (given its user and when it
+    was issued, in epoch milliseconds) everything its user held before a password change.
+    One primary-key look-up."""
     keys = [jti] if not family else [jti, family]
-    return (
-        session.scalar(select(TokenRevocation.key).where(TokenRevocation.key.in_(keys)).limit(1))
-        is not None
-    )
+    if user_id is not None and issued_ms is not None:
+        keys.append(USER_MARKER + user_id)
+    rows = session.execute(
+        select(TokenRevocation.kind, TokenRevocation.revoked_at).where(
+            TokenRevocation.key.in_(keys)
+        )
+    ).all()
+    for kind, revoked_at in rows:
+        if kind != "user":
+            return True
+        if issued_ms is not None and issued_ms < int(revoked_at.timestamp() * 1000):
+            return True
+    return False
+
+
+def issued_before_password_change(session: Session, user_id: str, issued_ms: int) -> bool:
+    """True when the user changed their password after this token was issued."""
+    marker = session.get(TokenRevocation, USER_MARKER + user_id)
+    return marker is not None and issued_ms < int(marker.revoked_at.timestamp() * 1000)
+
+
+def revoke_everything_before(
+    session: Session, user_id: str, now: datetime, *, reason: str, expires_at: datetime
+) -> None:
+    """Every access and refresh token of the user issued before `now` stops counting
+    (kept until `expires_at`, when the last of them would have expired anyway)."""
+    key = USER_MARKER + user_id
+    marker = session.get(TokenRevocation, key, with_for_update=True)
+    if marker is None:
+        session.add(
+            TokenRevocation(
+                key=key,
+                kind="user",
+                user_id=user_id,
+                reason=reason,
+                revoked_at=now,
+                expires_at=expires_at,
+            )
+        )
+    else:
+        marker.reason, marker.revoked_at = reason, now
+        marker.expires_at = max(marker.expires_at, expires_at)
+    session.flush()
 
 
 def _revoke(
