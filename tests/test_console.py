@@ -418,3 +418,27 @@ def test_every_console_route_needs_a_session_and_admin_pages_an_admin(app, clien
         response = client.open(path, method=method, data={"csrf_token": token})
         assert response.status_code == 403, (method, path)
         assert "Admins only" in response.get_data(as_text=True)
+
+
+def test_expired_browser_sessions_expire_and_are_pruned(app, client, runner):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from app.kernel.db import get_session, transaction, utcnow
+    from app.kernel.ownership import OPERATOR, acting_as
+
+    register(client, "ada@example.com")
+    sign_in(client, "ada@example.com")
+    assert client.get("/account/").status_code == 200
+    with app.app_context(), acting_as(OPERATOR):
+        session = get_session()
+        with transaction(session):
+            session.execute(
+                update(BrowserSession).values(expires_at=utcnow() - timedelta(seconds=1))
+            )
+    assert client.get("/account/").status_code == 302  # expired: signed out
+    result = runner.invoke(args=["tokens", "prune"])
+    assert result.exit_code == 0, result.output
+    assert ", 1 expired browser session(s)" in result.output
+    assert not rows(app, BrowserSession)

@@ -227,6 +227,27 @@ def test_a_customer_and_an_admin_in_a_real_browser(server, browser, backend):
     assert stale.get_by_role("cell", name="database").is_visible()
     shot(stale, "console-operations")
 
+    # The customer changes the password: this browser stays, the API's old tokens end.
+    status, pair, _ = http(
+        "POST",
+        base + "/api/v1/auth/login",
+        {"email": "ada@example.com", "password": PASSWORD},
+    )
+    assert status == 200
+    page.goto(base + "/account/")
+    page.get_by_role("link", name="Change password").click()
+    page.wait_for_url(base + "/account/password")
+    shot(page, "password")
+    page.get_by_label("Current password").fill(PASSWORD)
+    page.get_by_label("New password").fill("staple battery horse")
+    page.get_by_role("button", name="Change password").click()
+    page.wait_for_url(base + "/account/")
+    assert "every other session is signed out" in page.get_by_role("status").inner_text()
+    me = http(
+        "GET", base + "/api/v1/auth/me", headers={"Authorization": "Bearer " + pair["access_token"]}
+    )
+    assert me[0] == 401
+
     # Signing out ends the session: the cookie no longer opens the portal.
     page.goto(base + "/account/")
     page.get_by_role("button", name="Sign out", exact=True).click()
