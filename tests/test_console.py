@@ -442,3 +442,45 @@ def test_expired_browser_sessions_expire_and_are_pruned(app, client, runner):
     assert result.exit_code == 0, result.output
     assert ", 1 expired browser session(s)" in result.output
     assert not rows(app, BrowserSession)
+
+
+def test_a_license_token_downloads_as_a_file_that_validates(app, client):
+    register(client, "ada@example.com")
+    lic = client.post(
+        "/api/v1/licenses/activate",
+        json={"client_id": "laptop-1", "email": "ada@example.com", "password": PASSWORD},
+    ).get_json()
+    sign_in(client, "ada@example.com")
+    response = client.get(f"/account/licenses/{lic['license_id']}/token")
+    assert response.status_code == 200
+    assert response.headers["Content-Disposition"] == (
+        f'attachment; filename="{lic["license_id"]}.jwt"'
+    )
+    token = response.get_data(as_text=True).strip()
+    verdict = client.post(
+        "/api/v1/licenses/validate", json={"token": token, "client_id": "laptop-1"}
+    ).get_json()
+    assert verdict["code"] == "VALID"
+
+
+def test_an_order_is_cancelled_from_the_portal(app, client):
+    register(client, "ada@example.com")
+    sign_in(client, "ada@example.com")
+    page = client.get("/account/plans")
+    key = re.search(r'name="idempotency_key" value="([^"]+)"', page.get_data(as_text=True))
+    form = {
+        "csrf_token": csrf_of(page),
+        "idempotency_key": key.group(1),
+        "plan": "pro",
+        "payment_token": "tok_ok",
+    }
+    assert client.post("/account/orders", data=form).status_code == 303
+    orders = client.get("/account/orders")
+    order_id = re.search(r"<code>(ord_\w+)</code>", orders.get_data(as_text=True)).group(1)
+    response = client.post(
+        f"/account/orders/{order_id}/cancel", data={"csrf_token": csrf_of(orders)}
+    )
+    assert response.status_code == 303
+    api = client.get(f"/api/v1/orders/{order_id}", headers=api_login(client, "ada@example.com"))
+    assert api.get_json()["status"] == "cancelled"
+    assert "0 of 1" in client.get("/account/").get_data(as_text=True)  # back to the free seat

@@ -214,13 +214,21 @@ def test_a_customer_and_an_admin_in_a_real_browser(server, browser, backend):
     shot(stale, "console-conflict")
     assert validate(base, second["token"], "desktop-91bc") == "VALID"
 
+    # A batch over the selected licenses (from the page as it is now).
+    stale.reload()
+    stale.get_by_label("Select desktop-91bc").check()
+    stale.get_by_label("Action for the selected licenses").select_option("Suspend")
+    stale.get_by_role("button", name="Apply to selected").click()
+    stale.get_by_role("status").filter(has_text="1 license(s) are now suspended").wait_for()
+    assert validate(base, second["token"], "desktop-91bc") == "SUSPENDED"
+
     # The audit log, filtered, and the operations page.
     stale.get_by_role("link", name="Audit log").click()
     stale.wait_for_url(base + "/console/audit")
     stale.get_by_label("Action", exact=True).fill("LICENSE_STATUS_CHANGED")
     stale.get_by_role("button", name="Filter").click()
     stale.wait_for_url(re.compile(r"action=LICENSE_STATUS_CHANGED"))
-    assert stale.get_by_role("cell", name="LICENSE_STATUS_CHANGED").count() == 2
+    assert stale.get_by_role("cell", name="LICENSE_STATUS_CHANGED").count() == 3
     shot(stale, "console-audit")
     stale.get_by_role("link", name="Operations").click()
     stale.wait_for_url(base + "/console/operations")

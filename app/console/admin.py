@@ -92,7 +92,10 @@ def _user_page(user_id: str, status: int = 200, conflict: dict[str, Any] | None 
         conflict=conflict,
         now=datetime.now(UTC),
     )
-    return page, status
+    # A conflict answers a POST with the user's page: with htmx, the address bar shows
+    # that page (so a reload reloads it, not the POST).
+    headers = {"HX-Replace-Url": url_for(".user", user_id=user_id)} if conflict else {}
+    return page, status, headers
 
 
 def _orders_of(db: Any, user_id: str) -> list[Any]:
