@@ -229,7 +229,8 @@ def register_extensions(app: APIFlask) -> None:
 
 
 def register_blueprints(app: APIFlask) -> None:
-    from app import admin, auth, console, health, orders
+    from app import admin, auth, console, orders
+    from app.operations import health
 
     observability.init_app(app)
     health.init_app(app)
@@ -247,8 +248,8 @@ def register_errorhandlers(app: APIFlask) -> None:
 
 def register_commands(app: APIFlask) -> None:
     """The kernel's commands and the backups'; each module registers its own in init_app."""
-    from app import backups_cli
     from app.kernel import cli
+    from app.operations import cli as backups_cli
 
     cli.init_app(app)
     backups_cli.init_app(app)

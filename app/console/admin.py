@@ -232,8 +232,8 @@ def audit() -> Any:
 
 @bp.get("/operations")
 def operations() -> Any:
-    from app import backups, health
     from app.kernel import outbox
+    from app.operations import backups, health
 
     checks = health.readiness_checks()
     with acting_as(OPERATOR):
