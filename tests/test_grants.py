@@ -8,7 +8,7 @@ from psycopg import errors
 
 from app.kernel.grants import grant_statements, role_of
 from app.kernel.ownership import registry
-from tests.helpers import in_layout, layout_config
+from tests.helpers import OTHER_SECRET, STRONG_SECRET, in_layout, layout_config
 
 
 def test_grants_follow_the_registry():
@@ -87,13 +87,13 @@ def test_the_database_refuses_what_the_registry_forbids(runner, database_url, ro
 def test_the_app_runs_each_module_under_its_role(app_config, database_url, role_prefix, runner):
     """With DB_ROLES on, real flows work under the module roles, and with the guard off
     the database still refuses admin code writing auth's table."""
-    from sqlalchemy import update
+    from sqlalchemy import select, update
     from sqlalchemy.exc import ProgrammingError
 
     from app import create_app
-    from app.auth.models import User
-    from app.kernel.db import get_session, transaction
-    from app.kernel.ownership import module_api
+    from app.auth.models import License, User
+    from app.kernel.db import get_session, read_first, transaction
+    from app.kernel.ownership import acting_as, module_api
 
     url = database_url.replace("postgresql+psycopg://", "postgresql://")
     app_role = f"{role_prefix}app"
@@ -135,7 +135,14 @@ def test_the_app_runs_each_module_under_its_role(app_config, database_url, role_
     assert order.status_code == 201, order.get_json()
     app.extensions["db"].dispose()
 
-    app_config["OWNERSHIP_GUARD"] = "off"
+    # Only production may switch the guard off (app.settings decides the mode).
+    app_config.update(
+        APP_ENV="production",
+        OWNERSHIP_GUARD="off",
+        SECRET_KEY=STRONG_SECRET,
+        JWT_SECRET_KEY=OTHER_SECRET,
+        ALLOW_SANDBOX_PAYMENTS=True,
+    )
     unguarded = create_app(app_config)
 
     @module_api("admin")
@@ -146,6 +153,15 @@ def test_the_app_runs_each_module_under_its_role(app_config, database_url, role_
         session = get_session()
         with pytest.raises(ProgrammingError, match="permission denied"), transaction(session):
             promote_everyone(session)
+        # Reads in autocommit (validation's, ADR 0016) run under the acting module's role
+        # too: SET LOCAL would last no statement there.
+        session.rollback()
+        license_id = lic.get_json()["license_id"]
+        client_of = select(License.client_id).where(License.license_id == license_id)
+        with acting_as("orders"), pytest.raises(ProgrammingError, match="permission denied"):
+            read_first(session, client_of)
+        with acting_as("auth"):
+            assert read_first(session, client_of) == ("role-box",)
     unguarded.extensions["db"].dispose()
 
 

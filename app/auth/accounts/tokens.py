@@ -53,7 +53,7 @@ def issue_pair(user: User, family: str | None = None) -> dict[str, Any]:
 
 
 def issued_ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
+    return revocations.issued_ms_at(moment)
 
 
 def issued_ms_of(claims: dict[str, Any]) -> int:
