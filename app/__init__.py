@@ -226,7 +226,7 @@ def register_extensions(app: APIFlask) -> None:
 
 
 def register_blueprints(app: APIFlask) -> None:
-    from app import admin, auth, orders
+    from app import admin, auth, console, orders
     from app.operations import health
 
     observability.init_app(app)
@@ -234,6 +234,7 @@ def register_blueprints(app: APIFlask) -> None:
     auth.init_app(app)
     admin.init_app(app)
     orders.init_app(app)
+    console.init_app(app)  # after the modules: its pages call their services
 
 
 def register_errorhandlers(app: APIFlask) -> None:

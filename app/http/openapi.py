@@ -48,6 +48,7 @@ OTHER_CODES = (
     "fresh_token_required",
     "invalid_token",
     "invalid_value",
+    "license_not_active",
     "not_ready",
     "payment_declined",
     "settlement_failed",

@@ -98,16 +98,7 @@ def place_order(json_data: OrderIn) -> Any:
             "Send an Idempotency-Key header (1-255 visible ASCII characters, e.g. a UUID) "
             "so a retry cannot charge twice."
         )
-    plan = catalog().get(json_data.plan)
-    if plan is None or not plan.purchasable:
-        raise service.UnknownPlan(f"{json_data.plan!r} is not a plan that can be bought.")
-    seats = json_data.seats or plan.seats
-    if seats > plan.max_seats:
-        raise ProblemError(
-            f"The {plan.plan} plan has at most {plan.max_seats} seats.",
-            status=422,
-            code="too_many_seats",
-        )
+    plan, seats = service.plan_to_buy(catalog(), json_data.plan, json_data.seats)
     order_request = service.OrderRequest(plan.plan, seats, json_data.payment_token)
     status, body = workflows.place_order(
         get_session(),

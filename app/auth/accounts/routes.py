@@ -10,7 +10,14 @@ from flask_jwt_extended import get_jwt, jwt_required, verify_jwt_in_request
 from app.auth import bp
 from app.auth.accounts import revocations, service, tokens
 from app.auth.accounts.passwords import Hasher, hasher_from_config
-from app.auth.accounts.schemas import LoginIn, MeOut, RegisterIn, TokenPairOut, UserOut
+from app.auth.accounts.schemas import (
+    LoginIn,
+    MeOut,
+    PasswordChangeIn,
+    RegisterIn,
+    TokenPairOut,
+    UserOut,
+)
 from app.auth.licensing import service as licensing
 from app.extensions import limiter
 from app.http.openapi import problem_responses
@@ -93,6 +100,10 @@ def refresh() -> Any:
     verify_jwt_in_request(refresh=True, skip_revocation_check=True)
     claims = get_jwt()
     session = get_session()
+    if revocations.issued_before_password_change(
+        session, claims["sub"], tokens.issued_ms_of(claims)
+    ):
+        raise service.TokenRevoked("The password was changed since; log in again.")
     with transaction(session):
         outcome = revocations.rotate_refresh(
             session,
@@ -156,3 +167,60 @@ def me() -> Any:
         "subscription": licensing.live_subscription(session, user.user_id),
         "seats": licensing.seats_for(session, user),
     }
+
+
+def check_current_password(session: Any, email: str, password: str) -> None:
+    """The current password, asked again, is a login attempt: the same lockout, the same
+    audit entries. Raises AccountLocked or WrongPassword."""
+    policy, ip, now = lockout_policy(), client_ip(), utcnow()
+    attempt = service.check_credentials(
+        session, hasher(), email, password, policy=policy, ip=ip, now=now
+    )
+    with transaction(session):
+        outcome = service.settle_login(session, attempt, policy, ip=ip, now=now)
+    if outcome.locked_until is not None:
+        raise service.AccountLocked(outcome.locked_until, now)
+    if outcome.user is None:
+        raise service.WrongPassword()
+
+
+def change_password(
+    session: Any, user_id: str, current: str, new: str, keep_browser_secret: str | None = None
+) -> Any:
+    """Check the current password, then set the new one and end every other session."""
+    user = service.get_user(session, user_id)
+    check_current_password(session, user.email, current)
+    new_hash = hasher().hash(new)  # slow on purpose; outside the transaction
+    with transaction(session):
+        return service.change_password(
+            session,
+            user_id,
+            new_hash,
+            now=utcnow(),
+            tokens_expire_by=tokens.family_expiry(),
+            ip=client_ip(),
+            keep_browser_secret=keep_browser_secret,
+        )
+
+
+@bp.post("/auth/password")
+@jwt_required()
+@limiter.limit(config_limit("RATELIMIT_LOGIN_PER_IP"), key_func=client_ip)
+@limiter.limit(
+    config_limit("RATELIMIT_LOGIN_PER_ACCOUNT"),
+    key_func=jwt_subject_key(refresh=False, fallback=client_ip),
+)
+@bp.input(PasswordChangeIn)
+@bp.output(TokenPairOut)
+@bp.doc(
+    summary="Change the password: every other session ends; answers with a new token pair",
+    operation_id="auth_change_password",
+    security=BEARER_AUTH,
+    responses=problem_responses(401, 403, 422, 423, 429),
+)
+def password(json_data: PasswordChangeIn) -> Any:
+    session = get_session()
+    user = change_password(
+        session, get_jwt()["sub"], json_data.current_password, json_data.new_password
+    )
+    return tokens.issue_pair(user), 200, NO_STORE

@@ -57,6 +57,13 @@ class LoginIn(BaseModel):
     password: str = Field(min_length=1, max_length=MAX_LENGTH)
 
 
+class PasswordChangeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: str = Field(min_length=1, max_length=MAX_LENGTH)
+    new_password: str = Field(min_length=MIN_LENGTH, max_length=MAX_LENGTH)
+
+
 class UserOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
