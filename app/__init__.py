@@ -221,7 +221,7 @@ def _say_where_secrets_are(names: tuple[str, ...], folder: str) -> None:
 
 def register_extensions(app: APIFlask) -> None:
     # The modules declare their tables first: the engine's flat layout maps their schemas.
-    from app import admin, auth, extensions, orders  # noqa: F401
+    from app import admin, auth, extensions, orders, webhooks  # noqa: F401
     from app.kernel import db
 
     db.init_app(app)
@@ -229,13 +229,14 @@ def register_extensions(app: APIFlask) -> None:
 
 
 def register_blueprints(app: APIFlask) -> None:
-    from app import admin, auth, health, orders
+    from app import admin, auth, health, orders, webhooks
 
     observability.init_app(app)
     health.init_app(app)
     auth.init_app(app)
     admin.init_app(app)
     orders.init_app(app)
+    webhooks.init_app(app)
 
 
 def register_errorhandlers(app: APIFlask) -> None:

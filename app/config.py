@@ -137,6 +137,11 @@ def load_config(
         "OUTBOX_STREAM": env.get("OUTBOX_STREAM", "licensing:events"),
         "OUTBOX_BATCH_SIZE": _int(env, "OUTBOX_BATCH_SIZE", 200),
         "OUTBOX_LEASE_SECONDS": _int(env, "OUTBOX_LEASE_SECONDS", 15),
+        # Webhooks (docs/events.md): receivers on private networks only when allowed; the
+        # key the endpoints' signing secrets are encrypted with (default: from SECRET_KEY).
+        "WEBHOOKS_ALLOW_PRIVATE": _bool(env.get("WEBHOOKS_ALLOW_PRIVATE"), False),
+        "WEBHOOKS_ENCRYPTION_KEY": env.get("WEBHOOKS_ENCRYPTION_KEY") or None,
+        "WEBHOOKS_TIMEOUT_SECONDS": _int(env, "WEBHOOKS_TIMEOUT_SECONDS", 15),
         "DB_APPLICATION_NAME": env.get("DB_APPLICATION_NAME", "licensing"),
         "DB_POOL_SIZE": _int(env, "DB_POOL_SIZE", 5),
         "DB_MAX_OVERFLOW": _int(env, "DB_MAX_OVERFLOW", 5),

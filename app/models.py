@@ -8,7 +8,15 @@ from app.auth import models as auth_models
 from app.kernel import models as kernel_models
 from app.kernel.db import Base
 from app.orders import models as orders_models
+from app.webhooks import models as webhooks_models
 
 metadata = Base.metadata
 
-__all__ = ["admin_models", "auth_models", "kernel_models", "metadata", "orders_models"]
+__all__ = [
+    "admin_models",
+    "auth_models",
+    "kernel_models",
+    "metadata",
+    "orders_models",
+    "webhooks_models",
+]

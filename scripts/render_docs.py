@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from app import admin, auth, orders  # noqa: F401 - modules declare their tables on import
+from app import admin, auth, orders, webhooks  # noqa: F401 - modules declare their tables on import
 from app.kernel.ownership import registry
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "ownership.md"

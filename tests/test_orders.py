@@ -115,7 +115,7 @@ def test_the_full_purchase_flow(app, app_config, client):
             e.event_type
             for e in get_session().scalars(select(OutboxEvent).order_by(OutboxEvent.created_at))
         ]
-    assert events == ["order.paid", "order.cancelled"]
+    assert events == ["order.paid", "order.refunded"]
     again = client.post(f"/api/v1/orders/{body['order_id']}/cancel", headers=ada)
     assert again.status_code == 200 and len(ledger(app_config)) == 2  # idempotent: no second refund
 

@@ -8,8 +8,12 @@ from sqlalchemy.orm import Session
 
 from app.kernel.ownership import acting_as
 from app.orders import MODULE, workflows
+from app.orders.events import OrderPaid, OrderRefunded
 
 RenewalReport = workflows.RenewalReport
+
+# The events orders publishes (docs/events.md).
+__all__ = ["OrderPaid", "OrderRefunded", "RenewalReport", "renew_due_subscriptions"]
 
 
 def renew_due_subscriptions(session: Session, app: Any) -> RenewalReport:

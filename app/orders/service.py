@@ -27,6 +27,7 @@ from app.kernel.db import utcnow
 from app.kernel.errors import Conflict, NotFound, ProblemError
 from app.kernel.ids import new_id
 from app.kernel.pagination import newest_first, page_of
+from app.orders.events import OrderPaid, OrderRefunded
 from app.orders.models import IdempotencyKey, Order
 from app.orders.payments import Charge, Refund
 from app.orders.plans import Plan
@@ -254,20 +255,7 @@ def fulfil(session: Session, order_id: str, charge: Charge, plan: Plan) -> dict[
             "subscription_id": subscription.subscription_id,
         },
     )
-    events.publish(
-        session,
-        "order.paid",
-        {
-            "order_id": order.order_id,
-            "user_id": order.user_id,
-            "plan": order.plan,
-            "seats": order.seats,
-            "amount_cents": order.amount_cents,
-            "currency": order.currency,
-            "subscription_id": subscription.subscription_id,
-        },
-        aggregate_id=order.order_id,
-    )
+    events.publish(session, _paid(order), aggregate_version=order.version)
     body = order_body(order)
     _complete_key(session, order, 201, body)
     return body
@@ -423,9 +411,15 @@ def finish_cancel(session: Session, order_id: str, refund: Refund, *, actor_id: 
     )
     events.publish(
         session,
-        "order.cancelled",
-        {"order_id": order.order_id, "user_id": order.user_id, "refund_id": refund.refund_id},
-        aggregate_id=order.order_id,
+        OrderRefunded(
+            order_id=order.order_id,
+            user_id=order.user_id,
+            refund_id=refund.refund_id,
+            amount_cents=refund.amount_cents,
+            currency=order.currency,
+            subscription_ended=still_backing,
+        ),
+        aggregate_version=order.version,
     )
     return order
 
@@ -524,18 +518,7 @@ def settle_renewal(session: Session, order_id: str, charge: Charge, sub: Any, pl
             "subscription_id": sub.subscription_id,
         },
     )
-    events.publish(
-        session,
-        "order.paid",
-        {
-            "order_id": order.order_id,
-            "user_id": order.user_id,
-            "kind": "renewal",
-            "amount_cents": order.amount_cents,
-            "subscription_id": sub.subscription_id,
-        },
-        aggregate_id=order.order_id,
-    )
+    events.publish(session, _paid(order), aggregate_version=order.version)
     return True
 
 
@@ -562,4 +545,19 @@ def fail_renewal(
             "subscription_id": sub.subscription_id,
             "failure_code": failure_code,
         },
+    )
+
+
+def _paid(order: Order) -> OrderPaid:
+    """The `order.paid` event of a settled order (a purchase or a renewal)."""
+    assert order.subscription_id is not None
+    return OrderPaid(
+        order_id=order.order_id,
+        user_id=order.user_id,
+        kind="renewal" if order.kind == "renewal" else "purchase",
+        plan=order.plan,
+        seats=order.seats,
+        amount_cents=order.amount_cents,
+        currency=order.currency,
+        subscription_id=order.subscription_id,
     )
