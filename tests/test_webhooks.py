@@ -468,3 +468,64 @@ def test_an_envelope_posted_is_json_of_the_outbox_event(app, client, admin, ada,
             .one()
         )
         assert json.loads(events.envelope_of(row).to_json()) == envelope
+
+
+def test_license_and_account_events_reach_their_subscriber(app, client, admin, receiver):
+    endpoint = subscribe(
+        client,
+        admin,
+        receiver.url,
+        "user.registered",
+        "license.created",
+        "license.status_changed",
+        "license.deactivated",
+    )
+    client.post("/api/v1/auth/register", json={"email": "ada@example.com", "password": PASSWORD})
+    ada = login(client, "ada@example.com")
+    license_id = client.post(
+        "/api/v1/licenses/activate", json={"client_id": "laptop-1"}, headers=ada
+    ).get_json()["license_id"]
+    suspended = client.patch(
+        f"/api/v1/admin/licenses/{license_id}",
+        json={"status": "suspended"},
+        headers={**admin, "If-Match": '"1"'},
+    )
+    assert suspended.status_code == 200, suspended.get_json()
+    client.patch(
+        f"/api/v1/admin/licenses/{license_id}",
+        json={"status": "active"},
+        headers={**admin, "If-Match": '"2"'},
+    )
+    assert client.delete(f"/api/v1/licenses/{license_id}", headers=ada).status_code == 200
+    while worker(app).run_once():
+        pass
+
+    received = receiver.events(endpoint["secret"])
+    by_type = {}
+    for envelope in received:
+        by_type.setdefault(envelope["type"], []).append(envelope)
+    assert by_type["user.registered"][0]["payload"]["email"] == "ada@example.com"
+    assert by_type["license.created"][0]["payload"]["client_id"] == "laptop-1"
+    changes = sorted(by_type["license.status_changed"], key=lambda e: e["aggregate"]["version"])
+    assert [(e["payload"]["old_status"], e["payload"]["new_status"]) for e in changes] == [
+        ("active", "suspended"),
+        ("suspended", "active"),
+    ]
+    [gone] = by_type["license.deactivated"]
+    versions = [e["aggregate"]["version"] for e in (by_type["license.created"][0], *changes, gone)]
+    assert versions == [1, 2, 3, 4]  # receivers order a license's events by it
+    assert all(e["aggregate"]["id"] == license_id for e in (*changes, gone))
+
+
+def test_a_rolled_back_activation_sends_nothing(app, client, admin, ada, receiver):
+    from app.auth.licensing import service as licensing
+
+    subscribe(client, admin, receiver.url, "license.created")
+    user_id = client.get("/api/v1/auth/me", headers=ada).get_json()["user_id"]
+    with app.app_context():
+        session = get_session()
+        with pytest.raises(RuntimeError), acting_as("auth"), transaction(session):
+            licensing.activate(session, user_id, "laptop-9", ip=None)
+            raise RuntimeError("the commit never happens")
+    assert deliveries(app) == []
+    assert worker(app).run_once() == 0 and receiver.requests == []

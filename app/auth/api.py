@@ -12,6 +12,17 @@ from sqlalchemy.orm import Session
 from app.auth import MODULE
 from app.auth.accounts import revocations, service
 from app.auth.accounts.passwords import MAX_LENGTH, MIN_LENGTH, Hasher, hasher_from_config
+from app.auth.events import (
+    LicenseCreated,
+    LicenseDeactivated,
+    LicenseStatusChanged,
+    SubscriptionCancelled,
+    SubscriptionGranted,
+    SubscriptionLapsed,
+    SubscriptionPastDue,
+    SubscriptionRenewed,
+    UserRegistered,
+)
 from app.auth.licensing import errors, seats, subscriptions
 from app.auth.licensing import service as licensing
 from app.auth.licensing.signing import SigningKeyError, generate_key_file
@@ -21,7 +32,16 @@ EmailTaken = service.EmailTaken
 __all__ = [
     "EmailTaken",
     "Hasher",
+    "LicenseCreated",
+    "LicenseDeactivated",
+    "LicenseStatusChanged",
     "SigningKeyError",
+    "SubscriptionCancelled",
+    "SubscriptionGranted",
+    "SubscriptionLapsed",
+    "SubscriptionPastDue",
+    "SubscriptionRenewed",
+    "UserRegistered",
     "UserSummary",
     "generate_key_file",
     "hasher_from_config",

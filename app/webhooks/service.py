@@ -35,6 +35,7 @@ EVENT_TYPES = (
     "subscription.renewed",
     "subscription.past_due",
     "subscription.lapsed",
+    "subscription.cancelled",
     "order.paid",
     "order.refunded",
 )

@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
 from app.auth.accounts.passwords import Hasher
+from app.auth.events import UserRegistered
 from app.auth.models import LoginThrottle, User
-from app.kernel import emails
+from app.kernel import emails, events
 from app.kernel.db import utcnow
 from app.kernel.errors import Conflict, NotFound, ProblemError, Unauthorized
 from app.kernel.ids import new_id
@@ -109,6 +110,9 @@ def register(
         actor_id=actor_id or user.user_id,
         details={"email": email, "role": role},
         ip_address=ip,
+    )
+    events.publish(
+        session, UserRegistered(user_id=user.user_id, email=email, plan=user.plan, role=role)
     )
     return user
 
