@@ -15,10 +15,11 @@ from flask.sessions import NullSession, SessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import observability
-from app.config import ConfigError, check_production, check_secrets, load_config
+from app.config import ConfigError
 from app.kernel import files
 from app.kernel.errors import MalformedJSON, ProblemError
 from app.kernel.web import document_common_errors, document_request_headers
+from app.settings import configure_settings, finish_settings
 
 __all__ = ["create_app"]
 
@@ -130,10 +131,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
     app.request_class = ApiRequest
     app.session_interface = NoCookieSession()
     app.json = ApiJSONProvider(app)
-    settings = load_config(app.instance_path)
-    settings.update(config or {})
-    check_production(settings)
-    app.config.from_mapping(settings)
+    configure_settings(app, config)  # every setting validated, then copied to app.config
     app.config.from_mapping(OPENAPI_SETTINGS)
     try:
         files.private_dir(app.instance_path)
@@ -150,7 +148,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
             f"cannot keep the generated secrets in {app.instance_path}: {exc.strerror or exc} "
             "(set SECRET_KEY and JWT_SECRET_KEY, or INSTANCE_PATH to a writable folder)"
         ) from None
-    check_secrets(app.config)
+    finish_settings(app)  # generated secrets recorded, weak ones refused
 
     register_extensions(app)
     register_blueprints(app)
@@ -229,7 +227,8 @@ def register_extensions(app: APIFlask) -> None:
 
 
 def register_blueprints(app: APIFlask) -> None:
-    from app import admin, auth, health, orders, webhooks
+    from app import admin, auth, orders, webhooks
+    from app.operations import health
 
     observability.init_app(app)
     health.init_app(app)
@@ -247,8 +246,8 @@ def register_errorhandlers(app: APIFlask) -> None:
 
 def register_commands(app: APIFlask) -> None:
     """The kernel's commands and the backups'; each module registers its own in init_app."""
-    from app import backups_cli
     from app.kernel import cli
+    from app.operations import cli as backups_cli
 
     cli.init_app(app)
     backups_cli.init_app(app)

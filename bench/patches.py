@@ -337,7 +337,7 @@ def security_headers_once(app: Any) -> None:
     """The five security headers added in one pass over the response's headers
     (werkzeug's Headers.setdefault scans the whole list, case-insensitively, twice per
     header)."""
-    from app import health
+    from app.operations import health
 
     hooks = app.after_request_funcs[None]
     i = hooks.index(health.add_security_headers)

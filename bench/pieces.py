@@ -61,7 +61,7 @@ PIECES = (
         _either(_in("logging/"), _fn("app/observability.py", "format")),
     ),
     Piece("request id (observability._start)", 3, _fn("app/observability.py", "_start")),
-    Piece("security headers", 3, _fn("app/health.py", "add_security_headers")),
+    Piece("security headers", 3, _fn("app/operations/health.py", "add_security_headers")),
     Piece("license token check (PyJWT, Ed25519)", 3, _in("app/auth/licensing/signing.py")),
     Piece("access token (flask-jwt-extended, PyJWT)", 3, _in("flask_jwt_extended/")),
     Piece(

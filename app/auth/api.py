@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from app.auth import MODULE
 from app.auth.accounts import revocations, service
 from app.auth.accounts.passwords import MAX_LENGTH, MIN_LENGTH, Hasher, hasher_from_config
+from app.auth.accounts.schemas import SubscriptionOut, UserOut
 from app.auth.events import (
     LicenseCreated,
     LicenseDeactivated,
@@ -25,22 +26,28 @@ from app.auth.events import (
 )
 from app.auth.licensing import errors, seats, subscriptions
 from app.auth.licensing import service as licensing
+from app.auth.licensing.schemas import LicenseOut
 from app.auth.licensing.signing import SigningKeyError, generate_key_file
 from app.kernel.ownership import module_api
 
 EmailTaken = service.EmailTaken
+# LicenseOut, SubscriptionOut and UserOut are the one response shape of a license, a
+# subscription and a user: other modules' responses (admin, the dashboard) reuse them.
 __all__ = [
     "EmailTaken",
     "Hasher",
     "LicenseCreated",
     "LicenseDeactivated",
+    "LicenseOut",
     "LicenseStatusChanged",
     "SigningKeyError",
     "SubscriptionCancelled",
     "SubscriptionGranted",
     "SubscriptionLapsed",
+    "SubscriptionOut",
     "SubscriptionPastDue",
     "SubscriptionRenewed",
+    "UserOut",
     "UserRegistered",
     "UserSummary",
     "generate_key_file",

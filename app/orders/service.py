@@ -1,4 +1,4 @@
-"""orders' business logic. Plain Python: every function takes a Session and never commits.
+"""Placing and reading orders. Plain Python: every function takes a Session and never commits.
 
 Placing an order is three steps, so that money never moves inside a database transaction:
 1. claim (one transaction): the Idempotency-Key row and a pending order;
@@ -6,6 +6,9 @@ Placing an order is three steps, so that money never moves inside a database tra
 3. settle (one transaction): the order paid, the subscription granted (auth.api), the
    audit entry (admin.api) and the `order.paid` event (kernel.events) — or, if that fails,
    refund the charge (compensation) and record that.
+
+Cancelling is in `cancellation.py`, renewal orders in `renewals.py`; `workflows.py` runs the
+steps, each in its own transaction.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
@@ -27,7 +29,7 @@ from app.kernel.db import utcnow
 from app.kernel.errors import Conflict, NotFound, ProblemError
 from app.kernel.ids import new_id
 from app.kernel.pagination import newest_first, page_of
-from app.orders.events import OrderPaid, OrderRefunded
+from app.orders.events import OrderPaid
 from app.orders.models import IdempotencyKey, Order
 from app.orders.payments import Charge, Refund
 from app.orders.plans import Plan
@@ -255,7 +257,7 @@ def fulfil(session: Session, order_id: str, charge: Charge, plan: Plan) -> dict[
             "subscription_id": subscription.subscription_id,
         },
     )
-    events.publish(session, _paid(order), aggregate_version=order.version)
+    events.publish(session, paid_event(order), aggregate_version=order.version)
     body = order_body(order)
     _complete_key(session, order, 201, body)
     return body
@@ -316,239 +318,7 @@ def list_orders(
     return page_of(rows, limit, lambda o: (o.order_id,))
 
 
-# --- cancelling ----------------------------------------------------------------------
-
-
-def backing_order(session: Session, subscription_id: str) -> Order | None:
-    """The order a subscription's plan, seats and period come from: its latest settled
-    order that is paid (or being cancelled). Earlier ones are superseded (ADR 0006)."""
-    return session.scalar(
-        select(Order)
-        .where(
-            Order.subscription_id == subscription_id,
-            Order.status.in_(("paid", "cancelling")),
-            Order.settled_at.is_not(None),
-        )
-        .order_by(Order.settled_at.desc(), Order.order_id.desc())
-        .limit(1)
-    )
-
-
-def _check_backs_its_subscription(session: Session, order: Order, renewal_lead: timedelta) -> None:
-    """Only the order that backs the user's live subscription may be cancelled."""
-    live = auth_api.live_subscription(session, order.user_id)
-    if live is None or live.subscription_id != order.subscription_id:
-        raise OrderNotCancellable(
-            "This order's subscription has ended; there is nothing left to cancel."
-        )
-    if live.status != "active" or live.renews_at - renewal_lead <= utcnow():
-        # The period it paid for is used up: its renewal is due (the renewal job charges
-        # this early) or was declined. The same answer whether or not the job has run.
-        raise OrderNotCancellable("The period this order paid for is over; it is not refunded.")
-    backing = backing_order(session, live.subscription_id)
-    if backing is not None and backing.order_id != order.order_id:
-        raise OrderSuperseded(backing.order_id)
-
-
-def begin_cancel(
-    session: Session,
-    order_id: str,
-    *,
-    user_id: str,
-    is_admin: bool,
-    renewal_lead: timedelta = timedelta(0),
-) -> Order | None:
-    """Mark the paid order that backs the user's live subscription `cancelling` (inside a
-    write transaction). None when it is already cancelled (the caller answers with it as
-    is). A superseded order is 409 `order_superseded`; one whose subscription has ended,
-    409 `order_not_cancellable`."""
-    order = session.get(Order, order_id, with_for_update=True, populate_existing=True)
-    if order is None or (order.user_id != user_id and not is_admin):
-        raise OrderNotFound()
-    if order.status == "cancelled":
-        return None
-    if order.status not in ("paid", "cancelling"):
-        raise OrderNotCancellable(f"A {order.status} order cannot be cancelled.")
-    if order.status == "paid":
-        auth_api.lock_account(session, order.user_id)  # no order of the user settles meanwhile
-        _check_backs_its_subscription(session, order, renewal_lead)
-    order.status = "cancelling"
-    order.version += 1
-    return order
-
-
-def finish_cancel(session: Session, order_id: str, refund: Refund, *, actor_id: str) -> Order:
-    """Refunded: the order cancelled and, if it still backs the subscription, the
-    subscription ended (licenses above the free seats suspended, newest first), audited,
-    announced — one transaction. If a later order settled between the two steps, that
-    order's terms stand and the subscription is left alone."""
-    order = session.get(Order, order_id, with_for_update=True, populate_existing=True)
-    assert order is not None
-    if order.status != "cancelling":
-        return order  # a concurrent cancel finished it
-    auth_api.lock_account(session, order.user_id)
-    backing = backing_order(session, order.subscription_id) if order.subscription_id else None
-    still_backing = backing is not None and backing.order_id == order.order_id
-    order.status, order.refund_id = "cancelled", refund.refund_id
-    order.version += 1
-    session.flush()
-    if still_backing:
-        auth_api.cancel_subscription(
-            session, order.user_id, actor_id=actor_id, subscription_id=order.subscription_id
-        )
-    admin_api.record_audit(
-        session,
-        "ORDER_CANCELLED",
-        user_id=order.user_id,
-        actor_id=actor_id,
-        details={
-            "order_id": order.order_id,
-            "refund_id": refund.refund_id,
-            "amount_cents": order.amount_cents,
-            "currency": order.currency,
-            "subscription_ended": still_backing,
-        },
-    )
-    events.publish(
-        session,
-        OrderRefunded(
-            order_id=order.order_id,
-            user_id=order.user_id,
-            refund_id=refund.refund_id,
-            amount_cents=refund.amount_cents,
-            currency=order.currency,
-            subscription_ended=still_backing,
-        ),
-        aggregate_version=order.version,
-    )
-    return order
-
-
-def revert_cancel(session: Session, order_id: str) -> None:
-    """The refund could not be made: the order is paid again."""
-    session.execute(
-        update(Order)
-        .where(Order.order_id == order_id, Order.status == "cancelling")
-        .values(status="paid")
-    )
-
-
-# --- renewals ------------------------------------------------------------------------
-
-
-def last_payment_method(session: Session, user_id: str) -> str | None:
-    return session.scalar(
-        select(Order.payment_method)
-        .where(Order.user_id == user_id, Order.status.in_(("paid", "cancelled")))
-        .order_by(Order.order_id.desc())
-        .limit(1)
-    )
-
-
-def claim_renewal(
-    session: Session, sub: Any, plan: Plan, *, lease: timedelta, now: datetime
-) -> Order | None:
-    """The pending renewal order for this subscription's period, claimed by this run; None
-    when another run holds it or the period is already settled."""
-    renewal_key = f"{sub.subscription_id}:{sub.renews_at.isoformat()}"
-    existing = session.scalar(
-        select(Order).where(Order.renewal_key == renewal_key).with_for_update()
-    )
-    if existing is not None:
-        if existing.status != "pending" or existing.updated_at > now - lease:
-            return None
-        existing.updated_at = now  # take over an attempt whose run died
-        return existing
-    method = last_payment_method(session, sub.user_id)
-    order = Order(
-        order_id=new_id("ord"),
-        user_id=sub.user_id,
-        kind="renewal",
-        plan=sub.plan,
-        seats=sub.seats,
-        amount_cents=price(plan, sub.seats),
-        currency=plan.currency,
-        status="pending",
-        payment_method=method or "none",
-        subscription_id=sub.subscription_id,
-        renewal_key=renewal_key,
-        created_at=now,
-        updated_at=now,
-    )
-    try:
-        with session.begin_nested():  # added inside the savepoint, so a clash leaves no trace
-            session.add(order)
-            session.flush()
-    except IntegrityError:
-        return None  # a concurrent run inserted it first
-    return order
-
-
-def settle_renewal(session: Session, order_id: str, charge: Charge, sub: Any, plan: Plan) -> bool:
-    """The renewal paid and the subscription extended, in one transaction. False when the
-    subscription is no longer there to renew (cancelled, or renewed by another run since):
-    then nothing is written and the caller refunds the charge."""
-    order = session.get(Order, order_id, with_for_update=True, populate_existing=True)
-    assert order is not None
-    if order.status != "pending":
-        return True
-    renewed = auth_api.renew_subscription(
-        session,
-        sub.subscription_id,
-        expected_renews_at=sub.renews_at,
-        period=timedelta(days=plan.period_days),
-        actor_id=order.order_id,
-    )
-    if renewed is None:
-        return False
-    order.status, order.charge_id = "paid", charge.charge_id
-    order.settled_at = utcnow()
-    order.version += 1
-    session.flush()
-    admin_api.record_audit(
-        session,
-        "ORDER_PAID",
-        user_id=order.user_id,
-        actor_id=None,
-        details={
-            "order_id": order.order_id,
-            "kind": "renewal",
-            "amount_cents": order.amount_cents,
-            "currency": order.currency,
-            "subscription_id": sub.subscription_id,
-        },
-    )
-    events.publish(session, _paid(order), aggregate_version=order.version)
-    return True
-
-
-def fail_renewal(
-    session: Session, order_id: str, sub: Any, *, failure_code: str, retry: bool
-) -> None:
-    """A declined renewal makes the subscription past due. With `retry` (provider down),
-    the period's renewal key is freed so the next run tries again."""
-    order = session.get(Order, order_id, with_for_update=True, populate_existing=True)
-    assert order is not None
-    order.status, order.failure_code = "failed", failure_code
-    if retry:
-        order.renewal_key = None
-    order.version += 1
-    session.flush()
-    if not retry:
-        auth_api.mark_subscription_past_due(session, sub.subscription_id, reason=failure_code)
-    admin_api.record_audit(
-        session,
-        "RENEWAL_FAILED",
-        user_id=order.user_id,
-        details={
-            "order_id": order.order_id,
-            "subscription_id": sub.subscription_id,
-            "failure_code": failure_code,
-        },
-    )
-
-
-def _paid(order: Order) -> OrderPaid:
+def paid_event(order: Order) -> OrderPaid:
     """The `order.paid` event of a settled order (a purchase or a renewal)."""
     assert order.subscription_id is not None
     return OrderPaid(
