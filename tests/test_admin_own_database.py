@@ -565,7 +565,7 @@ def test_a_failed_apply_holds_back_the_entries_behind_it(phase3_app):
 
     def flaky(session, event):
         if event.payload["details"]["i"] == 1 and not failed:
-            failed.append(event.event_id)
+            failed.append(event.id)
             raise RuntimeError("a hiccup")
         apply(session, event)
 

@@ -529,3 +529,54 @@ def test_a_rolled_back_activation_sends_nothing(app, client, admin, ada, receive
             raise RuntimeError("the commit never happens")
     assert deliveries(app) == []
     assert worker(app).run_once() == 0 and receiver.requests == []
+
+
+@pytest.fixture
+def phase3_app(app_config, backend, tmp_path, request):
+    """The app with admin on a database of its own (phase 3, docs/phases.md)."""
+    import shutil
+
+    from app import create_app
+    from app.kernel import migrations
+    from tests.conftest import create_pg_database, drop_pg_database, pg_url
+    from tests.helpers import PG_SCHEMAS
+
+    name = None
+    if backend == "sqlite":
+        path = tmp_path / "admin.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        admin_url = f"sqlite:///{path}"
+    else:
+        name = create_pg_database("lic_admin")
+        admin_url = pg_url(name)
+        migrations.upgrade(admin_url, schemas=PG_SCHEMAS)
+    app_config["MODULE_DATABASE_URLS"] = {"admin": admin_url}
+    application = create_app(app_config)
+    yield application
+    application.extensions["db"].dispose()
+    if name is not None:
+        drop_pg_database(name)
+
+
+def test_webhooks_work_with_admin_on_its_own_database(phase3_app, receiver):
+    """Phase 3: webhooks' tables stay in the main database; its audit entries travel as
+    audit.recorded events (never sent to endpoints)."""
+    client, runner = phase3_app.test_client(), phase3_app.test_cli_runner()
+    result = runner.invoke(
+        args=["users", "create-admin", "root@example.com", "--password-stdin"],
+        input=PASSWORD + "\n",
+    )
+    assert result.exit_code == 0, result.output
+    admin = login(client, "root@example.com")
+    client.post("/api/v1/auth/register", json={"email": "ada@example.com", "password": PASSWORD})
+    ada = login(client, "ada@example.com")
+    endpoint = subscribe(client, admin, receiver.url, "order.paid", "user.registered")
+    buy(client, ada)
+    assert worker(phase3_app).run_once() == 1
+    [envelope] = receiver.events(endpoint["secret"])
+    assert envelope["type"] == "order.paid"
+    with phase3_app.app_context(), acting_as(OPERATOR):
+        from app.kernel.models import OutboxEvent
+
+        types = get_session().scalars(select(OutboxEvent.event_type)).all()
+    assert "audit.recorded" in types  # WEBHOOK_CREATED and the rest, on their way to admin
