@@ -9,22 +9,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
 from app.auth.models import TokenRevocation, User
-from app.kernel.db import utcnow
+from app.kernel.db import read_first, utcnow
+
+# Every authenticated request asks: one statement built once, read in one round trip on
+# PostgreSQL (`read_first`: autocommit, outside the request's transaction).
+_REVOKED = (
+    select(TokenRevocation.key)
+    .where(TokenRevocation.key.in_(bindparam("keys", expanding=True)))
+    .limit(1)
+)
 
 
 def is_revoked(session: Session, jti: str, family: str | None) -> bool:
     """True when the token or its family has been revoked (one primary-key look-up)."""
     keys = [jti] if not family else [jti, family]
-    return (
-        session.scalar(select(TokenRevocation.key).where(TokenRevocation.key.in_(keys)).limit(1))
-        is not None
-    )
+    return read_first(session, _REVOKED, {"keys": keys}) is not None
 
 
 def _revoke(
