@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.kernel.pagination import PageQuery
+
+# A description is shown to admins: no NUL or other control characters.
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
 
 
 class EndpointIn(BaseModel):
@@ -14,7 +17,7 @@ class EndpointIn(BaseModel):
 
     url: str = Field(min_length=1, max_length=2048)
     events: list[str] = Field(min_length=1, max_length=50)
-    description: str = Field(default="", max_length=500)
+    description: str = Field(default="", max_length=500, pattern=NO_CONTROL_CHARACTERS)
 
 
 class EndpointPatch(BaseModel):
@@ -22,8 +25,16 @@ class EndpointPatch(BaseModel):
 
     url: str | None = Field(default=None, min_length=1, max_length=2048)
     events: list[str] | None = Field(default=None, min_length=1, max_length=50)
-    description: str | None = Field(default=None, max_length=500)
-    enabled: bool | None = None
+    description: str | None = Field(default=None, max_length=500, pattern=NO_CONTROL_CHARACTERS)
+    enabled: bool | None = Field(default=None, strict=True)  # not "1" or 1
+
+    @model_validator(mode="after")
+    def _something(self) -> EndpointPatch:
+        if not self.model_fields_set - {
+            name for name in self.model_fields_set if getattr(self, name) is None
+        }:
+            raise ValueError("give at least one of url, events, description, enabled")
+        return self
 
 
 class EndpointOut(BaseModel):
