@@ -37,9 +37,12 @@ def _require_admin() -> None:
         raise Forbidden("This needs the admin role.", code="admin_required")
 
 
-def _doc(summary: str, *statuses: int) -> Any:
+def _doc(summary: str, operation_id: str, *statuses: int) -> Any:
     return bp.doc(
-        summary=summary, security=BEARER_AUTH, responses=problem_responses(401, 403, *statuses)
+        summary=summary,
+        operation_id=operation_id,
+        security=BEARER_AUTH,
+        responses=problem_responses(401, 403, *statuses),
     )
 
 
@@ -54,7 +57,9 @@ def _with_secret(created: service.Created) -> dict[str, Any]:
 @bp.post("")
 @bp.input(EndpointIn)
 @bp.output(EndpointWithSecret, status_code=201)
-@_doc("Register an endpoint; its signing secret is in this answer only", 422)
+@_doc(
+    "Register an endpoint; its signing secret is in this answer only", "admin_create_webhook", 422
+)
 def create_endpoint(json_data: EndpointIn) -> Any:
     session = get_session()
     with transaction(session):
@@ -71,14 +76,14 @@ def create_endpoint(json_data: EndpointIn) -> Any:
 
 @bp.get("")
 @bp.output(EndpointList)
-@_doc("Every endpoint, oldest first")
+@_doc("Every endpoint, oldest first", "admin_list_webhooks")
 def list_endpoints() -> Any:
     return {"items": [service.endpoint_view(e) for e in service.list_endpoints(get_session())]}
 
 
 @bp.get("/<webhook_id>")
 @bp.output(EndpointOut)
-@_doc("One endpoint", 404)
+@_doc("One endpoint", "admin_get_webhook", 404)
 def get_endpoint(webhook_id: str) -> Any:
     return service.endpoint_view(service.get_endpoint(get_session(), webhook_id))
 
@@ -86,7 +91,12 @@ def get_endpoint(webhook_id: str) -> Any:
 @bp.patch("/<webhook_id>")
 @bp.input(EndpointPatch)
 @bp.output(EndpointOut)
-@_doc("Change an endpoint's URL, events, description, or enable/disable it", 404, 422)
+@_doc(
+    "Change an endpoint's URL, events, description, or enable/disable it",
+    "admin_update_webhook",
+    404,
+    422,
+)
 def update_endpoint(webhook_id: str, json_data: EndpointPatch) -> Any:
     session = get_session()
     changes = json_data.model_dump(exclude_unset=True, exclude_none=True)
@@ -99,7 +109,7 @@ def update_endpoint(webhook_id: str, json_data: EndpointPatch) -> Any:
 
 @bp.delete("/<webhook_id>")
 @bp.output({}, status_code=204)
-@_doc("Delete an endpoint and its deliveries", 404)
+@_doc("Delete an endpoint and its deliveries", "admin_delete_webhook", 404)
 def delete_endpoint(webhook_id: str) -> Any:
     session = get_session()
     with transaction(session):
@@ -109,7 +119,11 @@ def delete_endpoint(webhook_id: str) -> Any:
 
 @bp.post("/<webhook_id>/rotate-secret")
 @bp.output(EndpointWithSecret)
-@_doc("A new signing secret (shown once); the old one also signs for 24 hours", 404)
+@_doc(
+    "A new signing secret (shown once); the old one also signs for 24 hours",
+    "admin_rotate_webhook_secret",
+    404,
+)
 def rotate_secret(webhook_id: str) -> Any:
     session = get_session()
     with transaction(session):
@@ -120,7 +134,12 @@ def rotate_secret(webhook_id: str) -> Any:
 @bp.get("/<webhook_id>/deliveries")
 @bp.input(DeliveryQuery, location="query")
 @bp.output(DeliveryPage)
-@_doc("Deliveries to an endpoint, newest first, in keyset pages", 404, 422)
+@_doc(
+    "Deliveries to an endpoint, newest first, in keyset pages",
+    "admin_list_webhook_deliveries",
+    404,
+    422,
+)
 def list_deliveries(webhook_id: str, query_data: DeliveryQuery) -> Any:
     items, cursor = service.list_deliveries(
         get_session(),
@@ -133,7 +152,11 @@ def list_deliveries(webhook_id: str, query_data: DeliveryQuery) -> Any:
 
 @bp.post("/<webhook_id>/deliveries/<delivery_id>/redeliver")
 @bp.output(DeliveryOut, status_code=202)
-@_doc("Post a delivery again, now, with a fresh set of attempts", 404)
+@_doc(
+    "Post a delivery again, now, with a fresh set of attempts",
+    "admin_redeliver_webhook_delivery",
+    404,
+)
 def redeliver(webhook_id: str, delivery_id: str) -> Any:
     session = get_session()
     with transaction(session):
@@ -143,7 +166,7 @@ def redeliver(webhook_id: str, delivery_id: str) -> Any:
 
 @bp.post("/<webhook_id>/test")
 @bp.output(DeliveryOut, status_code=202)
-@_doc("Queue a webhook.test event for this endpoint", 404)
+@_doc("Queue a webhook.test event for this endpoint", "admin_test_webhook", 404)
 def send_test(webhook_id: str) -> Any:
     session = get_session()
     with transaction(session):
