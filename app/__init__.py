@@ -218,7 +218,7 @@ def _say_where_secrets_are(names: tuple[str, ...], folder: str) -> None:
 
 def register_extensions(app: APIFlask) -> None:
     # The modules declare their tables first: the engine's flat layout maps their schemas.
-    from app import admin, auth, extensions, orders  # noqa: F401
+    from app import admin, auth, extensions, orders, webhooks  # noqa: F401
     from app.kernel import db
 
     db.init_app(app)
@@ -226,7 +226,7 @@ def register_extensions(app: APIFlask) -> None:
 
 
 def register_blueprints(app: APIFlask) -> None:
-    from app import admin, auth, console, orders
+    from app import admin, auth, console, orders, webhooks
     from app.operations import health
 
     observability.init_app(app)
@@ -234,6 +234,7 @@ def register_blueprints(app: APIFlask) -> None:
     auth.init_app(app)
     admin.init_app(app)
     orders.init_app(app)
+    webhooks.init_app(app)
     console.init_app(app)  # after the modules: its pages call their services
 
 

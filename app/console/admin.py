@@ -232,7 +232,7 @@ def audit() -> Any:
 
 @bp.get("/operations")
 def operations() -> Any:
-    from app.kernel import outbox
+    from app.kernel.events import outbox
     from app.operations import backups, health
 
     checks = health.readiness_checks()

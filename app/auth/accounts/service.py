@@ -21,7 +21,9 @@ from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
 from app.auth.accounts.passwords import Hasher
+from app.auth.events import UserRegistered
 from app.auth.models import LoginThrottle, User
+from app.kernel import events
 from app.kernel.db import utcnow
 from app.kernel.emails import normalise_email  # the one normalisation (NFKC, folded, IDNA)
 from app.kernel.errors import Conflict, NotFound, ProblemError, Unauthorized
@@ -115,6 +117,9 @@ def register(
         actor_id=actor_id or user.user_id,
         details={"email": email, "role": role},
         ip_address=ip,
+    )
+    events.publish(
+        session, UserRegistered(user_id=user.user_id, email=email, plan=user.plan, role=role)
     )
     return user
 
