@@ -24,10 +24,11 @@ from app.admin.schemas import (
     UserStatsOut,
 )
 from app.auth import api as auth_api
+from app.http.limits import client_ip
 from app.kernel.db import get_session, transaction
 from app.kernel.errors import Forbidden, NotFound, ProblemError
 from app.kernel.pagination import decode_keyset
-from app.kernel.web import BEARER_AUTH, client_ip, problem_responses, request_headers
+from app.kernel.web import BEARER_AUTH, problem_responses, request_headers
 
 
 class PreconditionRequired(ProblemError):

@@ -6,7 +6,7 @@ from typing import Any
 
 import jwt as pyjwt
 from flask import current_app
-from flask_jwt_extended import get_jwt, jwt_required, verify_jwt_in_request
+from flask_jwt_extended import get_jwt
 
 from app.auth import bp, licensing, root_bp, service, signing
 from app.auth.routes import hasher, lockout_policy
@@ -20,21 +20,20 @@ from app.auth.schemas import (
     ValidateIn,
     ValidateOut,
 )
-from app.extensions import limiter
-from app.kernel import metrics
-from app.kernel.db import get_session, transaction, utcnow
-from app.kernel.errors import ProblemError, Unauthorized
-from app.kernel.pagination import PageQuery, decode_keyset
-from app.kernel.web import (
-    BEARER_AUTH,
-    NO_STORE,
+from app.http.bearer import jwt_required, verify_jwt_in_request
+from app.http.limits import (
     client_ip,
     config_limit,
     email_in_body,
     jwt_subject_key,
-    problem_responses,
+    limiter,
     token_in_body,
 )
+from app.kernel import metrics
+from app.kernel.db import get_session, transaction, utcnow
+from app.kernel.errors import ProblemError, Unauthorized
+from app.kernel.pagination import PageQuery, decode_keyset
+from app.kernel.web import BEARER_AUTH, NO_STORE, problem_responses
 
 
 def _token(license_: Any, now: Any) -> str:

@@ -5,22 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app
-from flask_jwt_extended import get_jwt, jwt_required, verify_jwt_in_request
+from flask_jwt_extended import get_jwt
 
 from app.auth import bp, licensing, service, tokens
 from app.auth.passwords import Hasher, hasher_from_config
 from app.auth.schemas import LoginIn, MeOut, RegisterIn, TokenPairOut, UserOut
-from app.extensions import limiter
+from app.http.bearer import jwt_required, verify_jwt_in_request
+from app.http.limits import client_ip, config_limit, email_in_body, jwt_subject_key, limiter
 from app.kernel.db import get_session, transaction, utcnow
-from app.kernel.web import (
-    BEARER_AUTH,
-    NO_STORE,
-    client_ip,
-    config_limit,
-    email_in_body,
-    jwt_subject_key,
-    problem_responses,
-)
+from app.kernel.web import BEARER_AUTH, NO_STORE, problem_responses
 
 
 def hasher() -> Hasher:

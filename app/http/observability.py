@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Response, g, request
 
+from app.http.bearer import current_subject
 from app.kernel import metrics
 from app.kernel.db import get_database
 
@@ -117,7 +118,6 @@ def _finish(response: Response) -> Response:
     metrics.HTTP_LATENCY.labels(method, route).observe(duration)
     if response.status_code == 429:
         metrics.RATE_LIMITED.labels(route).inc()
-    claims = g.get("_jwt_extended_jwt") or {}
     access_log.info(
         "%s %s %s",
         request.method,
@@ -131,7 +131,7 @@ def _finish(response: Response) -> Response:
                 "path": request.path,
                 "status": response.status_code,
                 "duration_ms": round(duration * 1000, 2),
-                "user_id": claims.get("sub"),
+                "user_id": current_subject(),
                 "ip": request.remote_addr,
             }
         },
