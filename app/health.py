@@ -80,7 +80,7 @@ def _check_instance() -> str:
 
 def _check_signing_keys() -> str:
     from app.auth.api import SigningKeyError
-    from app.auth.signing import license_keys
+    from app.auth.licensing.signing import license_keys
 
     try:
         license_keys()

@@ -17,7 +17,7 @@ from sqlalchemy import event, select
 from app import create_app
 from app.admin import service as admin_service
 from app.admin.models import AuditLog
-from app.auth import licensing
+from app.auth.licensing import service as licensing
 from app.auth.models import License
 from app.kernel.db import get_database, get_session
 from app.kernel.ownership import OPERATOR, acting_as

@@ -135,7 +135,7 @@ def revocation_prebuilt() -> None:
     a new select() per request."""
     from sqlalchemy import bindparam, select
 
-    from app.auth import service
+    from app.auth.accounts import revocations as service
     from app.auth.models import TokenRevocation
 
     stmt = (
@@ -305,7 +305,7 @@ def autocommit_read(app: Any) -> None:
     from sqlalchemy import event
     from sqlalchemy.exc import DBAPIError
 
-    from app.auth import licensing
+    from app.auth.licensing import service as licensing
     from app.kernel.db import make_engine, settings_from_config
 
     engine = make_engine(settings_from_config(app.config))

@@ -26,7 +26,7 @@ class Piece:
 
 
 # Paths are relative to site-packages, the standard library or the repository
-# (`flask/app.py`, `logging/__init__.py`, `app/auth/signing.py`), as py-spy prints them;
+# (`flask/app.py`, `logging/__init__.py`, `app/auth/licensing/signing.py`), as py-spy prints them;
 # functions are bare names (`info`, not `Logger.info`). See `frame()`.
 def _in(*prefixes: str) -> Callable[[str, str], bool]:
     return lambda _func, path: path.startswith(prefixes)
@@ -42,7 +42,9 @@ def _either(*rules: Callable[[str, str], bool]) -> Callable[[str, str], bool]:
 
 TX_ROUND_TRIPS = "transaction round trips (BEGIN, COMMIT, ROLLBACK, ping)"
 PIECES = (
-    Piece("revocation look-up (access token)", 4, _fn("app/auth/tokens.py", "_is_revoked")),
+    Piece(
+        "revocation look-up (access token)", 4, _fn("app/auth/accounts/tokens.py", "_is_revoked")
+    ),
     Piece(
         TX_ROUND_TRIPS,
         4,
@@ -60,7 +62,7 @@ PIECES = (
     ),
     Piece("request id (observability._start)", 3, _fn("app/http/observability.py", "_start")),
     Piece("security headers", 3, _fn("app/http/__init__.py", "add_security_headers")),
-    Piece("license token check (PyJWT, Ed25519)", 3, _in("app/auth/signing.py")),
+    Piece("license token check (PyJWT, Ed25519)", 3, _in("app/auth/licensing/signing.py")),
     Piece(
         "access token (flask-jwt-extended, PyJWT)",
         3,

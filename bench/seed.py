@@ -26,7 +26,8 @@ from sqlalchemy import and_, func, literal_column, select
 
 from app import create_app
 from app.auth import api as auth_api
-from app.auth import signing, tokens
+from app.auth.accounts import tokens
+from app.auth.licensing import signing
 from app.auth.models import License, User
 from app.kernel.db import get_database, get_session, transaction
 from app.kernel.ownership import acting_as

@@ -157,7 +157,7 @@ def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
 @pytest.fixture(scope="session")
 def signing_key_file(tmp_path_factory: pytest.TempPathFactory) -> str:
     """An Ed25519 license signing key for the run (kept out of the repo's instance/)."""
-    from app.auth.signing import generate_key_file
+    from app.auth.licensing.signing import generate_key_file
 
     path = tmp_path_factory.mktemp("keys") / "license-key.pem"
     generate_key_file(path)

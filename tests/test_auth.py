@@ -113,7 +113,7 @@ def test_register_malformed_json_is_400(client):
 
 def test_failure_after_the_audit_write_leaves_neither_row(app, client, monkeypatch):
     from app.admin import api as admin_api
-    from app.auth import service
+    from app.auth.accounts import service
 
     real = admin_api.record_audit
 

@@ -8,7 +8,7 @@ step check() gives exactly what the rules say (README: "For app developers"):
   the last VALID online answer, GRACE_EXPIRED; an expired token EXPIRED; else VALID, offline.
 
 The service is in-process (httpx.MockTransport) and signs with the server's own code
-(app.auth.signing), so each example takes microseconds, not a gunicorn.
+(app.auth.licensing.signing), so each example takes microseconds, not a gunicorn.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from licensing_client import CheckCode, LicensingClient
 
-from app.auth.signing import VERDICT_TTL_SECONDS, KeySet, SigningKey
+from app.auth.licensing.signing import VERDICT_TTL_SECONDS, KeySet, SigningKey
 
 DAY = 86_400
 GRACE = 7 * DAY

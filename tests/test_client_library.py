@@ -37,7 +37,7 @@ from licensing_client import (
     machine_fingerprint,
 )
 
-from app.auth.signing import KeySet, generate_key_file
+from app.auth.licensing.signing import KeySet, generate_key_file
 from tests.helpers import free_port, gunicorn_server, http, tampered
 
 pytestmark = pytest.mark.slow

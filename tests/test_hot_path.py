@@ -9,9 +9,9 @@ import jwt as pyjwt
 import pytest
 from sqlalchemy import update
 
-from app.auth import licensing
+from app.auth.licensing import service as licensing
+from app.auth.licensing.signing import KeySet, generate_key_file
 from app.auth.models import License
-from app.auth.signing import KeySet, generate_key_file
 from app.kernel.db import get_database, get_session, transaction
 from app.kernel.ownership import OPERATOR, acting_as
 from tests.test_licenses import account, activate

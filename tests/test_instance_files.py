@@ -364,7 +364,7 @@ def test_a_database_file_others_can_read_is_reported_at_start(bare_config, tmp_p
 
 def test_a_generated_signing_keys_new_folders_are_private(tmp_path, umask):
     """(outside test: `licenses generate-key` into a new folder made it 0755)"""
-    from app.auth.signing import generate_key_file
+    from app.auth.licensing.signing import generate_key_file
 
     key = tmp_path / "keys" / "2026" / "license-key.pem"
     generate_key_file(key)

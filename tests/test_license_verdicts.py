@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from app.admin.models import AuditLog
-from app.auth import signing
+from app.auth.licensing import signing
 from app.auth.models import License
 from app.kernel.db import utcnow
 from tests.helpers import assert_problem, tampered

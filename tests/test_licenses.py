@@ -14,8 +14,8 @@ from sqlalchemy import event, select, update
 from app import create_app
 from app.admin.models import AuditLog
 from app.auth import api as auth_api
+from app.auth.licensing.signing import KeySet, generate_key_file
 from app.auth.models import License
-from app.auth.signing import KeySet, generate_key_file
 from app.kernel.db import get_database, get_session, transaction, utcnow
 from app.kernel.ownership import OPERATOR, acting_as
 from tests.helpers import assert_problem
@@ -184,7 +184,7 @@ def test_bad_client_ids_are_422(client, client_id):
 
 
 def test_a_failure_between_license_and_audit_leaves_neither(app, client, monkeypatch):
-    from app.auth import licensing
+    from app.auth.licensing import service as licensing
 
     def fail(*args, **kwargs):
         raise RuntimeError("injected failure at the audit insert")

@@ -51,8 +51,8 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch) -> Clock:
     clock = Clock()
-    monkeypatch.setattr("app.auth.routes.utcnow", clock, raising=False)
-    monkeypatch.setattr("app.auth.license_routes.utcnow", clock, raising=False)
+    monkeypatch.setattr("app.auth.accounts.routes.utcnow", clock, raising=False)
+    monkeypatch.setattr("app.auth.licensing.routes.utcnow", clock, raising=False)
     return clock
 
 
@@ -255,7 +255,7 @@ def test_tokens_prune_forgets_throttles_that_no_longer_count(
     assert rows() == before  # all still count: inside the window, or locked
 
     clock.advance(24 * 3600)  # a quiet day later
-    monkeypatch.setattr("app.auth.service.utcnow", clock)
+    monkeypatch.setattr("app.auth.accounts.service.utcnow", clock)
     result = runner.invoke(args=["tokens", "prune"])
     assert result.exit_code == 0, result.output
     assert ", 4 stale login throttle(s)" in result.output

@@ -8,7 +8,8 @@ from datetime import timedelta
 import pytest
 
 from app.auth import api as auth_api
-from app.auth import licensing
+from app.auth.licensing import service as licensing
+from app.auth.licensing import subscriptions
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.ownership import acting_as
 
@@ -88,7 +89,7 @@ def test_lapse_does_not_overwrite_a_concurrent_renewal(app, client, monkeypatch)
         s = get_session()
         with transaction(s):
             auth_api.mark_subscription_past_due(s, sub.subscription_id, reason="declined")
-    real, fired = licensing._lock_user, []
+    real, fired = subscriptions.lock_user, []
 
     def interleave(session, user_id):
         if not fired:
@@ -98,7 +99,7 @@ def test_lapse_does_not_overwrite_a_concurrent_renewal(app, client, monkeypatch)
             th.join()
         return real(session, user_id)
 
-    monkeypatch.setattr(licensing, "_lock_user", interleave)
+    monkeypatch.setattr(subscriptions, "lock_user", interleave)
     with app.app_context():
         s = get_session()
         with transaction(s):
@@ -125,7 +126,7 @@ def test_cancel_does_not_unrevoke_a_concurrently_revoked_license(app, client, mo
     def owner_deactivates():
         client.delete(f"/api/v1/licenses/{ids[1]}", headers=h)
 
-    real, threads = licensing._suspend_excess, []
+    real, threads = subscriptions._suspend_excess, []
 
     def interleave(session, user_id, **kw):
         if not threads:
@@ -137,7 +138,7 @@ def test_cancel_does_not_unrevoke_a_concurrently_revoked_license(app, client, mo
             threads[0].join(timeout=2)
         return real(session, user_id, **kw)
 
-    monkeypatch.setattr(licensing, "_suspend_excess", interleave)
+    monkeypatch.setattr(subscriptions, "_suspend_excess", interleave)
     with app.app_context():
         s = get_session()
         with transaction(s):

@@ -1,6 +1,7 @@
-"""auth: users, credentials, tokens, licenses, subscriptions.
+"""auth: accounts (users, passwords, tokens) and licensing (licenses, seats, subscriptions).
 
-Other modules use it only through `app.auth.api`.
+`accounts/` and `licensing/` each hold a service, schemas, routes and commands; `models.py`
+holds the tables of both. Other modules use auth only through `app.auth.api`.
 """
 
 from typing import Any
@@ -22,9 +23,15 @@ root_bp = module_blueprint(MODULE, __name__, name="auth_root", tag="Licenses")
 
 def init_app(app: Any) -> None:
     """Register auth's routes, its JWT callbacks and its commands."""
-    from app.auth import cli, license_routes, routes, signing, tokens  # noqa: F401 - routes attach to bp
+    from app.auth.accounts import cli as accounts_cli
+    from app.auth.accounts import routes as accounts_routes  # noqa: F401 - routes attach to bp
+    from app.auth.accounts import tokens
+    from app.auth.licensing import cli as licensing_cli
+    from app.auth.licensing import routes as licensing_routes  # noqa: F401 - routes attach to bp
+    from app.auth.licensing import signing
 
-    cli.init_app(app)
+    accounts_cli.init_app(app)
+    licensing_cli.init_app(app)
 
     tokens.init_app(app)
     app.register_blueprint(bp)

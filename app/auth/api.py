@@ -9,9 +9,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.auth import MODULE, licensing, service
-from app.auth.passwords import MAX_LENGTH, MIN_LENGTH, Hasher, hasher_from_config
-from app.auth.signing import SigningKeyError, generate_key_file
+from app.auth import MODULE
+from app.auth.accounts import revocations, service
+from app.auth.accounts.passwords import MAX_LENGTH, MIN_LENGTH, Hasher, hasher_from_config
+from app.auth.licensing import errors, seats, subscriptions
+from app.auth.licensing import service as licensing
+from app.auth.licensing.signing import SigningKeyError, generate_key_file
 from app.kernel.ownership import module_api
 
 EmailTaken = service.EmailTaken
@@ -109,7 +112,7 @@ def unlock_user(
 @module_api(MODULE)
 def prune_token_revocations(session: Session) -> int:
     """Delete revocations whose tokens have expired anyway (inside the caller's transaction)."""
-    return service.prune_revocations(session)
+    return revocations.prune_revocations(session)
 
 
 @module_api(MODULE)
@@ -120,9 +123,9 @@ def prune_login_throttles(session: Session, window: timedelta) -> int:
 
 # --- licensing, for the orders and admin modules --------------------------------------
 
-VersionConflict = licensing.VersionConflict
-InvalidTransition = licensing.InvalidTransition
-LicenseNotFound = licensing.LicenseNotFound
+VersionConflict = errors.VersionConflict
+InvalidTransition = errors.InvalidTransition
+LicenseNotFound = errors.LicenseNotFound
 StatusUpdate = licensing.StatusUpdate
 
 
@@ -185,7 +188,7 @@ def grant_subscription(
     actor_id: str | None = None,
 ) -> SubscriptionSummary:
     """Grant or change the user's subscription (inside the caller's transaction)."""
-    sub = licensing.grant_subscription(
+    sub = subscriptions.grant_subscription(
         session, user_id, plan=plan, seats=seats, period=period, actor_id=actor_id
     )
     return _subscription(sub)  # type: ignore[return-value]
@@ -202,7 +205,7 @@ def cancel_subscription(
     """End the user's live subscription (only if it is `subscription_id`, when given);
     licenses above the free seats are suspended, newest first."""
     return _subscription(
-        licensing.cancel_subscription(
+        subscriptions.cancel_subscription(
             session, user_id, actor_id=actor_id, subscription_id=subscription_id
         )
     )
@@ -212,18 +215,18 @@ def cancel_subscription(
 def lock_account(session: Session, user_id: str) -> None:
     """Lock the user's row until the caller's transaction ends: the user's subscription and
     seat changes (purchases, cancels, activations) then wait for it."""
-    licensing._lock_user(session, user_id)
+    seats.lock_user(session, user_id)
 
 
 @module_api(MODULE)
 def seats_for(session: Session, user_id: str) -> dict[str, int]:
     """{"limit": …, "used": …} for the user."""
-    return licensing.seats_for(session, service.get_user(session, user_id))
+    return seats.seats_for(session, service.get_user(session, user_id))
 
 
 @module_api(MODULE)
 def live_subscription(session: Session, user_id: str) -> SubscriptionSummary | None:
-    return _subscription(licensing.live_subscription(session, user_id))
+    return _subscription(seats.live_subscription(session, user_id))
 
 
 @module_api(MODULE)
@@ -260,7 +263,7 @@ def batch_update_license_statuses(
 def get_license(session: Session, license_id: str) -> LicenseSummary | None:
     try:
         return _license(licensing.get_license(session, license_id))
-    except licensing.LicenseNotFound:
+    except errors.LicenseNotFound:
         return None
 
 
@@ -276,7 +279,7 @@ def due_subscriptions(
     session: Session, now: datetime, limit: int = 100
 ) -> list[SubscriptionSummary]:
     """Live subscriptions due for renewal at `now`, oldest first."""
-    return [_subscription(s) for s in licensing.due_subscriptions(session, now, limit)]  # type: ignore[misc]
+    return [_subscription(s) for s in subscriptions.due_subscriptions(session, now, limit)]  # type: ignore[misc]
 
 
 @module_api(MODULE)
@@ -290,7 +293,7 @@ def renew_subscription(
 ) -> SubscriptionSummary | None:
     """Extend by one period (and the licenses with it); None if already renewed."""
     return _subscription(
-        licensing.renew_subscription(
+        subscriptions.renew_subscription(
             session,
             subscription_id,
             expected_renews_at=expected_renews_at,
@@ -304,7 +307,7 @@ def renew_subscription(
 def mark_subscription_past_due(
     session: Session, subscription_id: str, *, actor_id: str | None = None, reason: str
 ) -> None:
-    licensing.mark_past_due(session, subscription_id, actor_id=actor_id, reason=reason)
+    subscriptions.mark_past_due(session, subscription_id, actor_id=actor_id, reason=reason)
 
 
 @module_api(MODULE)
@@ -312,4 +315,4 @@ def lapse_past_due_subscriptions(
     session: Session, *, grace: timedelta, now: datetime, actor_id: str | None = None
 ) -> int:
     """End past-due subscriptions beyond the grace period; their licenses are suspended."""
-    return licensing.lapse_past_due(session, grace=grace, now=now, actor_id=actor_id)
+    return subscriptions.lapse_past_due(session, grace=grace, now=now, actor_id=actor_id)

@@ -1,4 +1,4 @@
-"""auth's licensing HTTP API: activate, validate, list/get/deactivate, JWKS."""
+"""The licensing HTTP API: activate, validate, list/get/deactivate, JWKS."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import jwt as pyjwt
 from flask import current_app
 from flask_jwt_extended import get_jwt
 
-from app.auth import bp, licensing, root_bp, service, signing
-from app.auth.routes import hasher, lockout_policy
-from app.auth.schemas import (
+from app.auth import bp, root_bp
+from app.auth.accounts import service as accounts
+from app.auth.accounts.passwords import hasher_from_config
+from app.auth.licensing import service as licensing
+from app.auth.licensing import signing
+from app.auth.licensing.schemas import (
     ActivatedLicenseOut,
     ActivateIn,
     DeactivateIn,
@@ -66,12 +69,12 @@ def _activation_user(session: Any, body: ActivateIn, now: Any) -> tuple[str | No
             "A Bearer token, or email and password, is required.",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    return None, service.check_credentials(
+    return None, accounts.check_credentials(
         session,
-        hasher(),
+        hasher_from_config(current_app.config),
         body.email,
         body.password,
-        policy=lockout_policy(),
+        policy=accounts.LockoutPolicy.from_config(current_app.config),
         ip=client_ip(),
         now=now,
     )
@@ -103,8 +106,12 @@ def activate(json_data: ActivateIn) -> Any:
     user_id, attempt = _activation_user(session, json_data, now)
     with transaction(session):
         if attempt is not None:
-            outcome = service.settle_login(
-                session, attempt, lockout_policy(), ip=client_ip(), now=now
+            outcome = accounts.settle_login(
+                session,
+                attempt,
+                accounts.LockoutPolicy.from_config(current_app.config),
+                ip=client_ip(),
+                now=now,
             )
             user_id = outcome.user.user_id if outcome.user is not None else None
         if user_id is not None:
@@ -117,8 +124,8 @@ def activate(json_data: ActivateIn) -> Any:
                 raise
     if attempt is not None and user_id is None:
         if outcome.locked_until is not None:
-            raise service.AccountLocked(outcome.locked_until, now)
-        raise service.InvalidCredentials()
+            raise accounts.AccountLocked(outcome.locked_until, now)
+        raise accounts.InvalidCredentials()
     metrics.LICENSE_ACTIVATIONS.labels("created" if activation.created else "existing").inc()
     return _signed(activation.license), 201 if activation.created else 200, NO_STORE
 

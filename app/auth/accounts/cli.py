@@ -1,4 +1,4 @@
-"""Auth's operator commands: `flask --app wsgi users …`, `tokens …`, `licenses …`."""
+"""The accounts' operator commands: `flask --app wsgi users …` and `tokens …`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from app.kernel.emails import normalise_email
 
 users_cli = OperatorGroup("users", help="User accounts.")
 tokens_cli = OperatorGroup("tokens", help="Token revocation list maintenance.")
-licenses_cli = OperatorGroup("licenses", help="License signing keys.")
 
 
 @users_cli.command("create-admin")
@@ -71,23 +70,6 @@ def tokens_prune() -> None:
     click.echo(f"pruned {removed} expired revocation(s), {throttles} stale login throttle(s)")
 
 
-@licenses_cli.command("generate-key")
-@click.argument("path", type=click.Path(dir_okay=False, writable=True))
-def licenses_generate_key(path: str) -> None:
-    """Write a new Ed25519 signing key to PATH (mode 0600; never overwrites).
-
-    To rotate: put the new key first in LICENSE_SIGNING_KEYS and keep the old one after it
-    until every token it signed has expired.
-    """
-    import os
-
-    if os.path.exists(path):
-        raise click.ClickException(f"{path} exists; refusing to overwrite a key")
-    auth_api.generate_key_file(path)
-    click.echo(f"wrote {path}")
-
-
 def init_app(app: Any) -> None:
     app.cli.add_command(users_cli)
     app.cli.add_command(tokens_cli)
-    app.cli.add_command(licenses_cli)

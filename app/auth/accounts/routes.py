@@ -1,4 +1,4 @@
-"""auth's HTTP API: register, login, refresh, logout, me."""
+"""The accounts HTTP API: register, login, refresh, logout, me."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from typing import Any
 from flask import current_app
 from flask_jwt_extended import get_jwt
 
-from app.auth import bp, licensing, service, tokens
-from app.auth.passwords import Hasher, hasher_from_config
-from app.auth.schemas import LoginIn, MeOut, RegisterIn, TokenPairOut, UserOut
+from app.auth import bp
+from app.auth.accounts import revocations, service, tokens
+from app.auth.accounts.passwords import Hasher, hasher_from_config
+from app.auth.accounts.schemas import LoginIn, MeOut, RegisterIn, TokenPairOut, UserOut
+from app.auth.licensing import service as licensing
 from app.http.bearer import jwt_required, verify_jwt_in_request
 from app.http.limits import client_ip, config_limit, email_in_body, jwt_subject_key, limiter
 from app.kernel.db import get_session, transaction, utcnow
@@ -78,7 +80,7 @@ def refresh() -> Any:
     claims = get_jwt()
     session = get_session()
     with transaction(session):
-        outcome = service.rotate_refresh(
+        outcome = revocations.rotate_refresh(
             session,
             jti=claims["jti"],
             family=claims["fam"],
@@ -106,7 +108,7 @@ def logout() -> Any:
     claims = get_jwt()
     session = get_session()
     with transaction(session):
-        service.logout(
+        revocations.logout(
             session,
             jti=claims["jti"],
             family=claims.get("fam"),

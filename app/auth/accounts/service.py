@@ -1,8 +1,9 @@
-"""auth's business logic: accounts, logins with lockout, token revocation.
+"""Accounts: registration, logins with lockout (docs/adr/0008-login-lockout.md).
 
 Plain Python: every function takes a Session and never commits; the caller owns the
 transaction. Password hashing (slow by design) happens outside write transactions, so a
-login never holds SQLite's write lock while argon2 runs.
+login never holds SQLite's write lock while argon2 runs. The token revocation list is in
+`revocations.py`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
-from app.auth.models import LoginThrottle, TokenRevocation, User
-from app.auth.passwords import Hasher
+from app.auth.accounts.passwords import Hasher
+from app.auth.models import LoginThrottle, User
 from app.kernel import emails
 from app.kernel.db import utcnow
 from app.kernel.errors import Conflict, NotFound, ProblemError, Unauthorized
@@ -398,92 +399,6 @@ def unlock(
     return user, cleared
 
 
-# --- token revocation ----------------------------------------------------------------
-
-
-def is_revoked(session: Session, jti: str, family: str | None) -> bool:
-    """True when the token or its family has been revoked (one primary-key look-up)."""
-    keys = [jti] if not family else [jti, family]
-    return (
-        session.scalar(select(TokenRevocation.key).where(TokenRevocation.key.in_(keys)).limit(1))
-        is not None
-    )
-
-
-def _revoke(
-    session: Session, key: str, kind: str, user_id: str | None, reason: str, expires_at: datetime
-) -> bool:
-    """Insert a revocation; False when it already existed (also when a concurrent one won)."""
-    if session.get(TokenRevocation, key) is not None:
-        return False
-    try:
-        with session.begin_nested():
-            session.add(
-                TokenRevocation(
-                    key=key, kind=kind, user_id=user_id, reason=reason, expires_at=expires_at
-                )
-            )
-    except IntegrityError:
-        return False
-    return True
-
-
-@dataclass(frozen=True)
-class RefreshOutcome:
-    user: User | None
-    reuse_detected: bool = False
-
-
-def rotate_refresh(
-    session: Session,
-    *,
-    jti: str,
-    family: str,
-    user_id: str,
-    expires_at: datetime,
-    family_expires_at: datetime,
-    ip: str | None,
-) -> RefreshOutcome:
-    """Spend a refresh token (inside a write transaction).
-
-    A token may be spent once. Presenting a spent one again — a replay, or two racing
-    uses of one token — revokes its whole family: whoever holds a copy is locked out, and
-    the rightful owner logs in again.
-    """
-    if session.get(TokenRevocation, family) is not None:
-        return RefreshOutcome(None)
-    if not _revoke(session, jti, "token", user_id, "rotated", expires_at):
-        # Audited once per family, by whichever racing request revoked it.
-        if _revoke(session, family, "family", user_id, "reuse_detected", family_expires_at):
-            admin_api.record_audit(
-                session,
-                "TOKEN_REUSE_DETECTED",
-                user_id=user_id,
-                details={"family": family, "jti": jti},
-                ip_address=ip,
-            )
-        return RefreshOutcome(None, reuse_detected=True)
-    user = session.get(User, user_id)
-    return RefreshOutcome(user)
-
-
-def logout(
-    session: Session,
-    *,
-    jti: str,
-    family: str | None,
-    user_id: str,
-    family_expires_at: datetime,
-    access_expires_at: datetime,
-    ip: str | None,
-) -> None:
-    """Revoke the presented access token and its whole refresh family, at once."""
-    _revoke(session, jti, "token", user_id, "logout", access_expires_at)
-    if family:
-        _revoke(session, family, "family", user_id, "logout", family_expires_at)
-    admin_api.record_audit(session, "LOGOUT", user_id=user_id, actor_id=user_id, ip_address=ip)
-
-
 def prune_login_throttles(session: Session, window: timedelta) -> int:
     """Delete throttle rows that no longer count: not locked, and no failure (nor lock)
     within the last `window`, so the next failure would start them over anyway. Without
@@ -494,13 +409,5 @@ def prune_login_throttles(session: Session, window: timedelta) -> int:
             LoginThrottle.last_failure_at < quiet_since,
             or_(LoginThrottle.locked_until.is_(None), LoginThrottle.locked_until < quiet_since),
         )
-    )
-    return result.rowcount or 0
-
-
-def prune_revocations(session: Session, now: datetime | None = None) -> int:
-    """Delete revocations of tokens that have expired anyway; returns how many."""
-    result = session.execute(
-        delete(TokenRevocation).where(TokenRevocation.expires_at < (now or utcnow()))
     )
     return result.rowcount or 0

@@ -14,7 +14,8 @@ from typing import Any
 from flask import current_app
 from flask_jwt_extended import create_access_token, create_refresh_token
 
-from app.auth import MODULE, service
+from app.auth import MODULE
+from app.auth.accounts import revocations
 from app.auth.models import User
 from app.http.bearer import jwt
 from app.http.problems import problem_response
@@ -64,7 +65,7 @@ def _problem(code: str, detail: str, headers: dict[str, str]) -> Any:
 @jwt.token_in_blocklist_loader
 def _is_revoked(_header: dict, claims: dict) -> bool:
     with acting_as(MODULE):
-        return service.is_revoked(get_session(), claims["jti"], claims.get("fam"))
+        return revocations.is_revoked(get_session(), claims["jti"], claims.get("fam"))
 
 
 @jwt.revoked_token_loader

@@ -1,0 +1,66 @@
+"""Seats: how many licenses a user may hold at once, and how many they hold.
+
+The free plan has FREE_SEATS; a paid plan has its live subscription's seats. Seat changes of
+one user run one at a time: each takes the user's row lock (`lock_user`) before counting.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.orm import Session
+
+from app.auth.accounts.service import UserNotFound
+from app.auth.models import License, Subscription, User
+from app.kernel.db import utcnow
+
+# Seats of the plan that needs no subscription; paid plans take theirs from the subscription.
+FREE_SEATS = 1
+LIVE_SUBSCRIPTION = ("active", "past_due")
+
+# The statements of activation (the hot write path), built once with bind parameters:
+# SQLAlchemy memoises each one's cache key on the object, so a call neither rebuilds the
+# expression nor recomputes its key to find the compiled SQL.
+_LIVE_SUBSCRIPTION = select(Subscription).where(
+    Subscription.user_id == bindparam("user_id"), Subscription.status.in_(LIVE_SUBSCRIPTION)
+)
+_SEATS_IN_USE = (
+    select(func.count())
+    .select_from(License)
+    .where(
+        License.user_id == bindparam("user_id"),
+        License.status == "active",
+        License.expires_at > bindparam("now"),
+    )
+)
+
+
+def live_subscription(session: Session, user_id: str) -> Subscription | None:
+    return session.scalar(_LIVE_SUBSCRIPTION, {"user_id": user_id})
+
+
+def seats_in_use(session: Session, user_id: str, now: datetime | None = None) -> int:
+    """Active, unexpired licenses of the user."""
+    return session.scalar(_SEATS_IN_USE, {"user_id": user_id, "now": now or utcnow()})
+
+
+def seats_of(subscription: Subscription | None) -> int:
+    """Free plan: 1. Paid plans: the live subscription's seats."""
+    return subscription.seats if subscription is not None else FREE_SEATS
+
+
+def seat_limit(session: Session, user: User) -> int:
+    return seats_of(live_subscription(session, user.user_id))
+
+
+def seats_for(session: Session, user: User) -> dict[str, int]:
+    return {"limit": seat_limit(session, user), "used": seats_in_use(session, user.user_id)}
+
+
+def lock_user(session: Session, user_id: str) -> User:
+    """The user's row, locked until the transaction ends (serialises seat changes)."""
+    user = session.get(User, user_id, with_for_update=True, populate_existing=True)
+    if user is None:
+        raise UserNotFound("No such user.")
+    return user

@@ -1,0 +1,394 @@
+"""Licenses: activation, validation (the verdict), reading, status changes.
+
+Plain Python: every function takes a Session and never commits. Activation runs in ONE
+transaction with its audit entry. Races are settled by the database: the user's row is
+locked for the seat count (FOR UPDATE on PostgreSQL; SQLite's write transactions are
+serial), and the partial unique index on live client_ids refuses a second live license
+for one client whatever the timing. Subscriptions (which change seats) are in
+`subscriptions.py`, the seat count in `seats.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import jwt
+from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.admin import api as admin_api
+from app.auth.licensing.errors import (
+    STATUSES,
+    TRANSITIONS,
+    ClientIdTaken,
+    InvalidTransition,
+    LicenseNotFound,
+    LicenseSuspended,
+    SeatLimitReached,
+    SubscriptionPastDue,
+    VersionConflict,
+)
+from app.auth.licensing.seats import (
+    live_subscription,
+    lock_user,
+    seat_limit,
+    seats_in_use,
+    seats_of,
+)
+
+# Re-exported: accounts' /auth/me shows the seats, and reaches licensing only through here.
+from app.auth.licensing.seats import seats_for as seats_for
+from app.auth.licensing.signing import KeySet
+from app.auth.models import License
+from app.kernel.db import utcnow
+from app.kernel.errors import Conflict
+from app.kernel.ids import new_id
+from app.kernel.pagination import newest_first, page_of
+
+LICENSE_LIFETIME = timedelta(days=365)
+
+_LIVE_LICENSE_OF_CLIENT = select(License).where(
+    License.client_id == bindparam("client_id"), License.status != "revoked"
+)
+
+
+# --- activation ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Activation:
+    license: License
+    created: bool
+
+
+def activate(
+    session: Session, user_id: str, client_id: str, *, ip: str | None, now: datetime | None = None
+) -> Activation:
+    """Bind a license for `client_id` to the user, or return the one they already hold.
+
+    One transaction: user exists, client_id free, a seat free, license inserted,
+    LICENSE_CREATED audited. Either both rows commit or neither does.
+    """
+    now = now or utcnow()
+    lock_user(session, user_id)  # seat changes of one user run one at a time
+    existing = session.scalar(_LIVE_LICENSE_OF_CLIENT, {"client_id": client_id})
+    if existing is not None and existing.expires_at <= now:
+        # An expired license no longer holds its client: retire it, then issue a new one.
+        set_status(
+            session,
+            existing,
+            "revoked",
+            actor_id=user_id,
+            reason="expired_replaced",
+            now=now,
+            ip=ip,
+        )
+        session.flush()
+        existing = None
+    if existing is not None:
+        if existing.user_id != user_id:
+            raise ClientIdTaken()
+        if existing.status == "suspended":
+            raise LicenseSuspended()
+        return Activation(existing, created=False)
+
+    subscription = live_subscription(session, user_id)  # its seats, and its renewal date
+    if subscription is not None and subscription.renews_at <= now:
+        raise SubscriptionPastDue()  # its license would be expired at birth
+    limit = seats_of(subscription)
+    if seats_in_use(session, user_id, now) >= limit:
+        raise SeatLimitReached(limit)
+
+    expires_at = subscription.renews_at if subscription is not None else now + LICENSE_LIFETIME
+    license_ = License(
+        license_id=new_id("lic"),
+        user_id=user_id,
+        client_id=client_id,
+        status="active",
+        created_at=now,
+        updated_at=now,
+        expires_at=expires_at,
+        version=1,
+    )
+    session.add(license_)
+    try:
+        session.flush()
+    except IntegrityError:
+        # Another account's activation of this client_id committed first.
+        raise ClientIdTaken() from None
+    admin_api.record_audit(
+        session,
+        "LICENSE_CREATED",
+        user_id=user_id,
+        actor_id=user_id,
+        details={"license_id": license_.license_id, "client_id": client_id},
+        ip_address=ip,
+    )
+    return Activation(license_, created=True)
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+def get_license(session: Session, license_id: str) -> License:
+    license_ = session.get(License, license_id)
+    if license_ is None:
+        raise LicenseNotFound()
+    return license_
+
+
+# Validation is the hot path: its look-up is one Core statement, built once (SQLAlchemy
+# memoises the cache key on the object, so each call finds the compiled SQL at once), run
+# on the session's connection — no ORM identity map, loading or refresh on the way.
+LICENSE_COLUMNS = (
+    License.license_id,
+    License.user_id,
+    License.client_id,
+    License.status,
+    License.created_at,
+    License.expires_at,
+    License.version,
+)
+_LICENSE_BY_ID = select(*LICENSE_COLUMNS).where(License.license_id == bindparam("license_id"))
+
+
+def license_for_validation(session: Session, license_id: str) -> Row[Any] | None:
+    """The license's current row, read from the database on every call (read-after-write):
+    a Row with the license's attributes, or None. One primary-key look-up; no writes."""
+    return session.connection().execute(_LICENSE_BY_ID, {"license_id": license_id}).first()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What validation decides about a license token: a value the route renders.
+
+    `license` is the license's current row when the answer is about it (None for
+    INVALID_TOKEN, NOT_FOUND and CLIENT_MISMATCH); `stale` says that the token, though
+    VALID, no longer tells the truth offline and a fresh one should be handed out (ADR 0007).
+    """
+
+    code: str
+    license_id: str | None = None
+    license: Row[Any] | None = None
+    stale: bool = False
+
+    @property
+    def valid(self) -> bool:
+        return self.code == "VALID"
+
+
+def validate(
+    session: Session,
+    keys: KeySet,
+    token: str,
+    client_id: str | None,
+    *,
+    now: datetime,
+    token_ttl: timedelta,
+) -> Verdict:
+    """The verdict on `token` (for `client_id`, when given) against the license's current
+    row (read-after-write: a change is seen by the very next validation). One look-up."""
+    try:
+        claims = keys.verify(token)
+    except jwt.InvalidTokenError:
+        return Verdict("INVALID_TOKEN")
+    license_id = claims["license_id"]
+    license_ = license_for_validation(session, license_id)
+    if license_ is None:
+        return Verdict("NOT_FOUND", license_id)
+    if client_id is not None and client_id != license_.client_id:
+        return Verdict("CLIENT_MISMATCH", license_id)
+    if license_.status == "revoked":
+        return Verdict("REVOKED", license_id, license_)
+    if license_.status == "suspended":
+        return Verdict("SUSPENDED", license_id, license_)
+    if license_.expires_at <= now:
+        return Verdict("EXPIRED", license_id, license_)
+    return Verdict("VALID", license_id, license_, _stale(claims, license_, now, token_ttl))
+
+
+def _stale(claims: dict[str, Any], license_: Any, now: datetime, token_ttl: timedelta) -> bool:
+    """The token no longer tells the truth offline, or soon will not: the license's terms
+    changed since it was signed (its version moved on: expiry, status), or it expires
+    before the license and less than half of its lifetime (`token_ttl`) is left."""
+    if claims.get("ver") != license_.version:
+        return True
+    exp = claims["exp"]
+    return exp < int(license_.expires_at.timestamp()) and exp < (now + token_ttl / 2).timestamp()
+
+
+def list_licenses(
+    session: Session, user_id: str, *, limit: int, after: tuple[str] | None
+) -> tuple[list[License], str | None]:
+    """The user's licenses, newest first (keyset on the time-sortable id), and the cursor
+    of the next page."""
+    stmt = select(License).where(License.user_id == user_id)
+    rows = session.scalars(newest_first(stmt, (License.license_id,), after, limit)).all()
+    return page_of(rows, limit, lambda r: (r.license_id,))
+
+
+# --- status changes ------------------------------------------------------------------
+
+
+def set_status(
+    session: Session,
+    license_: License,
+    new_status: str,
+    *,
+    actor_id: str | None,
+    reason: str,
+    now: datetime,
+    ip: str | None = None,
+    action: str = "LICENSE_STATUS_CHANGED",
+) -> None:
+    """Move a license the caller has loaded (and locked) to `new_status`, audited."""
+    old = license_.status
+    license_.status = new_status
+    license_.version += 1
+    license_.updated_at = now
+    admin_api.record_audit(
+        session,
+        action,
+        user_id=license_.user_id,
+        actor_id=actor_id,
+        details={
+            "license_id": license_.license_id,
+            "client_id": license_.client_id,
+            "old_status": old,
+            "new_status": new_status,
+            "reason": reason,
+        },
+        ip_address=ip,
+    )
+
+
+def deactivate(
+    session: Session,
+    user_id: str,
+    license_id: str,
+    *,
+    ip: str | None,
+    client_id: str | None = None,
+    reason: str = "deactivated_by_owner",
+) -> License:
+    """The owner gives a license up: revoked, seat freed, audited. Others get 404, and so
+    does a `client_id` (when given: the app's own call) that is not the license's."""
+    license_ = session.get(License, license_id, with_for_update=True, populate_existing=True)
+    if license_ is None or license_.user_id != user_id:
+        raise LicenseNotFound()
+    if client_id is not None and license_.client_id != client_id:
+        raise LicenseNotFound()
+    if license_.status != "revoked":
+        set_status(
+            session,
+            license_,
+            "revoked",
+            actor_id=user_id,
+            reason=reason,
+            now=utcnow(),
+            ip=ip,
+            action="LICENSE_DEACTIVATED",
+        )
+        session.flush()
+    return license_
+
+
+def update_status(
+    session: Session,
+    license_id: str,
+    new_status: str,
+    expected_version: int | None,
+    *,
+    actor_id: str | None,
+    ip: str | None = None,
+    reason: str = "admin",
+) -> License:
+    """Change a license's status if it is still at `expected_version` (None: whatever
+    version it is at now — still checked by the UPDATE against a concurrent change).
+
+    `UPDATE … WHERE version = :expected`; zero rows → VersionConflict (or LicenseNotFound).
+    Forbidden transitions (see TRANSITIONS) → InvalidTransition.
+    """
+    if new_status not in STATUSES:
+        raise ValueError(f"unknown status {new_status!r}")
+    current = session.execute(
+        select(License.status, License.version, License.user_id).where(
+            License.license_id == license_id
+        )
+    ).first()
+    if current is None:
+        raise LicenseNotFound(license_id)
+    if expected_version is None:
+        expected_version = current.version
+    if current.version != expected_version:
+        raise VersionConflict(current.version, license_id)
+    if new_status == current.status:
+        return get_license(session, license_id)  # nothing to change, nothing to audit
+    if new_status not in TRANSITIONS[current.status]:
+        raise InvalidTransition(current.status, new_status, license_id)
+    now = utcnow()
+    if new_status == "active":
+        # Back to active takes a seat: count under the user's lock, like an activation.
+        user = lock_user(session, current.user_id)
+        limit = seat_limit(session, user)
+        if seats_in_use(session, current.user_id, now) >= limit:
+            raise SeatLimitReached(limit)
+    result = session.execute(
+        update(License)
+        .where(License.license_id == license_id, License.version == expected_version)
+        .values(status=new_status, version=License.version + 1, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise VersionConflict(None, license_id)
+    license_ = session.get(License, license_id, populate_existing=True)
+    admin_api.record_audit(
+        session,
+        "LICENSE_STATUS_CHANGED",
+        user_id=license_.user_id,
+        actor_id=actor_id,
+        details={
+            "license_id": license_id,
+            "old_status": current.status,
+            "new_status": new_status,
+            "reason": reason,
+        },
+        ip_address=ip,
+    )
+    return license_
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    license_id: str
+    status: str
+    expected_version: int | None = None
+
+
+def batch_update_statuses(
+    session: Session,
+    updates: Sequence[StatusUpdate],
+    *,
+    actor_id: str | None,
+    ip: str | None = None,
+) -> list[License]:
+    """Apply every update or none: the first failure raises and the caller rolls back."""
+    ids = [u.license_id for u in updates]
+    if len(set(ids)) != len(ids):
+        raise Conflict("A license appears twice in the batch.", code="duplicate_license")
+    return [
+        update_status(
+            session,
+            u.license_id,
+            u.status,
+            u.expected_version,
+            actor_id=actor_id,
+            ip=ip,
+            reason="batch",
+        )
+        for u in updates
+    ]

@@ -1,0 +1,288 @@
+"""Subscriptions: grant, cancel, renew, past due, lapse — and the licenses they carry.
+
+A subscription gives a user its plan's seats until `renews_at`; the licenses of a user with
+a live subscription expire with it and are extended when it renews. Fewer seats (a smaller
+plan, a cancellation, a lapse) suspend the newest licenses. The orders module drives the
+renewals. Plain Python: every function takes a Session and never commits.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.admin import api as admin_api
+from app.auth.licensing.seats import FREE_SEATS, LIVE_SUBSCRIPTION, live_subscription, lock_user
+from app.auth.licensing.service import set_status
+from app.auth.models import License, Subscription
+from app.kernel.db import utcnow
+from app.kernel.ids import new_id
+
+
+def grant_subscription(
+    session: Session,
+    user_id: str,
+    *,
+    plan: str,
+    seats: int,
+    period: timedelta,
+    actor_id: str | None = None,
+    now: datetime | None = None,
+) -> Subscription:
+    """Grant (or change) the user's live subscription; the user's plan follows it.
+
+    An existing live subscription is updated in place: new plan and seats, renewal one
+    period from now. Active, unexpired licenses are extended to the new renewal date;
+    those above the new seat count are suspended, newest first.
+    """
+    if seats < 1:
+        raise ValueError("a subscription has at least one seat")
+    now = now or utcnow()
+    user = lock_user(session, user_id)
+    subscription = live_subscription(session, user_id)
+    renews_at = now + period
+    # Licenses valid to the end of the period paid so far count and are extended, also when
+    # that period has just ended (a renewal declined, the subscription past due).
+    alive_from = now if subscription is None else min(now, subscription.renews_at)
+    if subscription is None:
+        subscription = Subscription(
+            subscription_id=new_id("sub"),
+            user_id=user_id,
+            plan=plan,
+            status="active",
+            seats=seats,
+            started_at=now,
+            renews_at=renews_at,
+        )
+        session.add(subscription)
+    else:
+        subscription.plan, subscription.seats, subscription.status = plan, seats, "active"
+        subscription.renews_at = renews_at
+        subscription.version += 1
+    user.plan = plan
+    session.flush()
+    suspended = _suspend_excess(
+        session,
+        user_id,
+        keep=seats,
+        actor_id=actor_id,
+        reason="fewer_seats",
+        now=now,
+        alive_from=alive_from,
+    )
+    session.execute(
+        update(License)
+        .where(
+            License.user_id == user_id,
+            License.status == "active",
+            License.expires_at >= alive_from,
+        )
+        .values(expires_at=renews_at, version=License.version + 1, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    admin_api.record_audit(
+        session,
+        "SUBSCRIPTION_GRANTED",
+        user_id=user_id,
+        actor_id=actor_id,
+        details={
+            "subscription_id": subscription.subscription_id,
+            "plan": plan,
+            "seats": seats,
+            "renews_at": renews_at.isoformat(),
+            "suspended_licenses": suspended,
+        },
+    )
+    return subscription
+
+
+def cancel_subscription(
+    session: Session,
+    user_id: str,
+    *,
+    actor_id: str | None = None,
+    now: datetime | None = None,
+    subscription_id: str | None = None,
+) -> Subscription | None:
+    """End the user's live subscription (if it is `subscription_id`, when given); back to
+    the free plan.
+
+    Licenses above the free plan's seats are suspended, newest first, and each
+    suspension is audited. Returns the cancelled subscription (None if there was none).
+    """
+    now = now or utcnow()
+    user = lock_user(session, user_id)
+    subscription = live_subscription(session, user_id)
+    if subscription is None or subscription_id not in (None, subscription.subscription_id):
+        return None
+    subscription.status = "cancelled"
+    subscription.version += 1
+    user.plan = "free"
+    suspended = _suspend_excess(
+        session,
+        user_id,
+        keep=FREE_SEATS,
+        actor_id=actor_id,
+        reason="subscription_cancelled",
+        now=now,
+    )
+    admin_api.record_audit(
+        session,
+        "SUBSCRIPTION_CANCELLED",
+        user_id=user_id,
+        actor_id=actor_id,
+        details={"subscription_id": subscription.subscription_id, "suspended_licenses": suspended},
+    )
+    session.flush()
+    return subscription
+
+
+def _suspend_excess(
+    session: Session,
+    user_id: str,
+    *,
+    keep: int,
+    actor_id: str | None,
+    reason: str,
+    now: datetime,
+    include_expired: bool = False,
+    alive_from: datetime | None = None,
+) -> int:
+    """Suspend the user's active, unexpired licenses (or those valid until `alive_from`)
+    beyond `keep`, newest first (each audited). The rows are locked first, so a concurrent
+    change (an owner revoking one) is either seen or waits; a stale write never overrides
+    it. Returns how many."""
+    stmt = select(License).where(License.user_id == user_id, License.status == "active")
+    if alive_from is not None:
+        stmt = stmt.where(License.expires_at >= alive_from)
+    elif not include_expired:
+        stmt = stmt.where(License.expires_at > now)
+    active = session.scalars(
+        stmt.order_by(License.created_at.desc(), License.license_id.desc())
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).all()
+    excess = active[: max(0, len(active) - keep)]
+    for license_ in excess:
+        set_status(session, license_, "suspended", actor_id=actor_id, reason=reason, now=now)
+    session.flush()
+    return len(excess)
+
+
+# --- renewals (driven by the orders module) ------------------------------------------
+
+
+def due_subscriptions(session: Session, now: datetime, limit: int) -> list[Subscription]:
+    """Live subscriptions whose renewal date has come, oldest due first."""
+    return list(
+        session.scalars(
+            select(Subscription)
+            .where(Subscription.status.in_(LIVE_SUBSCRIPTION), Subscription.renews_at <= now)
+            .order_by(Subscription.renews_at, Subscription.subscription_id)
+            .limit(limit)
+        )
+    )
+
+
+def renew_subscription(
+    session: Session,
+    subscription_id: str,
+    *,
+    expected_renews_at: datetime,
+    period: timedelta,
+    actor_id: str | None,
+) -> Subscription | None:
+    """Extend a subscription by one period from its renewal date, and its active licenses
+    with it. None when it was already renewed (its renewal date moved on)."""
+    sub = session.get(Subscription, subscription_id, with_for_update=True, populate_existing=True)
+    if sub is None or sub.renews_at != expected_renews_at or sub.status not in LIVE_SUBSCRIPTION:
+        return None
+    sub.renews_at = expected_renews_at + period
+    sub.status = "active"
+    sub.version += 1
+    now = utcnow()
+    session.execute(
+        update(License)
+        .where(
+            License.user_id == sub.user_id,
+            License.status == "active",
+            License.expires_at >= expected_renews_at,  # valid to the end of the paid period
+        )
+        .values(expires_at=sub.renews_at, version=License.version + 1, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    admin_api.record_audit(
+        session,
+        "SUBSCRIPTION_RENEWED",
+        user_id=sub.user_id,
+        actor_id=actor_id,
+        details={"subscription_id": subscription_id, "renews_at": sub.renews_at.isoformat()},
+    )
+    session.flush()
+    return sub
+
+
+def mark_past_due(
+    session: Session, subscription_id: str, *, actor_id: str | None, reason: str
+) -> None:
+    """A renewal charge failed: the subscription is past due (its seats remain for now)."""
+    sub = session.get(Subscription, subscription_id, with_for_update=True, populate_existing=True)
+    if sub is None or sub.status != "active":
+        return
+    sub.status = "past_due"
+    sub.version += 1
+    admin_api.record_audit(
+        session,
+        "SUBSCRIPTION_PAST_DUE",
+        user_id=sub.user_id,
+        actor_id=actor_id,
+        details={"subscription_id": subscription_id, "reason": reason},
+    )
+    session.flush()
+
+
+def lapse_past_due(
+    session: Session, *, grace: timedelta, now: datetime, actor_id: str | None
+) -> int:
+    """Past-due subscriptions beyond the grace period end; their licenses are suspended
+    and the user is back on the free plan. Returns how many lapsed."""
+    lapsed = list(
+        session.scalars(
+            select(Subscription).where(
+                Subscription.status == "past_due", Subscription.renews_at <= now - grace
+            )
+        )
+    )
+    count = 0
+    for candidate in lapsed:
+        user = lock_user(session, candidate.user_id)
+        # Re-read under the lock: a payment that committed meanwhile has renewed it.
+        sub = session.get(
+            Subscription, candidate.subscription_id, with_for_update=True, populate_existing=True
+        )
+        if sub is None or sub.status != "past_due" or sub.renews_at > now - grace:
+            continue
+        sub.status = "expired"
+        sub.version += 1
+        user.plan = "free"
+        suspended = _suspend_excess(
+            session,
+            sub.user_id,
+            keep=0,
+            actor_id=actor_id,
+            reason="subscription_lapsed",
+            now=now,
+            include_expired=True,
+        )
+        admin_api.record_audit(
+            session,
+            "SUBSCRIPTION_LAPSED",
+            user_id=sub.user_id,
+            actor_id=actor_id,
+            details={"subscription_id": sub.subscription_id, "suspended_licenses": suspended},
+        )
+        count += 1
+    session.flush()
+    return count
