@@ -154,3 +154,36 @@ def test_a_bearer_token_is_verified_once_per_request(app_config, decodes):
         )
     finally:
         app.extensions["db"].dispose()
+
+
+def test_trusted_proxy_decided_per_peer_whatever_came_before(app_config, caplog, monkeypatch):
+    """The proxy's trust is remembered per peer address: a direct client after the proxy
+    (and the proxy after it) each get their own answer."""
+    import logging
+
+    # create_app would replace the root logger's handlers, and with them caplog's.
+    monkeypatch.setattr("app.http.observability.configure_logging", lambda *_args: None)
+    app = create_app({**app_config, "TRUSTED_PROXIES": 1, "TRUSTED_PROXY_ADDRESSES": "10.9.9.9"})
+    client = app.test_client()
+    monkey = {"X-Forwarded-For": "198.51.100.7"}
+    caplog.set_level(logging.INFO, logger="app.access")
+    try:
+        for peer in ("10.9.9.9", "203.0.113.5", "10.9.9.9", "::ffff:10.9.9.9", "203.0.113.5"):
+            client.get("/healthz", headers=monkey, environ_base={"REMOTE_ADDR": peer})
+        ips = [r.fields["ip"] for r in caplog.records if r.name == "app.access"]
+        assert ips == ["198.51.100.7", "203.0.113.5", "198.51.100.7", "198.51.100.7", "203.0.113.5"]
+    finally:
+        app.extensions["db"].dispose()
+
+
+def test_metric_children_stay_bounded_whatever_the_method(client):
+    from app.http import observability
+
+    client.get("/healthz")
+    before = len(observability._metric_children)
+    for i in range(50):
+        client.open("/healthz", method=f"X{i}")
+    client.get("/healthz")
+    assert len(observability._metric_children) <= before + 2  # ("other", 405) at most
+    body = client.get("/metrics").get_data(as_text=True)
+    assert 'method="other",route="<unmatched>",status="405"' in body

@@ -99,7 +99,12 @@ class TrustedProxyFix:
 
     Believe exactly `hops` X-Forwarded-* hops (anything further left is the client's own
     claim), and only when the peer is one of `addresses` (networks): a client that reaches
-    gunicorn directly is its own socket address, whatever it writes in the header."""
+    gunicorn directly is its own socket address, whatever it writes in the header.
+
+    Whether a peer is trusted is decided once per peer address (behind nginx there is one:
+    the proxy), not parsed again on every request."""
+
+    KNOWN_PEERS = 1024  # decisions kept; beyond that they are made afresh
 
     def __init__(self, wsgi_app: Any, hops: int, addresses: str) -> None:
         self.wsgi_app = wsgi_app
@@ -107,28 +112,50 @@ class TrustedProxyFix:
         self.proxies = [
             ipaddress.ip_network(a.strip(), strict=False) for a in addresses.split(",") if a.strip()
         ]
+        self.trusted: dict[str, bool] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        try:
-            peer = ipaddress.ip_address(environ.get("REMOTE_ADDR", ""))
-        except ValueError:
-            peer = None
-        if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
-            peer = peer.ipv4_mapped  # a dual-stack bind: ::ffff:127.0.0.1 is 127.0.0.1
-        if peer is not None and any(peer in network for network in self.proxies):
+        peer = environ.get("REMOTE_ADDR", "")
+        trusted = self.trusted.get(peer)
+        if trusted is None:
+            trusted = self.is_proxy(peer)
+            if len(self.trusted) < self.KNOWN_PEERS:
+                self.trusted[peer] = trusted
+        if trusted:
             return self.fixed(environ, start_response)
         return self.wsgi_app(environ, start_response)
 
+    def is_proxy(self, peer: str) -> bool:
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # a dual-stack bind: ::ffff:127.0.0.1 is 127.0.0.1
+        return any(address in network for network in self.proxies)
+
+
+# (lower-case name, name, value): one pass over a response's headers adds the missing ones.
+_SECURITY = [(name.lower(), name, value) for name, value in SECURITY_HEADERS.items()]
+_NO_STORE = ("cache-control", "Cache-Control", "no-store")
+_HSTS = ("strict-transport-security", "Strict-Transport-Security", HSTS)
+
 
 def add_security_headers(response: Any) -> Any:
-    """Security headers on every response, HSTS only when served over HTTPS."""
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
+    """Security headers on every response, HSTS only when served over HTTPS; a header the
+    view set itself is kept. (One pass: werkzeug's `setdefault` scans every header, for
+    each header added.)"""
+    headers = response.headers
+    present = {name.lower() for name, _value in headers.items()}
+    wanted = _SECURITY
     if request.path.startswith("/api/"):
         # Tokens, signed verdicts, personal data: no API answer is for a cache to keep.
-        response.headers.setdefault("Cache-Control", "no-store")
+        wanted = [*wanted, _NO_STORE]
     if request.is_secure:
-        response.headers.setdefault("Strict-Transport-Security", HSTS)
+        wanted = [*wanted, _HSTS]
+    for lower, name, value in wanted:
+        if lower not in present:
+            headers.add(name, value)
     return response
 
 
