@@ -130,7 +130,8 @@ def register_extensions(app: APIFlask) -> None:
 
 
 def register_blueprints(app: APIFlask) -> None:
-    from app import admin, auth, health, orders
+    from app import admin, auth, orders
+    from app.operations import health
 
     health.init_app(app)
     auth.init_app(app)
@@ -140,8 +141,8 @@ def register_blueprints(app: APIFlask) -> None:
 
 def register_commands(app: APIFlask) -> None:
     """The kernel's commands and the backups'; each module registers its own in init_app."""
-    from app import backups_cli
     from app.kernel import cli
+    from app.operations import cli as backups_cli
 
     cli.init_app(app)
     backups_cli.init_app(app)

@@ -21,10 +21,11 @@ DEPLOYMENT_CHECKS = ("instance", "signing_keys", "migrations", "layout")
 
 def preflight() -> str | None:
     """The message to exit with (one line), or None when the service may start."""
-    from app import create_app, health
+    from app import create_app
     from app.auth.api import SigningKeyError
     from app.config import ConfigError
     from app.kernel.db import sqlite_version_warning
+    from app.operations import health
 
     try:
         app = create_app()

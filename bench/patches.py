@@ -275,29 +275,6 @@ return {current, redis.call("pttl", KEYS[1])}
 # --- after the app is built ----------------------------------------------------------------
 
 
-def security_headers_once(app: Any) -> None:
-    """The five security headers added in one pass over the response's headers
-    (werkzeug's Headers.setdefault scans the whole list, case-insensitively, twice per
-    header)."""
-    from app import http as app_http
-
-    hooks = app.after_request_funcs[None]
-    i = hooks.index(app_http.add_security_headers)
-    lowered = [(k.lower(), k, v) for k, v in app_http.SECURITY_HEADERS.items()]
-
-    def add_security_headers(response: Any) -> Any:
-        headers = response.headers
-        present = {k.lower() for k in headers.keys()}  # noqa: SIM118 - Headers, not a dict
-        for low, name, value in lowered:
-            if low not in present:
-                headers.add(name, value)
-        if request.is_secure and "strict-transport-security" not in present:
-            headers.add("Strict-Transport-Security", app_http.HSTS)
-        return response
-
-    hooks[i] = add_security_headers
-
-
 def autocommit_read(app: Any) -> None:
     """Validation reads the license on a connection of its own in autocommit, without
     pool pre-ping (one reconnect-and-retry instead): one round trip on PostgreSQL (today:
@@ -343,7 +320,6 @@ BEFORE: dict[str, Callable[[], None]] = {
     "redis-limits-one-trip": redis_limits_one_trip,
 }
 AFTER: dict[str, Callable[[Any], None]] = {
-    "security-headers-once": security_headers_once,
     "autocommit-read": autocommit_read,
 }
 # Every recommended prototype (not `no-metrics`: metrics stay).

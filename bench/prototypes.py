@@ -38,7 +38,6 @@ class Prototype:
 
 
 PROTOTYPES = (
-    Prototype("security-headers-once", "sqlite", ("healthz",)),
     Prototype("metrics-once", "sqlite", ("healthz", "validate")),
     Prototype("access-log-once", "sqlite", ("healthz", "validate")),
     Prototype("autocommit-read", "sqlite", ("validate",)),

@@ -258,6 +258,19 @@ def test_user_detail_is_one_join(app, client, admin, user):
     assert no_licenses["licenses"] == []
 
 
+def test_admin_answers_licenses_in_the_one_license_shape(client, admin, user):
+    # A user's licenses in the admin's user detail, one license from the admin, and the
+    # owner's own view: one shape.
+    lic = client.post(
+        "/api/v1/licenses/activate", json={"client_id": "box-1"}, headers=user["headers"]
+    ).get_json()
+    own = client.get(f"/api/v1/licenses/{lic['license_id']}", headers=user["headers"]).get_json()
+    detail = client.get(f"/api/v1/admin/users/{user['user_id']}", headers=admin["headers"])
+    one = client.get(f"/api/v1/admin/licenses/{lic['license_id']}", headers=admin["headers"])
+    assert detail.get_json()["licenses"] == [own]
+    assert one.get_json() == own
+
+
 # --- audit search --------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from app import backups
+from app.operations import backups
 from tests.conftest import create_pg_database, drop_pg_database, pg_url
 from tests.helpers import BIN, ROOT, in_layout, project_env, run_flask
 

@@ -312,6 +312,21 @@ def test_the_dashboard(client):
     assert [o["amount_cents"] for o in board["recent_orders"]] == [4500]
 
 
+def test_the_dashboard_shows_licenses_subscriptions_and_orders_in_their_one_shape(client):
+    # One shape per thing: what the dashboard lists is what the thing's own route answers.
+    ada = account(client)
+    placed = order(client, ada, "k", seats=2).get_json()
+    client.post("/api/v1/licenses/activate", json={"client_id": "box"}, headers=ada)
+    board = client.get("/api/v1/me/dashboard", headers=ada).get_json()
+    me = client.get("/api/v1/auth/me", headers=ada).get_json()
+    assert board["licenses"] == client.get("/api/v1/licenses", headers=ada).get_json()["items"]
+    assert board["subscription"] == me["subscription"]
+    assert board["user"] == {k: me[k] for k in ("user_id", "email", "plan", "role", "created_at")}
+    assert board["recent_orders"] == [
+        client.get(f"/api/v1/orders/{placed['order_id']}", headers=ada).get_json()
+    ]
+
+
 # --- renewals ------------------------------------------------------------------------
 
 

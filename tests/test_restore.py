@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from app import backups
+from app.operations import backups
 from tests.helpers import (
     db_rows,
     gunicorn_server,

@@ -11,7 +11,6 @@ from flask_jwt_extended import get_jwt, verify_jwt_in_request
 
 from app.admin import bp, service
 from app.admin.schemas import (
-    AdminLicenseOut,
     AuditPage,
     AuditQuery,
     BatchStatusIn,
@@ -135,7 +134,7 @@ def _etag(version: int) -> dict[str, str]:
 
 
 @bp.get("/licenses/<license_id>")
-@bp.output(AdminLicenseOut, headers={"ETag": {"description": 'The version, e.g. "3"'}})
+@bp.output(auth_api.LicenseOut, headers={"ETag": {"description": 'The version, e.g. "3"'}})
 @_doc("One license, with its version as ETag", 404)
 def get_license(license_id: str) -> Any:
     license_ = auth_api.get_license(get_session(), license_id)
@@ -161,7 +160,7 @@ def _expected_version() -> int:
 
 @bp.patch("/licenses/<license_id>")
 @bp.input(LicensePatchIn)
-@bp.output(AdminLicenseOut, headers={"ETag": {"description": "The new version"}})
+@bp.output(auth_api.LicenseOut, headers={"ETag": {"description": "The new version"}})
 @_doc("Change a license's status (If-Match required)", 404, 409, 412, 422, 428)
 @request_headers(
     {

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from app.auth.api import LicenseOut, UserOut
+
 LicenseStatus = Literal["active", "suspended", "revoked"]
 
 
@@ -54,12 +56,9 @@ class UserQuery(BaseModel):
     cursor: str | None = Field(default=None, max_length=512)
 
 
-class AdminUserOut(BaseModel):
-    user_id: str
-    email: str
-    plan: str
-    role: str
-    created_at: datetime
+class AdminUserOut(UserOut):
+    """auth's user shape, and what an admin also sees: the account-wide login state."""
+
     failed_logins: int
     locked_until: datetime | None
 
@@ -69,17 +68,8 @@ class UserPage(BaseModel):
     next_cursor: str | None
 
 
-class UserLicenseOut(BaseModel):
-    license_id: str
-    client_id: str
-    status: LicenseStatus
-    created_at: datetime
-    expires_at: datetime
-    version: int
-
-
 class UserDetailOut(AdminUserOut):
-    licenses: list[UserLicenseOut]
+    licenses: list[LicenseOut]
 
 
 class AuditQuery(BaseModel):
@@ -115,18 +105,6 @@ class AuditPage(BaseModel):
     next_cursor: str | None
 
 
-class AdminLicenseOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    license_id: str
-    user_id: str
-    client_id: str
-    status: LicenseStatus
-    created_at: datetime
-    expires_at: datetime
-    version: int
-
-
 class LicensePatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -150,4 +128,4 @@ class BatchStatusIn(BaseModel):
 
 
 class BatchStatusOut(BaseModel):
-    items: list[AdminLicenseOut]
+    items: list[LicenseOut]

@@ -150,8 +150,9 @@ def list_users(
     return page_of(rows, limit, lambda u: (u["created_at"], u["user_id"]))
 
 
-LICENSE_COLUMNS = (
+LICENSE_COLUMNS = (  # the fields of auth's one license shape (auth.api.LicenseOut)
     licenses.c.license_id,
+    licenses.c.user_id,
     licenses.c.client_id,
     licenses.c.status,
     licenses.c.created_at,

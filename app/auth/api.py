@@ -12,16 +12,23 @@ from sqlalchemy.orm import Session
 from app.auth import MODULE
 from app.auth.accounts import revocations, service
 from app.auth.accounts.passwords import MAX_LENGTH, MIN_LENGTH, Hasher, hasher_from_config
+from app.auth.accounts.schemas import SubscriptionOut, UserOut
 from app.auth.licensing import errors, seats, subscriptions
 from app.auth.licensing import service as licensing
+from app.auth.licensing.schemas import LicenseOut
 from app.auth.licensing.signing import SigningKeyError, generate_key_file
 from app.kernel.ownership import module_api
 
 EmailTaken = service.EmailTaken
+# LicenseOut, SubscriptionOut and UserOut are the one response shape of a license, a
+# subscription and a user: other modules' responses (admin, the dashboard) reuse them.
 __all__ = [
     "EmailTaken",
     "Hasher",
+    "LicenseOut",
     "SigningKeyError",
+    "SubscriptionOut",
+    "UserOut",
     "UserSummary",
     "generate_key_file",
     "hasher_from_config",

@@ -8,6 +8,8 @@ from sqlalchemy.orm import Session
 
 from app.kernel.ownership import acting_as
 from app.orders import MODULE, workflows
+from app.orders.payments import gateway_of
+from app.orders.plans import catalog_of
 
 RenewalReport = workflows.RenewalReport
 
@@ -22,8 +24,8 @@ def renew_due_subscriptions(session: Session, app: Any) -> RenewalReport:
     with acting_as(MODULE):
         return workflows.renew_due(
             session,
-            app.extensions["payments"],
-            app.extensions["plans"],
+            gateway_of(app),
+            catalog_of(app),
             grace=cfg["RENEWAL_GRACE"],
             lease=cfg["ORDER_LEASE"],
             lead=cfg["RENEWAL_LEAD"],

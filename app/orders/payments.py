@@ -179,3 +179,8 @@ def make_gateway(config: Mapping[str, Any]) -> PaymentGateway:
                 f"PAYMENT_PROVIDER {name!r} cannot be loaded ({factory.value}): {exc}"
             ) from None
     return factory(config)
+
+
+def gateway_of(app: Any) -> PaymentGateway:
+    """The app's gateway: the one `make_gateway` built at start-up (orders' init_app)."""
+    return app.extensions["payments"]

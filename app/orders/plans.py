@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -72,3 +73,8 @@ def load_catalog(plans_json: str | None) -> dict[str, Plan]:
     if len({p.plan for p in plans}) != len(plans):
         raise ValueError("PLANS_JSON: a plan name appears twice")
     return {p.plan: p for p in plans}
+
+
+def catalog_of(app: Any) -> dict[str, Plan]:
+    """The app's catalog: the one `load_catalog` loaded and checked at start-up."""
+    return app.extensions["plans"]

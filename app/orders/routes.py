@@ -15,8 +15,8 @@ from app.kernel.errors import ProblemError
 from app.kernel.pagination import PageQuery, decode_keyset
 from app.kernel.web import BEARER_AUTH, problem_responses, request_headers
 from app.orders import bp, service, workflows
-from app.orders.payments import PaymentGateway
-from app.orders.plans import Plan
+from app.orders.payments import PaymentGateway, gateway_of
+from app.orders.plans import Plan, catalog_of
 from app.orders.schemas import DashboardOut, OrderIn, OrderOut, OrderPage, PlanOut
 
 KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -27,12 +27,11 @@ class IdempotencyKeyRequired(ProblemError):
 
 
 def catalog() -> dict[str, Plan]:
-    return current_app.extensions["plans"]  # loaded and checked at start-up
+    return catalog_of(current_app)
 
 
 def gateway() -> PaymentGateway:
-    """The provider PAYMENT_PROVIDER names (built by create_app)."""
-    return current_app.extensions["payments"]
+    return gateway_of(current_app)
 
 
 def settings() -> workflows.Settings:

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.auth.api import LicenseOut, SubscriptionOut, UserOut
+
 
 class PlanOut(BaseModel):
     plan: str
@@ -49,41 +51,9 @@ class OrderPage(BaseModel):
     next_cursor: str | None
 
 
-class DashboardUser(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    user_id: str
-    email: str
-    plan: str
-    role: str
-    created_at: datetime
-
-
-class DashboardSubscription(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    subscription_id: str
-    plan: str
-    status: str
-    seats: int
-    started_at: datetime
-    renews_at: datetime
-
-
-class DashboardLicense(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    license_id: str
-    client_id: str
-    status: str
-    created_at: datetime
-    expires_at: datetime
-    version: int
-
-
 class DashboardOut(BaseModel):
-    user: DashboardUser
-    subscription: DashboardSubscription | None
+    user: UserOut
+    subscription: SubscriptionOut | None
     seats: dict[str, int]
-    licenses: list[DashboardLicense]
+    licenses: list[LicenseOut]
     recent_orders: list[OrderOut]

@@ -2,7 +2,7 @@
 
 These are entry-point code (called by routes and the CLI): they own the transaction
 boundaries, because money must never move inside a database transaction. The steps
-themselves are in `service`.
+themselves are in `service` (placing), `cancellation` and `renewals`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from app.auth import api as auth_api
 from app.kernel.db import transaction, utcnow
 from app.kernel.errors import ProblemError, problem
-from app.orders import service
+from app.orders import cancellation, renewals, service
 from app.orders.payments import PaymentDeclined, PaymentGateway, PaymentUnavailable
 from app.orders.plans import Plan
 
@@ -183,7 +183,7 @@ def cancel_order(
 ) -> Any:
     """Refund and cancel a paid order; idempotent (cancelling again returns the order)."""
     with transaction(session):
-        order = service.begin_cancel(
+        order = cancellation.begin_cancel(
             session, order_id, user_id=user_id, is_admin=is_admin, renewal_lead=renewal_lead
         )
     if order is None:
@@ -196,12 +196,12 @@ def cancel_order(
         )
     except PaymentUnavailable:
         with transaction(session):
-            service.revert_cancel(session, order.order_id)
+            cancellation.revert_cancel(session, order.order_id)
         raise PaymentUnavailableProblem(
             "The refund could not be made; the order is unchanged."
         ) from None
     with transaction(session):
-        return service.finish_cancel(session, order.order_id, refund, actor_id=user_id)
+        return cancellation.finish_cancel(session, order.order_id, refund, actor_id=user_id)
 
 
 @dataclass
@@ -260,7 +260,7 @@ def _renew_one(session, gateway, catalog, sub, *, now, lease, report) -> None:
         report.skipped += 1
         return
     with transaction(session):
-        order = service.claim_renewal(session, sub, plan, lease=lease, now=now)
+        order = renewals.claim_renewal(session, sub, plan, lease=lease, now=now)
     if order is None:
         report.skipped += 1
         return
@@ -269,7 +269,7 @@ def _renew_one(session, gateway, catalog, sub, *, now, lease, report) -> None:
     except (PaymentDeclined, PaymentUnavailable) as exc:
         declined = isinstance(exc, PaymentDeclined)
         with transaction(session):
-            service.fail_renewal(
+            renewals.fail_renewal(
                 session,
                 order.order_id,
                 sub,
@@ -279,7 +279,7 @@ def _renew_one(session, gateway, catalog, sub, *, now, lease, report) -> None:
         report.failed += 1
         return
     with transaction(session):
-        settled = service.settle_renewal(session, order.order_id, charge, sub, plan)
+        settled = renewals.settle_renewal(session, order.order_id, charge, sub, plan)
     if not settled:  # cancelled (or renewed elsewhere) while we charged: give it back
         refund = gateway.refund(
             charge_id=charge.charge_id,

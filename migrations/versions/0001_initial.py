@@ -1,11 +1,4 @@
-"""Kernel tables (event_outbox, event_inbox), auth's users, admin's audit_logs.
-
-Revision ID: 0001
-Revises:
-Create Date: 2026-11-22
-"""
-
-from collections.abc import Sequence
+"""Kernel tables (event_outbox, event_inbox), auth's users, admin's audit_logs."""
 
 import sqlalchemy as sa
 from alembic import op
@@ -14,8 +7,6 @@ from app.kernel.migrations import schema_of
 
 revision: str = "0001"
 down_revision: str | None = None
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 TS = sa.DateTime(timezone=True)
 

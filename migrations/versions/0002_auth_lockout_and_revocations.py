@@ -1,11 +1,4 @@
-"""auth: login lockout columns on users; token_revocations.
-
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-11-22
-"""
-
-from collections.abc import Sequence
+"""auth: login lockout columns on users; token_revocations."""
 
 import sqlalchemy as sa
 from alembic import op
@@ -14,8 +7,6 @@ from app.kernel.migrations import schema_of
 
 revision: str = "0002"
 down_revision: str | None = "0001"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 TS = sa.DateTime(timezone=True)
 

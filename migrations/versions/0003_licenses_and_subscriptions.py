@@ -1,11 +1,4 @@
-"""auth: licenses and subscriptions.
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-11-22
-"""
-
-from collections.abc import Sequence
+"""auth: licenses and subscriptions."""
 
 import sqlalchemy as sa
 from alembic import op
@@ -14,8 +7,6 @@ from app.kernel.migrations import ref, schema_of
 
 revision: str = "0003"
 down_revision: str | None = "0002"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 TS = sa.DateTime(timezone=True)
 LIVE_LICENSE = sa.text("status != 'revoked'")

@@ -1,11 +1,4 @@
-"""admin: audit_logs_archive; audit search indexes that also give the order.
-
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-11-22
-"""
-
-from collections.abc import Sequence
+"""admin: audit_logs_archive; audit search indexes that also give the order."""
 
 import sqlalchemy as sa
 from alembic import op
@@ -14,8 +7,6 @@ from app.kernel.migrations import schema_of
 
 revision: str = "0004"
 down_revision: str | None = "0003"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 TS = sa.DateTime(timezone=True)
 

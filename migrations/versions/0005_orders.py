@@ -1,11 +1,4 @@
-"""orders: orders and idempotency_keys.
-
-Revision ID: 0005
-Revises: 0004
-Create Date: 2026-11-22
-"""
-
-from collections.abc import Sequence
+"""orders: orders and idempotency_keys."""
 
 import sqlalchemy as sa
 from alembic import op
@@ -14,8 +7,6 @@ from app.kernel.migrations import schema_of
 
 revision: str = "0005"
 down_revision: str | None = "0004"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 TS = sa.DateTime(timezone=True)
 

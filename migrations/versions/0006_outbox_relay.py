@@ -3,13 +3,7 @@
 Rows already in the outbox are numbered in the order they were created. On PostgreSQL the
 table is changed in place, so the privileges granted on it (`flask ownership grants`, phase
 2) stay; SQLite cannot add a primary key in place, so there the table is rebuilt.
-
-Revision ID: 0006
-Revises: 0005
-Create Date: 2026-11-23
 """
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
@@ -18,8 +12,6 @@ from app.kernel.migrations import schema_of
 
 revision: str = "0006"
 down_revision: str | None = "0005"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 TS = sa.DateTime(timezone=True)
 OLD_INDEX = "ix_event_outbox_published_at_created_at"

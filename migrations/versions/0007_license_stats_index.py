@@ -1,12 +1,6 @@
 """auth: licenses (status, created_at) replaces (status): admin's license statistics read
 only the index (401 -> 174 ms on 1,000,000 licenses, bench/README.md).
-
-Revision ID: 0007
-Revises: 0006
-Create Date: 2026-11-23
 """
-
-from collections.abc import Sequence
 
 from alembic import op
 
@@ -14,8 +8,6 @@ from app.kernel.migrations import schema_of
 
 revision: str = "0007"
 down_revision: str | None = "0006"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

@@ -9,14 +9,9 @@ they type. A row whose canonical form another row already has (a look-alike regi
 beside the original) is left as it is and named in a warning: which of the two is the real
 person is an operator's decision, not a migration's. The way back keeps the emails as they
 are (the canonical form is a valid old form too).
-
-Revision ID: 0008
-Revises: 0007
-Create Date: 2026-12-01
 """
 
 import logging
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
@@ -26,8 +21,6 @@ from app.kernel.migrations import schema_of
 
 revision: str = "0008"
 down_revision: str | None = "0007"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 TS = sa.DateTime(timezone=True)
 log = logging.getLogger("alembic.runtime.migration")

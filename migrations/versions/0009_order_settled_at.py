@@ -1,13 +1,7 @@
 """orders: settled_at, when an order's payment was settled (purchase or renewal). The
 order a subscription's terms come from is its latest settled one (ADR 0006); order ids
 follow the claim, not the settlement, so they cannot say which.
-
-Revision ID: 0009
-Revises: 0008
-Create Date: 2026-12-01
 """
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
@@ -16,8 +10,6 @@ from app.kernel.migrations import schema_of
 
 revision: str = "0009"
 down_revision: str | None = "0008"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session
 from app.admin import api as admin_api
 from app.auth.accounts.passwords import Hasher
 from app.auth.models import LoginThrottle, User
-from app.kernel import emails
 from app.kernel.db import utcnow
+from app.kernel.emails import normalise_email  # the one normalisation (NFKC, folded, IDNA)
 from app.kernel.errors import Conflict, NotFound, ProblemError, Unauthorized
 from app.kernel.ids import new_id
 
@@ -66,10 +66,6 @@ class TokenRevoked(Unauthorized):
 
 class UserNotFound(NotFound):
     code = "user_not_found"
-
-
-# Emails are compared and stored in one canonical form (NFKC, case-folded, IDNA domain).
-normalise_email = emails.normalise_email
 
 
 # --- accounts ------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Backup commands: `flask --app wsgi backup …` (the work is in app/backups.py)."""
+"""Backup commands: `flask --app wsgi backup …` (the work is in app/operations/backups.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _backup_dir() -> Path:
 
 @contextmanager
 def _backup_errors() -> Iterator[None]:
-    from app.backups import BackupError
+    from app.operations.backups import BackupError
 
     try:
         yield
@@ -32,7 +32,7 @@ def _backup_errors() -> Iterator[None]:
 @backup_cli.command("create")
 def backup_create() -> None:
     """Back up the database, verify the copy, record size, checksum and row counts."""
-    from app import backups
+    from app.operations import backups
 
     with _backup_errors():
         manifest = backups.create(
@@ -51,7 +51,7 @@ def backup_create() -> None:
 @backup_cli.command("list")
 def backup_list() -> None:
     """Backups, newest first."""
-    from app import backups
+    from app.operations import backups
 
     for path, manifest in backups.list_backups(_backup_dir()):
         if manifest is None:
@@ -69,7 +69,7 @@ def backup_list() -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def backup_verify(file: Path) -> None:
     """Check a backup against its manifest, and its integrity (SQLite) or restorability."""
-    from app import backups
+    from app.operations import backups
 
     with _backup_errors():
         manifest = backups.verify(
@@ -85,7 +85,7 @@ def backup_verify(file: Path) -> None:
 def backup_restore(file: Path, force: bool) -> None:
     """Restore a verified backup in place (gunicorn may keep running); in phase 3 with
     admin's database."""
-    from app import backups
+    from app.operations import backups
 
     with _backup_errors():
         click.echo(
@@ -103,7 +103,7 @@ def backup_restore(file: Path, force: bool) -> None:
 @click.option("--keep-days", default=30, show_default=True, type=click.IntRange(0))
 def backup_prune(keep_days: int) -> None:
     """Delete backups older than --keep-days; the newest verified one is always kept."""
-    from app import backups
+    from app.operations import backups
 
     removed = backups.prune(_backup_dir(), keep_days)
     click.echo(f"pruned {len(removed)} backup(s)")
