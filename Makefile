@@ -55,7 +55,7 @@ bench: $(VENV)/.installed-bench
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-# Regenerate the ownership table in docs/ownership.md from the registry.
+# Regenerate the generated tables in docs/ (ownership, settings) from the code.
 docs: $(VENV)/.installed-run
 	$(BIN)/python scripts/render_docs.py
 

@@ -10,10 +10,11 @@ from typing import Any
 from apiflask import APIFlask
 
 from app import http
-from app.config import ConfigError, check_production, check_secrets, load_config
+from app.config import ConfigError
 from app.http import observability
 from app.kernel import files
 from app.kernel.web import document_common_errors, document_request_headers
+from app.settings import configure_settings, finish_settings
 
 __all__ = ["create_app"]
 
@@ -60,10 +61,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
         instance_relative_config=True,
     )
     http.use_api_classes(app)
-    settings = load_config(app.instance_path)
-    settings.update(config or {})
-    check_production(settings)
-    app.config.from_mapping(settings)
+    configure_settings(app, config)  # every setting validated, then copied to app.config
     app.config.from_mapping(OPENAPI_SETTINGS)
     try:
         files.private_dir(app.instance_path)
@@ -80,7 +78,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
             f"cannot keep the generated secrets in {app.instance_path}: {exc.strerror or exc} "
             "(set SECRET_KEY and JWT_SECRET_KEY, or INSTANCE_PATH to a writable folder)"
         ) from None
-    check_secrets(app.config)
+    finish_settings(app)  # generated secrets recorded, weak ones refused
 
     register_extensions(app)
     register_blueprints(app)

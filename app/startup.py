@@ -26,6 +26,7 @@ def preflight() -> str | None:
     from app.config import ConfigError
     from app.kernel.db import sqlite_version_warning
     from app.operations import health
+    from app.settings import settings_of
 
     try:
         app = create_app()
@@ -36,12 +37,13 @@ def preflight() -> str | None:
             checks = health.readiness_checks(redis=False)
     finally:
         app.extensions["db"].dispose()  # no connection is inherited by the workers
-    if app.config["APP_ENV"] == "production" and not app.config.get("REDIS_URL"):
+    settings = settings_of(app)
+    if settings.production and not settings.redis.url:
         log.warning(
             "REDIS_URL is not set: rate limits are counted per worker and start again whenever "
             "a worker restarts; set REDIS_URL in production"
         )
-    for url in [app.config["DATABASE_URL"], *app.config["MODULE_DATABASE_URLS"].values()]:
+    for url in settings.database_urls().values():
         warning = sqlite_version_warning(url)
         if warning:
             log.warning("%s", warning)
@@ -55,7 +57,7 @@ def preflight() -> str | None:
     if not broken:
         return None
     summary = "; ".join(f"{name}: {state}" for name, state in broken.items())
-    if app.config["APP_ENV"] == "production":
+    if settings.production:
         return f"refusing to serve with APP_ENV=production: {summary}"
     log.warning("not ready to serve everything: %s", summary)
     return None

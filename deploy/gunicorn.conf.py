@@ -11,20 +11,33 @@ import shutil
 import sys
 import tempfile
 
+
+def _int(name: str, default: int | str) -> int:
+    """A number this file needs before the app is imported (importing it here would start the
+    app's metrics before on_starting clears their folder); the app checks it again (HOST,
+    PORT and the rest too: app/settings), before the port is bound."""
+    raw = os.environ.get(name) or str(default)
+    try:
+        return int(raw)
+    except ValueError:
+        sys.stderr.write(f"error: {name} must be an integer, got {raw!r}\n")
+        sys.exit(2)
+
+
 # The upstream of deploy/nginx.conf is 127.0.0.1:8000: change PORT and that line together.
 _host = os.environ.get("HOST", "127.0.0.1")
 if ":" in _host and not _host.startswith("["):
     _host = f"[{_host}]"  # an IPv6 address (HOST=::) is bracketed before the port
-bind = f"{_host}:{os.environ.get('PORT', '8000')}"
+bind = f"{_host}:{_int('PORT', '8000')}"
 # The master's pid, for a graceful reload after a deploy: kill -HUP "$(cat "$GUNICORN_PIDFILE")".
 pidfile = os.environ.get("GUNICORN_PIDFILE") or None
-workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count() * 2 + 1)
+workers = _int("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1)
 worker_class = "sync"
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+timeout = _int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = 30
 keepalive = 5
 # Recycle workers now and then (with jitter, so they do not all restart at once).
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "5000"))
+max_requests = _int("GUNICORN_MAX_REQUESTS", 5000)
 max_requests_jitter = max_requests // 10
 # nginx (deploy/nginx.conf) refuses request lines and headers that are too large, with a
 # problem+json answer. gunicorn's own limits sit at or above nginx's (8 KiB per line, 32 KiB

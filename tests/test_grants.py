@@ -8,7 +8,7 @@ from psycopg import errors
 
 from app.kernel.grants import grant_statements, role_of
 from app.kernel.ownership import registry
-from tests.helpers import in_layout, layout_config
+from tests.helpers import OTHER_SECRET, STRONG_SECRET, in_layout, layout_config
 
 
 def test_grants_follow_the_registry():
@@ -135,7 +135,14 @@ def test_the_app_runs_each_module_under_its_role(app_config, database_url, role_
     assert order.status_code == 201, order.get_json()
     app.extensions["db"].dispose()
 
-    app_config["OWNERSHIP_GUARD"] = "off"
+    # Only production may switch the guard off (app.settings decides the mode).
+    app_config.update(
+        APP_ENV="production",
+        OWNERSHIP_GUARD="off",
+        SECRET_KEY=STRONG_SECRET,
+        JWT_SECRET_KEY=OTHER_SECRET,
+        ALLOW_SANDBOX_PAYMENTS=True,
+    )
     unguarded = create_app(app_config)
 
     @module_api("admin")

@@ -9,6 +9,7 @@ from psycopg import errors
 
 from app import create_app
 from app.kernel.ownership import registry
+from tests.helpers import OTHER_SECRET, STRONG_SECRET
 
 pytestmark = pytest.mark.postgres
 
@@ -249,7 +250,15 @@ def test_with_the_guard_off_postgresql_refuses_admin_writing_auth_users(
     assert app.test_client().get("/readyz").status_code == 200  # operator reads as the owner
     app.extensions["db"].dispose()
 
-    unguarded = make_app(app_url, signing_key_file, tmp_path, OWNERSHIP_GUARD="off", **settings)
+    # Only production may switch the guard off (app.settings decides the mode).
+    production = {
+        "APP_ENV": "production",
+        "OWNERSHIP_GUARD": "off",
+        "SECRET_KEY": STRONG_SECRET,
+        "JWT_SECRET_KEY": OTHER_SECRET,
+        "ALLOW_SANDBOX_PAYMENTS": True,
+    }
+    unguarded = make_app(app_url, signing_key_file, tmp_path, **production, **settings)
 
     @module_api("admin")
     def promote_everyone(session):
