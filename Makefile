@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: run test test-schemas soak bench lint format docs clean
+.PHONY: run test test-schemas soak bench lint format docs screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -11,9 +11,8 @@ from apiflask import APIFlask
 
 from app import http
 from app.config import ConfigError
-from app.http import observability
+from app.http import observability, openapi
 from app.kernel import files
-from app.kernel.web import document_common_errors, document_request_headers
 from app.settings import configure_settings, finish_settings
 
 __all__ = ["create_app"]
@@ -24,7 +23,7 @@ log = logging.getLogger(__name__)
 SECRET_FILES = {"SECRET_KEY": "secret-key", "JWT_SECRET_KEY": "jwt-secret-key"}
 
 
-# Error responses are documented per route as application/problem+json (kernel.web.
+# Error responses are documented per route as application/problem+json (app.http.openapi.
 # problem_responses), so APIFlask's generic application/json error entries are turned off.
 OPENAPI_SETTINGS = {
     "AUTO_VALIDATION_ERROR_RESPONSE": False,
@@ -83,8 +82,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
     register_extensions(app)
     register_blueprints(app)
     register_commands(app)
-    headers = document_request_headers(app)
-    app.spec_processor(lambda spec: headers(document_common_errors(spec)))  # only one is kept
+    app.spec_processor(openapi.processor(app))  # only one is kept
     return app
 
 
@@ -128,13 +126,14 @@ def register_extensions(app: APIFlask) -> None:
 
 
 def register_blueprints(app: APIFlask) -> None:
-    from app import admin, auth, orders
+    from app import admin, auth, console, orders
     from app.operations import health
 
     health.init_app(app)
     auth.init_app(app)
     admin.init_app(app)
     orders.init_app(app)
+    console.init_app(app)  # after the modules: its pages call their services
 
 
 def register_commands(app: APIFlask) -> None:

@@ -2,18 +2,17 @@
 selects them with BENCH_VARIANT). Each is the smallest change to the service that shows
 the gain; bench/README.md's recommendations say how to make it properly in app/.
 `BEFORE` patches run before the app is built (the routes import what they patch), `AFTER`
-ones get the built app.
+ones get the built app. Prototypes since made in app/ are gone from here (autocommit-read,
+revocation-prebuilt, sandbox-ledger-tail, queued-writers: bench/README.md, "Issue 17, data
+path").
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from flask import g, request
@@ -130,106 +129,6 @@ def access_log_once() -> None:
     observability._finish = finish
 
 
-def revocation_prebuilt() -> None:
-    """The revocation look-up as one statement built once (bind parameters), instead of
-    a new select() per request."""
-    from sqlalchemy import bindparam, select
-
-    from app.auth.accounts import revocations as service
-    from app.auth.models import TokenRevocation
-
-    stmt = (
-        select(TokenRevocation.key)
-        .where(TokenRevocation.key.in_(bindparam("keys", expanding=True)))
-        .limit(1)
-    )
-
-    def is_revoked(session: Any, jti: str, family: str | None) -> bool:
-        keys = [jti] if not family else [jti, family]
-        return session.scalar(stmt, {"keys": keys}) is not None
-
-    service.is_revoked = is_revoked
-
-
-def queued_writers() -> None:
-    """SQLite write transactions queue on a file lock (flock) before BEGIN IMMEDIATE: a
-    waiting writer wakes the moment the lock is free instead of polling in SQLite's busy
-    handler (sleeps of 1…100 ms)."""
-    from app.kernel import db
-
-    original = db.transaction
-    locks: dict[str, int] = {}
-
-    @contextmanager
-    def transaction(session: Any) -> Iterator[Any]:
-        engine = session.get_bind()
-        if session.info.get(db._WRITE) or engine.dialect.name != "sqlite":
-            with original(session):  # nested (a savepoint), or not SQLite
-                yield session
-            return
-        path = f"{engine.url.database}.writers"
-        if path not in locks:
-            locks[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(locks[path], fcntl.LOCK_EX)
-        try:
-            with original(session):
-                yield session
-        finally:
-            fcntl.flock(locks[path], fcntl.LOCK_UN)
-
-    db.transaction = transaction
-
-
-def sandbox_ledger_tail() -> None:
-    """The sandbox payment provider reads only the ledger lines it has not seen yet, and
-    finds an idempotency key in a dict: constant cost per charge instead of parsing the
-    whole (growing) ledger every time."""
-    from dataclasses import asdict
-
-    from app.kernel.ids import new_id
-    from app.orders import payments
-
-    def charge(
-        self: Any, *, amount_cents: int, currency: str, payment_method: str, idempotency_key: str
-    ) -> Any:
-        if payment_method == "tok_unavailable":
-            raise payments.PaymentUnavailable("sandbox: provider unavailable")
-        with open(self.ledger, "a+") as file:
-            fcntl.flock(file, fcntl.LOCK_EX)
-            try:
-                seen = self.__dict__.setdefault("_charges", {})
-                refunded = self.__dict__.setdefault("_refunded", set())
-                file.seek(self.__dict__.get("_offset", 0))
-                for line in file:
-                    if line.strip():
-                        entry = json.loads(line)
-                        if entry["type"] == "charge":
-                            seen[entry["idempotency_key"]] = entry
-                        elif entry["type"] == "refund":
-                            refunded.add(entry["charge_id"])
-                self._offset = file.tell()
-                if (entry := seen.get(idempotency_key)) is not None:
-                    return payments.Charge(
-                        entry["charge_id"],
-                        entry["amount_cents"],
-                        entry["currency"],
-                        entry["charge_id"] in refunded,
-                    )
-                if payment_method != "tok_ok":
-                    raise payments.PaymentDeclined("sandbox: card declined")
-                result = payments.Charge(new_id("ch"), amount_cents, currency)
-                self._append(
-                    {"type": "charge", "idempotency_key": idempotency_key, **asdict(result)}
-                )
-            finally:
-                fcntl.flock(file, fcntl.LOCK_UN)
-        if self.latency:
-            time.sleep(self.latency)
-        return result
-
-    payments.SandboxGateway.charge = charge  # type: ignore[method-assign]
-
-
 def redis_limits_one_trip() -> None:
     """Redis-backed limits: the hit returns the counter and its TTL in the same round trip,
     and the rate-limit headers are computed from it (limits asks Redis twice more, GET and
@@ -275,52 +174,12 @@ return {current, redis.call("pttl", KEYS[1])}
 # --- after the app is built ----------------------------------------------------------------
 
 
-def autocommit_read(app: Any) -> None:
-    """Validation reads the license on a connection of its own in autocommit, without
-    pool pre-ping (one reconnect-and-retry instead): one round trip on PostgreSQL (today:
-    ping, BEGIN, SELECT, ROLLBACK), no BEGIN/ROLLBACK and no ORM session on SQLite."""
-    from sqlalchemy import event
-    from sqlalchemy.exc import DBAPIError
-
-    from app.auth.licensing import service as licensing
-    from app.kernel.db import make_engine, settings_from_config
-
-    engine = make_engine(settings_from_config(app.config))
-    engine.pool._pre_ping = False  # type: ignore[attr-defined]
-    if engine.dialect.name == "sqlite":
-        # pysqlite runs in autocommit already (isolation_level None); the app's "begin"
-        # hook is what sends BEGIN: not on this engine.
-        for listener in list(engine.dispatch.begin):
-            event.remove(engine, "begin", listener)
-        reads = engine
-    else:
-        reads = engine.execution_options(isolation_level="AUTOCOMMIT")
-    statement = licensing._LICENSE_BY_ID
-
-    def license_for_validation(_session: Any, license_id: str) -> Any:
-        for attempt in (1, 2):
-            try:
-                with reads.connect() as conn:
-                    return conn.execute(statement, {"license_id": license_id}).first()
-            except DBAPIError as exc:
-                if attempt == 2 or not exc.connection_invalidated:
-                    raise
-        return None
-
-    licensing.license_for_validation = license_for_validation
-
-
 BEFORE: dict[str, Callable[[], None]] = {
     "no-metrics": no_metrics,
     "metrics-once": metrics_once,
     "access-log-once": access_log_once,
-    "revocation-prebuilt": revocation_prebuilt,
-    "queued-writers": queued_writers,
-    "sandbox-ledger-tail": sandbox_ledger_tail,
     "redis-limits-one-trip": redis_limits_one_trip,
 }
-AFTER: dict[str, Callable[[Any], None]] = {
-    "autocommit-read": autocommit_read,
-}
+AFTER: dict[str, Callable[[Any], None]] = {}
 # Every recommended prototype (not `no-metrics`: metrics stay).
 ALL = [n for n in [*BEFORE, *AFTER] if n != "no-metrics"]

@@ -5,8 +5,8 @@ it is in the same run; and activation and orders under contention (issue 17 item
   prototype — in-process (bench/micro.py: CPU and wall time per request) and over HTTP
   (wrk rounds back to back: throughput ratio, p99) on the scenarios it touches; then every
   prototype at once (`all`) beside the reference apps, for the targets' ratios after.
-- **Contention**: activate and orders at 16 and 64 connections, SQLite writers as they are,
-  queued on a file lock, and with every prototype; p50/p99, errors, SQLITE_BUSY.
+- **Contention**: activate and orders at 16 and 64 connections, the service as it is (SQLite
+  writers queued: kernel.db) and with every prototype; p50/p99, errors, SQLITE_BUSY.
 """
 
 from __future__ import annotations
@@ -40,12 +40,9 @@ class Prototype:
 PROTOTYPES = (
     Prototype("metrics-once", "sqlite", ("healthz", "validate")),
     Prototype("access-log-once", "sqlite", ("healthz", "validate")),
-    Prototype("autocommit-read", "sqlite", ("validate",)),
-    Prototype("autocommit-read", "postgres", ("validate",)),
     Prototype("redis-limits-one-trip", "sqlite", ("validate", "activate")),
     Prototype("memory-limits", "sqlite", ("validate", "activate"), {"REDIS_URL": ""}),
     Prototype("revocation-prebuilt", "sqlite", ("activate", "order")),
-    Prototype("sandbox-ledger-tail", "sqlite", ("order",)),
 )
 ALL_SCENARIOS = ("healthz", "validate", "activate", "order")
 
@@ -233,8 +230,6 @@ def contention_phase(settings: Settings, backends: dict[str, Any]) -> dict[str, 
     out: dict[str, Any] = {}
     for b, be in backends.items():
         servers = [Server(f"contention-as-is-{b}", be.env)]
-        if b == "sqlite":
-            servers.append(variant_server(f"contention-queued-{b}", be.env, "queued-writers"))
         servers.append(variant_server(f"contention-all-{b}", be.env, "all"))
         try:
             start_all(servers)

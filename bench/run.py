@@ -9,8 +9,8 @@ Phases (bench/README.md says more), each on servers started with deploy/gunicorn
 and APP_ENV=production:
 1. Main (bench/phases.py): every scenario on SQLite and PostgreSQL, beside Flask hello and
    the minimal validate (bench/reference/), in interleaved rounds; ratios per round.
-2. Contention (bench/prototypes.py): activate and orders at 16 and 64 connections, SQLite
-   writers as they are and queued on a file lock.
+2. Contention (bench/prototypes.py): activate and orders at 16 and 64 connections, the
+   service as it is and with every prototype.
 3. Prototypes (bench/prototypes.py, bench/variants.py): each recommended optimisation
    applied from outside app/, against the service as it is, in alternating rounds.
 4. Scale (bench/scale.py): validate on 10k vs 1M licenses; admin reads at 1M/10M rows.
@@ -66,6 +66,13 @@ def parse_args(argv: list[str] | None) -> Settings:
     )
     parser.add_argument("--ab-scenarios", default="healthz,validate", help="comma-separated")
     parser.add_argument("--ab-rounds", type=int, default=5)
+    parser.add_argument("--ab-backend", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument(
+        "--ab-no-micro", action="store_true", help="wrk rounds only (no in-process part)"
+    )
+    parser.add_argument(
+        "--ab-connections", help="comma-separated wrk connection counts (default: --connections)"
+    )
     parser.add_argument(
         "--ab-micro-distinct",
         type=int,
@@ -88,6 +95,13 @@ def parse_args(argv: list[str] | None) -> Settings:
     s.ab = args.ab
     s.ab_scenarios = tuple(args.ab_scenarios.split(","))
     s.ab_rounds = args.ab_rounds
+    s.ab_backend = args.ab_backend
+    s.ab_micro = not args.ab_no_micro
+    s.ab_connections = (
+        tuple(int(c) for c in args.ab_connections.split(","))
+        if args.ab_connections
+        else (s.connections,)
+    )
     s.ab_micro_distinct = args.ab_micro_distinct
     return s
 

@@ -80,6 +80,9 @@ class Settings:
     ab_scenarios: tuple[str, ...] = ("healthz", "validate")
     ab_rounds: int = 5
     ab_micro_distinct: int = 0
+    ab_backend: str = "sqlite"
+    ab_micro: bool = True
+    ab_connections: tuple[int, ...] = (16,)
     scenarios: tuple[str, ...] = field(default_factory=lambda: tuple(BY_NAME))
 
     @classmethod

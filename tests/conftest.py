@@ -32,6 +32,14 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+        import tempfile
+
+        # Hypothesis (under schemathesis) keeps its example database and caches in the
+        # current directory, the work tree: the run's by-products go to a folder of its own.
+        folder = tempfile.mkdtemp(prefix="licensing-test-hypothesis-")
+        os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = folder
+        config._test_hypothesis_path = folder  # type: ignore[attr-defined]
     if not os.environ.get("INSTANCE_PATH"):
         import tempfile
 
@@ -47,6 +55,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = getattr(config, "_test_hypothesis_path", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop("HYPOTHESIS_STORAGE_DIRECTORY", None)
     folder = getattr(config, "_test_instance_path", None)
     if folder:
         shutil.rmtree(folder, ignore_errors=True)

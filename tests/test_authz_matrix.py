@@ -91,6 +91,7 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
     ("POST", f"{API}/auth/refresh"): signed_in(200, 200, 200),  # with each one's refresh token
     ("POST", f"{API}/auth/logout"): signed_in(204, 204, 204),
     ("GET", f"{API}/auth/me"): signed_in(200, 200, 200),
+    ("POST", f"{API}/auth/password"): signed_in(200, 200, 200),  # each their own
     # licenses
     ("POST", f"{API}/licenses/activate"): signed_in(201, 201, 201),  # anonymous: no credentials
     ("POST", f"{API}/licenses/validate"): public(200),
@@ -122,10 +123,12 @@ REFRESH_ROUTES = {("POST", f"{API}/auth/refresh")}
 
 
 def route_table(app) -> list[tuple[str, str]]:
-    """Every (method, rule) the app serves, without HEAD, OPTIONS and static files."""
+    """Every (method, rule) the app serves, without HEAD, OPTIONS and static files, and
+    without the web console's pages: they take no token, only a browser session (their
+    matrix, also built from the route table, is in tests/test_console.py)."""
     rows = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint == "static" or rule.endpoint.startswith("console_"):
             continue
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             rows.add((method, rule.rule))
@@ -335,6 +338,9 @@ REQUESTS: dict[tuple[str, str], Callable[[World], Call]] = {
     ("POST", f"{API}/auth/refresh"): no_body(f"{API}/auth/refresh"),
     ("POST", f"{API}/auth/logout"): no_body(f"{API}/auth/logout"),
     ("GET", f"{API}/auth/me"): no_body(f"{API}/auth/me"),
+    ("POST", f"{API}/auth/password"): lambda w: Call(
+        f"{API}/auth/password", {"current_password": PASSWORD, "new_password": PASSWORD}
+    ),
     ("POST", f"{API}/licenses/activate"): lambda w: Call(
         f"{API}/licenses/activate", {"client_id": w.fresh("client")}
     ),

@@ -87,13 +87,13 @@ def test_the_database_refuses_what_the_registry_forbids(runner, database_url, ro
 def test_the_app_runs_each_module_under_its_role(app_config, database_url, role_prefix, runner):
     """With DB_ROLES on, real flows work under the module roles, and with the guard off
     the database still refuses admin code writing auth's table."""
-    from sqlalchemy import update
+    from sqlalchemy import select, update
     from sqlalchemy.exc import ProgrammingError
 
     from app import create_app
-    from app.auth.models import User
-    from app.kernel.db import get_session, transaction
-    from app.kernel.ownership import module_api
+    from app.auth.models import License, User
+    from app.kernel.db import get_session, read_first, transaction
+    from app.kernel.ownership import acting_as, module_api
 
     url = database_url.replace("postgresql+psycopg://", "postgresql://")
     app_role = f"{role_prefix}app"
@@ -153,6 +153,15 @@ def test_the_app_runs_each_module_under_its_role(app_config, database_url, role_
         session = get_session()
         with pytest.raises(ProgrammingError, match="permission denied"), transaction(session):
             promote_everyone(session)
+        # Reads in autocommit (validation's, ADR 0016) run under the acting module's role
+        # too: SET LOCAL would last no statement there.
+        session.rollback()
+        license_id = lic.get_json()["license_id"]
+        client_of = select(License.client_id).where(License.license_id == license_id)
+        with acting_as("orders"), pytest.raises(ProgrammingError, match="permission denied"):
+            read_first(session, client_of)
+        with acting_as("auth"):
+            assert read_first(session, client_of) == ("role-box",)
     unguarded.extensions["db"].dispose()
 
 

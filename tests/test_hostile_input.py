@@ -172,6 +172,15 @@ def build_world(client, runner) -> dict[str, Any]:
     )
     assert result.exit_code == 0, result.output
     user, admin = login(client, "ada@example.com"), login(client, "root@example.com")
+    # Changing a password ends its tokens: the password route is called as an account of
+    # its own, so a body that is accepted there does not log Ada out of the other routes.
+    assert (
+        client.post(
+            f"{API}/auth/register", json={"email": "cy@example.com", "password": PASSWORD}
+        ).status_code
+        == 201
+    )
+    changer = login(client, "cy@example.com")
     lic = client.post(f"{API}/licenses/activate", json={"client_id": "box-1"}, headers=user)
     assert lic.status_code == 201
     order = client.post(
@@ -183,6 +192,7 @@ def build_world(client, runner) -> dict[str, Any]:
     return {
         "user": user,
         "admin": admin,
+        "changer": changer,
         "license": lic.get_json(),
         "order": order.get_json(),
     }
@@ -230,7 +240,10 @@ def concrete(path: str, world: dict[str, Any]) -> tuple[str, dict[str, str]]:
     """The OpenAPI path with real ids filled in, and the headers that get a caller in."""
     path = path.replace("{license_id}", world["license"]["license_id"])
     path = path.replace("{order_id}", world["order"]["order_id"])
-    headers = dict(world["admin"] if "/admin/" in path else world["user"])
+    if path.endswith("/auth/password"):
+        headers = dict(world["changer"])
+    else:
+        headers = dict(world["admin"] if "/admin/" in path else world["user"])
     headers["Idempotency-Key"] = "hostile"
     headers["If-Match"] = '"1"'
     return path, headers
@@ -439,6 +452,10 @@ BODIES: dict[tuple[str, str], Callable[[dict[str, Any]], dict[str, Any]]] = {
         "password": PASSWORD,
     },
     ("POST", f"{API}/auth/login"): lambda lic: {"email": "ada@example.com", "password": PASSWORD},
+    ("POST", f"{API}/auth/password"): lambda lic: {
+        "current_password": PASSWORD,
+        "new_password": PASSWORD,
+    },
     ("POST", f"{API}/licenses/activate"): lambda lic: {"client_id": "box-2"},
     ("POST", f"{API}/licenses/validate"): lambda lic: {
         "token": lic["token"],
@@ -567,8 +584,9 @@ def test_times_beyond_the_calendar_in_utc_are_422(client, world, tally):
 
 
 def test_forged_cursors_are_422_not_500(client, world, tally):
-    """Cursors are base64url JSON, so anyone can forge one: lone surrogates (which cannot
-    be sent to a database), naive or impossible times, wrong shapes — all invalid_cursor."""
+    """Anyone can forge a cursor: base64url JSON (as cursors once were) with lone
+    surrogates (which cannot be sent to a database), naive or impossible times, wrong
+    shapes; times beyond any calendar; a key of another list's shape — all invalid_cursor."""
     admin, user = world["admin"], world["user"]
     forged = [
         '"\\ud800"',
@@ -584,7 +602,9 @@ def test_forged_cursors_are_422_not_500(client, world, tally):
         '{"a": 1}',
         "1e999",
     ]
-    for raw in forged:
+    forged_plain = ["99999999999999999.usr_01M8R5HDTHPE0XRN0KDW4JSSCV", "-1.usr_x", "lic_\x00"]
+    forged_plain += ["1.2.3", "usr_01M8R5HDTHPE0XRN0KDW4JSSCV.1", "", " ", "lic_" + "A" * 26 + "\n"]
+    for cursor in [cursor_of(raw) for raw in forged] + forged_plain:
         for path, headers in (
             (f"{API}/licenses", user),
             (f"{API}/orders", user),
@@ -592,8 +612,8 @@ def test_forged_cursors_are_422_not_500(client, world, tally):
             (f"{API}/admin/audit-logs", admin),
         ):
             tally.check(
-                f"{path} cursor {raw[:60]}",
-                client.get(path, query_string={"cursor": cursor_of(raw)}, headers=headers),
+                f"{path} cursor {cursor[:60]!r}",
+                client.get(path, query_string={"cursor": cursor}, headers=headers),
                 [422],
                 code="invalid_cursor",
             )
@@ -699,6 +719,8 @@ def replaced(body: Any, path: tuple, value: Any) -> Any:
 # Fields that may legitimately hold these values; everything else is a 4xx.
 NUL_ACCEPTED = {
     ("POST /api/v1/auth/register", "password"): [201, 422],  # opaque, hashed; 8+ characters
+    # the same for a new password; once changed, the caller's token is revoked (401)
+    ("POST /api/v1/auth/password", "new_password"): [200, 401, 422],
     ("POST /api/v1/licenses/validate", "token"): [200],  # valid: false, INVALID_TOKEN
     ("POST /api/v1/licenses/validate", "client_id"): [200],  # valid: false, CLIENT_MISMATCH
 }
@@ -711,7 +733,7 @@ OPTIONAL = {
 
 def test_nul_bytes_in_every_field_are_refused_and_store_nothing(app, client, world, tally):
     before = business_counts(app)
-    accepted = 0
+    accepted, changed = 0, False
     for label, method, url, body, headers in body_requests(world):
         for path, value in fields_of(body):
             if not isinstance(value, str):
@@ -732,10 +754,17 @@ def test_nul_bytes_in_every_field_are_refused_and_store_nothing(app, client, wor
                 if (label, name) == ("POST /api/v1/auth/register", "password"):
                     accepted += response.status_code == 201
                     body = {**body, "email": f"nul{tally.tried}@example.com"}
+                if (label, name) == ("POST /api/v1/auth/password", "new_password"):
+                    changed = changed or response.status_code == 200
     after = business_counts(app)
     tally.expect(
-        "nothing stored but the accounts with odd passwords",
-        after == {**before, "users": before["users"] + accepted},
+        "nothing stored but the accounts with odd passwords (and a password change's marker)",
+        after
+        == {
+            **before,
+            "users": before["users"] + accepted,
+            "token_revocations": before["token_revocations"] + changed,
+        },
         f"{before} -> {after}",
     )
     tally.assert_held()
@@ -763,7 +792,7 @@ def test_very_long_strings_are_422(app, client, world, tally):
 
 
 WRONG_TYPES = [123, -1, 1.5, True, False, [], ["a"], {}, {"a": 1}, None]
-NOT_INTEGERS = ["3", "1", 3.0, True, "3 seats", 1e400]
+NOT_INTEGERS = ["3", "1", 2.5, True, "3 seats", 1e400]  # 3.0 is 3 (JSON has one number)
 
 
 def test_wrong_types_are_422(app, client, world, tally):

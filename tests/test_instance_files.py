@@ -328,6 +328,7 @@ def test_everything_private_is_created_0600_in_0700_folders(bare_config, tmp_pat
             nested / "app.db": 0o600,
             nested / "app.db-wal": 0o600,
             nested / "app.db-shm": 0o600,
+            nested / "app.db-writers": 0o600,  # where writers queue (kernel.db)
             instance: 0o700,
             instance / "secret-key": 0o600,
             instance / "jwt-secret-key": 0o600,

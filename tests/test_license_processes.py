@@ -137,3 +137,38 @@ def _revoke(session, license_id):
         session.execute(
             update(License).where(License.license_id == license_id).values(status="revoked")
         )
+
+
+def test_writers_at_once_all_commit_without_waiting_on_sqlite_retries(
+    database_url, signing_key_file, tmp_path
+):
+    """Activations and paid orders of many accounts at once, from 4 worker processes: every
+    one is answered 201 and every license and order is there. On SQLite, writers queue for
+    their turn (kernel.db) instead of retrying in SQLite's busy handler, so they succeed
+    even when SQLite itself would give up after 1 ms (SQLITE_BUSY_TIMEOUT_MS=1)."""
+    import concurrent.futures
+
+    from app.orders.models import Order
+
+    env = {
+        "LICENSE_SIGNING_KEYS": signing_key_file,
+        "SANDBOX_LEDGER": str(tmp_path / "ledger.jsonl"),
+        "SQLITE_BUSY_TIMEOUT_MS": "1",
+    }
+    with gunicorn_server(database_url, workers=4, **env) as base:
+        people = [_account(base, f"w{i}@example.com") for i in range(2 * N)]
+
+        def write(i: int):
+            who = people[i]
+            if i % 2:
+                return _activate(base, who, f"box-{i}")
+            headers = {"Authorization": who["Authorization"], "Idempotency-Key": f"order-{i}"}
+            body = {"plan": "pro", "payment_token": "tok_ok"}
+            return http("POST", base + "/api/v1/orders", body, headers)
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2 * N) as pool:
+            results = list(pool.map(write, range(2 * N)))
+    assert [s for s, _, _ in results] == [201] * (2 * N), results
+    assert db_scalar(database_url, select(func.count()).select_from(License)) == N
+    paid = select(func.count()).select_from(Order).where(Order.status == "paid")
+    assert db_scalar(database_url, paid) == N

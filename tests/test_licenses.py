@@ -357,20 +357,105 @@ def test_validation_is_one_primary_key_lookup_and_no_write(app, client):
     token = activate(client, account(client)).get_json()["token"]
     statements: list[str] = []
     with app.app_context():
-        engine = get_database().engine
+        database = get_database()
+        engines = [database.engine, *database.autocommit_engines.values()]
 
     def record(_conn, _cursor, statement, *_args):
         statements.append(statement)
 
-    event.listen(engine, "before_cursor_execute", record)
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
     try:
         assert validate(client, token)["code"] == "VALID"
     finally:
-        event.remove(engine, "before_cursor_execute", record)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
     queries = [s for s in statements if not s.startswith(("BEGIN", "SAVEPOINT", "RELEASE"))]
     assert len(queries) == 1, queries
     assert queries[0].lstrip().upper().startswith("SELECT")
     assert "licenses.license_id =" in queries[0]
+
+
+def round_trips(trace: str) -> int:
+    """Exchanges with the server in a libpq protocol trace: each ends with ReadyForQuery."""
+    return sum(line.split("\t")[2:3] == ["ReadyForQuery"] for line in trace.splitlines())
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_validation_on_postgresql_is_one_round_trip(app, client, tmp_path):
+    """The license is read in autocommit: no pre-ping, BEGIN or ROLLBACK around it
+    (ADR 0016); the request's session never touches a connection of its own."""
+    import psycopg
+
+    token = activate(client, account(client)).get_json()["token"]
+    assert validate(client, token)["code"] == "VALID"  # the read pool holds a connection now
+    with app.app_context():
+        database = get_database()
+        (reads,) = database.autocommit_engines.values()
+    raw = reads.raw_connection()  # that connection: the pool keeps one, so the next read's
+    pgconn = raw.driver_connection.pgconn
+    trace = tmp_path / "libpq.trace"
+    with trace.open("w") as out:
+        pgconn.trace(out.fileno())
+        pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+        raw.close()
+        main_statements: list[str] = []
+        record = lambda _c, _cur, statement, *_a: main_statements.append(statement)  # noqa: E731
+        event.listen(database.engine, "before_cursor_execute", record)
+        try:
+            assert validate(client, token)["code"] == "VALID"
+        finally:
+            event.remove(database.engine, "before_cursor_execute", record)
+            pgconn.untrace()
+    assert round_trips(trace.read_text()) == 1, trace.read_text()
+    assert "licenses.license_id" in trace.read_text()
+    assert main_statements == []
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_activation_on_postgresql_is_one_transaction(app, client):
+    """The access token's revocation look-up is read in autocommit (ADR 0016), so the
+    request's session begins one transaction, the activation's: no BEGIN/ROLLBACK before."""
+    ada = account(client)
+    with app.app_context():
+        database = get_database()
+        (reads,) = database.autocommit_engines.values()
+    seen: dict[str, list[str]] = {"main": [], "autocommit": [], "begins": []}
+    main = lambda _c, _cur, statement, *_a: seen["main"].append(statement)  # noqa: E731
+    auto = lambda _c, _cur, statement, *_a: seen["autocommit"].append(statement)  # noqa: E731
+    begin = lambda _conn: seen["begins"].append("BEGIN")  # noqa: E731
+    event.listen(database.engine, "before_cursor_execute", main)
+    event.listen(reads, "before_cursor_execute", auto)
+    event.listen(database.engine, "begin", begin)
+    try:
+        assert activate(client, ada).status_code == 201
+    finally:
+        event.remove(database.engine, "before_cursor_execute", main)
+        event.remove(reads, "before_cursor_execute", auto)
+        event.remove(database.engine, "begin", begin)
+    assert len(seen["begins"]) == 1
+    assert not any("token_revocations" in s for s in seen["main"]), seen["main"]
+    assert [s for s in seen["autocommit"] if "token_revocations" in s], seen["autocommit"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_validation_survives_its_connection_dying(app, client, database_url):
+    """Without a pre-ping, a connection the server dropped (a restart, an idle timeout) is
+    found dead by the read itself: it is replaced and the read tried again — VALID, not 503."""
+    import psycopg
+
+    token = activate(client, account(client)).get_json()["token"]
+    assert validate(client, token)["code"] == "VALID"
+    with app.app_context():
+        (reads,) = get_database().autocommit_engines.values()
+    raw = reads.raw_connection()
+    pid = raw.driver_connection.info.backend_pid
+    raw.close()
+    url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as admin:
+        assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+    assert validate(client, token)["code"] == "VALID"
+    assert validate(client, token)["code"] == "VALID"
 
 
 # --- owner endpoints -----------------------------------------------------------------

@@ -16,6 +16,7 @@ from app.auth.models import Subscription
 from app.config import ConfigError
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.ownership import OPERATOR, acting_as
+from app.orders.payments import Charge, PaymentUnavailable, SandboxGateway
 from tests.helpers import project_env, run_flask
 
 PASSWORD = "correct horse battery"
@@ -178,3 +179,45 @@ def test_a_bad_plan_catalog_is_a_one_line_error_at_start(tmp_path):
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: PLANS_JSON"), line
+
+
+def test_sandbox_gateways_share_one_ledger_each_reading_what_the_others_wrote(tmp_path):
+    """Each worker's gateway keeps what it has read of the ledger and reads only what was
+    appended since: a charge or refund made through another one is still seen (same key,
+    same charge; a refund shows), and a ledger replaced or cut short is read afresh."""
+    ledger = tmp_path / "sandbox" / "ledger.jsonl"
+    first, second = SandboxGateway(ledger), SandboxGateway(ledger)
+    charge = first.charge(
+        amount_cents=900, currency="EUR", payment_method="tok_ok", idempotency_key="order-1"
+    )
+    assert (
+        second.charge(
+            amount_cents=900, currency="EUR", payment_method="tok_ok", idempotency_key="order-1"
+        )
+        == charge
+    )  # the second gateway had read nothing yet: it reads the line first wrote
+    other = second.charge(
+        amount_cents=500, currency="EUR", payment_method="tok_ok", idempotency_key="order-2"
+    )
+    refund = first.refund(charge_id=other.charge_id, amount_cents=500, idempotency_key="r-2")
+    assert second.refund(charge_id=other.charge_id, amount_cents=500, idempotency_key="r-2") == (
+        refund
+    )
+    again = second.charge(
+        amount_cents=500, currency="EUR", payment_method="tok_ok", idempotency_key="order-2"
+    )
+    assert again == Charge(other.charge_id, 500, "EUR", refunded=True)
+    assert [e["type"] for e in first.entries()] == ["charge", "charge", "refund"]
+
+    # A ledger started over (deleted, then written by another process): nothing old counts.
+    ledger.unlink()
+    SandboxGateway(ledger).charge(
+        amount_cents=100, currency="EUR", payment_method="tok_ok", idempotency_key="order-9"
+    )
+    fresh = first.charge(
+        amount_cents=900, currency="EUR", payment_method="tok_ok", idempotency_key="order-1"
+    )
+    assert fresh.charge_id != charge.charge_id
+    with pytest.raises(PaymentUnavailable):
+        second.refund(charge_id=other.charge_id, amount_cents=500, idempotency_key="r-3")
+    assert [e["idempotency_key"] for e in second.entries()] == ["order-9", "order-1"]

@@ -24,10 +24,11 @@ from app.admin.schemas import (
 )
 from app.auth import api as auth_api
 from app.http.limits import client_ip
+from app.http.openapi import problem_responses, request_headers, response_headers
 from app.kernel.db import get_session, transaction
 from app.kernel.errors import Forbidden, NotFound, ProblemError
 from app.kernel.pagination import decode_keyset
-from app.kernel.web import BEARER_AUTH, problem_responses, request_headers
+from app.kernel.web import BEARER_AUTH
 
 
 class PreconditionRequired(ProblemError):
@@ -50,22 +51,25 @@ def _require_admin() -> None:
         raise Forbidden("This needs the admin role.", code="admin_required")
 
 
-def _doc(summary: str, *statuses: int) -> Any:
+def _doc(operation_id: str, summary: str, *statuses: int) -> Any:
     return bp.doc(
-        summary=summary, security=BEARER_AUTH, responses=problem_responses(401, 403, *statuses)
+        summary=summary,
+        operation_id=operation_id,
+        security=BEARER_AUTH,
+        responses=problem_responses(401, 403, *statuses),
     )
 
 
 @bp.get("/stats/users")
 @bp.output(UserStatsOut)
-@_doc("Users per plan, with new users in the last 30 days")
+@_doc("admin_user_stats", "Users per plan, with new users in the last 30 days")
 def user_stats() -> Any:
     return {"items": service.user_stats(get_session())}
 
 
 @bp.get("/stats/licenses")
 @bp.output(LicenseStatsOut)
-@_doc("Licenses per status, with the oldest and newest")
+@_doc("admin_license_stats", "Licenses per status, with the oldest and newest")
 def license_stats() -> Any:
     return {"items": service.license_stats(get_session())}
 
@@ -73,7 +77,7 @@ def license_stats() -> Any:
 @bp.get("/users")
 @bp.input(UserQuery, location="query")
 @bp.output(UserPage)
-@_doc("Users, newest first; filter by email prefix and plan", 422)
+@_doc("admin_list_users", "Users, newest first; filter by email prefix and plan", 422)
 def list_users(query_data: UserQuery) -> Any:
     items, cursor = service.list_users(
         get_session(),
@@ -87,7 +91,7 @@ def list_users(query_data: UserQuery) -> Any:
 
 @bp.get("/users/<user_id>")
 @bp.output(UserDetailOut)
-@_doc("One user with all their licenses", 404)
+@_doc("admin_get_user", "One user with all their licenses", 404)
 def get_user(user_id: str) -> Any:
     user = service.user_with_licenses(get_session(), user_id)
     if user is None:
@@ -97,7 +101,9 @@ def get_user(user_id: str) -> Any:
 
 @bp.post("/users/<user_id>/unlock")
 @bp.output(UserDetailOut)
-@_doc("Lift a user's login locks (every address, and the account): audited", 404)
+@_doc(
+    "admin_unlock_user", "Lift a user's login locks (every address, and the account): audited", 404
+)
 def unlock_user(user_id: str) -> Any:
     session = get_session()
     with transaction(session):
@@ -112,7 +118,7 @@ def unlock_user(user_id: str) -> Any:
 @bp.get("/audit-logs")
 @bp.input(AuditQuery, location="query")
 @bp.output(AuditPage)
-@_doc("Audit entries, newest first; filter by user, action and time", 422)
+@_doc("admin_list_audit_logs", "Audit entries, newest first; filter by user, action and time", 422)
 def audit_logs(query_data: AuditQuery) -> Any:
     filters = service.AuditFilter(
         user_id=query_data.user_id,
@@ -129,13 +135,22 @@ def audit_logs(query_data: AuditQuery) -> Any:
     return {"items": items, "next_cursor": cursor}
 
 
+# An ETag is the license's version, quoted; If-Match takes exactly one, never `*`.
+ETAG = {
+    "description": 'The license\'s version, e.g. "3": send it back as If-Match to change it',
+    "required": True,
+    "schema": {"type": "string", "pattern": r'^"[1-9][0-9]{0,8}"$'},
+}
+
+
 def _etag(version: int) -> dict[str, str]:
     return {"ETag": f'"{version}"'}
 
 
 @bp.get("/licenses/<license_id>")
-@bp.output(auth_api.LicenseOut, headers={"ETag": {"description": 'The version, e.g. "3"'}})
-@_doc("One license, with its version as ETag", 404)
+@bp.output(auth_api.LicenseOut)
+@_doc("admin_get_license", "One license, with its version as ETag", 404)
+@response_headers(200, ETag=ETAG)
 def get_license(license_id: str) -> Any:
     license_ = auth_api.get_license(get_session(), license_id)
     if license_ is None:
@@ -160,16 +175,19 @@ def _expected_version() -> int:
 
 @bp.patch("/licenses/<license_id>")
 @bp.input(LicensePatchIn)
-@bp.output(auth_api.LicenseOut, headers={"ETag": {"description": "The new version"}})
-@_doc("Change a license's status (If-Match required)", 404, 409, 412, 422, 428)
+@bp.output(auth_api.LicenseOut)
+@_doc(
+    "admin_update_license", "Change a license's status (If-Match required)", 404, 409, 412, 422, 428
+)
 @request_headers(
     {
         "name": "If-Match",
         "required": True,
         "description": 'The ETag from GET, e.g. "3": a change made meanwhile is a 412.',
-        "schema": {"type": "string"},
+        "schema": ETAG["schema"],
     }
 )
+@response_headers(200, ETag=ETAG)
 def patch_license(license_id: str, json_data: LicensePatchIn) -> Any:
     expected = _expected_version()
     session = get_session()
@@ -188,7 +206,14 @@ def patch_license(license_id: str, json_data: LicensePatchIn) -> Any:
 @bp.post("/licenses/batch-status")
 @bp.input(BatchStatusIn)
 @bp.output(BatchStatusOut)
-@_doc("Change up to 1000 licenses' status: all or nothing", 404, 409, 412, 422)
+@_doc(
+    "admin_batch_license_status",
+    "Change up to 1000 licenses' status: all or nothing",
+    404,
+    409,
+    412,
+    422,
+)
 def batch_status(json_data: BatchStatusIn) -> Any:
     updates = [auth_api.StatusUpdate(u.license_id, u.status, u.version) for u in json_data.updates]
     session = get_session()

@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from app.auth.api import LicenseOut, UserOut
+from app.kernel.numbers import whole_number
+from app.kernel.pagination import cursor_field
 
 LicenseStatus = Literal["active", "suspended", "revoked"]
 
@@ -53,7 +55,7 @@ class UserQuery(BaseModel):
     )
     plan: str | None = Field(default=None, min_length=1, max_length=32)
     limit: int = Field(default=20, ge=1, le=100)
-    cursor: str | None = Field(default=None, max_length=512)
+    cursor: str | None = cursor_field((datetime, str))
 
 
 class AdminUserOut(UserOut):
@@ -80,7 +82,7 @@ class AuditQuery(BaseModel):
     since: AwareDatetime | None = Field(default=None, description="RFC 3339, inclusive")
     until: AwareDatetime | None = Field(default=None, description="RFC 3339, exclusive")
     limit: int = Field(default=20, ge=1, le=100)
-    cursor: str | None = Field(default=None, max_length=512)
+    cursor: str | None = cursor_field((datetime, str))
 
     @field_validator("since", "until")
     @classmethod
@@ -117,8 +119,10 @@ class BatchUpdateIn(BaseModel):
     license_id: str = Field(min_length=1, max_length=40)
     status: LicenseStatus
     version: int | None = Field(
-        default=None, ge=1, strict=True, description="expected version (optional)"
+        default=None, ge=1, le=2**31 - 1, strict=True, description="expected version (optional)"
     )
+
+    _whole_version = field_validator("version", mode="before")(whole_number)
 
 
 class BatchStatusIn(BaseModel):

@@ -12,7 +12,14 @@ from app.kernel.ownership import registry
 MODULE = "auth"
 declaration = registry.declare(
     MODULE,
-    owns={"users", "login_throttles", "token_revocations", "licenses", "subscriptions"},
+    owns={
+        "users",
+        "login_throttles",
+        "token_revocations",
+        "licenses",
+        "subscriptions",
+        "browser_sessions",
+    },
     reads=set(),
 )
 

@@ -7,24 +7,29 @@ loses that race gets SQLITE_BUSY at once, whatever busy_timeout says.
 
 PostgreSQL (psycopg 3) gets a pre-pinged, sized, recycled pool, an application_name and a
 statement timeout, so a dead server costs one failed request and then recovers by itself.
+Beside it, an autocommit engine serves `read_first`: a hot-path read of one statement as one
+round trip (docs/adr/0016-hot-path-database-access.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import DateTime, Engine, MetaData, Row, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.sql import Executable
 from sqlalchemy.types import TypeDecorator
 
 from app.kernel import files, ownership
@@ -137,25 +142,56 @@ def make_engine(settings: EngineSettings) -> Engine:
     return engine
 
 
-def _make_postgresql_engine(url: Any, settings: EngineSettings, options: dict) -> Engine:
+def _make_postgresql_engine(
+    url: Any, settings: EngineSettings, options: dict, **overrides: Any
+) -> Engine:
     return create_engine(
         url,
-        echo=settings.echo,
-        # Parameters hold password hashes and emails: never in SQL_ECHO output nor in the
-        # text of a logged database error (tests/test_secrets.py).
-        hide_parameters=True,
-        execution_options=options,
-        pool_pre_ping=True,
-        pool_size=settings.pool_size,
-        max_overflow=settings.max_overflow,
-        pool_timeout=settings.pool_timeout,
-        pool_recycle=settings.pool_recycle,
-        connect_args={
-            "application_name": settings.application_name,
-            "connect_timeout": settings.connect_timeout,
-            "options": f"-c statement_timeout={int(settings.statement_timeout_ms)}",
+        **{
+            "echo": settings.echo,
+            # Parameters hold password hashes and emails: never in SQL_ECHO output nor in
+            # the text of a logged database error (tests/test_secrets.py).
+            "hide_parameters": True,
+            "execution_options": options,
+            "pool_pre_ping": True,
+            "pool_size": settings.pool_size,
+            "max_overflow": settings.max_overflow,
+            "pool_timeout": settings.pool_timeout,
+            "pool_recycle": settings.pool_recycle,
+            "connect_args": {
+                "application_name": settings.application_name,
+                "connect_timeout": settings.connect_timeout,
+                "options": f"-c statement_timeout={int(settings.statement_timeout_ms)}",
+            },
+            **overrides,
         },
     )
+
+
+def make_autocommit_engine(settings: EngineSettings) -> Engine | None:
+    """The engine of `read_first` beside `make_engine(settings)`'s, or None where the
+    session's own connection costs as little (SQLite: BEGIN and ROLLBACK are calls into
+    the library there, not round trips to a server).
+
+    On PostgreSQL: the same database, guard and module roles, but every statement runs in
+    autocommit (no BEGIN, no ROLLBACK at check-in) and the pool does not ping a connection
+    before handing it out; `read_first` retries once on a connection found dead instead.
+    A read holds its connection for one statement, so the pool does not overflow.
+    """
+    url = make_url(normalise_url(settings.url))
+    if url.get_backend_name() != "postgresql":
+        return None
+    options = {} if settings.schemas else {"schema_translate_map": flat_layout()}
+    engine = _make_postgresql_engine(
+        url,
+        settings,
+        options,
+        isolation_level="AUTOCOMMIT",
+        pool_pre_ping=False,
+        max_overflow=0,
+    )
+    ownership.install_guard(engine, settings.guard_mode, settings.role_prefix, autocommit=True)
+    return engine
 
 
 # SQLite releases that carry the WAL-reset corruption bug: everything before the fixes
@@ -301,6 +337,7 @@ def transaction(session: Session) -> Iterator[Session]:
         if session.new or session.dirty or session.deleted:
             raise RuntimeError("pending ORM changes outside transaction(); refusing to drop them")
         session.rollback()
+    turn = _writers_turn(session.get_bind())
     session.info[_WRITE] = True
     try:
         session.connection(execution_options={"sqlite_write": True})
@@ -313,6 +350,86 @@ def transaction(session: Session) -> Iterator[Session]:
     finally:
         session.info.pop(_WRITE, None)
         session.info.pop(_COMMITTING, None)
+        if turn is not None:
+            os.close(turn)  # the next writer in line goes
+
+
+# SQLite has one writer at a time. Left to itself, a writer that finds the database locked
+# sleeps in SQLite's busy handler (1, 2, 5 … 100 ms between tries) and may lose its turn to
+# a newcomer: under load the unlucky ones wait far longer than the work ahead of them. So
+# every process's write transactions first queue on an exclusive lock of a file beside the
+# database (`<database>-writers`) and begin only when it is theirs: the kernel wakes the
+# next one the moment the lock is free. The lock belongs to the open file, so a writer
+# that dies lets the next one go; busy_timeout still covers writers outside the app.
+_QUEUE_FILES: dict[str, str] = {}
+
+
+def _writers_turn(bind: Any) -> int | None:
+    """Wait for this process's turn to write to `bind`'s SQLite database; the descriptor
+    whose closing ends the turn (None: not SQLite, or an in-memory database)."""
+    url = getattr(bind, "url", None)
+    if url is None or url.get_backend_name() != "sqlite":
+        return None
+    database = url.database
+    if not database or database == ":memory:" or url.query.get("uri"):
+        return None
+    try:
+        path = _QUEUE_FILES.get(database)
+        if path is None:
+            path = os.path.abspath(database) + "-writers"
+            files.create_private_file(path)  # 0600 in a 0700 folder, like the database
+            _QUEUE_FILES[database] = path
+        # A descriptor per transaction, never shared: threads and forked workers each queue.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None  # a folder it cannot write to: SQLite itself will say what is wrong
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+# Session.info key: the autocommit engine (`make_autocommit_engine`) beside each engine.
+AUTOCOMMIT_ENGINES = "autocommit_engines"
+
+
+def read_first(
+    session: Session, statement: Executable, params: Mapping[str, Any] | None = None
+) -> Row[Any] | None:
+    """The first row of a read-only `statement`, as the database has it now.
+
+    Outside a transaction, on PostgreSQL, it is one round trip: the statement runs alone
+    in autocommit on a connection of the autocommit engine (no pre-ping, BEGIN or
+    ROLLBACK; a connection found dead is replaced and the statement tried once more). It
+    runs as the acting module, under its guard and database role like any other. Inside a
+    transaction (the session has begun one: its snapshot, its own writes), or where the
+    session has no autocommit engine (SQLite), it runs on the session's connection.
+    """
+    if not getattr(statement, "is_select", False):
+        raise TransactionMisuse("read_first() runs SELECT statements only")
+    engines = session.info.get(AUTOCOMMIT_ENGINES)
+    if engines and not session.in_transaction():
+        autocommit = engines.get(session.get_bind(clause=statement))  # type: ignore[arg-type]
+        if autocommit is not None:
+            return _read_autocommit(autocommit, statement, params)
+    return session.connection().execute(statement, params).first()
+
+
+def _read_autocommit(
+    engine: Engine, statement: Executable, params: Mapping[str, Any] | None
+) -> Row[Any] | None:
+    for attempt in (1, 2):
+        try:
+            with engine.connect() as conn:
+                return conn.execute(statement, params).first()
+        except DBAPIError as exc:
+            # Without a pre-ping, a server restart shows here: the pool has dropped its
+            # connections (SQLAlchemy invalidates them all on a disconnect); try a new one.
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")
 
 
 # --- Flask wiring --------------------------------------------------------------------
@@ -337,10 +454,20 @@ class Database:
     its maintenance commands).
     """
 
-    def __init__(self, engine: Engine, module_engines: dict[str, Engine] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        module_engines: dict[str, Engine] | None = None,
+        autocommit_engines: dict[Engine, Engine] | None = None,
+    ) -> None:
         self.engine = engine
         self.module_engines = dict(module_engines or {})
-        self._info = {MODULE_DATABASES: frozenset(self.module_engines)}
+        # Beside an engine (main or a module's), the autocommit one of its `read_first`s.
+        self.autocommit_engines = dict(autocommit_engines or {})
+        self._info = {
+            MODULE_DATABASES: frozenset(self.module_engines),
+            AUTOCOMMIT_ENGINES: self.autocommit_engines,
+        }
         self._module_sessions: dict[str, sessionmaker[Session]] = {}
 
     @functools.cached_property
@@ -373,7 +500,7 @@ class Database:
         return self.engine.dialect.name
 
     def dispose(self) -> None:
-        for engine in self.engines().values():
+        for engine in [*self.engines().values(), *self.autocommit_engines.values()]:
             engine.dispose()
 
 
@@ -401,11 +528,17 @@ def init_app(app: Any) -> None:
     """Bind a Database to the app; sessions open lazily and close with the app context."""
     from flask import g
 
-    module_engines = {
-        module: make_engine(settings_from_config(app.config, module))
-        for module in app.config["MODULE_DATABASE_URLS"]
-    }
-    database = Database(make_engine(settings_from_config(app.config)), module_engines)
+    autocommit_engines: dict[Engine, Engine] = {}
+
+    def engine_for(module: str | None) -> Engine:
+        settings = settings_from_config(app.config, module)
+        engine = make_engine(settings)
+        if (autocommit := make_autocommit_engine(settings)) is not None:
+            autocommit_engines[engine] = autocommit
+        return engine
+
+    module_engines = {module: engine_for(module) for module in app.config["MODULE_DATABASE_URLS"]}
+    database = Database(engine_for(None), module_engines, autocommit_engines)
     app.extensions["db"] = database
 
     @app.teardown_appcontext

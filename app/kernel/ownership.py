@@ -300,18 +300,21 @@ def check(module: str | None, tables: StatementTables, statement: str = "") -> N
             raise OwnershipViolation(module, table, "read", statement)
 
 
-def install_guard(engine: Engine, mode: str, role_prefix: str | None = None) -> None:
+def install_guard(
+    engine: Engine, mode: str, role_prefix: str | None = None, *, autocommit: bool = False
+) -> None:
     """Check every statement the engine runs ("raise"), only log breaches ("log"), or not.
 
     With `role_prefix` (PostgreSQL, phase 2) each statement also runs under its module's
     database role (`SET LOCAL ROLE <prefix><module>` when the acting module changes inside
-    a transaction), so the GRANTs from `flask ownership grants` are enforced by the
-    database itself — also with the guard off.
+    a transaction; `SET ROLE`, kept by the connection, on an `autocommit` engine, where
+    there is no transaction for SET LOCAL to last), so the GRANTs from `flask ownership
+    grants` are enforced by the database itself — also with the guard off.
     """
     if mode not in GUARD_MODES:
         raise ValueError(f"OWNERSHIP_GUARD must be one of {GUARD_MODES}, not {mode!r}")
     if role_prefix is not None:
-        _install_role_switching(engine, role_prefix)
+        _install_role_switching(engine, role_prefix, autocommit=autocommit)
     if mode == "off":
         return
     # Note the 2.0 event signature: before_cursor_execute sees the execution context, whose
@@ -342,7 +345,9 @@ def install_guard(engine: Engine, mode: str, role_prefix: str | None = None) -> 
 _ROLE_KEY = "ownership_role"
 
 
-def _install_role_switching(engine: Engine, prefix: str) -> None:
+def _install_role_switching(engine: Engine, prefix: str, *, autocommit: bool = False) -> None:
+    set_role = "SET ROLE" if autocommit else "SET LOCAL ROLE"
+
     @event.listens_for(engine, "before_cursor_execute")
     def _switch_role(
         conn: Any, cursor: Any, _statement: str, _params: Any, _context: Any, _many: bool
@@ -351,8 +356,11 @@ def _install_role_switching(engine: Engine, prefix: str) -> None:
         wanted = None if module in (None, OPERATOR) else f"{prefix}{module}"
         if conn.info.get(_ROLE_KEY) != wanted:
             # Role names come from the registry (identifiers we wrote), not from input.
-            cursor.execute("RESET ROLE" if wanted is None else f"SET LOCAL ROLE {wanted}")
+            cursor.execute("RESET ROLE" if wanted is None else f"{set_role} {wanted}")
             conn.info[_ROLE_KEY] = wanted
+
+    if autocommit:
+        return  # a session's role stays with its connection: nothing ends it
 
     # SET LOCAL ends with the transaction (and a rollback to a savepoint may undo it): forget
     # what was set, so the next statement sets it again.

@@ -23,7 +23,11 @@ bp = APIBlueprint("ops", __name__, tag="Operations")
 
 
 @bp.get("/healthz")
-@bp.doc(summary="Liveness: the process is up", responses={200: "alive"})
+@bp.doc(
+    summary="Liveness: the process is up",
+    operation_id="operations_healthz",
+    responses={200: "alive"},
+)
 def healthz() -> Any:
     return {"status": "ok"}
 
@@ -32,6 +36,7 @@ def healthz() -> Any:
 @bp.doc(
     summary="Readiness: each database reachable, migrated to head, its tables where "
     "DB_SCHEMAS says; Redis when configured",
+    operation_id="operations_readyz",
     responses={200: "ready", 503: "a dependency is failing"},
 )
 def readyz() -> Any:

@@ -18,7 +18,8 @@ bp = module_blueprint(MODULE, __name__, url_prefix="/api/v1", tag="Orders")
 
 def init_app(app: Any) -> None:
     from app.config import ConfigError
-    from app.orders import cli, routes  # noqa: F401 - routes attach themselves to bp
+    from app.http import openapi
+    from app.orders import cli, routes  # routes attach themselves to bp
     from app.orders.payments import make_gateway
     from app.orders.plans import load_catalog
 
@@ -30,4 +31,5 @@ def init_app(app: Any) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     app.register_blueprint(bp)
+    openapi.refine(app, routes.document_catalog(app.extensions["plans"]))
     cli.init_app(app)

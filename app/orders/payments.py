@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from app.config import ConfigError
 from app.kernel import files
@@ -73,22 +73,22 @@ class SandboxGateway:
     def __init__(self, ledger: str | os.PathLike[str], *, latency: float = 0.0) -> None:
         self.ledger = Path(ledger)
         self.latency = latency  # seconds the "provider" takes to answer after charging
+        self._index = _LedgerIndex()
 
     def charge(
         self, *, amount_cents: int, currency: str, payment_method: str, idempotency_key: str
     ) -> Charge:
         if payment_method == "tok_unavailable":
             raise PaymentUnavailable("sandbox: provider unavailable")
-        with self._locked() as entries:
-            for entry in entries:
-                if entry["type"] == "charge" and entry["idempotency_key"] == idempotency_key:
-                    refunded = any(
-                        e["type"] == "refund" and e["charge_id"] == entry["charge_id"]
-                        for e in entries
-                    )
-                    return Charge(
-                        entry["charge_id"], entry["amount_cents"], entry["currency"], refunded
-                    )
+        with self._locked() as index:
+            entry = index.charges.get(idempotency_key)
+            if entry is not None:
+                return Charge(
+                    entry["charge_id"],
+                    entry["amount_cents"],
+                    entry["currency"],
+                    entry["charge_id"] in index.refunded,
+                )
             if payment_method != "tok_ok":
                 raise PaymentDeclined("sandbox: card declined")
             charge = Charge(new_id("ch"), amount_cents, currency)
@@ -98,25 +98,27 @@ class SandboxGateway:
         return charge
 
     def refund(self, *, charge_id: str, amount_cents: int, idempotency_key: str) -> Refund:
-        with self._locked() as entries:
-            for entry in entries:
-                if entry["type"] == "refund" and entry["idempotency_key"] == idempotency_key:
-                    return Refund(entry["refund_id"], entry["charge_id"], entry["amount_cents"])
-            if not any(e["type"] == "charge" and e["charge_id"] == charge_id for e in entries):
+        with self._locked() as index:
+            entry = index.refunds.get(idempotency_key)
+            if entry is not None:
+                return Refund(entry["refund_id"], entry["charge_id"], entry["amount_cents"])
+            if charge_id not in index.charge_ids:
                 raise PaymentUnavailable(f"sandbox: no charge {charge_id}")
             refund = Refund(new_id("re"), charge_id, amount_cents)
             self._append({"type": "refund", "idempotency_key": idempotency_key, **asdict(refund)})
             return refund
 
     # The ledger: one JSON object per line, under an exclusive lock across processes;
-    # private (0600 in a 0700 folder): it records every payment.
+    # private (0600 in a 0700 folder): it records every payment. Each gateway reads only
+    # the lines other processes appended since it last looked, so a charge costs the same
+    # however long the ledger has grown (re-reading it all made a run's orders quadratic).
     @contextmanager
-    def _locked(self) -> Iterator[list[dict]]:
-        with files.open_private(self.ledger, "a+") as file:
+    def _locked(self) -> Iterator[_LedgerIndex]:
+        with files.open_private(self.ledger, "ab+") as file:
             fcntl.flock(file, fcntl.LOCK_EX)
             try:
-                file.seek(0)
-                yield [json.loads(line) for line in file if line.strip()]
+                self._index.catch_up(file)
+                yield self._index
             finally:
                 fcntl.flock(file, fcntl.LOCK_UN)
 
@@ -128,8 +130,54 @@ class SandboxGateway:
 
     def entries(self) -> list[dict]:
         """Everything the sandbox has done (for tests and operators)."""
-        with self._locked() as entries:
-            return entries
+        with files.open_private(self.ledger, "a+") as file:
+            fcntl.flock(file, fcntl.LOCK_EX)
+            try:
+                file.seek(0)
+                return [json.loads(line) for line in file if line.strip()]
+            finally:
+                fcntl.flock(file, fcntl.LOCK_UN)
+
+
+class _LedgerIndex:
+    """What one process has read of the ledger so far, indexed for the gateway's questions;
+    brought up to date under the ledger's lock before each use."""
+
+    def __init__(self) -> None:
+        self._reset(None)
+
+    def _reset(self, identity: tuple[int, int] | None) -> None:
+        self.identity = identity  # (device, inode) of the file read so far
+        self.offset = 0  # bytes of it read so far
+        self.charges: dict[str, dict] = {}  # by idempotency key
+        self.charge_ids: set[str] = set()
+        self.refunds: dict[str, dict] = {}  # by idempotency key
+        self.refunded: set[str] = set()  # charge ids
+
+    def catch_up(self, file: IO[bytes]) -> None:
+        """Read the lines appended since the last call. A ledger replaced or cut short
+        (deleted, restored, truncated) is read again from its start."""
+        stat = os.fstat(file.fileno())
+        identity = (stat.st_dev, stat.st_ino)
+        if identity != self.identity or stat.st_size < self.offset:
+            self._reset(identity)
+        if stat.st_size == self.offset:
+            return
+        file.seek(self.offset)
+        tail = file.read()
+        complete = tail[: tail.rfind(b"\n") + 1]  # a line still being written waits
+        for line in complete.splitlines():
+            if line.strip():
+                self._add(json.loads(line))
+        self.offset += len(complete)
+
+    def _add(self, entry: dict) -> None:
+        if entry["type"] == "charge":
+            self.charges.setdefault(entry["idempotency_key"], entry)
+            self.charge_ids.add(entry["charge_id"])
+        elif entry["type"] == "refund":
+            self.refunds.setdefault(entry["idempotency_key"], entry)
+            self.refunded.add(entry["charge_id"])
 
 
 # --- the registry ----------------------------------------------------------------------

@@ -9,11 +9,12 @@ from flask import current_app, request
 from flask_jwt_extended import get_jwt, jwt_required
 
 from app.auth import api as auth_api
+from app.http.openapi import problem_responses, request_headers
 from app.http.problems import problem_body_response
 from app.kernel.db import get_session
 from app.kernel.errors import ProblemError
 from app.kernel.pagination import PageQuery, decode_keyset
-from app.kernel.web import BEARER_AUTH, problem_responses, request_headers
+from app.kernel.web import BEARER_AUTH
 from app.orders import bp, service, workflows
 from app.orders.payments import PaymentGateway, gateway_of
 from app.orders.plans import Plan, catalog_of
@@ -38,9 +39,36 @@ def settings() -> workflows.Settings:
     return workflows.Settings(lease=current_app.config["ORDER_LEASE"])
 
 
+def document_catalog(plans: dict[str, Plan]) -> Any:
+    """The document's OrderIn as the catalog has it: `plan` one of those that can be
+    bought, `seats` at most that plan's max_seats (so a generator or a fuzzer sends what
+    the server takes)."""
+    purchasable = [p for p in plans.values() if p.purchasable]
+
+    def refine(spec: dict[str, Any]) -> None:
+        order_in = spec["components"]["schemas"]["OrderIn"]
+        plan = order_in["properties"]["plan"]
+        plan["enum"] = [p.plan for p in purchasable]
+        plan["description"] = "A plan from GET /plans that can be bought"
+        seats = order_in["properties"]["seats"]
+        seats["description"] = "At most the plan's max_seats; none: the plan's seats"
+        for branch in seats.get("anyOf", [seats]):
+            if branch.get("type") == "integer" and purchasable:
+                branch["maximum"] = max(p.max_seats for p in purchasable)
+        order_in["allOf"] = [
+            {
+                "if": {"properties": {"plan": {"const": p.plan}}, "required": ["plan"]},
+                "then": {"properties": {"seats": {"maximum": p.max_seats}}},
+            }
+            for p in purchasable
+        ]
+
+    return refine
+
+
 @bp.get("/plans")
 @bp.output(list[PlanOut])
-@bp.doc(summary="The plan catalog", responses=problem_responses())
+@bp.doc(summary="The plan catalog", operation_id="orders_list_plans", responses=problem_responses())
 def plans() -> Any:
     return [p.as_dict() for p in catalog().values()]
 
@@ -51,6 +79,7 @@ def plans() -> Any:
 @bp.output(OrderOut, status_code=201)
 @bp.doc(
     summary="Buy a plan (Idempotency-Key header required; retries replay the answer)",
+    operation_id="orders_place",
     security=BEARER_AUTH,
     responses=problem_responses(400, 401, 402, 409, 422, 502),
 )
@@ -70,16 +99,7 @@ def place_order(json_data: OrderIn) -> Any:
             "Send an Idempotency-Key header (1-255 visible ASCII characters, e.g. a UUID) "
             "so a retry cannot charge twice."
         )
-    plan = catalog().get(json_data.plan)
-    if plan is None or not plan.purchasable:
-        raise service.UnknownPlan(f"{json_data.plan!r} is not a plan that can be bought.")
-    seats = json_data.seats or plan.seats
-    if seats > plan.max_seats:
-        raise ProblemError(
-            f"The {plan.plan} plan has at most {plan.max_seats} seats.",
-            status=422,
-            code="too_many_seats",
-        )
+    plan, seats = service.plan_to_buy(catalog(), json_data.plan, json_data.seats)
     order_request = service.OrderRequest(plan.plan, seats, json_data.payment_token)
     status, body = workflows.place_order(
         get_session(),
@@ -100,7 +120,10 @@ def place_order(json_data: OrderIn) -> Any:
 @bp.input(PageQuery, location="query")
 @bp.output(OrderPage)
 @bp.doc(
-    summary="My orders, newest first", security=BEARER_AUTH, responses=problem_responses(401, 422)
+    summary="My orders, newest first",
+    operation_id="orders_list",
+    security=BEARER_AUTH,
+    responses=problem_responses(401, 422),
 )
 def list_orders(query_data: PageQuery) -> Any:
     items, next_cursor = service.list_orders(
@@ -121,6 +144,7 @@ def _is_admin() -> bool:
 @bp.output(OrderOut)
 @bp.doc(
     summary="One order (its owner or an admin)",
+    operation_id="orders_get",
     security=BEARER_AUTH,
     responses=problem_responses(401, 404),
 )
@@ -136,6 +160,7 @@ def get_order(order_id: str) -> Any:
 @bp.output(OrderOut)
 @bp.doc(
     summary="Cancel a paid order: refund it, end the subscription, suspend surplus licenses",
+    operation_id="orders_cancel",
     security=BEARER_AUTH,
     responses=problem_responses(401, 404, 409, 502),
 )
@@ -156,6 +181,7 @@ def cancel_order(order_id: str) -> Any:
 @bp.output(DashboardOut)
 @bp.doc(
     summary="User, subscription, seats, licenses and recent orders in one call",
+    operation_id="orders_dashboard",
     security=BEARER_AUTH,
     responses=problem_responses(401),
 )

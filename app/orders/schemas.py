@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.auth.api import LicenseOut, SubscriptionOut, UserOut
+from app.kernel.numbers import whole_number
 
 
 class PlanOut(BaseModel):
@@ -23,7 +24,7 @@ class OrderIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     plan: str = Field(min_length=1, max_length=32)
-    # strict: "3" or true is not a number of seats to charge for
+    # strict: "3" or true is not a number of seats to charge for (3.0 is 3: JSON)
     seats: int | None = Field(default=None, ge=1, le=100_000, strict=True)
     payment_token: str = Field(
         min_length=1,
@@ -32,6 +33,8 @@ class OrderIn(BaseModel):
         description="The payment provider's token: visible ASCII",
         examples=["tok_ok"],
     )
+
+    _whole_seats = field_validator("seats", mode="before")(whole_number)
 
 
 class OrderOut(BaseModel):

@@ -93,6 +93,22 @@ class OrderRequest:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def plan_to_buy(catalog: dict[str, Plan], name: str, seats: int | None) -> tuple[Plan, int]:
+    """The plan and number of seats an order asks for, when they can be bought: a plan with
+    a price, and no more seats than it allows (none asked: the plan's own)."""
+    plan = catalog.get(name)
+    if plan is None or not plan.purchasable:
+        raise UnknownPlan(f"{name!r} is not a plan that can be bought.")
+    seats = seats or plan.seats
+    if seats > plan.max_seats:
+        raise ProblemError(
+            f"The {plan.plan} plan has at most {plan.max_seats} seats.",
+            status=422,
+            code="too_many_seats",
+        )
+    return plan, seats
+
+
 def price(plan: Plan, seats: int) -> int:
     """The order amount in minor units: exact integer arithmetic."""
     return plan.price_cents * seats

@@ -16,6 +16,7 @@ from app.settings.values import (
     Identifier,
     LogLevel,
     Minutes,
+    PositiveHours,
     RateLimit,
     Seconds,
     Text,
@@ -174,6 +175,13 @@ class Tokens(Group):
         "refresh token lifetime, seconds",
         key="JWT_REFRESH_TOKEN_EXPIRES",
         shown="2592000",
+    )
+    console_session_ttl: PositiveHours = env(
+        "CONSOLE_SESSION_HOURS",
+        timedelta(hours=12),
+        "the longest a web console sign-in lasts (a browser session), hours",
+        key="CONSOLE_SESSION_TTL",
+        shown="12",
     )
 
 

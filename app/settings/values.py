@@ -73,6 +73,7 @@ def _duration(unit: str, seconds: int, low: int, high: int) -> Any:
 Seconds = _duration("seconds", 1, 1, 10 * 366 * 86400)
 Minutes = _duration("minutes", 60, 1, 366 * 24 * 60)
 Hours = _duration("hours", 3600, 0, 366 * 24)
+PositiveHours = _duration("hours", 3600, 1, 366 * 24)
 Days = _duration("days", 86400, 1, 3660)
 
 

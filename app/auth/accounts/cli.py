@@ -9,6 +9,7 @@ import click
 from flask import current_app
 
 from app.auth import api as auth_api
+from app.auth.accounts import browser_sessions
 from app.kernel.cli import OperatorGroup, writes
 from app.kernel.db import get_session, transaction
 from app.kernel.emails import normalise_email
@@ -59,15 +60,19 @@ def users_unlock(email: str) -> None:
 @tokens_cli.command("prune")
 @writes
 def tokens_prune() -> None:
-    """Delete revocations of tokens that have expired anyway, and login throttles that no
-    longer count (run daily from cron)."""
+    """Delete revocations of tokens that have expired anyway, login throttles that no
+    longer count and expired browser sessions (run daily from cron)."""
     session = get_session()
     with transaction(session):
         removed = auth_api.prune_token_revocations(session)
         throttles = auth_api.prune_login_throttles(
             session, current_app.config["LOGIN_FAILURE_WINDOW"]
         )
-    click.echo(f"pruned {removed} expired revocation(s), {throttles} stale login throttle(s)")
+        browsers = browser_sessions.prune(session)
+    click.echo(
+        f"pruned {removed} expired revocation(s), {throttles} stale login throttle(s), "
+        f"{browsers} expired browser session(s)"
+    )
 
 
 def init_app(app: Any) -> None:

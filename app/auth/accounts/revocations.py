@@ -7,24 +7,95 @@ themselves (flask-jwt-extended) are made in `tokens.py`, which asks `is_revoked`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import String, and_, bindparam, delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
 from app.auth.models import TokenRevocation, User
-from app.kernel.db import utcnow
+from app.kernel.db import UtcDateTime, read_first, utcnow
 
-
-def is_revoked(session: Session, jti: str, family: str | None) -> bool:
-    """True when the token or its family has been revoked (one primary-key look-up)."""
-    keys = [jti] if not family else [jti, family]
-    return (
-        session.scalar(select(TokenRevocation.key).where(TokenRevocation.key.in_(keys)).limit(1))
-        is not None
+# Every authenticated request asks: one statement built once, read in one round trip on
+# PostgreSQL (`read_first`: autocommit, outside the request's transaction).
+# A token is revoked when its jti or family is listed, or when its user changed their
+# password after it was issued (the user's marker, kind "user"; `issued_at` to the
+# millisecond, as the marker's `revoked_at` is written).
+_REVOKED = (
+    select(TokenRevocation.key)
+    .where(
+        or_(
+            TokenRevocation.key.in_(bindparam("keys", expanding=True)),
+            and_(
+                TokenRevocation.key == bindparam("marker", type_=String()),
+                TokenRevocation.revoked_at > bindparam("issued_at", type_=UtcDateTime()),
+            ),
+        )
     )
+    .limit(1)
+)
+
+# The key of a user's "every token issued before" marker (kind "user"): a password change
+# writes it, and a token issued before its `revoked_at` no longer counts.
+USER_MARKER = "user:"
+
+
+def is_revoked(
+    session: Session,
+    jti: str,
+    family: str | None,
+    *,
+    user_id: str | None = None,
+    issued_ms: int | None = None,
+) -> bool:
+    """True when the token or its family has been revoked, or (given its user and when it
+    was issued, in epoch milliseconds) everything its user held before a password change.
+    One primary-key look-up."""
+    keys = [jti] if not family else [jti, family]
+    params = {"keys": keys, "marker": None, "issued_at": None}
+    if user_id is not None and issued_ms is not None:
+        params["marker"] = USER_MARKER + user_id
+        params["issued_at"] = datetime.fromtimestamp(issued_ms // 1000, UTC).replace(
+            microsecond=issued_ms % 1000 * 1000
+        )
+    return read_first(session, _REVOKED, params) is not None
+
+
+def issued_before_password_change(session: Session, user_id: str, issued_ms: int) -> bool:
+    """True when the user changed their password after this token was issued."""
+    marker = session.get(TokenRevocation, USER_MARKER + user_id)
+    return marker is not None and issued_ms < issued_ms_at(marker.revoked_at)
+
+
+def issued_ms_at(moment: datetime) -> int:
+    """`moment` in epoch milliseconds, exactly (no floating point)."""
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+
+
+def revoke_everything_before(
+    session: Session, user_id: str, now: datetime, *, reason: str, expires_at: datetime
+) -> None:
+    """Every access and refresh token of the user issued before `now` stops counting
+    (kept until `expires_at`, when the last of them would have expired anyway)."""
+    key = USER_MARKER + user_id
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # tokens say `ims`
+    marker = session.get(TokenRevocation, key, with_for_update=True)
+    if marker is None:
+        session.add(
+            TokenRevocation(
+                key=key,
+                kind="user",
+                user_id=user_id,
+                reason=reason,
+                revoked_at=now,
+                expires_at=expires_at,
+            )
+        )
+    else:
+        marker.reason, marker.revoked_at = reason, now
+        marker.expires_at = max(marker.expires_at, expires_at)
+    session.flush()
 
 
 def _revoke(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.auth.accounts.passwords import MAX_LENGTH, MIN_LENGTH
@@ -22,10 +22,22 @@ def _valid_email(value: str) -> str:
     return email
 
 
+# Special-use domains (RFC 6761: .test, .local, ...) have no deliverable addresses;
+# email_validator refuses them, and the document says so (in any letter case).
+SPECIAL_USE = "|".join(
+    "".join(f"[{c}{c.upper()}]" for c in name) for name in SPECIAL_USE_DOMAIN_NAMES
+)
+
 # An address as registered: normalised (app.kernel.emails), then checked for syntax.
 Email = Annotated[
     str,
-    Field(max_length=320, json_schema_extra={"format": "email"}),
+    Field(
+        max_length=320,
+        json_schema_extra={
+            "format": "email",
+            "not": {"pattern": rf"[@.]({SPECIAL_USE})$"},
+        },
+    ),
     AfterValidator(_valid_email),
 ]
 
@@ -43,6 +55,13 @@ class LoginIn(BaseModel):
     # No format check on login: an unknown or odd email is simply invalid credentials.
     email: str = Field(min_length=1, max_length=320)
     password: str = Field(min_length=1, max_length=MAX_LENGTH)
+
+
+class PasswordChangeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: str = Field(min_length=1, max_length=MAX_LENGTH)
+    new_password: str = Field(min_length=MIN_LENGTH, max_length=MAX_LENGTH)
 
 
 class UserOut(BaseModel):

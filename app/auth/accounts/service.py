@@ -68,6 +68,16 @@ class UserNotFound(NotFound):
     code = "user_not_found"
 
 
+class WrongPassword(ProblemError):
+    """The signed-in user's current password, asked again before changing it, is wrong
+    (403, not 401: the token is fine, and a client must not take it for an expired one)."""
+
+    status, code = 403, "wrong_password"
+
+    def __init__(self) -> None:
+        super().__init__("The current password is wrong.")
+
+
 # --- accounts ------------------------------------------------------------------------
 
 
@@ -393,6 +403,43 @@ def unlock(
         ip_address=ip,
     )
     return user, cleared
+
+
+def change_password(
+    session: Session,
+    user_id: str,
+    new_hash: str,
+    *,
+    now: datetime,
+    tokens_expire_by: datetime,
+    ip: str | None,
+    keep_browser_secret: str | None = None,
+) -> User:
+    """Set a new password (hashed by the caller, outside the transaction) and end every
+    other session of the user: every API token issued before `now` (a marker in the
+    revocation list) and every browser session but `keep_browser_secret`'s. Audited as
+    PASSWORD_CHANGED. The caller answers with a fresh token pair (or keeps its browser)."""
+    from app.auth.accounts import browser_sessions, revocations
+
+    user = session.get(User, user_id, with_for_update=True, populate_existing=True)
+    if user is None:
+        raise UserNotFound()
+    user.password_hash = new_hash
+    revocations.revoke_everything_before(
+        session, user_id, now, reason="password_changed", expires_at=tokens_expire_by
+    )
+    ended = browser_sessions.revoke_all(
+        session, user_id, reason="password_changed", except_secret=keep_browser_secret
+    )
+    admin_api.record_audit(
+        session,
+        "PASSWORD_CHANGED",
+        user_id=user_id,
+        actor_id=user_id,
+        details={"browser_sessions_ended": ended},
+        ip_address=ip,
+    )
+    return user
 
 
 def prune_login_throttles(session: Session, window: timedelta) -> int:

@@ -19,7 +19,7 @@ from app.auth.accounts import revocations
 from app.auth.models import User
 from app.http.bearer import jwt
 from app.http.problems import problem_response
-from app.kernel.db import get_session
+from app.kernel.db import get_session, utcnow
 from app.kernel.ownership import acting_as
 
 BEARER = {"WWW-Authenticate": "Bearer"}
@@ -37,16 +37,28 @@ def refresh_ttl() -> timedelta:
 def issue_pair(user: User, family: str | None = None) -> dict[str, Any]:
     """A new access + refresh token pair; a new family unless one is given (rotation)."""
     family = family or str(uuid.uuid4())
+    # When, to the millisecond (`iat` is whole seconds): a password change revokes every
+    # token issued before it, and not the pair it answers with a moment later.
+    issued = {"fam": family, "ims": issued_ms(utcnow())}
     access = create_access_token(
-        identity=user.user_id, additional_claims={"role": user.role, "fam": family}
+        identity=user.user_id, additional_claims={"role": user.role, **issued}
     )
-    refresh = create_refresh_token(identity=user.user_id, additional_claims={"fam": family})
+    refresh = create_refresh_token(identity=user.user_id, additional_claims=issued)
     return {
         "access_token": access,
         "refresh_token": refresh,
         "token_type": "Bearer",
         "expires_in": int(access_ttl().total_seconds()),
     }
+
+
+def issued_ms(moment: datetime) -> int:
+    return revocations.issued_ms_at(moment)
+
+
+def issued_ms_of(claims: dict[str, Any]) -> int:
+    """When a token was issued, in epoch milliseconds (tokens from before `ims`: `iat`)."""
+    return int(claims.get("ims", claims.get("iat", 0) * 1000))
 
 
 def expiry_of(claims: dict[str, Any]) -> datetime:
@@ -65,7 +77,13 @@ def _problem(code: str, detail: str, headers: dict[str, str]) -> Any:
 @jwt.token_in_blocklist_loader
 def _is_revoked(_header: dict, claims: dict) -> bool:
     with acting_as(MODULE):
-        return revocations.is_revoked(get_session(), claims["jti"], claims.get("fam"))
+        return revocations.is_revoked(
+            get_session(),
+            claims["jti"],
+            claims.get("fam"),
+            user_id=claims.get("sub"),
+            issued_ms=issued_ms_of(claims),
+        )
 
 
 @jwt.revoked_token_loader

@@ -32,11 +32,12 @@ from app.http.limits import (
     limiter,
     token_in_body,
 )
+from app.http.openapi import problem_responses
 from app.kernel import metrics
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.errors import ProblemError, Unauthorized
 from app.kernel.pagination import PageQuery, decode_keyset
-from app.kernel.web import BEARER_AUTH, NO_STORE, problem_responses
+from app.kernel.web import BEARER_AUTH, NO_STORE
 
 
 def _token(license_: Any, now: Any) -> str:
@@ -90,6 +91,7 @@ def _activation_user(session: Any, body: ActivateIn, now: Any) -> tuple[str | No
 @bp.output(ActivatedLicenseOut, status_code=201, description="A new license")
 @bp.doc(
     summary="Activate a license for a client (idempotent for the same user and client)",
+    operation_id="licensing_activate",
     security=[{"BearerAuth": []}, {}],  # a Bearer token, or email and password in the body
     responses={
         200: {
@@ -137,6 +139,7 @@ def activate(json_data: ActivateIn) -> Any:
 @bp.output(ValidateOut)
 @bp.doc(
     summary="Check a license token against the current license (always 200 when well-formed)",
+    operation_id="licensing_validate",
     responses=problem_responses(400, 422, 429),
 )
 def validate(json_data: ValidateIn) -> Any:
@@ -179,6 +182,7 @@ def validate(json_data: ValidateIn) -> Any:
 @bp.doc(
     summary="Deactivate a license from the app that holds it: its token and client id, "
     "no password (revoked, seat freed)",
+    operation_id="licensing_deactivate_from_app",
     responses=problem_responses(404, 422, 429),
 )
 def deactivate_from_app(json_data: DeactivateIn) -> Any:
@@ -208,7 +212,10 @@ def deactivate_from_app(json_data: DeactivateIn) -> Any:
 @bp.input(PageQuery, location="query")
 @bp.output(LicensePage)
 @bp.doc(
-    summary="My licenses, newest first", security=BEARER_AUTH, responses=problem_responses(401, 422)
+    summary="My licenses, newest first",
+    operation_id="licensing_list",
+    security=BEARER_AUTH,
+    responses=problem_responses(401, 422),
 )
 def list_mine(query_data: PageQuery) -> Any:
     items, next_cursor = licensing.list_licenses(
@@ -225,6 +232,7 @@ def list_mine(query_data: PageQuery) -> Any:
 @bp.output(LicenseOut)
 @bp.doc(
     summary="One license (its owner or an admin)",
+    operation_id="licensing_get",
     security=BEARER_AUTH,
     responses=problem_responses(401, 404),
 )
@@ -241,6 +249,7 @@ def get_one(license_id: str) -> Any:
 @bp.output(LicenseOut)
 @bp.doc(
     summary="Deactivate my license: revoked, seat freed",
+    operation_id="licensing_deactivate",
     security=BEARER_AUTH,
     responses=problem_responses(401, 404),
 )
@@ -253,7 +262,10 @@ def deactivate(license_id: str) -> Any:
 
 @root_bp.get("/.well-known/jwks.json")
 @root_bp.output(JwksOut)
-@root_bp.doc(summary="Public keys that verify license tokens offline (several during rotation)")
+@root_bp.doc(
+    summary="Public keys that verify license tokens offline (several during rotation)",
+    operation_id="licensing_jwks",
+)
 def jwks() -> Any:
     max_age = current_app.config["JWKS_MAX_AGE"]
     return signing.license_keys().jwks(), 200, {"Cache-Control": f"public, max-age={max_age}"}

@@ -44,7 +44,7 @@ from app.auth.licensing.seats import (
 from app.auth.licensing.seats import seats_for as seats_for
 from app.auth.licensing.signing import KeySet
 from app.auth.models import License
-from app.kernel.db import utcnow
+from app.kernel.db import read_first, utcnow
 from app.kernel.errors import Conflict
 from app.kernel.ids import new_id
 from app.kernel.pagination import newest_first, page_of
@@ -158,8 +158,9 @@ _LICENSE_BY_ID = select(*LICENSE_COLUMNS).where(License.license_id == bindparam(
 
 def license_for_validation(session: Session, license_id: str) -> Row[Any] | None:
     """The license's current row, read from the database on every call (read-after-write):
-    a Row with the license's attributes, or None. One primary-key look-up; no writes."""
-    return session.connection().execute(_LICENSE_BY_ID, {"license_id": license_id}).first()
+    a Row with the license's attributes, or None. One primary-key look-up; no writes (one
+    round trip on PostgreSQL: `read_first`)."""
+    return read_first(session, _LICENSE_BY_ID, {"license_id": license_id})
 
 
 @dataclass(frozen=True)
