@@ -187,3 +187,24 @@ def test_metric_children_stay_bounded_whatever_the_method(client):
     assert len(observability._metric_children) <= before + 2  # ("other", 405) at most
     body = client.get("/metrics").get_data(as_text=True)
     assert 'method="other",route="<unmatched>",status="405"' in body
+
+
+def test_a_views_retry_after_is_kept_on_routes_without_limits(app_config):
+    """A 409 "in progress" answer's Retry-After (orders' IdempotencyInProgress) reaches
+    the client; the limiter's own Retry-After is still dropped from non-429 answers."""
+    from app.http.problems import problem_response
+
+    app = create_app({**app_config, "RATELIMIT_ENABLED": True})
+    app.add_url_rule(
+        "/busy",
+        "busy",
+        lambda: problem_response(409, "in_progress", headers={"Retry-After": "1"}),
+    )
+    client = app.test_client()
+    try:
+        busy = client.get("/busy")
+        assert busy.status_code == 409 and busy.headers["Retry-After"] == "1"
+        limited = client.post(f"{API}/licenses/validate", json={"token": "x", "client_id": "c"})
+        assert limited.status_code == 200 and "Retry-After" not in limited.headers
+    finally:
+        app.extensions["db"].dispose()

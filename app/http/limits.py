@@ -59,13 +59,17 @@ class RouteLimiter(Limiter):
 
         return decorate
 
-    def init_app(self, app: flask.Flask) -> None:
+    def init_app(self, app: flask.Flask, after_hooks: tuple[Callable[..., Any], ...] = ()) -> None:
+        """Bind to `app`; `after_hooks` are after-request hooks of the app's own that belong
+        with the limiter's (run after it, and only where it runs)."""
         hooks = {
             "before": app.before_request_funcs,
             "after": app.after_request_funcs,
             "teardown": app.teardown_request_funcs,
         }
         known = {kind: list(funcs.get(None, ())) for kind, funcs in hooks.items()}
+        for hook in after_hooks:
+            app.after_request(hook)
         super().init_app(app)
         if any(app.config.get(f"RATELIMIT_{name}") for name in ("DEFAULT", "APPLICATION", "META")):
             return  # limits that apply to every endpoint: every request needs the hooks
@@ -205,10 +209,10 @@ def init_app(app: Any) -> None:
         "RATELIMIT_STORAGE_OPTIONS", {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
     )
     # Registered before the limiter's own hook, so it runs after it (Flask runs after_request
-    # hooks in reverse): the limiter adds Retry-After to every response it limits, but it
-    # only means something on a 429.
-    app.after_request(_retry_after_only_when_meaningful)
-    limiter.init_app(app)
+    # hooks in reverse), and only where the limiter runs: the limiter adds Retry-After to
+    # every response it limits, but it only means something on a 429 (or a 423, 503); a
+    # Retry-After a view sets on a route without limits (a 409 "in progress") is kept.
+    limiter.init_app(app, after_hooks=(_retry_after_only_when_meaningful,))
 
 
 def _retry_after_only_when_meaningful(response: Any) -> Any:
