@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from app.observability import JsonFormatter
+from app.http.observability import JsonFormatter
 from tests.helpers import gunicorn_server, http
 
 PASSWORD = "correct horse battery"

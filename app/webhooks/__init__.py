@@ -10,8 +10,8 @@ Webhooks specification, retrying with backoff. Admins manage endpoints under
 
 from typing import Any
 
+from app.http.blueprints import module_blueprint
 from app.kernel.ownership import registry
-from app.kernel.web import module_blueprint
 
 MODULE = "webhooks"
 declaration = registry.declare(MODULE, owns={"webhook_endpoints", "webhook_deliveries"})

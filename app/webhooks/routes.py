@@ -10,10 +10,12 @@ from flask import current_app, request
 from flask_jwt_extended import get_jwt, verify_jwt_in_request
 
 from app.admin import api as admin_api
+from app.http.limits import client_ip
+from app.http.openapi import problem_responses
 from app.kernel.db import get_session, transaction
 from app.kernel.errors import Forbidden
 from app.kernel.pagination import decode_keyset
-from app.kernel.web import BEARER_AUTH, client_ip, problem_responses
+from app.kernel.web import BEARER_AUTH
 from app.webhooks import bp, service
 from app.webhooks.schemas import (
     DeliveryOut,
