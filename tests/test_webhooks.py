@@ -580,3 +580,37 @@ def test_webhooks_work_with_admin_on_its_own_database(phase3_app, receiver):
 
         types = get_session().scalars(select(OutboxEvent.event_type)).all()
     assert "audit.recorded" in types  # WEBHOOK_CREATED and the rest, on their way to admin
+
+
+def test_a_receiver_that_drips_its_answer_is_cut_off_at_the_timeout():
+    """The timeout bounds the whole request, not each read: a receiver that sends one byte of
+    its answer at a time, each well within the timeout, still cannot hold a worker longer."""
+    from app.webhooks import delivery, urls
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 200:
+                if stop.wait(0.05):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    target = urls.Target("http", "127.0.0.1", port, "127.0.0.1", "/hook")
+    try:
+        attempt = delivery.post(target, {"content-type": "application/json"}, b"{}", 1.0)
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+    assert attempt.status_code is None
+    assert attempt.error == "timed out"

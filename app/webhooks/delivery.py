@@ -16,12 +16,14 @@ whose every delivery has failed for FAILING_DAYS is disabled.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import os
 import random
 import socket
 import ssl
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -80,12 +82,20 @@ def retry_after(value: str | None, now: datetime) -> timedelta | None:
 
 def post(target: urls.Target, headers: Mapping[str, str], body: bytes, timeout: float) -> Attempt:
     """POST `body` to the address that was checked (not a fresh lookup): one request, no
-    redirects followed."""
+    redirects followed. `timeout` bounds the whole exchange, not each read: a receiver that
+    drips its answer a byte at a time is cut off when it runs out."""
     started = time.monotonic()
     conn_class = (
         http.client.HTTPSConnection if target.scheme == "https" else http.client.HTTPConnection
     )
     conn = conn_class(target.host, target.port, timeout=timeout)
+    expired = threading.Event()
+
+    def cut_off() -> None:
+        expired.set()
+        if conn.sock is not None:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
 
     def connect() -> None:
         sock = socket.create_connection((target.address, target.port), timeout)
@@ -95,10 +105,15 @@ def post(target: urls.Target, headers: Mapping[str, str], body: bytes, timeout: 
         conn.sock = sock
 
     conn.connect = connect  # type: ignore[method-assign]
+    deadline = threading.Timer(timeout, cut_off)
+    deadline.daemon = True
+    deadline.start()
     try:
         conn.request("POST", target.path, body=body, headers=dict(headers))
         response = conn.getresponse()
         text = response.read(RESPONSE_KEPT).decode("utf-8", "replace")
+        if expired.is_set():
+            raise TimeoutError
         return Attempt(
             response.status,
             int((time.monotonic() - started) * 1000),
@@ -106,8 +121,10 @@ def post(target: urls.Target, headers: Mapping[str, str], body: bytes, timeout: 
             retry_after=retry_after(response.getheader("Retry-After"), utcnow()),
         )
     except (OSError, http.client.HTTPException) as exc:
-        return Attempt(None, int((time.monotonic() - started) * 1000), error=_describe(exc))
+        error = "timed out" if expired.is_set() else _describe(exc)
+        return Attempt(None, int((time.monotonic() - started) * 1000), error=error)
     finally:
+        deadline.cancel()
         conn.close()
 
 
