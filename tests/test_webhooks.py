@@ -22,7 +22,7 @@ from app.kernel import events
 from app.kernel.db import get_database, get_session, transaction, utcnow
 from app.kernel.ownership import OPERATOR, acting_as
 from app.orders.api import OrderPaid
-from app.webhooks.delivery import SCHEDULE, Deliverer
+from app.webhooks.delivery import SCHEDULE, Deliverer, post
 from app.webhooks.models import WebhookDelivery, WebhookEndpoint
 from tests.helpers import assert_problem, project_env, run_flask
 
@@ -614,3 +614,43 @@ def test_a_receiver_that_drips_its_answer_is_cut_off_at_the_timeout():
         listener.close()
     assert attempt.status_code is None
     assert attempt.error == "timed out"
+
+
+def test_a_worker_whose_lease_lapsed_does_not_post_what_it_claimed(
+    app, client, admin, ada, receiver
+):
+    # Outside test: a slow receiver let a batch's lease run out; a second worker claimed the
+    # same deliveries, and the first went on posting them (14 events, 19 posts).
+    subscribe(client, admin, receiver.url, "order.paid")
+    buy(client, ada, key="k1")
+    buy(client, ada, key="k2")
+    clock = Clock()
+    second = worker(app, clock, name="b")
+    sent_by_first: list[bytes] = []
+
+    def slow_send(target, headers, body, timeout):
+        attempt = post(target, headers, body, timeout)
+        sent_by_first.append(body)
+        if len(sent_by_first) == 1:  # the first answer took longer than the lease
+            clock.advance(seconds=61)
+            assert second.run_once() == 2  # both leases lapsed: b takes both
+        return attempt
+
+    first = worker(app, clock, name="a", send=slow_send)
+    first.run_once()
+    assert len(sent_by_first) == 1  # a did not post the delivery b had taken
+    assert len(receiver.requests) == 3  # a's first, then b's two
+    assert {d.status for d in deliveries(app)} == {"succeeded"}
+    assert {d.attempts for d in deliveries(app)} == {1}  # a's late result is not recorded
+
+
+@pytest.mark.parametrize("timeout", [15, 60])
+def test_a_lease_shorter_than_two_timeouts_is_refused_at_start(app, runner, timeout):
+    app.config["WEBHOOKS_TIMEOUT_SECONDS"] = timeout
+    with pytest.raises(ValueError, match="lease"):
+        worker(app, lease_seconds=2 * timeout - 1)
+    result = runner.invoke(
+        args=["webhooks", "deliver", "--once", "--lease-seconds", str(2 * timeout - 1)]
+    )
+    assert result.exit_code == 2
+    assert "--lease-seconds" in result.output and str(2 * timeout) in result.output

@@ -21,20 +21,28 @@ webhooks_cli = OperatorGroup("webhooks", help="Webhooks: deliver events to endpo
 @click.option("--name", default=None, help="Worker name (default: host and pid).")
 @click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.05, 60))
 @click.option("--batch-size", default=20, show_default=True, type=click.IntRange(1, 500))
-@click.option("--lease-seconds", default=60, show_default=True, type=click.IntRange(20, 3600))
+@click.option(
+    "--lease-seconds",
+    default=None,
+    type=click.IntRange(20, 3600),
+    help="How long a claim lasts (default: 60, or twice WEBHOOKS_TIMEOUT_SECONDS if longer).",
+)
 @writes(at_start=True)
 def deliver(
-    once: bool, name: str | None, interval: float, batch_size: int, lease_seconds: int
+    once: bool, name: str | None, interval: float, batch_size: int, lease_seconds: int | None
 ) -> None:
     """Post due deliveries, signed; retry failures on the schedule. Several workers may run
     at once (each posts what it leased). Stops cleanly on SIGTERM."""
-    worker = Deliverer(
-        get_database().sessions_for(MODULE),
-        current_app.config,
-        name=name,
-        batch_size=batch_size,
-        lease_seconds=lease_seconds,
-    )
+    try:
+        worker = Deliverer(
+            get_database().sessions_for(MODULE),
+            current_app.config,
+            name=name,
+            batch_size=batch_size,
+            lease_seconds=lease_seconds,
+        )
+    except ValueError as exc:  # a lease too short for the timeout
+        raise click.BadParameter(str(exc), param_hint="--lease-seconds") from None
     if once:
         posted = 0
         while count := worker.run_once():

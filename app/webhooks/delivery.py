@@ -3,7 +3,11 @@ once, with retries over about three days (ADR 0013).
 
 Several workers may run at once without double work: each claims a batch by writing a
 lease (its name and an expiry) on due rows — on PostgreSQL selected `FOR UPDATE SKIP
-LOCKED`, on SQLite under the database's single writer — and posts only what it claimed. A
+LOCKED`, on SQLite under the database's single writer — and posts only what it claimed. Just
+before posting each delivery it renews that one delivery's lease (a conditional UPDATE on
+its claim); if the lease has lapsed meanwhile — a batch to slow receivers can outlast one
+lease — it skips the delivery, which another worker may have taken. The lease must be at
+least twice the request timeout, so that it outlasts any one post. A
 worker killed mid-delivery leaves its lease to expire; the delivery is then posted again (the
 receiver deduplicates by `webhook-id`, the event id). Nothing is held open while posting.
 
@@ -145,7 +149,7 @@ class Deliverer:
         *,
         name: str | None = None,
         batch_size: int = 20,
-        lease_seconds: int = 60,
+        lease_seconds: int | None = None,
         clock: Callable[[], datetime] = utcnow,
         jitter: Callable[[], float] = lambda: random.uniform(0.9, 1.1),  # noqa: S311
         send: Callable[[urls.Target, Mapping[str, str], bytes, float], Attempt] = post,
@@ -155,13 +159,22 @@ class Deliverer:
         self.config = config
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.batch_size = batch_size
-        self.lease = timedelta(seconds=lease_seconds)
         self.clock = clock
         self.jitter = jitter
         self.send = send
         self.resolver = resolver
         self._token = ""
         self.timeout = float(config.get("WEBHOOKS_TIMEOUT_SECONDS") or 15)
+        if lease_seconds is None:
+            lease_seconds = max(60, int(2 * self.timeout))
+        self.lease = timedelta(seconds=lease_seconds)
+        if self.lease < timedelta(seconds=2 * self.timeout):
+            # Each delivery's lease is renewed just before it is posted: it must outlast
+            # one post, which may take the whole timeout, with room to record the result.
+            raise ValueError(
+                f"the lease ({lease_seconds} s) must be at least twice "
+                f"WEBHOOKS_TIMEOUT_SECONDS: {2 * self.timeout:g} s or more"
+            )
 
     def run(self, *, interval: float = 1.0, stop: Callable[[], bool] = lambda: False) -> None:
         failures = 0
@@ -229,20 +242,42 @@ class Deliverer:
             )
 
     def _deliver(self, delivery_id: str) -> None:
-        with self.sessions() as session:
+        with self.sessions() as session, transaction(session):
+            if not self._renew(session, delivery_id):
+                return  # the lease lapsed (another worker may have it now) or it is gone
             delivery = session.get(WebhookDelivery, delivery_id)
             endpoint = session.get(WebhookEndpoint, delivery.webhook_id) if delivery else None
             if delivery is None or endpoint is None:
                 return
-            now = self.clock()
-            attempt = self._attempt(endpoint, delivery, now)
+            request = self._request(endpoint, delivery, self.clock())
+        attempt = request if isinstance(request, Attempt) else self.send(*request, self.timeout)
         failpoint("webhooks.deliver.after_post")
         with self.sessions() as session, transaction(session):
             self._record(session, delivery_id, attempt)
 
-    def _attempt(
+    def _renew(self, session: Session, delivery_id: str) -> bool:
+        """Extend this claim's lease on one delivery just before posting it; False if the
+        lease has lapsed meanwhile (a batch posted to slow receivers outlives one lease):
+        then it is not posted, whether or not another worker has taken it since."""
+        now = self.clock()
+        renewed = session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.delivery_id == delivery_id,
+                WebhookDelivery.leased_by == self._token,
+                WebhookDelivery.status == "pending",
+                WebhookDelivery.lease_until > now,
+            )
+            .values(lease_until=now + self.lease)
+            .execution_options(synchronize_session=False)
+        )
+        return renewed.rowcount == 1
+
+    def _request(
         self, endpoint: WebhookEndpoint, delivery: WebhookDelivery, now: datetime
-    ) -> Attempt:
+    ) -> Attempt | tuple[urls.Target, dict[str, str], bytes]:
+        """What to post (the checked address, headers, body), or the failed Attempt when
+        there is nothing that may be posted."""
         body = delivery.body.encode()
         if not service.envelope_size_ok(delivery.body):
             return Attempt(
@@ -255,7 +290,7 @@ class Deliverer:
             headers = self._headers(endpoint, delivery, now)
         except (urls.UrlRefused, secrets.SecretUnreadable) as exc:
             return Attempt(None, 0, error=str(exc)[:500])
-        return self.send(target, headers, body, self.timeout)
+        return target, headers, body
 
     def _headers(
         self, endpoint: WebhookEndpoint, delivery: WebhookDelivery, now: datetime
