@@ -237,15 +237,25 @@ def test_a_rolled_back_change_sends_nothing(app, client, admin, receiver):
 @pytest.mark.parametrize(
     ("url", "reason"),
     [
-        ("http://127.0.0.1:9/x", "loopback"),
-        ("http://localhost/x", "loopback"),
-        ("http://[::1]/x", "loopback"),
-        ("http://10.1.2.3/x", "private"),
-        ("http://192.168.0.10/x", "private"),
-        ("http://169.254.169.254/latest/meta-data", "link-local"),
-        ("http://[::ffff:127.0.0.1]/x", "loopback"),
-        ("http://100.64.0.1/x", "not a public"),
-        ("http://0.0.0.0/x", "unspecified"),
+        ("http://127.0.0.1:9/x", "a loopback address"),
+        ("http://localhost/x", "a loopback address"),
+        ("http://[::1]/x", "a loopback address"),
+        ("http://10.1.2.3/x", "a private address"),
+        ("http://192.168.0.10/x", "a private address"),
+        ("http://169.254.169.254/latest/meta-data", "a link-local"),
+        ("http://[::ffff:127.0.0.1]/x", "a loopback address"),
+        ("http://100.64.0.1/x", "not a public address"),
+        ("http://0.0.0.0/x", "an unspecified address"),
+        ("http://255.255.255.255/x", "a broadcast address"),
+        # IPv4 written inside IPv6 (outside test: all of these were accepted, 201)
+        ("http://[::127.0.0.1]/x", "a loopback address"),  # IPv4-compatible ::/96
+        ("http://[::a9fe:a9fe]/x", "a link-local"),
+        ("http://[64:ff9b::7f00:1]/x", "a loopback address"),  # NAT64 64:ff9b::/96
+        ("http://[64:ff9b::a9fe:a9fe]/x", "a link-local"),
+        ("http://[64:ff9b:1::a00:1]/x", "a local-use NAT64 address"),  # 64:ff9b:1::/48
+        ("http://[::ffff:0:7f00:1]/x", "a loopback address"),  # IPv4-translated
+        ("http://[fec0::1]/x", "a site-local address"),  # deprecated fec0::/10
+        ("http://example.com:0/x", "port"),
         ("ftp://example.com/x", "http or https"),
         ("http://user:pw@example.com/x", "user name"),
         ("http:///x", "no host"),
