@@ -664,3 +664,27 @@ def test_a_lease_shorter_than_two_timeouts_is_refused_at_start(app, runner, time
     )
     assert result.exit_code == 2
     assert "--lease-seconds" in result.output and str(2 * timeout) in result.output
+
+
+def test_a_second_rotation_within_a_day_is_409_and_the_original_still_signs(
+    app, client, admin, ada, receiver
+):
+    # Outside test: rotating twice in a row cut the original secret off at once, though
+    # it is promised to sign for 24 hours more.
+    endpoint = subscribe(client, admin, receiver.url, "order.paid")
+    url = f"{API}/{endpoint['webhook_id']}/rotate-secret"
+    new_secret = client.post(url, headers=admin).get_json()["secret"]
+    again = client.post(url, headers=admin)
+    body = assert_problem(again, 409, "webhook_rotation_in_progress")
+    assert "24 hours" in body["detail"]
+    buy(client, ada)
+    worker(app).run_once()
+    assert receiver.events(endpoint["secret"]) == receiver.events(new_secret)
+    assert audit_actions(app).count("WEBHOOK_SECRET_ROTATED") == 1
+    with app.app_context(), acting_as(OPERATOR):  # the day is over
+        session = get_session()
+        with transaction(session):
+            row = session.get(WebhookEndpoint, endpoint["webhook_id"])
+            row.previous_secret_expires_at = utcnow() - timedelta(seconds=1)
+    third = client.post(url, headers=admin)
+    assert third.status_code == 200 and third.get_json()["secret"] not in (new_secret,)

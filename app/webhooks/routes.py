@@ -122,9 +122,11 @@ def delete_endpoint(webhook_id: str) -> Any:
 @bp.post("/<webhook_id>/rotate-secret")
 @bp.output(EndpointWithSecret)
 @_doc(
-    "A new signing secret (shown once); the old one also signs for 24 hours",
+    "A new signing secret (shown once); the old one also signs for 24 hours (409 while a "
+    "previous rotation's 24 hours last)",
     "admin_rotate_webhook_secret",
     404,
+    409,
 )
 def rotate_secret(webhook_id: str) -> Any:
     session = get_session()

@@ -66,6 +66,13 @@ class UnknownEventType(ProblemError):
     status, code = 422, "unknown_event_type"
 
 
+class RotationInProgress(ProblemError):
+    """A second rotation while the previous secret still signs: it would cut that one off
+    before its promised 24 hours (only one previous secret is kept)."""
+
+    status, code = 409, "webhook_rotation_in_progress"
+
+
 def url_policy(config: Mapping[str, Any]) -> dict[str, bool]:
     return {
         "require_https": config.get("APP_ENV") == "production",
@@ -194,11 +201,22 @@ def rotate_secret(
     now: datetime | None = None,
 ) -> Created:
     """A new secret (shown once); the old one keeps signing alongside for 24 hours, so
-    receivers can switch without losing events."""
+    receivers can switch without losing events. A second rotation within those 24 hours is
+    refused (409 webhook_rotation_in_progress): it would cut the old one off early."""
     endpoint = get_endpoint(session, webhook_id, for_update=True)
+    now = now or utcnow()
+    expires = endpoint.previous_secret_expires_at
+    if endpoint.previous_secret and expires is not None and expires > now:
+        raise RotationInProgress(
+            "The secret was rotated less than 24 hours ago and the one before it signs until "
+            f"{expires.isoformat(timespec='seconds')}; rotate again after that (rotating "
+            "now would cut that secret off early). If the new secret has leaked, delete "
+            "the endpoint and create it again.",
+            previous_secret_expires_at=expires.isoformat(timespec="seconds"),
+        )
     secret = secrets.new_secret()
     endpoint.previous_secret = endpoint.secret
-    endpoint.previous_secret_expires_at = (now or utcnow()) + PREVIOUS_SECRET_LIFETIME
+    endpoint.previous_secret_expires_at = now + PREVIOUS_SECRET_LIFETIME
     endpoint.secret = secrets.encrypt(config, secret)
     session.flush()
     _audit(session, "WEBHOOK_SECRET_ROTATED", endpoint, actor_id, ip)
