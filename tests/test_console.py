@@ -152,6 +152,31 @@ def test_sign_out_revokes_the_session_server_side(app, client):
     assert revocation.reason == "sign_out"
 
 
+def test_a_password_change_gives_this_browser_a_new_session(app, client):
+    """A cookie copied before the password change signs nobody in afterwards, even a copy of
+    the changing browser's own: the browser that made the change carries on with a new one."""
+    register(client, "ada@example.com")
+    sign_in(client, "ada@example.com")
+    stolen = client.get_cookie("console").value
+    page = client.get("/account/password")
+    response = client.post(
+        "/account/password",
+        data={
+            "current_password": PASSWORD,
+            "new_password": "a brand new passphrase",
+            "csrf_token": csrf_of(page),
+        },
+    )
+    assert response.status_code == 303
+    assert client.get("/account/").status_code == 200
+    assert client.get_cookie("console").value != stolen
+    thief = app.test_client()
+    thief.set_cookie("console", stolen)
+    response = thief.get("/account/")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/account/sign-in")
+
+
 def test_sign_out_everywhere_ends_every_browser(app):
     first, second = app.test_client(), app.test_client()
     register(first, "ada@example.com")
