@@ -152,6 +152,31 @@ def test_sign_out_revokes_the_session_server_side(app, client):
     assert revocation.reason == "sign_out"
 
 
+def test_a_password_change_gives_this_browser_a_new_session(app, client):
+    """A cookie copied before the password change signs nobody in afterwards, even a copy of
+    the changing browser's own: the browser that made the change carries on with a new one."""
+    register(client, "ada@example.com")
+    sign_in(client, "ada@example.com")
+    stolen = client.get_cookie("console").value
+    page = client.get("/account/password")
+    response = client.post(
+        "/account/password",
+        data={
+            "current_password": PASSWORD,
+            "new_password": "a brand new passphrase",
+            "csrf_token": csrf_of(page),
+        },
+    )
+    assert response.status_code == 303
+    assert client.get("/account/").status_code == 200
+    assert client.get_cookie("console").value != stolen
+    thief = app.test_client()
+    thief.set_cookie("console", stolen)
+    response = thief.get("/account/")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/account/sign-in")
+
+
 def test_sign_out_everywhere_ends_every_browser(app):
     first, second = app.test_client(), app.test_client()
     register(first, "ada@example.com")
@@ -324,6 +349,38 @@ def test_admin_batch_is_all_or_nothing(app, client, runner):
             "/api/v1/licenses/validate", json={"token": x["token"], "client_id": x["client_id"]}
         ).get_json()
         assert verdict["code"] == "SUSPENDED"
+
+
+def test_a_users_batch_acts_only_on_that_users_licenses(app, client, runner):
+    """The batch form under /console/users/<ada> cannot change a license of someone else's
+    (a page acts on what it shows): nothing at all is changed."""
+    made = {}
+    for email in ("ada@example.com", "hal@example.com"):
+        register(client, email)
+        answer = client.post(
+            "/api/v1/licenses/activate",
+            json={"client_id": f"pc-{email[:3]}", "email": email, "password": PASSWORD},
+        )
+        assert answer.status_code == 201, answer.get_json()
+        made[email] = answer.get_json()
+    ada, hal = made["ada@example.com"], made["hal@example.com"]
+    make_admin(runner, "root@example.com")
+    sign_in(client, "root@example.com")
+    page = client.get(f"/console/users/{ada['user_id']}")
+    response = client.post(
+        f"/console/users/{ada['user_id']}/licenses/batch",
+        data={
+            "csrf_token": csrf_of(page),
+            "action": "Suspend",
+            "license": [f"{ada['license_id']}:1", f"{hal['license_id']}:1"],
+        },
+    )
+    assert response.status_code == 422
+    for x in (ada, hal):
+        verdict = client.post(
+            "/api/v1/licenses/validate", json={"token": x["token"], "client_id": x["client_id"]}
+        ).get_json()
+        assert verdict["code"] == "VALID"
 
 
 def test_buying_twice_with_one_rendered_form_charges_once(app, client):
