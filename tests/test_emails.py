@@ -20,23 +20,12 @@ from app.kernel import migrations
 from app.kernel.db import EngineSettings, get_session, make_engine
 from app.kernel.emails import normalise_email
 from app.kernel.ownership import OPERATOR, acting_as
-from tests.helpers import assert_problem, bearer
-
-API = "/api/v1"
-PASSWORD = "correct horse battery"
+from tests.helpers import API, PASSWORD, assert_problem, auth_headers, login, register
 
 
 def fullwidth(text_: str) -> str:
     """ASCII as its fullwidth look-alikes (U+FF01…)."""
     return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text_)
-
-
-def register(client, email):
-    return client.post(f"{API}/auth/register", json={"email": email, "password": PASSWORD})
-
-
-def login(client, email, password=PASSWORD):
-    return client.post(f"{API}/auth/login", json={"email": email, "password": password})
 
 
 def stored_emails(app) -> list[str]:
@@ -98,7 +87,7 @@ def test_the_admin_search_and_the_cli_normalise_too(app, client, runner):
         input=PASSWORD + "\n",
     )
     assert "an account with email root@example.com already exists" in again.output
-    admin = bearer(login(client, "root@example.com").get_json()["access_token"])
+    admin = auth_headers(client, "root@example.com")
     for prefix in ("KA", fullwidth("ka"), "kate@EXAMPLE"):
         found = client.get(f"{API}/admin/users", query_string={"email": prefix}, headers=admin)
         assert [u["email"] for u in found.get_json()["items"]] == ["kate@example.com"], prefix

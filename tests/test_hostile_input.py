@@ -30,16 +30,19 @@ from app.kernel.db import get_database, get_session
 from app.kernel.ownership import OPERATOR, acting_as
 from app.models import metadata
 from tests.helpers import (
-    bearer,
+    API,
+    PASSWORD,
+    auth_headers,
     free_port,
     gunicorn_server,
+    login,
     nginx_call,
     nginx_in_front_of,
+    register,
+    registered,
+    sign_up,
     soak_report,
 )
-
-PASSWORD = "correct horse battery"
-API = "/api/v1"
 
 # Classic injection strings, for string fields, query values and path segments.
 SQLI = [
@@ -147,12 +150,6 @@ def tally():
 # --- a world to attack ---------------------------------------------------------------
 
 
-def login(client, email: str) -> dict[str, str]:
-    response = client.post(f"{API}/auth/login", json={"email": email, "password": PASSWORD})
-    assert response.status_code == 200, response.get_json()
-    return bearer(response.get_json()["access_token"])
-
-
 @pytest.fixture
 def world(client, runner) -> dict[str, Any]:
     return build_world(client, runner)
@@ -160,27 +157,17 @@ def world(client, runner) -> dict[str, Any]:
 
 def build_world(client, runner) -> dict[str, Any]:
     """Ada (a user with a license and a paid order) and root (an admin), logged in."""
-    assert (
-        client.post(
-            f"{API}/auth/register", json={"email": "ada@example.com", "password": PASSWORD}
-        ).status_code
-        == 201
-    )
+    registered(client, "ada@example.com")
     result = runner.invoke(
         args=["users", "create-admin", "root@example.com", "--password-stdin"],
         input=PASSWORD + "\n",
     )
     assert result.exit_code == 0, result.output
-    user, admin = login(client, "ada@example.com"), login(client, "root@example.com")
+    user, admin = auth_headers(client), auth_headers(client, "root@example.com")
     # Changing a password ends its tokens: the password route is called as an account of
     # its own, so a body that is accepted there does not log Ada out of the other routes.
-    assert (
-        client.post(
-            f"{API}/auth/register", json={"email": "cy@example.com", "password": PASSWORD}
-        ).status_code
-        == 201
-    )
-    changer = login(client, "cy@example.com")
+    registered(client, "cy@example.com")
+    changer = auth_headers(client, "cy@example.com")
     lic = client.post(f"{API}/licenses/activate", json={"client_id": "box-1"}, headers=user)
     assert lic.status_code == 201
     order = client.post(
@@ -257,13 +244,13 @@ def test_sql_injection_in_every_string_field_is_inert(app, client, world, tally)
     lic = world["license"]
     before = counts(app)
     tables = existing_tables(app)
-    registered = []
+    signed_up = []
 
     for i, s in enumerate(SQLI):
         # auth: nothing may log in, nothing may be created from a malformed email
         tally.check(
             f"register email {s!r}",
-            client.post(f"{API}/auth/register", json={"email": s, "password": PASSWORD}),
+            register(client, s),
             [422],
         )
         tally.expect(f"no user {s!r}", users_with_email(app, s) == [], "a user was stored")
@@ -386,27 +373,27 @@ def test_sql_injection_in_every_string_field_is_inert(app, client, world, tally)
     for email in SQLI_EMAILS:
         tally.check(
             f"register {email!r}",
-            client.post(f"{API}/auth/register", json={"email": email, "password": PASSWORD}),
+            register(client, email),
             [201],
         )
-        registered.append(email)
+        signed_up.append(email)
         tally.expect(f"stored {email!r}", users_with_email(app, email) == [email], "not literal")
         tally.check(
             f"login {email!r}",
-            client.post(f"{API}/auth/login", json={"email": email, "password": PASSWORD}),
+            login(client, email),
             [200],
         )
     # A password full of quotes works as a password, nothing more.
     quoted = "' OR '1'='1' --"
     tally.check(
         "register quoted password",
-        client.post(f"{API}/auth/register", json={"email": "q@example.com", "password": quoted}),
+        register(client, "q@example.com", quoted),
         [201],
     )
-    registered.append("q@example.com")
+    signed_up.append("q@example.com")
     tally.check(
         "login quoted password",
-        client.post(f"{API}/auth/login", json={"email": "q@example.com", "password": quoted}),
+        login(client, "q@example.com", quoted),
         [200],
     )
     tally.check(
@@ -419,7 +406,7 @@ def test_sql_injection_in_every_string_field_is_inert(app, client, world, tally)
     tally.expect("tables", existing_tables(app) == tables, "a table went missing")
     tally.expect(
         "users",
-        after["users"] == before["users"] + len(registered),
+        after["users"] == before["users"] + len(signed_up),
         f"{before['users']} -> {after['users']}",
     )
     for table in ("licenses", "subscriptions", "token_revocations"):
@@ -1152,8 +1139,7 @@ def test_behind_nginx_slow_clients_are_cut_off_and_others_served(
 )
 def test_nul_bytes_are_4xx_not_500(client, backend, req):
     """(an independent review: NUL characters reached PostgreSQL and answered 500)"""
-    client.post(f"{API}/auth/register", json={"email": "ada@example.com", "password": PASSWORD})
-    h = login(client, "ada@example.com")
+    h = sign_up(client).headers
     method, path, body = req
     r = getattr(client, method)(path, json=body, headers=h if body is None else {})
     assert r.status_code < 500, r.get_data(as_text=True)

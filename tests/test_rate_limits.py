@@ -9,10 +9,9 @@ from app import create_app
 from app.admin.models import AuditLog
 from app.kernel.db import get_session
 from app.kernel.ownership import OPERATOR, acting_as
-from tests.helpers import assert_problem
+from tests.helpers import assert_problem, login, register, sign_up
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
@@ -36,12 +35,8 @@ def _app(config, **extra):
 
 
 def _login(client, email, ip="198.51.100.1", headers=None):
-    return client.post(
-        "/api/v1/auth/login",
-        json={"email": email, "password": "wrong password!"},
-        environ_base={"REMOTE_ADDR": ip},
-        headers=headers or {},
-    )
+    """A login with the wrong password, from `ip`."""
+    return login(client, email, "wrong password!", ip=ip, headers=headers or {})
 
 
 def test_login_is_limited_per_account_and_address(limited):
@@ -62,15 +57,11 @@ def test_one_address_cannot_spend_the_owners_budget(limited):
     account from one address is refused, the owner logging in from elsewhere is not (the
     account-wide protection against many addresses is the lockout's ceiling, ADR 0008)."""
     application, client = _app(limited)
-    client.post("/api/v1/auth/register", json={"email": "a@example.com", "password": PASSWORD})
+    register(client, "a@example.com")
     for _ in range(6):
         _login(client, "a@example.com", ip="203.0.113.66")
     assert_problem(_login(client, "a@example.com", ip="203.0.113.66"), 429, "rate_limited")
-    owner = client.post(
-        "/api/v1/auth/login",
-        json={"email": "a@example.com", "password": PASSWORD},
-        environ_base={"REMOTE_ADDR": "198.51.100.7"},
-    )
+    owner = login(client, "a@example.com", ip="198.51.100.7")
     assert owner.status_code == 200, owner.get_json()
     application.extensions["db"].dispose()
 
@@ -86,30 +77,23 @@ def test_login_is_limited_per_ip(limited):
 
 def test_register_is_limited_per_ip_and_per_account(limited):
     application, client = _app(limited)
-
-    def register(email, ip):
-        return client.post(
-            "/api/v1/auth/register",
-            json={"email": email, "password": PASSWORD},
-            environ_base={"REMOTE_ADDR": ip},
-        )
-
-    assert register("a@example.com", "192.0.2.1").status_code == 201
-    assert register("a@example.com", "192.0.2.1").status_code == 409
-    assert_problem(register("a@example.com", "192.0.2.1"), 429, "rate_limited")  # per account
-    assert register("a@example.com", "192.0.2.3").status_code == 409  # … and address
+    assert register(client, "a@example.com", ip="192.0.2.1").status_code == 201
+    assert register(client, "a@example.com", ip="192.0.2.1").status_code == 409
+    assert_problem(
+        register(client, "a@example.com", ip="192.0.2.1"), 429, "rate_limited"
+    )  # per account
+    assert register(client, "a@example.com", ip="192.0.2.3").status_code == 409  # … and address
     for email in ("b@example.com", "c@example.com", "d@example.com"):
-        assert register(email, "192.0.2.3").status_code == 201
-    assert_problem(register("e@example.com", "192.0.2.3"), 429, "rate_limited")  # per address
+        assert register(client, email, ip="192.0.2.3").status_code == 201
+    assert_problem(
+        register(client, "e@example.com", ip="192.0.2.3"), 429, "rate_limited"
+    )  # per address
     application.extensions["db"].dispose()
 
 
 def test_refresh_is_limited_per_account(limited):
     application, client = _app(limited)
-    client.post("/api/v1/auth/register", json={"email": "a@example.com", "password": PASSWORD})
-    token = client.post(
-        "/api/v1/auth/login", json={"email": "a@example.com", "password": PASSWORD}
-    ).get_json()["refresh_token"]
+    token = sign_up(client, "a@example.com").refresh
     for _ in range(2):
         response = client.post("/api/v1/auth/refresh", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 200
@@ -205,11 +189,7 @@ def test_bearer_activations_count_against_the_account(app_config, tmp_path):
     )
     app = create_app(app_config)
     client = app.test_client()
-    client.post("/api/v1/auth/register", json={"email": "ada@example.com", "password": PASSWORD})
-    token = client.post(
-        "/api/v1/auth/login", json={"email": "ada@example.com", "password": PASSWORD}
-    ).get_json()["access_token"]
-    h = {"Authorization": f"Bearer {token}"}
+    h = sign_up(client).headers
     codes = [
         client.post(
             "/api/v1/licenses/activate",

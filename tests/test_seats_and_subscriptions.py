@@ -12,14 +12,7 @@ from app.auth.licensing import service as licensing
 from app.auth.licensing import subscriptions
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.ownership import acting_as
-
-PW = "correct horse"
-
-
-def signup(client, email="ada@example.com"):
-    u = client.post("/api/v1/auth/register", json={"email": email, "password": PW}).get_json()
-    t = client.post("/api/v1/auth/login", json={"email": email, "password": PW}).get_json()
-    return u["user_id"], {"Authorization": "Bearer " + t["access_token"]}
+from tests.helpers import sign_up
 
 
 def grant(app, uid, seats):
@@ -33,7 +26,8 @@ def grant(app, uid, seats):
 
 # Found: an expired-but-'active' license is revived past the seat limit by a subscription
 def test_subscription_does_not_revive_licenses_beyond_the_seats(app, client):
-    uid, h = signup(client)
+    ada = sign_up(client)
+    uid, h = ada.user_id, ada.headers
     with app.app_context(), acting_as("auth"):
         s = get_session()
         with transaction(s):
@@ -51,7 +45,8 @@ def test_subscription_does_not_revive_licenses_beyond_the_seats(app, client):
 
 # Found: re-activating a client whose license expired returns the expired license (200)
 def test_reactivating_an_expired_client_gives_a_live_license(app, client):
-    uid, h = signup(client)
+    ada = sign_up(client)
+    uid, h = ada.user_id, ada.headers
     with app.app_context(), acting_as("auth"):
         s = get_session()
         with transaction(s):
@@ -64,7 +59,8 @@ def test_reactivating_an_expired_client_gives_a_live_license(app, client):
 
 # Found: buying a plan with fewer seats leaves more live licenses than seats
 def test_fewer_seats_suspend_the_excess(app, client):
-    uid, h = signup(client)
+    ada = sign_up(client)
+    uid, h = ada.user_id, ada.headers
     grant(app, uid, 3)
     for i in range(3):
         assert (
@@ -81,7 +77,8 @@ def test_fewer_seats_suspend_the_excess(app, client):
 # Found: lapse_past_due overwrites a renewal that committed between its read and its lock
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_lapse_does_not_overwrite_a_concurrent_renewal(app, client, monkeypatch):
-    uid, h = signup(client)
+    ada = sign_up(client)
+    uid, h = ada.user_id, ada.headers
     sub = grant(app, uid, 2)
     for cid in ("a", "b"):
         client.post("/api/v1/licenses/activate", json={"client_id": cid}, headers=h)
@@ -114,7 +111,8 @@ def test_lapse_does_not_overwrite_a_concurrent_renewal(app, client, monkeypatch)
 # Found: cancel_subscription overwrites a concurrent (final) revoke with 'suspended'
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_cancel_does_not_unrevoke_a_concurrently_revoked_license(app, client, monkeypatch):
-    uid, h = signup(client)
+    ada = sign_up(client)
+    uid, h = ada.user_id, ada.headers
     grant(app, uid, 2)
     ids = [
         client.post("/api/v1/licenses/activate", json={"client_id": c}, headers=h).get_json()[
