@@ -144,6 +144,56 @@ def sign_up_over_http(base: str, email: str, password: str = PASSWORD) -> Accoun
     return Account(user["user_id"], email, pair["access_token"], pair["refresh_token"])
 
 
+def grant_subscription(app, user_id: str, seats: int, plan: str = "pro"):
+    """A 30-day subscription granted through the auth module's API (as orders grants it)."""
+    from datetime import timedelta
+
+    from app.auth import api as auth_api
+    from app.kernel.db import get_session, transaction
+
+    with app.app_context():
+        session = get_session()
+        with transaction(session):
+            return auth_api.grant_subscription(
+                session, user_id, plan=plan, seats=seats, period=timedelta(days=30)
+            )
+
+
+# --- rows, as the operator sees them ------------------------------------------------------
+
+
+def rows(app, stmt) -> list:
+    """The objects `stmt` selects, read as the operator in `app`."""
+    from app.kernel.db import get_session
+    from app.kernel.ownership import OPERATOR, acting_as
+
+    with app.app_context(), acting_as(OPERATOR):
+        return list(get_session().scalars(stmt))
+
+
+def as_operator(app, fn):
+    """`fn(session)` in one transaction, as the operator in `app` (what it returns)."""
+    from app.kernel.db import get_session, transaction
+    from app.kernel.ownership import OPERATOR, acting_as
+
+    with app.app_context(), acting_as(OPERATOR):
+        session = get_session()
+        with transaction(session):
+            return fn(session)
+
+
+def audit(app, action: str | None = None) -> list:
+    """The audit entries (of one action, when given), oldest first."""
+    from sqlalchemy import select
+
+    from app.admin.models import AuditLog
+
+    stmt = select(AuditLog).order_by(AuditLog.log_id)
+    if action:
+        stmt = stmt.where(AuditLog.action == action)
+    return rows(app, stmt)
+
+
 def b64url(data: bytes) -> str:
     """Base64url without padding, as JWTs spell their parts."""
     import base64

@@ -12,19 +12,10 @@ from argon2 import PasswordHasher
 from sqlalchemy import select
 
 from app import create_app
-from app.admin.models import AuditLog
 from app.auth.models import TokenRevocation, User
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.ownership import OPERATOR, acting_as
-from tests.helpers import PASSWORD, assert_problem, bearer, login, register, sign_up
-
-
-def audit(app, action: str | None = None) -> list[AuditLog]:
-    with app.app_context(), acting_as(OPERATOR):
-        stmt = select(AuditLog).order_by(AuditLog.log_id)
-        if action:
-            stmt = stmt.where(AuditLog.action == action)
-        return list(get_session().scalars(stmt))
+from tests.helpers import PASSWORD, assert_problem, audit, bearer, login, register, sign_up
 
 
 def users(app) -> list[User]:

@@ -20,12 +20,32 @@ def csrf_of(page) -> str:
     return match.group(1)
 
 
+def activated(client, client_id: str, email: str = "ada@example.com") -> dict:
+    """A license activated with the customer's email and password (201): its body."""
+    body = {"client_id": client_id, "email": email, "password": PASSWORD}
+    response = client.post("/api/v1/licenses/activate", json=body)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
 def sign_in(client, email: str, password: str = PASSWORD, next_: str | None = None):
     page = client.get("/account/sign-in")
     url = "/account/sign-in" + (f"?next={next_}" if next_ else "")
     return client.post(
         url, data={"email": email, "password": password, "csrf_token": csrf_of(page)}
     )
+
+
+def ada_order_form(client, **fields: str) -> dict[str, str]:
+    """Ada registered and signed in to the console, and the order form of her plans page
+    (its CSRF token and idempotency key) filled in with `fields` and a good payment token."""
+    registered(client, "ada@example.com")
+    sign_in(client, "ada@example.com")
+    page = client.get("/account/plans")
+    key = re.search(r'name="idempotency_key" value="([^"]+)"', page.get_data(as_text=True))
+    assert key, "the plans page has no idempotency key"
+    form = {"csrf_token": csrf_of(page), "idempotency_key": key.group(1)}
+    return {**form, "payment_token": "tok_ok", **fields}
 
 
 def make_admin(runner, email: str) -> None:
@@ -231,10 +251,7 @@ def test_deactivate_from_the_portal_frees_the_seat_and_validate_says_revoked(app
 def test_someone_elses_license_is_not_found(app, client):
     registered(client, "ada@example.com")
     registered(client, "bob@example.com")
-    lic = client.post(
-        "/api/v1/licenses/activate",
-        json={"client_id": "bobs", "email": "bob@example.com", "password": PASSWORD},
-    ).get_json()
+    lic = activated(client, "bobs", "bob@example.com")
     sign_in(client, "ada@example.com")
     page = client.get("/account/")
     response = client.post(
@@ -248,10 +265,7 @@ def test_admin_suspends_with_the_page_version_and_a_stale_page_gets_the_conflict
     app, client, runner
 ):
     registered(client, "ada@example.com")
-    lic = client.post(
-        "/api/v1/licenses/activate",
-        json={"client_id": "laptop-1", "email": "ada@example.com", "password": PASSWORD},
-    ).get_json()
+    lic = activated(client, "laptop-1")
     make_admin(runner, "root@example.com")
     sign_in(client, "root@example.com")
     found = client.get("/console/users", query_string={"email": "ada@"})
@@ -282,13 +296,7 @@ def test_admin_batch_is_all_or_nothing(app, client, runner):
         json={"plan": "pro", "payment_token": "tok_ok"},
         headers={**auth_headers(client, "ada@example.com"), "Idempotency-Key": "k1"},
     )
-    ids = [
-        client.post(
-            "/api/v1/licenses/activate",
-            json={"client_id": f"pc-{i}", "email": "ada@example.com", "password": PASSWORD},
-        ).get_json()
-        for i in range(2)
-    ]
+    ids = [activated(client, f"pc-{i}") for i in range(2)]
     make_admin(runner, "root@example.com")
     sign_in(client, "root@example.com")
     page = client.get(f"/console/users/{ids[0]['user_id']}")
@@ -312,17 +320,7 @@ def test_admin_batch_is_all_or_nothing(app, client, runner):
 
 
 def test_buying_twice_with_one_rendered_form_charges_once(app, client):
-    registered(client, "ada@example.com")
-    sign_in(client, "ada@example.com")
-    page = client.get("/account/plans")
-    key = re.search(r'name="idempotency_key" value="([^"]+)"', page.get_data(as_text=True))
-    form = {
-        "csrf_token": csrf_of(page),
-        "idempotency_key": key.group(1),
-        "plan": "pro",
-        "seats": "3",
-        "payment_token": "tok_ok",
-    }
+    form = ada_order_form(client, plan="pro", seats="3")
     assert client.post("/account/orders", data=form).status_code == 303
     assert client.post("/account/orders", data=form).status_code == 303
     orders = client.get("/api/v1/orders", headers=auth_headers(client, "ada@example.com"))
@@ -431,10 +429,7 @@ def test_expired_browser_sessions_expire_and_are_pruned(app, client, runner):
 
 def test_a_license_token_downloads_as_a_file_that_validates(app, client):
     registered(client, "ada@example.com")
-    lic = client.post(
-        "/api/v1/licenses/activate",
-        json={"client_id": "laptop-1", "email": "ada@example.com", "password": PASSWORD},
-    ).get_json()
+    lic = activated(client, "laptop-1")
     sign_in(client, "ada@example.com")
     response = client.get(f"/account/licenses/{lic['license_id']}/token")
     assert response.status_code == 200
@@ -449,16 +444,7 @@ def test_a_license_token_downloads_as_a_file_that_validates(app, client):
 
 
 def test_an_order_is_cancelled_from_the_portal(app, client):
-    registered(client, "ada@example.com")
-    sign_in(client, "ada@example.com")
-    page = client.get("/account/plans")
-    key = re.search(r'name="idempotency_key" value="([^"]+)"', page.get_data(as_text=True))
-    form = {
-        "csrf_token": csrf_of(page),
-        "idempotency_key": key.group(1),
-        "plan": "pro",
-        "payment_token": "tok_ok",
-    }
+    form = ada_order_form(client, plan="pro")
     assert client.post("/account/orders", data=form).status_code == 303
     orders = client.get("/account/orders")
     order_id = re.search(r"<code>(ord_\w+)</code>", orders.get_data(as_text=True)).group(1)

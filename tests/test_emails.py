@@ -14,13 +14,12 @@ import pytest
 from sqlalchemy import select, text
 
 from app import create_app
-from app.admin.models import AuditLog
 from app.auth.models import User
 from app.kernel import migrations
 from app.kernel.db import EngineSettings, get_session, make_engine
 from app.kernel.emails import normalise_email
 from app.kernel.ownership import OPERATOR, acting_as
-from tests.helpers import API, PASSWORD, assert_problem, auth_headers, login, register
+from tests.helpers import API, PASSWORD, assert_problem, audit, auth_headers, login, register
 
 
 def fullwidth(text_: str) -> str:
@@ -31,11 +30,6 @@ def fullwidth(text_: str) -> str:
 def stored_emails(app) -> list[str]:
     with app.app_context(), acting_as(OPERATOR):
         return sorted(get_session().scalars(select(User.email)))
-
-
-def audit(app, action):
-    with app.app_context(), acting_as(OPERATOR):
-        return list(get_session().scalars(select(AuditLog).where(AuditLog.action == action)))
 
 
 @pytest.mark.parametrize(

@@ -19,10 +19,9 @@ import pytest
 from argon2 import PasswordHasher
 from sqlalchemy import select
 
-from app.admin.models import AuditLog
 from app.kernel.db import get_session, utcnow
 from app.kernel.ownership import OPERATOR, acting_as
-from tests.helpers import API, PASSWORD, assert_problem, auth_headers, login, registered
+from tests.helpers import API, PASSWORD, assert_problem, audit, auth_headers, login, registered
 
 WRONG = "wrong password!"
 OWNER, ATTACKER = "198.51.100.7", "203.0.113.9"
@@ -66,15 +65,6 @@ def verifications(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(PasswordHasher, "verify", counting)
     return seen
-
-
-def audit(app, action: str) -> list[AuditLog]:
-    with app.app_context(), acting_as(OPERATOR):
-        return list(
-            get_session().scalars(
-                select(AuditLog).where(AuditLog.action == action).order_by(AuditLog.log_id)
-            )
-        )
 
 
 def test_the_attackers_address_is_locked_and_the_owners_is_not(app, client, clock, verifications):

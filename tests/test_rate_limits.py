@@ -39,6 +39,22 @@ def _login(client, email, ip="198.51.100.1", headers=None):
     return login(client, email, "wrong password!", ip=ip, headers=headers or {})
 
 
+def _logins_through(client, proxy: str, forwarded: list[str]) -> list:
+    """One wrong-password login per X-Forwarded-For value, each for an account of its own,
+    all arriving from `proxy`."""
+    return [
+        _login(client, f"u{i}@example.com", ip=proxy, headers={"X-Forwarded-For": value})
+        for i, value in enumerate(forwarded)
+    ]
+
+
+def audited_addresses(application) -> list[str]:
+    """The address of every audit entry, oldest first."""
+    with application.app_context(), acting_as(OPERATOR):
+        entries = get_session().scalars(select(AuditLog).order_by(AuditLog.log_id))
+        return [entry.ip_address for entry in entries]
+
+
 def test_login_is_limited_per_account_and_address(limited):
     application, client = _app(limited)
     for _ in range(3):  # one address guessing one account's password
@@ -118,19 +134,9 @@ def test_x_forwarded_for_is_ignored_without_trusted_proxies(limited):
 def test_trusted_proxy_hop_gives_the_client_address(limited):
     application, client = _app(limited, TRUSTED_PROXIES=1)
     # nginx appends the address it saw; a client-supplied entry further left is not believed.
-    for i in range(5):
-        response = _login(
-            client,
-            f"u{i}@example.com",
-            ip="127.0.0.1",
-            headers={"X-Forwarded-For": f"10.9.9.9, 203.0.113.{i}"},
-        )
-        assert response.status_code == 401
-    with application.app_context(), acting_as(OPERATOR):
-        ips = [
-            e.ip_address for e in get_session().scalars(select(AuditLog).order_by(AuditLog.log_id))
-        ]
-    assert ips == [f"203.0.113.{i}" for i in range(5)]
+    forwarded = [f"10.9.9.9, 203.0.113.{i}" for i in range(5)]
+    assert [r.status_code for r in _logins_through(client, "127.0.0.1", forwarded)] == [401] * 5
+    assert audited_addresses(application) == [f"203.0.113.{i}" for i in range(5)]
     # Different clients behind the same proxy have separate per-IP budgets.
     ok = _login(
         client, "z@example.com", ip="127.0.0.1", headers={"X-Forwarded-For": "203.0.113.50"}
@@ -144,21 +150,13 @@ def test_only_the_trusted_proxy_may_name_the_client(limited):
     name any address it liked in X-Forwarded-For, and dodge per-address limits and lockouts
     by rotating it (outside test). Only peers in TRUSTED_PROXY_ADDRESSES are believed."""
     application, client = _app(limited, TRUSTED_PROXIES=1)
-    for i in range(5):
-        _login(
-            client,
-            f"u{i}@example.com",
-            ip="198.51.100.20",
-            headers={"X-Forwarded-For": f"6.6.6.{i}"},
-        )
+    _logins_through(client, "198.51.100.20", [f"6.6.6.{i}" for i in range(5)])
     assert_problem(
         _login(client, "z@example.com", ip="198.51.100.20", headers={"X-Forwarded-For": "6.6.6.9"}),
         429,
         "rate_limited",
     )
-    with application.app_context(), acting_as(OPERATOR):
-        ips = {e.ip_address for e in get_session().scalars(select(AuditLog))}
-    assert ips == {"198.51.100.20"}
+    assert set(audited_addresses(application)) == {"198.51.100.20"}
     application.extensions["db"].dispose()
 
 
@@ -167,16 +165,8 @@ def test_an_ipv4_mapped_proxy_address_is_the_proxy(limited):
     proxy (second outside test: every client then shared one address, and one attacker
     locked the owner out). Mapped client addresses are their IPv4 form."""
     application, client = _app(limited, TRUSTED_PROXIES=1)
-    for i in range(3):
-        _login(
-            client,
-            f"m{i}@example.com",
-            ip="::ffff:127.0.0.1",
-            headers={"X-Forwarded-For": f"::ffff:203.0.113.{i}"},
-        )
-    with application.app_context(), acting_as(OPERATOR):
-        ips = sorted(e.ip_address for e in get_session().scalars(select(AuditLog)))
-    assert ips == ["203.0.113.0", "203.0.113.1", "203.0.113.2"]
+    _logins_through(client, "::ffff:127.0.0.1", [f"::ffff:203.0.113.{i}" for i in range(3)])
+    assert sorted(audited_addresses(application)) == ["203.0.113.0", "203.0.113.1", "203.0.113.2"]
     application.extensions["db"].dispose()
 
 
