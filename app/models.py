@@ -9,6 +9,7 @@ from app.auth.accounts import browser_sessions as auth_browser_sessions
 from app.kernel import models as kernel_models
 from app.kernel.db import Base
 from app.orders import models as orders_models
+from app.webhooks import models as webhooks_models
 
 metadata = Base.metadata
 
@@ -19,4 +20,5 @@ __all__ = [
     "kernel_models",
     "metadata",
     "orders_models",
+    "webhooks_models",
 ]

@@ -75,7 +75,8 @@ def access_log_once() -> None:
     formatter). Same line, same keys in the same order."""
     from datetime import UTC, datetime
 
-    from app import observability
+    from app.http import observability
+    from app.http.bearer import current_subject
 
     access_log = observability.access_log
     original_format = observability.JsonFormatter.format
@@ -101,7 +102,6 @@ def access_log_once() -> None:
         metrics.HTTP_LATENCY.labels(method, route).observe(duration)
         if status == 429:
             metrics.RATE_LIMITED.labels(route).inc()
-        claims = g.get("_jwt_extended_jwt") or {}
         line = json.dumps(
             {
                 "ts": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds"),
@@ -114,7 +114,7 @@ def access_log_once() -> None:
                 "path": request.path,
                 "status": status,
                 "duration_ms": round(duration * 1000, 2),
-                "user_id": claims.get("sub"),
+                "user_id": current_subject(),
                 "ip": request.remote_addr,
             },
             default=str,
@@ -127,23 +127,6 @@ def access_log_once() -> None:
 
     observability.JsonFormatter.format = format  # type: ignore[method-assign]
     observability._finish = finish
-
-
-def jwt_once() -> None:
-    """An access token is verified once per request: the per-account rate-limit key and
-    the view both ask flask-jwt-extended, which decodes (and verifies) it each time."""
-    import flask_jwt_extended.view_decorators as views
-
-    decode = views.decode_token
-
-    def decode_token(encoded: str, csrf_value: Any = None, allow_expired: bool = False) -> Any:
-        cache = g.setdefault("_bench_decoded_tokens", {})
-        key = (encoded, csrf_value, allow_expired)
-        if key not in cache:
-            cache[key] = decode(encoded, csrf_value, allow_expired)
-        return cache[key]
-
-    views.decode_token = decode_token
 
 
 def redis_limits_one_trip() -> None:
@@ -191,80 +174,12 @@ return {current, redis.call("pttl", KEYS[1])}
 # --- after the app is built ----------------------------------------------------------------
 
 
-def limiter_routes_only(app: Any) -> None:
-    """flask-limiter's before/after/teardown hooks run on every request, even for routes
-    without limits (/healthz, /metrics, …): skip them for an endpoint once the limiter
-    has found it has no limits."""
-    from app.extensions import limiter
-
-    unlimited: set[str] = set()
-
-    def find(hooks: list[Any]) -> int:
-        # bound methods of the limiter, or functools.partial(Limiter.__inject_headers, it)
-        return next(
-            i
-            for i, f in enumerate(hooks)
-            if getattr(f, "__self__", None) is limiter or limiter in getattr(f, "args", ())
-        )
-
-    before, after = app.before_request_funcs[None], app.after_request_funcs[None]
-    teardown = app.teardown_request_funcs[None]
-    check, inject, release = before[find(before)], after[find(after)], teardown[find(teardown)]
-
-    def check_limits() -> Any:
-        endpoint = request.endpoint
-        if endpoint in unlimited:
-            return None
-        out = check()
-        if endpoint and not limiter.context.view_rate_limits:
-            unlimited.add(endpoint)
-        return out
-
-    def inject_headers(response: Any) -> Any:
-        return response if request.endpoint in unlimited else inject(response)
-
-    def release_context(exc: BaseException | None = None) -> None:
-        if request.endpoint not in unlimited:
-            release(exc)
-
-    before[find(before)] = check_limits
-    after[find(after)] = inject_headers
-    teardown[find(teardown)] = release_context
-
-
-def security_headers_once(app: Any) -> None:
-    """The five security headers added in one pass over the response's headers
-    (werkzeug's Headers.setdefault scans the whole list, case-insensitively, twice per
-    header)."""
-    from app.operations import health
-
-    hooks = app.after_request_funcs[None]
-    i = hooks.index(health.add_security_headers)
-    lowered = [(k.lower(), k, v) for k, v in health.SECURITY_HEADERS.items()]
-
-    def add_security_headers(response: Any) -> Any:
-        headers = response.headers
-        present = {k.lower() for k in headers.keys()}  # noqa: SIM118 - Headers, not a dict
-        for low, name, value in lowered:
-            if low not in present:
-                headers.add(name, value)
-        if request.is_secure and "strict-transport-security" not in present:
-            headers.add("Strict-Transport-Security", health.HSTS)
-        return response
-
-    hooks[i] = add_security_headers
-
-
 BEFORE: dict[str, Callable[[], None]] = {
     "no-metrics": no_metrics,
     "metrics-once": metrics_once,
     "access-log-once": access_log_once,
-    "jwt-once": jwt_once,
     "redis-limits-one-trip": redis_limits_one_trip,
 }
-AFTER: dict[str, Callable[[Any], None]] = {
-    "limiter-routes-only": limiter_routes_only,
-    "security-headers-once": security_headers_once,
-}
+AFTER: dict[str, Callable[[Any], None]] = {}
 # Every recommended prototype (not `no-metrics`: metrics stay).
 ALL = [n for n in [*BEFORE, *AFTER] if n != "no-metrics"]

@@ -38,13 +38,11 @@ class Prototype:
 
 
 PROTOTYPES = (
-    Prototype("limiter-routes-only", "sqlite", ("healthz",)),
-    Prototype("security-headers-once", "sqlite", ("healthz",)),
     Prototype("metrics-once", "sqlite", ("healthz", "validate")),
     Prototype("access-log-once", "sqlite", ("healthz", "validate")),
     Prototype("redis-limits-one-trip", "sqlite", ("validate", "activate")),
     Prototype("memory-limits", "sqlite", ("validate", "activate"), {"REDIS_URL": ""}),
-    Prototype("jwt-once", "sqlite", ("activate", "order")),
+    Prototype("revocation-prebuilt", "sqlite", ("activate", "order")),
 )
 ALL_SCENARIOS = ("healthz", "validate", "activate", "order")
 

@@ -1,7 +1,7 @@
 """The service with prototyped optimisations applied from outside app/ — to measure each
 one's gain before anyone changes the service (issue 17 item 3).
 
-    BENCH_VARIANT=limiter-routes-only+metrics-once gunicorn -c deploy/gunicorn.conf.py \\
+    BENCH_VARIANT=metrics-once+access-log-once gunicorn -c deploy/gunicorn.conf.py \\
         bench.variants:app
 
 `BENCH_VARIANT` names patches of bench/patches.py joined by "+" (`all`: every recommended

@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from app import admin, auth, orders  # noqa: F401 - modules declare their tables on import
+from app import admin, auth, orders, webhooks  # noqa: F401 - modules declare their tables on import
 from app.kernel.ownership import registry
 from app.settings.docs import as_markdown as settings_table
 

@@ -124,6 +124,18 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
     ("GET", f"{API}/admin/licenses/<license_id>"): admin_only(200),
     ("PATCH", f"{API}/admin/licenses/<license_id>"): admin_only(200),
     ("POST", f"{API}/admin/licenses/batch-status"): admin_only(200),
+    # webhooks (admins only)
+    ("POST", f"{API}/admin/webhooks"): admin_only(201),
+    ("GET", f"{API}/admin/webhooks"): admin_only(200),
+    ("GET", f"{API}/admin/webhooks/<webhook_id>"): admin_only(200),
+    ("PATCH", f"{API}/admin/webhooks/<webhook_id>"): admin_only(200),
+    ("DELETE", f"{API}/admin/webhooks/<webhook_id>"): admin_only(204),
+    ("POST", f"{API}/admin/webhooks/<webhook_id>/rotate-secret"): admin_only(200),
+    ("GET", f"{API}/admin/webhooks/<webhook_id>/deliveries"): admin_only(200),
+    ("POST", f"{API}/admin/webhooks/<webhook_id>/deliveries/<delivery_id>/redeliver"): admin_only(
+        202
+    ),
+    ("POST", f"{API}/admin/webhooks/<webhook_id>/test"): admin_only(202),
 }
 
 # Routes whose legitimate callers present their refresh token rather than an access token.
@@ -174,6 +186,8 @@ class World:
     license_token: str
     license_version: int
     order_id: str
+    webhook_id: str = ""
+    delivery_id: str = ""  # the order's order.paid, for the webhook
     tokens: dict[str, str] = field(default_factory=dict)  # principal -> access token
     refresh_tokens: dict[str, str] = field(default_factory=dict)  # principal -> refresh token
     counter: itertools.count = field(default_factory=itertools.count)
@@ -210,6 +224,14 @@ def make_world(app, client, runner, tag: str) -> World:
     admin_id = re.search(r"\((usr_\w+)\)", result.output).group(1)  # "created admin … (usr_…)"
     admin = logged_in(client, admin_email, admin_id)
 
+    app.config["WEBHOOKS_ALLOW_PRIVATE"] = True  # the endpoint below is on loopback
+    webhook = client.post(
+        f"{API}/admin/webhooks",
+        json={"url": "http://127.0.0.1:9/hooks", "events": ["order.paid"]},
+        headers=bearer(admin.access),
+    )
+    assert webhook.status_code == 201, webhook.get_json()
+    webhook_id = webhook.get_json()["webhook_id"]
     activated = client.post(
         f"{API}/licenses/activate", json={"client_id": f"dev-{tag}"}, headers=bearer(a.access)
     )
@@ -231,6 +253,10 @@ def make_world(app, client, runner, tag: str) -> World:
         activated.get_json()["token"],
         version["version"],
         ordered.get_json()["order_id"],
+        webhook_id,
+        client.get(
+            f"{API}/admin/webhooks/{webhook_id}/deliveries", headers=bearer(admin.access)
+        ).get_json()["items"][0]["delivery_id"],
     )
 
     # A's tokens gone bad, each in its own way.
@@ -292,7 +318,7 @@ def no_body(path: str) -> Callable[[World], Call]:
 
 def about(template: str, attr: str, **extra: Any) -> Callable[[World], Call]:
     """A call on one of A's resources (`attr` of the world), with its missing twin."""
-    prefix = {"license_id": "lic_", "order_id": "ord_", "user_id": "usr_"}
+    prefix = {"license_id": "lic_", "order_id": "ord_", "user_id": "usr_", "webhook_id": "whk_"}
     name = template[template.index("<") + 1 : template.index(">")]
 
     def build(w: World) -> Call:
@@ -374,6 +400,33 @@ REQUESTS: dict[tuple[str, str], Callable[[World], Call]] = {
     ("POST", f"{API}/admin/licenses/batch-status"): lambda w: Call(
         f"{API}/admin/licenses/batch-status",
         {"updates": [{"license_id": w.license_id, "status": "suspended"}]},
+    ),
+    ("POST", f"{API}/admin/webhooks"): lambda w: Call(
+        f"{API}/admin/webhooks", {"url": "http://127.0.0.1:9/new", "events": ["order.paid"]}
+    ),
+    ("GET", f"{API}/admin/webhooks"): no_body(f"{API}/admin/webhooks"),
+    ("GET", f"{API}/admin/webhooks/<webhook_id>"): about(
+        f"{API}/admin/webhooks/<webhook_id>", "webhook_id"
+    ),
+    ("PATCH", f"{API}/admin/webhooks/<webhook_id>"): about(
+        f"{API}/admin/webhooks/<webhook_id>",
+        "webhook_id",
+        make=lambda w: {"json": {"enabled": False}},
+    ),
+    ("DELETE", f"{API}/admin/webhooks/<webhook_id>"): about(
+        f"{API}/admin/webhooks/<webhook_id>", "webhook_id"
+    ),
+    ("POST", f"{API}/admin/webhooks/<webhook_id>/rotate-secret"): about(
+        f"{API}/admin/webhooks/<webhook_id>/rotate-secret", "webhook_id"
+    ),
+    ("GET", f"{API}/admin/webhooks/<webhook_id>/deliveries"): about(
+        f"{API}/admin/webhooks/<webhook_id>/deliveries", "webhook_id"
+    ),
+    ("POST", f"{API}/admin/webhooks/<webhook_id>/deliveries/<delivery_id>/redeliver"): (
+        lambda w: Call(f"{API}/admin/webhooks/{w.webhook_id}/deliveries/{w.delivery_id}/redeliver")
+    ),
+    ("POST", f"{API}/admin/webhooks/<webhook_id>/test"): about(
+        f"{API}/admin/webhooks/<webhook_id>/test", "webhook_id"
     ),
 }
 

@@ -176,12 +176,20 @@ def build_world(client, runner) -> dict[str, Any]:
         headers={**user, "Idempotency-Key": "first"},
     )
     assert order.status_code == 201
+    client.application.config["WEBHOOKS_ALLOW_PRIVATE"] = True  # a receiver on loopback
+    webhook = client.post(
+        f"{API}/admin/webhooks",
+        json={"url": "http://127.0.0.1:9/hooks", "events": ["order.paid"]},
+        headers=admin,
+    )
+    assert webhook.status_code == 201, webhook.get_json()
     return {
         "user": user,
         "admin": admin,
         "changer": changer,
         "license": lic.get_json(),
         "order": order.get_json(),
+        "webhook": webhook.get_json(),
     }
 
 
@@ -227,6 +235,7 @@ def concrete(path: str, world: dict[str, Any]) -> tuple[str, dict[str, str]]:
     """The OpenAPI path with real ids filled in, and the headers that get a caller in."""
     path = path.replace("{license_id}", world["license"]["license_id"])
     path = path.replace("{order_id}", world["order"]["order_id"])
+    path = path.replace("{webhook_id}", world["webhook"]["webhook_id"])
     if path.endswith("/auth/password"):
         headers = dict(world["changer"])
     else:
@@ -482,6 +491,11 @@ BODIES: dict[tuple[str, str], Callable[[dict[str, Any]], dict[str, Any]]] = {
     ("POST", f"{API}/admin/licenses/batch-status"): lambda lic: {
         "updates": [{"license_id": lic["license_id"], "status": "suspended", "version": 1}]
     },
+    ("POST", f"{API}/admin/webhooks"): lambda lic: {
+        "url": "http://127.0.0.1:9/hooks",
+        "events": ["order.paid"],
+    },
+    ("PATCH", f"{API}/admin/webhooks/{{webhook_id}}"): lambda lic: {"description": "billing"},
 }
 
 BUSINESS_TABLES = ("users", "licenses", "subscriptions", "orders", "token_revocations")
@@ -708,7 +722,10 @@ def fields_of(body: dict[str, Any]) -> list[tuple[tuple, Any]]:
     for key, value in body.items():
         if isinstance(value, list):
             for i, item in enumerate(value):
-                leaves += [((key, i, *p), v) for p, v in fields_of(item)]
+                if isinstance(item, dict):
+                    leaves += [((key, i, *p), v) for p, v in fields_of(item)]
+                else:
+                    leaves.append(((key, i), item))
         else:
             leaves.append(((key,), value))
     return leaves
@@ -735,6 +752,7 @@ OPTIONAL = {
     ("POST /api/v1/orders", "seats"),
     ("POST /api/v1/licenses/validate", "client_id"),
     ("POST /api/v1/admin/licenses/batch-status", "version"),
+    ("PATCH /api/v1/admin/webhooks/{webhook_id}", "description"),  # PATCH: null is not given
 }
 
 

@@ -90,7 +90,7 @@ def bare_config(app_config, tmp_path, monkeypatch, request):
 @pytest.fixture
 def caplog(caplog, monkeypatch):
     """caplog, kept: create_app would replace the root logger's handlers with its own."""
-    monkeypatch.setattr("app.observability.configure_logging", lambda *_args: None)
+    monkeypatch.setattr("app.http.observability.configure_logging", lambda *_args: None)
     return caplog
 
 

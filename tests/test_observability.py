@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from app.observability import JsonFormatter
+from app.http.observability import JsonFormatter
 from tests.helpers import PASSWORD, gunicorn_server, http, login, register, sign_up_over_http
 
 

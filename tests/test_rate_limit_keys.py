@@ -16,8 +16,7 @@ import logging
 import pytest
 
 from app import create_app
-from app.extensions import limiter
-from app.kernel.web import rate_limit_key
+from app.http.limits import limiter, rate_limit_key
 from tests.helpers import assert_problem
 
 API = "/api/v1"
@@ -46,7 +45,7 @@ def storage(request) -> str:
 @pytest.fixture
 def limited(app_config, storage, monkeypatch, caplog):
     # create_app would replace the root logger's handlers, and with them caplog's.
-    monkeypatch.setattr("app.observability.configure_logging", lambda *_args: None)
+    monkeypatch.setattr("app.http.observability.configure_logging", lambda *_args: None)
     # The limiter is one object per process: start from a healthy storage whatever an
     # earlier test left (the app under test would always start so).
     monkeypatch.setattr(limiter, "_storage_dead", False)

@@ -28,7 +28,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from app import create_app
-from app.observability import JsonFormatter, TextFormatter
+from app.http.observability import JsonFormatter, TextFormatter
 from tests.helpers import (
     b64url,
     bearer,

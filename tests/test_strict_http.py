@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import func, select
 
 from app.auth.models import User
+from app.http.observability import JsonFormatter, TextFormatter
 from app.kernel.db import get_session
 from app.kernel.ownership import OPERATOR, acting_as
-from app.observability import JsonFormatter, TextFormatter
 from app.orders.payments import SandboxGateway
 from tests.helpers import API, PASSWORD, assert_problem, bearer, sign_up
 

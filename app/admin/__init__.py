@@ -6,8 +6,8 @@ go through `app.auth.api`. Other modules use admin only through `app.admin.api`.
 
 from typing import Any
 
+from app.http.blueprints import module_blueprint
 from app.kernel.ownership import registry
-from app.kernel.web import module_blueprint
 
 MODULE = "admin"
 declaration = registry.declare(

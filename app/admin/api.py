@@ -37,12 +37,7 @@ def record_audit(
         action, user_id=user_id, actor_id=actor_id, details=details, ip_address=ip_address
     )
     if has_own_database(session, MODULE):
-        events.publish(
-            session,
-            AUDIT_RECORDED,
-            service.audit_payload(entry),
-            aggregate_id=user_id or actor_id,
-        )
+        events.publish(session, service.audit_event(entry))
     else:
         session.add(entry)
     return entry.log_id
@@ -53,3 +48,10 @@ def archive_audit_batch(session: Session, cutoff: datetime, batch_size: int) -> 
     """Move up to `batch_size` audit entries older than `cutoff` to the archive, inside the
     caller's transaction; returns how many moved (0 when done)."""
     return service.archive_batch(session, cutoff, batch_size)
+
+
+@module_api(MODULE)
+def is_admin(session: Session, user_id: str) -> bool:
+    """True when the user exists and currently has the admin role (for other modules'
+    admin-only routes: a demoted admin's token stops working at once)."""
+    return service.is_admin(session, user_id)

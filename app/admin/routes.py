@@ -23,11 +23,12 @@ from app.admin.schemas import (
     UserStatsOut,
 )
 from app.auth import api as auth_api
+from app.http.limits import client_ip
 from app.http.openapi import problem_responses, request_headers, response_headers
 from app.kernel.db import get_session, transaction
 from app.kernel.errors import Forbidden, NotFound, ProblemError
 from app.kernel.pagination import decode_keyset
-from app.kernel.web import BEARER_AUTH, client_ip
+from app.kernel.web import BEARER_AUTH
 
 
 class PreconditionRequired(ProblemError):

@@ -14,15 +14,16 @@ from typing import Any
 from sqlalchemy import and_, case, delete, func, insert, literal, select
 from sqlalchemy.orm import Session
 
+from app.admin.events import AuditRecorded
 from app.admin.models import AuditLog, AuditLogArchive
 from app.admin.readmodels import licenses, users
 from app.kernel.db import UtcDateTime, utcnow
 from app.kernel.emails import normalise_email
-from app.kernel.events import Event
+from app.kernel.events import Envelope
 from app.kernel.ids import new_id
 from app.kernel.pagination import newest_first, page_of
 
-AUDIT_RECORDED = "audit.recorded"
+AUDIT_RECORDED = AuditRecorded.TYPE
 AUDIT_FIELDS = ("log_id", "user_id", "actor_id", "action", "details", "ip_address")
 
 
@@ -46,21 +47,18 @@ def new_audit_entry(
     )
 
 
-def audit_payload(entry: AuditLog) -> dict[str, Any]:
-    """The entry as the payload of an `audit.recorded` event (JSON)."""
-    payload = {name: getattr(entry, name) for name in AUDIT_FIELDS}
-    payload["timestamp"] = entry.timestamp.isoformat()
-    return payload
+def audit_event(entry: AuditLog) -> AuditRecorded:
+    """The entry as an `audit.recorded` event (phase 3: it travels to admin's database)."""
+    return AuditRecorded(
+        **{name: getattr(entry, name) for name in AUDIT_FIELDS}, timestamp=entry.timestamp
+    )
 
 
-def apply_audit_event(session: Session, event: Event) -> None:
+def apply_audit_event(session: Session, envelope: Envelope) -> None:
     """Write the entry an `audit.recorded` event carries (admin's consumer, phase 3)."""
-    payload = event.payload
+    event = AuditRecorded.from_payload(envelope.payload)
     session.add(
-        AuditLog(
-            **{name: payload.get(name) for name in AUDIT_FIELDS},
-            timestamp=datetime.fromisoformat(payload["timestamp"]),
-        )
+        AuditLog(**{name: getattr(event, name) for name in AUDIT_FIELDS}, timestamp=event.timestamp)
     )
 
 

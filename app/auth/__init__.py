@@ -6,8 +6,8 @@ holds the tables of both. Other modules use auth only through `app.auth.api`.
 
 from typing import Any
 
+from app.http.blueprints import module_blueprint
 from app.kernel.ownership import registry
-from app.kernel.web import module_blueprint
 
 MODULE = "auth"
 declaration = registry.declare(
@@ -47,7 +47,7 @@ def init_app(app: Any) -> None:
     def _signing_unavailable(error: signing.SigningKeyError) -> Any:
         # Not the client's fault and not a bug: the deployment's key is missing or
         # unreadable (/readyz names it). Logged; the detail stays out of the response.
-        from app.kernel.errors import problem_response
+        from app.http.problems import problem_response
 
         signing.log.error("license signing unavailable: %s", error)
         return problem_response(

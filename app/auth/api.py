@@ -13,6 +13,17 @@ from app.auth import MODULE
 from app.auth.accounts import revocations, service
 from app.auth.accounts.passwords import MAX_LENGTH, MIN_LENGTH, Hasher, hasher_from_config
 from app.auth.accounts.schemas import SubscriptionOut, UserOut
+from app.auth.events import (
+    LicenseCreated,
+    LicenseDeactivated,
+    LicenseStatusChanged,
+    SubscriptionCancelled,
+    SubscriptionGranted,
+    SubscriptionLapsed,
+    SubscriptionPastDue,
+    SubscriptionRenewed,
+    UserRegistered,
+)
 from app.auth.licensing import errors, seats, subscriptions
 from app.auth.licensing import service as licensing
 from app.auth.licensing.schemas import LicenseOut
@@ -25,10 +36,19 @@ EmailTaken = service.EmailTaken
 __all__ = [
     "EmailTaken",
     "Hasher",
+    "LicenseCreated",
+    "LicenseDeactivated",
     "LicenseOut",
+    "LicenseStatusChanged",
     "SigningKeyError",
+    "SubscriptionCancelled",
+    "SubscriptionGranted",
+    "SubscriptionLapsed",
     "SubscriptionOut",
+    "SubscriptionPastDue",
+    "SubscriptionRenewed",
     "UserOut",
+    "UserRegistered",
     "UserSummary",
     "generate_key_file",
     "hasher_from_config",

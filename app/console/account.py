@@ -22,11 +22,10 @@ from app.console.web import (
     requires_user,
     safe_next,
 )
-from app.extensions import limiter
+from app.http.limits import client_ip, config_limit, limiter, rate_limit_key
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.emails import normalise_email
 from app.kernel.errors import ProblemError
-from app.kernel.web import client_ip, config_limit, rate_limit_key
 
 bp = console_blueprint("auth", "account", "/account")
 

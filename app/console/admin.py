@@ -14,11 +14,11 @@ from app.admin import service
 from app.auth import api as auth_api
 from app.console import charts
 from app.console.web import console_blueprint, current_user, error_page, sign_in_redirect
+from app.http.limits import client_ip
 from app.kernel.db import get_database, get_session, transaction
 from app.kernel.errors import ProblemError
 from app.kernel.ownership import OPERATOR, acting_as
 from app.kernel.pagination import decode_keyset
-from app.kernel.web import client_ip
 
 bp = console_blueprint("admin", "admin", "/console")
 
@@ -232,7 +232,7 @@ def audit() -> Any:
 
 @bp.get("/operations")
 def operations() -> Any:
-    from app.kernel import outbox
+    from app.kernel.events import outbox
     from app.operations import backups, health
 
     checks = health.readiness_checks()

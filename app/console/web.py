@@ -26,9 +26,9 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
 from app.auth.accounts import browser_sessions
+from app.http.blueprints import module_blueprint
 from app.kernel.db import get_session
 from app.kernel.errors import ProblemError
-from app.kernel.web import module_blueprint
 
 log = logging.getLogger(__name__)
 

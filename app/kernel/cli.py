@@ -27,7 +27,8 @@ from flask.cli import AppGroup
 from sqlalchemy.exc import DBAPIError
 
 from app.kernel import migrations
-from app.kernel.db import get_database, sqlite_version_warning, transaction
+from app.kernel.db import get_database
+from app.kernel.engines import sqlite_version_warning
 from app.kernel.ownership import OPERATOR, acting_as, registry
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,6 @@ def writes(command: Callable[..., Any] | None = None, *, at_start: bool = False)
 
 db_cli = OperatorGroup("db", help="Database migrations (alembic).")
 ownership_cli = OperatorGroup("ownership", help="The table-ownership registry.")
-outbox_cli = OperatorGroup("outbox", help="Phase 3: relay the outbox to Redis, consume it.")
 
 
 def parse_age(text: str) -> timedelta:
@@ -373,19 +373,8 @@ def ownership_grants(
     )
 
 
-def _redis() -> Any:
-    import redis
-
-    url = current_app.config.get("REDIS_URL")
-    if not url:
-        raise click.ClickException("REDIS_URL is not set: the outbox is relayed through Redis")
-    return redis.Redis.from_url(
-        url, decode_responses=True, socket_connect_timeout=2, socket_timeout=10
-    )
-
-
 @contextmanager
-def _until_signalled() -> Iterator[Any]:
+def until_signalled() -> Iterator[Any]:
     """A stop() that turns true on SIGTERM or SIGINT, so a loop ends between two rounds."""
     import signal
 
@@ -401,160 +390,9 @@ def _until_signalled() -> Iterator[Any]:
             signal.signal(sig, handler)
 
 
-@outbox_cli.command("relay")
-@click.option("--once", is_flag=True, help="One round (publish, confirm), then exit.")
-@click.option("--interval", default=0.5, show_default=True, type=click.FloatRange(0.01, 60))
-@writes(at_start=True)
-def outbox_relay(once: bool, interval: float) -> None:
-    """Publish outbox events to the Redis stream, oldest first, and confirm delivered ones.
-
-    Run one (or, for availability, two: the second waits on the lease and takes over) per
-    deployment. Stops cleanly on SIGTERM.
-    """
-    from app.kernel.outbox import OutboxRelay
-
-    config = current_app.config
-    groups = sorted(config["MODULE_DATABASE_URLS"])
-    if not groups:
-        raise click.ClickException(
-            "no module has a database of its own (ADMIN_DATABASE_URL), so no consumer group "
-            "would acknowledge the events: nothing to relay to"
-        )
-    relay = OutboxRelay(
-        get_database().sessions_for("kernel"),
-        _redis(),
-        stream=config["OUTBOX_STREAM"],
-        groups=groups,
-        batch_size=config["OUTBOX_BATCH_SIZE"],
-        lease_seconds=config["OUTBOX_LEASE_SECONDS"],
-    )
-    if once:
-        try:
-            report = relay.run_once()
-        finally:
-            relay.release()
-        state = "relayed" if report.leader else "standby (another relay holds the lease)"
-        click.echo(
-            f"{state}: published {report.published}, confirmed {report.confirmed}, "
-            f"re-published {report.republished}"
-        )
-        return
-    click.echo(f"relaying to {config['OUTBOX_STREAM']} as {relay.holder}", err=True)
-    with _until_signalled() as stop:
-        relay.run(interval=interval, stop=stop)
-
-
-@outbox_cli.command("consume")
-@click.argument("module")
-@click.option(
-    "--name", default=None, help="Consumer name, stable across restarts (default: the host name)."
-)
-@click.option("--until-idle", is_flag=True, help="Exit once there is nothing left to read.")
-@click.option("--block-ms", default=1000, show_default=True, type=click.IntRange(10, 60_000))
-@writes(at_start=True)
-def outbox_consume(module: str, name: str | None, until_idle: bool, block_ms: int) -> None:
-    """Apply the stream's events for MODULE (its consumer group), each exactly once.
-
-    Keep the name stable across restarts: a restarted consumer first finishes the entries
-    it had received but not acknowledged. Stops cleanly on SIGTERM.
-    """
-    from app.kernel import events
-    from app.kernel.outbox import EventConsumer
-
-    if module not in registry.schemas() or not events.handlers_of(module):
-        raise click.ClickException(f"{module!r} consumes no events")
-    consumer = EventConsumer(
-        module,
-        get_database().sessions_for(module),
-        _redis(),
-        stream=current_app.config["OUTBOX_STREAM"],
-        name=name,
-        block_ms=block_ms,
-    )
-    if until_idle:
-        handled = 0
-        try:
-            while count := consumer.poll_once():
-                handled += count
-        finally:
-            consumer.release()
-        if consumer.waiting:
-            raise click.ClickException(
-                f"handled {handled} event(s); another consumer of {module} holds the lock"
-            )
-        click.echo(f"handled {handled} event(s); nothing left to read")
-        return
-    click.echo(f"consuming {consumer.stream} as {consumer.group}/{consumer.name}", err=True)
-    with _until_signalled() as stop:
-        consumer.run(stop=stop)
-
-
-@outbox_cli.command("dead-letters")
-@click.argument("module")
-@click.option("--retry", is_flag=True, help="Apply them again; those that succeed are removed.")
-@writes
-def outbox_dead_letters(module: str, retry: bool) -> None:
-    """Events MODULE's consumer set aside after failing to apply them (in its database)."""
-    from app.kernel import events, outbox
-
-    session = get_database().sessions_for(module)()
-    with session, acting_as(module):
-        letters = events.dead_letters(session, module)
-        if not letters:
-            click.echo("no dead letters")
-            return
-        if not retry:
-            for letter in letters:
-                line = f"{letter.failed_at.isoformat()} {letter.event_id} {letter.event_type}"
-                click.echo(f"{line}: {letter.error}")
-            return
-        for retried in outbox.retry_dead_letters(session, module, letters):
-            line = f"{retried.failed_at.isoformat()} {retried.event_id} {retried.event_type}"
-            if retried.error is None:
-                click.echo(f"{line}: applied")
-            else:
-                click.echo(f"{line}: failed again: {str(retried.error).splitlines()[0]}")
-
-
-@outbox_cli.command("status")
-def outbox_status() -> None:
-    """How many events wait to be published, and how many to be confirmed."""
-    from app.kernel import outbox
-
-    with acting_as(OPERATOR):
-        session = get_database().sessions_for("kernel")()
-        with session:
-            status = outbox.outbox_status(session)
-    oldest = status.oldest_unconfirmed
-    click.echo(
-        f"unpublished {status.unpublished}, unconfirmed {status.unconfirmed}, oldest unconfirmed "
-        f"{oldest.isoformat() if oldest else '-'}"
-    )
-
-
-@outbox_cli.command("prune")
-@click.option("--older-than", "older_than", default="7d", show_default=True)
-@writes
-def outbox_prune(older_than: str) -> None:
-    """Delete events confirmed longer ago than --older-than (they were delivered).
-
-    Without a module on its own database (phases 1 and 2) nothing consumes the outbox, so
-    events older than that are deleted whatever their state: the tables they describe are
-    the record.
-    """
-    from app.kernel import outbox
-    from app.kernel.db import utcnow
-
-    cutoff = utcnow() - parse_age(older_than)
-    relayed = bool(current_app.config["MODULE_DATABASE_URLS"])
-    session = get_database().sessions_for("kernel")()
-    with session, acting_as(OPERATOR), transaction(session):
-        removed = outbox.prune_outbox(session, cutoff, relayed=relayed)
-    what = "confirmed" if relayed else "old (nothing consumes them in this phase)"
-    click.echo(f"pruned {removed} {what} event(s)")
-
-
 def init_app(app: Any) -> None:
     app.cli.add_command(db_cli)
     app.cli.add_command(ownership_cli)
+    from app.kernel.events.cli import outbox_cli
+
     app.cli.add_command(outbox_cli)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from ulid import ULID
 
 # Every prefix in use, so a typo in a model is caught at import time, not in production.
-PREFIXES = frozenset({"usr", "lic", "sub", "ord", "log", "evt", "rev", "idk", "ch", "re"})
+PREFIXES = frozenset(
+    {"usr", "lic", "sub", "ord", "log", "evt", "rev", "idk", "ch", "re", "whk", "whd"}
+)
 
 
 def new_id(prefix: str) -> str:

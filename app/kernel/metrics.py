@@ -29,3 +29,13 @@ DB_POOL_CHECKED_OUT = Gauge(
     multiprocess_mode="livesum",
 )
 DB_POOL_SIZE = Gauge("db_pool_size", "Configured database pool size", multiprocess_mode="livemax")
+WEBHOOK_DELIVERIES = Counter(
+    "webhook_deliveries_total",
+    "Webhook delivery attempts by result (succeeded, retrying, failed, gone)",
+    ["result"],
+)
+WEBHOOK_BACKLOG_AGE = Gauge(
+    "webhook_backlog_age_seconds",
+    "Age of the oldest pending webhook delivery, as the delivery worker last saw it",
+    multiprocess_mode="max",
+)

@@ -31,7 +31,12 @@ class OutboxEvent(Base):
     )
     event_id: Mapped[str] = mapped_column(String(40), unique=True, default=id_factory("evt"))
     event_type: Mapped[str] = mapped_column(String(100))
+    # The envelope (app/kernel/events/envelope.py): the payload's version, the aggregate's
+    # type and its version after the change; `created_at` is when the event occurred.
+    event_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    aggregate_type: Mapped[str | None] = mapped_column(String(40))
     aggregate_id: Mapped[str | None] = mapped_column(String(40))
+    aggregate_version: Mapped[int | None] = mapped_column(Integer)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -62,6 +67,7 @@ class InboxEvent(Base):
 class DeadLetter(Base):
     """An event a consumer could not apply after several attempts, set aside in the
     consumer's own database (durable, unlike Redis) so that acknowledging it loses nothing.
+    `payload` keeps the whole envelope (a letter from before envelopes: the bare payload).
     `flask outbox dead-letters MODULE [--retry]` lists them and applies them again."""
 
     __tablename__ = "event_dead_letters"

@@ -1,4 +1,4 @@
-"""Operations endpoints: liveness, readiness, and the security headers of every response."""
+"""Operations endpoints: liveness and readiness."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from functools import cache
 from typing import Any
 
 from apiflask import APIBlueprint
-from flask import current_app, request
+from flask import current_app
 from sqlalchemy import text
 
 from app.kernel import migrations
@@ -20,15 +20,6 @@ from app.kernel.ownership import OPERATOR, acting_as
 log = logging.getLogger(__name__)
 
 bp = APIBlueprint("ops", __name__, tag="Operations")
-
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'; base-uri 'none'",
-    "Cross-Origin-Resource-Policy": "same-origin",
-}
-HSTS = "max-age=63072000; includeSubDomains"
 
 
 @bp.get("/healthz")
@@ -159,18 +150,5 @@ def _check_redis() -> str:
         return "unreachable"
 
 
-def add_security_headers(response: Any) -> Any:
-    """Security headers on every response, HSTS only when served over HTTPS."""
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    if request.path.startswith("/api/"):
-        # Tokens, signed verdicts, personal data: no API answer is for a cache to keep.
-        response.headers.setdefault("Cache-Control", "no-store")
-    if request.is_secure:
-        response.headers.setdefault("Strict-Transport-Security", HSTS)
-    return response
-
-
 def init_app(app: Any) -> None:
     app.register_blueprint(bp)
-    app.after_request(add_security_headers)

@@ -7,8 +7,8 @@ Other modules use it only through `app.orders.api`.
 
 from typing import Any
 
+from app.http.blueprints import module_blueprint
 from app.kernel.ownership import registry
-from app.kernel.web import module_blueprint
 
 MODULE = "orders"
 declaration = registry.declare(MODULE, owns={"orders", "idempotency_keys"}, reads=set())

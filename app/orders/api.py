@@ -8,10 +8,14 @@ from sqlalchemy.orm import Session
 
 from app.kernel.ownership import acting_as
 from app.orders import MODULE, workflows
+from app.orders.events import OrderPaid, OrderRefunded
 from app.orders.payments import gateway_of
 from app.orders.plans import catalog_of
 
 RenewalReport = workflows.RenewalReport
+
+# The events orders publishes (docs/events.md).
+__all__ = ["OrderPaid", "OrderRefunded", "RenewalReport", "renew_due_subscriptions"]
 
 
 def renew_due_subscriptions(session: Session, app: Any) -> RenewalReport:

@@ -19,6 +19,7 @@ from app.admin import api as admin_api
 from app.auth import api as auth_api
 from app.kernel import events
 from app.kernel.db import utcnow
+from app.orders.events import OrderRefunded
 from app.orders.models import Order
 from app.orders.payments import Refund
 from app.orders.service import OrderNotCancellable, OrderNotFound, OrderSuperseded
@@ -116,9 +117,15 @@ def finish_cancel(session: Session, order_id: str, refund: Refund, *, actor_id: 
     )
     events.publish(
         session,
-        "order.cancelled",
-        {"order_id": order.order_id, "user_id": order.user_id, "refund_id": refund.refund_id},
-        aggregate_id=order.order_id,
+        OrderRefunded(
+            order_id=order.order_id,
+            user_id=order.user_id,
+            refund_id=refund.refund_id,
+            amount_cents=refund.amount_cents,
+            currency=order.currency,
+            subscription_ended=still_backing,
+        ),
+        aggregate_version=order.version,
     )
     return order
 

@@ -23,7 +23,7 @@ from app.kernel.ids import new_id
 from app.orders.models import Order
 from app.orders.payments import Charge
 from app.orders.plans import Plan
-from app.orders.service import price
+from app.orders.service import paid_event, price
 
 
 def last_payment_method(session: Session, user_id: str) -> str | None:
@@ -108,18 +108,7 @@ def settle_renewal(session: Session, order_id: str, charge: Charge, sub: Any, pl
             "subscription_id": sub.subscription_id,
         },
     )
-    events.publish(
-        session,
-        "order.paid",
-        {
-            "order_id": order.order_id,
-            "user_id": order.user_id,
-            "kind": "renewal",
-            "amount_cents": order.amount_cents,
-            "subscription_id": sub.subscription_id,
-        },
-        aggregate_id=order.order_id,
-    )
+    events.publish(session, paid_event(order), aggregate_version=order.version)
     return True
 
 

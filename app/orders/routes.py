@@ -10,8 +10,9 @@ from flask_jwt_extended import get_jwt, jwt_required
 
 from app.auth import api as auth_api
 from app.http.openapi import problem_responses, request_headers
+from app.http.problems import problem_body_response
 from app.kernel.db import get_session
-from app.kernel.errors import ProblemError, problem_body_response
+from app.kernel.errors import ProblemError
 from app.kernel.pagination import PageQuery, decode_keyset
 from app.kernel.web import BEARER_AUTH
 from app.orders import bp, service, workflows

@@ -29,6 +29,7 @@ from app.kernel.db import utcnow
 from app.kernel.errors import Conflict, NotFound, ProblemError
 from app.kernel.ids import new_id
 from app.kernel.pagination import newest_first, page_of
+from app.orders.events import OrderPaid
 from app.orders.models import IdempotencyKey, Order
 from app.orders.payments import Charge, Refund
 from app.orders.plans import Plan
@@ -272,20 +273,7 @@ def fulfil(session: Session, order_id: str, charge: Charge, plan: Plan) -> dict[
             "subscription_id": subscription.subscription_id,
         },
     )
-    events.publish(
-        session,
-        "order.paid",
-        {
-            "order_id": order.order_id,
-            "user_id": order.user_id,
-            "plan": order.plan,
-            "seats": order.seats,
-            "amount_cents": order.amount_cents,
-            "currency": order.currency,
-            "subscription_id": subscription.subscription_id,
-        },
-        aggregate_id=order.order_id,
-    )
+    events.publish(session, paid_event(order), aggregate_version=order.version)
     body = order_body(order)
     _complete_key(session, order, 201, body)
     return body
@@ -344,3 +332,18 @@ def list_orders(
     stmt = select(Order).where(Order.user_id == user_id)
     rows = session.scalars(newest_first(stmt, (Order.order_id,), after, limit)).all()
     return page_of(rows, limit, lambda o: (o.order_id,))
+
+
+def paid_event(order: Order) -> OrderPaid:
+    """The `order.paid` event of a settled order (a purchase or a renewal)."""
+    assert order.subscription_id is not None
+    return OrderPaid(
+        order_id=order.order_id,
+        user_id=order.user_id,
+        kind="renewal" if order.kind == "renewal" else "purchase",
+        plan=order.plan,
+        seats=order.seats,
+        amount_cents=order.amount_cents,
+        currency=order.currency,
+        subscription_id=order.subscription_id,
+    )

@@ -41,6 +41,7 @@ from app.settings.groups import (
     Redis,
     Server,
     Tokens,
+    Webhooks,
 )
 from app.settings.values import Group, check_database_url, env, env_name, lower
 
@@ -81,6 +82,7 @@ class Settings(BaseSettings):
     licenses: Licenses = Field(default_factory=Licenses)
     payments: Payments = Field(default_factory=Payments)
     orders: Orders = Field(default_factory=Orders)
+    webhooks: Webhooks = Field(default_factory=Webhooks)
     backups: Backups = Field(default_factory=Backups)
     server: Server = Field(default_factory=Server)
 

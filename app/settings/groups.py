@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, field_validator
 
 from app.settings.values import (
     INT32,
@@ -144,6 +144,39 @@ class Outbox(Group):
         ge=1,
         le=3600,
     )
+
+
+class Webhooks(Group):
+    allow_private: bool = env(
+        "WEBHOOKS_ALLOW_PRIVATE",
+        False,
+        "let webhook URLs resolve to loopback and private addresses (tests, on-premise "
+        "receivers); refused otherwise ([docs/events.md](events.md))",
+    )
+    encryption_key: str | None = env(
+        "WEBHOOKS_ENCRYPTION_KEY",
+        None,
+        "the Fernet key webhook signing secrets are stored under (`python -c 'from "
+        "cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`); "
+        "changing it means rotating every endpoint's secret",
+        shown="derived from `SECRET_KEY`",
+        echo=False,
+    )
+    timeout_seconds: int = env(
+        "WEBHOOKS_TIMEOUT_SECONDS", 15, "how long a webhook receiver has to answer", ge=1, le=60
+    )
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _fernet_key(cls, value: str | None) -> str | None:
+        from cryptography.fernet import Fernet
+
+        if value is not None:
+            try:
+                Fernet(value)
+            except (ValueError, TypeError):
+                raise ValueError("must be a Fernet key (32 bytes, url-safe base64)") from None
+        return value
 
 
 class Tokens(Group):

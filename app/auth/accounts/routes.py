@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app
-from flask_jwt_extended import get_jwt, jwt_required, verify_jwt_in_request
+from flask_jwt_extended import get_jwt
 
 from app.auth import bp
 from app.auth.accounts import revocations, service, tokens
@@ -19,17 +19,11 @@ from app.auth.accounts.schemas import (
     UserOut,
 )
 from app.auth.licensing import service as licensing
-from app.extensions import limiter
+from app.http.bearer import jwt_required, verify_jwt_in_request
+from app.http.limits import client_ip, config_limit, email_in_body, jwt_subject_key, limiter
 from app.http.openapi import problem_responses
 from app.kernel.db import get_session, transaction, utcnow
-from app.kernel.web import (
-    BEARER_AUTH,
-    NO_STORE,
-    client_ip,
-    config_limit,
-    email_in_body,
-    jwt_subject_key,
-)
+from app.kernel.web import BEARER_AUTH, NO_STORE
 
 
 def hasher() -> Hasher:

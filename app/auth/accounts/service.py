@@ -20,62 +20,23 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
+from app.auth.accounts.errors import (  # noqa: F401  (callers know them as service.X)
+    AccountLocked,
+    EmailTaken,
+    InvalidCredentials,
+    TokenRevoked,
+    UserNotFound,
+    WrongPassword,
+)
 from app.auth.accounts.passwords import Hasher
+from app.auth.events import UserRegistered
 from app.auth.models import LoginThrottle, User
+from app.kernel import events
 from app.kernel.db import utcnow
 from app.kernel.emails import normalise_email  # the one normalisation (NFKC, folded, IDNA)
-from app.kernel.errors import Conflict, NotFound, ProblemError, Unauthorized
 from app.kernel.ids import new_id
 
 ROLES = ("user", "admin")
-
-
-class EmailTaken(Conflict):
-    code = "email_taken"
-
-    def __init__(self) -> None:
-        super().__init__("An account with this email already exists.")
-
-
-class InvalidCredentials(Unauthorized):
-    code = "invalid_credentials"
-
-    def __init__(self) -> None:
-        super().__init__("Invalid email or password.", headers={"WWW-Authenticate": "Bearer"})
-
-
-class AccountLocked(ProblemError):
-    status, code = 423, "account_locked"
-
-    def __init__(self, until: datetime, now: datetime | None = None) -> None:
-        seconds = max(1, int((until - (now or utcnow())).total_seconds()) + 1)
-        super().__init__(
-            "Too many failed logins; logging in to this account is locked for a while. "
-            "Try again later.",
-            headers={"Retry-After": str(seconds)},
-            locked_until=until.isoformat(),
-        )
-
-
-class TokenRevoked(Unauthorized):
-    code = "token_revoked"
-
-    def __init__(self, detail: str = "The token has been revoked.") -> None:
-        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-
-
-class UserNotFound(NotFound):
-    code = "user_not_found"
-
-
-class WrongPassword(ProblemError):
-    """The signed-in user's current password, asked again before changing it, is wrong
-    (403, not 401: the token is fine, and a client must not take it for an expired one)."""
-
-    status, code = 403, "wrong_password"
-
-    def __init__(self) -> None:
-        super().__init__("The current password is wrong.")
 
 
 # --- accounts ------------------------------------------------------------------------
@@ -115,6 +76,9 @@ def register(
         actor_id=actor_id or user.user_id,
         details={"email": email, "role": role},
         ip_address=ip,
+    )
+    events.publish(
+        session, UserRegistered(user_id=user.user_id, email=email, plan=user.plan, role=role)
     )
     return user
 

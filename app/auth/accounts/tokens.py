@@ -17,9 +17,9 @@ from flask_jwt_extended import create_access_token, create_refresh_token
 from app.auth import MODULE
 from app.auth.accounts import revocations
 from app.auth.models import User
-from app.extensions import jwt
+from app.http.bearer import jwt
+from app.http.problems import problem_response
 from app.kernel.db import get_session, utcnow
-from app.kernel.errors import problem_response
 from app.kernel.ownership import acting_as
 
 BEARER = {"WWW-Authenticate": "Bearer"}

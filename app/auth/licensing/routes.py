@@ -6,7 +6,7 @@ from typing import Any
 
 import jwt as pyjwt
 from flask import current_app
-from flask_jwt_extended import get_jwt, jwt_required, verify_jwt_in_request
+from flask_jwt_extended import get_jwt
 
 from app.auth import bp, root_bp
 from app.auth.accounts import service as accounts
@@ -23,21 +23,21 @@ from app.auth.licensing.schemas import (
     ValidateIn,
     ValidateOut,
 )
-from app.extensions import limiter
+from app.http.bearer import jwt_required, verify_jwt_in_request
+from app.http.limits import (
+    client_ip,
+    config_limit,
+    email_in_body,
+    jwt_subject_key,
+    limiter,
+    token_in_body,
+)
 from app.http.openapi import problem_responses
 from app.kernel import metrics
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.errors import ProblemError, Unauthorized
 from app.kernel.pagination import PageQuery, decode_keyset
-from app.kernel.web import (
-    BEARER_AUTH,
-    NO_STORE,
-    client_ip,
-    config_limit,
-    email_in_body,
-    jwt_subject_key,
-    token_in_body,
-)
+from app.kernel.web import BEARER_AUTH, NO_STORE
 
 
 def _token(license_: Any, now: Any) -> str:
@@ -105,6 +105,7 @@ def _activation_user(session: Any, body: ActivateIn, now: Any) -> tuple[str | No
 )
 def activate(json_data: ActivateIn) -> Any:
     session, now = get_session(), utcnow()
+    signing.license_keys()  # 503 signing_unavailable now, before a seat is taken for nothing
     user_id, attempt = _activation_user(session, json_data, now)
     with transaction(session):
         if attempt is not None:

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
+from app.auth.events import LicenseCreated, LicenseDeactivated, LicenseStatusChanged
 from app.auth.licensing.errors import (
     STATUSES,
     TRANSITIONS,
@@ -44,8 +45,10 @@ from app.auth.licensing.seats import (
 from app.auth.licensing.seats import seats_for as seats_for
 from app.auth.licensing.signing import KeySet
 from app.auth.models import License
+from app.kernel import events
 from app.kernel.db import read_first, utcnow
 from app.kernel.errors import Conflict
+from app.kernel.events import IntegrationEvent
 from app.kernel.ids import new_id
 from app.kernel.pagination import newest_first, page_of
 
@@ -127,6 +130,17 @@ def activate(
         actor_id=user_id,
         details={"license_id": license_.license_id, "client_id": client_id},
         ip_address=ip,
+    )
+    events.publish(
+        session,
+        LicenseCreated(
+            license_id=license_.license_id,
+            user_id=user_id,
+            client_id=client_id,
+            status=license_.status,
+            expires_at=expires_at,
+        ),
+        aggregate_version=license_.version,
     )
     return Activation(license_, created=True)
 
@@ -265,6 +279,24 @@ def set_status(
         },
         ip_address=ip,
     )
+    if action == "LICENSE_DEACTIVATED":
+        event: IntegrationEvent = LicenseDeactivated(
+            license_id=license_.license_id,
+            user_id=license_.user_id,
+            client_id=license_.client_id,
+            old_status=old,
+            actor_id=actor_id,
+        )
+    else:
+        event = LicenseStatusChanged(
+            license_id=license_.license_id,
+            user_id=license_.user_id,
+            old_status=old,
+            new_status=new_status,
+            reason=reason,
+            actor_id=actor_id,
+        )
+    events.publish(session, event, aggregate_version=license_.version)
 
 
 def deactivate(
@@ -359,6 +391,18 @@ def update_status(
             "reason": reason,
         },
         ip_address=ip,
+    )
+    events.publish(
+        session,
+        LicenseStatusChanged(
+            license_id=license_id,
+            user_id=license_.user_id,
+            old_status=current.status,
+            new_status=new_status,
+            reason=reason,
+            actor_id=actor_id,
+        ),
+        aggregate_version=license_.version,
     )
     return license_
 

@@ -14,9 +14,17 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
+from app.auth.events import (
+    SubscriptionCancelled,
+    SubscriptionGranted,
+    SubscriptionLapsed,
+    SubscriptionPastDue,
+    SubscriptionRenewed,
+)
 from app.auth.licensing.seats import FREE_SEATS, LIVE_SUBSCRIPTION, live_subscription, lock_user
 from app.auth.licensing.service import set_status
 from app.auth.models import License, Subscription
+from app.kernel import events
 from app.kernel.db import utcnow
 from app.kernel.ids import new_id
 
@@ -95,6 +103,7 @@ def grant_subscription(
             "suspended_licenses": suspended,
         },
     )
+    _announce(session, SubscriptionGranted, subscription)
     return subscription
 
 
@@ -136,6 +145,7 @@ def cancel_subscription(
         details={"subscription_id": subscription.subscription_id, "suspended_licenses": suspended},
     )
     session.flush()
+    _announce(session, SubscriptionCancelled, subscription)
     return subscription
 
 
@@ -221,6 +231,7 @@ def renew_subscription(
         details={"subscription_id": subscription_id, "renews_at": sub.renews_at.isoformat()},
     )
     session.flush()
+    _announce(session, SubscriptionRenewed, sub)
     return sub
 
 
@@ -241,6 +252,7 @@ def mark_past_due(
         details={"subscription_id": subscription_id, "reason": reason},
     )
     session.flush()
+    _announce(session, SubscriptionPastDue, sub)
 
 
 def lapse_past_due(
@@ -283,6 +295,24 @@ def lapse_past_due(
             actor_id=actor_id,
             details={"subscription_id": sub.subscription_id, "suspended_licenses": suspended},
         )
+        _announce(session, SubscriptionLapsed, sub)
         count += 1
     session.flush()
     return count
+
+
+def _announce(session: Session, event_class: type, sub: Subscription) -> None:
+    """Publish `event_class` about `sub` as it is now (flushed), with its version."""
+    session.flush()
+    events.publish(
+        session,
+        event_class(
+            subscription_id=sub.subscription_id,
+            user_id=sub.user_id,
+            plan=sub.plan,
+            seats=sub.seats,
+            status=sub.status,
+            renews_at=sub.renews_at,
+        ),
+        aggregate_version=sub.version,
+    )

@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Response, g, request
 
+from app.http.bearer import current_subject
 from app.kernel import metrics
 from app.kernel.db import get_database
 
@@ -109,34 +110,65 @@ def _start() -> None:
 
 def _finish(response: Response) -> Response:
     duration = time.perf_counter() - g.get("started", time.perf_counter())
-    route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
+    rule = request.url_rule
+    route = rule.rule if rule is not None else UNMATCHED
     request_id = g.get("request_id", "-")
+    status = response.status_code
     response.headers["X-Request-ID"] = request_id
-    method = method_label(request.method)
-    metrics.HTTP_REQUESTS.labels(method, route, str(response.status_code)).inc()
-    metrics.HTTP_LATENCY.labels(method, route).observe(duration)
-    if response.status_code == 429:
+    requests_child, latency_child = _route_metrics(request.method, route, status)
+    requests_child.inc()
+    latency_child.observe(duration)
+    if status == 429:
         metrics.RATE_LIMITED.labels(route).inc()
-    claims = g.get("_jwt_extended_jwt") or {}
-    access_log.info(
+    if access_log.isEnabledFor(logging.INFO):
+        _log_access(request_id, route, status, duration)
+    return response
+
+
+# Each (method, route, status) child of the request metrics, resolved once: prometheus'
+# labels() checks and converts its values and takes a lock on every call. The labels come
+# from closed sets (METHODS, the route table, HTTP statuses), so this stays small.
+_metric_children: dict[tuple[Any, str, str, int], tuple[Any, Any]] = {}
+
+
+def _route_metrics(method: str, route: str, status: int) -> tuple[Any, Any]:
+    label = method_label(method)  # any other method is "other": the key stays bounded
+    key = (metrics.HTTP_REQUESTS, label, route, status)  # a metric replaced: new children
+    children = _metric_children.get(key)
+    if children is None:
+        children = _metric_children[key] = (
+            metrics.HTTP_REQUESTS.labels(label, route, str(status)),
+            metrics.HTTP_LATENCY.labels(label, route),
+        )
+    return children
+
+
+def _log_access(request_id: str, route: str, status: int, duration: float) -> None:
+    """One access-log record, built once and handed to the handlers (Logger.info would
+    also look for the caller's frame and check the `extra` keys again, for every request)."""
+    method = request.method
+    record = access_log.makeRecord(
+        access_log.name,
+        logging.INFO,
+        "",
+        0,
         "%s %s %s",
-        request.method,
-        route,
-        response.status_code,
+        (method, route, status),
+        None,
         extra={
             "fields": {
                 "request_id": request_id,
-                "method": request.method,
+                "method": method,
                 "route": route,
                 "path": request.path,
-                "status": response.status_code,
+                "status": status,
                 "duration_ms": round(duration * 1000, 2),
-                "user_id": claims.get("sub"),
+                "user_id": current_subject(),
                 "ip": request.remote_addr,
             }
         },
     )
-    return response
+    access_log.handle(record)
 
 
 def metrics_endpoint() -> Response:

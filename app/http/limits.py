@@ -1,0 +1,322 @@
+"""Rate limits: the limiter, its in-memory storage and its (total) key functions.
+
+flask-limiter is used through its public API only: `Limiter.limit` decorates the views that
+have limits, and the request hooks `Limiter.init_app` registers run only for those views
+(`RouteLimiter`). Storage is chosen in `init_app`: Redis when REDIS_URL is set (shared by
+every worker and host), memory otherwise (`lazymemory://`, `CounterStorage`); if Redis fails
+mid-run the limiter falls back to memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flask
+from flask import current_app, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from limits.storage import Storage
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class RouteLimiter(Limiter):
+    """A Limiter whose request hooks run only for the views it limits.
+
+    `Limiter.init_app` registers a before-request, an after-request and a teardown hook on
+    the app, and they run for every request: on /healthz, /metrics and every route without a
+    limit they resolve limits, build the limiter's request context and look for headers to
+    add, to find there is nothing to do (the largest piece of /healthz's time in
+    bench/README.md). Here each hook runs only for an endpoint whose view was decorated with
+    `limit`/`shared_limit` of this limiter, or for every endpoint when the app configures
+    default or application-wide limits (flask-limiter applies those everywhere).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limited_views: set[Callable[..., Any]] = set()
+
+    def limit(self, *args: Any, **kwargs: Any) -> Any:
+        return self._remembered(super().limit(*args, **kwargs))
+
+    def shared_limit(self, *args: Any, **kwargs: Any) -> Any:
+        return self._remembered(super().shared_limit(*args, **kwargs))
+
+    def _remembered(self, decorator: Any) -> Callable[[Any], Any]:
+        def decorate(view: Any) -> Any:
+            wrapped = decorator(view)
+            if callable(wrapped):
+                self._limited_views.add(wrapped)
+            return wrapped
+
+        return decorate
+
+    def init_app(self, app: flask.Flask, after_hooks: tuple[Callable[..., Any], ...] = ()) -> None:
+        """Bind to `app`; `after_hooks` are after-request hooks of the app's own that belong
+        with the limiter's (run after it, and only where it runs)."""
+        hooks = {
+            "before": app.before_request_funcs,
+            "after": app.after_request_funcs,
+            "teardown": app.teardown_request_funcs,
+        }
+        known = {kind: list(funcs.get(None, ())) for kind, funcs in hooks.items()}
+        for hook in after_hooks:
+            app.after_request(hook)
+        super().init_app(app)
+        if any(app.config.get(f"RATELIMIT_{name}") for name in ("DEFAULT", "APPLICATION", "META")):
+            return  # limits that apply to every endpoint: every request needs the hooks
+        limited = _EndpointsWithLimits(app, self._limited_views)
+        for kind, funcs in hooks.items():
+            funcs[None] = [
+                hook if hook in known[kind] else _only_where_limited(kind, hook, limited)
+                for hook in funcs.get(None, ())
+            ]
+
+
+class _EndpointsWithLimits:
+    """Whether an endpoint's view is (or wraps) a view this limiter decorated; decided once
+    per endpoint."""
+
+    def __init__(self, app: flask.Flask, limited_views: set[Callable[..., Any]]) -> None:
+        self.app = app
+        self.limited_views = limited_views
+        self.known: dict[str | None, bool] = {}
+
+    def __contains__(self, endpoint: str | None) -> bool:
+        found = self.known.get(endpoint)
+        if found is None:
+            found = self.known[endpoint] = self._find(endpoint)
+        return found
+
+    def _find(self, endpoint: str | None) -> bool:
+        view = self.app.view_functions.get(endpoint or "")
+        while view is not None:  # APIFlask's decorators wrap the limited view (functools.wraps)
+            if view in self.limited_views:
+                return True
+            view = getattr(view, "__wrapped__", None)
+        return False
+
+
+def _only_where_limited(kind: str, hook: Callable[..., Any], limited: _EndpointsWithLimits) -> Any:
+    """`hook` run only for the endpoints in `limited`; elsewhere a no-op of the same kind."""
+    if kind == "after":
+
+        @functools.wraps(hook)
+        def after(response: Any) -> Any:
+            return hook(response) if request.endpoint in limited else response
+
+        return after
+
+    @functools.wraps(hook)
+    def before_or_teardown(*args: Any) -> Any:
+        return hook(*args) if request.endpoint in limited else None
+
+    return before_or_teardown
+
+
+class CounterStorage(Storage):
+    """Fixed-window counters in this process's memory (`lazymemory://`), swept of expired
+    keys at most once a second, inline.
+
+    limits' own MemoryStorage starts a 10 ms `threading.Timer` whenever the previous one
+    has run — under load, on nearly every hit, and the request waits for the new thread to
+    start (measured in bench/README.md). Expired counters are ignored when read anyway; the
+    sweep only frees memory. Built on limits' public `Storage` interface, for the
+    fixed-window strategy the limiter uses (its default). `clock` is injectable for tests.
+    """
+
+    STORAGE_SCHEME = ["lazymemory"]
+    SWEEP_INTERVAL = 1.0
+
+    def __init__(
+        self,
+        uri: str | None = None,
+        wrap_exceptions: bool = False,
+        clock: Callable[[], float] = time.time,
+        **options: Any,
+    ) -> None:
+        self.clock = clock
+        self.counts: dict[str, int] = {}
+        self.expirations: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._next_sweep = 0.0
+        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+
+    @property
+    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
+        return ValueError
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        now = self.clock()
+        with self._lock:
+            if now >= self._next_sweep:
+                self._sweep(now)
+            if self.expirations.get(key, 0.0) <= now:
+                self.counts[key] = 0
+                self.expirations[key] = now + expiry
+            self.counts[key] += amount
+            return self.counts[key]
+
+    def get(self, key: str) -> int:
+        with self._lock:
+            if self.expirations.get(key, 0.0) <= self.clock():
+                return 0
+            return self.counts.get(key, 0)
+
+    def get_expiry(self, key: str) -> float:
+        with self._lock:
+            return self.expirations.get(key, self.clock())
+
+    def check(self) -> bool:
+        return True
+
+    def reset(self) -> int | None:
+        with self._lock:
+            count = len(self.counts)
+            self.counts.clear()
+            self.expirations.clear()
+        return count
+
+    def clear(self, key: str) -> None:
+        with self._lock:
+            self.counts.pop(key, None)
+            self.expirations.pop(key, None)
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + self.SWEEP_INTERVAL
+        for key in [k for k, at in self.expirations.items() if at <= now]:
+            del self.expirations[key]
+            self.counts.pop(key, None)
+
+
+limiter = RouteLimiter(key_func=get_remote_address, default_limits=[], headers_enabled=True)
+
+
+def init_app(app: Any) -> None:
+    """Bind the limiter. Nothing here opens a network connection."""
+    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "lazymemory://")
+    app.config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
+    app.config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
+    app.config.setdefault(
+        "RATELIMIT_STORAGE_OPTIONS", {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
+    )
+    # Registered before the limiter's own hook, so it runs after it (Flask runs after_request
+    # hooks in reverse), and only where the limiter runs: the limiter adds Retry-After to
+    # every response it limits, but it only means something on a 429 (or a 423, 503); a
+    # Retry-After a view sets on a route without limits (a 409 "in progress") is kept.
+    limiter.init_app(app, after_hooks=(_retry_after_only_when_meaningful,))
+
+
+def _retry_after_only_when_meaningful(response: Any) -> Any:
+    if response.status_code not in (423, 429, 503):
+        response.headers.pop("Retry-After", None)
+    return response
+
+
+# --- key functions --------------------------------------------------------------------------
+
+
+def rate_limit_key(key: Callable[[], str]) -> Callable[[], str]:
+    """A rate-limit key function made total: it never raises and returns ASCII.
+
+    flask-limiter takes any exception from a key function for a storage failure and
+    switches every later request to fresh in-memory counters, so one hostile body would
+    reset every limit. Whatever the body, header or encoding, the wrapped key answers: a
+    failure (logged on one line, no traceback) falls back to the client's address, and a
+    key that is not plain ASCII (Redis keys are bytes) is replaced by its digest.
+    """
+
+    @functools.wraps(key)
+    def total() -> str:
+        try:
+            value = key()
+        except HTTPException:  # a body too large to read: the view answers it (413)
+            return "ip:" + client_ip()
+        except Exception as exc:
+            log.warning(
+                "rate-limit key %s failed (%s); keyed by address", key.__name__, type(exc).__name__
+            )
+            return "ip:" + client_ip()
+        if not value.isascii() or not value.isprintable():
+            return "h:" + _digest(value)
+        return value
+
+    return total
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def jwt_subject_key(*, refresh: bool, fallback: Callable[[], str]) -> Callable[[], str]:
+    """A rate-limit key "per account": the user of a *verified* token, else `fallback()`.
+
+    Only a verified token counts: an unverified `sub` would let anyone spend another
+    user's budget. An invalid token is refused by the view itself. The token is verified
+    the way the view verifies it (`bearer.verify_jwt_in_request`), so the view's own check
+    is answered from that verification: one per request.
+    """
+    from app.http.bearer import verified_subject
+
+    def key() -> str:
+        subject = verified_subject(refresh=refresh)
+        return "user:" + subject if subject is not None else fallback()
+
+    key.__name__ = f"jwt_subject_key_{'refresh' if refresh else 'access'}"
+    return rate_limit_key(key)
+
+
+def client_ip() -> str:
+    """The client's address (after ProxyFix has applied the trusted hops), in canonical
+    form; "unknown" when what the proxy passed on is not an address."""
+    try:
+        parsed = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        return "unknown"
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        parsed = parsed.ipv4_mapped  # one client, one spelling: ::ffff:10.0.0.1 is 10.0.0.1
+    address = str(parsed)
+    return address if len(address) <= 45 else "unknown"  # an IPv6 scope id can be long
+
+
+def _json_member(name: str) -> str | None:
+    """A string member of a JSON object body, or None (any other body, any other type)."""
+    data = request.get_json(silent=True)
+    value = data.get(name) if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+@rate_limit_key
+def email_in_body() -> str:
+    """Rate-limit key "per account": the normalised email of a JSON body *and* the client's
+    address, else the address. Counting per account alone would let one address spend the
+    owner's budget and keep them out from anywhere; the account-wide defence against many
+    addresses is the login lockout's ceiling (docs/adr/0008-login-lockout.md)."""
+    from app.kernel.emails import normalise_email
+
+    email = _json_member("email")
+    if email and email.strip():
+        return "acct:" + _digest(normalise_email(email)) + "@" + client_ip()
+    return "ip:" + client_ip()
+
+
+@rate_limit_key
+def token_in_body() -> str:
+    """Rate-limit key "per token": a digest of the JSON body's token, else the IP."""
+    token = _json_member("token")
+    if token:
+        return "tok:" + _digest(token)
+    return "ip:" + client_ip()
+
+
+def config_limit(name: str) -> Callable[[], str]:
+    """A rate limit read from the app's configuration at request time."""
+    return lambda: current_app.config[name]
