@@ -411,3 +411,27 @@ def test_docs_list_every_setting():
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
     assert as_markdown() in doc, "docs/configuration.md is stale: regenerate with `make docs`"
+
+
+# --- rules between a setting and what the modules know -----------------------------------
+
+
+def test_a_renewal_lead_as_long_as_a_paid_period_is_refused(bare_env):
+    """RENEWAL_LEAD_HOURS=8784 with the 30-day pro plan made each hourly renewal run charge
+    one more period in advance: the lead must be shorter than the shortest paid period."""
+    with pytest.raises(ConfigError) as raised:
+        create_app({**bare_env, "RENEWAL_LEAD_HOURS": "720"})  # 30 days: pro's period
+    line = str(raised.value)
+    assert line == (
+        "RENEWAL_LEAD_HOURS (720) must be shorter than the shortest paid plan's period "
+        "(pro: 30 days, 720 hours)"
+    )
+    # A free plan's period does not count: it is never renewed for money.
+    plans = '[{"plan": "free", "seats": 1, "max_seats": 1, "price_cents": 0, "currency": "EUR",'
+    plans += ' "period_days": 1}, {"plan": "pro", "seats": 1, "max_seats": 5, "price_cents": 9,'
+    plans += ' "currency": "EUR", "period_days": 2}]'
+    with pytest.raises(ConfigError, match=r"RENEWAL_LEAD_HOURS \(48\) .* \(pro: 2 days"):
+        create_app({**bare_env, "PLANS_JSON": plans, "RENEWAL_LEAD_HOURS": "48"})
+    app = create_app({**bare_env, "PLANS_JSON": plans, "RENEWAL_LEAD_HOURS": "47"})
+    assert app.config["RENEWAL_LEAD"] == timedelta(hours=47)
+    app.extensions["db"].dispose()
