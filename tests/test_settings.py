@@ -435,3 +435,14 @@ def test_a_renewal_lead_as_long_as_a_paid_period_is_refused(bare_env):
     app = create_app({**bare_env, "PLANS_JSON": plans, "RENEWAL_LEAD_HOURS": "47"})
     assert app.config["RENEWAL_LEAD"] == timedelta(hours=47)
     app.extensions["db"].dispose()
+
+
+@pytest.mark.parametrize("limit", ["0/minute", "10/minute;0/hour"])
+def test_a_rate_limit_of_zero_is_refused(limit):
+    """RATELIMIT_LOGIN_PER_IP=0/minute passed, and then every login answered 429."""
+    with pytest.raises(ConfigError) as raised:
+        load_settings("/srv/i", environ={"RATELIMIT_LOGIN_PER_IP": limit})
+    assert str(raised.value) == (
+        "RATELIMIT_LOGIN_PER_IP must allow at least one request in each period "
+        f"(0 refuses every request), got {limit!r}"
+    )

@@ -92,11 +92,16 @@ def _rate_limit(value: Any) -> Any:
 
     if isinstance(value, str):
         try:
-            parse_many(value)
+            items = parse_many(value)
         except ValueError:
             raise ValueError(
                 f"is not a rate limit like 10/minute;100/hour, got {value!r}"
             ) from None
+        if any(item.amount < 1 for item in items):  # 0/minute: every request is a 429
+            raise ValueError(
+                "must allow at least one request in each period (0 refuses every request), "
+                f"got {value!r}"
+            )
     return value
 
 
