@@ -377,11 +377,15 @@ def test_an_empty_variable_counts_as_unset():
             "error: OWNERSHIP_GUARD must be one of raise, log or off, got 'warn'; "
             "RATELIMIT_LOGIN_PER_IP is not a rate limit like 10/minute;100/hour, got 'lots'",
         ),
+        (
+            {"DATABASE_URL": "postgresql://u:hunter2@h:notaport/x"},
+            "error: DATABASE_URL: port must be a number 1-65535",
+        ),
     ],
-    ids=["one", "two"],
+    ids=["one", "two", "database-port"],
 )
 def test_the_cli_says_a_bad_setting_in_one_line(tmp_path, env, line):
-    env = project_env(APP_ENV="testing", DATABASE_URL=f"sqlite:///{tmp_path}/app.db", **env)
+    env = project_env(APP_ENV="testing", **{"DATABASE_URL": f"sqlite:///{tmp_path}/app.db", **env})
     result = run_flask("db", "current", env=env, timeout=60)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [line]
@@ -446,3 +450,12 @@ def test_a_rate_limit_of_zero_is_refused(limit):
         "RATELIMIT_LOGIN_PER_IP must allow at least one request in each period "
         f"(0 refuses every request), got {limit!r}"
     )
+
+
+@pytest.mark.parametrize("port", ["notaport", "99999", "0"])
+def test_a_database_url_with_a_bad_port_is_one_clear_line(port):
+    """postgresql://u:pw@h:notaport/x said "DATABASE_URL invalid literal for int()…"."""
+    url = f"postgresql://u:hunter2@h:{port}/x"
+    with pytest.raises(ConfigError) as raised:
+        load_settings("/srv/i", environ={"DATABASE_URL": url})
+    assert str(raised.value) == "DATABASE_URL: port must be a number 1-65535"

@@ -140,6 +140,10 @@ def redis_url(value: Any) -> Any:
     return value
 
 
+# A phrase that starts with ":" follows the variable's name directly ("DATABASE_URL: port…").
+BAD_PORT = ": port must be a number 1-65535"
+
+
 def check_database_url(url: str) -> str:
     """Refuse a URL the app cannot use (ValueError); return its backend (`sqlite` or
     `postgresql`)."""
@@ -150,6 +154,10 @@ def check_database_url(url: str) -> str:
         parsed = make_url(url)
     except ArgumentError:
         raise ValueError("is not a database URL (sqlite:///… or postgresql://…)") from None
+    except ValueError:  # int(port) failed; its message would say only "invalid literal"
+        raise ValueError(BAD_PORT) from None
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise ValueError(BAD_PORT)
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql", "postgres"):
         raise ValueError(f"must be sqlite:///… or postgresql://…, not {backend}://")
