@@ -381,8 +381,16 @@ def test_an_empty_variable_counts_as_unset():
             {"DATABASE_URL": "postgresql://u:hunter2@h:notaport/x"},
             "error: DATABASE_URL: port must be a number 1-65535",
         ),
+        (
+            {"REDIS_URL": "redis://127.0.0.1:notaport/0"},
+            "error: REDIS_URL: port must be a number 1-65535",
+        ),
+        (
+            {"REDIS_URL": "redis://:hunter2@127.0.0.1/10?socket_timeout=abc"},
+            "error: REDIS_URL: the socket_timeout option has a value redis-py cannot read",
+        ),
     ],
-    ids=["one", "two", "database-port"],
+    ids=["one", "two", "database-port", "redis-port", "redis-option"],
 )
 def test_the_cli_says_a_bad_setting_in_one_line(tmp_path, env, line):
     env = project_env(APP_ENV="testing", **{"DATABASE_URL": f"sqlite:///{tmp_path}/app.db", **env})
@@ -459,3 +467,41 @@ def test_a_database_url_with_a_bad_port_is_one_clear_line(port):
     with pytest.raises(ConfigError) as raised:
         load_settings("/srv/i", environ={"DATABASE_URL": url})
     assert str(raised.value) == "DATABASE_URL: port must be a number 1-65535"
+
+
+@pytest.mark.parametrize(
+    ("url", "phrase"),
+    [
+        ("redis://127.0.0.1:notaport/0", ": port must be a number 1-65535"),
+        ("redis://127.0.0.1:99999/0", ": port must be a number 1-65535"),
+        ("rediss://:hunter2@cache:0/0", ": port must be a number 1-65535"),
+        (
+            "redis://:hunter2@127.0.0.1:6379/10?socket_timeout=abc",
+            ": the socket_timeout option has a value redis-py cannot read",
+        ),
+        ("unix://", ": unix:// needs the socket's path (unix:///run/redis/redis.sock)"),
+    ],
+)
+def test_a_redis_url_redis_py_cannot_read_is_one_line(url, phrase):
+    """These passed the settings and then crashed every start with a traceback."""
+    with pytest.raises(ConfigError) as raised:
+        load_settings("/srv/i", environ={"REDIS_URL": url})
+    assert str(raised.value) == f"REDIS_URL{phrase}"
+
+
+def test_a_unix_socket_redis_url_is_accepted_and_used(bare_env, tmp_path):
+    """REDIS_URL=unix:///path passed the settings, then every start crashed: flask-limiter
+    knows the socket only as redis+unix://."""
+    socket_path = str(tmp_path / "redis.sock")
+    app = create_app({**bare_env, "REDIS_URL": f"unix://{socket_path}?db=3"})
+    try:
+        assert app.config["REDIS_URL"] == f"unix://{socket_path}?db=3"  # redis-py's, as given
+        assert app.config["RATELIMIT_STORAGE_URI"] == f"redis+unix://{socket_path}?db=3"
+        from app.http.limits import limiter
+
+        with app.app_context():
+            pool = limiter.storage.storage.connection_pool
+        assert pool.connection_kwargs["path"] == socket_path
+        assert pool.connection_kwargs["db"] == 3
+    finally:
+        app.extensions["db"].dispose()

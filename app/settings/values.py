@@ -135,8 +135,36 @@ def addresses_or_any(value: Any) -> Any:
 
 
 def redis_url(value: Any) -> Any:
-    if isinstance(value, str) and not value.startswith(("redis://", "rediss://", "unix://")):
+    """A URL redis-py reads (`redis.from_url`): its scheme, port and query options checked
+    here, not by the first connection. Errors never repeat the URL (it may hold a password)."""
+    from urllib.parse import urlsplit
+
+    from redis.connection import parse_url
+
+    if not isinstance(value, str):
+        return value
+    if not value.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("must be redis://…, rediss://… or unix://…")
+    parts = urlsplit(value)
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError(": unix:// needs the socket's path (unix:///run/redis/redis.sock)")
+    else:
+        try:
+            port = parts.port
+        except ValueError:  # not a number, or beyond 65535
+            raise ValueError(BAD_PORT) from None
+        if port == 0:
+            raise ValueError(BAD_PORT)
+    try:
+        parse_url(value)
+    except ValueError as exc:
+        option = re.search(r"Invalid value for '([^']+)'", str(exc))
+        if option:
+            raise ValueError(
+                f": the {option.group(1)} option has a value redis-py cannot read"
+            ) from None
+        raise ValueError(": redis-py cannot read it") from None
     return value
 
 
