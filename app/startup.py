@@ -24,7 +24,7 @@ def preflight() -> str | None:
     from app import create_app
     from app.auth.api import SigningKeyError
     from app.config import ConfigError
-    from app.kernel.db import sqlite_version_warning
+    from app.kernel.engines import sqlite_version_warning
     from app.operations import health
     from app.settings import settings_of
 

@@ -31,6 +31,11 @@ if ":" in _host and not _host.startswith("["):
 bind = f"{_host}:{_int('PORT', '8000')}"
 # The master's pid, for a graceful reload after a deploy: kill -HUP "$(cat "$GUNICORN_PIDFILE")".
 pidfile = os.environ.get("GUNICORN_PIDFILE") or None
+# gunicorn 27's control socket lives at one path per user (~/.gunicorn/gunicorn.ctl): every
+# instance on a host would share it, and the last to stop would delete it for all. The
+# pidfile and signals (README, "Operations") are how this service is run; older gunicorns
+# ignore the setting.
+control_socket_disable = True
 workers = _int("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1)
 worker_class = "sync"
 timeout = _int("GUNICORN_TIMEOUT", 30)

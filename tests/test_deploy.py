@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.helpers import ROOT, gunicorn_server
+from tests.helpers import ROOT, gunicorn_server, http
 
 README = (ROOT / "README.md").read_text()
 INSTALL_CRONTAB = (
@@ -102,3 +102,17 @@ def test_gunicorn_writes_the_pidfile_the_reload_reads(tmp_path, sqlite_template)
     ):
         assert int(pidfile.read_text()) == procs[0].pid
     assert not pidfile.exists()  # removed when gunicorn stops
+
+
+def test_gunicorn_opens_no_control_socket_another_instance_could_take(tmp_path, sqlite_template):
+    """gunicorn 27 opens a control socket at one path per user (~/.gunicorn/gunicorn.ctl):
+    every instance on a host would share it, and whichever stopped last would delete it
+    from under the others. The sample configuration turns it off."""
+    import shutil
+
+    shutil.copy(sqlite_template, tmp_path / "app.db")
+    home = tmp_path / "home"
+    home.mkdir()
+    with gunicorn_server(f"sqlite:///{tmp_path}/app.db", workers=1, HOME=str(home)) as base:
+        assert http("GET", base + "/healthz")[0] == 200
+        assert not (home / ".gunicorn").exists()

@@ -221,3 +221,36 @@ def test_sandbox_gateways_share_one_ledger_each_reading_what_the_others_wrote(tm
     with pytest.raises(PaymentUnavailable):
         second.refund(charge_id=other.charge_id, amount_cents=500, idempotency_key="r-3")
     assert [e["idempotency_key"] for e in second.entries()] == ["order-9", "order-1"]
+
+
+def test_a_torn_ledger_line_does_not_stop_later_charges_and_refunds(tmp_path):
+    """A crash (or a full disk) mid-append leaves half a line at the ledger's end. The next
+    entry starts on a line of its own, and every reader — this process, a restarted one,
+    `entries()` — skips the fragment instead of failing every payment after it."""
+    ledger = tmp_path / "ledger.jsonl"
+    gateway = SandboxGateway(ledger)
+    first = gateway.charge(
+        amount_cents=900, currency="EUR", payment_method="tok_ok", idempotency_key="k1"
+    )
+    with open(ledger, "a") as file:
+        file.write('{"type": "charge", "idempotency_key": "ord_torn')
+
+    second = gateway.charge(
+        amount_cents=2700, currency="EUR", payment_method="tok_ok", idempotency_key="k2"
+    )
+    refund = gateway.refund(charge_id=second.charge_id, amount_cents=2700, idempotency_key="r2")
+    assert refund.charge_id == second.charge_id
+
+    restarted = SandboxGateway(ledger)
+    again = restarted.charge(
+        amount_cents=2700, currency="EUR", payment_method="tok_ok", idempotency_key="k2"
+    )
+    assert again.charge_id == second.charge_id and again.refunded
+    assert (
+        restarted.refund(
+            charge_id=first.charge_id, amount_cents=900, idempotency_key="r1"
+        ).charge_id
+        == first.charge_id
+    )
+    kinds = [(e["type"], e["idempotency_key"]) for e in restarted.entries()]
+    assert kinds == [("charge", "k1"), ("charge", "k2"), ("refund", "r2"), ("refund", "r1")]

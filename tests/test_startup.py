@@ -193,5 +193,11 @@ def test_an_unreadable_signing_key_is_named_and_activations_are_503(app_config, 
         assert activation.status_code == 503, activation.get_json()
         assert activation.get_json()["code"] == "signing_unavailable"
         assert str(tmp_path) not in activation.get_data(as_text=True)
+        # Nothing was kept for an answer without a token: no license, no seat in use.
+        login = client.post(
+            "/api/v1/auth/login", json={"email": "a@example.com", "password": "p" * 12}
+        ).get_json()
+        bearer = {"Authorization": f"Bearer {login['access_token']}"}
+        assert client.get("/api/v1/licenses", headers=bearer).get_json()["items"] == []
     finally:
         app.extensions["db"].dispose()

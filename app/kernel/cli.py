@@ -27,7 +27,8 @@ from flask.cli import AppGroup
 from sqlalchemy.exc import DBAPIError
 
 from app.kernel import migrations
-from app.kernel.db import get_database, sqlite_version_warning
+from app.kernel.db import get_database
+from app.kernel.engines import sqlite_version_warning
 from app.kernel.ownership import OPERATOR, acting_as, registry
 
 log = logging.getLogger(__name__)

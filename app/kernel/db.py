@@ -1,38 +1,40 @@
-"""Engines, the Session of each request or CLI command, and `transaction()`.
+"""The Session of each request or CLI command, `transaction()` and `read_first()`.
 
-SQLite is tuned for a multi-process web server (WAL, synchronous=NORMAL, foreign keys,
-busy_timeout) and write transactions begin with ``BEGIN IMMEDIATE``: pysqlite's deferred
-BEGIN takes the write lock only at the first write, and a read-then-write transaction that
-loses that race gets SQLITE_BUSY at once, whatever busy_timeout says.
-
-PostgreSQL (psycopg 3) gets a pre-pinged, sized, recycled pool, an application_name and a
-statement timeout, so a dead server costs one failed request and then recovers by itself.
-Beside it, an autocommit engine serves `read_first`: a hot-path read of one statement as one
-round trip (docs/adr/0016-hot-path-database-access.md).
+How each database is opened (SQLite's pragmas and BEGIN IMMEDIATE, PostgreSQL's pool, the
+autocommit engine for hot-path reads) is in `app.kernel.engines`; its names are re-exported
+here for the callers that open an engine of their own (migrations, backups, tests).
+Write transactions on SQLite queue for their turn on a lock file before BEGIN IMMEDIATE, and
+`read_first` reads one statement as one round trip on PostgreSQL
+(docs/adr/0016-hot-path-database-access.md).
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import functools
 import logging
 import os
-import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, Row, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy import DateTime, Engine, MetaData, Row, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql import Executable
 from sqlalchemy.types import TypeDecorator
 
 from app.kernel import files, ownership
+from app.kernel.engines import (  # noqa: F401  (re-exported: see the docstring)
+    EngineSettings,
+    flat_layout,
+    make_autocommit_engine,
+    make_engine,
+    normalise_url,
+    sqlite_has_wal_reset_bug,
+    sqlite_version_warning,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,193 +84,6 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
-
-
-# --- engines -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """How to build an engine; filled from the app's configuration."""
-
-    url: str
-    application_name: str = "licensing"
-    pool_size: int = 5
-    max_overflow: int = 5
-    pool_timeout: float = 10.0
-    pool_recycle: int = 1800
-    statement_timeout_ms: int = 15000
-    connect_timeout: int = 5
-    sqlite_busy_timeout_ms: int = 5000
-    guard_mode: str = "raise"
-    role_prefix: str | None = None  # PostgreSQL: run each module's statements under its role
-    schemas: bool = False  # PostgreSQL: each module's tables in its own schema (phase 2)
-    echo: bool = False
-
-
-def normalise_url(url: str) -> str:
-    """Point plain PostgreSQL URLs at psycopg 3 (`postgresql://` → `postgresql+psycopg://`)."""
-    for alias in ("postgres+psycopg://", "postgres://", "postgresql://"):
-        if url.startswith(alias):
-            return "postgresql+psycopg://" + url[len(alias) :]
-    return url
-
-
-def flat_layout() -> dict[str, str | None]:
-    """The `schema_translate_map` of the flat layout: every module schema to the default one.
-
-    Models name their owner's schema (`auth.users`); in the flat layout (SQLite, phase-1
-    PostgreSQL) those names render as the database's default schema. Built from the
-    registry, so every module must have declared itself before an engine is made.
-    """
-    return dict.fromkeys(ownership.registry.schemas())
-
-
-def make_engine(settings: EngineSettings) -> Engine:
-    """Create a tuned engine for SQLite or PostgreSQL, with the ownership guard installed."""
-    url = make_url(normalise_url(settings.url))
-    backend = url.get_backend_name()
-    if settings.schemas and backend != "postgresql":
-        raise ValueError("the schema layout (DB_SCHEMAS) needs PostgreSQL")
-    options = {} if settings.schemas else {"schema_translate_map": flat_layout()}
-    if backend == "sqlite":
-        engine = _make_sqlite_engine(url, settings, options)
-    elif backend == "postgresql":
-        engine = _make_postgresql_engine(url, settings, options)
-    else:
-        raise ValueError(f"unsupported database backend {backend!r}")
-    role_prefix = settings.role_prefix if engine.dialect.name == "postgresql" else None
-    ownership.install_guard(engine, settings.guard_mode, role_prefix)
-    return engine
-
-
-def _make_postgresql_engine(
-    url: Any, settings: EngineSettings, options: dict, **overrides: Any
-) -> Engine:
-    return create_engine(
-        url,
-        **{
-            "echo": settings.echo,
-            # Parameters hold password hashes and emails: never in SQL_ECHO output nor in
-            # the text of a logged database error (tests/test_secrets.py).
-            "hide_parameters": True,
-            "execution_options": options,
-            "pool_pre_ping": True,
-            "pool_size": settings.pool_size,
-            "max_overflow": settings.max_overflow,
-            "pool_timeout": settings.pool_timeout,
-            "pool_recycle": settings.pool_recycle,
-            "connect_args": {
-                "application_name": settings.application_name,
-                "connect_timeout": settings.connect_timeout,
-                "options": f"-c statement_timeout={int(settings.statement_timeout_ms)}",
-            },
-            **overrides,
-        },
-    )
-
-
-def make_autocommit_engine(settings: EngineSettings) -> Engine | None:
-    """The engine of `read_first` beside `make_engine(settings)`'s, or None where the
-    session's own connection costs as little (SQLite: BEGIN and ROLLBACK are calls into
-    the library there, not round trips to a server).
-
-    On PostgreSQL: the same database, guard and module roles, but every statement runs in
-    autocommit (no BEGIN, no ROLLBACK at check-in) and the pool does not ping a connection
-    before handing it out; `read_first` retries once on a connection found dead instead.
-    A read holds its connection for one statement, so the pool does not overflow.
-    """
-    url = make_url(normalise_url(settings.url))
-    if url.get_backend_name() != "postgresql":
-        return None
-    options = {} if settings.schemas else {"schema_translate_map": flat_layout()}
-    engine = _make_postgresql_engine(
-        url,
-        settings,
-        options,
-        isolation_level="AUTOCOMMIT",
-        pool_pre_ping=False,
-        max_overflow=0,
-    )
-    ownership.install_guard(engine, settings.guard_mode, settings.role_prefix, autocommit=True)
-    return engine
-
-
-# SQLite releases that carry the WAL-reset corruption bug: everything before the fixes
-# in 3.51.3, 3.50.7 and 3.44.6 (the fixes were backported to those two branches).
-def sqlite_has_wal_reset_bug(version: str) -> bool:
-    """True when this SQLite library version carries the WAL-reset bug."""
-    v = tuple(int(part) for part in version.split(".")[:3])
-    if v >= (3, 51, 3):
-        return False
-    if (3, 50, 7) <= v < (3, 51, 0):
-        return False
-    return not (3, 44, 6) <= v < (3, 45, 0)
-
-
-def sqlite_version_warning(url: str) -> str | None:
-    """What to tell the operator when `url` is a SQLite database and the SQLite library
-    carries the WAL-reset bug (None otherwise). Said once per service start (the gunicorn
-    master) and once per CLI command that writes, not by every process that opens it."""
-    if make_url(normalise_url(url)).get_backend_name() != "sqlite":
-        return None
-    version = sqlite3.sqlite_version
-    if not sqlite_has_wal_reset_bug(version):
-        return None
-    return (
-        f"SQLite {version} carries the WAL-reset bug (fixed in 3.51.3, 3.50.7 and 3.44.6): "
-        "concurrent writers and checkpoints can corrupt the database. Upgrade the SQLite "
-        "library Python links against, or use PostgreSQL in production."
-    )
-
-
-def _make_sqlite_engine(url: Any, settings: EngineSettings, options: dict) -> Engine:
-    path = url.database
-    if path and path != ":memory:" and not url.query.get("uri"):
-        # It holds password hashes and emails: warn now if it is open to other users.
-        for suffix in ("", "-wal", "-shm"):
-            files.warn_if_exposed(os.path.abspath(path + suffix))
-    engine = create_engine(
-        url,
-        hide_parameters=True,  # as for PostgreSQL
-        echo=settings.echo,
-        execution_options=options,
-        pool_size=settings.pool_size,
-        max_overflow=settings.max_overflow,
-        pool_timeout=settings.pool_timeout,
-        connect_args={"timeout": settings.sqlite_busy_timeout_ms / 1000},
-    )
-    busy_timeout = int(settings.sqlite_busy_timeout_ms)
-
-    @event.listens_for(engine, "do_connect")
-    def _create_private(_dialect: Any, _record: Any, cargs: Any, _cparams: Any) -> None:
-        # SQLite would create a missing file 0644 (less the umask) in whatever folder; an
-        # empty file is an empty database, so make it first, 0600 in a 0700 folder. Its -wal
-        # and -shm files take the database file's mode (SQLite copies it).
-        if path and path != ":memory:" and not url.query.get("uri"):
-            with contextlib.suppress(OSError):  # SQLite's own attempt reports it (503)
-                files.create_private_file(path)
-
-    @event.listens_for(engine, "connect")
-    def _tune_sqlite(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
-        # Let SQLAlchemy (the "begin" hook below) emit BEGIN, not pysqlite.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute(f"PRAGMA busy_timeout={busy_timeout}")
-        finally:
-            cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Any) -> None:
-        mode = "IMMEDIATE" if conn.get_execution_options().get("sqlite_write") else "DEFERRED"
-        # Marked as plumbing so the ownership guard lets it through whatever module acts.
-        conn.exec_driver_sql(f"BEGIN {mode}", execution_options={ownership.PLUMBING: True})
-
-    return engine
 
 
 # --- sessions and transactions -------------------------------------------------------

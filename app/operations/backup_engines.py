@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from app.kernel.db import normalise_url
+from app.kernel.engines import normalise_url
 
 # Every table of the database: `public` (the flat layout, alembic) and the module schemas.
 # Every table of the database: `public` (the flat layout, alembic) and the module schemas.

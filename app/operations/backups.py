@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from app.kernel.db import normalise_url
+from app.kernel.engines import normalise_url
 from app.operations import backup_engines as engines
 from app.operations.backup_engines import BackupError
 
@@ -268,7 +268,7 @@ def resend_unapplied_events(url: str, module_urls: dict[str, str], schemas: bool
     published, so the relay sends it again (inboxes absorb any duplicate)."""
     from sqlalchemy import select, update
 
-    from app.kernel.db import EngineSettings, make_engine
+    from app.kernel.engines import EngineSettings, make_engine
     from app.kernel.models import InboxEvent, OutboxEvent
     from app.kernel.ownership import OPERATOR, acting_as
 

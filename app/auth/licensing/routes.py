@@ -105,6 +105,7 @@ def _activation_user(session: Any, body: ActivateIn, now: Any) -> tuple[str | No
 )
 def activate(json_data: ActivateIn) -> Any:
     session, now = get_session(), utcnow()
+    signing.license_keys()  # 503 signing_unavailable now, before a seat is taken for nothing
     user_id, attempt = _activation_user(session, json_data, now)
     with transaction(session):
         if attempt is not None:
