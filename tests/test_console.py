@@ -541,3 +541,34 @@ def test_an_order_is_cancelled_from_the_portal(app, client):
     api = client.get(f"/api/v1/orders/{order_id}", headers=api_login(client, "ada@example.com"))
     assert api.get_json()["status"] == "cancelled"
     assert "0 of 1" in client.get("/account/").get_data(as_text=True)  # back to the free seat
+
+
+def test_a_database_outage_or_a_bug_is_a_page_not_json(app, client, monkeypatch):
+    """The console answers a database outage (503, retry) and an unexpected error (500)
+    with an HTML page like its other errors, never the API's problem+json or a traceback."""
+    from sqlalchemy.exc import InterfaceError
+
+    from app.console import web
+
+    register(client, "ada@example.com")
+    sign_in(client, "ada@example.com")
+
+    def unavailable(*_args, **_kwargs):
+        raise InterfaceError("SELECT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(web.browser_sessions, "resolve", unavailable)
+    response = client.get("/account/")
+    assert response.status_code == 503
+    assert response.mimetype == "text/html"
+    assert response.headers["Retry-After"] == "1"
+    assert "<h1>" in response.get_data(as_text=True)
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(web.browser_sessions, "resolve", broken)
+    response = client.get("/account/")
+    assert response.status_code == 500
+    assert response.mimetype == "text/html"
+    assert "a bug" not in response.get_data(as_text=True)
+    assert "Traceback" not in response.get_data(as_text=True)
