@@ -351,6 +351,20 @@ def test_create_admin_prompts_hidden_and_confirmed(app, runner):
     assert len(users(app)) == 1
 
 
+@pytest.mark.parametrize("email", ["not-an-email", "root@example", "root@example.test"])
+def test_create_admin_refuses_an_address_register_refuses(app, client, runner, email):
+    """`users create-admin 'not-an-email'` created an admin with that address, where
+    register answers 422: the CLI checks it the same way (one line, exit 1)."""
+    assert_problem(register(client, email), 422, "validation_error")
+    result = runner.invoke(
+        args=["users", "create-admin", email, "--password-stdin"], input=PASSWORD + "\n"
+    )
+    assert result.exit_code == 1
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("Error: value is not a valid email address: "), line
+    assert users(app) == []
+
+
 def test_create_admin_refuses_weak_passwords_and_duplicates(app, runner):
     weak = runner.invoke(
         args=["users", "create-admin", "root@example.com", "--password-stdin"], input="short\n"

@@ -159,6 +159,31 @@ def test_sign_out_revokes_the_session_server_side(app, client):
     assert revocation.reason == "sign_out"
 
 
+def test_a_password_change_gives_this_browser_a_new_session(app, client):
+    """A cookie copied before the password change signs nobody in afterwards, even a copy of
+    the changing browser's own: the browser that made the change carries on with a new one."""
+    registered(client, "ada@example.com")
+    sign_in(client, "ada@example.com")
+    stolen = client.get_cookie("console").value
+    page = client.get("/account/password")
+    response = client.post(
+        "/account/password",
+        data={
+            "current_password": PASSWORD,
+            "new_password": "a brand new passphrase",
+            "csrf_token": csrf_of(page),
+        },
+    )
+    assert response.status_code == 303
+    assert client.get("/account/").status_code == 200
+    assert client.get_cookie("console").value != stolen
+    thief = app.test_client()
+    thief.set_cookie("console", stolen)
+    response = thief.get("/account/")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/account/sign-in")
+
+
 def test_sign_out_everywhere_ends_every_browser(app):
     first, second = app.test_client(), app.test_client()
     registered(first, "ada@example.com")
@@ -319,6 +344,38 @@ def test_admin_batch_is_all_or_nothing(app, client, runner):
         assert verdict["code"] == "SUSPENDED"
 
 
+def test_a_users_batch_acts_only_on_that_users_licenses(app, client, runner):
+    """The batch form under /console/users/<ada> cannot change a license of someone else's
+    (a page acts on what it shows): nothing at all is changed."""
+    made = {}
+    for email in ("ada@example.com", "hal@example.com"):
+        registered(client, email)
+        answer = client.post(
+            "/api/v1/licenses/activate",
+            json={"client_id": f"pc-{email[:3]}", "email": email, "password": PASSWORD},
+        )
+        assert answer.status_code == 201, answer.get_json()
+        made[email] = answer.get_json()
+    ada, hal = made["ada@example.com"], made["hal@example.com"]
+    make_admin(runner, "root@example.com")
+    sign_in(client, "root@example.com")
+    page = client.get(f"/console/users/{ada['user_id']}")
+    response = client.post(
+        f"/console/users/{ada['user_id']}/licenses/batch",
+        data={
+            "csrf_token": csrf_of(page),
+            "action": "Suspend",
+            "license": [f"{ada['license_id']}:1", f"{hal['license_id']}:1"],
+        },
+    )
+    assert response.status_code == 422
+    for x in (ada, hal):
+        verdict = client.post(
+            "/api/v1/licenses/validate", json={"token": x["token"], "client_id": x["client_id"]}
+        ).get_json()
+        assert verdict["code"] == "VALID"
+
+
 def test_buying_twice_with_one_rendered_form_charges_once(app, client):
     form = ada_order_form(client, plan="pro", seats="3")
     assert client.post("/account/orders", data=form).status_code == 303
@@ -455,3 +512,34 @@ def test_an_order_is_cancelled_from_the_portal(app, client):
     api = client.get(f"/api/v1/orders/{order_id}", headers=auth_headers(client, "ada@example.com"))
     assert api.get_json()["status"] == "cancelled"
     assert "0 of 1" in client.get("/account/").get_data(as_text=True)  # back to the free seat
+
+
+def test_a_database_outage_or_a_bug_is_a_page_not_json(app, client, monkeypatch):
+    """The console answers a database outage (503, retry) and an unexpected error (500)
+    with an HTML page like its other errors, never the API's problem+json or a traceback."""
+    from sqlalchemy.exc import InterfaceError
+
+    from app.console import web
+
+    registered(client, "ada@example.com")
+    sign_in(client, "ada@example.com")
+
+    def unavailable(*_args, **_kwargs):
+        raise InterfaceError("SELECT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(web.browser_sessions, "resolve", unavailable)
+    response = client.get("/account/")
+    assert response.status_code == 503
+    assert response.mimetype == "text/html"
+    assert response.headers["Retry-After"] == "1"
+    assert "<h1>" in response.get_data(as_text=True)
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(web.browser_sessions, "resolve", broken)
+    response = client.get("/account/")
+    assert response.status_code == 500
+    assert response.mimetype == "text/html"
+    assert "a bug" not in response.get_data(as_text=True)
+    assert "Traceback" not in response.get_data(as_text=True)

@@ -34,6 +34,7 @@ def test_schema_grants_give_usage_only_on_the_schemas_a_module_touches():
         "GRANT USAGE ON SCHEMA orders TO licensing_admin;",
         "GRANT USAGE ON SCHEMA orders TO licensing_orders;",
         "GRANT USAGE ON SCHEMA kernel TO licensing_kernel;",
+        "GRANT USAGE ON SCHEMA webhooks TO licensing_webhooks;",
     }
     assert "public" not in sql
 

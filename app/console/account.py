@@ -201,8 +201,9 @@ def license_token(license_id: str) -> Any:
 @bp.route("/password", methods=["GET", "POST"])
 @requires_user
 def password() -> Any:
-    """POST /api/v1/auth/password's service: this browser stays signed in, every other
-    session (browsers and API tokens) ends."""
+    """POST /api/v1/auth/password's service: every session ends (browsers and API tokens),
+    this browser's too, and this browser carries on with a new one, so that no copy of a
+    cookie taken before the change still signs anyone in."""
     if request.method == "GET":
         return render_template("account/password.html", errors=[])
     try:
@@ -212,16 +213,21 @@ def password() -> Any:
         )
     except ValidationError as exc:
         return render_template("account/password.html", errors=form_errors(exc)), 422
+    db, user_id = get_session(), current_user().user_id
     try:
-        change_password(
-            get_session(),
-            current_user().user_id,
-            body.current_password,
-            body.new_password,
-            keep_browser_secret=session.get("sid"),
-        )
+        change_password(db, user_id, body.current_password, body.new_password)
     except (service.WrongPassword, service.AccountLocked) as exc:
         page = render_template("account/password.html", errors=[exc.detail])
         return page, exc.status, exc.headers
+    with transaction(db):
+        secret = browser_sessions.start(
+            db,
+            user_id,
+            ttl=current_app.config["CONSOLE_SESSION_TTL"],
+            ip=client_ip(),
+            user_agent=request.headers.get("User-Agent"),
+        )
+    session.clear()  # a new session (and CSRF token) for this browser
+    session["sid"] = secret
     flash("Your password is changed; every other session is signed out.", "ok")
     return redirect(url_for(".dashboard"), code=303)

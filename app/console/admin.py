@@ -190,6 +190,10 @@ def batch(user_id: str) -> Any:
             return error_page(422, "Unknown selection", "Use the page's checkboxes.")
         updates.append(auth_api.StatusUpdate(license_id, new_status, version))
     db = get_session()
+    for update in updates:  # the page acts on what it shows: this user's licenses only
+        license_ = auth_api.get_license(db, update.license_id)
+        if license_ is None or license_.user_id != user_id:
+            return error_page(422, "Unknown selection", "Select licenses shown on this page.")
     try:
         with transaction(db):
             changed = auth_api.batch_update_license_statuses(

@@ -133,22 +133,16 @@ def end(session: Session, secret: str, *, ip: str | None) -> None:
         )
 
 
-def revoke_all(
-    session: Session, user_id: str, *, reason: str, except_secret: str | None = None
-) -> int:
-    """Revoke every live browser session of the user (but `except_secret`'s, when given)
-    inside the caller's transaction; returns how many."""
-    now = utcnow()
-    keep = _digest(except_secret) if except_secret else None
-    rows = [
-        r
-        for r in session.scalars(
+def revoke_all(session: Session, user_id: str, *, reason: str) -> int:
+    """Revoke every live browser session of the user inside the caller's transaction;
+    returns how many."""
+    rows = list(
+        session.scalars(
             select(BrowserSession).where(
-                BrowserSession.user_id == user_id, BrowserSession.expires_at > now
+                BrowserSession.user_id == user_id, BrowserSession.expires_at > utcnow()
             )
         )
-        if r.session_id != keep
-    ]
+    )
     return _revoke_rows(session, rows, reason)
 
 

@@ -178,10 +178,8 @@ def check_current_password(session: Any, email: str, password: str) -> None:
         raise service.WrongPassword()
 
 
-def change_password(
-    session: Any, user_id: str, current: str, new: str, keep_browser_secret: str | None = None
-) -> Any:
-    """Check the current password, then set the new one and end every other session."""
+def change_password(session: Any, user_id: str, current: str, new: str) -> Any:
+    """Check the current password, then set the new one and end every session."""
     user = service.get_user(session, user_id)
     check_current_password(session, user.email, current)
     new_hash = hasher().hash(new)  # slow on purpose; outside the transaction
@@ -193,7 +191,6 @@ def change_password(
             now=utcnow(),
             tokens_expire_by=tokens.family_expiry(),
             ip=client_ip(),
-            keep_browser_secret=keep_browser_secret,
         )
 
 

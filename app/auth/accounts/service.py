@@ -377,12 +377,11 @@ def change_password(
     now: datetime,
     tokens_expire_by: datetime,
     ip: str | None,
-    keep_browser_secret: str | None = None,
 ) -> User:
     """Set a new password (hashed by the caller, outside the transaction) and end every
-    other session of the user: every API token issued before `now` (a marker in the
-    revocation list) and every browser session but `keep_browser_secret`'s. Audited as
-    PASSWORD_CHANGED. The caller answers with a fresh token pair (or keeps its browser)."""
+    session of the user: every API token issued before `now` (a marker in the revocation
+    list) and every browser session. Audited as PASSWORD_CHANGED. The caller answers with a
+    fresh token pair, or gives its browser a new session."""
     from app.auth.accounts import browser_sessions, revocations
 
     user = session.get(User, user_id, with_for_update=True, populate_existing=True)
@@ -392,9 +391,7 @@ def change_password(
     revocations.revoke_everything_before(
         session, user_id, now, reason="password_changed", expires_at=tokens_expire_by
     )
-    ended = browser_sessions.revoke_all(
-        session, user_id, reason="password_changed", except_secret=keep_browser_secret
-    )
+    ended = browser_sessions.revoke_all(session, user_id, reason="password_changed")
     admin_api.record_audit(
         session,
         "PASSWORD_CHANGED",
