@@ -124,7 +124,7 @@ def test_a_renewal_run_killed_after_the_charge_is_finished_by_the_next_run(
     ledger = tmp_path / "ledger.jsonl"
     _subscribe_and_make_due(database_url, signing_key_file, ledger)
     env = _cli_env(
-        database_url, signing_key_file, ledger, SANDBOX_LATENCY_MS="5000", ORDER_LEASE_SECONDS="1"
+        database_url, signing_key_file, ledger, SANDBOX_LATENCY_MS="5000", ORDER_LEASE_SECONDS="60"
     )
     proc = _renew_in_background(env, start_new_session=True)
     deadline = time.monotonic() + 30
@@ -141,7 +141,15 @@ def test_a_renewal_run_killed_after_the_charge_is_finished_by_the_next_run(
     ]
     assert pending.status == "pending"
 
-    time.sleep(1.2)  # the dead run's lease expires
+    # The dead run's lease expires: an explicit step, not a wait on the wall clock.
+    _db(
+        database_url,
+        lambda s: s.execute(
+            update(Order)
+            .where(Order.order_id == pending.order_id)
+            .values(updated_at=utcnow() - timedelta(minutes=5))
+        ),
+    )
     env["SANDBOX_LATENCY_MS"] = "0"
     result = run_flask("subscriptions", "renew", env=env, timeout=60)
     assert result.returncode == 0, result.stderr
