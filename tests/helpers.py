@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: problem assertions, a killable TCP proxy, process runners."""
+"""Helpers shared by the tests: accounts, problem assertions, a killable TCP proxy,
+process runners."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from http.client import HTTPConnection
 from pathlib import Path
 
@@ -51,6 +53,145 @@ OTHER_SECRET = "Zm9yIHRlc3RzIG9ubHk_Y2x3Vt8Qe1Rk4NbXp6Hs2Jd9Lf0Ga7Cw3Uy5Io-KzMn"
 def bearer(token: str | None) -> dict[str, str]:
     """The Authorization header of an access (or refresh) token; none without one."""
     return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+# --- accounts: one way to sign up and log in, in process or over real HTTP ---------------
+
+API = "/api/v1"
+PASSWORD = "correct horse battery"
+ADA = "ada@example.com"
+
+
+@dataclass(frozen=True)
+class Account:
+    """A registered customer who has logged in: who they are and their token pair."""
+
+    user_id: str
+    email: str
+    access: str
+    refresh: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The Authorization header of the access token."""
+        return bearer(self.access)
+
+
+def _remote(ip: str | None, kw: dict) -> dict:
+    if ip is not None:
+        kw["environ_base"] = {**kw.get("environ_base", {}), "REMOTE_ADDR": ip}
+    return kw
+
+
+def register(client, email: str = ADA, password: str = PASSWORD, *, ip: str | None = None, **kw):
+    """POST /auth/register through a Flask test client (the response, unchecked); `ip` is
+    the caller's address, `kw` goes to `client.post` (headers, environ_base...)."""
+    body = {"email": email, "password": password}
+    return client.post(f"{API}/auth/register", json=body, **_remote(ip, kw))
+
+
+def login(client, email: str = ADA, password: str = PASSWORD, *, ip: str | None = None, **kw):
+    """POST /auth/login through a Flask test client (the response, unchecked)."""
+    body = {"email": email, "password": password}
+    return client.post(f"{API}/auth/login", json=body, **_remote(ip, kw))
+
+
+def registered(client, email: str = ADA, password: str = PASSWORD) -> dict:
+    """A new customer registered through a Flask test client (201): the user's body."""
+    response = register(client, email, password)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def auth_headers(
+    client, email: str = ADA, password: str = PASSWORD, *, ip: str | None = None
+) -> dict[str, str]:
+    """The Authorization header of a fresh access token (the login must succeed)."""
+    response = login(client, email, password, ip=ip)
+    assert response.status_code == 200, response.get_json()
+    return bearer(response.get_json()["access_token"])
+
+
+def logged_in(client, email: str, user_id: str, password: str = PASSWORD) -> Account:
+    """An existing customer's new token pair (the login must succeed)."""
+    response = login(client, email, password)
+    assert response.status_code == 200, response.get_json()
+    pair = response.get_json()
+    return Account(user_id, email, pair["access_token"], pair["refresh_token"])
+
+
+def sign_up(client, email: str = ADA, password: str = PASSWORD) -> Account:
+    """A new customer, registered (201) and logged in (200) through a Flask test client."""
+    return logged_in(client, email, registered(client, email, password)["user_id"], password)
+
+
+def register_over_http(base: str, email: str, password: str = PASSWORD):
+    """POST /auth/register over real HTTP to the server at `base`: (status, body, headers)."""
+    return http("POST", f"{base}{API}/auth/register", {"email": email, "password": password})
+
+
+def login_over_http(base: str, email: str, password: str = PASSWORD):
+    """POST /auth/login over real HTTP to the server at `base`: (status, body, headers)."""
+    return http("POST", f"{base}{API}/auth/login", {"email": email, "password": password})
+
+
+def sign_up_over_http(base: str, email: str, password: str = PASSWORD) -> Account:
+    """A new customer, registered and logged in over real HTTP against the server at `base`."""
+    status, user, _ = register_over_http(base, email, password)
+    assert status == 201, user
+    status, pair, _ = login_over_http(base, email, password)
+    assert status == 200, pair
+    return Account(user["user_id"], email, pair["access_token"], pair["refresh_token"])
+
+
+def grant_subscription(app, user_id: str, seats: int, plan: str = "pro"):
+    """A 30-day subscription granted through the auth module's API (as orders grants it)."""
+    from datetime import timedelta
+
+    from app.auth import api as auth_api
+    from app.kernel.db import get_session, transaction
+
+    with app.app_context():
+        session = get_session()
+        with transaction(session):
+            return auth_api.grant_subscription(
+                session, user_id, plan=plan, seats=seats, period=timedelta(days=30)
+            )
+
+
+# --- rows, as the operator sees them ------------------------------------------------------
+
+
+def rows(app, stmt) -> list:
+    """The objects `stmt` selects, read as the operator in `app`."""
+    from app.kernel.db import get_session
+    from app.kernel.ownership import OPERATOR, acting_as
+
+    with app.app_context(), acting_as(OPERATOR):
+        return list(get_session().scalars(stmt))
+
+
+def as_operator(app, fn):
+    """`fn(session)` in one transaction, as the operator in `app` (what it returns)."""
+    from app.kernel.db import get_session, transaction
+    from app.kernel.ownership import OPERATOR, acting_as
+
+    with app.app_context(), acting_as(OPERATOR):
+        session = get_session()
+        with transaction(session):
+            return fn(session)
+
+
+def audit(app, action: str | None = None) -> list:
+    """The audit entries (of one action, when given), oldest first."""
+    from sqlalchemy import select
+
+    from app.admin.models import AuditLog
+
+    stmt = select(AuditLog).order_by(AuditLog.log_id)
+    if action:
+        stmt = stmt.where(AuditLog.action == action)
+    return rows(app, stmt)
 
 
 def b64url(data: bytes) -> str:

@@ -17,9 +17,7 @@ from app.auth.models import License, User
 from app.kernel.db import get_database, get_session, transaction, utcnow
 from app.kernel.ownership import OPERATOR, acting_as
 from app.models import metadata
-from tests.helpers import assert_problem
-
-PASSWORD = "correct horse battery"
+from tests.helpers import PASSWORD, as_operator, assert_problem, audit, auth_headers, registered
 
 
 def account(client, email, *, runner=None, admin=False) -> dict:
@@ -29,20 +27,10 @@ def account(client, email, *, runner=None, admin=False) -> dict:
         )
         assert result.exit_code == 0, result.output
     else:
-        assert (
-            client.post(
-                "/api/v1/auth/register", json={"email": email, "password": PASSWORD}
-            ).status_code
-            == 201
-        )
-    pair = client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD}).get_json()
-    me = client.get(
-        "/api/v1/auth/me", headers={"Authorization": f"Bearer {pair['access_token']}"}
-    ).get_json()
-    return {
-        "user_id": me["user_id"],
-        "headers": {"Authorization": f"Bearer {pair['access_token']}"},
-    }
+        registered(client, email)
+    headers = auth_headers(client, email)
+    me = client.get("/api/v1/auth/me", headers=headers).get_json()
+    return {"user_id": me["user_id"], "headers": headers}
 
 
 @pytest.fixture
@@ -53,22 +41,6 @@ def admin(client, runner):
 @pytest.fixture
 def user(client):
     return account(client, "ada@example.com")
-
-
-def operator(app, fn):
-    with app.app_context(), acting_as(OPERATOR):
-        session = get_session()
-        with transaction(session):
-            return fn(session)
-
-
-def audit(app, action):
-    with app.app_context(), acting_as(OPERATOR):
-        return list(
-            get_session().scalars(
-                select(AuditLog).where(AuditLog.action == action).order_by(AuditLog.log_id)
-            )
-        )
 
 
 def admin_routes(app):
@@ -98,7 +70,7 @@ def test_every_admin_route_needs_an_admin(app, client, admin, user):
 
 def test_a_demoted_admin_is_refused_at_once(app, client, admin):
     assert client.get("/api/v1/admin/stats/users", headers=admin["headers"]).status_code == 200
-    operator(app, lambda s: s.execute(update(User).values(role="user")))
+    as_operator(app, lambda s: s.execute(update(User).values(role="user")))
     assert_problem(client.get("/api/v1/admin/stats/users", headers=admin["headers"]), 403)
 
 
@@ -127,7 +99,7 @@ def seed_users(app, n: int, now: datetime) -> list[dict]:
         }
         for i in range(n)
     ]
-    operator(app, lambda s: s.execute(insert(User), rows))
+    as_operator(app, lambda s: s.execute(insert(User), rows))
     return rows
 
 
@@ -172,7 +144,7 @@ def test_license_stats(app, client, admin):
         }
         for i, status in enumerate(statuses)
     ]
-    operator(app, lambda s: s.execute(insert(License), rows))
+    as_operator(app, lambda s: s.execute(insert(License), rows))
     items = client.get("/api/v1/admin/stats/licenses", headers=admin["headers"]).get_json()["items"]
     by_status = {i["status"]: i for i in items}
     assert {s: by_status[s]["count"] for s in by_status} == {
@@ -289,7 +261,7 @@ def seed_audit(
         }  # pairs share a timestamp: ties are real
         for i in range(n)
     ]
-    operator(app, lambda s: s.execute(insert(AuditLog), rows))
+    as_operator(app, lambda s: s.execute(insert(AuditLog), rows))
 
 
 def test_audit_search_filters_newest_first(app, client, admin):
@@ -469,7 +441,7 @@ def test_a_thousand_updates_in_one_batch(app, client, admin):
         }
         for i in range(1000)
     ]
-    operator(app, lambda s: s.execute(insert(License), rows))
+    as_operator(app, lambda s: s.execute(insert(License), rows))
     payload = {"updates": [{"license_id": r["license_id"], "status": "suspended"} for r in rows]}
     response = client.post(
         "/api/v1/admin/licenses/batch-status", json=payload, headers=admin["headers"]

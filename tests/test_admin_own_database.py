@@ -42,6 +42,7 @@ from tests.helpers import (
     engine_settings,
     project_env,
     run_flask,
+    sign_up,
 )
 
 pytestmark = pytest.mark.redis
@@ -187,16 +188,7 @@ def assert_exactly_once(app, expected_ids: list[str]) -> None:
 
 def test_audit_entries_travel_through_the_outbox_to_admins_database(phase3_app, runner):
     client = phase3_app.test_client()
-    assert (
-        client.post(
-            "/api/v1/auth/register", json={"email": "ada@example.com", "password": PASSWORD}
-        ).status_code
-        == 201
-    )
-    token = client.post(
-        "/api/v1/auth/login", json={"email": "ada@example.com", "password": PASSWORD}
-    ).get_json()["access_token"]
-    bearer = {"Authorization": f"Bearer {token}"}
+    bearer = sign_up(client).headers
     lic = client.post("/api/v1/licenses/activate", json={"client_id": "box"}, headers=bearer)
     assert lic.status_code == 201
     made = runner.invoke(

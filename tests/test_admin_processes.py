@@ -17,17 +17,19 @@ from app.kernel.db import make_engine, make_sessionmaker, transaction, utcnow
 from app.kernel.ownership import OPERATOR, acting_as, registry
 from tests.helpers import (
     FLASK,
+    PASSWORD,
     ROOT,
     db_scalar,
     engine_settings,
     gunicorn_server,
     http,
+    login_over_http,
     project_env,
     run_flask,
+    sign_up_over_http,
 )
 
 pytestmark = pytest.mark.slow
-PASSWORD = "correct horse battery"
 
 
 def _cli(database_url: str, *args: str, signing_key: str) -> subprocess.CompletedProcess:
@@ -62,23 +64,13 @@ def test_two_admins_racing_one_patch(database_url, signing_key_file):
         == 0
     )
     with gunicorn_server(database_url, workers=4, **env) as base:
-        http(
-            "POST", base + "/api/v1/auth/register", {"email": "u@example.com", "password": PASSWORD}
-        )
-        _, pair, _ = http(
-            "POST", base + "/api/v1/auth/login", {"email": "u@example.com", "password": PASSWORD}
-        )
+        user = sign_up_over_http(base, "u@example.com")
         _, lic, _ = http(
-            "POST",
-            base + "/api/v1/licenses/activate",
-            {"client_id": "box"},
-            {"Authorization": f"Bearer {pair['access_token']}"},
+            "POST", f"{base}/api/v1/licenses/activate", {"client_id": "box"}, user.headers
         )
         admins = []
         for email in ("a1@example.com", "a2@example.com"):
-            _, tokens, _ = http(
-                "POST", base + "/api/v1/auth/login", {"email": email, "password": PASSWORD}
-            )
+            _, tokens, _ = login_over_http(base, email)
             admins.append({"Authorization": f"Bearer {tokens['access_token']}"})
         url = f"{base}/api/v1/admin/licenses/{lic['license_id']}"
         rounds = 5

@@ -12,36 +12,10 @@ from argon2 import PasswordHasher
 from sqlalchemy import select
 
 from app import create_app
-from app.admin.models import AuditLog
 from app.auth.models import TokenRevocation, User
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.ownership import OPERATOR, acting_as
-from tests.helpers import assert_problem, bearer
-
-PASSWORD = "correct horse battery"
-
-
-def register(client, email="ada@example.com", password=PASSWORD, **kw):
-    return client.post("/api/v1/auth/register", json={"email": email, "password": password}, **kw)
-
-
-def login(client, email="ada@example.com", password=PASSWORD, **kw):
-    return client.post("/api/v1/auth/login", json={"email": email, "password": password}, **kw)
-
-
-def tokens(client, email="ada@example.com") -> dict:
-    register(client, email)
-    response = login(client, email)
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()
-
-
-def audit(app, action: str | None = None) -> list[AuditLog]:
-    with app.app_context(), acting_as(OPERATOR):
-        stmt = select(AuditLog).order_by(AuditLog.log_id)
-        if action:
-            stmt = stmt.where(AuditLog.action == action)
-        return list(get_session().scalars(stmt))
+from tests.helpers import PASSWORD, assert_problem, audit, bearer, login, register, sign_up
 
 
 def users(app) -> list[User]:
@@ -57,7 +31,7 @@ def claims_of(token: str) -> dict:
 
 
 def test_register_creates_a_normalised_account_and_audits_it(app, client):
-    response = register(client, "  Ada@Example.COM ", environ_base={"REMOTE_ADDR": "203.0.113.7"})
+    response = register(client, "  Ada@Example.COM ", ip="203.0.113.7")
     assert response.status_code == 201, response.get_json()
     body = response.get_json()
     assert body.keys() == {"user_id", "email", "plan", "role", "created_at"}
@@ -211,8 +185,8 @@ def test_default_parameters_are_owasps(tmp_path):
 
 
 def test_me_shows_the_user_and_seats(client):
-    pair = tokens(client)
-    response = client.get("/api/v1/auth/me", headers=bearer(pair["access_token"]))
+    pair = sign_up(client)
+    response = client.get("/api/v1/auth/me", headers=bearer(pair.access))
     assert response.status_code == 200
     body = response.get_json()
     assert body["email"] == "ada@example.com"
@@ -221,16 +195,16 @@ def test_me_shows_the_user_and_seats(client):
 
 
 def test_refresh_rotates_and_reuse_revokes_the_family(app, client):
-    first = tokens(client)
-    response = client.post("/api/v1/auth/refresh", headers=bearer(first["refresh_token"]))
+    first = sign_up(client)
+    response = client.post("/api/v1/auth/refresh", headers=bearer(first.refresh))
     assert response.status_code == 200
     second = response.get_json()
-    assert second["refresh_token"] != first["refresh_token"]
-    assert claims_of(second["refresh_token"])["fam"] == claims_of(first["refresh_token"])["fam"]
+    assert second["refresh_token"] != first.refresh
+    assert claims_of(second["refresh_token"])["fam"] == claims_of(first.refresh)["fam"]
     assert client.get("/api/v1/auth/me", headers=bearer(second["access_token"])).status_code == 200
 
     # The rotated-out refresh token comes back: someone has a copy.
-    replay = client.post("/api/v1/auth/refresh", headers=bearer(first["refresh_token"]))
+    replay = client.post("/api/v1/auth/refresh", headers=bearer(first.refresh))
     assert_problem(replay, 401, "token_revoked")
     # The whole family is dead: the newer refresh token and the access tokens too.
     assert_problem(
@@ -242,25 +216,23 @@ def test_refresh_rotates_and_reuse_revokes_the_family(app, client):
         client.get("/api/v1/auth/me", headers=bearer(second["access_token"])), 401, "token_revoked"
     )
     assert_problem(
-        client.get("/api/v1/auth/me", headers=bearer(first["access_token"])), 401, "token_revoked"
+        client.get("/api/v1/auth/me", headers=bearer(first.access)), 401, "token_revoked"
     )
     [entry] = audit(app, "TOKEN_REUSE_DETECTED")
-    assert entry.details["family"] == claims_of(first["refresh_token"])["fam"]
+    assert entry.details["family"] == claims_of(first.refresh)["fam"]
     # Other sessions of the same user are unaffected.
     other = login(client).get_json()
     assert client.get("/api/v1/auth/me", headers=bearer(other["access_token"])).status_code == 200
 
 
 def test_logout_revokes_access_and_refresh_at_once(app, client):
-    pair = tokens(client)
-    response = client.post("/api/v1/auth/logout", headers=bearer(pair["access_token"]))
+    pair = sign_up(client)
+    response = client.post("/api/v1/auth/logout", headers=bearer(pair.access))
     assert response.status_code == 204
     assert response.get_data() == b""
+    assert_problem(client.get("/api/v1/auth/me", headers=bearer(pair.access)), 401, "token_revoked")
     assert_problem(
-        client.get("/api/v1/auth/me", headers=bearer(pair["access_token"])), 401, "token_revoked"
-    )
-    assert_problem(
-        client.post("/api/v1/auth/refresh", headers=bearer(pair["refresh_token"])),
+        client.post("/api/v1/auth/refresh", headers=bearer(pair.refresh)),
         401,
         "token_revoked",
     )
@@ -268,13 +240,11 @@ def test_logout_revokes_access_and_refresh_at_once(app, client):
 
 
 def test_revocations_survive_a_restart(app_config, client):
-    pair = tokens(client)
-    client.post("/api/v1/auth/logout", headers=bearer(pair["access_token"]))
+    pair = sign_up(client)
+    client.post("/api/v1/auth/logout", headers=bearer(pair.access))
     restarted = create_app(app_config)
     try:
-        response = restarted.test_client().get(
-            "/api/v1/auth/me", headers=bearer(pair["access_token"])
-        )
+        response = restarted.test_client().get("/api/v1/auth/me", headers=bearer(pair.access))
         assert_problem(response, 401, "token_revoked")
     finally:
         restarted.extensions["db"].dispose()
@@ -289,8 +259,8 @@ def _b64(data: dict) -> str:
 
 
 def test_bad_tokens_are_401_problems(app, client):
-    pair = tokens(client)
-    access = pair["access_token"]
+    pair = sign_up(client)
+    access = pair.access
     good = claims_of(access)
     header, _payload, signature = access.split(".")
     tampered_payload = _b64({**good, "role": "admin"})
@@ -312,7 +282,7 @@ def test_bad_tokens_are_401_problems(app, client):
             ),
             "token_expired",
         ),
-        "refresh as access": (bearer(pair["refresh_token"]), "invalid_token"),
+        "refresh as access": (bearer(pair.refresh), "invalid_token"),
         "basic scheme": ({"Authorization": "Basic YTpi"}, "unauthorized"),
     }
     for name, (headers, code) in cases.items():
@@ -379,6 +349,20 @@ def test_create_admin_prompts_hidden_and_confirmed(app, runner):
     )
     assert mismatch.exit_code != 0
     assert len(users(app)) == 1
+
+
+@pytest.mark.parametrize("email", ["not-an-email", "root@example", "root@example.test"])
+def test_create_admin_refuses_an_address_register_refuses(app, client, runner, email):
+    """`users create-admin 'not-an-email'` created an admin with that address, where
+    register answers 422: the CLI checks it the same way (one line, exit 1)."""
+    assert_problem(register(client, email), 422, "validation_error")
+    result = runner.invoke(
+        args=["users", "create-admin", email, "--password-stdin"], input=PASSWORD + "\n"
+    )
+    assert result.exit_code == 1
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("Error: value is not a valid email address: "), line
+    assert users(app) == []
 
 
 def test_create_admin_refuses_weak_passwords_and_duplicates(app, runner):

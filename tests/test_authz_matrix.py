@@ -36,12 +36,20 @@ from typing import Any
 import pytest
 from flask_jwt_extended import create_access_token, create_refresh_token
 
-from tests.helpers import b64url, bearer, soak_report, tampered
+from tests.helpers import (
+    API,
+    PASSWORD,
+    Account,
+    b64url,
+    bearer,
+    logged_in,
+    sign_up,
+    soak_report,
+    tampered,
+)
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
-PASSWORD = "correct horse battery"
-API = "/api/v1"
 
 GOOD = ("user_a", "user_b", "admin")
 BAD_TOKENS = ("expired", "revoked", "tampered", "alg_none", "forged", "wrong_type")
@@ -170,14 +178,6 @@ def coverage_problems(app) -> list[str]:
 
 
 @dataclass
-class Account:
-    user_id: str
-    email: str
-    access: str
-    refresh: str
-
-
-@dataclass
 class World:
     a: Account
     b: Account
@@ -213,29 +213,16 @@ def forged(token: str, **changes: Any) -> str:
     return f"{header}.{b64url(json.dumps(claims).encode())}.{signature}"
 
 
-def register_and_login(client, email: str) -> Account:
-    response = client.post(f"{API}/auth/register", json={"email": email, "password": PASSWORD})
-    assert response.status_code == 201, response.get_json()
-    return login(client, email, response.get_json()["user_id"])
-
-
-def login(client, email: str, user_id: str) -> Account:
-    response = client.post(f"{API}/auth/login", json={"email": email, "password": PASSWORD})
-    assert response.status_code == 200, response.get_json()
-    pair = response.get_json()
-    return Account(user_id, email, pair["access_token"], pair["refresh_token"])
-
-
 def make_world(app, client, runner, tag: str) -> World:
-    a = register_and_login(client, f"a-{tag}@example.com")
-    b = register_and_login(client, f"b-{tag}@example.com")
+    a = sign_up(client, f"a-{tag}@example.com")
+    b = sign_up(client, f"b-{tag}@example.com")
     admin_email = f"admin-{tag}@example.com"
     result = runner.invoke(
         args=["users", "create-admin", admin_email, "--password-stdin"], input=PASSWORD + "\n"
     )
     assert result.exit_code == 0, result.output
     admin_id = re.search(r"\((usr_\w+)\)", result.output).group(1)  # "created admin … (usr_…)"
-    admin = login(client, admin_email, admin_id)
+    admin = logged_in(client, admin_email, admin_id)
 
     app.config["WEBHOOKS_ALLOW_PRIVATE"] = True  # the endpoint below is on loopback
     webhook = client.post(
@@ -273,7 +260,7 @@ def make_world(app, client, runner, tag: str) -> World:
     )
 
     # A's tokens gone bad, each in its own way.
-    revoked = login(client, a.email, a.user_id)
+    revoked = logged_in(client, a.email, a.user_id)
     assert client.post(f"{API}/auth/logout", headers=bearer(revoked.access)).status_code == 204
     with app.app_context():
         claims = claims_of(a.access)

@@ -16,18 +16,7 @@ import pytest
 
 from app.operations import backups
 from tests.conftest import create_pg_database, drop_pg_database, pg_url
-from tests.helpers import BIN, ROOT, in_layout, project_env, run_flask
-
-PASSWORD = "correct horse battery"
-
-
-def register(client, email):
-    assert (
-        client.post(
-            "/api/v1/auth/register", json={"email": email, "password": PASSWORD}
-        ).status_code
-        == 201
-    )
+from tests.helpers import BIN, ROOT, in_layout, project_env, registered, run_flask
 
 
 def emails(client, runner) -> set[str]:
@@ -42,7 +31,7 @@ def emails(client, runner) -> set[str]:
 
 
 def test_create_list_verify_restore(app, client, runner, app_config, tmp_path, backend):
-    register(client, "before@example.com")
+    registered(client, "before@example.com")
     made = runner.invoke(args=["backup", "create"])
     assert made.exit_code == 0, made.output
     [(path, manifest)] = backups.list_backups(Path(app_config["BACKUP_DIR"]))
@@ -54,7 +43,7 @@ def test_create_list_verify_restore(app, client, runner, app_config, tmp_path, b
     assert path.name in runner.invoke(args=["backup", "list"]).output
     assert "ok" in runner.invoke(args=["backup", "verify", str(path)]).output
 
-    register(client, "after@example.com")
+    registered(client, "after@example.com")
     app.extensions["db"].dispose()  # the app is stopped for a restore
     refused = runner.invoke(args=["backup", "restore", str(path)])
     assert refused.exit_code == 1 and "--force" in refused.output

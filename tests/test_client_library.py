@@ -38,10 +38,9 @@ from licensing_client import (
 )
 
 from app.auth.licensing.signing import KeySet, generate_key_file
-from tests.helpers import free_port, gunicorn_server, http, tampered
+from tests.helpers import PASSWORD, free_port, gunicorn_server, http, sign_up_over_http, tampered
 
 pytestmark = pytest.mark.slow
-PASSWORD = "correct horse battery"
 DAY = 86_400.0
 
 
@@ -86,15 +85,7 @@ def cid() -> str:
 def new_account(base: str) -> tuple[str, str]:
     """A fresh user; returns (email, access token)."""
     email = f"app-user-{next(_emails)}-{os.getpid()}@example.com"
-    status, body, _ = http(
-        "POST", base + "/api/v1/auth/register", {"email": email, "password": PASSWORD}
-    )
-    assert status == 201, body
-    status, pair, _ = http(
-        "POST", base + "/api/v1/auth/login", {"email": email, "password": PASSWORD}
-    )
-    assert status == 200, pair
-    return email, pair["access_token"]
+    return email, sign_up_over_http(base, email).access
 
 
 def lib(base: str, tmp_path: Path, clock: Clock | None = None, **options: Any) -> LicensingClient:

@@ -11,9 +11,7 @@ from sqlalchemy import select
 from app.admin.models import AuditLog
 from app.auth.accounts.browser_sessions import BrowserSession
 from app.auth.models import TokenRevocation
-from tests.helpers import assert_problem, bearer
-
-PASSWORD = "correct horse battery"
+from tests.helpers import PASSWORD, assert_problem, auth_headers, login, registered
 
 
 def csrf_of(page) -> str:
@@ -22,15 +20,12 @@ def csrf_of(page) -> str:
     return match.group(1)
 
 
-def register(client, email: str) -> dict:
-    response = client.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD})
+def activated(client, client_id: str, email: str = "ada@example.com") -> dict:
+    """A license activated with the customer's email and password (201): its body."""
+    body = {"client_id": client_id, "email": email, "password": PASSWORD}
+    response = client.post("/api/v1/licenses/activate", json=body)
     assert response.status_code == 201, response.get_json()
     return response.get_json()
-
-
-def api_login(client, email: str) -> dict[str, str]:
-    response = client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
-    return bearer(response.get_json()["access_token"])
 
 
 def sign_in(client, email: str, password: str = PASSWORD, next_: str | None = None):
@@ -39,6 +34,18 @@ def sign_in(client, email: str, password: str = PASSWORD, next_: str | None = No
     return client.post(
         url, data={"email": email, "password": password, "csrf_token": csrf_of(page)}
     )
+
+
+def ada_order_form(client, **fields: str) -> dict[str, str]:
+    """Ada registered and signed in to the console, and the order form of her plans page
+    (its CSRF token and idempotency key) filled in with `fields` and a good payment token."""
+    registered(client, "ada@example.com")
+    sign_in(client, "ada@example.com")
+    page = client.get("/account/plans")
+    key = re.search(r'name="idempotency_key" value="([^"]+)"', page.get_data(as_text=True))
+    assert key, "the plans page has no idempotency key"
+    form = {"csrf_token": csrf_of(page), "idempotency_key": key.group(1)}
+    return {**form, "payment_token": "tok_ok", **fields}
 
 
 def make_admin(runner, email: str) -> None:
@@ -57,7 +64,7 @@ def rows(app, model, *where):
 
 
 def test_sign_in_sets_a_console_cookie_and_shows_the_dashboard(app, client):
-    user = register(client, "ada@example.com")
+    user = registered(client, "ada@example.com")
     response = sign_in(client, "ada@example.com")
     assert response.status_code == 303
     assert response.headers["Location"] == "/account/"
@@ -78,7 +85,7 @@ def test_sign_in_sets_a_console_cookie_and_shows_the_dashboard(app, client):
 
 
 def test_wrong_password_is_refused_like_the_api_and_counts_for_the_lockout(app, client):
-    register(client, "ada@example.com")
+    registered(client, "ada@example.com")
     for _ in range(4):
         response = sign_in(client, "ada@example.com", "wrong password")
         assert response.status_code == 401
@@ -88,7 +95,7 @@ def test_wrong_password_is_refused_like_the_api_and_counts_for_the_lockout(app, 
     response = sign_in(client, "ada@example.com")
     assert response.status_code == 423
     assert "Retry-After" in response.headers
-    api = client.post("/api/v1/auth/login", json={"email": "ada@example.com", "password": PASSWORD})
+    api = login(client)
     assert_problem(api, 423, "account_locked")
 
 
@@ -122,7 +129,7 @@ def test_console_login_obeys_the_login_rate_limits(app_config):
 
 
 def test_a_post_without_its_csrf_token_is_refused(app, client):
-    register(client, "ada@example.com")
+    registered(client, "ada@example.com")
     response = client.post(
         "/account/sign-in", data={"email": "ada@example.com", "password": PASSWORD}
     )
@@ -137,7 +144,7 @@ def test_a_post_without_its_csrf_token_is_refused(app, client):
 
 
 def test_sign_out_revokes_the_session_server_side(app, client):
-    register(client, "ada@example.com")
+    registered(client, "ada@example.com")
     sign_in(client, "ada@example.com")
     stolen = client.get_cookie("console").value
     page = client.get("/account/")
@@ -155,7 +162,7 @@ def test_sign_out_revokes_the_session_server_side(app, client):
 def test_a_password_change_gives_this_browser_a_new_session(app, client):
     """A cookie copied before the password change signs nobody in afterwards, even a copy of
     the changing browser's own: the browser that made the change carries on with a new one."""
-    register(client, "ada@example.com")
+    registered(client, "ada@example.com")
     sign_in(client, "ada@example.com")
     stolen = client.get_cookie("console").value
     page = client.get("/account/password")
@@ -179,7 +186,7 @@ def test_a_password_change_gives_this_browser_a_new_session(app, client):
 
 def test_sign_out_everywhere_ends_every_browser(app):
     first, second = app.test_client(), app.test_client()
-    register(first, "ada@example.com")
+    registered(first, "ada@example.com")
     sign_in(first, "ada@example.com")
     sign_in(second, "ada@example.com")
     assert second.get("/account/").status_code == 200
@@ -193,14 +200,12 @@ def test_sign_out_everywhere_ends_every_browser(app):
 
 
 def test_the_api_stays_cookie_free(app, client):
-    register(client, "ada@example.com")
+    registered(client, "ada@example.com")
     sign_in(client, "ada@example.com")
     # The console's cookie does not authenticate an API call...
     assert_problem(client.get("/api/v1/auth/me"), 401, "unauthorized")
     # ...and no API answer sets a cookie.
-    response = client.post(
-        "/api/v1/auth/login", json={"email": "ada@example.com", "password": PASSWORD}
-    )
+    response = login(client)
     assert response.status_code == 200
     assert "Set-Cookie" not in response.headers
 
@@ -226,7 +231,7 @@ def test_production_cookie_is_secure_with_the_host_prefix(app, client):
 
 
 def test_a_non_admin_gets_a_403_page_and_anonymous_a_sign_in(app, client):
-    register(client, "ada@example.com")
+    registered(client, "ada@example.com")
     response = client.get("/console/")
     assert response.status_code == 302
     assert response.headers["Location"] == "/account/sign-in?next=/console/"
@@ -237,7 +242,7 @@ def test_a_non_admin_gets_a_403_page_and_anonymous_a_sign_in(app, client):
 
 
 def test_next_never_leaves_the_site(app, client):
-    register(client, "ada@example.com")
+    registered(client, "ada@example.com")
     for target in ("https://evil.example/", "//evil.example/", "/\\evil.example", "/api/v1/x"):
         response = sign_in(client, "ada@example.com", next_=target)
         assert response.headers["Location"] == "/account/", target
@@ -245,8 +250,8 @@ def test_next_never_leaves_the_site(app, client):
 
 
 def test_deactivate_from_the_portal_frees_the_seat_and_validate_says_revoked(app, client):
-    register(client, "ada@example.com")
-    headers = api_login(client, "ada@example.com")
+    registered(client, "ada@example.com")
+    headers = auth_headers(client, "ada@example.com")
     activated = client.post(
         "/api/v1/licenses/activate", json={"client_id": "laptop-1"}, headers=headers
     ).get_json()
@@ -269,12 +274,9 @@ def test_deactivate_from_the_portal_frees_the_seat_and_validate_says_revoked(app
 
 
 def test_someone_elses_license_is_not_found(app, client):
-    register(client, "ada@example.com")
-    register(client, "bob@example.com")
-    lic = client.post(
-        "/api/v1/licenses/activate",
-        json={"client_id": "bobs", "email": "bob@example.com", "password": PASSWORD},
-    ).get_json()
+    registered(client, "ada@example.com")
+    registered(client, "bob@example.com")
+    lic = activated(client, "bobs", "bob@example.com")
     sign_in(client, "ada@example.com")
     page = client.get("/account/")
     response = client.post(
@@ -287,11 +289,8 @@ def test_someone_elses_license_is_not_found(app, client):
 def test_admin_suspends_with_the_page_version_and_a_stale_page_gets_the_conflict(
     app, client, runner
 ):
-    register(client, "ada@example.com")
-    lic = client.post(
-        "/api/v1/licenses/activate",
-        json={"client_id": "laptop-1", "email": "ada@example.com", "password": PASSWORD},
-    ).get_json()
+    registered(client, "ada@example.com")
+    lic = activated(client, "laptop-1")
     make_admin(runner, "root@example.com")
     sign_in(client, "root@example.com")
     found = client.get("/console/users", query_string={"email": "ada@"})
@@ -310,25 +309,19 @@ def test_admin_suspends_with_the_page_version_and_a_stale_page_gets_the_conflict
     assert response.status_code == 409
     html = response.get_data(as_text=True)
     assert "Nothing was changed" in html and "now suspended (version 2)" in html
-    admin_headers = api_login(client, "root@example.com")
+    admin_headers = auth_headers(client, "root@example.com")
     current = client.get(f"/api/v1/admin/licenses/{lic['license_id']}", headers=admin_headers)
     assert current.get_json()["status"] == "suspended"
 
 
 def test_admin_batch_is_all_or_nothing(app, client, runner):
-    register(client, "ada@example.com")
+    registered(client, "ada@example.com")
     client.post(
         "/api/v1/orders",
         json={"plan": "pro", "payment_token": "tok_ok"},
-        headers={**api_login(client, "ada@example.com"), "Idempotency-Key": "k1"},
+        headers={**auth_headers(client, "ada@example.com"), "Idempotency-Key": "k1"},
     )
-    ids = [
-        client.post(
-            "/api/v1/licenses/activate",
-            json={"client_id": f"pc-{i}", "email": "ada@example.com", "password": PASSWORD},
-        ).get_json()
-        for i in range(2)
-    ]
+    ids = [activated(client, f"pc-{i}") for i in range(2)]
     make_admin(runner, "root@example.com")
     sign_in(client, "root@example.com")
     page = client.get(f"/console/users/{ids[0]['user_id']}")
@@ -356,7 +349,7 @@ def test_a_users_batch_acts_only_on_that_users_licenses(app, client, runner):
     (a page acts on what it shows): nothing at all is changed."""
     made = {}
     for email in ("ada@example.com", "hal@example.com"):
-        register(client, email)
+        registered(client, email)
         answer = client.post(
             "/api/v1/licenses/activate",
             json={"client_id": f"pc-{email[:3]}", "email": email, "password": PASSWORD},
@@ -384,27 +377,17 @@ def test_a_users_batch_acts_only_on_that_users_licenses(app, client, runner):
 
 
 def test_buying_twice_with_one_rendered_form_charges_once(app, client):
-    register(client, "ada@example.com")
-    sign_in(client, "ada@example.com")
-    page = client.get("/account/plans")
-    key = re.search(r'name="idempotency_key" value="([^"]+)"', page.get_data(as_text=True))
-    form = {
-        "csrf_token": csrf_of(page),
-        "idempotency_key": key.group(1),
-        "plan": "pro",
-        "seats": "3",
-        "payment_token": "tok_ok",
-    }
+    form = ada_order_form(client, plan="pro", seats="3")
     assert client.post("/account/orders", data=form).status_code == 303
     assert client.post("/account/orders", data=form).status_code == 303
-    orders = client.get("/api/v1/orders", headers=api_login(client, "ada@example.com"))
+    orders = client.get("/api/v1/orders", headers=auth_headers(client, "ada@example.com"))
     assert len(orders.get_json()["items"]) == 1
     assert "3 of" not in client.get("/account/").get_data(as_text=True)
     assert "0 of 3" in client.get("/account/").get_data(as_text=True)
 
 
 def test_a_bad_order_form_is_a_clear_4xx(app, client):
-    register(client, "ada@example.com")
+    registered(client, "ada@example.com")
     sign_in(client, "ada@example.com")
     page = client.get("/account/plans")
     base = {"csrf_token": csrf_of(page), "idempotency_key": "k-1", "payment_token": "tok_ok"}
@@ -420,7 +403,7 @@ def test_a_bad_order_form_is_a_clear_4xx(app, client):
 
 
 def test_the_admin_pages_render(app, client, runner):
-    register(client, "ada@example.com")
+    registered(client, "ada@example.com")
     make_admin(runner, "root@example.com")
     sign_in(client, "root@example.com")
     for path in ("/console/", "/console/users", "/console/audit", "/console/operations"):
@@ -453,9 +436,9 @@ def console_routes(app) -> list[tuple[str, str]]:
 def test_every_console_route_needs_a_session_and_admin_pages_an_admin(app, client, runner):
     routes = console_routes(app)
     assert len(routes) >= 20
-    register(client, "ada@example.com")
+    registered(client, "ada@example.com")
     make_admin(runner, "root@example.com")
-    admin_bearer = api_login(client, "root@example.com")
+    admin_bearer = auth_headers(client, "root@example.com")
     anonymous = app.test_client()
     for method, path in routes:
         # Anonymous, even with an admin's Bearer token: the console ignores it.
@@ -485,7 +468,7 @@ def test_expired_browser_sessions_expire_and_are_pruned(app, client, runner):
     from app.kernel.db import get_session, transaction, utcnow
     from app.kernel.ownership import OPERATOR, acting_as
 
-    register(client, "ada@example.com")
+    registered(client, "ada@example.com")
     sign_in(client, "ada@example.com")
     assert client.get("/account/").status_code == 200
     with app.app_context(), acting_as(OPERATOR):
@@ -502,11 +485,8 @@ def test_expired_browser_sessions_expire_and_are_pruned(app, client, runner):
 
 
 def test_a_license_token_downloads_as_a_file_that_validates(app, client):
-    register(client, "ada@example.com")
-    lic = client.post(
-        "/api/v1/licenses/activate",
-        json={"client_id": "laptop-1", "email": "ada@example.com", "password": PASSWORD},
-    ).get_json()
+    registered(client, "ada@example.com")
+    lic = activated(client, "laptop-1")
     sign_in(client, "ada@example.com")
     response = client.get(f"/account/licenses/{lic['license_id']}/token")
     assert response.status_code == 200
@@ -521,16 +501,7 @@ def test_a_license_token_downloads_as_a_file_that_validates(app, client):
 
 
 def test_an_order_is_cancelled_from_the_portal(app, client):
-    register(client, "ada@example.com")
-    sign_in(client, "ada@example.com")
-    page = client.get("/account/plans")
-    key = re.search(r'name="idempotency_key" value="([^"]+)"', page.get_data(as_text=True))
-    form = {
-        "csrf_token": csrf_of(page),
-        "idempotency_key": key.group(1),
-        "plan": "pro",
-        "payment_token": "tok_ok",
-    }
+    form = ada_order_form(client, plan="pro")
     assert client.post("/account/orders", data=form).status_code == 303
     orders = client.get("/account/orders")
     order_id = re.search(r"<code>(ord_\w+)</code>", orders.get_data(as_text=True)).group(1)
@@ -538,6 +509,37 @@ def test_an_order_is_cancelled_from_the_portal(app, client):
         f"/account/orders/{order_id}/cancel", data={"csrf_token": csrf_of(orders)}
     )
     assert response.status_code == 303
-    api = client.get(f"/api/v1/orders/{order_id}", headers=api_login(client, "ada@example.com"))
+    api = client.get(f"/api/v1/orders/{order_id}", headers=auth_headers(client, "ada@example.com"))
     assert api.get_json()["status"] == "cancelled"
     assert "0 of 1" in client.get("/account/").get_data(as_text=True)  # back to the free seat
+
+
+def test_a_database_outage_or_a_bug_is_a_page_not_json(app, client, monkeypatch):
+    """The console answers a database outage (503, retry) and an unexpected error (500)
+    with an HTML page like its other errors, never the API's problem+json or a traceback."""
+    from sqlalchemy.exc import InterfaceError
+
+    from app.console import web
+
+    registered(client, "ada@example.com")
+    sign_in(client, "ada@example.com")
+
+    def unavailable(*_args, **_kwargs):
+        raise InterfaceError("SELECT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(web.browser_sessions, "resolve", unavailable)
+    response = client.get("/account/")
+    assert response.status_code == 503
+    assert response.mimetype == "text/html"
+    assert response.headers["Retry-After"] == "1"
+    assert "<h1>" in response.get_data(as_text=True)
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(web.browser_sessions, "resolve", broken)
+    response = client.get("/account/")
+    assert response.status_code == 500
+    assert response.mimetype == "text/html"
+    assert "a bug" not in response.get_data(as_text=True)
+    assert "Traceback" not in response.get_data(as_text=True)

@@ -98,17 +98,7 @@ def sign_in_by_keyboard(page, base: str, email: str) -> None:
     page.keyboard.press("Enter")
 
 
-def test_a_customer_and_an_admin_in_a_real_browser(server, browser, backend, tmp_path):
-    base = server
-    shot = Shots(backend, tmp_path / "screenshots")
-    customer = browser.new_context()
-    page = customer.new_page()
-    errors: list[str] = []
-    page.on(
-        "console",
-        lambda m: errors.append(f"{m.text} @ {m.location}") if m.type == "error" else None,
-    )
-
+def customer_registers_signs_in_and_buys(customer, page, base: str, shot: Shots) -> None:
     # A customer registers, and signs in with the keyboard alone.
     page.goto(base + "/account/register")
     shot(page, "register")
@@ -142,6 +132,9 @@ def test_a_customer_and_an_admin_in_a_real_browser(server, browser, backend, tmp
     assert "pro with 3 seats is yours" in page.get_by_role("status").inner_text()
     shot(page, "orders")
 
+
+def customer_manages_licenses(page, base: str, shot: Shots) -> dict:
+    """Two licenses by the API, one deactivated in the portal: the other one (its body)."""
     # Two licenses activated through the API show in the portal; one is deactivated.
     first = activate(base, "ada@example.com", "laptop-7f3a")
     second = activate(base, "ada@example.com", "desktop-91bc")
@@ -175,7 +168,12 @@ def test_a_customer_and_an_admin_in_a_real_browser(server, browser, backend, tmp
     page.goto(base + "/console/")
     assert page.get_by_role("heading", level=1).inner_text() == "Admins only"
     shot(page, "forbidden")
+    return second
 
+
+def admin_suspends_resolves_a_conflict_and_audits(browser, base: str, shot: Shots, second: dict):
+    """An admin suspends the customer's `second` license, meets a stale page, applies a
+    batch, and reads the audit log and the operations page."""
     # An admin finds the customer by email and suspends a license.
     admin = browser.new_context()
     console = admin.new_page()
@@ -238,7 +236,10 @@ def test_a_customer_and_an_admin_in_a_real_browser(server, browser, backend, tmp
     stale.wait_for_url(base + "/console/operations")
     assert stale.get_by_role("cell", name="database").is_visible()
     shot(stale, "console-operations")
+    admin.close()
 
+
+def customer_changes_password_and_signs_out(page, base: str, shot: Shots) -> None:
     # The customer changes the password: this browser stays, the API's old tokens end.
     status, pair, _ = http(
         "POST",
@@ -266,6 +267,21 @@ def test_a_customer_and_an_admin_in_a_real_browser(server, browser, backend, tmp
     page.wait_for_url(base + "/account/sign-in")
     page.goto(base + "/account/")
     page.wait_for_url(re.compile(r"/account/sign-in\?next="))
+
+
+def test_a_customer_and_an_admin_in_a_real_browser(server, browser, backend, tmp_path):
+    base = server
+    shot = Shots(backend, tmp_path / "screenshots")
+    customer = browser.new_context()
+    page = customer.new_page()
+    errors: list[str] = []
+    page.on(
+        "console",
+        lambda m: errors.append(f"{m.text} @ {m.location}") if m.type == "error" else None,
+    )
+    customer_registers_signs_in_and_buys(customer, page, base, shot)
+    second = customer_manages_licenses(page, base, shot)
+    admin_suspends_resolves_a_conflict_and_audits(browser, base, shot, second)
+    customer_changes_password_and_signs_out(page, base, shot)
     assert not [e for e in errors if "Content Security Policy" in e], errors
     customer.close()
-    admin.close()

@@ -24,10 +24,9 @@ from sqlalchemy import select
 from app.admin.models import AuditLog
 from app.auth.models import License
 from app.orders.models import Order
-from tests.helpers import db_rows, gunicorn_server, http, soak_report
+from tests.helpers import db_rows, gunicorn_server, http, sign_up_over_http, soak_report
 
 pytestmark = pytest.mark.slow
-PASSWORD = "correct horse battery"
 USERS = int(os.environ.get("CRASH_USERS", "30"))
 
 
@@ -102,17 +101,8 @@ class Load:
 
 
 def _register(base: str, n: int) -> dict:
-    email = f"crash{n}@example.com"
-    status, body, _ = http(
-        "POST", base + "/api/v1/auth/register", {"email": email, "password": PASSWORD}
-    )
-    assert status == 201, body
-    _, pair, _ = http("POST", base + "/api/v1/auth/login", {"email": email, "password": PASSWORD})
-    return {
-        "n": n,
-        "user_id": body["user_id"],
-        "auth": {"Authorization": f"Bearer {pair['access_token']}"},
-    }
+    account = sign_up_over_http(base, f"crash{n}@example.com")
+    return {"n": n, "user_id": account.user_id, "auth": account.headers}
 
 
 def _licenses_each_with_one_entry(url: str) -> set[str]:

@@ -14,16 +14,12 @@ import pytest
 from sqlalchemy import select, text
 
 from app import create_app
-from app.admin.models import AuditLog
 from app.auth.models import User
 from app.kernel import migrations
 from app.kernel.db import EngineSettings, get_session, make_engine
 from app.kernel.emails import normalise_email
 from app.kernel.ownership import OPERATOR, acting_as
-from tests.helpers import assert_problem, bearer
-
-API = "/api/v1"
-PASSWORD = "correct horse battery"
+from tests.helpers import API, PASSWORD, assert_problem, audit, auth_headers, login, register
 
 
 def fullwidth(text_: str) -> str:
@@ -31,22 +27,9 @@ def fullwidth(text_: str) -> str:
     return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text_)
 
 
-def register(client, email):
-    return client.post(f"{API}/auth/register", json={"email": email, "password": PASSWORD})
-
-
-def login(client, email, password=PASSWORD):
-    return client.post(f"{API}/auth/login", json={"email": email, "password": password})
-
-
 def stored_emails(app) -> list[str]:
     with app.app_context(), acting_as(OPERATOR):
         return sorted(get_session().scalars(select(User.email)))
-
-
-def audit(app, action):
-    with app.app_context(), acting_as(OPERATOR):
-        return list(get_session().scalars(select(AuditLog).where(AuditLog.action == action)))
 
 
 @pytest.mark.parametrize(
@@ -98,7 +81,7 @@ def test_the_admin_search_and_the_cli_normalise_too(app, client, runner):
         input=PASSWORD + "\n",
     )
     assert "an account with email root@example.com already exists" in again.output
-    admin = bearer(login(client, "root@example.com").get_json()["access_token"])
+    admin = auth_headers(client, "root@example.com")
     for prefix in ("KA", fullwidth("ka"), "kate@EXAMPLE"):
         found = client.get(f"{API}/admin/users", query_string={"email": prefix}, headers=admin)
         assert [u["email"] for u in found.get_json()["items"]] == ["kate@example.com"], prefix

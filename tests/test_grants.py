@@ -8,7 +8,7 @@ from psycopg import errors
 
 from app.kernel.grants import grant_statements, role_of
 from app.kernel.ownership import registry
-from tests.helpers import OTHER_SECRET, STRONG_SECRET, in_layout, layout_config
+from tests.helpers import OTHER_SECRET, STRONG_SECRET, in_layout, layout_config, sign_up
 
 
 def test_grants_follow_the_registry():
@@ -34,6 +34,7 @@ def test_schema_grants_give_usage_only_on_the_schemas_a_module_touches():
         "GRANT USAGE ON SCHEMA orders TO licensing_admin;",
         "GRANT USAGE ON SCHEMA orders TO licensing_orders;",
         "GRANT USAGE ON SCHEMA kernel TO licensing_kernel;",
+        "GRANT USAGE ON SCHEMA webhooks TO licensing_webhooks;",
     }
     assert "public" not in sql
 
@@ -108,17 +109,7 @@ def test_the_app_runs_each_module_under_its_role(app_config, database_url, role_
     app_config.update(DB_ROLES=True, DB_ROLE_PREFIX=role_prefix)
     app = create_app(app_config)
     client = app.test_client()
-    password = "correct horse battery"
-    assert (
-        client.post(
-            "/api/v1/auth/register", json={"email": "r@example.com", "password": password}
-        ).status_code
-        == 201
-    )
-    tokens = client.post(
-        "/api/v1/auth/login", json={"email": "r@example.com", "password": password}
-    ).get_json()
-    bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
+    bearer = sign_up(client, "r@example.com").headers
     lic = client.post("/api/v1/licenses/activate", json={"client_id": "role-box"}, headers=bearer)
     assert lic.status_code == 201, lic.get_json()
     assert (

@@ -30,16 +30,19 @@ from app.kernel.db import get_database, get_session
 from app.kernel.ownership import OPERATOR, acting_as
 from app.models import metadata
 from tests.helpers import (
-    bearer,
+    API,
+    PASSWORD,
+    auth_headers,
     free_port,
     gunicorn_server,
+    login,
     nginx_call,
     nginx_in_front_of,
+    register,
+    registered,
+    sign_up,
     soak_report,
 )
-
-PASSWORD = "correct horse battery"
-API = "/api/v1"
 
 # Classic injection strings, for string fields, query values and path segments.
 SQLI = [
@@ -147,12 +150,6 @@ def tally():
 # --- a world to attack ---------------------------------------------------------------
 
 
-def login(client, email: str) -> dict[str, str]:
-    response = client.post(f"{API}/auth/login", json={"email": email, "password": PASSWORD})
-    assert response.status_code == 200, response.get_json()
-    return bearer(response.get_json()["access_token"])
-
-
 @pytest.fixture
 def world(client, runner) -> dict[str, Any]:
     return build_world(client, runner)
@@ -160,27 +157,17 @@ def world(client, runner) -> dict[str, Any]:
 
 def build_world(client, runner) -> dict[str, Any]:
     """Ada (a user with a license and a paid order) and root (an admin), logged in."""
-    assert (
-        client.post(
-            f"{API}/auth/register", json={"email": "ada@example.com", "password": PASSWORD}
-        ).status_code
-        == 201
-    )
+    registered(client, "ada@example.com")
     result = runner.invoke(
         args=["users", "create-admin", "root@example.com", "--password-stdin"],
         input=PASSWORD + "\n",
     )
     assert result.exit_code == 0, result.output
-    user, admin = login(client, "ada@example.com"), login(client, "root@example.com")
+    user, admin = auth_headers(client), auth_headers(client, "root@example.com")
     # Changing a password ends its tokens: the password route is called as an account of
     # its own, so a body that is accepted there does not log Ada out of the other routes.
-    assert (
-        client.post(
-            f"{API}/auth/register", json={"email": "cy@example.com", "password": PASSWORD}
-        ).status_code
-        == 201
-    )
-    changer = login(client, "cy@example.com")
+    registered(client, "cy@example.com")
+    changer = auth_headers(client, "cy@example.com")
     lic = client.post(f"{API}/licenses/activate", json={"client_id": "box-1"}, headers=user)
     assert lic.status_code == 201
     order = client.post(
@@ -261,18 +248,42 @@ def concrete(path: str, world: dict[str, Any]) -> tuple[str, dict[str, str]]:
 # --- SQL injection -------------------------------------------------------------------
 
 
-def test_sql_injection_in_every_string_field_is_inert(app, client, world, tally):
+def assert_inert(app, client, world, tally, baseline: tuple[dict, set], new_users: int = 0):
+    """After the attempts: every table still there, no row but the `new_users` accounts
+    added, one paid order (the world's), and Ada and the admin still who they were."""
     user, admin = world["user"], world["admin"]
-    lic = world["license"]
-    before = counts(app)
-    tables = existing_tables(app)
-    registered = []
+    before, tables = baseline
+    after = counts(app)
+    tally.expect("tables", existing_tables(app) == tables, "a table went missing")
+    tally.expect(
+        "users",
+        after["users"] == before["users"] + new_users,
+        f"{before['users']} -> {after['users']}",
+    )
+    for table in ("licenses", "subscriptions", "token_revocations"):
+        tally.expect(table, after[table] == before[table], f"{before[table]} -> {after[table]}")
+    # Declined orders are recorded as failed orders; nothing was paid.
+    with app.app_context(), acting_as(OPERATOR):
+        from app.orders.models import Order
 
-    for i, s in enumerate(SQLI):
+        paid = get_session().scalar(
+            select(func.count()).select_from(Order).where(Order.status == "paid")
+        )
+    tally.expect("paid orders", paid == 1, f"{paid} paid orders")
+    # Everyone can still do what they could.
+    tally.check("ada still logs in", client.get(f"{API}/auth/me", headers=user), [200])
+    tally.check("admin still admin", client.get(f"{API}/admin/stats/users", headers=admin), [200])
+    tally.assert_held()
+
+
+def test_sql_injection_in_account_fields_is_inert(app, client, world, tally):
+    before = counts(app), existing_tables(app)
+    signed_up = []
+    for s in SQLI:
         # auth: nothing may log in, nothing may be created from a malformed email
         tally.check(
             f"register email {s!r}",
-            client.post(f"{API}/auth/register", json={"email": s, "password": PASSWORD}),
+            register(client, s),
             [422],
         )
         tally.expect(f"no user {s!r}", users_with_email(app, s) == [], "a user was stored")
@@ -291,6 +302,46 @@ def test_sql_injection_in_every_string_field_is_inert(app, client, world, tally)
             client.post(f"{API}/auth/login", json={"email": "root@example.com' --", "password": s}),
             [401, 423],  # an email without an account is throttled like one with
         )
+    # Injection strings that are valid addresses are stored exactly as sent (parameters).
+    for email in SQLI_EMAILS:
+        tally.check(
+            f"register {email!r}",
+            register(client, email),
+            [201],
+        )
+        signed_up.append(email)
+        tally.expect(f"stored {email!r}", users_with_email(app, email) == [email], "not literal")
+        tally.check(
+            f"login {email!r}",
+            login(client, email),
+            [200],
+        )
+    # A password full of quotes works as a password, nothing more.
+    quoted = "' OR '1'='1' --"
+    tally.check(
+        "register quoted password",
+        register(client, "q@example.com", quoted),
+        [201],
+    )
+    signed_up.append("q@example.com")
+    tally.check(
+        "login quoted password",
+        login(client, "q@example.com", quoted),
+        [200],
+    )
+    tally.check(
+        "login other password",
+        client.post(f"{API}/auth/login", json={"email": "q@example.com", "password": "' OR 1=1"}),
+        [401],
+    )
+
+    assert_inert(app, client, world, tally, before, new_users=len(signed_up))
+
+
+def test_sql_injection_in_license_fields_is_inert(app, client, world, tally):
+    user, lic = world["user"], world["license"]
+    before = counts(app), existing_tables(app)
+    for i, s in enumerate(SQLI):
         # licenses
         tally.check(
             f"activate client_id {s!r}",
@@ -326,6 +377,13 @@ def test_sql_injection_in_every_string_field_is_inert(app, client, world, tally)
                 verdict.get_json()["code"] == "CLIENT_MISMATCH",
                 str(verdict.get_json()),
             )
+    assert_inert(app, client, world, tally, before)
+
+
+def test_sql_injection_in_order_fields_is_inert(app, client, world, tally):
+    user = world["user"]
+    before = counts(app), existing_tables(app)
+    for i, s in enumerate(SQLI):
         # orders
         tally.check(
             f"order plan {s!r}",
@@ -354,6 +412,13 @@ def test_sql_injection_in_every_string_field_is_inert(app, client, world, tally)
             ),
             [400, 402],
         )
+    assert_inert(app, client, world, tally, before)
+
+
+def test_sql_injection_in_paths_queries_and_cursors_is_inert(app, client, world, tally):
+    user, admin = world["user"], world["admin"]
+    before = counts(app), existing_tables(app)
+    for s in SQLI:
         # path segments and query values
         segment = quote(s, safe="")
         for path, headers in (
@@ -391,60 +456,7 @@ def test_sql_injection_in_every_string_field_is_inert(app, client, world, tally)
                     [422],
                 )
 
-    # Injection strings that are valid addresses are stored exactly as sent (parameters).
-    for email in SQLI_EMAILS:
-        tally.check(
-            f"register {email!r}",
-            client.post(f"{API}/auth/register", json={"email": email, "password": PASSWORD}),
-            [201],
-        )
-        registered.append(email)
-        tally.expect(f"stored {email!r}", users_with_email(app, email) == [email], "not literal")
-        tally.check(
-            f"login {email!r}",
-            client.post(f"{API}/auth/login", json={"email": email, "password": PASSWORD}),
-            [200],
-        )
-    # A password full of quotes works as a password, nothing more.
-    quoted = "' OR '1'='1' --"
-    tally.check(
-        "register quoted password",
-        client.post(f"{API}/auth/register", json={"email": "q@example.com", "password": quoted}),
-        [201],
-    )
-    registered.append("q@example.com")
-    tally.check(
-        "login quoted password",
-        client.post(f"{API}/auth/login", json={"email": "q@example.com", "password": quoted}),
-        [200],
-    )
-    tally.check(
-        "login other password",
-        client.post(f"{API}/auth/login", json={"email": "q@example.com", "password": "' OR 1=1"}),
-        [401],
-    )
-
-    after = counts(app)
-    tally.expect("tables", existing_tables(app) == tables, "a table went missing")
-    tally.expect(
-        "users",
-        after["users"] == before["users"] + len(registered),
-        f"{before['users']} -> {after['users']}",
-    )
-    for table in ("licenses", "subscriptions", "token_revocations"):
-        tally.expect(table, after[table] == before[table], f"{before[table]} -> {after[table]}")
-    # The declined orders above were recorded as failed orders; nothing was paid.
-    with app.app_context(), acting_as(OPERATOR):
-        from app.orders.models import Order
-
-        paid = get_session().scalar(
-            select(func.count()).select_from(Order).where(Order.status == "paid")
-        )
-    tally.expect("paid orders", paid == 1, f"{paid} paid orders")
-    # Everyone can still do what they could.
-    tally.check("ada still logs in", client.get(f"{API}/auth/me", headers=user), [200])
-    tally.check("admin still admin", client.get(f"{API}/admin/stats/users", headers=admin), [200])
-    tally.assert_held()
+    assert_inert(app, client, world, tally, before)
 
 
 # --- bodies: size, depth, encoding ---------------------------------------------------
@@ -517,25 +529,13 @@ def test_deeply_nested_json_is_a_400_not_a_recursion_error(app_config, tally, li
                 for depth in (10_000, 100_000):
                     tally.check(
                         f"{method} {path} {kind} {depth} deep",
-                        client.open(
-                            url,
-                            method=method,
-                            data=nested(depth, kind),
-                            headers=headers,
-                            content_type="application/json",
-                        ),
+                        send_json(client, method, url, nested(depth, kind), headers),
                         [400],
                         code="malformed_json",
                     )
                 tally.check(
                     f"{method} {path} {kind} 300 deep",
-                    client.open(
-                        url,
-                        method=method,
-                        data=nested(300, kind),
-                        headers=headers,
-                        content_type="application/json",
-                    ),
+                    send_json(client, method, url, nested(300, kind), headers),
                     [422],
                 )
     finally:
@@ -643,6 +643,13 @@ def test_forged_cursors_are_422_not_500(client, world, tally):
 # --- bodies: size, encoding, odd values ----------------------------------------------
 
 
+def send_json(client, method: str, url: str, data: bytes | str, headers: dict) -> Any:
+    """`data` sent as it is, labelled application/json (bodies json= could not encode)."""
+    return client.open(
+        url, method=method, data=data, headers=headers, content_type="application/json"
+    )
+
+
 def body_requests(world: dict[str, Any]) -> list[tuple[str, str, str, dict, dict]]:
     """(label, method, url, valid body, headers) for every body operation, plus activation
     by email and password (the same operation, called without a token)."""
@@ -663,6 +670,12 @@ def body_requests(world: dict[str, Any]) -> list[tuple[str, str, str, dict, dict
     return calls
 
 
+def nothing_stored(app, tally, before: dict[str, int]) -> None:
+    """No business row was added or removed since `before`, and every check held."""
+    tally.expect("nothing stored", business_counts(app) == before, str(business_counts(app)))
+    tally.assert_held()
+
+
 def test_a_two_megabyte_body_is_413_everywhere(app, client, world, tally):
     before = business_counts(app)
     for label, method, url, body, headers in body_requests(world):
@@ -670,14 +683,11 @@ def test_a_two_megabyte_body_is_413_everywhere(app, client, world, tally):
         big = json.dumps({**body, field_name: "x" * (2 * 1024 * 1024)}).encode()
         tally.check(
             f"{label} 2 MB",
-            client.open(
-                url, method=method, data=big, headers=headers, content_type="application/json"
-            ),
+            send_json(client, method, url, big, headers),
             [413],
             code="payload_too_large",
         )
-    tally.expect("nothing stored", business_counts(app) == before, str(business_counts(app)))
-    tally.assert_held()
+    nothing_stored(app, tally, before)
 
 
 INVALID_UTF8 = [
@@ -699,14 +709,11 @@ def test_invalid_utf8_is_400_everywhere(app, client, world, tally):
             assert bad in data, label
             tally.check(
                 f"{label} {bad!r}",
-                client.open(
-                    url, method=method, data=data, headers=headers, content_type="application/json"
-                ),
+                send_json(client, method, url, data, headers),
                 [400],
                 code="malformed_json",
             )
-    tally.expect("nothing stored", business_counts(app) == before, str(business_counts(app)))
-    tally.assert_held()
+    nothing_stored(app, tally, before)
 
 
 def fields_of(body: dict[str, Any]) -> list[tuple[tuple, Any]]:
@@ -805,8 +812,7 @@ def test_very_long_strings_are_422(app, client, world, tally):
                     ),
                     [422],
                 )
-    tally.expect("nothing stored", business_counts(app) == before, str(business_counts(app)))
-    tally.assert_held()
+    nothing_stored(app, tally, before)
 
 
 WRONG_TYPES = [123, -1, 1.5, True, False, [], ["a"], {}, {"a": 1}, None]
@@ -824,12 +830,12 @@ def test_wrong_types_are_422(app, client, world, tally):
                     continue  # null is "not given" there
                 tally.check(
                     f"{label} {name}={bad!r}",
-                    client.open(
+                    send_json(
+                        client,
+                        method,
                         url,
-                        method=method,
-                        data=json.dumps(replaced(body, path, bad)),
-                        content_type="application/json",
-                        headers={**headers, "Idempotency-Key": f"type-{tally.tried}"},
+                        json.dumps(replaced(body, path, bad)),
+                        {**headers, "Idempotency-Key": f"type-{tally.tried}"},
                     ),
                     # without a token, a null credential is "no credentials": 401
                     [401, 422] if label.endswith("credentials") and bad is None else [422],
@@ -837,17 +843,16 @@ def test_wrong_types_are_422(app, client, world, tally):
         for shape in ([], [body], "body", 1, None, True):
             tally.check(
                 f"{label} body={shape!r}",
-                client.open(
+                send_json(
+                    client,
+                    method,
                     url,
-                    method=method,
-                    data=json.dumps(shape),
-                    content_type="application/json",
-                    headers={**headers, "Idempotency-Key": f"shape-{tally.tried}"},
+                    json.dumps(shape),
+                    {**headers, "Idempotency-Key": f"shape-{tally.tried}"},
                 ),
                 [401, 422] if label.endswith("credentials") else [422],
             )
-    tally.expect("nothing stored", business_counts(app) == before, str(business_counts(app)))
-    tally.assert_held()
+    nothing_stored(app, tally, before)
 
 
 # --- through nginx, in front of a real gunicorn --------------------------------------
@@ -1170,8 +1175,7 @@ def test_behind_nginx_slow_clients_are_cut_off_and_others_served(
 )
 def test_nul_bytes_are_4xx_not_500(client, backend, req):
     """(an independent review: NUL characters reached PostgreSQL and answered 500)"""
-    client.post(f"{API}/auth/register", json={"email": "ada@example.com", "password": PASSWORD})
-    h = login(client, "ada@example.com")
+    h = sign_up(client).headers
     method, path, body = req
     r = getattr(client, method)(path, json=body, headers=h if body is None else {})
     assert r.status_code < 500, r.get_data(as_text=True)

@@ -28,7 +28,17 @@ import pytest
 from app import create_app
 from app.config import ConfigError
 from app.kernel import files, migrations
-from tests.helpers import OTHER_SECRET, STRONG_SECRET, assert_problem, b64url, bearer
+from tests.helpers import (
+    API,
+    OTHER_SECRET,
+    PASSWORD,
+    STRONG_SECRET,
+    assert_problem,
+    b64url,
+    bearer,
+    login,
+    sign_up,
+)
 
 
 @pytest.fixture
@@ -36,8 +46,6 @@ def backend():
     return "sqlite"  # files on disk; PostgreSQL has none of its own here
 
 
-PASSWORD = "correct horse battery"
-API = "/api/v1"
 # What an attacker tries first: the placeholder this code base once shipped, blanks and
 # the usual suspects.
 GUESSES = [
@@ -91,16 +99,6 @@ def make(config):
     return application, application.test_client()
 
 
-def register_and_login(client, email: str) -> dict:
-    assert (
-        client.post(f"{API}/auth/register", json={"email": email, "password": PASSWORD}).status_code
-        == 201
-    )
-    response = client.post(f"{API}/auth/login", json={"email": email, "password": PASSWORD})
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()
-
-
 # --- item 1: no public secret --------------------------------------------------------
 
 
@@ -112,19 +110,17 @@ def test_tokens_forged_with_guessable_keys_are_refused(bare_config, runner):
             input=PASSWORD + "\n",
         )
         assert admin.exit_code == 0, admin.output
-        root = client.post(
-            f"{API}/auth/login", json={"email": "root@example.com", "password": PASSWORD}
-        ).get_json()
-        pair = register_and_login(client, "ada@example.com")
+        root = login(client, "root@example.com").get_json()
+        pair = sign_up(client)
         lic = client.post(
             f"{API}/licenses/activate",
             json={"client_id": "box"},
-            headers=bearer(pair["access_token"]),
+            headers=bearer(pair.access),
         ).get_json()
         # Everything an attacker needs but the key: the license token names its owner; the
         # admin's id is in any of the admin's own tokens.
         owner = claims_of(lic["token"])["user_id"]
-        template = claims_of(pair["access_token"])
+        template = claims_of(pair.access)
         now = int(time.time())
         targets = [
             ("GET", f"{API}/auth/me", owner, "user"),
@@ -145,9 +141,7 @@ def test_tokens_forged_with_guessable_keys_are_refused(bare_config, runner):
                 response = client.open(path, method=method, headers=bearer(hs256(claims, key)))
                 assert_problem(response, 401, "invalid_token")
         # The license is untouched and the real tokens still work.
-        mine = client.get(
-            f"{API}/licenses/{lic['license_id']}", headers=bearer(pair["access_token"])
-        )
+        mine = client.get(f"{API}/licenses/{lic['license_id']}", headers=bearer(pair.access))
         assert mine.get_json()["status"] == "active"
         assert (
             client.get(f"{API}/admin/stats/users", headers=bearer(root["access_token"])).status_code
@@ -177,13 +171,10 @@ def test_generated_secrets_are_private_shared_by_the_instance_and_logged_once(
             assert elsewhere.config[name] != values[name]
         assert values["SECRET_KEY"] != values["JWT_SECRET_KEY"]
 
-        pair = register_and_login(client, "ada@example.com")
-        assert (
-            again_client.get(f"{API}/auth/me", headers=bearer(pair["access_token"])).status_code
-            == 200
-        )
+        pair = sign_up(client)
+        assert again_client.get(f"{API}/auth/me", headers=bearer(pair.access)).status_code == 200
         assert_problem(
-            elsewhere_client.get(f"{API}/auth/me", headers=bearer(pair["access_token"])),
+            elsewhere_client.get(f"{API}/auth/me", headers=bearer(pair.access)),
             401,
             "invalid_token",
         )
@@ -308,8 +299,8 @@ def test_everything_private_is_created_0600_in_0700_folders(bare_config, tmp_pat
     migrations.upgrade(config["DATABASE_URL"])
     application, client = make(config)
     try:
-        pair = register_and_login(client, "ada@example.com")
-        headers = bearer(pair["access_token"])
+        pair = sign_up(client)
+        headers = bearer(pair.access)
         assert (
             client.post(
                 f"{API}/licenses/activate", json={"client_id": "b"}, headers=headers

@@ -12,24 +12,22 @@ from app.auth import api as auth_api
 from app.auth.models import License
 from app.kernel.db import make_engine, make_sessionmaker, transaction
 from app.kernel.ownership import OPERATOR, acting_as
-from tests.helpers import db_scalar, engine_settings, gunicorn_server, http
+from tests.helpers import (
+    db_scalar,
+    engine_settings,
+    gunicorn_server,
+    http,
+    sign_up_over_http,
+)
 from tests.test_auth_processes import _parallel
 
 pytestmark = pytest.mark.slow
-PASSWORD = "correct horse battery"
 N = 12
 
 
 def _account(base: str, email: str) -> dict[str, str]:
-    assert (
-        http("POST", base + "/api/v1/auth/register", {"email": email, "password": PASSWORD})[0]
-        == 201
-    )
-    _, pair, _ = http("POST", base + "/api/v1/auth/login", {"email": email, "password": PASSWORD})
-    _, me, _ = http(
-        "GET", base + "/api/v1/auth/me", None, {"Authorization": f"Bearer {pair['access_token']}"}
-    )
-    return {"Authorization": f"Bearer {pair['access_token']}", "user_id": me["user_id"]}
+    account = sign_up_over_http(base, email)
+    return {**account.headers, "user_id": account.user_id}
 
 
 def _activate(base: str, who: dict[str, str], client_id: str):

@@ -13,8 +13,8 @@ from app.admin.models import AuditLog
 from app.auth.licensing import signing
 from app.auth.models import License
 from app.kernel.db import utcnow
-from tests.helpers import assert_problem, tampered
-from tests.test_licenses import account, activate, rows
+from tests.helpers import assert_problem, rows, tampered
+from tests.test_licenses import account, activate
 
 NONCE = "n0nce-Abc_123456"
 

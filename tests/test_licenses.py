@@ -17,18 +17,20 @@ from app.auth import api as auth_api
 from app.auth.licensing.signing import KeySet, generate_key_file
 from app.auth.models import License
 from app.kernel.db import get_database, get_session, transaction, utcnow
-from app.kernel.ownership import OPERATOR, acting_as
-from tests.helpers import assert_problem
-
-PASSWORD = "correct horse battery"
+from tests.helpers import (
+    PASSWORD,
+    as_operator,
+    assert_problem,
+    auth_headers,
+    grant_subscription,
+    registered,
+    rows,
+)
 
 
 def account(client, email="ada@example.com") -> dict:
-    response = client.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD})
-    assert response.status_code == 201, response.get_json()
-    user = response.get_json()
-    pair = client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD}).get_json()
-    return {**user, "headers": {"Authorization": f"Bearer {pair['access_token']}"}}
+    """A new customer: the registration's body and the headers of a fresh access token."""
+    return {**registered(client, email), "headers": auth_headers(client, email)}
 
 
 def activate(client, who, client_id="laptop-1"):
@@ -42,27 +44,6 @@ def validate(client, token, client_id=None):
     response = client.post("/api/v1/licenses/validate", json=body)
     assert response.status_code == 200, response.get_json()
     return response.get_json()
-
-
-def rows(app, stmt):
-    with app.app_context(), acting_as(OPERATOR):
-        return list(get_session().scalars(stmt))
-
-
-def as_operator(app, fn):
-    with app.app_context(), acting_as(OPERATOR):
-        session = get_session()
-        with transaction(session):
-            return fn(session)
-
-
-def grant(app, user_id, seats):
-    with app.app_context():
-        session = get_session()
-        with transaction(session):
-            return auth_api.grant_subscription(
-                session, user_id, plan="pro", seats=seats, period=timedelta(days=30)
-            )
 
 
 # --- activation ----------------------------------------------------------------------
@@ -136,7 +117,7 @@ def test_the_free_plan_has_one_seat_and_deactivation_frees_it(app, client):
 
 def test_a_subscription_brings_its_seats_and_its_expiry(app, client):
     ada = account(client)
-    sub = grant(app, ada["user_id"], seats=3)
+    sub = grant_subscription(app, ada["user_id"], seats=3)
     for i in range(3):
         body = activate(client, ada, f"box-{i}").get_json()
         assert body["expires_at"].startswith(sub.renews_at.strftime("%Y-%m-%d"))
@@ -463,7 +444,7 @@ def test_validation_survives_its_connection_dying(app, client, database_url):
 
 def test_list_mine_with_keyset_pagination(app, client):
     ada = account(client)
-    grant(app, ada["user_id"], seats=5)
+    grant_subscription(app, ada["user_id"], seats=5)
     made = [activate(client, ada, f"box-{i}").get_json()["license_id"] for i in range(5)]
     bob = account(client, "bob@example.com")
     activate(client, bob, "bobs-box")
@@ -571,7 +552,7 @@ def test_optimistic_locking_and_transitions(app, client):
 
 def test_batch_updates_are_all_or_nothing(app, client):
     ada = account(client)
-    grant(app, ada["user_id"], seats=3)
+    grant_subscription(app, ada["user_id"], seats=3)
     ids = [activate(client, ada, f"b{i}").get_json()["license_id"] for i in range(3)]
     updates = [auth_api.StatusUpdate(i, "suspended") for i in ids] + [
         auth_api.StatusUpdate("lic_unknown", "suspended")
@@ -590,7 +571,7 @@ def test_batch_updates_are_all_or_nothing(app, client):
 
 def test_cancelling_a_subscription_suspends_the_newest_licenses(app, client):
     ada = account(client)
-    grant(app, ada["user_id"], seats=3)
+    grant_subscription(app, ada["user_id"], seats=3)
     ids = [activate(client, ada, f"c{i}").get_json()["license_id"] for i in range(3)]
     with app.app_context():
         session = get_session()

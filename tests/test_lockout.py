@@ -19,14 +19,11 @@ import pytest
 from argon2 import PasswordHasher
 from sqlalchemy import select
 
-from app.admin.models import AuditLog
 from app.kernel.db import get_session, utcnow
 from app.kernel.ownership import OPERATOR, acting_as
-from tests.helpers import assert_problem, bearer
+from tests.helpers import API, PASSWORD, assert_problem, audit, auth_headers, login, registered
 
-PASSWORD = "correct horse battery"
 WRONG = "wrong password!"
-API = "/api/v1"
 OWNER, ATTACKER = "198.51.100.7", "203.0.113.9"
 
 
@@ -70,31 +67,8 @@ def verifications(monkeypatch) -> list[str]:
     return seen
 
 
-def register(client, email="ada@example.com"):
-    response = client.post(f"{API}/auth/register", json={"email": email, "password": PASSWORD})
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()
-
-
-def login(client, email="ada@example.com", password=PASSWORD, ip=OWNER):
-    return client.post(
-        f"{API}/auth/login",
-        json={"email": email, "password": password},
-        environ_base={"REMOTE_ADDR": ip},
-    )
-
-
-def audit(app, action: str) -> list[AuditLog]:
-    with app.app_context(), acting_as(OPERATOR):
-        return list(
-            get_session().scalars(
-                select(AuditLog).where(AuditLog.action == action).order_by(AuditLog.log_id)
-            )
-        )
-
-
 def test_the_attackers_address_is_locked_and_the_owners_is_not(app, client, clock, verifications):
-    user = register(client)
+    user = registered(client)
     statuses = [login(client, password=WRONG, ip=ATTACKER).status_code for _ in range(5)]
     assert statuses == [401, 401, 401, 401, 423]
     locked = login(client, ip=ATTACKER)  # even the right password, from there
@@ -113,7 +87,7 @@ def test_the_attackers_address_is_locked_and_the_owners_is_not(app, client, cloc
 
 
 def test_locks_back_off_and_start_over_after_a_quiet_window(client, clock):
-    register(client)
+    registered(client)
 
     def lock_once() -> int:
         for _ in range(4):
@@ -133,7 +107,7 @@ def test_locks_back_off_and_start_over_after_a_quiet_window(client, clock):
 
 
 def test_one_address_never_reaches_the_account_ceiling_many_do(app, client, clock):
-    register(client)
+    registered(client)
     # Two hours of one address failing as fast as its locks let it.
     tried = 0
     end = clock.now + timedelta(hours=2)
@@ -160,7 +134,7 @@ def test_one_address_never_reaches_the_account_ceiling_many_do(app, client, cloc
 
 
 def test_an_unknown_email_is_throttled_exactly_like_a_known_one(client, clock, verifications):
-    register(client, "ada@example.com")
+    registered(client, "ada@example.com")
 
     def attack(email: str):
         before = len(verifications)
@@ -181,7 +155,7 @@ def test_an_unknown_email_is_throttled_exactly_like_a_known_one(client, clock, v
 
 
 def test_look_alike_spellings_count_as_one_account(client, clock):
-    register(client, "ada@example.com")
+    registered(client, "ada@example.com")
     spellings = ["ADA@example.com", "ada@EXAMPLE.COM", fullwidth("ada") + "@example.com"]
     spellings += [" Ada@Example.com ", "ada@" + fullwidth("example") + ".com"]
     statuses = [login(client, email=e, password=WRONG, ip=ATTACKER).status_code for e in spellings]
@@ -189,14 +163,14 @@ def test_look_alike_spellings_count_as_one_account(client, clock):
 
 
 def test_unlock_from_the_cli_and_the_admin_api_is_audited(app, client, runner, clock):
-    ada = register(client)
+    ada = registered(client)
     result = runner.invoke(
         args=["users", "create-admin", "root@example.com", "--password-stdin"],
         input=PASSWORD + "\n",
     )
     assert result.exit_code == 0, result.output
     root_id = result.output.rsplit("(", 1)[1].split(")")[0]
-    admin = bearer(login(client, "root@example.com").get_json()["access_token"])
+    admin = auth_headers(client, "root@example.com", ip=OWNER)
 
     def lock() -> None:
         for _ in range(5):
@@ -235,7 +209,7 @@ def test_tokens_prune_forgets_throttles_that_no_longer_count(
 ):
     """Failures of emails nobody has would pile up forever: the daily `tokens prune` drops
     every throttle row that is neither locked nor inside its window, and keeps the rest."""
-    register(client)
+    registered(client)
     for _ in range(5):
         login(client, email="nobody@example.com", password=WRONG, ip=ATTACKER)
     assert login(client, email="nobody@example.com", ip=ATTACKER).status_code == 423

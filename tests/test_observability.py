@@ -10,9 +10,7 @@ import urllib.request
 import pytest
 
 from app.http.observability import JsonFormatter
-from tests.helpers import gunicorn_server, http
-
-PASSWORD = "correct horse battery"
+from tests.helpers import PASSWORD, gunicorn_server, http, login, register, sign_up_over_http
 
 
 @pytest.fixture
@@ -35,23 +33,19 @@ def test_request_ids_are_returned_and_accepted(client):
 
 def test_one_structured_line_per_request_without_secrets(client, caplog):
     caplog.set_level(logging.INFO, logger="app.access")
-    client.post("/api/v1/auth/register", json={"email": "ada@example.com", "password": PASSWORD})
-    tokens = client.post(
-        "/api/v1/auth/login",
-        json={"email": "ada@example.com", "password": PASSWORD},
-        headers={"X-Request-ID": "req-42"},
-    ).get_json()
+    register(client)
+    tokens = login(client, headers={"X-Request-ID": "req-42"}).get_json()
     client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
     access = [r for r in caplog.records if r.name == "app.access"]
     assert len(access) == 3
-    login = access[1].fields
-    assert (login["request_id"], login["route"], login["status"], login["method"]) == (
+    logged = access[1].fields
+    assert (logged["request_id"], logged["route"], logged["status"], logged["method"]) == (
         "req-42",
         "/api/v1/auth/login",
         200,
         "POST",
     )
-    assert 0 < login["duration_ms"] < 60_000
+    assert 0 < logged["duration_ms"] < 60_000
     me = access[2].fields
     assert me["user_id"] and me["user_id"].startswith("usr_")
     line = JsonFormatter().format(access[1])
@@ -62,10 +56,8 @@ def test_one_structured_line_per_request_without_secrets(client, caplog):
 
 
 def test_metrics_count_requests_and_license_results(client):
-    client.post("/api/v1/auth/register", json={"email": "ada@example.com", "password": PASSWORD})
-    tokens = client.post(
-        "/api/v1/auth/login", json={"email": "ada@example.com", "password": PASSWORD}
-    ).get_json()
+    register(client)
+    tokens = login(client).get_json()
     lic = client.post(
         "/api/v1/licenses/activate",
         json={"client_id": "m-box"},
@@ -104,17 +96,9 @@ def test_metrics_add_up_across_gunicorn_workers(database_url, signing_key_file, 
         LICENSE_SIGNING_KEYS=signing_key_file,
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"),
     ) as base:
-        http(
-            "POST", base + "/api/v1/auth/register", {"email": "w@example.com", "password": PASSWORD}
-        )
-        _, pair, _ = http(
-            "POST", base + "/api/v1/auth/login", {"email": "w@example.com", "password": PASSWORD}
-        )
+        user = sign_up_over_http(base, "w@example.com")
         _, lic, _ = http(
-            "POST",
-            base + "/api/v1/licenses/activate",
-            {"client_id": "w"},
-            {"Authorization": f"Bearer {pair['access_token']}"},
+            "POST", f"{base}/api/v1/licenses/activate", {"client_id": "w"}, user.headers
         )
         for _ in range(30):  # new connection each time: spread over the workers
             assert (

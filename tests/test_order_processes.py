@@ -27,11 +27,11 @@ from tests.helpers import (
     http,
     project_env,
     run_flask,
+    sign_up_over_http,
 )
 from tests.test_auth_processes import _parallel
 
 pytestmark = pytest.mark.slow
-PASSWORD = "correct horse battery"
 
 
 def _ledger(path: Path) -> list[dict]:
@@ -39,13 +39,7 @@ def _ledger(path: Path) -> list[dict]:
 
 
 def _buyer(base: str) -> dict[str, str]:
-    http(
-        "POST", base + "/api/v1/auth/register", {"email": "buyer@example.com", "password": PASSWORD}
-    )
-    _, pair, _ = http(
-        "POST", base + "/api/v1/auth/login", {"email": "buyer@example.com", "password": PASSWORD}
-    )
-    return {"Authorization": f"Bearer {pair['access_token']}"}
+    return sign_up_over_http(base, "buyer@example.com").headers
 
 
 def test_ten_concurrent_retries_charge_once_and_answer_identically(
@@ -112,22 +106,27 @@ def _subscribe_and_make_due(database_url: str, signing_key: str, ledger: Path) -
     )
 
 
+def _renew_in_background(env: dict[str, str], **popen: bool) -> subprocess.Popen:
+    """`flask subscriptions renew` started in a child process; its output is piped."""
+    return subprocess.Popen(
+        [*FLASK, "subscriptions", "renew"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **popen,
+    )
+
+
 def test_a_renewal_run_killed_after_the_charge_is_finished_by_the_next_run(
     database_url, signing_key_file, tmp_path
 ):
     ledger = tmp_path / "ledger.jsonl"
     _subscribe_and_make_due(database_url, signing_key_file, ledger)
     env = _cli_env(
-        database_url, signing_key_file, ledger, SANDBOX_LATENCY_MS="5000", ORDER_LEASE_SECONDS="1"
+        database_url, signing_key_file, ledger, SANDBOX_LATENCY_MS="5000", ORDER_LEASE_SECONDS="60"
     )
-    proc = subprocess.Popen(
-        [*FLASK, "subscriptions", "renew"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    proc = _renew_in_background(env, start_new_session=True)
     deadline = time.monotonic() + 30
     while len(_ledger(ledger)) < 2:  # the purchase, then the renewal charge
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
@@ -142,7 +141,15 @@ def test_a_renewal_run_killed_after_the_charge_is_finished_by_the_next_run(
     ]
     assert pending.status == "pending"
 
-    time.sleep(1.2)  # the dead run's lease expires
+    # The dead run's lease expires: an explicit step, not a wait on the wall clock.
+    _db(
+        database_url,
+        lambda s: s.execute(
+            update(Order)
+            .where(Order.order_id == pending.order_id)
+            .values(updated_at=utcnow() - timedelta(minutes=5))
+        ),
+    )
     env["SANDBOX_LATENCY_MS"] = "0"
     result = run_flask("subscriptions", "renew", env=env, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -164,17 +171,7 @@ def test_two_renewal_runs_at_once_charge_once(database_url, signing_key_file, tm
     ledger = tmp_path / "ledger.jsonl"
     _subscribe_and_make_due(database_url, signing_key_file, ledger)
     env = _cli_env(database_url, signing_key_file, ledger, SANDBOX_LATENCY_MS="300")
-    runs = [
-        subprocess.Popen(
-            [*FLASK, "subscriptions", "renew"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    runs = [_renew_in_background(env, text=True) for _ in range(2)]
     outputs = [run.communicate(timeout=60) for run in runs]
     assert all(run.returncode == 0 for run in runs), outputs
     assert sorted(out.split(",")[0] for out, _ in outputs) == ["renewed 0", "renewed 1"]

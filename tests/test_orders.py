@@ -16,7 +16,7 @@ from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.models import OutboxEvent
 from app.kernel.ownership import OPERATOR, acting_as
 from app.orders.models import Order
-from tests.helpers import assert_problem
+from tests.helpers import as_operator, assert_problem, rows
 
 PASSWORD = "correct horse battery"
 
@@ -37,16 +37,9 @@ def ledger(app_config) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def rows(app, stmt):
-    with app.app_context(), acting_as(OPERATOR):
-        return list(get_session().scalars(stmt))
-
-
-def operator(app, stmt):
-    with app.app_context(), acting_as(OPERATOR):
-        session = get_session()
-        with transaction(session):
-            session.execute(stmt)
+def operator(app, stmt) -> None:
+    """`stmt` executed as the operator, in a transaction of its own."""
+    as_operator(app, lambda session: session.execute(stmt))
 
 
 def actions(app) -> list[str]:

@@ -7,23 +7,15 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from app.admin.models import AuditLog
-from tests.helpers import assert_problem, bearer
-from tests.test_console import csrf_of, register, rows, sign_in
+from tests.helpers import PASSWORD, assert_problem, auth_headers, bearer, login, registered
+from tests.test_console import csrf_of, rows, sign_in
 
-PASSWORD = "correct horse battery"
 NEW = "staple battery horse"
 URL = "/api/v1/auth/password"
 
 
-def login(client, password: str = PASSWORD) -> dict:
-    response = client.post(
-        "/api/v1/auth/login", json={"email": "ada@example.com", "password": password}
-    )
-    return response
-
-
 def test_a_password_change_ends_every_other_session_and_answers_a_new_pair(app, client):
-    register(client, "ada@example.com")
+    registered(client)
     phone, laptop = login(client).get_json(), login(client).get_json()
     browser = app.test_client()
     sign_in(browser, "ada@example.com")
@@ -54,14 +46,14 @@ def test_a_password_change_ends_every_other_session_and_answers_a_new_pair(app, 
     assert browser.get("/account/").status_code == 302
     # The old password no longer signs in; the new one does.
     assert_problem(login(client), 401, "invalid_credentials")
-    assert login(client, NEW).status_code == 200
+    assert login(client, password=NEW).status_code == 200
     (entry,) = rows(app, AuditLog, AuditLog.action == "PASSWORD_CHANGED")
     assert entry.details == {"browser_sessions_ended": 1}
 
 
 def test_a_wrong_current_password_is_refused_and_counts_for_the_lockout(app, client):
-    register(client, "ada@example.com")
-    headers = bearer(login(client).get_json()["access_token"])
+    registered(client)
+    headers = auth_headers(client)
     wrong = {"current_password": "not my password", "new_password": NEW}
     for _ in range(4):
         assert_problem(client.post(URL, json=wrong, headers=headers), 403, "wrong_password")
@@ -74,8 +66,8 @@ def test_a_wrong_current_password_is_refused_and_counts_for_the_lockout(app, cli
 
 
 def test_the_new_password_follows_the_password_rules(app, client):
-    register(client, "ada@example.com")
-    headers = bearer(login(client).get_json()["access_token"])
+    registered(client)
+    headers = auth_headers(client)
     for new in ("short", "x" * 129):
         response = client.post(
             URL, json={"current_password": PASSWORD, "new_password": new}, headers=headers
@@ -86,7 +78,7 @@ def test_the_new_password_follows_the_password_rules(app, client):
 
 
 def test_the_portal_form_keeps_this_browser_and_ends_the_others(app, client):
-    register(client, "ada@example.com")
+    registered(client)
     api = login(client).get_json()
     other = app.test_client()
     sign_in(other, "ada@example.com")
@@ -105,7 +97,7 @@ def test_the_portal_form_keeps_this_browser_and_ends_the_others(app, client):
     assert_problem(
         client.get("/api/v1/auth/me", headers=bearer(api["access_token"])), 401, "token_revoked"
     )
-    assert login(client, NEW).status_code == 200
+    assert login(client, password=NEW).status_code == 200
 
 
 def test_a_later_change_moves_the_marker_forward(app, client):
@@ -113,7 +105,7 @@ def test_a_later_change_moves_the_marker_forward(app, client):
     from app.kernel.db import get_session
     from app.kernel.ownership import OPERATOR, acting_as
 
-    register(client, "ada@example.com")
+    registered(client)
     first = login(client).get_json()
     second = client.post(
         URL,

@@ -17,9 +17,7 @@ from app.config import ConfigError
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.ownership import OPERATOR, acting_as
 from app.orders.payments import Charge, PaymentUnavailable, SandboxGateway
-from tests.helpers import project_env, run_flask
-
-PASSWORD = "correct horse battery"
+from tests.helpers import project_env, run_flask, sign_up
 
 PROVIDER_MODULE = '''
 """A payment provider package, as a vendor would install it."""
@@ -87,14 +85,11 @@ def test_an_installed_provider_takes_the_orders(app_config, provider_on_path, tm
     app = create_app({**app_config, "PAYMENT_PROVIDER": "recording", "RECORDING_GATEWAY_LOG": log})
     try:
         client = app.test_client()
-        client.post("/api/v1/auth/register", json={"email": "a@example.com", "password": PASSWORD})
-        pair = client.post(
-            "/api/v1/auth/login", json={"email": "a@example.com", "password": PASSWORD}
-        ).get_json()
+        pair = sign_up(client, "a@example.com")
         response = client.post(
             "/api/v1/orders",
             json={"plan": "pro", "seats": 2, "payment_token": "tok_anything"},
-            headers={"Authorization": f"Bearer {pair['access_token']}", "Idempotency-Key": "k1"},
+            headers={**pair.headers, "Idempotency-Key": "k1"},
         )
         assert response.status_code == 201, response.get_json()
         assert len(log.read_text().splitlines()) == 1
@@ -125,14 +120,17 @@ def test_a_provider_that_cannot_be_loaded_fails_in_create_app(app_config, tmp_pa
         create_app({**app_config, "PAYMENT_PROVIDER": "recording"})
 
 
+def start_errors(tmp_path: Path, *command: str, **settings: str) -> list[str]:
+    """The lines a `flask` command prints when it refuses to start (exit code 2)."""
+    env = project_env(APP_ENV="testing", DATABASE_URL=f"sqlite:///{tmp_path}/app.db", **settings)
+    result = run_flask(*command, env=env, timeout=60)
+    assert result.returncode == 2, result.stderr
+    return result.stderr.strip().splitlines()
+
+
 @pytest.mark.slow
 def test_an_unknown_provider_is_a_one_line_error_at_start(tmp_path):
-    env = project_env(
-        APP_ENV="testing", DATABASE_URL=f"sqlite:///{tmp_path}/app.db", PAYMENT_PROVIDER="stripe"
-    )
-    result = run_flask("db", "current", env=env, timeout=60)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines() == [
+    assert start_errors(tmp_path, "db", "current", PAYMENT_PROVIDER="stripe") == [
         "error: unknown PAYMENT_PROVIDER 'stripe'; installed providers: sandbox"
     ]
 
@@ -172,12 +170,7 @@ def test_a_bad_plan_catalog_fails_in_create_app(app_config, plans_json):
 
 @pytest.mark.slow
 def test_a_bad_plan_catalog_is_a_one_line_error_at_start(tmp_path):
-    env = project_env(
-        APP_ENV="testing", DATABASE_URL=f"sqlite:///{tmp_path}/app.db", PLANS_JSON="{bad"
-    )
-    result = run_flask("subscriptions", "renew", env=env, timeout=60)
-    assert result.returncode == 2, result.stderr
-    [line] = result.stderr.strip().splitlines()
+    [line] = start_errors(tmp_path, "subscriptions", "renew", PLANS_JSON="{bad")
     assert line.startswith("error: PLANS_JSON"), line
 
 

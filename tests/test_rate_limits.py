@@ -9,10 +9,9 @@ from app import create_app
 from app.admin.models import AuditLog
 from app.kernel.db import get_session
 from app.kernel.ownership import OPERATOR, acting_as
-from tests.helpers import assert_problem
+from tests.helpers import assert_problem, login, register, sign_up
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
@@ -36,12 +35,24 @@ def _app(config, **extra):
 
 
 def _login(client, email, ip="198.51.100.1", headers=None):
-    return client.post(
-        "/api/v1/auth/login",
-        json={"email": email, "password": "wrong password!"},
-        environ_base={"REMOTE_ADDR": ip},
-        headers=headers or {},
-    )
+    """A login with the wrong password, from `ip`."""
+    return login(client, email, "wrong password!", ip=ip, headers=headers or {})
+
+
+def _logins_through(client, proxy: str, forwarded: list[str]) -> list:
+    """One wrong-password login per X-Forwarded-For value, each for an account of its own,
+    all arriving from `proxy`."""
+    return [
+        _login(client, f"u{i}@example.com", ip=proxy, headers={"X-Forwarded-For": value})
+        for i, value in enumerate(forwarded)
+    ]
+
+
+def audited_addresses(application) -> list[str]:
+    """The address of every audit entry, oldest first."""
+    with application.app_context(), acting_as(OPERATOR):
+        entries = get_session().scalars(select(AuditLog).order_by(AuditLog.log_id))
+        return [entry.ip_address for entry in entries]
 
 
 def test_login_is_limited_per_account_and_address(limited):
@@ -62,15 +73,11 @@ def test_one_address_cannot_spend_the_owners_budget(limited):
     account from one address is refused, the owner logging in from elsewhere is not (the
     account-wide protection against many addresses is the lockout's ceiling, ADR 0008)."""
     application, client = _app(limited)
-    client.post("/api/v1/auth/register", json={"email": "a@example.com", "password": PASSWORD})
+    register(client, "a@example.com")
     for _ in range(6):
         _login(client, "a@example.com", ip="203.0.113.66")
     assert_problem(_login(client, "a@example.com", ip="203.0.113.66"), 429, "rate_limited")
-    owner = client.post(
-        "/api/v1/auth/login",
-        json={"email": "a@example.com", "password": PASSWORD},
-        environ_base={"REMOTE_ADDR": "198.51.100.7"},
-    )
+    owner = login(client, "a@example.com", ip="198.51.100.7")
     assert owner.status_code == 200, owner.get_json()
     application.extensions["db"].dispose()
 
@@ -86,30 +93,23 @@ def test_login_is_limited_per_ip(limited):
 
 def test_register_is_limited_per_ip_and_per_account(limited):
     application, client = _app(limited)
-
-    def register(email, ip):
-        return client.post(
-            "/api/v1/auth/register",
-            json={"email": email, "password": PASSWORD},
-            environ_base={"REMOTE_ADDR": ip},
-        )
-
-    assert register("a@example.com", "192.0.2.1").status_code == 201
-    assert register("a@example.com", "192.0.2.1").status_code == 409
-    assert_problem(register("a@example.com", "192.0.2.1"), 429, "rate_limited")  # per account
-    assert register("a@example.com", "192.0.2.3").status_code == 409  # … and address
+    assert register(client, "a@example.com", ip="192.0.2.1").status_code == 201
+    assert register(client, "a@example.com", ip="192.0.2.1").status_code == 409
+    assert_problem(
+        register(client, "a@example.com", ip="192.0.2.1"), 429, "rate_limited"
+    )  # per account
+    assert register(client, "a@example.com", ip="192.0.2.3").status_code == 409  # … and address
     for email in ("b@example.com", "c@example.com", "d@example.com"):
-        assert register(email, "192.0.2.3").status_code == 201
-    assert_problem(register("e@example.com", "192.0.2.3"), 429, "rate_limited")  # per address
+        assert register(client, email, ip="192.0.2.3").status_code == 201
+    assert_problem(
+        register(client, "e@example.com", ip="192.0.2.3"), 429, "rate_limited"
+    )  # per address
     application.extensions["db"].dispose()
 
 
 def test_refresh_is_limited_per_account(limited):
     application, client = _app(limited)
-    client.post("/api/v1/auth/register", json={"email": "a@example.com", "password": PASSWORD})
-    token = client.post(
-        "/api/v1/auth/login", json={"email": "a@example.com", "password": PASSWORD}
-    ).get_json()["refresh_token"]
+    token = sign_up(client, "a@example.com").refresh
     for _ in range(2):
         response = client.post("/api/v1/auth/refresh", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 200
@@ -134,19 +134,9 @@ def test_x_forwarded_for_is_ignored_without_trusted_proxies(limited):
 def test_trusted_proxy_hop_gives_the_client_address(limited):
     application, client = _app(limited, TRUSTED_PROXIES=1)
     # nginx appends the address it saw; a client-supplied entry further left is not believed.
-    for i in range(5):
-        response = _login(
-            client,
-            f"u{i}@example.com",
-            ip="127.0.0.1",
-            headers={"X-Forwarded-For": f"10.9.9.9, 203.0.113.{i}"},
-        )
-        assert response.status_code == 401
-    with application.app_context(), acting_as(OPERATOR):
-        ips = [
-            e.ip_address for e in get_session().scalars(select(AuditLog).order_by(AuditLog.log_id))
-        ]
-    assert ips == [f"203.0.113.{i}" for i in range(5)]
+    forwarded = [f"10.9.9.9, 203.0.113.{i}" for i in range(5)]
+    assert [r.status_code for r in _logins_through(client, "127.0.0.1", forwarded)] == [401] * 5
+    assert audited_addresses(application) == [f"203.0.113.{i}" for i in range(5)]
     # Different clients behind the same proxy have separate per-IP budgets.
     ok = _login(
         client, "z@example.com", ip="127.0.0.1", headers={"X-Forwarded-For": "203.0.113.50"}
@@ -160,21 +150,13 @@ def test_only_the_trusted_proxy_may_name_the_client(limited):
     name any address it liked in X-Forwarded-For, and dodge per-address limits and lockouts
     by rotating it (outside test). Only peers in TRUSTED_PROXY_ADDRESSES are believed."""
     application, client = _app(limited, TRUSTED_PROXIES=1)
-    for i in range(5):
-        _login(
-            client,
-            f"u{i}@example.com",
-            ip="198.51.100.20",
-            headers={"X-Forwarded-For": f"6.6.6.{i}"},
-        )
+    _logins_through(client, "198.51.100.20", [f"6.6.6.{i}" for i in range(5)])
     assert_problem(
         _login(client, "z@example.com", ip="198.51.100.20", headers={"X-Forwarded-For": "6.6.6.9"}),
         429,
         "rate_limited",
     )
-    with application.app_context(), acting_as(OPERATOR):
-        ips = {e.ip_address for e in get_session().scalars(select(AuditLog))}
-    assert ips == {"198.51.100.20"}
+    assert set(audited_addresses(application)) == {"198.51.100.20"}
     application.extensions["db"].dispose()
 
 
@@ -183,16 +165,8 @@ def test_an_ipv4_mapped_proxy_address_is_the_proxy(limited):
     proxy (second outside test: every client then shared one address, and one attacker
     locked the owner out). Mapped client addresses are their IPv4 form."""
     application, client = _app(limited, TRUSTED_PROXIES=1)
-    for i in range(3):
-        _login(
-            client,
-            f"m{i}@example.com",
-            ip="::ffff:127.0.0.1",
-            headers={"X-Forwarded-For": f"::ffff:203.0.113.{i}"},
-        )
-    with application.app_context(), acting_as(OPERATOR):
-        ips = sorted(e.ip_address for e in get_session().scalars(select(AuditLog)))
-    assert ips == ["203.0.113.0", "203.0.113.1", "203.0.113.2"]
+    _logins_through(client, "::ffff:127.0.0.1", [f"::ffff:203.0.113.{i}" for i in range(3)])
+    assert sorted(audited_addresses(application)) == ["203.0.113.0", "203.0.113.1", "203.0.113.2"]
     application.extensions["db"].dispose()
 
 
@@ -205,11 +179,7 @@ def test_bearer_activations_count_against_the_account(app_config, tmp_path):
     )
     app = create_app(app_config)
     client = app.test_client()
-    client.post("/api/v1/auth/register", json={"email": "ada@example.com", "password": PASSWORD})
-    token = client.post(
-        "/api/v1/auth/login", json={"email": "ada@example.com", "password": PASSWORD}
-    ).get_json()["access_token"]
-    h = {"Authorization": f"Bearer {token}"}
+    h = sign_up(client).headers
     codes = [
         client.post(
             "/api/v1/licenses/activate",

@@ -16,16 +16,14 @@ from tests.helpers import (
     gunicorn_server,
     http,
     in_layout,
+    login_over_http,
     project_env,
+    register,
+    register_over_http,
     run_flask,
 )
 
 pytestmark = pytest.mark.slow
-PASSWORD = "correct horse battery"
-
-
-def _register(base: str, email: str) -> int:
-    return http("POST", base + "/api/v1/auth/register", {"email": email, "password": PASSWORD})[0]
 
 
 def _emails(url: str) -> set[str]:
@@ -38,32 +36,24 @@ def test_restore_while_gunicorn_runs_keeps_what_is_acknowledged_afterwards(
     env = project_env(APP_ENV="testing", DATABASE_URL=database_url, BACKUP_DIR=str(tmp_path))
     settings = {"LICENSE_SIGNING_KEYS": signing_key_file, "SANDBOX_LEDGER": str(tmp_path / "l")}
     with gunicorn_server(database_url, workers=2, **settings) as base:
-        assert _register(base, "before@example.com") == 201
+        assert register_over_http(base, "before@example.com")[0] == 201
         made = run_flask("backup", "create", env=env)
         assert made.returncode == 0, made.stderr
         [(backup, _)] = backups.list_backups(tmp_path)
-        assert _register(base, "replaced@example.com") == 201
+        assert register_over_http(base, "replaced@example.com")[0] == 201
         for _ in range(20):  # every worker holds an open connection to the database
             assert http("GET", base + "/readyz")[0] == 200
         restored = run_flask("backup", "restore", str(backup), "--force", env=env)
         assert restored.returncode == 0, restored.stderr
         # The running workers see the restored database, and what they acknowledge now stays.
-        assert [_register(base, f"after{i}@example.com") for i in range(4)] == [201] * 4
-        status, body, _ = http(
-            "POST",
-            base + "/api/v1/auth/login",
-            {"email": "after0@example.com", "password": PASSWORD},
-        )
+        assert [register_over_http(base, f"after{i}@example.com")[0] for i in range(4)] == [201] * 4
+        status, body, _ = login_over_http(base, "after0@example.com")
         assert status == 200, body
     assert _emails(database_url) == {"before@example.com"} | {
         f"after{i}@example.com" for i in range(4)
     }
     with gunicorn_server(database_url, workers=1, **settings) as base:  # after a restart, too
-        status, _, _ = http(
-            "POST",
-            base + "/api/v1/auth/login",
-            {"email": "after3@example.com", "password": PASSWORD},
-        )
+        status, _, _ = login_over_http(base, "after3@example.com")
         assert status == 200
 
 
@@ -200,14 +190,17 @@ def test_phase3_backups_cover_admins_database(app_config, sqlite_template, tmp_p
     app = create_app(config)
     runner, client = app.test_cli_runner(), app.test_client()
     try:
-        assert _register_in(client, "kept@example.com") == 201
-        [kept_event] = [r[0] for r in rows(main_url, select(OutboxEvent.event_id))]
+        assert register(client, "kept@example.com").status_code == 201
+        # The events admin consumes (audit entries); a registration also publishes
+        # user.registered, for webhooks, which admin does not consume.
+        audit_events = select(OutboxEvent.event_id).where(
+            OutboxEvent.event_type == "audit.recorded"
+        )
+        [kept_event] = [r[0] for r in rows(main_url, audit_events)]
         deliver(kept_event)
         # An event the main database counts as delivered, but admin's backup will not hold.
-        assert _register_in(client, "second@example.com") == 201
-        lost_event = next(
-            r[0] for r in rows(main_url, select(OutboxEvent.event_id)) if r[0] != kept_event
-        )
+        assert register(client, "second@example.com").status_code == 201
+        lost_event = next(r[0] for r in rows(main_url, audit_events) if r[0] != kept_event)
         run(
             main_url,
             update(OutboxEvent)
@@ -222,7 +215,7 @@ def test_phase3_backups_cover_admins_database(app_config, sqlite_template, tmp_p
         assert admin_part.exists() and backups.read_manifest(admin_part).database == "admin"
         assert "+ admin:" in made.output
 
-        assert _register_in(client, "replaced@example.com") == 201
+        assert register(client, "replaced@example.com").status_code == 201
         run(admin_url, insert(AuditLog).values(log_id="log_replaced", action="REPLACED"))
         app.extensions["db"].dispose()
         restored = runner.invoke(args=["backup", "restore", str(backup), "--force"])
@@ -245,9 +238,3 @@ def test_phase3_backups_cover_admins_database(app_config, sqlite_template, tmp_p
     finally:
         lone.extensions["db"].dispose()
     assert refused.exit_code == 1 and "ADMIN_DATABASE_URL" in refused.output
-
-
-def _register_in(client, email: str) -> int:
-    return client.post(
-        "/api/v1/auth/register", json={"email": email, "password": PASSWORD}
-    ).status_code

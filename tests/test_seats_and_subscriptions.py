@@ -12,50 +12,39 @@ from app.auth.licensing import service as licensing
 from app.auth.licensing import subscriptions
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.ownership import acting_as
-
-PW = "correct horse"
-
-
-def signup(client, email="ada@example.com"):
-    u = client.post("/api/v1/auth/register", json={"email": email, "password": PW}).get_json()
-    t = client.post("/api/v1/auth/login", json={"email": email, "password": PW}).get_json()
-    return u["user_id"], {"Authorization": "Bearer " + t["access_token"]}
+from tests.helpers import grant_subscription, sign_up
 
 
-def grant(app, uid, seats):
-    with app.app_context():
+def activated_a_year_ago(app, user_id: str, client_id: str = "old-laptop"):
+    """A license activated 366 days ago: expired, though its row still says 'active'."""
+    year_ago = utcnow() - timedelta(days=366)
+    with app.app_context(), acting_as("auth"):
         s = get_session()
         with transaction(s):
-            return auth_api.grant_subscription(
-                s, uid, plan="team", seats=seats, period=timedelta(days=30)
-            )
+            return licensing.activate(s, user_id, client_id, ip=None, now=year_ago)
 
 
 # Found: an expired-but-'active' license is revived past the seat limit by a subscription
 def test_subscription_does_not_revive_licenses_beyond_the_seats(app, client):
-    uid, h = signup(client)
-    with app.app_context(), acting_as("auth"):
-        s = get_session()
-        with transaction(s):
-            licensing.activate(s, uid, "old-laptop", ip=None, now=utcnow() - timedelta(days=366))
+    ada = sign_up(client)
+    uid, h = ada.user_id, ada.headers
+    activated_a_year_ago(app, uid)
     assert (
         client.post(
             "/api/v1/licenses/activate", json={"client_id": "new-laptop"}, headers=h
         ).status_code
         == 201
     )
-    grant(app, uid, 1)
+    grant_subscription(app, uid, 1, plan="team")
     seats = client.get("/api/v1/auth/me", headers=h).get_json()["seats"]
     assert seats["used"] <= seats["limit"], seats  # observed {'limit': 1, 'used': 2}
 
 
 # Found: re-activating a client whose license expired returns the expired license (200)
 def test_reactivating_an_expired_client_gives_a_live_license(app, client):
-    uid, h = signup(client)
-    with app.app_context(), acting_as("auth"):
-        s = get_session()
-        with transaction(s):
-            licensing.activate(s, uid, "old-laptop", ip=None, now=utcnow() - timedelta(days=366))
+    ada = sign_up(client)
+    uid, h = ada.user_id, ada.headers
+    activated_a_year_ago(app, uid)
     r = client.post("/api/v1/licenses/activate", json={"client_id": "old-laptop"}, headers=h)
     tok = r.get_json()["token"]
     v = client.post("/api/v1/licenses/validate", json={"token": tok}).get_json()
@@ -64,8 +53,9 @@ def test_reactivating_an_expired_client_gives_a_live_license(app, client):
 
 # Found: buying a plan with fewer seats leaves more live licenses than seats
 def test_fewer_seats_suspend_the_excess(app, client):
-    uid, h = signup(client)
-    grant(app, uid, 3)
+    ada = sign_up(client)
+    uid, h = ada.user_id, ada.headers
+    grant_subscription(app, uid, 3, plan="team")
     for i in range(3):
         assert (
             client.post(
@@ -73,7 +63,7 @@ def test_fewer_seats_suspend_the_excess(app, client):
             ).status_code
             == 201
         )
-    grant(app, uid, 1)
+    grant_subscription(app, uid, 1, plan="team")
     seats = client.get("/api/v1/auth/me", headers=h).get_json()["seats"]
     assert seats["used"] <= seats["limit"], seats  # observed {'limit': 1, 'used': 3}
 
@@ -81,8 +71,9 @@ def test_fewer_seats_suspend_the_excess(app, client):
 # Found: lapse_past_due overwrites a renewal that committed between its read and its lock
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_lapse_does_not_overwrite_a_concurrent_renewal(app, client, monkeypatch):
-    uid, h = signup(client)
-    sub = grant(app, uid, 2)
+    ada = sign_up(client)
+    uid, h = ada.user_id, ada.headers
+    sub = grant_subscription(app, uid, 2, plan="team")
     for cid in ("a", "b"):
         client.post("/api/v1/licenses/activate", json={"client_id": cid}, headers=h)
     with app.app_context():
@@ -94,7 +85,7 @@ def test_lapse_does_not_overwrite_a_concurrent_renewal(app, client, monkeypatch)
     def interleave(session, user_id):
         if not fired:
             fired.append(1)
-            th = threading.Thread(target=grant, args=(app, uid, 2))
+            th = threading.Thread(target=grant_subscription, args=(app, uid, 2, "team"))
             th.start()
             th.join()
         return real(session, user_id)
@@ -114,8 +105,9 @@ def test_lapse_does_not_overwrite_a_concurrent_renewal(app, client, monkeypatch)
 # Found: cancel_subscription overwrites a concurrent (final) revoke with 'suspended'
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_cancel_does_not_unrevoke_a_concurrently_revoked_license(app, client, monkeypatch):
-    uid, h = signup(client)
-    grant(app, uid, 2)
+    ada = sign_up(client)
+    uid, h = ada.user_id, ada.headers
+    grant_subscription(app, uid, 2, plan="team")
     ids = [
         client.post("/api/v1/licenses/activate", json={"client_id": c}, headers=h).get_json()[
             "license_id"

@@ -208,42 +208,16 @@ def run_flow(
     ada = pair(send("POST", f"{API}/auth/refresh", headers=bearer(old_refresh)))
 
     # licenses: by token, by password, wrong password, validation
-    lic = expect(
-        send(
-            "POST",
-            f"{API}/licenses/activate",
-            {"client_id": "ada-box"},
-            bearer(ada["access_token"]),
-        ),
-        201,
-    )
+    def activate(body: dict[str, Any], status: int, headers=None) -> dict[str, Any]:
+        return expect(send("POST", f"{API}/licenses/activate", body, headers), status)
+
+    lic = activate({"client_id": "ada-box"}, 201, bearer(ada["access_token"]))
     s.issued(lic["token"], send.last)
-    bob_lic = expect(
-        send(
-            "POST",
-            f"{API}/licenses/activate",
-            {"client_id": "bob-box", "email": "bob@example.com", "password": pw["bob"]},
-        ),
-        201,
-    )
+    bob = {"email": "bob@example.com", "password": pw["bob"]}
+    bob_lic = activate({"client_id": "bob-box", **bob}, 201)
     s.issued(bob_lic["token"], send.last)
-    expect(
-        send(
-            "POST",
-            f"{API}/licenses/activate",
-            {"client_id": "bob-box-2", "email": "bob@example.com", "password": pw["wrong"]},
-        ),
-        401,
-    )
-    again = expect(
-        send(
-            "POST",
-            f"{API}/licenses/activate",
-            {"client_id": "ada-box"},
-            bearer(ada["access_token"]),
-        ),
-        200,
-    )
+    activate({"client_id": "bob-box-2", **bob, "password": pw["wrong"]}, 401)
+    again = activate({"client_id": "ada-box"}, 200, bearer(ada["access_token"]))
     s.issued(again["token"], send.last)
     verdict = expect(send("POST", f"{API}/licenses/validate", {"token": lic["token"]}), 200)
     assert verdict["code"] == "VALID"

@@ -377,11 +377,23 @@ def test_an_empty_variable_counts_as_unset():
             "error: OWNERSHIP_GUARD must be one of raise, log or off, got 'warn'; "
             "RATELIMIT_LOGIN_PER_IP is not a rate limit like 10/minute;100/hour, got 'lots'",
         ),
+        (
+            {"DATABASE_URL": "postgresql://u:hunter2@h:notaport/x"},
+            "error: DATABASE_URL: port must be a number 1-65535",
+        ),
+        (
+            {"REDIS_URL": "redis://127.0.0.1:notaport/0"},
+            "error: REDIS_URL: port must be a number 1-65535",
+        ),
+        (
+            {"REDIS_URL": "redis://:hunter2@127.0.0.1/10?socket_timeout=abc"},
+            "error: REDIS_URL: the socket_timeout option has a value redis-py cannot read",
+        ),
     ],
-    ids=["one", "two"],
+    ids=["one", "two", "database-port", "redis-port", "redis-option"],
 )
 def test_the_cli_says_a_bad_setting_in_one_line(tmp_path, env, line):
-    env = project_env(APP_ENV="testing", DATABASE_URL=f"sqlite:///{tmp_path}/app.db", **env)
+    env = project_env(APP_ENV="testing", **{"DATABASE_URL": f"sqlite:///{tmp_path}/app.db", **env})
     result = run_flask("db", "current", env=env, timeout=60)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [line]
@@ -411,3 +423,85 @@ def test_docs_list_every_setting():
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
     assert as_markdown() in doc, "docs/configuration.md is stale: regenerate with `make docs`"
+
+
+# --- rules between a setting and what the modules know -----------------------------------
+
+
+def test_a_renewal_lead_as_long_as_a_paid_period_is_refused(bare_env):
+    """RENEWAL_LEAD_HOURS=8784 with the 30-day pro plan made each hourly renewal run charge
+    one more period in advance: the lead must be shorter than the shortest paid period."""
+    with pytest.raises(ConfigError) as raised:
+        create_app({**bare_env, "RENEWAL_LEAD_HOURS": "720"})  # 30 days: pro's period
+    line = str(raised.value)
+    assert line == (
+        "RENEWAL_LEAD_HOURS (720) must be shorter than the shortest paid plan's period "
+        "(pro: 30 days, 720 hours)"
+    )
+    # A free plan's period does not count: it is never renewed for money.
+    plans = '[{"plan": "free", "seats": 1, "max_seats": 1, "price_cents": 0, "currency": "EUR",'
+    plans += ' "period_days": 1}, {"plan": "pro", "seats": 1, "max_seats": 5, "price_cents": 9,'
+    plans += ' "currency": "EUR", "period_days": 2}]'
+    with pytest.raises(ConfigError, match=r"RENEWAL_LEAD_HOURS \(48\) .* \(pro: 2 days"):
+        create_app({**bare_env, "PLANS_JSON": plans, "RENEWAL_LEAD_HOURS": "48"})
+    app = create_app({**bare_env, "PLANS_JSON": plans, "RENEWAL_LEAD_HOURS": "47"})
+    assert app.config["RENEWAL_LEAD"] == timedelta(hours=47)
+    app.extensions["db"].dispose()
+
+
+@pytest.mark.parametrize("limit", ["0/minute", "10/minute;0/hour"])
+def test_a_rate_limit_of_zero_is_refused(limit):
+    """RATELIMIT_LOGIN_PER_IP=0/minute passed, and then every login answered 429."""
+    with pytest.raises(ConfigError) as raised:
+        load_settings("/srv/i", environ={"RATELIMIT_LOGIN_PER_IP": limit})
+    assert str(raised.value) == (
+        "RATELIMIT_LOGIN_PER_IP must allow at least one request in each period "
+        f"(0 refuses every request), got {limit!r}"
+    )
+
+
+@pytest.mark.parametrize("port", ["notaport", "99999", "0"])
+def test_a_database_url_with_a_bad_port_is_one_clear_line(port):
+    """postgresql://u:pw@h:notaport/x said "DATABASE_URL invalid literal for int()…"."""
+    url = f"postgresql://u:hunter2@h:{port}/x"
+    with pytest.raises(ConfigError) as raised:
+        load_settings("/srv/i", environ={"DATABASE_URL": url})
+    assert str(raised.value) == "DATABASE_URL: port must be a number 1-65535"
+
+
+@pytest.mark.parametrize(
+    ("url", "phrase"),
+    [
+        ("redis://127.0.0.1:notaport/0", ": port must be a number 1-65535"),
+        ("redis://127.0.0.1:99999/0", ": port must be a number 1-65535"),
+        ("rediss://:hunter2@cache:0/0", ": port must be a number 1-65535"),
+        (
+            "redis://:hunter2@127.0.0.1:6379/10?socket_timeout=abc",
+            ": the socket_timeout option has a value redis-py cannot read",
+        ),
+        ("unix://", ": unix:// needs the socket's path (unix:///run/redis/redis.sock)"),
+    ],
+)
+def test_a_redis_url_redis_py_cannot_read_is_one_line(url, phrase):
+    """These passed the settings and then crashed every start with a traceback."""
+    with pytest.raises(ConfigError) as raised:
+        load_settings("/srv/i", environ={"REDIS_URL": url})
+    assert str(raised.value) == f"REDIS_URL{phrase}"
+
+
+def test_a_unix_socket_redis_url_is_accepted_and_used(bare_env, tmp_path):
+    """REDIS_URL=unix:///path passed the settings, then every start crashed: flask-limiter
+    knows the socket only as redis+unix://."""
+    socket_path = str(tmp_path / "redis.sock")
+    app = create_app({**bare_env, "REDIS_URL": f"unix://{socket_path}?db=3"})
+    try:
+        assert app.config["REDIS_URL"] == f"unix://{socket_path}?db=3"  # redis-py's, as given
+        assert app.config["RATELIMIT_STORAGE_URI"] == f"redis+unix://{socket_path}?db=3"
+        from app.http.limits import limiter
+
+        with app.app_context():
+            pool = limiter.storage.storage.connection_pool
+        assert pool.connection_kwargs["path"] == socket_path
+        assert pool.connection_kwargs["db"] == 3
+    finally:
+        app.extensions["db"].dispose()

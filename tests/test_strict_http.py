@@ -18,17 +18,7 @@ from app.http.observability import JsonFormatter, TextFormatter
 from app.kernel.db import get_session
 from app.kernel.ownership import OPERATOR, acting_as
 from app.orders.payments import SandboxGateway
-from tests.helpers import assert_problem, bearer
-
-API = "/api/v1"
-PASSWORD = "correct horse battery"
-
-
-def tokens(client, email="ada@example.com") -> dict:
-    client.post(f"{API}/auth/register", json={"email": email, "password": PASSWORD})
-    response = client.post(f"{API}/auth/login", json={"email": email, "password": PASSWORD})
-    assert response.status_code == 200
-    return response.get_json()
+from tests.helpers import API, PASSWORD, assert_problem, bearer, sign_up
 
 
 def user_count(app) -> int:
@@ -40,8 +30,7 @@ def user_count(app) -> int:
 
 
 def test_duplicate_member_names_are_malformed_json(app, client, runner):
-    pair = tokens(client)
-    headers = {**bearer(pair["access_token"]), "Content-Type": "application/json"}
+    headers = {**sign_up(client).headers, "Content-Type": "application/json"}
     runner.invoke(
         args=["users", "create-admin", "root@example.com", "--password-stdin"],
         input=PASSWORD + "\n",

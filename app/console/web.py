@@ -23,12 +23,13 @@ from flask import (
 from flask.sessions import NullSession, SecureCookieSessionInterface, SessionInterface
 from flask_limiter.errors import RateLimitExceeded
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
 from app.auth.accounts import browser_sessions
 from app.http.blueprints import module_blueprint
 from app.kernel.db import get_session
-from app.kernel.errors import ProblemError
+from app.kernel.errors import ProblemError, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,24 @@ def console_blueprint(module: str, name: str, url_prefix: str) -> APIBlueprint:
     @bp.errorhandler(HTTPException)
     def _http(error: HTTPException) -> Any:
         return error_page(error.code or 500, _title(error.code or 500), error.description or "")
+
+    @bp.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Any:
+        # What the API answers as problem+json (app/http/problems.py), as a page.
+        if isinstance(error, sa_exc.SQLAlchemyError) and is_transient(error):
+            log.warning(
+                "database unavailable: %s", str(error).splitlines()[0] if str(error) else error
+            )
+            return error_page(
+                503,
+                "The service is unavailable",
+                "The database cannot be reached right now; try again in a moment.",
+                headers={"Retry-After": "1"},
+            )
+        log.exception("unhandled error in the console")
+        return error_page(
+            500, "Something went wrong", "An unexpected error occurred; it has been logged."
+        )
 
     return bp
 

@@ -200,9 +200,19 @@ class CounterStorage(Storage):
 limiter = RouteLimiter(key_func=get_remote_address, default_limits=[], headers_enabled=True)
 
 
+def storage_uri(redis_url: str | None) -> str:
+    """The limiter's storage for REDIS_URL: redis-py's URL as flask-limiter names it (it
+    knows a socket only as redis+unix://), or memory when there is no Redis."""
+    if not redis_url:
+        return "lazymemory://"
+    if redis_url.startswith("unix://"):
+        return "redis+" + redis_url
+    return redis_url
+
+
 def init_app(app: Any) -> None:
     """Bind the limiter. Nothing here opens a network connection."""
-    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "lazymemory://")
+    app.config.setdefault("RATELIMIT_STORAGE_URI", storage_uri(app.config.get("REDIS_URL")))
     app.config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
     app.config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
     app.config.setdefault(

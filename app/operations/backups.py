@@ -264,11 +264,14 @@ def _restore_one(path: Path, url: str, force: bool, now: datetime) -> str:
 
 
 def resend_unapplied_events(url: str, module_urls: dict[str, str], schemas: bool) -> int:
-    """Mark every event of the main outbox that a module's inbox does not hold as not yet
-    published, so the relay sends it again (inboxes absorb any duplicate)."""
+    """Mark every event of the main outbox that a module consumes and its inbox does not
+    hold as not yet published, so the relay sends it again (inboxes absorb any duplicate).
+    Events of types no handler of the module takes (user.registered is for webhooks, say)
+    are not the module's to miss."""
     from sqlalchemy import select, update
 
     from app.kernel.engines import EngineSettings, make_engine
+    from app.kernel.events.inbox import handlers_of
     from app.kernel.models import InboxEvent, OutboxEvent
     from app.kernel.ownership import OPERATOR, acting_as
 
@@ -278,7 +281,8 @@ def resend_unapplied_events(url: str, module_urls: dict[str, str], schemas: bool
     main = engine(url)
     try:
         with acting_as(OPERATOR), main.connect() as conn:
-            outbox = set(conn.scalars(select(OutboxEvent.event_id)))
+            rows = conn.execute(select(OutboxEvent.event_id, OutboxEvent.event_type))
+            types_of = {row.event_id: row.event_type for row in rows}
         unapplied: set[str] = set()
         for module, module_url in module_urls.items():
             other = engine(module_url)
@@ -291,7 +295,9 @@ def resend_unapplied_events(url: str, module_urls: dict[str, str], schemas: bool
                     )
             finally:
                 other.dispose()
-            unapplied |= outbox - applied
+            consumed = set(handlers_of(module))
+            wanted = {e for e, t in types_of.items() if not consumed or t in consumed}
+            unapplied |= wanted - applied
         ids = sorted(unapplied)
         with acting_as(OPERATOR), main.begin() as conn:
             for i in range(0, len(ids), 500):

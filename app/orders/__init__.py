@@ -21,7 +21,7 @@ def init_app(app: Any) -> None:
     from app.http import openapi
     from app.orders import cli, routes  # routes attach themselves to bp
     from app.orders.payments import make_gateway
-    from app.orders.plans import load_catalog
+    from app.orders.plans import load_catalog, renewal_lead_problem
 
     # Built at start-up: an unknown or broken PAYMENT_PROVIDER, or a bad PLANS_JSON, stops
     # create_app (one line, exit 2) instead of failing the first order.
@@ -30,6 +30,9 @@ def init_app(app: Any) -> None:
         app.extensions["plans"] = load_catalog(app.config["PLANS_JSON"])
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    problem = renewal_lead_problem(app.config["RENEWAL_LEAD"], app.extensions["plans"])
+    if problem:
+        raise ConfigError(problem)
     app.register_blueprint(bp)
     openapi.refine(app, routes.document_catalog(app.extensions["plans"]))
     cli.init_app(app)

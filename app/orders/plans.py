@@ -6,7 +6,9 @@ The default catalog can be replaced with `PLANS_JSON` (a JSON list of the same s
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from typing import Any
 
 
@@ -73,6 +75,23 @@ def load_catalog(plans_json: str | None) -> dict[str, Plan]:
     if len({p.plan for p in plans}) != len(plans):
         raise ValueError("PLANS_JSON: a plan name appears twice")
     return {p.plan: p for p in plans}
+
+
+def renewal_lead_problem(lead: timedelta, catalog: Mapping[str, Plan]) -> str | None:
+    """Why RENEWAL_LEAD is too long for the catalog, if it is: a lead as long as a paid
+    plan's period would renew a subscription again at every run, charging one more period
+    in advance each time."""
+    paid = [p for p in catalog.values() if p.purchasable]
+    if not paid:
+        return None
+    shortest = min(paid, key=lambda p: p.period_days)
+    if lead < timedelta(days=shortest.period_days):
+        return None
+    hours = int(lead.total_seconds() // 3600)
+    return (
+        f"RENEWAL_LEAD_HOURS ({hours}) must be shorter than the shortest paid plan's period "
+        f"({shortest.plan}: {shortest.period_days} days, {shortest.period_days * 24} hours)"
+    )
 
 
 def catalog_of(app: Any) -> dict[str, Plan]:

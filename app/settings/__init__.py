@@ -286,7 +286,8 @@ def describe(exc: ValidationError) -> str:
         echo = FIELDS_BY_ENV[name].json_schema_extra["echo"]  # type: ignore[index]
         value = error.get("input")
         shown = error["type"] != "value_error" and echo and isinstance(value, str | int)
-        problems.append(f"{name} {phrase}" + (f", got {value!r}" if shown else ""))
+        space = "" if phrase.startswith(":") else " "
+        problems.append(f"{name}{space}{phrase}" + (f", got {value!r}" if shown else ""))
     return "; ".join(problems)
 
 

@@ -382,7 +382,8 @@ class Orders(Group):
     renewal_lead: Hours = env(
         "RENEWAL_LEAD_HOURS",
         timedelta(hours=2),
-        "renew this many hours before the renewal date (at least the cron interval)",
+        "renew this many hours before the renewal date (at least the cron interval; shorter "
+        "than the shortest paid plan's period, checked when the app starts)",
         key="RENEWAL_LEAD",
         shown="2",
     )

@@ -92,11 +92,16 @@ def _rate_limit(value: Any) -> Any:
 
     if isinstance(value, str):
         try:
-            parse_many(value)
+            items = parse_many(value)
         except ValueError:
             raise ValueError(
                 f"is not a rate limit like 10/minute;100/hour, got {value!r}"
             ) from None
+        if any(item.amount < 1 for item in items):  # 0/minute: every request is a 429
+            raise ValueError(
+                "must allow at least one request in each period (0 refuses every request), "
+                f"got {value!r}"
+            )
     return value
 
 
@@ -130,9 +135,41 @@ def addresses_or_any(value: Any) -> Any:
 
 
 def redis_url(value: Any) -> Any:
-    if isinstance(value, str) and not value.startswith(("redis://", "rediss://", "unix://")):
+    """A URL redis-py reads (`redis.from_url`): its scheme, port and query options checked
+    here, not by the first connection. Errors never repeat the URL (it may hold a password)."""
+    from urllib.parse import urlsplit
+
+    from redis.connection import parse_url
+
+    if not isinstance(value, str):
+        return value
+    if not value.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("must be redis://…, rediss://… or unix://…")
+    parts = urlsplit(value)
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError(": unix:// needs the socket's path (unix:///run/redis/redis.sock)")
+    else:
+        try:
+            port = parts.port
+        except ValueError:  # not a number, or beyond 65535
+            raise ValueError(BAD_PORT) from None
+        if port == 0:
+            raise ValueError(BAD_PORT)
+    try:
+        parse_url(value)
+    except ValueError as exc:
+        option = re.search(r"Invalid value for '([^']+)'", str(exc))
+        if option:
+            raise ValueError(
+                f": the {option.group(1)} option has a value redis-py cannot read"
+            ) from None
+        raise ValueError(": redis-py cannot read it") from None
     return value
+
+
+# A phrase that starts with ":" follows the variable's name directly ("DATABASE_URL: port…").
+BAD_PORT = ": port must be a number 1-65535"
 
 
 def check_database_url(url: str) -> str:
@@ -145,6 +182,10 @@ def check_database_url(url: str) -> str:
         parsed = make_url(url)
     except ArgumentError:
         raise ValueError("is not a database URL (sqlite:///… or postgresql://…)") from None
+    except ValueError:  # int(port) failed; its message would say only "invalid literal"
+        raise ValueError(BAD_PORT) from None
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise ValueError(BAD_PORT)
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql", "postgres"):
         raise ValueError(f"must be sqlite:///… or postgresql://…, not {backend}://")

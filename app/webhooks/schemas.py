@@ -6,25 +6,36 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.kernel.pagination import PageQuery
+from app.kernel.pagination import PageQuery, cursor_field
+from app.webhooks.service import EVENT_TYPES
 
 # A description is shown to admins: no NUL or other control characters.
 NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
+
+# What the document says of a URL and of event types. The server checks both itself, with
+# its own problems (webhook_url_refused, unknown_event_type): whether a URL is acceptable
+# also depends on where its host resolves, which no schema can say.
+URL_SCHEMA = {"format": "uri", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^\\s/@?#]+"}
+EVENTS_SCHEMA = {"items": {"type": "string", "enum": list(EVENT_TYPES)}, "uniqueItems": True}
 
 
 class EndpointIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=1, max_length=2048)
-    events: list[str] = Field(min_length=1, max_length=50)
+    url: str = Field(min_length=1, max_length=2048, json_schema_extra=URL_SCHEMA)
+    events: list[str] = Field(min_length=1, max_length=50, json_schema_extra=EVENTS_SCHEMA)
     description: str = Field(default="", max_length=500, pattern=NO_CONTROL_CHARACTERS)
 
 
 class EndpointPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str | None = Field(default=None, min_length=1, max_length=2048)
-    events: list[str] | None = Field(default=None, min_length=1, max_length=50)
+    url: str | None = Field(
+        default=None, min_length=1, max_length=2048, json_schema_extra=URL_SCHEMA
+    )
+    events: list[str] | None = Field(
+        default=None, min_length=1, max_length=50, json_schema_extra=EVENTS_SCHEMA
+    )
     description: str | None = Field(default=None, max_length=500, pattern=NO_CONTROL_CHARACTERS)
     enabled: bool | None = Field(default=None, strict=True)  # not "1" or 1
 
@@ -78,4 +89,4 @@ class DeliveryPage(BaseModel):
 
 
 class DeliveryQuery(PageQuery):
-    pass
+    cursor: str | None = cursor_field((datetime, str))  # newest first: created_at, id

@@ -10,6 +10,7 @@ from flask import current_app
 
 from app.auth import api as auth_api
 from app.auth.accounts import browser_sessions
+from app.auth.accounts.schemas import valid_email
 from app.kernel.cli import OperatorGroup, writes
 from app.kernel.db import get_session, transaction
 from app.kernel.emails import normalise_email
@@ -27,6 +28,10 @@ tokens_cli = OperatorGroup("tokens", help="Token revocation list maintenance.")
 def users_create_admin(email: str, password_stdin: bool) -> None:
     """Create an admin account. Prompts for the password (hidden, confirmed) unless
     --password-stdin is given."""
+    try:  # the address register would accept, normalised the same way
+        email = valid_email(email)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:

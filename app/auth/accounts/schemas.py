@@ -12,7 +12,7 @@ from app.auth.accounts.passwords import MAX_LENGTH, MIN_LENGTH
 from app.kernel.emails import normalise_email
 
 
-def _valid_email(value: str) -> str:
+def valid_email(value: str) -> str:
     """The normalised address, if it is a syntactically valid one (no DNS look-up)."""
     email = normalise_email(value)
     try:
@@ -38,7 +38,7 @@ Email = Annotated[
             "not": {"pattern": rf"[@.]({SPECIAL_USE})$"},
         },
     ),
-    AfterValidator(_valid_email),
+    AfterValidator(valid_email),
 ]
 
 
