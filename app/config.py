@@ -53,8 +53,10 @@ KNOWN_SECRETS = frozenset(
 PLACEHOLDER_WORDS = (
     "secret", "change", "replace", "insecure", "password", "example", "default", "sample",
     "placeholder", "generate", "production", "correct", "qwerty", "asdfgh", "zxcvbn",
-    "abcdef", "bcdefg", "cdefgh", "123456", "234567", "345678", "456789", "567890",
 )  # fmt: skip
+# Alphabet and digit runs ("abcdef…", "…3456789") count when they make up this share of a
+# secret: a random secret holds a short run now and then ("…d4345678…" in a token_hex).
+SEQUENTIAL_SHARE = 1 / 3
 MIN_DISTINCT_CHARACTERS = 12  # a token_urlsafe(48) secret has ~45 of its 64 alphabet
 
 
@@ -68,6 +70,8 @@ def guessable(value: str) -> bool:
         return True
     if any(word in folded for word in PLACEHOLDER_WORDS):
         return True
+    if _sequential_share(folded) >= SEQUENTIAL_SHARE:
+        return True
     if any(c.isspace() or c in "$<>()'\"" for c in value) or value.isalpha():
         return True
     if len(set(value)) < MIN_DISTINCT_CHARACTERS:
@@ -75,6 +79,24 @@ def guessable(value: str) -> bool:
     # A short pattern repeated ("changemechangeme…"), give or take its last character.
     n = len(value)
     return any(value[p : n - 1] == value[: n - 1 - p] for p in range(1, n // 2))
+
+
+def _sequential_share(value: str) -> float:
+    """The share of `value` in runs of four or more consecutive characters, up or down
+    ("abcd", "6543")."""
+    n, covered, i = len(value), 0, 0
+    while i < n - 1:
+        step = ord(value[i + 1]) - ord(value[i])
+        if step not in (1, -1):
+            i += 1
+            continue
+        j = i + 1
+        while j + 1 < n and ord(value[j + 1]) - ord(value[j]) == step:
+            j += 1
+        if j - i + 1 >= 4:
+            covered += j - i + 1
+        i = j
+    return min(covered, n) / n if n else 0.0
 
 
 def secret_problems(config: Mapping[str, Any]) -> list[str]:
