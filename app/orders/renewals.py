@@ -17,13 +17,11 @@ from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
 from app.auth import api as auth_api
-from app.kernel import events
-from app.kernel.db import utcnow
 from app.kernel.ids import new_id
 from app.orders.models import Order
 from app.orders.payments import Charge
 from app.orders.plans import Plan
-from app.orders.service import paid_event, price
+from app.orders.service import mark_paid, price
 
 
 def last_payment_method(session: Session, user_id: str) -> str | None:
@@ -91,24 +89,13 @@ def settle_renewal(session: Session, order_id: str, charge: Charge, sub: Any, pl
     )
     if renewed is None:
         return False
-    order.status, order.charge_id = "paid", charge.charge_id
-    order.settled_at = utcnow()
-    order.version += 1
-    session.flush()
-    admin_api.record_audit(
+    mark_paid(
         session,
-        "ORDER_PAID",
-        user_id=order.user_id,
+        order,
+        charge,
         actor_id=None,
-        details={
-            "order_id": order.order_id,
-            "kind": "renewal",
-            "amount_cents": order.amount_cents,
-            "currency": order.currency,
-            "subscription_id": sub.subscription_id,
-        },
+        details={"kind": "renewal", "subscription_id": sub.subscription_id},
     )
-    events.publish(session, paid_event(order), aggregate_version=order.version)
     return True
 
 

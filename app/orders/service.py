@@ -253,8 +253,35 @@ def fulfil(session: Session, order_id: str, charge: Charge, plan: Plan) -> dict[
         period=timedelta(days=plan.period_days),
         actor_id=order.order_id,
     )
-    order.status, order.charge_id = "paid", charge.charge_id
     order.subscription_id = subscription.subscription_id
+    mark_paid(
+        session,
+        order,
+        charge,
+        actor_id=order.user_id,
+        details={
+            "plan": order.plan,
+            "seats": order.seats,
+            "charge_id": charge.charge_id,
+            "subscription_id": subscription.subscription_id,
+        },
+    )
+    body = order_body(order)
+    _complete_key(session, order, 201, body)
+    return body
+
+
+def mark_paid(
+    session: Session,
+    order: Order,
+    charge: Charge,
+    *,
+    actor_id: str | None,
+    details: dict[str, Any],
+) -> None:
+    """The order is paid (a purchase's or a renewal's): its row, its ORDER_PAID audit entry
+    and its order.paid event, in the caller's transaction."""
+    order.status, order.charge_id = "paid", charge.charge_id
     order.settled_at = utcnow()
     order.version += 1
     session.flush()
@@ -262,21 +289,15 @@ def fulfil(session: Session, order_id: str, charge: Charge, plan: Plan) -> dict[
         session,
         "ORDER_PAID",
         user_id=order.user_id,
-        actor_id=order.user_id,
+        actor_id=actor_id,
         details={
             "order_id": order.order_id,
-            "plan": order.plan,
-            "seats": order.seats,
             "amount_cents": order.amount_cents,
             "currency": order.currency,
-            "charge_id": charge.charge_id,
-            "subscription_id": subscription.subscription_id,
+            **details,
         },
     )
     events.publish(session, paid_event(order), aggregate_version=order.version)
-    body = order_body(order)
-    _complete_key(session, order, 201, body)
-    return body
 
 
 def fail(
