@@ -12,9 +12,9 @@ from app.auth.accounts import browser_sessions, service
 from app.auth.accounts.routes import change_password, hasher, lockout_policy
 from app.auth.accounts.schemas import LoginIn, PasswordChangeIn, RegisterIn
 from app.auth.licensing import errors as licensing_errors
+from app.auth.licensing import routes as licensing_routes
 from app.auth.licensing import seats
 from app.auth.licensing import service as licensing
-from app.auth.licensing.routes import _token
 from app.console.web import (
     console_blueprint,
     current_user,
@@ -188,7 +188,7 @@ def license_token(license_id: str) -> Any:
             status=409,
             code="license_not_active",
         )
-    token = _token(license_, utcnow())
+    token = licensing_routes.license_token(license_, utcnow())
     if request.args.get("view") == "1":
         return render_template("account/token.html", license=license_, token=token)
     return Response(

@@ -40,7 +40,7 @@ from app.kernel.pagination import PageQuery, decode_keyset
 from app.kernel.web import BEARER_AUTH, NO_STORE
 
 
-def _token(license_: Any, now: Any) -> str:
+def license_token(license_: Any, now: Any) -> str:
     """A token for the license as it is now: it expires with the license, or after
     LICENSE_TOKEN_TTL_DAYS if that comes first (ADR 0007)."""
     ttl = current_app.config["LICENSE_TOKEN_TTL"]
@@ -55,7 +55,7 @@ def _token(license_: Any, now: Any) -> str:
 
 
 def _signed(license_: Any) -> dict[str, Any]:
-    token = _token(license_, utcnow())
+    token = license_token(license_, utcnow())
     return {**LicenseOut.model_validate(license_).model_dump(), "token": token}
 
 
@@ -171,7 +171,7 @@ def validate(json_data: ValidateIn) -> Any:
         ),
     }
     if verdict.stale:
-        answer["token"] = _token(verdict.license, checked_at)
+        answer["token"] = license_token(verdict.license, checked_at)
     return answer
 
 
