@@ -169,9 +169,9 @@ def _suspend_excess(
         stmt = stmt.where(License.expires_at >= alive_from)
     elif not include_expired:
         stmt = stmt.where(License.expires_at > now)
-    # Sorted here, not by ORDER BY: with it SQLite walks ix_licenses_status_created_at, the
-    # active licenses of every user, instead of this user's through ix_licenses_user_id_status
-    # (14 ms a paid order at 30,000 licenses, and growing with them; bench/README.md).
+    # Sorted here, not by ORDER BY: with it SQLite walks ix_licenses_status_created_at (the
+    # active licenses of every user) instead of this user's through the (user_id, status, …)
+    # index: 14 ms a paid order at 30,000 licenses, and growing with them (bench/README.md).
     active = sorted(
         session.scalars(stmt.with_for_update().execution_options(populate_existing=True)),
         key=lambda license_: (license_.created_at, license_.license_id),
