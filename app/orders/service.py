@@ -41,26 +41,18 @@ class UnknownPlan(ProblemError):
 
 class IdempotencyConflict(Conflict):
     code = "idempotency_conflict"
-
-    def __init__(self) -> None:
-        super().__init__("This Idempotency-Key was used with a different request body.")
+    detail = "This Idempotency-Key was used with a different request body."
 
 
 class IdempotencyInProgress(Conflict):
     code = "idempotency_in_progress"
-
-    def __init__(self) -> None:
-        super().__init__(
-            "A request with this Idempotency-Key is still being processed; retry shortly.",
-            headers={"Retry-After": "1"},
-        )
+    detail = "A request with this Idempotency-Key is still being processed; retry shortly."
+    headers = {"Retry-After": "1"}
 
 
 class OrderNotFound(NotFound):
     code = "order_not_found"
-
-    def __init__(self) -> None:
-        super().__init__("No such order.")
+    detail = "No such order."
 
 
 class OrderNotCancellable(Conflict):
