@@ -15,12 +15,11 @@ from app.kernel.db import (
     TransactionMisuse,
     get_database,
     get_session,
-    make_engine,
     make_sessionmaker,
-    sqlite_has_wal_reset_bug,
     transaction,
     utcnow,
 )
+from app.kernel.engines import make_engine, sqlite_has_wal_reset_bug
 from app.kernel.ids import new_id
 from app.kernel.models import OutboxEvent
 from app.kernel.ownership import KERNEL, OPERATOR, acting_as

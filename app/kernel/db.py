@@ -1,8 +1,8 @@
 """The Session of each request or CLI command, `transaction()` and `read_first()`.
 
 How each database is opened (SQLite's pragmas and BEGIN IMMEDIATE, PostgreSQL's pool, the
-autocommit engine for hot-path reads) is in `app.kernel.engines`; its names are re-exported
-here for the callers that open an engine of their own (migrations, backups, tests).
+autocommit engine for hot-path reads) is in `app.kernel.engines`: callers that open an
+engine of their own (migrations, backups, tests) import it from there.
 Write transactions on SQLite queue for their turn on a lock file before BEGIN IMMEDIATE, and
 `read_first` reads one statement as one round trip on PostgreSQL
 (docs/adr/0016-hot-path-database-access.md).
@@ -26,15 +26,7 @@ from sqlalchemy.sql import Executable
 from sqlalchemy.types import TypeDecorator
 
 from app.kernel import files, ownership
-from app.kernel.engines import (  # noqa: F401  (re-exported: see the docstring)
-    EngineSettings,
-    flat_layout,
-    make_autocommit_engine,
-    make_engine,
-    normalise_url,
-    sqlite_has_wal_reset_bug,
-    sqlite_version_warning,
-)
+from app.kernel.engines import EngineSettings, make_autocommit_engine, make_engine
 
 log = logging.getLogger(__name__)
 
