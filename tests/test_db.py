@@ -13,6 +13,7 @@ from app.auth.models import User
 from app.kernel import events
 from app.kernel.db import (
     TransactionMisuse,
+    add_unique,
     get_database,
     get_session,
     make_sessionmaker,
@@ -138,6 +139,23 @@ def test_orm_writes_outside_a_transaction_are_refused(app):
             with pytest.raises(TransactionMisuse, match="outside `with transaction"):
                 session.flush()
             session.rollback()
+
+
+def test_add_unique_answers_a_unique_clash_with_the_given_error(app):
+    class Taken(Exception):
+        pass
+
+    def user() -> User:
+        return User(user_id=new_id("usr"), email="a@x.io", password_hash="h")
+
+    with app.app_context():
+        session = get_session()
+        with acting_as("auth"), transaction(session):
+            add_unique(session, user(), Taken)
+        with pytest.raises(Taken), acting_as("auth"), transaction(session):
+            add_unique(session, user(), Taken)  # the same email: unique
+        with acting_as("auth"):
+            assert session.scalar(select(func.count()).select_from(User)) == 1
 
 
 def test_timestamps_are_aware_utc_on_every_backend(app):

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, MetaData, Row, event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql import Executable
 from sqlalchemy.types import TypeDecorator
@@ -159,6 +159,17 @@ def transaction(session: Session) -> Iterator[Session]:
         session.info.pop(_COMMITTING, None)
         if turn is not None:
             os.close(turn)  # the next writer in line goes
+
+
+def add_unique(session: Session, row: Any, conflict: type[Exception]) -> None:
+    """Add `row` and insert it now, inside the caller's transaction. A unique constraint
+    settles a race with a concurrent insert of the same row: the loser raises `conflict()`
+    instead of IntegrityError."""
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise conflict() from None
 
 
 # SQLite has one writer at a time. Left to itself, a writer that finds the database locked
