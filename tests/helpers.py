@@ -276,6 +276,21 @@ def assert_problem(response, status: int, code: str | None = None) -> dict:
     return body
 
 
+def limits_storage(request, memory_uri: str) -> str:
+    """The rate-limit storage of a fixture parametrised "memory" / "redis": `memory_uri`, or
+    this run's Redis emptied of the counts an earlier run left."""
+    if request.param == "memory":
+        return memory_uri
+    import redis
+
+    url = request.getfixturevalue("redis_url")
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter("*LIMITS*"):
+        client.delete(key)
+    client.close()
+    return url
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
