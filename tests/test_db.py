@@ -31,6 +31,12 @@ def _sqlite_path(url: str) -> str:
     return url.removeprefix("sqlite:///")
 
 
+def _outbox_events(session) -> int:
+    """How many events the outbox holds."""
+    with acting_as(KERNEL):
+        return session.scalar(select(func.count()).select_from(OutboxEvent))
+
+
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_sqlite_connections_are_tuned(app):
     with app.app_context(), acting_as(OPERATOR):
@@ -68,8 +74,7 @@ def test_transaction_commits_as_a_whole(app):
         with acting_as(KERNEL), transaction(session):
             events.publish(session, "a", {})
             events.publish(session, "b", {})
-        with acting_as(KERNEL):
-            assert session.scalar(select(func.count()).select_from(OutboxEvent)) == 2
+        assert _outbox_events(session) == 2
 
 
 def test_transaction_rolls_back_as_a_whole(app):
@@ -78,8 +83,7 @@ def test_transaction_rolls_back_as_a_whole(app):
         with pytest.raises(ZeroDivisionError), acting_as(KERNEL), transaction(session):
             events.publish(session, "a", {})
             _ = 1 / 0
-        with acting_as(KERNEL):
-            assert session.scalar(select(func.count()).select_from(OutboxEvent)) == 0
+        assert _outbox_events(session) == 0
 
 
 def test_nested_transaction_is_part_of_the_outer_one(app):
@@ -89,8 +93,7 @@ def test_nested_transaction_is_part_of_the_outer_one(app):
             with transaction(session):
                 events.publish(session, "inner", {})
             raise KeyError("outer fails after the inner block ended")
-        with acting_as(KERNEL):
-            assert session.scalar(select(func.count()).select_from(OutboxEvent)) == 0
+        assert _outbox_events(session) == 0
 
 
 def test_a_failed_nested_block_that_is_caught_leaves_nothing(app):
@@ -114,8 +117,7 @@ def test_commit_inside_a_transaction_block_is_refused(app):
             with acting_as(KERNEL), transaction(session):
                 events.publish(session, "a", {})
                 session.commit()
-        with acting_as(KERNEL):
-            assert session.scalar(select(func.count()).select_from(OutboxEvent)) == 0
+        assert _outbox_events(session) == 0
 
 
 def test_core_writes_outside_a_transaction_are_refused(app):
