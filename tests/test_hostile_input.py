@@ -139,12 +139,16 @@ def report_totals():
         soak_report("hostile", TOTALS["tried"], TOTALS["held"])
 
 
-@pytest.fixture
-def tally():
-    t = Tally()
+def counted(t: Tally) -> Iterator[Tally]:
+    """A fixture's tally, added to the session's totals when the test ends."""
     yield t
     TOTALS["tried"] += t.tried
     TOTALS["held"] += t.held
+
+
+@pytest.fixture
+def tally():
+    yield from counted(Tally())
 
 
 # --- a world to attack ---------------------------------------------------------------
@@ -928,10 +932,7 @@ class RawTally(Tally):
 
 @pytest.fixture
 def raw_tally():
-    t = RawTally()
-    yield t
-    TOTALS["tried"] += t.tried
-    TOTALS["held"] += t.held
+    yield from counted(RawTally())
 
 
 @pytest.mark.slow
