@@ -47,7 +47,7 @@ def record_audit(
     if has_own_database(session, MODULE):
         events.publish(session, event)
     else:
-        session.add(service.audit_entry(event))
+        service.insert_entry(session, event)
     return event.log_id
 
 

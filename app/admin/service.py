@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from app.admin.events import AuditRecorded
 from app.admin.models import AuditLog, AuditLogArchive
 from app.admin.readmodels import licenses, users
-from app.kernel.db import UtcDateTime, utcnow
+from app.kernel.db import UtcDateTime, execute_now, utcnow
 from app.kernel.emails import normalise_email
 from app.kernel.events import Envelope
 from app.kernel.pagination import newest_first, page_of
@@ -31,6 +31,17 @@ def audit_entry(event: AuditRecorded) -> AuditLog:
     return AuditLog(
         **{name: getattr(event, name) for name in AUDIT_FIELDS}, timestamp=event.timestamp
     )
+
+
+# Every activation, order and login writes an entry: one INSERT built once, run at once in
+# the caller's transaction, without the ORM's unit of work.
+_INSERT_ENTRY = insert(AuditLog)
+
+
+def insert_entry(session: Session, event: AuditRecorded) -> None:
+    """Write the entry an `audit.recorded` event carries, now, in the caller's transaction."""
+    values = {name: getattr(event, name) for name in AUDIT_FIELDS}
+    execute_now(session, _INSERT_ENTRY, {**values, "timestamp": event.timestamp})
 
 
 def apply_audit_event(session: Session, envelope: Envelope) -> None:

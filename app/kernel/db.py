@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, Row, event
+from sqlalchemy import CursorResult, DateTime, Engine, MetaData, Row, event
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql import Executable
@@ -169,6 +169,27 @@ def add_unique(session: Session, row: Any, conflict: type[Exception]) -> None:
     try:
         session.flush()
     except IntegrityError:
+        raise conflict() from None
+
+
+def execute_now(
+    session: Session,
+    statement: Executable,
+    params: Mapping[str, Any] | None = None,
+    *,
+    conflict: type[Exception] | None = None,
+) -> CursorResult[Any]:
+    """Run a prebuilt Core statement now on the connection of the caller's write transaction,
+    without the ORM's execute path or unit of work (the hot write paths: ADR 0016). Writes
+    only inside `transaction()`, like a flush; with `conflict`, a unique constraint's
+    IntegrityError raises `conflict()` instead (see `add_unique`)."""
+    if not session.info.get(_WRITE):
+        raise TransactionMisuse("execute_now() runs inside `with transaction(session)` only")
+    try:
+        return session.connection().execute(statement, params)
+    except IntegrityError:
+        if conflict is None:
+            raise
         raise conflict() from None
 
 
