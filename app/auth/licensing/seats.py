@@ -7,13 +7,14 @@ one user run one at a time: each takes the user's row lock (`lock_user`) before 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, Protocol
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Row, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from app.auth.accounts.service import UserNotFound
 from app.auth.models import License, Subscription, User
-from app.kernel.db import utcnow
+from app.kernel.db import execute_now, utcnow
 
 # Seats of the plan that needs no subscription; paid plans take theirs from the subscription.
 FREE_SEATS = 1
@@ -36,6 +37,19 @@ _SEATS_IN_USE = (
 )
 
 
+# Activation's own: the lock alone, the subscription's terms alone (no entity loaded), the
+# count on the transaction's connection (nothing is pending there: no autoflush needed).
+_LOCK_USER = select(User.user_id).where(User.user_id == bindparam("user_id")).with_for_update()
+_LIVE_TERMS = select(Subscription.seats, Subscription.renews_at).where(
+    Subscription.user_id == bindparam("user_id"), Subscription.status.in_(LIVE_SUBSCRIPTION)
+)
+
+
+class Terms(Protocol):
+    seats: int
+    renews_at: datetime
+
+
 def live_subscription(session: Session, user_id: str) -> Subscription | None:
     return session.scalar(_LIVE_SUBSCRIPTION, {"user_id": user_id})
 
@@ -45,7 +59,17 @@ def seats_in_use(session: Session, user_id: str, now: datetime | None = None) ->
     return session.scalar(_SEATS_IN_USE, {"user_id": user_id, "now": now or utcnow()})
 
 
-def seats_of(subscription: Subscription | None) -> int:
+def live_terms(session: Session, user_id: str) -> Row[Any] | None:
+    """The live subscription's seats and renewal date (inside a write transaction)."""
+    return execute_now(session, _LIVE_TERMS, {"user_id": user_id}).first()
+
+
+def seats_taken(session: Session, user_id: str, now: datetime) -> int:
+    """`seats_in_use` inside a write transaction with no pending ORM changes."""
+    return execute_now(session, _SEATS_IN_USE, {"user_id": user_id, "now": now}).scalar_one()
+
+
+def seats_of(subscription: Terms | None) -> int:
     """Free plan: 1. Paid plans: the live subscription's seats."""
     return subscription.seats if subscription is not None else FREE_SEATS
 
@@ -64,3 +88,9 @@ def lock_user(session: Session, user_id: str) -> User:
     if user is None:
         raise UserNotFound("No such user.")
     return user
+
+
+def lock_user_only(session: Session, user_id: str) -> None:
+    """`lock_user` for a caller that needs the lock, not the row."""
+    if execute_now(session, _LOCK_USER, {"user_id": user_id}).first() is None:
+        raise UserNotFound("No such user.")

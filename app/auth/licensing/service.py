@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import jwt
-from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
@@ -32,20 +32,24 @@ from app.auth.licensing.errors import (
     SubscriptionPastDue,
     VersionConflict,
 )
+
+# Re-exported (live_subscription, seats_for): accounts' /auth/me shows the subscription and
+# the seats, and reaches licensing only through here.
+from app.auth.licensing.seats import live_subscription as live_subscription
 from app.auth.licensing.seats import (
-    live_subscription,
+    live_terms,
     lock_user,
+    lock_user_only,
     seat_limit,
     seats_in_use,
     seats_of,
+    seats_taken,
 )
-
-# Re-exported: accounts' /auth/me shows the seats, and reaches licensing only through here.
 from app.auth.licensing.seats import seats_for as seats_for
 from app.auth.licensing.signing import KeySet
 from app.auth.models import License
 from app.kernel import events
-from app.kernel.db import add_unique, read_first, utcnow
+from app.kernel.db import execute_now, read_first, utcnow
 from app.kernel.errors import Conflict
 from app.kernel.events import IntegrationEvent
 from app.kernel.ids import new_id
@@ -53,17 +57,43 @@ from app.kernel.pagination import newest_first, page_of
 
 LICENSE_LIFETIME = timedelta(days=365)
 
-_LIVE_LICENSE_OF_CLIENT = select(License).where(
+# Activation is the hot write path: its statements are built once (SQLAlchemy memoises
+# each one's cache key on the object) and run on the transaction's connection, without the
+# ORM's execute path, identity map or unit of work (ADR 0016).
+LICENSE_COLUMNS = (
+    License.license_id,
+    License.user_id,
+    License.client_id,
+    License.status,
+    License.created_at,
+    License.expires_at,
+    License.version,
+)
+_LIVE_LICENSE_OF_CLIENT = select(*LICENSE_COLUMNS).where(
     License.client_id == bindparam("client_id"), License.status != "revoked"
 )
+_INSERT_LICENSE = insert(License)
 
 
 # --- activation ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
+class IssuedLicense:
+    """A license as activation answers it (the columns of LICENSE_COLUMNS)."""
+
+    license_id: str
+    user_id: str
+    client_id: str
+    status: str
+    created_at: datetime
+    expires_at: datetime
+    version: int
+
+
+@dataclass(frozen=True)
 class Activation:
-    license: License
+    license: IssuedLicense
     created: bool
 
 
@@ -76,13 +106,13 @@ def activate(
     LICENSE_CREATED audited. Either both rows commit or neither does.
     """
     now = now or utcnow()
-    lock_user(session, user_id)  # seat changes of one user run one at a time
-    existing = session.scalar(_LIVE_LICENSE_OF_CLIENT, {"client_id": client_id})
+    lock_user_only(session, user_id)  # seat changes of one user run one at a time
+    existing = execute_now(session, _LIVE_LICENSE_OF_CLIENT, {"client_id": client_id}).first()
     if existing is not None and existing.expires_at <= now:
         # An expired license no longer holds its client: retire it, then issue a new one.
         set_status(
             session,
-            existing,
+            get_license(session, existing.license_id),
             "revoked",
             actor_id=user_id,
             reason="expired_replaced",
@@ -96,28 +126,27 @@ def activate(
             raise ClientIdTaken()
         if existing.status == "suspended":
             raise LicenseSuspended()
-        return Activation(existing, created=False)
+        return Activation(IssuedLicense(**existing._mapping), created=False)
 
-    subscription = live_subscription(session, user_id)  # its seats, and its renewal date
-    if subscription is not None and subscription.renews_at <= now:
+    terms = live_terms(session, user_id)  # the subscription's seats, and its renewal date
+    if terms is not None and terms.renews_at <= now:
         raise SubscriptionPastDue()  # its license would be expired at birth
-    limit = seats_of(subscription)
-    if seats_in_use(session, user_id, now) >= limit:
+    limit = seats_of(terms)
+    if seats_taken(session, user_id, now) >= limit:
         raise SeatLimitReached(limit)
 
-    expires_at = subscription.renews_at if subscription is not None else now + LICENSE_LIFETIME
-    license_ = License(
+    license_ = IssuedLicense(
         license_id=new_id("lic"),
         user_id=user_id,
         client_id=client_id,
         status="active",
         created_at=now,
-        updated_at=now,
-        expires_at=expires_at,
+        expires_at=terms.renews_at if terms is not None else now + LICENSE_LIFETIME,
         version=1,
     )
     # ClientIdTaken: another account's activation of this client_id committed first.
-    add_unique(session, license_, ClientIdTaken)
+    values = {**vars(license_), "updated_at": now}
+    execute_now(session, _INSERT_LICENSE, values, conflict=ClientIdTaken)
     admin_api.record_audit(
         session,
         "LICENSE_CREATED",
@@ -133,7 +162,7 @@ def activate(
             user_id=user_id,
             client_id=client_id,
             status=license_.status,
-            expires_at=expires_at,
+            expires_at=license_.expires_at,
         ),
         aggregate_version=license_.version,
     )
@@ -153,15 +182,6 @@ def get_license(session: Session, license_id: str) -> License:
 # Validation is the hot path: its look-up is one Core statement, built once (SQLAlchemy
 # memoises the cache key on the object, so each call finds the compiled SQL at once), run
 # on the session's connection — no ORM identity map, loading or refresh on the way.
-LICENSE_COLUMNS = (
-    License.license_id,
-    License.user_id,
-    License.client_id,
-    License.status,
-    License.created_at,
-    License.expires_at,
-    License.version,
-)
 _LICENSE_BY_ID = select(*LICENSE_COLUMNS).where(License.license_id == bindparam("license_id"))
 
 
