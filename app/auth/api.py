@@ -27,6 +27,7 @@ from app.auth.events import (
 from app.auth.licensing import errors, seats, subscriptions
 from app.auth.licensing import service as licensing
 from app.auth.licensing.schemas import LicenseOut
+from app.auth.licensing.service import LicenseSummary
 from app.auth.licensing.signing import SigningKeyError, generate_key_file
 from app.kernel.ownership import module_api
 
@@ -167,17 +168,6 @@ class SubscriptionSummary:
     seats: int
     started_at: datetime
     renews_at: datetime
-
-
-@dataclass(frozen=True)
-class LicenseSummary:
-    license_id: str
-    user_id: str
-    client_id: str
-    status: str
-    created_at: datetime
-    expires_at: datetime
-    version: int
 
 
 def _subscription(sub: object | None) -> SubscriptionSummary | None:

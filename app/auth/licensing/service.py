@@ -79,8 +79,9 @@ _INSERT_LICENSE = insert(License)
 
 
 @dataclass(frozen=True)
-class IssuedLicense:
-    """A license as activation answers it (the columns of LICENSE_COLUMNS)."""
+class LicenseSummary:
+    """A license's columns (LICENSE_COLUMNS) as a plain value: what activation answers, and
+    what auth's facade hands other modules."""
 
     license_id: str
     user_id: str
@@ -93,7 +94,7 @@ class IssuedLicense:
 
 @dataclass(frozen=True)
 class Activation:
-    license: IssuedLicense
+    license: LicenseSummary
     created: bool
 
 
@@ -126,7 +127,7 @@ def activate(
             raise ClientIdTaken()
         if existing.status == "suspended":
             raise LicenseSuspended()
-        return Activation(IssuedLicense(**existing._mapping), created=False)
+        return Activation(LicenseSummary(**existing._mapping), created=False)
 
     terms = live_terms(session, user_id)  # the subscription's seats, and its renewal date
     if terms is not None and terms.renews_at <= now:
@@ -135,7 +136,7 @@ def activate(
     if seats_taken(session, user_id, now) >= limit:
         raise SeatLimitReached(limit)
 
-    license_ = IssuedLicense(
+    license_ = LicenseSummary(
         license_id=new_id("lic"),
         user_id=user_id,
         client_id=client_id,
