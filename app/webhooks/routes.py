@@ -6,16 +6,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import current_app, request
-from flask_jwt_extended import get_jwt, verify_jwt_in_request
+from flask import current_app
+from flask_jwt_extended import get_jwt
 
 from app.admin import api as admin_api
+from app.http.blueprints import admin_only
 from app.http.limits import client_ip
-from app.http.openapi import problem_responses
+from app.http.routes import ADMIN, Endpoints
 from app.kernel.db import get_session, transaction
-from app.kernel.errors import Forbidden
 from app.kernel.pagination import decode_keyset
-from app.kernel.web import BEARER_AUTH
 from app.webhooks import bp, service
 from app.webhooks.schemas import (
     DeliveryOut,
@@ -28,24 +27,8 @@ from app.webhooks.schemas import (
     EndpointWithSecret,
 )
 
-
-@bp.before_request
-def _require_admin() -> None:
-    if request.method == "OPTIONS":
-        return
-    verify_jwt_in_request()
-    claims = get_jwt()
-    if claims.get("role") != "admin" or not admin_api.is_admin(get_session(), claims["sub"]):
-        raise Forbidden("This needs the admin role.", code="admin_required")
-
-
-def _doc(summary: str, operation_id: str, *statuses: int) -> Any:
-    return bp.doc(
-        summary=summary,
-        operation_id=operation_id,
-        security=BEARER_AUTH,
-        responses=problem_responses(401, 403, *statuses),
-    )
+admin_only(bp, admin_api.is_admin)
+api = Endpoints(bp)
 
 
 def _actor() -> dict[str, Any]:
@@ -57,11 +40,13 @@ def _with_secret(created: service.Created) -> dict[str, Any]:
 
 
 @bp.post("")
-@bp.input(EndpointIn)
-@bp.output(EndpointWithSecret, status_code=201)
-@_doc(
-    "Register an endpoint; its signing secret is in this answer only", "admin_create_webhook", 422
+@api.endpoint(
+    ADMIN,
+    "admin_create_webhook",
+    "Register an endpoint; its signing secret is in this answer only",
+    problems=(422,),
 )
+@api.io(body=EndpointIn, output=EndpointWithSecret, status=201)
 def create_endpoint(json_data: EndpointIn) -> Any:
     session = get_session()
     with transaction(session):
@@ -77,28 +62,27 @@ def create_endpoint(json_data: EndpointIn) -> Any:
 
 
 @bp.get("")
-@bp.output(EndpointList)
-@_doc("Every endpoint, oldest first", "admin_list_webhooks")
+@api.endpoint(ADMIN, "admin_list_webhooks", "Every endpoint, oldest first")
+@api.io(output=EndpointList)
 def list_endpoints() -> Any:
     return {"items": [service.endpoint_view(e) for e in service.list_endpoints(get_session())]}
 
 
 @bp.get("/<webhook_id>")
-@bp.output(EndpointOut)
-@_doc("One endpoint", "admin_get_webhook", 404)
+@api.endpoint(ADMIN, "admin_get_webhook", "One endpoint", problems=(404,))
+@api.io(output=EndpointOut)
 def get_endpoint(webhook_id: str) -> Any:
     return service.endpoint_view(service.get_endpoint(get_session(), webhook_id))
 
 
 @bp.patch("/<webhook_id>")
-@bp.input(EndpointPatch)
-@bp.output(EndpointOut)
-@_doc(
-    "Change an endpoint's URL, events, description, or enable/disable it",
+@api.endpoint(
+    ADMIN,
     "admin_update_webhook",
-    404,
-    422,
+    "Change an endpoint's URL, events, description, or enable/disable it",
+    problems=(404, 422),
 )
+@api.io(body=EndpointPatch, output=EndpointOut)
 def update_endpoint(webhook_id: str, json_data: EndpointPatch) -> Any:
     session = get_session()
     changes = json_data.model_dump(exclude_unset=True, exclude_none=True)
@@ -110,8 +94,10 @@ def update_endpoint(webhook_id: str, json_data: EndpointPatch) -> Any:
 
 
 @bp.delete("/<webhook_id>")
-@bp.output({}, status_code=204)
-@_doc("Delete an endpoint and its deliveries", "admin_delete_webhook", 404)
+@api.endpoint(
+    ADMIN, "admin_delete_webhook", "Delete an endpoint and its deliveries", problems=(404,)
+)
+@api.io(output={}, status=204)
 def delete_endpoint(webhook_id: str) -> Any:
     session = get_session()
     with transaction(session):
@@ -120,14 +106,14 @@ def delete_endpoint(webhook_id: str) -> Any:
 
 
 @bp.post("/<webhook_id>/rotate-secret")
-@bp.output(EndpointWithSecret)
-@_doc(
+@api.endpoint(
+    ADMIN,
+    "admin_rotate_webhook_secret",
     "A new signing secret (shown once); the old one also signs for 24 hours (409 while a "
     "previous rotation's 24 hours last)",
-    "admin_rotate_webhook_secret",
-    404,
-    409,
+    problems=(404, 409),
 )
+@api.io(output=EndpointWithSecret)
 def rotate_secret(webhook_id: str) -> Any:
     session = get_session()
     with transaction(session):
@@ -136,14 +122,13 @@ def rotate_secret(webhook_id: str) -> Any:
 
 
 @bp.get("/<webhook_id>/deliveries")
-@bp.input(DeliveryQuery, location="query")
-@bp.output(DeliveryPage)
-@_doc(
-    "Deliveries to an endpoint, newest first, in keyset pages",
+@api.endpoint(
+    ADMIN,
     "admin_list_webhook_deliveries",
-    404,
-    422,
+    "Deliveries to an endpoint, newest first, in keyset pages",
+    problems=(404, 422),
 )
+@api.io(query=DeliveryQuery, output=DeliveryPage)
 def list_deliveries(webhook_id: str, query_data: DeliveryQuery) -> Any:
     items, cursor = service.list_deliveries(
         get_session(),
@@ -155,12 +140,13 @@ def list_deliveries(webhook_id: str, query_data: DeliveryQuery) -> Any:
 
 
 @bp.post("/<webhook_id>/deliveries/<delivery_id>/redeliver")
-@bp.output(DeliveryOut, status_code=202)
-@_doc(
-    "Post a delivery again, now, with a fresh set of attempts",
+@api.endpoint(
+    ADMIN,
     "admin_redeliver_webhook_delivery",
-    404,
+    "Post a delivery again, now, with a fresh set of attempts",
+    problems=(404,),
 )
+@api.io(output=DeliveryOut, status=202)
 def redeliver(webhook_id: str, delivery_id: str) -> Any:
     session = get_session()
     with transaction(session):
@@ -169,8 +155,10 @@ def redeliver(webhook_id: str, delivery_id: str) -> Any:
 
 
 @bp.post("/<webhook_id>/test")
-@bp.output(DeliveryOut, status_code=202)
-@_doc("Queue a webhook.test event for this endpoint", "admin_test_webhook", 404)
+@api.endpoint(
+    ADMIN, "admin_test_webhook", "Queue a webhook.test event for this endpoint", problems=(404,)
+)
+@api.io(output=DeliveryOut, status=202)
 def send_test(webhook_id: str) -> Any:
     session = get_session()
     with transaction(session):
