@@ -11,10 +11,10 @@ from flask_jwt_extended import get_jwt
 from app.auth import api as auth_api
 from app.http.openapi import request_headers
 from app.http.problems import problem_body_response
-from app.http.routes import BEARER, PUBLIC, Endpoints
+from app.http.routes import BEARER, PUBLIC, Endpoints, keyset, page
 from app.kernel.db import get_session
 from app.kernel.errors import ProblemError
-from app.kernel.pagination import PageQuery, decode_keyset
+from app.kernel.pagination import PageQuery
 from app.orders import bp, service, workflows
 from app.orders.payments import PaymentGateway, gateway_of
 from app.orders.plans import Plan, catalog_of
@@ -68,19 +68,15 @@ def document_catalog(plans: dict[str, Plan]) -> Any:
 
 
 @bp.get("/plans")
-@api.endpoint(PUBLIC, "orders_list_plans", "The plan catalog")
+@api.endpoint(PUBLIC, "orders_list_plans")
 @api.io(output=list[PlanOut])
 def plans() -> Any:
+    """The plan catalog"""
     return [p.as_dict() for p in catalog().values()]
 
 
 @bp.post("/orders")
-@api.endpoint(
-    BEARER,
-    "orders_place",
-    "Buy a plan (Idempotency-Key header required; retries replay the answer)",
-    problems=(400, 402, 409, 422, 502),
-)
+@api.endpoint(BEARER, "orders_place", problems=(400, 402, 409, 422, 502))
 @api.io(body=OrderIn, output=OrderOut, status=201)
 @request_headers(
     {
@@ -92,6 +88,7 @@ def plans() -> Any:
     }
 )
 def place_order(json_data: OrderIn) -> Any:
+    """Buy a plan (Idempotency-Key header required; retries replay the answer)"""
     key = request.headers.get("Idempotency-Key", "")
     if not KEY_PATTERN.match(key):
         raise IdempotencyKeyRequired(
@@ -115,16 +112,12 @@ def place_order(json_data: OrderIn) -> Any:
 
 
 @bp.get("/orders")
-@api.endpoint(BEARER, "orders_list", "My orders, newest first", problems=(422,))
+@api.endpoint(BEARER, "orders_list", problems=(422,))
 @api.io(query=PageQuery, output=OrderPage)
 def list_orders(query_data: PageQuery) -> Any:
-    items, next_cursor = service.list_orders(
-        get_session(),
-        get_jwt()["sub"],
-        limit=query_data.limit,
-        after=decode_keyset(query_data.cursor, (str,)),
-    )
-    return {"items": [service.order_body(o) for o in items], "next_cursor": next_cursor}
+    """My orders, newest first"""
+    found = service.list_orders(get_session(), get_jwt()["sub"], **keyset(query_data, str))
+    return page(found, service.order_body)
 
 
 def _is_admin() -> bool:
@@ -132,9 +125,10 @@ def _is_admin() -> bool:
 
 
 @bp.get("/orders/<order_id>")
-@api.endpoint(BEARER, "orders_get", "One order (its owner or an admin)", problems=(404,))
+@api.endpoint(BEARER, "orders_get", problems=(404,))
 @api.io(output=OrderOut)
 def get_order(order_id: str) -> Any:
+    """One order (its owner or an admin)"""
     order = service.get_order(
         get_session(), order_id, user_id=get_jwt()["sub"], is_admin=_is_admin()
     )
@@ -142,14 +136,10 @@ def get_order(order_id: str) -> Any:
 
 
 @bp.post("/orders/<order_id>/cancel")
-@api.endpoint(
-    BEARER,
-    "orders_cancel",
-    "Cancel a paid order: refund it, end the subscription, suspend surplus licenses",
-    problems=(404, 409, 502),
-)
+@api.endpoint(BEARER, "orders_cancel", problems=(404, 409, 502))
 @api.io(output=OrderOut)
 def cancel_order(order_id: str) -> Any:
+    """Cancel a paid order: refund it, end the subscription, suspend surplus licenses"""
     order = workflows.cancel_order(
         get_session(),
         gateway(),
@@ -162,11 +152,10 @@ def cancel_order(order_id: str) -> Any:
 
 
 @bp.get("/me/dashboard")
-@api.endpoint(
-    BEARER, "orders_dashboard", "User, subscription, seats, licenses and recent orders in one call"
-)
+@api.endpoint(BEARER, "orders_dashboard")
 @api.io(output=DashboardOut)
 def dashboard() -> Any:
+    """User, subscription, seats, licenses and recent orders in one call"""
     session = get_session()
     user_id = get_jwt()["sub"]
     user = auth_api.get_user(session, user_id)

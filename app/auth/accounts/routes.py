@@ -19,6 +19,7 @@ from app.auth.accounts.schemas import (
     UserOut,
 )
 from app.auth.licensing import service as licensing
+from app.auth.models import User
 from app.http.bearer import verify_jwt_in_request
 from app.http.limits import client_ip, email_in_body, jwt_subject_key
 from app.http.routes import BEARER, PUBLIC, Callers, Endpoints, Limit
@@ -60,11 +61,10 @@ def lockout_policy() -> service.LockoutPolicy:
 
 
 @bp.post("/auth/register")
-@api.endpoint(
-    PUBLIC, "auth_register", "Create an account", limits=REGISTER_LIMITS, problems=(409, 422, 429)
-)
+@api.endpoint(PUBLIC, "auth_register", limits=REGISTER_LIMITS, problems=(409, 422, 429))
 @api.io(body=RegisterIn, output=UserOut, status=201)
 def register(json_data: RegisterIn) -> Any:
+    """Create an account"""
     password_hash = hasher().hash(json_data.password)  # slow on purpose; outside the transaction
     session = get_session()
     with transaction(session):
@@ -73,38 +73,21 @@ def register(json_data: RegisterIn) -> Any:
 
 
 @bp.post("/auth/login")
-@api.endpoint(
-    PUBLIC,
-    "auth_login",
-    "Log in: an access and a refresh token",
-    limits=LOGIN_LIMITS,
-    problems=(401, 422, 423, 429),
-)
+@api.endpoint(PUBLIC, "auth_login", limits=LOGIN_LIMITS, problems=(401, 422, 423, 429))
 @api.io(body=LoginIn, output=TokenPairOut)
 def login(json_data: LoginIn) -> Any:
-    session, policy, ip, now = get_session(), lockout_policy(), client_ip(), utcnow()
-    attempt = service.check_credentials(
-        session, hasher(), json_data.email, json_data.password, policy=policy, ip=ip, now=now
-    )
-    with transaction(session):
-        outcome = service.settle_login(session, attempt, policy, ip=ip, now=now)
-    if outcome.locked_until is not None:
-        raise service.AccountLocked(outcome.locked_until, now)
-    if outcome.user is None:
+    """Log in: an access and a refresh token"""
+    user = attempt_login(get_session(), json_data.email, json_data.password)
+    if user is None:
         raise service.InvalidCredentials()
-    return tokens.issue_pair(outcome.user), 200, NO_STORE
+    return tokens.issue_pair(user), 200, NO_STORE
 
 
 @bp.post("/auth/refresh")
-@api.endpoint(
-    REFRESH_BEARER,
-    "auth_refresh",
-    "Exchange a refresh token (as Bearer) for a new pair; the old one is spent",
-    limits=REFRESH_LIMITS,
-    problems=(429,),
-)
+@api.endpoint(REFRESH_BEARER, "auth_refresh", limits=REFRESH_LIMITS, problems=(429,))
 @api.io(output=TokenPairOut)
 def refresh() -> Any:
+    """Exchange a refresh token (as Bearer) for a new pair; the old one is spent"""
     # Revocation is decided by rotate_refresh itself: a spent token is reuse, not just "revoked".
     verify_jwt_in_request(refresh=True, skip_revocation_check=True)
     claims = get_jwt()
@@ -131,9 +114,10 @@ def refresh() -> Any:
 
 
 @bp.post("/auth/logout")
-@api.endpoint(BEARER, "auth_logout", "Revoke this access token and its refresh family")
+@api.endpoint(BEARER, "auth_logout")
 @api.io(output={}, status=204)
 def logout() -> Any:
+    """Revoke this access token and its refresh family"""
     claims = get_jwt()
     session = get_session()
     with transaction(session):
@@ -150,9 +134,10 @@ def logout() -> Any:
 
 
 @bp.get("/auth/me")
-@api.endpoint(BEARER, "auth_me", "The current user, plan, subscription and seats")
+@api.endpoint(BEARER, "auth_me")
 @api.io(output=MeOut)
 def me() -> Any:
+    """The current user, plan, subscription and seats"""
     session = get_session()
     user = service.get_user(session, get_jwt()["sub"])
     return {
@@ -166,9 +151,10 @@ def me() -> Any:
     }
 
 
-def check_current_password(session: Any, email: str, password: str) -> None:
-    """The current password, asked again, is a login attempt: the same lockout, the same
-    audit entries. Raises AccountLocked or WrongPassword."""
+def attempt_login(session: Any, email: str, password: str) -> User | None:
+    """A login attempt: the lockout, then the password, settled (counted, audited) in its
+    own transaction. The user, or None for a wrong email or password; AccountLocked while
+    the address or the account is locked."""
     policy, ip, now = lockout_policy(), client_ip(), utcnow()
     attempt = service.check_credentials(
         session, hasher(), email, password, policy=policy, ip=ip, now=now
@@ -177,7 +163,13 @@ def check_current_password(session: Any, email: str, password: str) -> None:
         outcome = service.settle_login(session, attempt, policy, ip=ip, now=now)
     if outcome.locked_until is not None:
         raise service.AccountLocked(outcome.locked_until, now)
-    if outcome.user is None:
+    return outcome.user
+
+
+def check_current_password(session: Any, email: str, password: str) -> None:
+    """The current password, asked again, is a login attempt: the same lockout, the same
+    audit entries. Raises AccountLocked or WrongPassword."""
+    if attempt_login(session, email, password) is None:
         raise service.WrongPassword()
 
 
@@ -198,15 +190,10 @@ def change_password(session: Any, user_id: str, current: str, new: str) -> Any:
 
 
 @bp.post("/auth/password")
-@api.endpoint(
-    BEARER,
-    "auth_change_password",
-    "Change the password: every other session ends; answers with a new token pair",
-    limits=PASSWORD_LIMITS,
-    problems=(403, 422, 423, 429),
-)
+@api.endpoint(BEARER, "auth_change_password", limits=PASSWORD_LIMITS, problems=(403, 422, 423, 429))
 @api.io(body=PasswordChangeIn, output=TokenPairOut)
 def password(json_data: PasswordChangeIn) -> Any:
+    """Change the password: every other session ends; answers with a new token pair"""
     session = get_session()
     user = change_password(
         session, get_jwt()["sub"], json_data.current_password, json_data.new_password

@@ -25,11 +25,11 @@ from app.auth.licensing.schemas import (
 )
 from app.http.bearer import verify_jwt_in_request
 from app.http.limits import client_ip, email_in_body, jwt_subject_key, token_in_body
-from app.http.routes import BEARER, PUBLIC, Callers, Endpoints, Limit
+from app.http.routes import BEARER, PUBLIC, Callers, Endpoints, Limit, keyset, page
 from app.kernel import metrics
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.errors import ProblemError, Unauthorized
-from app.kernel.pagination import PageQuery, decode_keyset
+from app.kernel.pagination import PageQuery
 from app.kernel.web import NO_STORE
 
 api, root_api = Endpoints(bp), Endpoints(root_bp)
@@ -98,13 +98,13 @@ def _activation_user(session: Any, body: ActivateIn, now: Any) -> tuple[str | No
 @api.endpoint(
     BEARER_OR_PASSWORD,
     "licensing_activate",
-    "Activate a license for a client (idempotent for the same user and client)",
     limits=ACTIVATE_LIMITS,
     responses={200: ALREADY_HELD},
     problems=(409, 422, 423, 429),
 )
 @api.io(body=ActivateIn, output=ActivatedLicenseOut, status=201, description="A new license")
 def activate(json_data: ActivateIn) -> Any:
+    """Activate a license for a client (idempotent for the same user and client)"""
     session, now = get_session(), utcnow()
     signing.license_keys()  # 503 signing_unavailable now, before a seat is taken for nothing
     user_id, attempt = _activation_user(session, json_data, now)
@@ -135,15 +135,10 @@ def activate(json_data: ActivateIn) -> Any:
 
 
 @bp.post("/licenses/validate")
-@api.endpoint(
-    PUBLIC,
-    "licensing_validate",
-    "Check a license token against the current license (always 200 when well-formed)",
-    limits=VALIDATE_LIMITS,
-    problems=(400, 422, 429),
-)
+@api.endpoint(PUBLIC, "licensing_validate", limits=VALIDATE_LIMITS, problems=(400, 422, 429))
 @api.io(body=ValidateIn, output=ValidateOut)
 def validate(json_data: ValidateIn) -> Any:
+    """Check a license token against the current license (always 200 when well-formed)"""
     checked_at = utcnow()
     keys = signing.license_keys()
     verdict = licensing.validate(
@@ -162,12 +157,12 @@ def validate(json_data: ValidateIn) -> Any:
         "checked_at": checked_at,
         # README, "Signed verdicts": what an app verifies instead of trusting plain JSON.
         "verdict": keys.sign_verdict(
+            issued_at=checked_at,
+            ttl_seconds=signing.VERDICT_TTL_SECONDS,
             code=verdict.code,
             license_id=verdict.license_id,
             client_id=json_data.client_id,
             nonce=json_data.nonce,
-            issued_at=checked_at,
-            ttl_seconds=signing.VERDICT_TTL_SECONDS,
         ),
     }
     if verdict.stale:
@@ -179,10 +174,10 @@ def validate(json_data: ValidateIn) -> Any:
 @api.endpoint(
     PUBLIC,
     "licensing_deactivate_from_app",
-    "Deactivate a license from the app that holds it: its token and client id, "
-    "no password (revoked, seat freed)",
     limits=VALIDATE_LIMITS,  # the app's budget for its license: validate's
     problems=(404, 422, 429),
+    summary="Deactivate a license from the app that holds it: its token and client id, "
+    "no password (revoked, seat freed)",
 )
 @api.io(body=DeactivateIn, output=LicenseOut)
 def deactivate_from_app(json_data: DeactivateIn) -> Any:
@@ -208,22 +203,18 @@ def deactivate_from_app(json_data: DeactivateIn) -> Any:
 
 
 @bp.get("/licenses")
-@api.endpoint(BEARER, "licensing_list", "My licenses, newest first", problems=(422,))
+@api.endpoint(BEARER, "licensing_list", problems=(422,))
 @api.io(query=PageQuery, output=LicensePage)
 def list_mine(query_data: PageQuery) -> Any:
-    items, next_cursor = licensing.list_licenses(
-        get_session(),
-        get_jwt()["sub"],
-        limit=query_data.limit,
-        after=decode_keyset(query_data.cursor, (str,)),
-    )
-    return {"items": items, "next_cursor": next_cursor}
+    """My licenses, newest first"""
+    return page(licensing.list_licenses(get_session(), get_jwt()["sub"], **keyset(query_data, str)))
 
 
 @bp.get("/licenses/<license_id>")
-@api.endpoint(BEARER, "licensing_get", "One license (its owner or an admin)", problems=(404,))
+@api.endpoint(BEARER, "licensing_get", problems=(404,))
 @api.io(output=LicenseOut)
 def get_one(license_id: str) -> Any:
+    """One license (its owner or an admin)"""
     claims = get_jwt()
     license_ = licensing.get_license(get_session(), license_id)
     if license_.user_id != claims["sub"] and claims.get("role") != "admin":
@@ -232,11 +223,10 @@ def get_one(license_id: str) -> Any:
 
 
 @bp.delete("/licenses/<license_id>")
-@api.endpoint(
-    BEARER, "licensing_deactivate", "Deactivate my license: revoked, seat freed", problems=(404,)
-)
+@api.endpoint(BEARER, "licensing_deactivate", problems=(404,))
 @api.io(output=LicenseOut)
 def deactivate(license_id: str) -> Any:
+    """Deactivate my license: revoked, seat freed"""
     session = get_session()
     with transaction(session):
         license_ = licensing.deactivate(session, get_jwt()["sub"], license_id, ip=client_ip())
@@ -244,12 +234,9 @@ def deactivate(license_id: str) -> Any:
 
 
 @root_bp.get("/.well-known/jwks.json")
-@root_api.endpoint(
-    PUBLIC,
-    "licensing_jwks",
-    "Public keys that verify license tokens offline (several during rotation)",
-)
+@root_api.endpoint(PUBLIC, "licensing_jwks")
 @root_api.io(output=JwksOut)
 def jwks() -> Any:
+    """Public keys that verify license tokens offline (several during rotation)"""
     max_age = current_app.config["JWKS_MAX_AGE"]
     return signing.license_keys().jwks(), 200, {"Cache-Control": f"public, max-age={max_age}"}
