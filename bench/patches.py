@@ -76,7 +76,6 @@ def access_log_once() -> None:
     from datetime import UTC, datetime
 
     from app.http import observability
-    from app.http.bearer import current_subject
 
     access_log = observability.access_log
     original_format = observability.JsonFormatter.format
@@ -108,14 +107,7 @@ def access_log_once() -> None:
                 "level": "info",
                 "logger": "app.access",
                 "message": f"{method} {route} {status}",
-                "request_id": request_id,
-                "method": method,
-                "route": route,
-                "path": request.path,
-                "status": status,
-                "duration_ms": round(duration * 1000, 2),
-                "user_id": current_subject(),
-                "ip": request.remote_addr,
+                **observability.access_fields(request_id, method, route, status, duration),
             },
             default=str,
         )

@@ -46,16 +46,12 @@ MAX_BODY_BYTES = 20_000  # larger envelopes are not sent (docs/events.md)
 
 class WebhookNotFound(NotFound):
     code = "webhook_not_found"
-
-    def __init__(self) -> None:
-        super().__init__("No such webhook endpoint.")
+    detail = "No such webhook endpoint."
 
 
 class DeliveryNotFound(NotFound):
     code = "delivery_not_found"
-
-    def __init__(self) -> None:
-        super().__init__("No such delivery.")
+    detail = "No such delivery."
 
 
 class UrlNotAllowed(ProblemError):
