@@ -189,8 +189,7 @@ def deactivate_from_app(json_data: DeactivateIn) -> Any:
         raise licensing.LicenseNotFound() from None
     if claims["client_id"] != json_data.client_id:
         raise licensing.LicenseNotFound()
-    session = get_session()
-    with transaction(session):
+    with transaction(get_session()) as session:
         license_ = licensing.deactivate(
             session,
             claims["user_id"],
@@ -227,8 +226,7 @@ def get_one(license_id: str) -> Any:
 @api.io(output=LicenseOut)
 def deactivate(license_id: str) -> Any:
     """Deactivate my license: revoked, seat freed"""
-    session = get_session()
-    with transaction(session):
+    with transaction(get_session()) as session:
         license_ = licensing.deactivate(session, get_jwt()["sub"], license_id, ip=client_ip())
     return license_
 
