@@ -135,8 +135,9 @@ class License(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
 
     __table_args__ = (
-        # Seats in use, a user's licenses (user_id is the leading column).
-        Index("ix_licenses_user_id_status", "user_id", "status"),
+        # Seats in use (active, unexpired: counted from the index alone), a user's licenses
+        # (user_id is the leading column).
+        Index("ix_licenses_user_id_status_expires_at", "user_id", "status", "expires_at"),
         Index("ix_licenses_client_id", "client_id"),
         # Status counts and their oldest/newest issue time (admin statistics) from the
         # index alone; its leading column serves lookups by status too.
