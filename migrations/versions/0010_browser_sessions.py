@@ -19,14 +19,16 @@ def upgrade() -> None:
     op.create_table(
         "browser_sessions",
         sa.Column("session_id", sa.String(length=64), nullable=False),
-        sa.Column("user_id", sa.String(length=40), nullable=False),
+        sa.Column(
+            "user_id",
+            sa.String(length=40),
+            sa.ForeignKey(ref("users.user_id"), name=op.f("fk_browser_sessions_user_id_users")),
+            nullable=False,
+        ),
         sa.Column("created_at", TS, nullable=False),
         sa.Column("expires_at", TS, nullable=False),
         sa.Column("ip_address", sa.String(length=45)),
         sa.Column("user_agent", sa.String(length=255)),
-        sa.ForeignKeyConstraint(
-            ["user_id"], [ref("users.user_id")], name=op.f("fk_browser_sessions_user_id_users")
-        ),
         sa.PrimaryKeyConstraint("session_id", name=op.f("pk_browser_sessions")),
         schema=schema,
     )
