@@ -19,7 +19,8 @@ from sqlalchemy import select
 
 from app.auth.models import User
 from app.kernel import migrations
-from app.kernel.db import EngineSettings, make_engine, make_sessionmaker, transaction
+from app.kernel.db import make_sessionmaker, transaction
+from app.kernel.engines import EngineSettings, make_engine
 from app.kernel.ownership import acting_as
 
 N = 5000

@@ -3,8 +3,8 @@ selects them with BENCH_VARIANT). Each is the smallest change to the service tha
 the gain; bench/README.md's recommendations say how to make it properly in app/.
 `BEFORE` patches run before the app is built (the routes import what they patch), `AFTER`
 ones get the built app. Prototypes since made in app/ are gone from here (autocommit-read,
-revocation-prebuilt, sandbox-ledger-tail, queued-writers: bench/README.md, "Issue 17, data
-path").
+revocation-prebuilt, sandbox-ledger-tail, queued-writers, redis-limits-one-trip:
+bench/README.md, "Issue 17, data path" and "Issue 17, the remaining targets").
 """
 
 from __future__ import annotations
@@ -76,7 +76,6 @@ def access_log_once() -> None:
     from datetime import UTC, datetime
 
     from app.http import observability
-    from app.http.bearer import current_subject
 
     access_log = observability.access_log
     original_format = observability.JsonFormatter.format
@@ -108,14 +107,7 @@ def access_log_once() -> None:
                 "level": "info",
                 "logger": "app.access",
                 "message": f"{method} {route} {status}",
-                "request_id": request_id,
-                "method": method,
-                "route": route,
-                "path": request.path,
-                "status": status,
-                "duration_ms": round(duration * 1000, 2),
-                "user_id": current_subject(),
-                "ip": request.remote_addr,
+                **observability.access_fields(request_id, method, route, status, duration),
             },
             default=str,
         )
@@ -129,48 +121,6 @@ def access_log_once() -> None:
     observability._finish = finish
 
 
-def redis_limits_one_trip() -> None:
-    """Redis-backed limits: the hit returns the counter and its TTL in the same round trip,
-    and the rate-limit headers are computed from it (limits asks Redis twice more, GET and
-    TTL, for the headers of every limited request). Registers itself as `redis://`."""
-    from limits.storage.redis import RedisStorage
-
-    script = """
-local current = redis.call("incrby", KEYS[1], tonumber(ARGV[2]))
-if current == tonumber(ARGV[2]) then redis.call("expire", KEYS[1], ARGV[1]) end
-return {current, redis.call("pttl", KEYS[1])}
-"""
-
-    class OneTripRedisStorage(RedisStorage):
-        STORAGE_SCHEME = ["redis"]
-        FRESH = 0.05  # seconds a hit's answer serves the headers of the same request
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._hit = self.get_connection().register_script(script)
-            self._last: dict[str, tuple[int, float, float]] = {}
-
-        def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-            count, pttl = self._hit([self.prefixed_key(key)], [expiry, amount])
-            now = time.monotonic()
-            self._last[key] = (int(count), time.time() + max(int(pttl), 0) / 1000, now)
-            if len(self._last) > 4096:
-                self._last = {k: v for k, v in self._last.items() if now - v[2] < self.FRESH}
-            return int(count)
-
-        def _fresh(self, key: str) -> tuple[int, float, float] | None:
-            last = self._last.get(key)
-            return last if last and time.monotonic() - last[2] < self.FRESH else None
-
-        def get(self, key: str) -> int:
-            last = self._fresh(key)
-            return last[0] if last else super().get(key)
-
-        def get_expiry(self, key: str) -> float:
-            last = self._fresh(key)
-            return last[1] if last else super().get_expiry(key)
-
-
 # --- after the app is built ----------------------------------------------------------------
 
 
@@ -178,7 +128,6 @@ BEFORE: dict[str, Callable[[], None]] = {
     "no-metrics": no_metrics,
     "metrics-once": metrics_once,
     "access-log-once": access_log_once,
-    "redis-limits-one-trip": redis_limits_one_trip,
 }
 AFTER: dict[str, Callable[[Any], None]] = {}
 # Every recommended prototype (not `no-metrics`: metrics stay).

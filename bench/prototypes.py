@@ -40,7 +40,6 @@ class Prototype:
 PROTOTYPES = (
     Prototype("metrics-once", "sqlite", ("healthz", "validate")),
     Prototype("access-log-once", "sqlite", ("healthz", "validate")),
-    Prototype("redis-limits-one-trip", "sqlite", ("validate", "activate")),
     Prototype("memory-limits", "sqlite", ("validate", "activate"), {"REDIS_URL": ""}),
     Prototype("revocation-prebuilt", "sqlite", ("activate", "order")),
 )
@@ -102,10 +101,7 @@ def prototype_phase(settings: Settings, backends: dict[str, Any]) -> dict[str, A
         p
         for p in PROTOTYPES
         if p.backend in backends
-        and (
-            p.variant not in ("redis-limits-one-trip", "memory-limits")
-            or backends[p.backend].env.get("REDIS_URL")
-        )
+        and (p.variant != "memory-limits" or backends[p.backend].env.get("REDIS_URL"))
     ]
     as_is = {b: Server(f"as-is-{b}", be.env) for b, be in backends.items()}
     out: dict[str, Any] = {}

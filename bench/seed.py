@@ -7,9 +7,9 @@ Run by the benchmark (bench/phases.py) in a child process with the server's envi
   (bench/bulk.py: INSERT … SELECT statements built from the service's models).
 - `accounts` — the accounts the load scenarios act as, created with the service's own
   functions (`auth.api.create_user`, `auth.api.grant_subscription`).
-- `requests --out DIR` — request files for bench/load.lua: license tokens signed with the
-  service's `KeySet` for licenses spread over the whole table, access tokens minted with
-  the service's `issue_pair`. Reads only.
+- `requests --out DIR` — request files for bench/load.lua: license tokens as the service
+  issues them (`licensing.routes.license_token`) for licenses spread over the whole table,
+  access tokens minted with the service's `issue_pair`. Reads only.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from sqlalchemy import and_, func, literal_column, select
 from app import create_app
 from app.auth import api as auth_api
 from app.auth.accounts import tokens
-from app.auth.licensing import signing
+from app.auth.licensing.routes import license_token
 from app.auth.models import License, User
 from app.kernel.db import get_database, get_session, transaction
 from app.kernel.ownership import acting_as
@@ -132,7 +132,6 @@ def cmd_requests(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     with app.app_context(), acting_as("auth"):
         session = get_session()
-        keys = signing.license_keys()
         # Licenses spread over the whole table: rowids are dense after a bulk load; a
         # random sample of them (not the first N) makes every part of the B-tree hot.
         count = session.scalar(select(func.count()).select_from(License))
@@ -161,17 +160,7 @@ def cmd_requests(args: argparse.Namespace) -> None:
                 "POST",
                 "/api/v1/licenses/validate",
                 None,
-                {
-                    "token": keys.sign(
-                        license_id=r.license_id,
-                        user_id=r.user_id,
-                        client_id=r.client_id,
-                        expires_at=r.expires_at,
-                        issued_at=now,
-                        version=r.version,
-                    ),
-                    "client_id": r.client_id,
-                },
+                {"token": license_token(r, now), "client_id": r.client_id},
             )
             for r in rows
         ]

@@ -16,7 +16,8 @@ from sqlalchemy import Identity
 from sqlalchemy.schema import CreateSchema
 
 from app.kernel import migrations
-from app.kernel.db import EngineSettings, UtcDateTime, make_engine
+from app.kernel.db import UtcDateTime
+from app.kernel.engines import EngineSettings, make_engine
 from app.kernel.ownership import registry
 from app.models import metadata
 

@@ -134,7 +134,7 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _truncate_all(url: str) -> None:
-    from app.kernel.db import EngineSettings, make_engine
+    from app.kernel.engines import EngineSettings, make_engine
 
     engine = make_engine(EngineSettings(url=url, guard_mode="off", pool_size=1, max_overflow=0))
     layout = migrations.SCHEMAS if PG_SCHEMAS else migrations.FLAT

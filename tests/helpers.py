@@ -40,7 +40,7 @@ def in_layout(table: str, url: str | None) -> str:
 
 def engine_settings(url: str, **options: object):
     """EngineSettings for a test's own engine on `url`, in this run's layout."""
-    from app.kernel.db import EngineSettings
+    from app.kernel.engines import EngineSettings
 
     return EngineSettings(url=url, schemas=layout_config(url)["DB_SCHEMAS"], **options)
 
@@ -228,7 +228,7 @@ def db_scalar(url: str, stmt) -> object:
 
 def db_rows(url: str, stmt) -> list:
     """The rows of `stmt` read from the database at `url` (as the operator)."""
-    from app.kernel.db import make_engine
+    from app.kernel.engines import make_engine
     from app.kernel.ownership import OPERATOR, acting_as
 
     engine = make_engine(engine_settings(url, pool_size=1, max_overflow=0))
@@ -274,6 +274,21 @@ def assert_problem(response, status: int, code: str | None = None) -> dict:
         assert body["code"] == code, body
     assert "Traceback" not in text and 'File "' not in text
     return body
+
+
+def limits_storage(request, memory_uri: str) -> str:
+    """The rate-limit storage of a fixture parametrised "memory" / "redis": `memory_uri`, or
+    this run's Redis emptied of the counts an earlier run left."""
+    if request.param == "memory":
+        return memory_uri
+    import redis
+
+    url = request.getfixturevalue("redis_url")
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter("*LIMITS*"):
+        client.delete(key)
+    client.close()
+    return url
 
 
 def free_port() -> int:

@@ -26,7 +26,8 @@ from app import create_app
 from app.admin import api as admin_api
 from app.admin.models import AuditLog, AuditLogArchive
 from app.kernel import migrations
-from app.kernel.db import get_session, make_engine, transaction
+from app.kernel.db import get_session, transaction
+from app.kernel.engines import make_engine
 from app.kernel.events.consumer import EventConsumer
 from app.kernel.events.relay import OutboxRelay
 from app.kernel.models import EventLease, InboxEvent, OutboxEvent

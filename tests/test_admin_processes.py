@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy import func, insert, select, text
 
 from app.admin.models import AuditLog, AuditLogArchive
-from app.kernel.db import make_engine, make_sessionmaker, transaction, utcnow
+from app.kernel.db import make_sessionmaker, transaction, utcnow
+from app.kernel.engines import make_engine
 from app.kernel.ownership import OPERATOR, acting_as, registry
 from tests.helpers import (
     FLASK,

@@ -312,16 +312,25 @@ class Call:
     missing_path: str | None = None
 
 
-def no_body(path: str) -> Callable[[World], Call]:
-    return lambda w: Call(path)
+# Each entry is called with the world and the route's rule (`/api/v1/licenses/<license_id>`).
+Build = Callable[[World, str], Call]
 
 
-def about(template: str, attr: str, **extra: Any) -> Callable[[World], Call]:
+def no_body(_w: World, rule: str) -> Call:
+    return Call(rule)
+
+
+def with_json(make: Callable[[World], Any], **headers: Callable[[World], str]) -> Build:
+    """A call with the JSON body `make(world)` (and headers made from the world)."""
+    return lambda w, rule: Call(rule, make(w), {k: v(w) for k, v in headers.items()})
+
+
+def about(attr: str, **extra: Any) -> Build:
     """A call on one of A's resources (`attr` of the world), with its missing twin."""
     prefix = {"license_id": "lic_", "order_id": "ord_", "user_id": "usr_", "webhook_id": "whk_"}
-    name = template[template.index("<") + 1 : template.index(">")]
 
-    def build(w: World) -> Call:
+    def build(w: World, template: str) -> Call:
+        name = template[template.index("<") + 1 : template.index(">")]
         value = w.a.user_id if attr == "user_id" else getattr(w, attr)
         ghost = prefix[name] + "01" + "0" * 24
         made = extra.get("make", lambda w: {})(w)
@@ -334,100 +343,73 @@ def about(template: str, attr: str, **extra: Any) -> Callable[[World], Call]:
     return build
 
 
-REQUESTS: dict[tuple[str, str], Callable[[World], Call]] = {
-    ("GET", "/openapi.json"): no_body("/openapi.json"),
-    ("GET", "/metrics"): no_body("/metrics"),
-    ("GET", "/healthz"): no_body("/healthz"),
-    ("GET", "/readyz"): no_body("/readyz"),
-    ("GET", "/.well-known/jwks.json"): no_body("/.well-known/jwks.json"),
-    ("GET", f"{API}/plans"): no_body(f"{API}/plans"),
-    ("POST", f"{API}/auth/register"): lambda w: Call(
-        f"{API}/auth/register",
-        {"email": w.fresh("new") + "@example.com", "password": PASSWORD},
+def redeliver(w: World, rule: str) -> Call:
+    return Call(rule.replace("<webhook_id>", w.webhook_id).replace("<delivery_id>", w.delivery_id))
+
+
+REQUESTS: dict[tuple[str, str], Build] = {
+    ("GET", "/openapi.json"): no_body,
+    ("GET", "/metrics"): no_body,
+    ("GET", "/healthz"): no_body,
+    ("GET", "/readyz"): no_body,
+    ("GET", "/.well-known/jwks.json"): no_body,
+    ("GET", f"{API}/plans"): no_body,
+    ("POST", f"{API}/auth/register"): with_json(
+        lambda w: {"email": w.fresh("new") + "@example.com", "password": PASSWORD}
     ),
-    ("POST", f"{API}/auth/login"): lambda w: Call(
-        f"{API}/auth/login", {"email": w.a.email, "password": PASSWORD}
+    ("POST", f"{API}/auth/login"): with_json(lambda w: {"email": w.a.email, "password": PASSWORD}),
+    ("POST", f"{API}/auth/refresh"): no_body,
+    ("POST", f"{API}/auth/logout"): no_body,
+    ("GET", f"{API}/auth/me"): no_body,
+    ("POST", f"{API}/auth/password"): with_json(
+        lambda w: {"current_password": PASSWORD, "new_password": PASSWORD}
     ),
-    ("POST", f"{API}/auth/refresh"): no_body(f"{API}/auth/refresh"),
-    ("POST", f"{API}/auth/logout"): no_body(f"{API}/auth/logout"),
-    ("GET", f"{API}/auth/me"): no_body(f"{API}/auth/me"),
-    ("POST", f"{API}/auth/password"): lambda w: Call(
-        f"{API}/auth/password", {"current_password": PASSWORD, "new_password": PASSWORD}
+    ("POST", f"{API}/licenses/activate"): with_json(lambda w: {"client_id": w.fresh("client")}),
+    ("POST", f"{API}/licenses/validate"): with_json(lambda w: {"token": w.license_token}),
+    ("POST", f"{API}/licenses/deactivate"): with_json(
+        lambda w: {"token": w.license_token, "client_id": claims_of(w.license_token)["client_id"]}
     ),
-    ("POST", f"{API}/licenses/activate"): lambda w: Call(
-        f"{API}/licenses/activate", {"client_id": w.fresh("client")}
+    ("GET", f"{API}/licenses"): no_body,
+    ("GET", f"{API}/licenses/<license_id>"): about("license_id"),
+    ("DELETE", f"{API}/licenses/<license_id>"): about("license_id"),
+    ("POST", f"{API}/orders"): with_json(
+        lambda w: {"plan": "pro", "seats": 3, "payment_token": "tok_ok"},
+        **{"Idempotency-Key": lambda w: w.fresh("key")},
     ),
-    ("POST", f"{API}/licenses/validate"): lambda w: Call(
-        f"{API}/licenses/validate", {"token": w.license_token}
-    ),
-    ("POST", f"{API}/licenses/deactivate"): lambda w: Call(
-        f"{API}/licenses/deactivate",
-        {"token": w.license_token, "client_id": claims_of(w.license_token)["client_id"]},
-    ),
-    ("GET", f"{API}/licenses"): no_body(f"{API}/licenses"),
-    ("GET", f"{API}/licenses/<license_id>"): about(f"{API}/licenses/<license_id>", "license_id"),
-    ("DELETE", f"{API}/licenses/<license_id>"): about(f"{API}/licenses/<license_id>", "license_id"),
-    ("POST", f"{API}/orders"): lambda w: Call(
-        f"{API}/orders",
-        {"plan": "pro", "seats": 3, "payment_token": "tok_ok"},
-        {"Idempotency-Key": w.fresh("key")},
-    ),
-    ("GET", f"{API}/orders"): no_body(f"{API}/orders"),
-    ("GET", f"{API}/orders/<order_id>"): about(f"{API}/orders/<order_id>", "order_id"),
-    ("POST", f"{API}/orders/<order_id>/cancel"): about(
-        f"{API}/orders/<order_id>/cancel", "order_id"
-    ),
-    ("GET", f"{API}/me/dashboard"): no_body(f"{API}/me/dashboard"),
-    ("GET", f"{API}/admin/stats/users"): no_body(f"{API}/admin/stats/users"),
-    ("GET", f"{API}/admin/stats/licenses"): no_body(f"{API}/admin/stats/licenses"),
-    ("GET", f"{API}/admin/users"): no_body(f"{API}/admin/users"),
-    ("GET", f"{API}/admin/users/<user_id>"): about(f"{API}/admin/users/<user_id>", "user_id"),
-    ("POST", f"{API}/admin/users/<user_id>/unlock"): about(
-        f"{API}/admin/users/<user_id>/unlock", "user_id"
-    ),
-    ("GET", f"{API}/admin/audit-logs"): no_body(f"{API}/admin/audit-logs"),
-    ("GET", f"{API}/admin/licenses/<license_id>"): about(
-        f"{API}/admin/licenses/<license_id>", "license_id"
-    ),
+    ("GET", f"{API}/orders"): no_body,
+    ("GET", f"{API}/orders/<order_id>"): about("order_id"),
+    ("POST", f"{API}/orders/<order_id>/cancel"): about("order_id"),
+    ("GET", f"{API}/me/dashboard"): no_body,
+    ("GET", f"{API}/admin/stats/users"): no_body,
+    ("GET", f"{API}/admin/stats/licenses"): no_body,
+    ("GET", f"{API}/admin/users"): no_body,
+    ("GET", f"{API}/admin/users/<user_id>"): about("user_id"),
+    ("POST", f"{API}/admin/users/<user_id>/unlock"): about("user_id"),
+    ("GET", f"{API}/admin/audit-logs"): no_body,
+    ("GET", f"{API}/admin/licenses/<license_id>"): about("license_id"),
     ("PATCH", f"{API}/admin/licenses/<license_id>"): about(
-        f"{API}/admin/licenses/<license_id>",
         "license_id",
         make=lambda w: {
             "json": {"status": "suspended"},
             "headers": {"If-Match": f'"{w.license_version}"'},
         },
     ),
-    ("POST", f"{API}/admin/licenses/batch-status"): lambda w: Call(
-        f"{API}/admin/licenses/batch-status",
-        {"updates": [{"license_id": w.license_id, "status": "suspended"}]},
+    ("POST", f"{API}/admin/licenses/batch-status"): with_json(
+        lambda w: {"updates": [{"license_id": w.license_id, "status": "suspended"}]}
     ),
-    ("POST", f"{API}/admin/webhooks"): lambda w: Call(
-        f"{API}/admin/webhooks", {"url": "http://127.0.0.1:9/new", "events": ["order.paid"]}
+    ("POST", f"{API}/admin/webhooks"): with_json(
+        lambda w: {"url": "http://127.0.0.1:9/new", "events": ["order.paid"]}
     ),
-    ("GET", f"{API}/admin/webhooks"): no_body(f"{API}/admin/webhooks"),
-    ("GET", f"{API}/admin/webhooks/<webhook_id>"): about(
-        f"{API}/admin/webhooks/<webhook_id>", "webhook_id"
-    ),
+    ("GET", f"{API}/admin/webhooks"): no_body,
+    ("GET", f"{API}/admin/webhooks/<webhook_id>"): about("webhook_id"),
     ("PATCH", f"{API}/admin/webhooks/<webhook_id>"): about(
-        f"{API}/admin/webhooks/<webhook_id>",
-        "webhook_id",
-        make=lambda w: {"json": {"enabled": False}},
+        "webhook_id", make=lambda w: {"json": {"enabled": False}}
     ),
-    ("DELETE", f"{API}/admin/webhooks/<webhook_id>"): about(
-        f"{API}/admin/webhooks/<webhook_id>", "webhook_id"
-    ),
-    ("POST", f"{API}/admin/webhooks/<webhook_id>/rotate-secret"): about(
-        f"{API}/admin/webhooks/<webhook_id>/rotate-secret", "webhook_id"
-    ),
-    ("GET", f"{API}/admin/webhooks/<webhook_id>/deliveries"): about(
-        f"{API}/admin/webhooks/<webhook_id>/deliveries", "webhook_id"
-    ),
-    ("POST", f"{API}/admin/webhooks/<webhook_id>/deliveries/<delivery_id>/redeliver"): (
-        lambda w: Call(f"{API}/admin/webhooks/{w.webhook_id}/deliveries/{w.delivery_id}/redeliver")
-    ),
-    ("POST", f"{API}/admin/webhooks/<webhook_id>/test"): about(
-        f"{API}/admin/webhooks/<webhook_id>/test", "webhook_id"
-    ),
+    ("DELETE", f"{API}/admin/webhooks/<webhook_id>"): about("webhook_id"),
+    ("POST", f"{API}/admin/webhooks/<webhook_id>/rotate-secret"): about("webhook_id"),
+    ("GET", f"{API}/admin/webhooks/<webhook_id>/deliveries"): about("webhook_id"),
+    ("POST", f"{API}/admin/webhooks/<webhook_id>/deliveries/<delivery_id>/redeliver"): redeliver,
+    ("POST", f"{API}/admin/webhooks/<webhook_id>/test"): about("webhook_id"),
 }
 
 
@@ -444,9 +426,9 @@ def token_for(world: World, route: tuple[str, str], principal: str) -> str | Non
 
 def check_cell(client, world: World, route: tuple[str, str], principal: str) -> str | None:
     """None when the cell holds, else what went wrong."""
-    method, _rule = route
+    method, rule = route
     expected = EXPECTED[route][principal]
-    call = REQUESTS[route](world)
+    call = REQUESTS[route](world, rule)
     headers = {**call.headers, **bearer(token_for(world, route, principal))}
     response = client.open(call.path, method=method, json=call.json, headers=headers)
     text = response.get_data(as_text=True)

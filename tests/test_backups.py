@@ -201,7 +201,8 @@ def test_backup_script_uses_the_apps_folder_by_default(database_url, tmp_path):
 def _writer(url: str, ack_file: str, stop_file: str, worker: int) -> None:
     """Commit events one by one; after each commit, write its id to the ack file."""
     from app.kernel import events
-    from app.kernel.db import make_engine, make_sessionmaker, transaction
+    from app.kernel.db import make_sessionmaker, transaction
+    from app.kernel.engines import make_engine
     from tests.helpers import engine_settings
 
     engine = make_engine(engine_settings(url, pool_size=1, max_overflow=0))

@@ -13,14 +13,14 @@ from app.auth.models import User
 from app.kernel import events
 from app.kernel.db import (
     TransactionMisuse,
+    add_unique,
     get_database,
     get_session,
-    make_engine,
     make_sessionmaker,
-    sqlite_has_wal_reset_bug,
     transaction,
     utcnow,
 )
+from app.kernel.engines import make_engine, sqlite_has_wal_reset_bug
 from app.kernel.ids import new_id
 from app.kernel.models import OutboxEvent
 from app.kernel.ownership import KERNEL, OPERATOR, acting_as
@@ -29,6 +29,12 @@ from tests.helpers import engine_settings
 
 def _sqlite_path(url: str) -> str:
     return url.removeprefix("sqlite:///")
+
+
+def _outbox_events(session) -> int:
+    """How many events the outbox holds."""
+    with acting_as(KERNEL):
+        return session.scalar(select(func.count()).select_from(OutboxEvent))
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -68,8 +74,7 @@ def test_transaction_commits_as_a_whole(app):
         with acting_as(KERNEL), transaction(session):
             events.publish(session, "a", {})
             events.publish(session, "b", {})
-        with acting_as(KERNEL):
-            assert session.scalar(select(func.count()).select_from(OutboxEvent)) == 2
+        assert _outbox_events(session) == 2
 
 
 def test_transaction_rolls_back_as_a_whole(app):
@@ -78,8 +83,7 @@ def test_transaction_rolls_back_as_a_whole(app):
         with pytest.raises(ZeroDivisionError), acting_as(KERNEL), transaction(session):
             events.publish(session, "a", {})
             _ = 1 / 0
-        with acting_as(KERNEL):
-            assert session.scalar(select(func.count()).select_from(OutboxEvent)) == 0
+        assert _outbox_events(session) == 0
 
 
 def test_nested_transaction_is_part_of_the_outer_one(app):
@@ -89,8 +93,7 @@ def test_nested_transaction_is_part_of_the_outer_one(app):
             with transaction(session):
                 events.publish(session, "inner", {})
             raise KeyError("outer fails after the inner block ended")
-        with acting_as(KERNEL):
-            assert session.scalar(select(func.count()).select_from(OutboxEvent)) == 0
+        assert _outbox_events(session) == 0
 
 
 def test_a_failed_nested_block_that_is_caught_leaves_nothing(app):
@@ -114,8 +117,7 @@ def test_commit_inside_a_transaction_block_is_refused(app):
             with acting_as(KERNEL), transaction(session):
                 events.publish(session, "a", {})
                 session.commit()
-        with acting_as(KERNEL):
-            assert session.scalar(select(func.count()).select_from(OutboxEvent)) == 0
+        assert _outbox_events(session) == 0
 
 
 def test_core_writes_outside_a_transaction_are_refused(app):
@@ -139,6 +141,23 @@ def test_orm_writes_outside_a_transaction_are_refused(app):
             with pytest.raises(TransactionMisuse, match="outside `with transaction"):
                 session.flush()
             session.rollback()
+
+
+def test_add_unique_answers_a_unique_clash_with_the_given_error(app):
+    class Taken(Exception):
+        pass
+
+    def user() -> User:
+        return User(user_id=new_id("usr"), email="a@x.io", password_hash="h")
+
+    with app.app_context():
+        session = get_session()
+        with acting_as("auth"), transaction(session):
+            add_unique(session, user(), Taken)
+        with pytest.raises(Taken), acting_as("auth"), transaction(session):
+            add_unique(session, user(), Taken)  # the same email: unique
+        with acting_as("auth"):
+            assert session.scalar(select(func.count()).select_from(User)) == 1
 
 
 def test_timestamps_are_aware_utc_on_every_backend(app):

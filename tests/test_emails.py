@@ -16,8 +16,9 @@ from sqlalchemy import select, text
 from app import create_app
 from app.auth.models import User
 from app.kernel import migrations
-from app.kernel.db import EngineSettings, get_session, make_engine
+from app.kernel.db import get_session
 from app.kernel.emails import normalise_email
+from app.kernel.engines import EngineSettings, make_engine
 from app.kernel.ownership import OPERATOR, acting_as
 from tests.helpers import API, PASSWORD, assert_problem, audit, auth_headers, login, register
 

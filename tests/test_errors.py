@@ -40,10 +40,18 @@ def app(app_config):
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
 
-def test_unknown_route_is_a_404_problem(client):
-    body = assert_problem(client.get("/nope"), 404, "not_found")
-    assert body["type"] == "/problems/not_found"
-    assert body["title"] == "Not Found"
+@pytest.mark.parametrize(
+    ("path", "status", "code", "fields"),
+    [
+        ("/nope", 404, "not_found", {"type": "/problems/not_found", "title": "Not Found"}),
+        # a domain error carries its code and its extras
+        ("/_test/conflict", 409, "widget_exists", {"detail": "Already there.", "widget": "w1"}),
+    ],
+    ids=["unknown route", "domain error"],
+)
+def test_errors_are_problems_with_their_fields(client, path, status, code, fields):
+    body = assert_problem(client.get(path), status, code)
+    assert {name: body.get(name) for name in fields} == fields
 
 
 def test_wrong_method_is_a_405_problem_with_allow(client):
@@ -99,12 +107,6 @@ def test_unexpected_errors_are_500_without_details(client, caplog):
     assert "RuntimeError" not in response.get_data(as_text=True)
     assert body["detail"] == "An unexpected error occurred."
     assert "secret internal detail" in caplog.text  # logged for operators
-
-
-def test_domain_errors_carry_code_and_extras(client):
-    body = assert_problem(client.get("/_test/conflict"), 409, "widget_exists")
-    assert body["detail"] == "Already there."
-    assert body["widget"] == "w1"
 
 
 def test_errors_carry_security_headers(client):

@@ -4,9 +4,8 @@ in the transaction of the change they report (docs/events.md)."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError
 from datetime import UTC, datetime
-from typing import ClassVar
 
 import pytest
 from sqlalchemy import select
@@ -21,12 +20,7 @@ from app.orders.api import OrderPaid, OrderRefunded
 PASSWORD = "correct horse battery"
 
 
-@dataclass(frozen=True, kw_only=True)
-class Probed(IntegrationEvent):
-    TYPE: ClassVar[str] = "test.probed"
-    AGGREGATE: ClassVar[str] = "probe"
-    AGGREGATE_ID: ClassVar[str] = "probe_id"
-
+class Probed(IntegrationEvent, type="test.probed", aggregate="probe"):
     probe_id: str
     at: datetime
     count: int = 0
@@ -79,17 +73,16 @@ def test_a_typed_event_is_its_payload_and_back():
     with pytest.raises(EnvelopeError, match="probe_id"):
         Probed.from_payload({"at": "2026-12-01T00:00:00Z"})
     assert probe.aggregate(7) == Aggregate("probe", "p1", 7)
+    with pytest.raises(FrozenInstanceError):  # declaring it made it a frozen dataclass
+        probe.count = 3  # type: ignore[misc]
     assert events.event_class_of("test.probed") is Probed
 
 
 def test_one_type_and_version_has_one_class():
     with pytest.raises(ValueError, match="declared twice"):
 
-        @dataclass(frozen=True, kw_only=True)
-        class Other(IntegrationEvent):
-            TYPE: ClassVar[str] = "test.probed"
-            AGGREGATE: ClassVar[str] = "probe"
-            AGGREGATE_ID: ClassVar[str] = "probe_id"
+        class Other(IntegrationEvent, type="test.probed"):
+            probe_id: str
 
 
 def _envelopes(app) -> list[Envelope]:

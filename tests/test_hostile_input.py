@@ -15,7 +15,7 @@ import contextlib
 import json
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from select import select as wait_readable
 from typing import Any
@@ -139,12 +139,16 @@ def report_totals():
         soak_report("hostile", TOTALS["tried"], TOTALS["held"])
 
 
-@pytest.fixture
-def tally():
-    t = Tally()
+def counted(t: Tally) -> Iterator[Tally]:
+    """A fixture's tally, added to the session's totals when the test ends."""
     yield t
     TOTALS["tried"] += t.tried
     TOTALS["held"] += t.held
+
+
+@pytest.fixture
+def tally():
+    yield from counted(Tally())
 
 
 # --- a world to attack ---------------------------------------------------------------
@@ -676,18 +680,23 @@ def nothing_stored(app, tally, before: dict[str, int]) -> None:
     tally.assert_held()
 
 
-def test_a_two_megabyte_body_is_413_everywhere(app, client, world, tally):
+def refused_everywhere(app, client, world, tally, variants, status: int, code: str) -> None:
+    """Every body operation, sent each (name, data) of `variants(body)` instead of its valid
+    body, answers `status` with problem `code`, and nothing is stored."""
     before = business_counts(app)
     for label, method, url, body, headers in body_requests(world):
-        field_name = next(iter(body))
-        big = json.dumps({**body, field_name: "x" * (2 * 1024 * 1024)}).encode()
-        tally.check(
-            f"{label} 2 MB",
-            send_json(client, method, url, big, headers),
-            [413],
-            code="payload_too_large",
-        )
+        for name, data in variants(body):
+            response = send_json(client, method, url, data, headers)
+            tally.check(f"{label} {name}", response, [status], code=code)
     nothing_stored(app, tally, before)
+
+
+def test_a_two_megabyte_body_is_413_everywhere(app, client, world, tally):
+    def two_megabytes(body: dict) -> Iterator[tuple[str, bytes]]:
+        field_name = next(iter(body))
+        yield "2 MB", json.dumps({**body, field_name: "x" * (2 * 1024 * 1024)}).encode()
+
+    refused_everywhere(app, client, world, tally, two_megabytes, 413, "payload_too_large")
 
 
 INVALID_UTF8 = [
@@ -700,20 +709,15 @@ INVALID_UTF8 = [
 
 
 def test_invalid_utf8_is_400_everywhere(app, client, world, tally):
-    before = business_counts(app)
-    for label, method, url, body, headers in body_requests(world):
+    def with_invalid_utf8(body: dict) -> Iterator[tuple[str, bytes]]:
         text = json.dumps(body).encode()
         for bad in INVALID_UTF8:
             # inside the first string value, where a lenient decoder would keep it
             data = text.replace(b'": "', b'": "' + bad, 1)
-            assert bad in data, label
-            tally.check(
-                f"{label} {bad!r}",
-                send_json(client, method, url, data, headers),
-                [400],
-                code="malformed_json",
-            )
-    nothing_stored(app, tally, before)
+            assert bad in data, body
+            yield repr(bad), data
+
+    refused_everywhere(app, client, world, tally, with_invalid_utf8, 400, "malformed_json")
 
 
 def fields_of(body: dict[str, Any]) -> list[tuple[tuple, Any]]:
@@ -928,10 +932,7 @@ class RawTally(Tally):
 
 @pytest.fixture
 def raw_tally():
-    t = RawTally()
-    yield t
-    TOTALS["tried"] += t.tried
-    TOTALS["held"] += t.held
+    yield from counted(RawTally())
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 
 from app import create_app
 from app.http.limits import limiter
-from tests.helpers import assert_problem, bearer
+from tests.helpers import assert_problem, bearer, limits_storage
 
 API = "/api/v1"
 PASSWORD = "correct horse battery"
@@ -17,16 +17,7 @@ PASSWORD = "correct horse battery"
 
 @pytest.fixture(params=["memory", "redis"])
 def storage(request) -> str:
-    if request.param == "memory":
-        return "lazymemory://"
-    import redis
-
-    url = request.getfixturevalue("redis_url")
-    client = redis.Redis.from_url(url)
-    for key in client.scan_iter("*LIMITS*"):  # no counts left by an earlier run
-        client.delete(key)
-    client.close()
-    return url
+    return limits_storage(request, "lazymemory://")
 
 
 @pytest.fixture

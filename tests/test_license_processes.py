@@ -10,7 +10,8 @@ from sqlalchemy import func, select, update
 from app.admin.models import AuditLog
 from app.auth import api as auth_api
 from app.auth.models import License
-from app.kernel.db import make_engine, make_sessionmaker, transaction
+from app.kernel.db import make_sessionmaker, transaction
+from app.kernel.engines import make_engine
 from app.kernel.ownership import OPERATOR, acting_as
 from tests.helpers import (
     db_scalar,

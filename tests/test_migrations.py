@@ -10,7 +10,7 @@ from sqlalchemy import inspect, text
 
 from app import create_app
 from app.kernel import migrations
-from app.kernel.db import EngineSettings, make_engine
+from app.kernel.engines import EngineSettings, make_engine
 from app.models import metadata
 from tests.helpers import PG_SCHEMAS, in_layout, layout_config
 

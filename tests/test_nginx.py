@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import select
 
 from app.admin.models import AuditLog
-from app.kernel.db import make_engine, make_sessionmaker
+from app.kernel.db import make_sessionmaker
+from app.kernel.engines import make_engine
 from app.kernel.ownership import OPERATOR, acting_as
 from tests.helpers import ROOT, engine_settings, gunicorn_server, nginx_call, nginx_in_front_of
 

@@ -15,7 +15,8 @@ from sqlalchemy import func, select, update
 
 from app.admin.models import AuditLog
 from app.auth.models import Subscription
-from app.kernel.db import make_engine, make_sessionmaker, transaction, utcnow
+from app.kernel.db import make_sessionmaker, transaction, utcnow
+from app.kernel.engines import make_engine
 from app.kernel.ownership import OPERATOR, acting_as
 from app.orders.models import Order
 from tests.helpers import (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,13 @@ def _count(session, model) -> int:
         return session.scalar(select(func.count()).select_from(model))
 
 
+@contextlib.contextmanager
+def _refused(module: str, match: str | None = None) -> Iterator[None]:
+    """Acting as `module`, the block is refused: OwnershipViolation (matching `match`)."""
+    with acting_as(module), pytest.raises(OwnershipViolation, match=match):
+        yield
+
+
 def test_every_table_has_exactly_one_owner():
     assert registry.check(t.name for t in metadata.sorted_tables) == []
     owners = {t.name: registry.owner_of(t.name) for t in metadata.sorted_tables}
@@ -61,25 +70,20 @@ def test_registry_refuses_a_second_owner_and_unknown_reads():
 def test_admin_code_may_not_write_users(app):
     with app.app_context():
         session = get_session()
-        with (
-            acting_as("admin"),
-            pytest.raises(OwnershipViolation, match="'admin' may not write table 'users'"),
-        ):
-            with transaction(session):
-                session.execute(
-                    insert(User).values(
-                        user_id=new_id("usr"),
-                        email="x@example.com",
-                        password_hash="x",
-                        plan="free",
-                        role="user",
-                        created_at=utcnow(),
-                        updated_at=utcnow(),
-                    )
+        with _refused("admin", "'admin' may not write table 'users'"), transaction(session):
+            session.execute(
+                insert(User).values(
+                    user_id=new_id("usr"),
+                    email="x@example.com",
+                    password_hash="x",
+                    plan="free",
+                    role="user",
+                    created_at=utcnow(),
+                    updated_at=utcnow(),
                 )
-        with acting_as("admin"), pytest.raises(OwnershipViolation):
-            with transaction(session):
-                session.execute(update(User).values(plan="pro"))
+            )
+        with _refused("admin"), transaction(session):
+            session.execute(update(User).values(plan="pro"))
         assert _count(session, User) == 0
 
 
@@ -93,14 +97,11 @@ def test_admin_code_may_read_users(app):
 def test_orders_code_may_not_read_audit_logs(app):
     with app.app_context():
         session = get_session()
-        with (
-            acting_as("orders"),
-            pytest.raises(OwnershipViolation, match="'orders' may not read table 'audit_logs'"),
-        ):
+        with _refused("orders", "'orders' may not read table 'audit_logs'"):
             session.execute(select(AuditLog)).all()
         # Also when the table hides in a subquery.
         inner = select(AuditLog.user_id).scalar_subquery()
-        with acting_as("orders"), pytest.raises(OwnershipViolation, match="audit_logs"):
+        with _refused("orders", "audit_logs"):
             session.execute(select(User.user_id).where(User.user_id.in_(inner))).all()
 
 
@@ -132,21 +133,19 @@ def test_code_outside_any_module_may_not_touch_module_tables(app):
 def test_raw_sql_and_ddl_inside_a_module_are_refused(app, statement):
     with app.app_context():
         session = get_session()
-        with acting_as("orders"), pytest.raises(OwnershipViolation, match="raw SQL"):
-            with transaction(session):
-                session.execute(statement())
+        with _refused("orders", "raw SQL"), transaction(session):
+            session.execute(statement())
         assert _count(session, User) == 0  # and the table is still there
 
 
 def test_the_plumbing_option_does_not_unlock_arbitrary_sql(app):
     with app.app_context():
         session = get_session()
-        with acting_as("admin"), pytest.raises(OwnershipViolation, match="raw SQL"):
-            with transaction(session):
-                session.execute(
-                    text("UPDATE users SET role = 'admin'"),
-                    execution_options={"ownership_plumbing": True},
-                )
+        with _refused("admin", "raw SQL"), transaction(session):
+            session.execute(
+                text("UPDATE users SET role = 'admin'"),
+                execution_options={"ownership_plumbing": True},
+            )
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)  # writable CTEs: PG syntax
@@ -154,12 +153,8 @@ def test_a_write_hidden_in_a_cte_is_seen(app):
     with app.app_context():
         session = get_session()
         hidden = update(User).values(role="admin").returning(User.user_id).cte("w")
-        with (
-            acting_as("admin"),
-            pytest.raises(OwnershipViolation, match="may not write table 'users'"),
-        ):
-            with transaction(session):
-                session.execute(select(hidden.c.user_id)).all()
+        with _refused("admin", "may not write table 'users'"), transaction(session):
+            session.execute(select(hidden.c.user_id)).all()
 
 
 def test_insert_from_a_granted_read_is_allowed(app):

@@ -17,7 +17,7 @@ import pytest
 
 from app import create_app
 from app.http.limits import limiter, rate_limit_key
-from tests.helpers import assert_problem
+from tests.helpers import assert_problem, limits_storage
 
 API = "/api/v1"
 PASSWORD = "correct horse battery"
@@ -30,16 +30,7 @@ def backend():
 
 @pytest.fixture(params=["memory", "redis"])
 def storage(request) -> str:
-    if request.param == "memory":
-        return "memory://"
-    import redis
-
-    url = request.getfixturevalue("redis_url")
-    client = redis.Redis.from_url(url)
-    for key in client.scan_iter("LIMITS:*"):  # no counts left by an earlier run
-        client.delete(key)
-    client.close()
-    return url
+    return limits_storage(request, "memory://")
 
 
 @pytest.fixture

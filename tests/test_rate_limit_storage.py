@@ -67,3 +67,52 @@ def test_the_app_uses_it_without_redis(app_config):
     application.test_client().post("/api/v1/licenses/validate", json={"token": "x"})
     assert isinstance(limiter.storage, CounterStorage)
     application.extensions["db"].dispose()
+
+
+# Three validations of one token a minute (the per-address limit out of the way).
+THREE_VALIDATIONS = {
+    "RATELIMIT_ENABLED": True,
+    "RATELIMIT_VALIDATE_PER_TOKEN": "3/minute",
+    "RATELIMIT_VALIDATE_PER_IP": "1000/minute",
+}
+
+
+def test_redis_headers_are_those_of_the_counter_and_429_follows(app_config, redis_url):
+    """With limits in Redis, each answer's rate-limit headers are what Redis holds for the
+    limit just after the hit (count and TTL come back with the hit itself: one round trip
+    per limit, bench/README.md), and the limit still refuses once spent."""
+    import time
+
+    import redis
+
+    from app import create_app
+    from app.http.limits import limiter
+    from app.http.redis_limits import CountedRedisStorage
+
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter("*LIMITS*"):  # no counts left by an earlier run
+        client.delete(key)
+    app = create_app({**app_config, **THREE_VALIDATIONS, "RATELIMIT_STORAGE_URI": redis_url})
+    http = app.test_client()
+    body = {"token": "not-a-token", "client_id": "laptop"}
+    try:
+        answers = []
+        for _ in range(4):
+            answers.append(http.post("/api/v1/licenses/validate", json=body))
+            (key,) = [k for k in client.scan_iter("*LIMITS*") if b"tok:" in k]
+            held, ttl = int(client.get(key)), client.ttl(key)
+            answer = answers[-1]
+            assert answer.headers["X-RateLimit-Limit"] == "3"
+            assert int(answer.headers["X-RateLimit-Remaining"]) == max(0, 3 - held)
+            assert 0 < ttl <= 60
+            assert abs(int(answer.headers["X-RateLimit-Reset"]) - (time.time() + ttl)) <= 2
+        assert isinstance(limiter.storage, CountedRedisStorage)
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["2", "1", "0", "0"]
+        assert 0 < int(answers[3].headers["Retry-After"]) <= 61
+        assert "Retry-After" not in answers[0].headers
+        with app.app_context():  # outside a request the counter is read from Redis
+            assert limiter.storage.get(key.decode().removeprefix("LIMITS:")) == 4
+    finally:
+        client.close()
+        app.extensions["db"].dispose()

@@ -145,7 +145,7 @@ def test_phase3_backups_cover_admins_database(app_config, sqlite_template, tmp_p
 
     from app import create_app
     from app.admin.models import AuditLog
-    from app.kernel.db import EngineSettings, make_engine
+    from app.kernel.engines import EngineSettings, make_engine
     from app.kernel.models import InboxEvent, OutboxEvent
     from app.kernel.ownership import OPERATOR, acting_as
 

@@ -120,7 +120,7 @@ def test_development_starts_and_says_each_thing_once(tmp_path, signing_key_file)
     assert text.count("Booting worker") == 3
     import sqlite3
 
-    from app.kernel.db import sqlite_has_wal_reset_bug
+    from app.kernel.engines import sqlite_has_wal_reset_bug
 
     expected = 1 if sqlite_has_wal_reset_bug(sqlite3.sqlite_version) else 0
     assert text.count("WAL-reset bug") == expected, text  # once, not once per worker
@@ -129,7 +129,7 @@ def test_development_starts_and_says_each_thing_once(tmp_path, signing_key_file)
 def test_the_cli_says_the_sqlite_warning_only_when_it_writes(tmp_path):
     import sqlite3
 
-    from app.kernel.db import sqlite_has_wal_reset_bug
+    from app.kernel.engines import sqlite_has_wal_reset_bug
 
     env = project_env(APP_ENV="testing", DATABASE_URL=f"sqlite:///{tmp_path}/app.db")
     expected = 1 if sqlite_has_wal_reset_bug(sqlite3.sqlite_version) else 0

@@ -8,8 +8,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.admin import MODULE, service
+from app.admin.events import AuditRecorded
 from app.kernel import events
-from app.kernel.db import has_own_database
+from app.kernel.db import has_own_database, utcnow
+from app.kernel.ids import new_id
 from app.kernel.ownership import module_api
 
 # The event an audit entry travels as when admin has its own database (phase 3).
@@ -33,14 +35,20 @@ def record_audit(
     (phase 3) the entry is an `audit.recorded` event in the caller's outbox instead, which
     admin's consumer applies exactly once (same log id).
     """
-    entry = service.new_audit_entry(
-        action, user_id=user_id, actor_id=actor_id, details=details, ip_address=ip_address
+    event = AuditRecorded(
+        log_id=new_id("log"),
+        action=action,
+        user_id=user_id,
+        actor_id=actor_id,
+        details=details,
+        ip_address=ip_address,
+        timestamp=utcnow(),
     )
     if has_own_database(session, MODULE):
-        events.publish(session, service.audit_event(entry))
+        events.publish(session, event)
     else:
-        session.add(entry)
-    return entry.log_id
+        session.add(service.audit_entry(event))
+    return event.log_id
 
 
 @module_api(MODULE)

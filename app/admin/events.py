@@ -3,20 +3,14 @@ the caller's outbox to admin's own database, where admin's consumer writes it.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any
 
 from app.kernel.events import Aggregate, IntegrationEvent
 
 
-@dataclass(frozen=True, kw_only=True)
-class AuditRecorded(IntegrationEvent):
+class AuditRecorded(IntegrationEvent, type="audit.recorded", aggregate="user"):
     """An audit entry, with its pre-made `log_id` (so applying it twice is one entry)."""
-
-    TYPE: ClassVar[str] = "audit.recorded"
-    AGGREGATE: ClassVar[str] = "user"
-    AGGREGATE_ID: ClassVar[str] = "user_id"
 
     log_id: str
     action: str

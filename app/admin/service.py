@@ -20,46 +20,22 @@ from app.admin.readmodels import licenses, users
 from app.kernel.db import UtcDateTime, utcnow
 from app.kernel.emails import normalise_email
 from app.kernel.events import Envelope
-from app.kernel.ids import new_id
 from app.kernel.pagination import newest_first, page_of
 
 AUDIT_RECORDED = AuditRecorded.TYPE
 AUDIT_FIELDS = ("log_id", "user_id", "actor_id", "action", "details", "ip_address")
 
 
-def new_audit_entry(
-    action: str,
-    *,
-    user_id: str | None = None,
-    actor_id: str | None = None,
-    details: dict[str, Any] | None = None,
-    ip_address: str | None = None,
-) -> AuditLog:
-    """A new audit entry, stamped now, not yet in any session."""
+def audit_entry(event: AuditRecorded) -> AuditLog:
+    """The entry an `audit.recorded` event carries, as a row (not yet in any session)."""
     return AuditLog(
-        log_id=new_id("log"),
-        action=action,
-        user_id=user_id,
-        actor_id=actor_id,
-        details=details,
-        ip_address=ip_address,
-        timestamp=utcnow(),
-    )
-
-
-def audit_event(entry: AuditLog) -> AuditRecorded:
-    """The entry as an `audit.recorded` event (phase 3: it travels to admin's database)."""
-    return AuditRecorded(
-        **{name: getattr(entry, name) for name in AUDIT_FIELDS}, timestamp=entry.timestamp
+        **{name: getattr(event, name) for name in AUDIT_FIELDS}, timestamp=event.timestamp
     )
 
 
 def apply_audit_event(session: Session, envelope: Envelope) -> None:
     """Write the entry an `audit.recorded` event carries (admin's consumer, phase 3)."""
-    event = AuditRecorded.from_payload(envelope.payload)
-    session.add(
-        AuditLog(**{name: getattr(event, name) for name in AUDIT_FIELDS}, timestamp=event.timestamp)
-    )
+    session.add(audit_entry(AuditRecorded.from_payload(envelope.payload)))
 
 
 # --- statistics ----------------------------------------------------------------------

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -66,14 +66,16 @@ class UserSummary:
     created_at: datetime
 
 
+_Summary = TypeVar("_Summary")
+
+
+def _copy(summary: type[_Summary], row: object) -> _Summary:
+    """The summary of a row: each of the summary's fields read off the row by its name."""
+    return summary(**{field.name: getattr(row, field.name) for field in fields(summary)})
+
+
 def _summary(user: object) -> UserSummary:
-    return UserSummary(
-        user.user_id,
-        user.email,
-        user.plan,
-        user.role,
-        user.created_at,  # type: ignore[attr-defined]
-    )
+    return _copy(UserSummary, user)
 
 
 def check_password_policy(password: str) -> str | None:
@@ -179,29 +181,11 @@ class LicenseSummary:
 
 
 def _subscription(sub: object | None) -> SubscriptionSummary | None:
-    if sub is None:
-        return None
-    return SubscriptionSummary(
-        sub.subscription_id,
-        sub.user_id,
-        sub.plan,
-        sub.status,  # type: ignore[attr-defined]
-        sub.seats,
-        sub.started_at,
-        sub.renews_at,  # type: ignore[attr-defined]
-    )
+    return None if sub is None else _copy(SubscriptionSummary, sub)
 
 
 def _license(lic: object) -> LicenseSummary:
-    return LicenseSummary(
-        lic.license_id,
-        lic.user_id,
-        lic.client_id,
-        lic.status,  # type: ignore[attr-defined]
-        lic.created_at,
-        lic.expires_at,
-        lic.version,  # type: ignore[attr-defined]
-    )
+    return _copy(LicenseSummary, lic)
 
 
 @module_api(MODULE)

@@ -6,20 +6,13 @@ events carry the row's version after the change as the aggregate version.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from typing import ClassVar
 
 from app.kernel.events import IntegrationEvent
 
 
-@dataclass(frozen=True, kw_only=True)
-class UserRegistered(IntegrationEvent):
+class UserRegistered(IntegrationEvent, type="user.registered"):
     """An account was created (by sign-up, or an admin by the CLI: `role`)."""
-
-    TYPE: ClassVar[str] = "user.registered"
-    AGGREGATE: ClassVar[str] = "user"
-    AGGREGATE_ID: ClassVar[str] = "user_id"
 
     user_id: str
     email: str
@@ -27,13 +20,8 @@ class UserRegistered(IntegrationEvent):
     role: str
 
 
-@dataclass(frozen=True, kw_only=True)
-class LicenseCreated(IntegrationEvent):
+class LicenseCreated(IntegrationEvent, type="license.created"):
     """A license was issued to a client (activation)."""
-
-    TYPE: ClassVar[str] = "license.created"
-    AGGREGATE: ClassVar[str] = "license"
-    AGGREGATE_ID: ClassVar[str] = "license_id"
 
     license_id: str
     user_id: str
@@ -42,15 +30,10 @@ class LicenseCreated(IntegrationEvent):
     expires_at: datetime
 
 
-@dataclass(frozen=True, kw_only=True)
-class LicenseStatusChanged(IntegrationEvent):
+class LicenseStatusChanged(IntegrationEvent, type="license.status_changed"):
     """A license moved between active, suspended and revoked: by an admin, by a change of
     seats (`reason`), or because an expired one was replaced. `actor_id` is who did it
     (None: the service itself)."""
-
-    TYPE: ClassVar[str] = "license.status_changed"
-    AGGREGATE: ClassVar[str] = "license"
-    AGGREGATE_ID: ClassVar[str] = "license_id"
 
     license_id: str
     user_id: str
@@ -60,13 +43,8 @@ class LicenseStatusChanged(IntegrationEvent):
     actor_id: str | None
 
 
-@dataclass(frozen=True, kw_only=True)
-class LicenseDeactivated(IntegrationEvent):
+class LicenseDeactivated(IntegrationEvent, type="license.deactivated"):
     """The owner gave a license up (from the API or the app): revoked, seat freed."""
-
-    TYPE: ClassVar[str] = "license.deactivated"
-    AGGREGATE: ClassVar[str] = "license"
-    AGGREGATE_ID: ClassVar[str] = "license_id"
 
     license_id: str
     user_id: str
@@ -75,11 +53,7 @@ class LicenseDeactivated(IntegrationEvent):
     actor_id: str | None
 
 
-@dataclass(frozen=True, kw_only=True)
 class _SubscriptionEvent(IntegrationEvent):
-    AGGREGATE: ClassVar[str] = "subscription"
-    AGGREGATE_ID: ClassVar[str] = "subscription_id"
-
     subscription_id: str
     user_id: str
     plan: str
@@ -88,37 +62,22 @@ class _SubscriptionEvent(IntegrationEvent):
     renews_at: datetime
 
 
-@dataclass(frozen=True, kw_only=True)
-class SubscriptionGranted(_SubscriptionEvent):
+class SubscriptionGranted(_SubscriptionEvent, type="subscription.granted"):
     """A subscription was granted, or changed to another plan or seat count (a purchase)."""
 
-    TYPE: ClassVar[str] = "subscription.granted"
 
-
-@dataclass(frozen=True, kw_only=True)
-class SubscriptionRenewed(_SubscriptionEvent):
+class SubscriptionRenewed(_SubscriptionEvent, type="subscription.renewed"):
     """A subscription was extended by one period (`renews_at` is the new date)."""
 
-    TYPE: ClassVar[str] = "subscription.renewed"
 
-
-@dataclass(frozen=True, kw_only=True)
-class SubscriptionPastDue(_SubscriptionEvent):
+class SubscriptionPastDue(_SubscriptionEvent, type="subscription.past_due"):
     """A renewal charge failed: the subscription is past due; its seats remain for now."""
 
-    TYPE: ClassVar[str] = "subscription.past_due"
 
-
-@dataclass(frozen=True, kw_only=True)
-class SubscriptionLapsed(_SubscriptionEvent):
+class SubscriptionLapsed(_SubscriptionEvent, type="subscription.lapsed"):
     """Past due beyond the grace period: the subscription ended, the user is on the free
     plan, licenses above its seats are suspended (each a license.status_changed)."""
 
-    TYPE: ClassVar[str] = "subscription.lapsed"
 
-
-@dataclass(frozen=True, kw_only=True)
-class SubscriptionCancelled(_SubscriptionEvent):
+class SubscriptionCancelled(_SubscriptionEvent, type="subscription.cancelled"):
     """The subscription was ended by a refunded order: back to the free plan."""
-
-    TYPE: ClassVar[str] = "subscription.cancelled"

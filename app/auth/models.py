@@ -12,6 +12,13 @@ from app.kernel.db import Base, UtcDateTime, utcnow
 from app.kernel.ids import id_factory
 
 
+def _unique_where(name: str, column: str, condition: str) -> Index:
+    """A partial unique index: `column` is unique among the rows meeting `condition` (the
+    same condition on SQLite and PostgreSQL)."""
+    where = text(condition)
+    return Index(name, column, unique=True, sqlite_where=where, postgresql_where=where)
+
+
 class User(Base):
     """An account. Emails are stored normalised (app.kernel.emails) and are unique.
 
@@ -101,12 +108,8 @@ class Subscription(Base):
     __table_args__ = (
         Index("ix_subscriptions_user_id_status", "user_id", "status"),
         Index("ix_subscriptions_renews_at", "renews_at"),
-        Index(
-            "uq_subscriptions_user_id_live",
-            "user_id",
-            unique=True,
-            sqlite_where=text("status IN ('active', 'past_due')"),
-            postgresql_where=text("status IN ('active', 'past_due')"),
+        _unique_where(
+            "uq_subscriptions_user_id_live", "user_id", "status IN ('active', 'past_due')"
         ),
         {"schema": MODULE},
     )
@@ -132,19 +135,14 @@ class License(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
 
     __table_args__ = (
-        # Seats in use, a user's licenses (user_id is the leading column).
-        Index("ix_licenses_user_id_status", "user_id", "status"),
+        # Seats in use (active, unexpired: counted from the index alone), a user's licenses
+        # (user_id is the leading column).
+        Index("ix_licenses_user_id_status_expires_at", "user_id", "status", "expires_at"),
         Index("ix_licenses_client_id", "client_id"),
         # Status counts and their oldest/newest issue time (admin statistics) from the
         # index alone; its leading column serves lookups by status too.
         Index("ix_licenses_status_created_at", "status", "created_at"),
         Index("ix_licenses_expires_at", "expires_at"),
-        Index(
-            "uq_licenses_client_id_live",
-            "client_id",
-            unique=True,
-            sqlite_where=text("status != 'revoked'"),
-            postgresql_where=text("status != 'revoked'"),
-        ),
+        _unique_where("uq_licenses_client_id_live", "client_id", "status != 'revoked'"),
         {"schema": MODULE},
     )

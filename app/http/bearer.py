@@ -12,6 +12,7 @@ public API (`verify_jwt_in_request`, `get_jwt`, `jwt_required`'s arguments).
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -53,22 +54,15 @@ def verify_jwt_in_request(
     return result
 
 
-def jwt_required(
-    optional: bool = False,
-    fresh: bool = False,
-    refresh: bool = False,
-    locations: Any = None,
-    verify_type: bool = True,
-    skip_revocation_check: bool = False,
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """flask-jwt-extended's `jwt_required`, verifying through `verify_jwt_in_request` above."""
+def jwt_required(**arguments: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """flask-jwt-extended's `jwt_required` (the same keyword arguments), verifying through
+    `verify_jwt_in_request` above."""
+    inspect.signature(verify_jwt_in_request).bind(**arguments)  # a wrong one fails here
 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)
         def verified(*args: Any, **kwargs: Any) -> Any:
-            verify_jwt_in_request(
-                optional, fresh, refresh, locations, verify_type, skip_revocation_check
-            )
+            verify_jwt_in_request(**arguments)
             return current_app.ensure_sync(view)(*args, **kwargs)
 
         return verified

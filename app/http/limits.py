@@ -3,8 +3,9 @@
 flask-limiter is used through its public API only: `Limiter.limit` decorates the views that
 have limits, and the request hooks `Limiter.init_app` registers run only for those views
 (`RouteLimiter`). Storage is chosen in `init_app`: Redis when REDIS_URL is set (shared by
-every worker and host), memory otherwise (`lazymemory://`, `CounterStorage`); if Redis fails
-mid-run the limiter falls back to memory.
+every worker and host; `redis_limits.CountedRedisStorage`, one round trip per limit), memory
+otherwise (`lazymemory://`, `CounterStorage`); if Redis fails mid-run the limiter falls back
+to memory.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from limits.storage import Storage
 from werkzeug.exceptions import HTTPException
+
+# Defining it registers it for limits' Redis schemes: the storage the limiter builds for them.
+from app.http.redis_limits import CountedRedisStorage  # noqa: F401
 
 log = logging.getLogger(__name__)
 

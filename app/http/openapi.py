@@ -292,6 +292,10 @@ def _rewrite_refs(node: Any, refs: dict[str, str]) -> None:
             _rewrite_refs(value, refs)
 
 
+def _header_object(description: str, schema_type: str, **schema: Any) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": schema_type, **schema}}
+
+
 # Response headers, declared once as components and referenced.
 HEADERS: dict[str, dict[str, Any]] = {
     "X-Request-ID": {
@@ -300,26 +304,17 @@ HEADERS: dict[str, dict[str, Any]] = {
         "required": True,
         "schema": {"type": "string"},
     },
-    "Retry-After": {
-        "description": "Seconds to wait before trying again",
-        "schema": {"type": "integer", "minimum": 0},
-    },
-    "X-RateLimit-Limit": {
-        "description": "Requests allowed in the current window (the tightest limit)",
-        "schema": {"type": "integer"},
-    },
-    "X-RateLimit-Remaining": {
-        "description": "Requests left in the current window",
-        "schema": {"type": "integer"},
-    },
-    "X-RateLimit-Reset": {
-        "description": "When the current window ends (Unix time, seconds)",
-        "schema": {"type": "integer"},
-    },
-    "WWW-Authenticate": {
-        "description": "The authentication scheme (Bearer) and what was wrong with the token",
-        "schema": {"type": "string"},
-    },
+    "Retry-After": _header_object("Seconds to wait before trying again", "integer", minimum=0),
+    "X-RateLimit-Limit": _header_object(
+        "Requests allowed in the current window (the tightest limit)", "integer"
+    ),
+    "X-RateLimit-Remaining": _header_object("Requests left in the current window", "integer"),
+    "X-RateLimit-Reset": _header_object(
+        "When the current window ends (Unix time, seconds)", "integer"
+    ),
+    "WWW-Authenticate": _header_object(
+        "The authentication scheme (Bearer) and what was wrong with the token", "string"
+    ),
 }
 RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 

@@ -169,10 +169,7 @@ def _current(name: str = "main") -> str:
 @writes
 def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION (default: head), on every database of the app."""
-    for name, url, label in _each_database():
-        with _alembic_errors(label):
-            migrations.upgrade(url, revision, schemas=_schemas())
-        click.echo(f"{label}database at {_current(name) or 'base'}")
+    _migrate(migrations.upgrade, revision)
 
 
 @db_cli.command("downgrade", context_settings={"ignore_unknown_options": True})
@@ -180,9 +177,14 @@ def db_upgrade(revision: str) -> None:
 @writes
 def db_downgrade(revision: str) -> None:
     """Revert migrations down to REVISION (`base` for an empty database, `-1` for one step)."""
+    _migrate(migrations.downgrade, revision)
+
+
+def _migrate(step: Callable[..., None], revision: str) -> None:
+    """`step` (upgrade or downgrade) to REVISION on each database, saying where each is."""
     for name, url, label in _each_database():
         with _alembic_errors(label):
-            migrations.downgrade(url, revision, schemas=_schemas())
+            step(url, revision, schemas=_schemas())
         click.echo(f"{label}database at {_current(name) or 'base'}")
 
 

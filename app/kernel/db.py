@@ -1,8 +1,8 @@
 """The Session of each request or CLI command, `transaction()` and `read_first()`.
 
 How each database is opened (SQLite's pragmas and BEGIN IMMEDIATE, PostgreSQL's pool, the
-autocommit engine for hot-path reads) is in `app.kernel.engines`; its names are re-exported
-here for the callers that open an engine of their own (migrations, backups, tests).
+autocommit engine for hot-path reads) is in `app.kernel.engines`: callers that open an
+engine of their own (migrations, backups, tests) import it from there.
 Write transactions on SQLite queue for their turn on a lock file before BEGIN IMMEDIATE, and
 `read_first` reads one statement as one round trip on PostgreSQL
 (docs/adr/0016-hot-path-database-access.md).
@@ -20,21 +20,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, MetaData, Row, event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql import Executable
 from sqlalchemy.types import TypeDecorator
 
 from app.kernel import files, ownership
-from app.kernel.engines import (  # noqa: F401  (re-exported: see the docstring)
-    EngineSettings,
-    flat_layout,
-    make_autocommit_engine,
-    make_engine,
-    normalise_url,
-    sqlite_has_wal_reset_bug,
-    sqlite_version_warning,
-)
+from app.kernel.engines import EngineSettings, make_autocommit_engine, make_engine
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +159,17 @@ def transaction(session: Session) -> Iterator[Session]:
         session.info.pop(_COMMITTING, None)
         if turn is not None:
             os.close(turn)  # the next writer in line goes
+
+
+def add_unique(session: Session, row: Any, conflict: type[Exception]) -> None:
+    """Add `row` and insert it now, inside the caller's transaction. A unique constraint
+    settles a race with a concurrent insert of the same row: the loser raises `conflict()`
+    instead of IntegrityError."""
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise conflict() from None
 
 
 # SQLite has one writer at a time. Left to itself, a writer that finds the database locked

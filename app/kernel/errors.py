@@ -43,11 +43,14 @@ DEFAULT_CODES = {
 
 
 class ProblemError(Exception):
-    """An error with an HTTP meaning. Subclasses set `status` and `code`."""
+    """An error with an HTTP meaning. Subclasses set `status` and `code`, and may set the
+    `detail` and `headers` an instance has when it is not given its own."""
 
     status: int = 400
     code: str = "bad_request"
     title: str | None = None
+    detail: str | None = None  # None: the status's description
+    headers: dict[str, str] = {}
 
     def __init__(
         self,
@@ -62,8 +65,8 @@ class ProblemError(Exception):
             self.status = status
         if code is not None:
             self.code = code
-        self.detail = detail or status_phrase(self.status)[1]
-        self.headers = headers or {}
+        self.detail = detail or self.detail or status_phrase(self.status)[1]
+        self.headers = headers or dict(self.headers)
         self.extra = {key: value for key, value in extra.items() if value is not None}
         super().__init__(self.detail)
 

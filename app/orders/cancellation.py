@@ -15,14 +15,13 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.admin import api as admin_api
 from app.auth import api as auth_api
 from app.kernel import events
 from app.kernel.db import utcnow
 from app.orders.events import OrderRefunded
 from app.orders.models import Order
 from app.orders.payments import Refund
-from app.orders.service import OrderNotCancellable, OrderNotFound, OrderSuperseded
+from app.orders.service import OrderNotCancellable, OrderNotFound, OrderSuperseded, audit_order
 
 
 def backing_order(session: Session, subscription_id: str) -> Order | None:
@@ -102,18 +101,12 @@ def finish_cancel(session: Session, order_id: str, refund: Refund, *, actor_id: 
         auth_api.cancel_subscription(
             session, order.user_id, actor_id=actor_id, subscription_id=order.subscription_id
         )
-    admin_api.record_audit(
+    audit_order(
         session,
+        order,
         "ORDER_CANCELLED",
-        user_id=order.user_id,
         actor_id=actor_id,
-        details={
-            "order_id": order.order_id,
-            "refund_id": refund.refund_id,
-            "amount_cents": order.amount_cents,
-            "currency": order.currency,
-            "subscription_ended": still_backing,
-        },
+        details={"refund_id": refund.refund_id, "subscription_ended": still_backing},
     )
     events.publish(
         session,

@@ -6,20 +6,14 @@ order's version after the change.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Literal
 
 from app.kernel.events import IntegrationEvent
 
 
-@dataclass(frozen=True, kw_only=True)
-class OrderPaid(IntegrationEvent):
+class OrderPaid(IntegrationEvent, type="order.paid"):
     """An order's payment settled: a purchase (the subscription granted or changed) or a
     renewal (the subscription extended by a period)."""
-
-    TYPE: ClassVar[str] = "order.paid"
-    AGGREGATE: ClassVar[str] = "order"
-    AGGREGATE_ID: ClassVar[str] = "order_id"
 
     order_id: str
     user_id: str
@@ -31,14 +25,9 @@ class OrderPaid(IntegrationEvent):
     subscription_id: str
 
 
-@dataclass(frozen=True, kw_only=True)
-class OrderRefunded(IntegrationEvent):
+class OrderRefunded(IntegrationEvent, type="order.refunded"):
     """A paid order was cancelled and its payment refunded; `subscription_ended` says
     whether the subscription it backed ended with it (a later order may back it instead)."""
-
-    TYPE: ClassVar[str] = "order.refunded"
-    AGGREGATE: ClassVar[str] = "order"
-    AGGREGATE_ID: ClassVar[str] = "order_id"
 
     order_id: str
     user_id: str

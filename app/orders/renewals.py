@@ -17,11 +17,10 @@ from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
 from app.auth import api as auth_api
-from app.kernel.ids import new_id
 from app.orders.models import Order
 from app.orders.payments import Charge
 from app.orders.plans import Plan
-from app.orders.service import mark_paid, price
+from app.orders.service import mark_paid, new_order
 
 
 def last_payment_method(session: Session, user_id: str) -> str | None:
@@ -48,21 +47,8 @@ def claim_renewal(
         existing.updated_at = now  # take over an attempt whose run died
         return existing
     method = last_payment_method(session, sub.user_id)
-    order = Order(
-        order_id=new_id("ord"),
-        user_id=sub.user_id,
-        kind="renewal",
-        plan=sub.plan,
-        seats=sub.seats,
-        amount_cents=price(plan, sub.seats),
-        currency=plan.currency,
-        status="pending",
-        payment_method=method or "none",
-        subscription_id=sub.subscription_id,
-        renewal_key=renewal_key,
-        created_at=now,
-        updated_at=now,
-    )
+    order = new_order(sub.user_id, "renewal", plan, sub.seats, method or "none", now)
+    order.subscription_id, order.renewal_key = sub.subscription_id, renewal_key
     try:
         with session.begin_nested():  # added inside the savepoint, so a clash leaves no trace
             session.add(order)

@@ -41,26 +41,18 @@ class UnknownPlan(ProblemError):
 
 class IdempotencyConflict(Conflict):
     code = "idempotency_conflict"
-
-    def __init__(self) -> None:
-        super().__init__("This Idempotency-Key was used with a different request body.")
+    detail = "This Idempotency-Key was used with a different request body."
 
 
 class IdempotencyInProgress(Conflict):
     code = "idempotency_in_progress"
-
-    def __init__(self) -> None:
-        super().__init__(
-            "A request with this Idempotency-Key is still being processed; retry shortly.",
-            headers={"Retry-After": "1"},
-        )
+    detail = "A request with this Idempotency-Key is still being processed; retry shortly."
+    headers = {"Retry-After": "1"}
 
 
 class OrderNotFound(NotFound):
     code = "order_not_found"
-
-    def __init__(self) -> None:
-        super().__init__("No such order.")
+    detail = "No such order."
 
 
 class OrderNotCancellable(Conflict):
@@ -166,7 +158,7 @@ def claim(
         failed = session.get(Order, row.order_id)
         if failed is None or (failed.plan, failed.seats) != (request.plan, request.seats):
             raise IdempotencyConflict()
-        order = _new_order(session, user_id, request, plan, now)
+        order = _new_purchase(session, user_id, request, plan, now)
         row.fingerprint, row.order_id, row.state = (
             request.fingerprint(),
             order.order_id,
@@ -184,7 +176,7 @@ def claim(
             return Claim()
         row.locked_until = now + lease
         return Claim(order=session.get(Order, row.order_id, populate_existing=True))
-    order = _new_order(session, user_id, request, plan, now)
+    order = _new_purchase(session, user_id, request, plan, now)
     session.add(
         IdempotencyKey(
             user_id=user_id,
@@ -200,22 +192,30 @@ def claim(
     return Claim(order=order)
 
 
-def _new_order(
-    session: Session, user_id: str, request: OrderRequest, plan: Plan, now: datetime
+def new_order(
+    user_id: str, kind: str, plan: Plan, seats: int, payment_method: str, now: datetime
 ) -> Order:
-    order = Order(
+    """A pending order (a purchase or a renewal) for `seats` of `plan` at its price; the
+    caller adds it to the session."""
+    return Order(
         order_id=new_id("ord"),
         user_id=user_id,
-        kind="purchase",
+        kind=kind,
         plan=plan.plan,
-        seats=request.seats,
-        amount_cents=price(plan, request.seats),
+        seats=seats,
+        amount_cents=price(plan, seats),
         currency=plan.currency,
         status="pending",
-        payment_method=request.payment_method,
+        payment_method=payment_method,
         created_at=now,
         updated_at=now,
     )
+
+
+def _new_purchase(
+    session: Session, user_id: str, request: OrderRequest, plan: Plan, now: datetime
+) -> Order:
+    order = new_order(user_id, "purchase", plan, request.seats, request.payment_method, now)
     session.add(order)
     return order
 
@@ -285,18 +285,7 @@ def mark_paid(
     order.settled_at = utcnow()
     order.version += 1
     session.flush()
-    admin_api.record_audit(
-        session,
-        "ORDER_PAID",
-        user_id=order.user_id,
-        actor_id=actor_id,
-        details={
-            "order_id": order.order_id,
-            "amount_cents": order.amount_cents,
-            "currency": order.currency,
-            **details,
-        },
-    )
+    audit_order(session, order, "ORDER_PAID", actor_id=actor_id, details=details)
     events.publish(session, paid_event(order), aggregate_version=order.version)
 
 
@@ -317,23 +306,31 @@ def fail(
     if refund is not None:
         order.refund_id = refund.refund_id
     order.version += 1
-    admin_api.record_audit(
+    audit_order(
         session,
+        order,
         audit_action,
-        user_id=order.user_id,
         actor_id=order.user_id,
-        details={
-            "order_id": order.order_id,
-            "amount_cents": order.amount_cents,
-            "currency": order.currency,
-            "failure_code": failure_code,
-            **(details or {}),
-        },
+        details={"failure_code": failure_code, **(details or {})},
     )
     if response is None:
         _release_key(session, order)
     else:
         _complete_key(session, order, *response)
+
+
+def audit_order(
+    session: Session, order: Order, action: str, *, actor_id: str | None, details: dict[str, Any]
+) -> None:
+    """The audit entry of something that happened to `order`: its id, amount and currency,
+    then `details`."""
+    entry = {
+        "order_id": order.order_id,
+        "amount_cents": order.amount_cents,
+        "currency": order.currency,
+        **details,
+    }
+    admin_api.record_audit(session, action, user_id=order.user_id, actor_id=actor_id, details=entry)
 
 
 # --- reading -------------------------------------------------------------------------

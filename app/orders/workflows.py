@@ -81,32 +81,8 @@ def place_order(
     order = claim.order
     try:
         charge = _charge(gateway, order)
-    except PaymentDeclined:
-        body = problem(
-            402, "payment_declined", "The payment was declined.", order_id=order.order_id
-        )
-        with transaction(session):
-            service.fail(
-                session,
-                order.order_id,
-                failure_code="payment_declined",
-                audit_action="ORDER_PAYMENT_DECLINED",
-                response=(402, body),
-            )
-        return 402, body
-    except PaymentUnavailable:
-        with transaction(session):
-            service.fail(
-                session,
-                order.order_id,
-                failure_code="payment_unavailable",
-                audit_action="ORDER_PAYMENT_FAILED",
-                response=None,
-            )
-        raise PaymentUnavailableProblem(
-            "The payment provider is unavailable; nothing was charged. Retry later.",
-            order_id=order.order_id,
-        ) from None
+    except (PaymentDeclined, PaymentUnavailable) as exc:
+        return _not_charged(session, order.order_id, declined=isinstance(exc, PaymentDeclined))
     if charge.refunded:
         # A taken-over attempt whose settlement failed and was refunded, but not recorded:
         # record it now, and answer (and replay) what the first attempt should have.
@@ -127,6 +103,49 @@ def place_order(
             raise
         return outcome
     return 201, body
+
+
+def _not_charged(session: Session, order_id: str, *, declined: bool) -> tuple[int, dict[str, Any]]:
+    """The charge failed, so nothing was bought: the order failed. A decline is the answer
+    (402), which a retry with the same Idempotency-Key replays; an unavailable provider is a
+    502, and the key is released for a retry."""
+    if declined:
+        body = problem(402, "payment_declined", "The payment was declined.", order_id=order_id)
+        code, action, response = "payment_declined", "ORDER_PAYMENT_DECLINED", (402, body)
+    else:
+        code, action, response = "payment_unavailable", "ORDER_PAYMENT_FAILED", None
+    with transaction(session):
+        service.fail(session, order_id, failure_code=code, audit_action=action, response=response)
+    if response is None:
+        raise PaymentUnavailableProblem(
+            "The payment provider is unavailable; nothing was charged. Retry later.",
+            order_id=order_id,
+        ) from None
+    return response
+
+
+def _record_refund(
+    session: Session,
+    order_id: str,
+    charge: Any,
+    refund: Any,
+    *,
+    failure_code: str,
+    reason: str,
+    response: tuple[int, dict[str, Any]] | None = None,
+) -> None:
+    """The order failed and its charge was refunded (ORDER_REFUNDED, `reason`), recorded in
+    a transaction of its own."""
+    with transaction(session):
+        service.fail(
+            session,
+            order_id,
+            failure_code=failure_code,
+            audit_action="ORDER_REFUNDED",
+            response=response,
+            refund=refund,
+            details={"reason": reason, "charge_id": charge.charge_id},
+        )
 
 
 def _compensate(
@@ -152,16 +171,15 @@ def _compensate(
             order_id=order_id,
             refund_id=refund.refund_id,
         )
-        with transaction(session):
-            service.fail(
-                session,
-                order_id,
-                failure_code="settlement_failed",
-                audit_action="ORDER_REFUNDED",
-                response=(502, body),
-                refund=refund,
-                details={"reason": "compensation", "charge_id": charge.charge_id},
-            )
+        _record_refund(
+            session,
+            order_id,
+            charge,
+            refund,
+            failure_code="settlement_failed",
+            reason="compensation",
+            response=(502, body),
+        )
         return 502, body
     except Exception:
         log.critical(
@@ -286,16 +304,8 @@ def _renew_one(session, gateway, catalog, sub, *, now, lease, report) -> None:
             amount_cents=order.amount_cents,
             idempotency_key=f"{order.order_id}:refund",
         )
-        with transaction(session):
-            service.fail(
-                session,
-                order.order_id,
-                failure_code="subscription_ended",
-                audit_action="ORDER_REFUNDED",
-                response=None,
-                refund=refund,
-                details={"reason": "subscription_ended", "charge_id": charge.charge_id},
-            )
+        ended = "subscription_ended"
+        _record_refund(session, order.order_id, charge, refund, failure_code=ended, reason=ended)
         report.failed += 1
         return
     report.renewed += 1

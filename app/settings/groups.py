@@ -179,6 +179,13 @@ class Webhooks(Group):
         return value
 
 
+def _duration(name: str, default: int, doc: str, *, key: str) -> Any:
+    """A duration given in the unit its variable's name ends with (`…_SECONDS`, `…_DAYS`),
+    `default` too; app.config holds it as a timedelta under `key`."""
+    unit = name.rpartition("_")[2].lower()
+    return env(name, timedelta(**{unit: default}), doc, key=key, shown=str(default))
+
+
 class Tokens(Group):
     secret_key: str | None = env(
         "SECRET_KEY",
@@ -195,26 +202,23 @@ class Tokens(Group):
         shown="development and testing: generated into the instance folder",
         echo=False,
     )
-    access_ttl: Seconds = env(
+    access_ttl: Seconds = _duration(
         "JWT_ACCESS_TTL_SECONDS",
-        timedelta(seconds=900),
+        900,
         "access token lifetime, seconds",
         key="JWT_ACCESS_TOKEN_EXPIRES",
-        shown="900",
     )
-    refresh_ttl: Seconds = env(
+    refresh_ttl: Seconds = _duration(
         "JWT_REFRESH_TTL_SECONDS",
-        timedelta(days=30),
+        30 * 86400,
         "refresh token lifetime, seconds",
         key="JWT_REFRESH_TOKEN_EXPIRES",
-        shown="2592000",
     )
-    console_session_ttl: PositiveHours = env(
+    console_session_ttl: PositiveHours = _duration(
         "CONSOLE_SESSION_HOURS",
-        timedelta(hours=12),
+        12,
         "the longest a web console sign-in lasts (a browser session), hours",
         key="CONSOLE_SESSION_TTL",
-        shown="12",
     )
 
 
@@ -237,26 +241,20 @@ class Lockout(Group):
     account_max_failures: int = env(
         "LOGIN_ACCOUNT_MAX_FAILURES", 50, "failures (all addresses) that lock the account", ge=1
     )
-    failure_window: Minutes = env(
+    failure_window: Minutes = _duration(
         "LOGIN_FAILURE_WINDOW_MINUTES",
-        timedelta(minutes=15),
+        15,
         "the window failures count in, minutes",
         key="LOGIN_FAILURE_WINDOW",
-        shown="15",
     )
-    first_lock: Seconds = env(
+    first_lock: Seconds = _duration(
         "LOGIN_LOCK_SECONDS",
-        timedelta(seconds=60),
+        60,
         "the first lock, seconds; each consecutive lock doubles the one before",
         key="LOGIN_FIRST_LOCK",
-        shown="60",
     )
-    longest_lock: Minutes = env(
-        "LOGIN_LOCK_MINUTES",
-        timedelta(minutes=30),
-        "the longest lock, minutes",
-        key="LOGIN_LOCK_DURATION",
-        shown="30",
+    longest_lock: Minutes = _duration(
+        "LOGIN_LOCK_MINUTES", 30, "the longest lock, minutes", key="LOGIN_LOCK_DURATION"
     )
 
 
@@ -323,12 +321,11 @@ class Licenses(Group):
     )
     # A license token expires with its license, or after this long if that comes first;
     # `validate` hands out a fresh one in the second half of its life (ADR 0007).
-    token_ttl: Days = env(
+    token_ttl: Days = _duration(
         "LICENSE_TOKEN_TTL_DAYS",
-        timedelta(days=30),
+        30,
         "a license token's longest life, days ([ADR 0007](adr/0007-license-token-expiry.md))",
         key="LICENSE_TOKEN_TTL",
-        shown="30",
     )
 
 
@@ -362,30 +359,27 @@ class Payments(Group):
 
 
 class Orders(Group):
-    lease: Seconds = env(
+    lease: Seconds = _duration(
         "ORDER_LEASE_SECONDS",
-        timedelta(seconds=60),
+        60,
         "how long an order attempt holds its `Idempotency-Key` (or a renewal its period) "
         "before a retry may take over from a process that died mid-way",
         key="ORDER_LEASE",
-        shown="60",
     )
-    renewal_grace: Days = env(
+    renewal_grace: Days = _duration(
         "RENEWAL_GRACE_DAYS",
-        timedelta(days=7),
+        7,
         "days a declined renewal keeps the subscription before it lapses",
         key="RENEWAL_GRACE",
-        shown="7",
     )
     # Renew this long before the renewal date, so that licenses never lapse between two
     # cron runs (at least the cron interval: hourly by default).
-    renewal_lead: Hours = env(
+    renewal_lead: Hours = _duration(
         "RENEWAL_LEAD_HOURS",
-        timedelta(hours=2),
+        2,
         "renew this many hours before the renewal date (at least the cron interval; shorter "
         "than the shortest paid plan's period, checked when the app starts)",
         key="RENEWAL_LEAD",
-        shown="2",
     )
 
 

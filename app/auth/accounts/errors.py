@@ -10,16 +10,13 @@ from app.kernel.errors import Conflict, NotFound, ProblemError, Unauthorized
 
 class EmailTaken(Conflict):
     code = "email_taken"
-
-    def __init__(self) -> None:
-        super().__init__("An account with this email already exists.")
+    detail = "An account with this email already exists."
 
 
 class InvalidCredentials(Unauthorized):
     code = "invalid_credentials"
-
-    def __init__(self) -> None:
-        super().__init__("Invalid email or password.", headers={"WWW-Authenticate": "Bearer"})
+    detail = "Invalid email or password."
+    headers = {"WWW-Authenticate": "Bearer"}
 
 
 class AccountLocked(ProblemError):
@@ -37,9 +34,8 @@ class AccountLocked(ProblemError):
 
 class TokenRevoked(Unauthorized):
     code = "token_revoked"
-
-    def __init__(self, detail: str = "The token has been revoked.") -> None:
-        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    detail = "The token has been revoked."
+    headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 
 
 class UserNotFound(NotFound):
@@ -51,6 +47,4 @@ class WrongPassword(ProblemError):
     (403, not 401: the token is fine, and a client must not take it for an expired one)."""
 
     status, code = 403, "wrong_password"
-
-    def __init__(self) -> None:
-        super().__init__("The current password is wrong.")
+    detail = "The current password is wrong."

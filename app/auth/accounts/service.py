@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
@@ -32,7 +31,7 @@ from app.auth.accounts.passwords import Hasher
 from app.auth.events import UserRegistered
 from app.auth.models import LoginThrottle, User
 from app.kernel import events
-from app.kernel.db import utcnow
+from app.kernel.db import add_unique, utcnow
 from app.kernel.emails import normalise_email  # the one normalisation (NFKC, folded, IDNA)
 from app.kernel.ids import new_id
 
@@ -64,11 +63,7 @@ def register(
     user = User(
         user_id=new_id("usr"), email=email, password_hash=password_hash, plan="free", role=role
     )
-    session.add(user)
-    try:
-        session.flush()
-    except IntegrityError:
-        raise EmailTaken() from None
+    add_unique(session, user, EmailTaken)
     admin_api.record_audit(
         session,
         "USER_REGISTERED" if role == "user" else "ADMIN_CREATED",

@@ -8,6 +8,7 @@ tokens they mint, so one revocation of the family ends all of them at once.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -70,10 +71,6 @@ def family_expiry() -> datetime:
     return datetime.now(UTC) + refresh_ttl()
 
 
-def _problem(code: str, detail: str, headers: dict[str, str]) -> Any:
-    return problem_response(401, code, detail, headers=headers)
-
-
 @jwt.token_in_blocklist_loader
 def _is_revoked(_header: dict, claims: dict) -> bool:
     with acting_as(MODULE):
@@ -86,40 +83,23 @@ def _is_revoked(_header: dict, claims: dict) -> bool:
         )
 
 
-@jwt.revoked_token_loader
-def _revoked(_header: dict, _claims: dict) -> Any:
-    return _problem("token_revoked", "The token has been revoked.", INVALID)
+def _refusal(code: str, detail: str, headers: dict[str, str]) -> Callable[..., Any]:
+    """A flask-jwt-extended callback answering 401 with this problem; what it is passed (the
+    token's header and claims, or a reason: bad signature, wrong type, alg none…) stays
+    server-side."""
+    return lambda *_passed: problem_response(401, code, detail, headers=headers)
 
 
-@jwt.expired_token_loader
-def _expired(_header: dict, _claims: dict) -> Any:
-    return _problem("token_expired", "The token has expired.", INVALID)
-
-
-@jwt.invalid_token_loader
-def _invalid(_reason: str) -> Any:
-    # The reason (bad signature, wrong type, alg none…) stays server-side.
-    return _problem("invalid_token", "The token is invalid.", INVALID)
-
-
-@jwt.unauthorized_loader
-def _missing(_reason: str) -> Any:
-    return _problem("unauthorized", "A Bearer token is required.", BEARER)
-
-
-@jwt.user_lookup_error_loader
-def _user_gone(_header: dict, _claims: dict) -> Any:
-    return _problem("invalid_token", "The token's user no longer exists.", INVALID)
-
-
-@jwt.token_verification_failed_loader
-def _claims_failed(_header: dict, _claims: dict) -> Any:
-    return _problem("invalid_token", "The token is invalid.", INVALID)
-
-
-@jwt.needs_fresh_token_loader
-def _needs_fresh(_header: dict, _claims: dict) -> Any:
-    return _problem("fresh_token_required", "Log in again to do this.", INVALID)
+# How a refused token is answered, for each of flask-jwt-extended's reasons.
+jwt.revoked_token_loader(_refusal("token_revoked", "The token has been revoked.", INVALID))
+jwt.expired_token_loader(_refusal("token_expired", "The token has expired.", INVALID))
+jwt.invalid_token_loader(_refusal("invalid_token", "The token is invalid.", INVALID))
+jwt.unauthorized_loader(_refusal("unauthorized", "A Bearer token is required.", BEARER))
+jwt.user_lookup_error_loader(
+    _refusal("invalid_token", "The token's user no longer exists.", INVALID)
+)
+jwt.token_verification_failed_loader(_refusal("invalid_token", "The token is invalid.", INVALID))
+jwt.needs_fresh_token_loader(_refusal("fresh_token_required", "Log in again to do this.", INVALID))
 
 
 def init_app(app: Any) -> None:

@@ -17,9 +17,7 @@ TRANSITIONS = {
 
 class ClientIdTaken(Conflict):
     code = "client_id_taken"
-
-    def __init__(self) -> None:
-        super().__init__("This client_id is already bound to another account's license.")
+    detail = "This client_id is already bound to another account's license."
 
 
 class SeatLimitReached(Conflict):
@@ -31,19 +29,15 @@ class SeatLimitReached(Conflict):
 
 class SubscriptionPastDue(Conflict):
     code = "subscription_past_due"
-
-    def __init__(self) -> None:
-        super().__init__(
-            "The subscription's paid period is over (its renewal is due or was declined); "
-            "renew it or buy a plan, then activate."
-        )
+    detail = (
+        "The subscription's paid period is over (its renewal is due or was declined); "
+        "renew it or buy a plan, then activate."
+    )
 
 
 class LicenseSuspended(Conflict):
     code = "license_suspended"
-
-    def __init__(self) -> None:
-        super().__init__("This client's license is suspended.")
+    detail = "This client's license is suspended."
 
 
 class LicenseNotFound(NotFound):

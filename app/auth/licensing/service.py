@@ -17,7 +17,6 @@ from typing import Any
 
 import jwt
 from sqlalchemy import Row, bindparam, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
@@ -46,7 +45,7 @@ from app.auth.licensing.seats import seats_for as seats_for
 from app.auth.licensing.signing import KeySet
 from app.auth.models import License
 from app.kernel import events
-from app.kernel.db import read_first, utcnow
+from app.kernel.db import add_unique, read_first, utcnow
 from app.kernel.errors import Conflict
 from app.kernel.events import IntegrationEvent
 from app.kernel.ids import new_id
@@ -117,12 +116,8 @@ def activate(
         expires_at=expires_at,
         version=1,
     )
-    session.add(license_)
-    try:
-        session.flush()
-    except IntegrityError:
-        # Another account's activation of this client_id committed first.
-        raise ClientIdTaken() from None
+    # ClientIdTaken: another account's activation of this client_id committed first.
+    add_unique(session, license_, ClientIdTaken)
     admin_api.record_audit(
         session,
         "LICENSE_CREATED",

@@ -169,11 +169,14 @@ def _suspend_excess(
         stmt = stmt.where(License.expires_at >= alive_from)
     elif not include_expired:
         stmt = stmt.where(License.expires_at > now)
-    active = session.scalars(
-        stmt.order_by(License.created_at.desc(), License.license_id.desc())
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).all()
+    # Sorted here, not by ORDER BY: with it SQLite walks ix_licenses_status_created_at (the
+    # active licenses of every user) instead of this user's through the (user_id, status, …)
+    # index: 14 ms a paid order at 30,000 licenses, and growing with them (bench/README.md).
+    active = sorted(
+        session.scalars(stmt.with_for_update().execution_options(populate_existing=True)),
+        key=lambda license_: (license_.created_at, license_.license_id),
+        reverse=True,
+    )
     excess = active[: max(0, len(active) - keep)]
     for license_ in excess:
         set_status(session, license_, "suspended", actor_id=actor_id, reason=reason, now=now)

@@ -9,7 +9,7 @@ webhooks post (docs/events.md).
 
 Each event type is a frozen dataclass in the contract of the module that publishes it
 (`app/orders/events.py`: `OrderPaid`, …), subclassing `IntegrationEvent`: its fields are the
-payload, its class variables the type, the payload version and the aggregate. Consumers read
+payload, its class keywords the type, the payload version and the aggregate. Consumers read
 `envelope.event()` for the typed value instead of a dict's keys.
 """
 
@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, dataclass_transform
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -116,14 +116,22 @@ def event_types() -> list[str]:
     return sorted({event_type for event_type, _ in _event_classes})
 
 
+@dataclass_transform(frozen_default=True, kw_only_default=True)
 @dataclass(frozen=True, kw_only=True)
 class IntegrationEvent:
-    """A typed event: subclass as a frozen dataclass whose fields are the payload.
+    """A typed event, declared by its type and its fields (the payload):
 
-    Class variables: `TYPE` (`order.paid`), `VERSION` of the payload (raise it, with a new
-    class, when a field changes meaning or goes away; adding an optional field keeps it),
-    `AGGREGATE` (the aggregate's type, `order`) and `AGGREGATE_ID` (the field holding its
-    id). Declaring a subclass registers it, so consumers can read envelopes back as it.
+        class OrderPaid(IntegrationEvent, type="order.paid"):
+            order_id: str
+            ...
+
+    The class's keywords, read back as `TYPE`, `VERSION`, `AGGREGATE` and `AGGREGATE_ID`:
+    `type`; `version` of the payload (1; raise it, with a new class, when a field changes
+    meaning or goes away; adding an optional field keeps it); `aggregate`, the aggregate's
+    type (by default the type's first word, `order`) and `aggregate_id`, the field holding
+    its id (by default `<aggregate>_id`). Every subclass is made a frozen, keyword-only
+    dataclass; one with a `type` is registered, so consumers can read envelopes back as it
+    (one without holds fields several types share).
     """
 
     TYPE: ClassVar[str]
@@ -131,14 +139,26 @@ class IntegrationEvent:
     AGGREGATE: ClassVar[str]
     AGGREGATE_ID: ClassVar[str]
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(
+        cls,
+        *,
+        type: str | None = None,
+        version: int = 1,
+        aggregate: str | None = None,
+        aggregate_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init_subclass__(**kwargs)
-        if "TYPE" not in cls.__dict__:
-            return
-        key = (cls.TYPE, cls.VERSION)
+        dataclass(frozen=True, kw_only=True)(cls)
+        if type is None:
+            return  # a base holding the fields several types share
+        cls.TYPE, cls.VERSION = type, version
+        cls.AGGREGATE = aggregate or type.partition(".")[0]
+        cls.AGGREGATE_ID = aggregate_id or f"{cls.AGGREGATE}_id"
+        key = (type, version)
         existing = _event_classes.get(key)
         if existing is not None and existing.__qualname__ != cls.__qualname__:
-            raise ValueError(f"{cls.TYPE!r} version {cls.VERSION} is declared twice")
+            raise ValueError(f"{type!r} version {version} is declared twice")
         _event_classes[key] = cls
 
     def payload(self) -> dict[str, Any]:
