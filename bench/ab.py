@@ -13,35 +13,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench import server
 from bench.load import median, wrk
 from bench.phases import postgres_database, request_files, template
 from bench.scenarios import BY_NAME, Settings
-from bench.server import (
-    BENCH,
-    ROOT,
-    Server,
-    log,
-    migrate,
-    python,
-    service_env,
-    start_all,
-    stop_all,
-)
+from bench.server import BENCH, ROOT, Server, log
 
 
 def ab_database(settings: Settings, workdir: Path, stack: contextlib.ExitStack) -> dict[str, str]:
     """The service's environment on a seeded database both sides share: a copy of the
     SQLite template, or a throwaway PostgreSQL database (dropped afterwards)."""
     if settings.ab_backend == "postgres":
-        env = service_env(stack.enter_context(postgres_database()), workdir)
-        migrate(env)
+        env = server.service_env(stack.enter_context(postgres_database()), workdir)
+        server.migrate(env)
         users, audit = str(settings.small_users), str(settings.small_audit // 5)
-        python("-m", "bench.seed", "bulk", "--users", users, "--audit", audit, env=env)
+        server.python("-m", "bench.seed", "bulk", "--users", users, "--audit", audit, env=env)
     else:
         db = workdir / "ab.db"
         shutil.copyfile(template(settings.small_users, settings.small_audit), db)
-        env = service_env(f"sqlite:///{db}", workdir)
-    python("-m", "bench.seed", "accounts", env=env)
+        env = server.service_env(f"sqlite:///{db}", workdir)
+    server.python("-m", "bench.seed", "accounts", env=env)
     return env
 
 
@@ -65,7 +56,9 @@ def ab_phase(settings: Settings, workdir: Path) -> None:
             env = ab_database(settings, workdir, stack)
             files = workdir / "files"
             request_files(env, files)
-            servers = start_all([Server("before", env, cwd=before_tree), Server("after", env)])
+            servers = server.start_all(
+                [Server("before", env, cwd=before_tree), Server("after", env)]
+            )
             names = list(settings.ab_scenarios)
             cases = [(n, c) for c in settings.ab_connections for n in names]
             for s in servers:
@@ -76,7 +69,7 @@ def ab_phase(settings: Settings, workdir: Path) -> None:
             labels = [case_name(n, c, settings) for n, c in cases]
             print_ab(settings, labels, names, rounds, micro)
         finally:
-            stop_all(servers)
+            server.stop_all(servers)
             subprocess.run(
                 ["git", "worktree", "remove", "--force", str(before_tree)], cwd=ROOT, check=False
             )

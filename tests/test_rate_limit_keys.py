@@ -66,16 +66,33 @@ def deep(n: int) -> bytes:
     return b'{"a":' * n + b"1" + b"}" * n
 
 
+def body(**members: object) -> bytes:
+    """A JSON object as a client would send it (lone surrogates escaped as \\udXXX)."""
+    return json.dumps(members).encode()
+
+
+def typed(content_type: str) -> dict[str, str]:
+    return {"Content-Type": content_type}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+VICTIM = body(email="victim@example.com", password="x")
+ODD_XFF = {"X-Forwarded-For": "\xff, ::::, 1.2.3.4.5"}
+UTF16 = json.dumps({"email": "v@x.io", "password": "x"}).encode("utf-16")
+
 # (label, path, body bytes, headers, statuses that are the route's normal answer)
 HOSTILE = [
-    ("lone surrogate token", "validate", b'{"token": "\\ud800"}', {}, {200, 422}),
-    ("lone low surrogate token", "validate", b'{"token": "a\\udfffb"}', {}, {200, 422}),
-    ("lone surrogate email", "login", b'{"email": "\\ud800@x.io", "password": "x"}', {}, {422}),
-    ("surrogate email register", "register", b'{"email": "\\udfff", "password": "p" }', {}, {422}),
+    ("lone surrogate token", "validate", body(token="\ud800"), {}, {200, 422}),
+    ("lone low surrogate token", "validate", body(token="a\udfffb"), {}, {200, 422}),
+    ("lone surrogate email", "login", body(email="\ud800@x.io", password="x"), {}, {422}),
+    ("surrogate email register", "register", body(email="\udfff", password="p"), {}, {422}),
     (
-        "surrogate in activate",
+        "surrogate activate",
         "activate",
-        b'{"client_id": "c", "email": "\\ud800", "password": "x"}',
+        body(client_id="c", email="\ud800", password="x"),
         {},
         {422},
     ),
@@ -85,61 +102,19 @@ HOSTILE = [
     ("string body", "login", b'"victim@example.com"', {}, {422}),
     ("number body", "register", b"1e999", {}, {422}),
     ("null body", "validate", b"null", {}, {422}),
-    (
-        "email not a string",
-        "login",
-        b'{"email": ["victim@example.com"], "password": "x"}',
-        {},
-        {422},
-    ),
+    ("email not a string", "login", body(email=["victim@example.com"], password="x"), {}, {422}),
     ("token not a string", "validate", b'{"token": {"a": 1}}', {}, {422}),
     ("deep JSON", "validate", deep(50_000), {}, {400}),
     ("deep JSON login", "login", deep(50_000), {}, {400}),
-    (
-        "duplicate members",
-        "login",
-        b'{"email": "a@x.io", "email": "b@x.io", "password": "x"}',
-        {},
-        {400},
-    ),
+    ("duplicate members", "login", b'{"email": "a@x.io", "email": "b@x.io"}', {}, {400}),
     ("two megabytes", "login", b'{"email": "' + b"x" * 2_000_000 + b'"}', {}, {413}),
-    (
-        "text/plain",
-        "login",
-        b'{"email": "victim@example.com", "password": "x"}',
-        {"Content-Type": "text/plain"},
-        {415},
-    ),
-    (
-        "form",
-        "validate",
-        b"token=abc",
-        {"Content-Type": "application/x-www-form-urlencoded"},
-        {415},
-    ),
-    (
-        "utf-16 charset",
-        "login",
-        json.dumps({"email": "v@x.io", "password": "x"}).encode("utf-16"),
-        {"Content-Type": "application/json; charset=utf-16"},
-        {400},
-    ),
+    ("text/plain", "login", VICTIM, typed("text/plain"), {415}),
+    ("form", "validate", b"token=abc", typed("application/x-www-form-urlencoded"), {415}),
+    ("utf-16 charset", "login", UTF16, typed("application/json; charset=utf-16"), {400}),
     ("odd bearer", "refresh", b"", {"Authorization": "Bearer \xff\xfe\x00"}, {401}),
-    ("long bearer", "refresh", b"", {"Authorization": "Bearer " + "a" * 6000}, {401}),
-    (
-        "forged sub",
-        "activate",
-        b'{"client_id": "c"}',
-        {"Authorization": "Bearer e30.eyJzdWIiOnt9fQ.x"},
-        {401},
-    ),
-    (
-        "odd forwarded-for",
-        "login",
-        b'{"email": "z@x.io", "password": "x"}',
-        {"X-Forwarded-For": "\xff, ::::, 1.2.3.4.5"},
-        {401},
-    ),
+    ("long bearer", "refresh", b"", bearer("a" * 6000), {401}),
+    ("forged sub", "activate", body(client_id="c"), bearer("e30.eyJzdWIiOnt9fQ.x"), {401}),
+    ("odd forwarded-for", "login", body(email="z@x.io", password="x"), ODD_XFF, {401}),
 ]
 PATHS = {
     "validate": f"{API}/licenses/validate",

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from flask import current_app, request
-from flask_jwt_extended import get_jwt, verify_jwt_in_request
+from flask_jwt_extended import get_jwt
 
 from app.admin import bp, service
 from app.admin.schemas import (
@@ -23,12 +23,12 @@ from app.admin.schemas import (
     UserStatsOut,
 )
 from app.auth import api as auth_api
+from app.http.blueprints import admin_only
 from app.http.limits import client_ip
-from app.http.openapi import problem_responses, request_headers, response_headers
+from app.http.openapi import request_headers, response_headers
+from app.http.routes import ADMIN, Endpoints, keyset, page
 from app.kernel.db import get_session, transaction
-from app.kernel.errors import Forbidden, NotFound, ProblemError
-from app.kernel.pagination import decode_keyset
-from app.kernel.web import BEARER_AUTH
+from app.kernel.errors import NotFound, ProblemError
 
 
 class PreconditionRequired(ProblemError):
@@ -39,60 +39,45 @@ class PreconditionFailed(ProblemError):
     status, code = 412, "version_conflict"
 
 
-@bp.before_request
-def _require_admin() -> None:
-    if request.method == "OPTIONS":
-        return  # Flask answers OPTIONS itself; there is nothing to protect
-    verify_jwt_in_request()
-    claims = get_jwt()
-    # The token's role, and the user's current role: a demoted admin's token stops
-    # working at once, not when it expires.
-    if claims.get("role") != "admin" or not service.is_admin(get_session(), claims["sub"]):
-        raise Forbidden("This needs the admin role.", code="admin_required")
-
-
-def _doc(operation_id: str, summary: str, *statuses: int) -> Any:
-    return bp.doc(
-        summary=summary,
-        operation_id=operation_id,
-        security=BEARER_AUTH,
-        responses=problem_responses(401, 403, *statuses),
-    )
+admin_only(bp, service.is_admin)
+api = Endpoints(bp)
 
 
 @bp.get("/stats/users")
-@bp.output(UserStatsOut)
-@_doc("admin_user_stats", "Users per plan, with new users in the last 30 days")
+@api.endpoint(ADMIN, "admin_user_stats")
+@api.io(output=UserStatsOut)
 def user_stats() -> Any:
+    """Users per plan, with new users in the last 30 days"""
     return {"items": service.user_stats(get_session())}
 
 
 @bp.get("/stats/licenses")
-@bp.output(LicenseStatsOut)
-@_doc("admin_license_stats", "Licenses per status, with the oldest and newest")
+@api.endpoint(ADMIN, "admin_license_stats")
+@api.io(output=LicenseStatsOut)
 def license_stats() -> Any:
+    """Licenses per status, with the oldest and newest"""
     return {"items": service.license_stats(get_session())}
 
 
 @bp.get("/users")
-@bp.input(UserQuery, location="query")
-@bp.output(UserPage)
-@_doc("admin_list_users", "Users, newest first; filter by email prefix and plan", 422)
+@api.endpoint(ADMIN, "admin_list_users", problems=(422,))
+@api.io(query=UserQuery, output=UserPage)
 def list_users(query_data: UserQuery) -> Any:
-    items, cursor = service.list_users(
+    """Users, newest first; filter by email prefix and plan"""
+    found = service.list_users(
         get_session(),
         email_prefix=query_data.email,
         plan=query_data.plan,
-        limit=query_data.limit,
-        after=decode_keyset(query_data.cursor, (datetime, str)),
+        **keyset(query_data, datetime, str),
     )
-    return {"items": items, "next_cursor": cursor}
+    return page(found)
 
 
 @bp.get("/users/<user_id>")
-@bp.output(UserDetailOut)
-@_doc("admin_get_user", "One user with all their licenses", 404)
+@api.endpoint(ADMIN, "admin_get_user", problems=(404,))
+@api.io(output=UserDetailOut)
 def get_user(user_id: str) -> Any:
+    """One user with all their licenses"""
     user = service.user_with_licenses(get_session(), user_id)
     if user is None:
         raise NotFound("No such user.", code="user_not_found")
@@ -100,11 +85,10 @@ def get_user(user_id: str) -> Any:
 
 
 @bp.post("/users/<user_id>/unlock")
-@bp.output(UserDetailOut)
-@_doc(
-    "admin_unlock_user", "Lift a user's login locks (every address, and the account): audited", 404
-)
+@api.endpoint(ADMIN, "admin_unlock_user", problems=(404,))
+@api.io(output=UserDetailOut)
 def unlock_user(user_id: str) -> Any:
+    """Lift a user's login locks (every address, and the account): audited"""
     session = get_session()
     with transaction(session):
         unlocked = auth_api.unlock_user(
@@ -116,23 +100,17 @@ def unlock_user(user_id: str) -> Any:
 
 
 @bp.get("/audit-logs")
-@bp.input(AuditQuery, location="query")
-@bp.output(AuditPage)
-@_doc("admin_list_audit_logs", "Audit entries, newest first; filter by user, action and time", 422)
+@api.endpoint(ADMIN, "admin_list_audit_logs", problems=(422,))
+@api.io(query=AuditQuery, output=AuditPage)
 def audit_logs(query_data: AuditQuery) -> Any:
+    """Audit entries, newest first; filter by user, action and time"""
     filters = service.AuditFilter(
         user_id=query_data.user_id,
         action=query_data.action,
         since=query_data.since,
         until=query_data.until,
     )
-    items, cursor = service.search_audit(
-        get_session(),
-        filters,
-        limit=query_data.limit,
-        after=decode_keyset(query_data.cursor, (datetime, str)),
-    )
-    return {"items": items, "next_cursor": cursor}
+    return page(service.search_audit(get_session(), filters, **keyset(query_data, datetime, str)))
 
 
 # An ETag is the license's version, quoted; If-Match takes exactly one, never `*`.
@@ -148,10 +126,11 @@ def _etag(version: int) -> dict[str, str]:
 
 
 @bp.get("/licenses/<license_id>")
-@bp.output(auth_api.LicenseOut)
-@_doc("admin_get_license", "One license, with its version as ETag", 404)
+@api.endpoint(ADMIN, "admin_get_license", problems=(404,))
+@api.io(output=auth_api.LicenseOut)
 @response_headers(200, ETag=ETAG)
 def get_license(license_id: str) -> Any:
+    """One license, with its version as ETag"""
     license_ = auth_api.get_license(get_session(), license_id)
     if license_ is None:
         raise auth_api.LicenseNotFound()
@@ -174,11 +153,8 @@ def _expected_version() -> int:
 
 
 @bp.patch("/licenses/<license_id>")
-@bp.input(LicensePatchIn)
-@bp.output(auth_api.LicenseOut)
-@_doc(
-    "admin_update_license", "Change a license's status (If-Match required)", 404, 409, 412, 422, 428
-)
+@api.endpoint(ADMIN, "admin_update_license", problems=(404, 409, 412, 422, 428))
+@api.io(body=LicensePatchIn, output=auth_api.LicenseOut)
 @request_headers(
     {
         "name": "If-Match",
@@ -189,6 +165,7 @@ def _expected_version() -> int:
 )
 @response_headers(200, ETag=ETAG)
 def patch_license(license_id: str, json_data: LicensePatchIn) -> Any:
+    """Change a license's status (If-Match required)"""
     expected = _expected_version()
     session = get_session()
     with transaction(session):  # a stale version is auth's VersionConflict: 412
@@ -204,17 +181,10 @@ def patch_license(license_id: str, json_data: LicensePatchIn) -> Any:
 
 
 @bp.post("/licenses/batch-status")
-@bp.input(BatchStatusIn)
-@bp.output(BatchStatusOut)
-@_doc(
-    "admin_batch_license_status",
-    "Change up to 1000 licenses' status: all or nothing",
-    404,
-    409,
-    412,
-    422,
-)
+@api.endpoint(ADMIN, "admin_batch_license_status", problems=(404, 409, 412, 422))
+@api.io(body=BatchStatusIn, output=BatchStatusOut)
 def batch_status(json_data: BatchStatusIn) -> Any:
+    """Change up to 1000 licenses' status: all or nothing"""
     updates = [auth_api.StatusUpdate(u.license_id, u.status, u.version) for u in json_data.updates]
     session = get_session()
     with transaction(session):

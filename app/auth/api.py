@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -75,6 +75,15 @@ def _copy(summary: type[_Summary], row: object) -> _Summary:
     return summary(**{field.name: getattr(row, field.name) for field in fields(summary)})
 
 
+def _unless(missing: type[Exception], find: Callable[[], _Summary]) -> _Summary | None:
+    """What `find` finds, or None when it raises `missing` (the look-ups of other modules
+    ask "is there one?", not "fail if there is none")."""
+    try:
+        return find()
+    except missing:
+        return None
+
+
 def _summary(user: object) -> UserSummary:
     return _copy(UserSummary, user)
 
@@ -98,10 +107,7 @@ def create_user(
 @module_api(MODULE)
 def get_user(session: Session, user_id: str) -> UserSummary | None:
     """The user, or None."""
-    try:
-        return _summary(service.get_user(session, user_id))
-    except service.UserNotFound:
-        return None
+    return _unless(service.UserNotFound, lambda: _summary(service.get_user(session, user_id)))
 
 
 @module_api(MODULE)
@@ -262,10 +268,10 @@ def batch_update_license_statuses(
 
 @module_api(MODULE)
 def get_license(session: Session, license_id: str) -> LicenseSummary | None:
-    try:
-        return _license(licensing.get_license(session, license_id))
-    except errors.LicenseNotFound:
-        return None
+    """The license, or None."""
+    return _unless(
+        errors.LicenseNotFound, lambda: _license(licensing.get_license(session, license_id))
+    )
 
 
 @module_api(MODULE)

@@ -130,20 +130,22 @@ def sign_out() -> Any:
         db = get_session()
         with transaction(db):
             browser_sessions.end(db, secret, ip=client_ip())
-    session.clear()
-    flash("You are signed out.", "ok")
-    return redirect(url_for(".sign_in"), code=303)
+    return _signed_out("You are signed out.")
 
 
 @bp.post("/sign-out-everywhere")
 @requires_user
 def sign_out_everywhere() -> Any:
-    user = current_user()
     db = get_session()
     with transaction(db):
-        browser_sessions.end_all(db, user.user_id, ip=client_ip())
+        browser_sessions.end_all(db, current_user().user_id, ip=client_ip())
+    return _signed_out("You are signed out on every browser.")
+
+
+def _signed_out(message: str) -> Any:
+    """This browser forgets its session (and CSRF token) and goes to the sign-in page."""
     session.clear()
-    flash("You are signed out on every browser.", "ok")
+    flash(message, "ok")
     return redirect(url_for(".sign_in"), code=303)
 
 

@@ -6,20 +6,21 @@ import re
 from typing import Any
 
 from flask import current_app, request
-from flask_jwt_extended import get_jwt, jwt_required
+from flask_jwt_extended import get_jwt
 
 from app.auth import api as auth_api
-from app.http.openapi import problem_responses, request_headers
+from app.http.openapi import request_headers
 from app.http.problems import problem_body_response
+from app.http.routes import BEARER, PUBLIC, Endpoints, keyset, page
 from app.kernel.db import get_session
 from app.kernel.errors import ProblemError
-from app.kernel.pagination import PageQuery, decode_keyset
-from app.kernel.web import BEARER_AUTH
+from app.kernel.pagination import PageQuery
 from app.orders import bp, service, workflows
 from app.orders.payments import PaymentGateway, gateway_of
 from app.orders.plans import Plan, catalog_of
 from app.orders.schemas import DashboardOut, OrderIn, OrderOut, OrderPage, PlanOut
 
+api = Endpoints(bp)
 KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
@@ -67,22 +68,16 @@ def document_catalog(plans: dict[str, Plan]) -> Any:
 
 
 @bp.get("/plans")
-@bp.output(list[PlanOut])
-@bp.doc(summary="The plan catalog", operation_id="orders_list_plans", responses=problem_responses())
+@api.endpoint(PUBLIC, "orders_list_plans")
+@api.io(output=list[PlanOut])
 def plans() -> Any:
+    """The plan catalog"""
     return [p.as_dict() for p in catalog().values()]
 
 
 @bp.post("/orders")
-@jwt_required()
-@bp.input(OrderIn)
-@bp.output(OrderOut, status_code=201)
-@bp.doc(
-    summary="Buy a plan (Idempotency-Key header required; retries replay the answer)",
-    operation_id="orders_place",
-    security=BEARER_AUTH,
-    responses=problem_responses(400, 401, 402, 409, 422, 502),
-)
+@api.endpoint(BEARER, "orders_place", problems=(400, 402, 409, 422, 502))
+@api.io(body=OrderIn, output=OrderOut, status=201)
 @request_headers(
     {
         "name": "Idempotency-Key",
@@ -93,6 +88,7 @@ def plans() -> Any:
     }
 )
 def place_order(json_data: OrderIn) -> Any:
+    """Buy a plan (Idempotency-Key header required; retries replay the answer)"""
     key = request.headers.get("Idempotency-Key", "")
     if not KEY_PATTERN.match(key):
         raise IdempotencyKeyRequired(
@@ -116,23 +112,12 @@ def place_order(json_data: OrderIn) -> Any:
 
 
 @bp.get("/orders")
-@jwt_required()
-@bp.input(PageQuery, location="query")
-@bp.output(OrderPage)
-@bp.doc(
-    summary="My orders, newest first",
-    operation_id="orders_list",
-    security=BEARER_AUTH,
-    responses=problem_responses(401, 422),
-)
+@api.endpoint(BEARER, "orders_list", problems=(422,))
+@api.io(query=PageQuery, output=OrderPage)
 def list_orders(query_data: PageQuery) -> Any:
-    items, next_cursor = service.list_orders(
-        get_session(),
-        get_jwt()["sub"],
-        limit=query_data.limit,
-        after=decode_keyset(query_data.cursor, (str,)),
-    )
-    return {"items": [service.order_body(o) for o in items], "next_cursor": next_cursor}
+    """My orders, newest first"""
+    found = service.list_orders(get_session(), get_jwt()["sub"], **keyset(query_data, str))
+    return page(found, service.order_body)
 
 
 def _is_admin() -> bool:
@@ -140,15 +125,10 @@ def _is_admin() -> bool:
 
 
 @bp.get("/orders/<order_id>")
-@jwt_required()
-@bp.output(OrderOut)
-@bp.doc(
-    summary="One order (its owner or an admin)",
-    operation_id="orders_get",
-    security=BEARER_AUTH,
-    responses=problem_responses(401, 404),
-)
+@api.endpoint(BEARER, "orders_get", problems=(404,))
+@api.io(output=OrderOut)
 def get_order(order_id: str) -> Any:
+    """One order (its owner or an admin)"""
     order = service.get_order(
         get_session(), order_id, user_id=get_jwt()["sub"], is_admin=_is_admin()
     )
@@ -156,15 +136,10 @@ def get_order(order_id: str) -> Any:
 
 
 @bp.post("/orders/<order_id>/cancel")
-@jwt_required()
-@bp.output(OrderOut)
-@bp.doc(
-    summary="Cancel a paid order: refund it, end the subscription, suspend surplus licenses",
-    operation_id="orders_cancel",
-    security=BEARER_AUTH,
-    responses=problem_responses(401, 404, 409, 502),
-)
+@api.endpoint(BEARER, "orders_cancel", problems=(404, 409, 502))
+@api.io(output=OrderOut)
 def cancel_order(order_id: str) -> Any:
+    """Cancel a paid order: refund it, end the subscription, suspend surplus licenses"""
     order = workflows.cancel_order(
         get_session(),
         gateway(),
@@ -177,15 +152,10 @@ def cancel_order(order_id: str) -> Any:
 
 
 @bp.get("/me/dashboard")
-@jwt_required()
-@bp.output(DashboardOut)
-@bp.doc(
-    summary="User, subscription, seats, licenses and recent orders in one call",
-    operation_id="orders_dashboard",
-    security=BEARER_AUTH,
-    responses=problem_responses(401),
-)
+@api.endpoint(BEARER, "orders_dashboard")
+@api.io(output=DashboardOut)
 def dashboard() -> Any:
+    """User, subscription, seats, licenses and recent orders in one call"""
     session = get_session()
     user_id = get_jwt()["sub"]
     user = auth_api.get_user(session, user_id)

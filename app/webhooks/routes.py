@@ -6,16 +6,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import current_app, request
-from flask_jwt_extended import get_jwt, verify_jwt_in_request
+from flask import current_app
+from flask_jwt_extended import get_jwt
 
 from app.admin import api as admin_api
+from app.http.blueprints import admin_only
 from app.http.limits import client_ip
-from app.http.openapi import problem_responses
+from app.http.routes import ADMIN, Endpoints, keyset, page
 from app.kernel.db import get_session, transaction
-from app.kernel.errors import Forbidden
-from app.kernel.pagination import decode_keyset
-from app.kernel.web import BEARER_AUTH
 from app.webhooks import bp, service
 from app.webhooks.schemas import (
     DeliveryOut,
@@ -28,24 +26,8 @@ from app.webhooks.schemas import (
     EndpointWithSecret,
 )
 
-
-@bp.before_request
-def _require_admin() -> None:
-    if request.method == "OPTIONS":
-        return
-    verify_jwt_in_request()
-    claims = get_jwt()
-    if claims.get("role") != "admin" or not admin_api.is_admin(get_session(), claims["sub"]):
-        raise Forbidden("This needs the admin role.", code="admin_required")
-
-
-def _doc(summary: str, operation_id: str, *statuses: int) -> Any:
-    return bp.doc(
-        summary=summary,
-        operation_id=operation_id,
-        security=BEARER_AUTH,
-        responses=problem_responses(401, 403, *statuses),
-    )
+admin_only(bp, admin_api.is_admin)
+api = Endpoints(bp)
 
 
 def _actor() -> dict[str, Any]:
@@ -57,12 +39,10 @@ def _with_secret(created: service.Created) -> dict[str, Any]:
 
 
 @bp.post("")
-@bp.input(EndpointIn)
-@bp.output(EndpointWithSecret, status_code=201)
-@_doc(
-    "Register an endpoint; its signing secret is in this answer only", "admin_create_webhook", 422
-)
+@api.endpoint(ADMIN, "admin_create_webhook", problems=(422,))
+@api.io(body=EndpointIn, output=EndpointWithSecret, status=201)
 def create_endpoint(json_data: EndpointIn) -> Any:
+    """Register an endpoint; its signing secret is in this answer only"""
     session = get_session()
     with transaction(session):
         created = service.create_endpoint(
@@ -77,29 +57,26 @@ def create_endpoint(json_data: EndpointIn) -> Any:
 
 
 @bp.get("")
-@bp.output(EndpointList)
-@_doc("Every endpoint, oldest first", "admin_list_webhooks")
+@api.endpoint(ADMIN, "admin_list_webhooks")
+@api.io(output=EndpointList)
 def list_endpoints() -> Any:
+    """Every endpoint, oldest first"""
     return {"items": [service.endpoint_view(e) for e in service.list_endpoints(get_session())]}
 
 
 @bp.get("/<webhook_id>")
-@bp.output(EndpointOut)
-@_doc("One endpoint", "admin_get_webhook", 404)
+@api.endpoint(ADMIN, "admin_get_webhook", problems=(404,))
+@api.io(output=EndpointOut)
 def get_endpoint(webhook_id: str) -> Any:
+    """One endpoint"""
     return service.endpoint_view(service.get_endpoint(get_session(), webhook_id))
 
 
 @bp.patch("/<webhook_id>")
-@bp.input(EndpointPatch)
-@bp.output(EndpointOut)
-@_doc(
-    "Change an endpoint's URL, events, description, or enable/disable it",
-    "admin_update_webhook",
-    404,
-    422,
-)
+@api.endpoint(ADMIN, "admin_update_webhook", problems=(404, 422))
+@api.io(body=EndpointPatch, output=EndpointOut)
 def update_endpoint(webhook_id: str, json_data: EndpointPatch) -> Any:
+    """Change an endpoint's URL, events, description, or enable/disable it"""
     session = get_session()
     changes = json_data.model_dump(exclude_unset=True, exclude_none=True)
     with transaction(session):
@@ -110,9 +87,10 @@ def update_endpoint(webhook_id: str, json_data: EndpointPatch) -> Any:
 
 
 @bp.delete("/<webhook_id>")
-@bp.output({}, status_code=204)
-@_doc("Delete an endpoint and its deliveries", "admin_delete_webhook", 404)
+@api.endpoint(ADMIN, "admin_delete_webhook", problems=(404,))
+@api.io(output={}, status=204)
 def delete_endpoint(webhook_id: str) -> Any:
+    """Delete an endpoint and its deliveries"""
     session = get_session()
     with transaction(session):
         service.delete_endpoint(session, webhook_id, **_actor())
@@ -120,14 +98,14 @@ def delete_endpoint(webhook_id: str) -> Any:
 
 
 @bp.post("/<webhook_id>/rotate-secret")
-@bp.output(EndpointWithSecret)
-@_doc(
-    "A new signing secret (shown once); the old one also signs for 24 hours (409 while a "
-    "previous rotation's 24 hours last)",
+@api.endpoint(
+    ADMIN,
     "admin_rotate_webhook_secret",
-    404,
-    409,
+    problems=(404, 409),
+    summary="A new signing secret (shown once); the old one also signs for 24 hours (409 while a "
+    "previous rotation's 24 hours last)",
 )
+@api.io(output=EndpointWithSecret)
 def rotate_secret(webhook_id: str) -> Any:
     session = get_session()
     with transaction(session):
@@ -136,32 +114,19 @@ def rotate_secret(webhook_id: str) -> Any:
 
 
 @bp.get("/<webhook_id>/deliveries")
-@bp.input(DeliveryQuery, location="query")
-@bp.output(DeliveryPage)
-@_doc(
-    "Deliveries to an endpoint, newest first, in keyset pages",
-    "admin_list_webhook_deliveries",
-    404,
-    422,
-)
+@api.endpoint(ADMIN, "admin_list_webhook_deliveries", problems=(404, 422))
+@api.io(query=DeliveryQuery, output=DeliveryPage)
 def list_deliveries(webhook_id: str, query_data: DeliveryQuery) -> Any:
-    items, cursor = service.list_deliveries(
-        get_session(),
-        webhook_id,
-        limit=query_data.limit,
-        after=decode_keyset(query_data.cursor, (datetime, str)),
-    )
-    return {"items": [service.delivery_view(d) for d in items], "next_cursor": cursor}
+    """Deliveries to an endpoint, newest first, in keyset pages"""
+    found = service.list_deliveries(get_session(), webhook_id, **keyset(query_data, datetime, str))
+    return page(found, service.delivery_view)
 
 
 @bp.post("/<webhook_id>/deliveries/<delivery_id>/redeliver")
-@bp.output(DeliveryOut, status_code=202)
-@_doc(
-    "Post a delivery again, now, with a fresh set of attempts",
-    "admin_redeliver_webhook_delivery",
-    404,
-)
+@api.endpoint(ADMIN, "admin_redeliver_webhook_delivery", problems=(404,))
+@api.io(output=DeliveryOut, status=202)
 def redeliver(webhook_id: str, delivery_id: str) -> Any:
+    """Post a delivery again, now, with a fresh set of attempts"""
     session = get_session()
     with transaction(session):
         delivery = service.redeliver(session, webhook_id, delivery_id)
@@ -169,9 +134,10 @@ def redeliver(webhook_id: str, delivery_id: str) -> Any:
 
 
 @bp.post("/<webhook_id>/test")
-@bp.output(DeliveryOut, status_code=202)
-@_doc("Queue a webhook.test event for this endpoint", "admin_test_webhook", 404)
+@api.endpoint(ADMIN, "admin_test_webhook", problems=(404,))
+@api.io(output=DeliveryOut, status=202)
 def send_test(webhook_id: str) -> Any:
+    """Queue a webhook.test event for this endpoint"""
     session = get_session()
     with transaction(session):
         delivery = service.send_test(session, webhook_id)

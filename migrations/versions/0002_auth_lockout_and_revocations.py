@@ -16,7 +16,7 @@ def upgrade() -> None:
         "token_revocations",
         sa.Column("key", sa.String(length=64), nullable=False),
         sa.Column("kind", sa.String(length=10), nullable=False),
-        sa.Column("user_id", sa.String(length=40), nullable=True),
+        sa.Column("user_id", sa.String(length=40)),
         sa.Column("reason", sa.String(length=32), nullable=False),
         sa.Column("revoked_at", TS, nullable=False),
         sa.Column("expires_at", TS, nullable=False),
@@ -33,7 +33,7 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("failed_logins", sa.Integer(), server_default="0", nullable=False)
         )
-        batch_op.add_column(sa.Column("locked_until", TS, nullable=True))
+        batch_op.add_column(sa.Column("locked_until", TS))
 
 
 def downgrade() -> None:

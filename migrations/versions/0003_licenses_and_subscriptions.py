@@ -17,7 +17,12 @@ def upgrade() -> None:
     op.create_table(
         "subscriptions",
         sa.Column("subscription_id", sa.String(length=40), nullable=False),
-        sa.Column("user_id", sa.String(length=40), nullable=False),
+        sa.Column(
+            "user_id",
+            sa.String(length=40),
+            sa.ForeignKey(ref("users.user_id"), name=op.f("fk_subscriptions_user_id_users")),
+            nullable=False,
+        ),
         sa.Column("plan", sa.String(length=32), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("seats", sa.Integer(), nullable=False),
@@ -25,9 +30,6 @@ def upgrade() -> None:
         sa.Column("renews_at", TS, nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("updated_at", TS, nullable=False),
-        sa.ForeignKeyConstraint(
-            ["user_id"], [ref("users.user_id")], name=op.f("fk_subscriptions_user_id_users")
-        ),
         sa.PrimaryKeyConstraint("subscription_id", name=op.f("pk_subscriptions")),
         schema=schema_of("subscriptions"),
     )
@@ -55,16 +57,18 @@ def upgrade() -> None:
     op.create_table(
         "licenses",
         sa.Column("license_id", sa.String(length=40), nullable=False),
-        sa.Column("user_id", sa.String(length=40), nullable=False),
+        sa.Column(
+            "user_id",
+            sa.String(length=40),
+            sa.ForeignKey(ref("users.user_id"), name=op.f("fk_licenses_user_id_users")),
+            nullable=False,
+        ),
         sa.Column("client_id", sa.String(length=128), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("created_at", TS, nullable=False),
         sa.Column("updated_at", TS, nullable=False),
         sa.Column("expires_at", TS, nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["user_id"], [ref("users.user_id")], name=op.f("fk_licenses_user_id_users")
-        ),
         sa.PrimaryKeyConstraint("license_id", name=op.f("pk_licenses")),
         schema=schema_of("licenses"),
     )

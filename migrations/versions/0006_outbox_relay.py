@@ -52,7 +52,7 @@ def upgrade() -> None:
         sa.Column("consumer", sa.String(length=50), nullable=False),
         sa.Column("event_id", sa.String(length=40), nullable=False),
         sa.Column("event_type", sa.String(length=100), nullable=False),
-        sa.Column("aggregate_id", sa.String(length=40), nullable=True),
+        sa.Column("aggregate_id", sa.String(length=40)),
         sa.Column("payload", sa.JSON(), nullable=False),
         sa.Column("error", sa.String(length=1000), nullable=False),
         sa.Column("failed_at", TS, nullable=False),
@@ -63,7 +63,7 @@ def upgrade() -> None:
 
 def _number_in_place(schema: str | None) -> None:
     table = f"{schema}.event_outbox" if schema else "event_outbox"
-    op.add_column("event_outbox", sa.Column("seq", sa.BigInteger(), nullable=True), schema=schema)
+    op.add_column("event_outbox", sa.Column("seq", sa.BigInteger()), schema=schema)
     op.execute(
         f"UPDATE {table} SET seq = ordered.n FROM (SELECT event_id, row_number() OVER "  # noqa: S608
         f"(ORDER BY created_at, event_id) AS n FROM {table}) AS ordered "
@@ -81,10 +81,8 @@ def _number_in_place(schema: str | None) -> None:
     op.create_unique_constraint(
         "uq_event_outbox_event_id", "event_outbox", ["event_id"], schema=schema
     )
-    op.add_column(
-        "event_outbox", sa.Column("stream_ref", sa.String(length=100), nullable=True), schema=schema
-    )
-    op.add_column("event_outbox", sa.Column("confirmed_at", TS, nullable=True), schema=schema)
+    op.add_column("event_outbox", sa.Column("stream_ref", sa.String(length=100)), schema=schema)
+    op.add_column("event_outbox", sa.Column("confirmed_at", TS), schema=schema)
 
 
 def _rebuild_with_seq(schema: str | None) -> None:
@@ -94,12 +92,12 @@ def _rebuild_with_seq(schema: str | None) -> None:
         sa.Column("seq", sa.Integer(), sa.Identity(), nullable=False),
         sa.Column("event_id", sa.String(length=40), nullable=False),
         sa.Column("event_type", sa.String(length=100), nullable=False),
-        sa.Column("aggregate_id", sa.String(length=40), nullable=True),
+        sa.Column("aggregate_id", sa.String(length=40)),
         sa.Column("payload", sa.JSON(), nullable=False),
         sa.Column("created_at", TS, nullable=False),
-        sa.Column("published_at", TS, nullable=True),
-        sa.Column("stream_ref", sa.String(length=100), nullable=True),
-        sa.Column("confirmed_at", TS, nullable=True),
+        sa.Column("published_at", TS),
+        sa.Column("stream_ref", sa.String(length=100)),
+        sa.Column("confirmed_at", TS),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("seq", name="pk_event_outbox"),
         sa.UniqueConstraint("event_id", name="uq_event_outbox_event_id"),
@@ -132,10 +130,10 @@ def downgrade() -> None:
             "event_outbox",
             sa.Column("event_id", sa.String(length=40), nullable=False),
             sa.Column("event_type", sa.String(length=100), nullable=False),
-            sa.Column("aggregate_id", sa.String(length=40), nullable=True),
+            sa.Column("aggregate_id", sa.String(length=40)),
             sa.Column("payload", sa.JSON(), nullable=False),
             sa.Column("created_at", TS, nullable=False),
-            sa.Column("published_at", TS, nullable=True),
+            sa.Column("published_at", TS),
             sa.Column("attempts", sa.Integer(), nullable=False),
             sa.PrimaryKeyConstraint("event_id", name="pk_event_outbox"),
             schema=schema,

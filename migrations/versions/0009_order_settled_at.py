@@ -14,9 +14,7 @@ down_revision: str | None = "0008"
 
 def upgrade() -> None:
     schema = schema_of("orders")
-    op.add_column(
-        "orders", sa.Column("settled_at", sa.DateTime(timezone=True), nullable=True), schema=schema
-    )
+    op.add_column("orders", sa.Column("settled_at", sa.DateTime(timezone=True)), schema=schema)
     # Paid (or since cancelled) orders were settled when they were last updated as paid.
     orders = sa.table(
         "orders",

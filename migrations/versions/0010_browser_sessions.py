@@ -1,13 +1,7 @@
 """auth: browser_sessions, the web console's server-side sessions (ADR 0014). The cookie
 carries a secret; the table keeps its SHA-256 digest. Revocations are entries in
 token_revocations (kind `session`).
-
-Revision ID: 0010
-Revises: 0009
-Create Date: 2026-12-01
 """
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
@@ -16,8 +10,6 @@ from app.kernel.migrations import ref, schema_of
 
 revision: str = "0010"
 down_revision: str | None = "0009"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 TS = sa.DateTime(timezone=True)
 
@@ -27,14 +19,16 @@ def upgrade() -> None:
     op.create_table(
         "browser_sessions",
         sa.Column("session_id", sa.String(length=64), nullable=False),
-        sa.Column("user_id", sa.String(length=40), nullable=False),
+        sa.Column(
+            "user_id",
+            sa.String(length=40),
+            sa.ForeignKey(ref("users.user_id"), name=op.f("fk_browser_sessions_user_id_users")),
+            nullable=False,
+        ),
         sa.Column("created_at", TS, nullable=False),
         sa.Column("expires_at", TS, nullable=False),
-        sa.Column("ip_address", sa.String(length=45), nullable=True),
-        sa.Column("user_agent", sa.String(length=255), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["user_id"], [ref("users.user_id")], name=op.f("fk_browser_sessions_user_id_users")
-        ),
+        sa.Column("ip_address", sa.String(length=45)),
+        sa.Column("user_agent", sa.String(length=255)),
         sa.PrimaryKeyConstraint("session_id", name=op.f("pk_browser_sessions")),
         schema=schema,
     )

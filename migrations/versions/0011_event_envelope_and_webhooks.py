@@ -2,13 +2,7 @@
 version); webhooks: endpoints, the events they receive and their deliveries.
 
 Events already in the outbox get payload version 1 and no aggregate type or version.
-
-Revision ID: 0011
-Revises: 0009
-Create Date: 2026-12-01
 """
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
@@ -17,8 +11,6 @@ from app.kernel.migrations import schema_of
 
 revision: str = "0011"
 down_revision: str | None = "0010"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 TS = sa.DateTime(timezone=True)
 
@@ -39,11 +31,11 @@ def upgrade() -> None:
         sa.Column("description", sa.String(length=500), nullable=False),
         sa.Column("events", sa.JSON(), nullable=False),
         sa.Column("enabled", sa.Boolean(), nullable=False),
-        sa.Column("disabled_reason", sa.String(length=200), nullable=True),
+        sa.Column("disabled_reason", sa.String(length=200)),
         sa.Column("secret", sa.Text(), nullable=False),
-        sa.Column("previous_secret", sa.Text(), nullable=True),
-        sa.Column("previous_secret_expires_at", TS, nullable=True),
-        sa.Column("failing_since", TS, nullable=True),
+        sa.Column("previous_secret", sa.Text()),
+        sa.Column("previous_secret_expires_at", TS),
+        sa.Column("failing_since", TS),
         sa.Column("created_at", TS, nullable=False),
         sa.Column("updated_at", TS, nullable=False),
         sa.PrimaryKeyConstraint("webhook_id", name=op.f("pk_webhook_endpoints")),
@@ -60,13 +52,13 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("next_attempt_at", TS, nullable=False),
-        sa.Column("lease_until", TS, nullable=True),
-        sa.Column("leased_by", sa.String(length=100), nullable=True),
-        sa.Column("last_attempt_at", TS, nullable=True),
-        sa.Column("last_status_code", sa.Integer(), nullable=True),
-        sa.Column("last_latency_ms", sa.Integer(), nullable=True),
-        sa.Column("last_error", sa.String(length=500), nullable=True),
-        sa.Column("last_response", sa.String(length=1000), nullable=True),
+        sa.Column("lease_until", TS),
+        sa.Column("leased_by", sa.String(length=100)),
+        sa.Column("last_attempt_at", TS),
+        sa.Column("last_status_code", sa.Integer()),
+        sa.Column("last_latency_ms", sa.Integer()),
+        sa.Column("last_error", sa.String(length=500)),
+        sa.Column("last_response", sa.String(length=1000)),
         sa.Column("created_at", TS, nullable=False),
         sa.PrimaryKeyConstraint("delivery_id", name=op.f("pk_webhook_deliveries")),
         schema=deliveries,

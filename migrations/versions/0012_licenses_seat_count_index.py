@@ -2,9 +2,6 @@
 in use (active, unexpired licenses, counted on every activation) are read from the index
 alone instead of every license row of the user (1.68 -> 0.05 ms for a user with 653
 licenses, bench/README.md). Its leading columns serve the lookups by user and status.
-
-Revision ID: 0012
-Revises: 0011
 """
 
 from alembic import op

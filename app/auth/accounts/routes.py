@@ -19,11 +19,37 @@ from app.auth.accounts.schemas import (
     UserOut,
 )
 from app.auth.licensing import service as licensing
-from app.http.bearer import jwt_required, verify_jwt_in_request
-from app.http.limits import client_ip, config_limit, email_in_body, jwt_subject_key, limiter
-from app.http.openapi import problem_responses
+from app.auth.models import User
+from app.http.bearer import verify_jwt_in_request
+from app.http.limits import client_ip, email_in_body, jwt_subject_key
+from app.http.routes import BEARER, PUBLIC, Callers, Endpoints, Limit
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.web import BEARER_AUTH, NO_STORE
+
+api = Endpoints(bp)
+
+# Who may refresh: the view verifies the refresh token (as Bearer) itself; its rotation
+# decides reuse, which a revoked token is not.
+REFRESH_BEARER = Callers(check=None, security=BEARER_AUTH, problems=(401,))
+# Each limited route counts per client address, then per account: the body's email, or
+# the verified token's user (else the address).
+REGISTER_LIMITS = (
+    Limit("RATELIMIT_REGISTER_PER_IP", client_ip),
+    Limit("RATELIMIT_REGISTER_PER_ACCOUNT", email_in_body),
+)
+LOGIN_LIMITS = (
+    Limit("RATELIMIT_LOGIN_PER_IP", client_ip),
+    Limit("RATELIMIT_LOGIN_PER_ACCOUNT", email_in_body),
+)
+REFRESH_LIMITS = (
+    Limit("RATELIMIT_REFRESH_PER_IP", client_ip),
+    Limit("RATELIMIT_REFRESH_PER_ACCOUNT", jwt_subject_key(refresh=True, fallback=client_ip)),
+)
+# The current password asked again is a login attempt: the login's rates.
+PASSWORD_LIMITS = (
+    Limit("RATELIMIT_LOGIN_PER_IP", client_ip),
+    Limit("RATELIMIT_LOGIN_PER_ACCOUNT", jwt_subject_key(refresh=False, fallback=client_ip)),
+)
 
 
 def hasher() -> Hasher:
@@ -35,16 +61,10 @@ def lockout_policy() -> service.LockoutPolicy:
 
 
 @bp.post("/auth/register")
-@limiter.limit(config_limit("RATELIMIT_REGISTER_PER_IP"), key_func=client_ip)
-@limiter.limit(config_limit("RATELIMIT_REGISTER_PER_ACCOUNT"), key_func=email_in_body)
-@bp.input(RegisterIn)
-@bp.output(UserOut, status_code=201)
-@bp.doc(
-    summary="Create an account",
-    operation_id="auth_register",
-    responses=problem_responses(409, 422, 429),
-)
+@api.endpoint(PUBLIC, "auth_register", limits=REGISTER_LIMITS, problems=(409, 422, 429))
+@api.io(body=RegisterIn, output=UserOut, status=201)
 def register(json_data: RegisterIn) -> Any:
+    """Create an account"""
     password_hash = hasher().hash(json_data.password)  # slow on purpose; outside the transaction
     session = get_session()
     with transaction(session):
@@ -53,43 +73,21 @@ def register(json_data: RegisterIn) -> Any:
 
 
 @bp.post("/auth/login")
-@limiter.limit(config_limit("RATELIMIT_LOGIN_PER_IP"), key_func=client_ip)
-@limiter.limit(config_limit("RATELIMIT_LOGIN_PER_ACCOUNT"), key_func=email_in_body)
-@bp.input(LoginIn)
-@bp.output(TokenPairOut)
-@bp.doc(
-    summary="Log in: an access and a refresh token",
-    operation_id="auth_login",
-    responses=problem_responses(401, 422, 423, 429),
-)
+@api.endpoint(PUBLIC, "auth_login", limits=LOGIN_LIMITS, problems=(401, 422, 423, 429))
+@api.io(body=LoginIn, output=TokenPairOut)
 def login(json_data: LoginIn) -> Any:
-    session, policy, ip, now = get_session(), lockout_policy(), client_ip(), utcnow()
-    attempt = service.check_credentials(
-        session, hasher(), json_data.email, json_data.password, policy=policy, ip=ip, now=now
-    )
-    with transaction(session):
-        outcome = service.settle_login(session, attempt, policy, ip=ip, now=now)
-    if outcome.locked_until is not None:
-        raise service.AccountLocked(outcome.locked_until, now)
-    if outcome.user is None:
+    """Log in: an access and a refresh token"""
+    user = attempt_login(get_session(), json_data.email, json_data.password)
+    if user is None:
         raise service.InvalidCredentials()
-    return tokens.issue_pair(outcome.user), 200, NO_STORE
+    return tokens.issue_pair(user), 200, NO_STORE
 
 
 @bp.post("/auth/refresh")
-@limiter.limit(config_limit("RATELIMIT_REFRESH_PER_IP"), key_func=client_ip)
-@limiter.limit(
-    config_limit("RATELIMIT_REFRESH_PER_ACCOUNT"),
-    key_func=jwt_subject_key(refresh=True, fallback=client_ip),
-)
-@bp.output(TokenPairOut)
-@bp.doc(
-    summary="Exchange a refresh token (as Bearer) for a new pair; the old one is spent",
-    operation_id="auth_refresh",
-    security=BEARER_AUTH,
-    responses=problem_responses(401, 429),
-)
+@api.endpoint(REFRESH_BEARER, "auth_refresh", limits=REFRESH_LIMITS, problems=(429,))
+@api.io(output=TokenPairOut)
 def refresh() -> Any:
+    """Exchange a refresh token (as Bearer) for a new pair; the old one is spent"""
     # Revocation is decided by rotate_refresh itself: a spent token is reuse, not just "revoked".
     verify_jwt_in_request(refresh=True, skip_revocation_check=True)
     claims = get_jwt()
@@ -116,15 +114,10 @@ def refresh() -> Any:
 
 
 @bp.post("/auth/logout")
-@jwt_required()
-@bp.output({}, status_code=204)
-@bp.doc(
-    summary="Revoke this access token and its refresh family",
-    operation_id="auth_logout",
-    security=BEARER_AUTH,
-    responses=problem_responses(401),
-)
+@api.endpoint(BEARER, "auth_logout")
+@api.io(output={}, status=204)
 def logout() -> Any:
+    """Revoke this access token and its refresh family"""
     claims = get_jwt()
     session = get_session()
     with transaction(session):
@@ -141,15 +134,10 @@ def logout() -> Any:
 
 
 @bp.get("/auth/me")
-@jwt_required()
-@bp.output(MeOut)
-@bp.doc(
-    summary="The current user, plan, subscription and seats",
-    operation_id="auth_me",
-    security=BEARER_AUTH,
-    responses=problem_responses(401),
-)
+@api.endpoint(BEARER, "auth_me")
+@api.io(output=MeOut)
 def me() -> Any:
+    """The current user, plan, subscription and seats"""
     session = get_session()
     user = service.get_user(session, get_jwt()["sub"])
     return {
@@ -163,9 +151,10 @@ def me() -> Any:
     }
 
 
-def check_current_password(session: Any, email: str, password: str) -> None:
-    """The current password, asked again, is a login attempt: the same lockout, the same
-    audit entries. Raises AccountLocked or WrongPassword."""
+def attempt_login(session: Any, email: str, password: str) -> User | None:
+    """A login attempt: the lockout, then the password, settled (counted, audited) in its
+    own transaction. The user, or None for a wrong email or password; AccountLocked while
+    the address or the account is locked."""
     policy, ip, now = lockout_policy(), client_ip(), utcnow()
     attempt = service.check_credentials(
         session, hasher(), email, password, policy=policy, ip=ip, now=now
@@ -174,7 +163,13 @@ def check_current_password(session: Any, email: str, password: str) -> None:
         outcome = service.settle_login(session, attempt, policy, ip=ip, now=now)
     if outcome.locked_until is not None:
         raise service.AccountLocked(outcome.locked_until, now)
-    if outcome.user is None:
+    return outcome.user
+
+
+def check_current_password(session: Any, email: str, password: str) -> None:
+    """The current password, asked again, is a login attempt: the same lockout, the same
+    audit entries. Raises AccountLocked or WrongPassword."""
+    if attempt_login(session, email, password) is None:
         raise service.WrongPassword()
 
 
@@ -195,21 +190,10 @@ def change_password(session: Any, user_id: str, current: str, new: str) -> Any:
 
 
 @bp.post("/auth/password")
-@jwt_required()
-@limiter.limit(config_limit("RATELIMIT_LOGIN_PER_IP"), key_func=client_ip)
-@limiter.limit(
-    config_limit("RATELIMIT_LOGIN_PER_ACCOUNT"),
-    key_func=jwt_subject_key(refresh=False, fallback=client_ip),
-)
-@bp.input(PasswordChangeIn)
-@bp.output(TokenPairOut)
-@bp.doc(
-    summary="Change the password: every other session ends; answers with a new token pair",
-    operation_id="auth_change_password",
-    security=BEARER_AUTH,
-    responses=problem_responses(401, 403, 422, 423, 429),
-)
+@api.endpoint(BEARER, "auth_change_password", limits=PASSWORD_LIMITS, problems=(403, 422, 423, 429))
+@api.io(body=PasswordChangeIn, output=TokenPairOut)
 def password(json_data: PasswordChangeIn) -> Any:
+    """Change the password: every other session ends; answers with a new token pair"""
     session = get_session()
     user = change_password(
         session, get_jwt()["sub"], json_data.current_password, json_data.new_password

@@ -23,21 +23,34 @@ from app.auth.licensing.schemas import (
     ValidateIn,
     ValidateOut,
 )
-from app.http.bearer import jwt_required, verify_jwt_in_request
-from app.http.limits import (
-    client_ip,
-    config_limit,
-    email_in_body,
-    jwt_subject_key,
-    limiter,
-    token_in_body,
-)
-from app.http.openapi import problem_responses
+from app.http.bearer import verify_jwt_in_request
+from app.http.limits import client_ip, email_in_body, jwt_subject_key, token_in_body
+from app.http.routes import BEARER, PUBLIC, Callers, Endpoints, Limit, keyset, page
 from app.kernel import metrics
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.errors import ProblemError, Unauthorized
-from app.kernel.pagination import PageQuery, decode_keyset
-from app.kernel.web import BEARER_AUTH, NO_STORE
+from app.kernel.pagination import PageQuery
+from app.kernel.web import NO_STORE
+
+api, root_api = Endpoints(bp), Endpoints(root_bp)
+
+# Who may activate: the view checks a Bearer token, or email and password in the body.
+BEARER_OR_PASSWORD = Callers(check=None, security=[{"BearerAuth": []}, {}], problems=(401,))
+# Each limited route counts per client address, then per account or per token.
+ACTIVATE_LIMITS = (
+    Limit("RATELIMIT_ACTIVATE_PER_IP", client_ip),
+    Limit("RATELIMIT_ACTIVATE_PER_ACCOUNT", jwt_subject_key(refresh=False, fallback=email_in_body)),
+)
+VALIDATE_LIMITS = (
+    Limit("RATELIMIT_VALIDATE_PER_IP", client_ip),
+    Limit("RATELIMIT_VALIDATE_PER_TOKEN", token_in_body),
+)
+ALREADY_HELD = {
+    "description": "The user already holds the live license for this client",
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/ActivatedLicenseOut"}}
+    },
+}
 
 
 def license_token(license_: Any, now: Any) -> str:
@@ -82,28 +95,16 @@ def _activation_user(session: Any, body: ActivateIn, now: Any) -> tuple[str | No
 
 
 @bp.post("/licenses/activate")
-@limiter.limit(config_limit("RATELIMIT_ACTIVATE_PER_IP"), key_func=client_ip)
-@limiter.limit(
-    config_limit("RATELIMIT_ACTIVATE_PER_ACCOUNT"),
-    key_func=jwt_subject_key(refresh=False, fallback=email_in_body),
+@api.endpoint(
+    BEARER_OR_PASSWORD,
+    "licensing_activate",
+    limits=ACTIVATE_LIMITS,
+    responses={200: ALREADY_HELD},
+    problems=(409, 422, 423, 429),
 )
-@bp.input(ActivateIn)
-@bp.output(ActivatedLicenseOut, status_code=201, description="A new license")
-@bp.doc(
-    summary="Activate a license for a client (idempotent for the same user and client)",
-    operation_id="licensing_activate",
-    security=[{"BearerAuth": []}, {}],  # a Bearer token, or email and password in the body
-    responses={
-        200: {
-            "description": "The user already holds the live license for this client",
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/ActivatedLicenseOut"}}
-            },
-        },
-        **problem_responses(401, 409, 422, 423, 429),
-    },
-)
+@api.io(body=ActivateIn, output=ActivatedLicenseOut, status=201, description="A new license")
 def activate(json_data: ActivateIn) -> Any:
+    """Activate a license for a client (idempotent for the same user and client)"""
     session, now = get_session(), utcnow()
     signing.license_keys()  # 503 signing_unavailable now, before a seat is taken for nothing
     user_id, attempt = _activation_user(session, json_data, now)
@@ -134,16 +135,10 @@ def activate(json_data: ActivateIn) -> Any:
 
 
 @bp.post("/licenses/validate")
-@limiter.limit(config_limit("RATELIMIT_VALIDATE_PER_IP"), key_func=client_ip)
-@limiter.limit(config_limit("RATELIMIT_VALIDATE_PER_TOKEN"), key_func=token_in_body)
-@bp.input(ValidateIn)
-@bp.output(ValidateOut)
-@bp.doc(
-    summary="Check a license token against the current license (always 200 when well-formed)",
-    operation_id="licensing_validate",
-    responses=problem_responses(400, 422, 429),
-)
+@api.endpoint(PUBLIC, "licensing_validate", limits=VALIDATE_LIMITS, problems=(400, 422, 429))
+@api.io(body=ValidateIn, output=ValidateOut)
 def validate(json_data: ValidateIn) -> Any:
+    """Check a license token against the current license (always 200 when well-formed)"""
     checked_at = utcnow()
     keys = signing.license_keys()
     verdict = licensing.validate(
@@ -162,12 +157,12 @@ def validate(json_data: ValidateIn) -> Any:
         "checked_at": checked_at,
         # README, "Signed verdicts": what an app verifies instead of trusting plain JSON.
         "verdict": keys.sign_verdict(
+            issued_at=checked_at,
+            ttl_seconds=signing.VERDICT_TTL_SECONDS,
             code=verdict.code,
             license_id=verdict.license_id,
             client_id=json_data.client_id,
             nonce=json_data.nonce,
-            issued_at=checked_at,
-            ttl_seconds=signing.VERDICT_TTL_SECONDS,
         ),
     }
     if verdict.stale:
@@ -176,16 +171,15 @@ def validate(json_data: ValidateIn) -> Any:
 
 
 @bp.post("/licenses/deactivate")
-@limiter.limit(config_limit("RATELIMIT_VALIDATE_PER_IP"), key_func=client_ip)
-@limiter.limit(config_limit("RATELIMIT_VALIDATE_PER_TOKEN"), key_func=token_in_body)
-@bp.input(DeactivateIn)
-@bp.output(LicenseOut)
-@bp.doc(
+@api.endpoint(
+    PUBLIC,
+    "licensing_deactivate_from_app",
+    limits=VALIDATE_LIMITS,  # the app's budget for its license: validate's
+    problems=(404, 422, 429),
     summary="Deactivate a license from the app that holds it: its token and client id, "
     "no password (revoked, seat freed)",
-    operation_id="licensing_deactivate_from_app",
-    responses=problem_responses(404, 422, 429),
 )
+@api.io(body=DeactivateIn, output=LicenseOut)
 def deactivate_from_app(json_data: DeactivateIn) -> Any:
     # A token that is not ours, a license that is gone, a client id that is not the
     # license's: one 404, so this route tells nobody more than validate does.
@@ -195,8 +189,7 @@ def deactivate_from_app(json_data: DeactivateIn) -> Any:
         raise licensing.LicenseNotFound() from None
     if claims["client_id"] != json_data.client_id:
         raise licensing.LicenseNotFound()
-    session = get_session()
-    with transaction(session):
+    with transaction(get_session()) as session:
         license_ = licensing.deactivate(
             session,
             claims["user_id"],
@@ -209,35 +202,18 @@ def deactivate_from_app(json_data: DeactivateIn) -> Any:
 
 
 @bp.get("/licenses")
-@jwt_required()
-@bp.input(PageQuery, location="query")
-@bp.output(LicensePage)
-@bp.doc(
-    summary="My licenses, newest first",
-    operation_id="licensing_list",
-    security=BEARER_AUTH,
-    responses=problem_responses(401, 422),
-)
+@api.endpoint(BEARER, "licensing_list", problems=(422,))
+@api.io(query=PageQuery, output=LicensePage)
 def list_mine(query_data: PageQuery) -> Any:
-    items, next_cursor = licensing.list_licenses(
-        get_session(),
-        get_jwt()["sub"],
-        limit=query_data.limit,
-        after=decode_keyset(query_data.cursor, (str,)),
-    )
-    return {"items": items, "next_cursor": next_cursor}
+    """My licenses, newest first"""
+    return page(licensing.list_licenses(get_session(), get_jwt()["sub"], **keyset(query_data, str)))
 
 
 @bp.get("/licenses/<license_id>")
-@jwt_required()
-@bp.output(LicenseOut)
-@bp.doc(
-    summary="One license (its owner or an admin)",
-    operation_id="licensing_get",
-    security=BEARER_AUTH,
-    responses=problem_responses(401, 404),
-)
+@api.endpoint(BEARER, "licensing_get", problems=(404,))
+@api.io(output=LicenseOut)
 def get_one(license_id: str) -> Any:
+    """One license (its owner or an admin)"""
     claims = get_jwt()
     license_ = licensing.get_license(get_session(), license_id)
     if license_.user_id != claims["sub"] and claims.get("role") != "admin":
@@ -246,27 +222,19 @@ def get_one(license_id: str) -> Any:
 
 
 @bp.delete("/licenses/<license_id>")
-@jwt_required()
-@bp.output(LicenseOut)
-@bp.doc(
-    summary="Deactivate my license: revoked, seat freed",
-    operation_id="licensing_deactivate",
-    security=BEARER_AUTH,
-    responses=problem_responses(401, 404),
-)
+@api.endpoint(BEARER, "licensing_deactivate", problems=(404,))
+@api.io(output=LicenseOut)
 def deactivate(license_id: str) -> Any:
-    session = get_session()
-    with transaction(session):
+    """Deactivate my license: revoked, seat freed"""
+    with transaction(get_session()) as session:
         license_ = licensing.deactivate(session, get_jwt()["sub"], license_id, ip=client_ip())
     return license_
 
 
 @root_bp.get("/.well-known/jwks.json")
-@root_bp.output(JwksOut)
-@root_bp.doc(
-    summary="Public keys that verify license tokens offline (several during rotation)",
-    operation_id="licensing_jwks",
-)
+@root_api.endpoint(PUBLIC, "licensing_jwks")
+@root_api.io(output=JwksOut)
 def jwks() -> Any:
+    """Public keys that verify license tokens offline (several during rotation)"""
     max_age = current_app.config["JWKS_MAX_AGE"]
     return signing.license_keys().jwks(), 200, {"Cache-Control": f"public, max-age={max_age}"}
