@@ -282,6 +282,10 @@ def test_orders_are_visible_to_their_owner_and_admins(app, client, runner):
     )
     root = account(client, "root@example.com")
     assert client.get(f"/api/v1/orders/{made['order_id']}", headers=root).status_code == 200
+    # Support refunds a customer: an admin may cancel someone else's backing order (README).
+    cancelled = client.post(f"/api/v1/orders/{made['order_id']}/cancel", headers=root)
+    assert cancelled.status_code == 200 and cancelled.get_json()["status"] == "cancelled"
+    assert client.get("/api/v1/me/dashboard", headers=ada).get_json()["subscription"] is None
 
 
 def test_money_is_exact(client):

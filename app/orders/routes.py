@@ -136,10 +136,15 @@ def get_order(order_id: str) -> Any:
 
 
 @bp.post("/orders/<order_id>/cancel")
-@api.endpoint(BEARER, "orders_cancel", problems=(404, 409, 502))
+@api.endpoint(
+    BEARER,
+    "orders_cancel",
+    problems=(404, 409, 502),
+    summary="Cancel a paid order (its owner or an admin): refund it, end the subscription, "
+    "suspend surplus licenses",
+)
 @api.io(output=OrderOut)
 def cancel_order(order_id: str) -> Any:
-    """Cancel a paid order: refund it, end the subscription, suspend surplus licenses"""
     order = workflows.cancel_order(
         get_session(),
         gateway(),

@@ -263,8 +263,9 @@ def _limit(name: str, default: str, doc: str) -> Any:
 
 
 class RateLimits(Group):
-    """Per client address and per account and address (or token); Redis-backed when
-    REDIS_URL is set. `RATELIMIT_<ROUTE>_PER_<KEY>` are the per-route limits."""
+    """Per client address, and per account (a verified token's user, or the body's email
+    with the address) or per license token; Redis-backed when REDIS_URL is set.
+    `RATELIMIT_<ROUTE>_PER_<KEY>` are the per-route limits."""
 
     enabled: bool = env("RATELIMIT_ENABLED", True, "rate limiting on or off")
     key_prefix: Text = env("RATELIMIT_KEY_PREFIX", "licensing", "Redis key prefix")
@@ -278,19 +279,24 @@ class RateLimits(Group):
         "RATELIMIT_LOGIN_PER_IP", "30/minute;300/hour", "login, per address"
     )
     login_per_account: RateLimit = _limit(
-        "RATELIMIT_LOGIN_PER_ACCOUNT", "10/minute", "login, per account and address"
+        "RATELIMIT_LOGIN_PER_ACCOUNT",
+        "10/minute",
+        "login, per account and address; password change, per account (the token's user)",
     )
     refresh_per_ip: RateLimit = _limit(
         "RATELIMIT_REFRESH_PER_IP", "60/minute", "refresh, per address"
     )
     refresh_per_account: RateLimit = _limit(
-        "RATELIMIT_REFRESH_PER_ACCOUNT", "20/minute", "refresh, per account and address"
+        "RATELIMIT_REFRESH_PER_ACCOUNT", "20/minute", "refresh, per account (the token's user)"
     )
     activate_per_ip: RateLimit = _limit(
         "RATELIMIT_ACTIVATE_PER_IP", "60/minute", "activation, per address"
     )
     activate_per_account: RateLimit = _limit(
-        "RATELIMIT_ACTIVATE_PER_ACCOUNT", "30/minute", "activation, per account and address"
+        "RATELIMIT_ACTIVATE_PER_ACCOUNT",
+        "30/minute",
+        "activation, per account (a Bearer token's user; with email and password, per account "
+        "and address)",
     )
     # Validation is the hot path: vendors' apps call it at start and on a timer.
     validate_per_ip: RateLimit = _limit(
