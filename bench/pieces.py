@@ -41,19 +41,22 @@ def _either(*rules: Callable[[str, str], bool]) -> Callable[[str, str], bool]:
 
 
 TX_ROUND_TRIPS = "transaction round trips (BEGIN, COMMIT, ROLLBACK, ping)"
+# The rules too long for a row of the table below.
+_TRANSACTION = _either(
+    _fn("sqlalchemy/engine/default.py", "do_begin", "do_commit", "do_rollback", "do_ping"),
+    _fn("app/kernel/db.py", "_begin"),
+    _fn("psycopg/", "_start_query", "commit", "rollback", "_commit_gen", "_rollback_gen"),
+)
+_SQL = _either(_fn("sqlalchemy/engine/default.py", "do_execute", "do_executemany"), _in("psycopg/"))
+_LIMIT_STORAGE = _either(
+    _in("redis/", "limits/storage/", "app/http/redis_limits.py"),
+    _fn("app/http/limits.py", "incr", "get", "get_expiry", "_sweep"),
+)
 PIECES = (
     Piece(
         "revocation look-up (access token)", 4, _fn("app/auth/accounts/tokens.py", "_is_revoked")
     ),
-    Piece(
-        TX_ROUND_TRIPS,
-        4,
-        _either(
-            _fn("sqlalchemy/engine/default.py", "do_begin", "do_commit", "do_rollback", "do_ping"),
-            _fn("app/kernel/db.py", "_begin"),
-            _fn("psycopg/", "_start_query", "commit", "rollback", "_commit_gen", "_rollback_gen"),
-        ),
-    ),
+    Piece(TX_ROUND_TRIPS, 4, _TRANSACTION),
     Piece("metrics (prometheus_client)", 3, _in("prometheus_client/")),
     Piece(
         "access log (logging, JSON formatter)",
@@ -73,14 +76,7 @@ PIECES = (
         3,
         _either(_in("app/kernel/ownership.py"), _fn("app/http/blueprints.py", "_enter_module")),
     ),
-    Piece(
-        "rate-limit storage (Redis round trips)",
-        3,
-        _either(
-            _in("redis/", "limits/storage/"),
-            _fn("app/http/limits.py", "incr", "get", "get_expiry", "_sweep"),
-        ),
-    ),
+    Piece("rate-limit storage (Redis round trips)", 3, _LIMIT_STORAGE),
     Piece("password hash (argon2id)", 3, _in("argon2/")),
     Piece("sandbox payment gateway", 3, _in("app/orders/payments.py")),
     Piece(
@@ -100,13 +96,7 @@ PIECES = (
         _either(_in("flask/json/"), _fn("app/http/__init__.py", "loads")),
     ),
     Piece("APIFlask + Pydantic (validate input, render output)", 2, _in("apiflask/", "pydantic")),
-    Piece(
-        "SQL statements (driver)",
-        2,
-        _either(
-            _fn("sqlalchemy/engine/default.py", "do_execute", "do_executemany"), _in("psycopg/")
-        ),
-    ),
+    Piece("SQL statements (driver)", 2, _SQL),
     Piece(
         "ORM flush (unit of work)",
         2,
