@@ -68,6 +68,7 @@ class UserSummary:
 
 
 _Summary = TypeVar("_Summary")
+Config = Mapping[str, Any]  # the app's configuration
 
 
 def _copy(summary: type[_Summary], row: object) -> _Summary:
@@ -112,12 +113,7 @@ def get_user(session: Session, user_id: str) -> UserSummary | None:
 
 @module_api(MODULE)
 def unlock_email(
-    session: Session,
-    email: str,
-    config: Mapping[str, Any],
-    *,
-    actor_id: str | None,
-    ip: str | None = None,
+    session: Session, email: str, config: Config, *, actor_id: str | None, ip: str | None = None
 ) -> tuple[UserSummary | None, int]:
     """Lift the login locks of an email, account or not (inside the caller's transaction;
     audited as ACCOUNT_UNLOCKED). Returns the user, if any, and the records cleared."""
@@ -128,21 +124,14 @@ def unlock_email(
 
 @module_api(MODULE)
 def unlock_user(
-    session: Session,
-    user_id: str,
-    config: Mapping[str, Any],
-    *,
-    actor_id: str | None,
-    ip: str | None = None,
+    session: Session, user_id: str, config: Config, *, actor_id: str | None, ip: str | None = None
 ) -> UserSummary | None:
     """Lift the login locks of a user's account (audited); None when there is no such user."""
-    try:
-        user = service.get_user(session, user_id)
-    except service.UserNotFound:
+    user = get_user(session, user_id)
+    if user is None:
         return None
-    policy = service.LockoutPolicy.from_config(config)
-    unlocked, _ = service.unlock(session, user.email, policy, actor_id=actor_id, ip=ip)
-    return _summary(unlocked)
+    unlocked, _ = unlock_email(session, user.email, config, actor_id=actor_id, ip=ip)
+    return unlocked
 
 
 @module_api(MODULE)
