@@ -224,6 +224,10 @@ def cancel_order(
 
 @dataclass
 class RenewalReport:
+    """What one renewal run did (`flask subscriptions renew` prints it): subscriptions renewed,
+    declined (failed), not renewed by this run (skipped: another run holds them, or their plan
+    left the catalog) and lapsed, and the money charged per currency."""
+
     renewed: int = 0
     failed: int = 0
     skipped: int = 0
