@@ -68,6 +68,7 @@ def test_db_upgrade_cannot_write_the_sqlite_path(tmp_path):
         ["backup", "create"],
         ["tokens", "prune"],
         ["subscriptions", "renew"],
+        ["orders", "recover"],
         ["outbox", "status"],
         ["audit", "archive"],
     ],

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from app.auth.models import Subscription
 from app.kernel.db import make_sessionmaker, transaction, utcnow
 from app.kernel.engines import make_engine
 from app.kernel.ownership import OPERATOR, acting_as
-from app.orders.models import Order
+from app.orders.models import IdempotencyKey, Order
 from tests.helpers import (
     FLASK,
     ROOT,
@@ -177,3 +178,122 @@ def test_two_renewal_runs_at_once_charge_once(database_url, signing_key_file, tm
     assert all(run.returncode == 0 for run in runs), outputs
     assert sorted(out.split(",")[0] for out, _ in outputs) == ["renewed 0", "renewed 1"]
     assert len([e for e in _ledger(ledger) if e["type"] == "charge"]) == 2  # purchase + one renewal
+
+
+ORDER = {"plan": "pro", "payment_token": "tok_ok"}
+
+
+def _charged_then_killed(database_url: str, signing_key: str, ledger: Path) -> dict[str, str]:
+    """A purchase charged by the provider, then its server SIGKILLed before the settlement
+    was written — and a client that never retries. Returns the buyer's headers (with the
+    order's Idempotency-Key)."""
+    servers: list[subprocess.Popen] = []
+    env = {"LICENSE_SIGNING_KEYS": signing_key, "SANDBOX_LEDGER": str(ledger)}
+    with gunicorn_server(database_url, workers=1, processes=servers, **env) as base:
+        who = {**_buyer(base), "Idempotency-Key": "never-retried"}
+    # The buyer signed up; now the server that takes the order answers slowly after charging.
+    with gunicorn_server(
+        database_url, workers=1, processes=servers, SANDBOX_LATENCY_MS="30000", **env
+    ) as base:
+        pool = ThreadPoolExecutor(max_workers=1)
+        pool.submit(http, "POST", base + "/api/v1/orders", ORDER, who)
+        deadline = time.monotonic() + 30
+        while not _ledger(ledger):
+            assert time.monotonic() < deadline, "the order was never charged"
+            time.sleep(0.05)
+        os.killpg(servers[-1].pid, signal.SIGKILL)  # charged; the settlement never written
+        servers[-1].wait()
+        pool.shutdown(wait=True)  # the client saw its connection drop and gave up
+    return who
+
+
+def _purchases(url: str) -> list[tuple[str, str | None, str | None]]:
+    return _db(
+        url,
+        lambda s: [
+            (o.status, o.charge_id, o.refund_id)
+            for o in s.scalars(select(Order).where(Order.kind == "purchase"))
+        ],
+    )
+
+
+def _end_the_lease(url: str) -> None:
+    """The dead attempt's lease ends: an explicit step, not a wait on the wall clock."""
+    _db(
+        url,
+        lambda s: s.execute(
+            update(IdempotencyKey).values(locked_until=utcnow() - timedelta(seconds=1))
+        ),
+    )
+
+
+def _audit_count(url: str, action: str) -> int:
+    return db_scalar(url, select(func.count()).where(AuditLog.action == action))
+
+
+def test_a_purchase_charged_before_a_crash_is_settled_by_recovery_once_its_lease_ends(
+    database_url, signing_key_file, tmp_path
+):
+    ledger = tmp_path / "ledger.jsonl"
+    _charged_then_killed(database_url, signing_key_file, ledger)
+    [charge] = _ledger(ledger)
+    env = _cli_env(database_url, signing_key_file, ledger)
+
+    # Within the lease the attempt may still be alive: recovery leaves it alone.
+    early = run_flask("orders", "recover", env=env, timeout=60)
+    assert early.returncode == 0, early.stderr
+    assert early.stdout.strip() == "settled 0, refunded 0, failed 0, skipped 0"
+    assert _purchases(database_url) == [("pending", None, None)]
+
+    _end_the_lease(database_url)
+    result = run_flask("orders", "recover", env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "settled 1, refunded 0, failed 0, skipped 0"
+    assert _ledger(ledger) == [charge]  # the charge found again: none made, none refunded
+    assert _purchases(database_url) == [("paid", charge["charge_id"], None)]
+    assert db_scalar(database_url, select(func.count()).select_from(Subscription)) == 1
+    assert _audit_count(database_url, "ORDER_RECOVERY") == 1
+    assert _audit_count(database_url, "ORDER_PAID") == 1
+
+    again = run_flask("orders", "recover", env=env, timeout=60)
+    assert again.stdout.strip() == "settled 0, refunded 0, failed 0, skipped 0"
+    assert _ledger(ledger) == [charge]
+
+
+def test_recovery_on_two_hosts_and_the_clients_retry_at_once_charge_once(
+    database_url, signing_key_file, tmp_path
+):
+    ledger = tmp_path / "ledger.jsonl"
+    who = _charged_then_killed(database_url, signing_key_file, ledger)
+    _end_the_lease(database_url)
+    env = _cli_env(database_url, signing_key_file, ledger, SANDBOX_LATENCY_MS="300")
+    with gunicorn_server(
+        database_url,
+        workers=1,
+        LICENSE_SIGNING_KEYS=signing_key_file,
+        SANDBOX_LEDGER=str(ledger),
+        SANDBOX_LATENCY_MS="300",
+    ) as base:
+        runs = [
+            subprocess.Popen(
+                [*FLASK, "orders", "recover"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+            )
+            for _ in range(2)
+        ]
+        retry = http("POST", base + "/api/v1/orders", ORDER, who)
+        outputs = [run.communicate(timeout=60)[0] for run in runs]
+        replay = http("POST", base + "/api/v1/orders", ORDER, who)
+    assert all(run.returncode == 0 for run in runs), outputs
+    # One of the three settled it; the retry answered it, or found a run holding the key.
+    assert sum(out.startswith("settled 1") for out in outputs) <= 1, outputs
+    assert retry[0] in (201, 409), retry
+    assert replay[0] == 201 and replay[1]["status"] == "paid", replay
+    entries = _ledger(ledger)
+    [charge] = [e for e in entries if e["type"] == "charge"]
+    refunded = sum(e["amount_cents"] for e in entries if e["type"] == "refund")
+    paid = _purchases(database_url)
+    assert paid == [("paid", charge["charge_id"], None)]
+    # charged - refunded = what the entitlement was paid for
+    assert charge["amount_cents"] - refunded == replay[1]["amount_cents"]
+    assert db_scalar(database_url, select(func.count()).select_from(Subscription)) == 1
+    assert _audit_count(database_url, "ORDER_PAID") == 1

@@ -15,7 +15,7 @@ from app.auth.models import License, Subscription, User
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.models import OutboxEvent
 from app.kernel.ownership import OPERATOR, acting_as
-from app.orders.models import Order
+from app.orders.models import IdempotencyKey, Order
 from tests.helpers import as_operator, assert_problem, rows
 
 PASSWORD = "correct horse battery"
@@ -260,6 +260,48 @@ def test_a_failure_after_the_charge_is_refunded(app, app_config, client, monkeyp
     assert retry.status_code == 502 and retry.get_json() == failed_body
     assert order(client, ada, "comp-2").status_code == 201  # a new key buys for real
     assert [e["type"] for e in ledger(app_config)] == ["charge", "refund", "charge"]
+
+
+def test_a_refund_left_unrecorded_by_an_outage_is_recorded_by_recovery(
+    app, app_config, client, runner, monkeypatch
+):
+    """The database goes away after the charge: the settlement fails, the refund goes
+    through, and recording it fails too. The client never retries; once the lease ends,
+    `orders recover` records the refund the provider already made."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.orders import service
+
+    def outage(*args, **kwargs):
+        raise OperationalError("SELECT 1", None, ConnectionError("server closed the connection"))
+
+    ada = account(client)
+    monkeypatch.setattr(service.auth_api, "grant_subscription", outage)
+    monkeypatch.setattr(service, "fail", outage)
+    assert_problem(order(client, ada, "outage"), 503, "database_unavailable")
+    monkeypatch.undo()
+    assert [e["type"] for e in ledger(app_config)] == ["charge", "refund"]
+    [pending] = rows(app, select(Order))
+    assert pending.status == "pending"
+
+    within = runner.invoke(args=["orders", "recover"])
+    assert within.output == "settled 0, refunded 0, failed 0, skipped 0\n"
+    operator(app, update(IdempotencyKey).values(locked_until=utcnow() - timedelta(seconds=1)))
+    result = runner.invoke(args=["orders", "recover"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "settled 0, refunded 1, failed 0, skipped 0\n"
+    money = ledger(app_config)
+    assert [e["type"] for e in money] == ["charge", "refund"]  # nothing moved again
+    [failed] = rows(app, select(Order))
+    assert (failed.status, failed.failure_code, failed.refund_id) == (
+        "failed",
+        "settlement_failed",
+        money[1]["refund_id"],
+    )
+    assert actions(app)[-2:] == ["ORDER_RECOVERY", "ORDER_REFUNDED"]
+    assert rows(app, select(Subscription)) == []
+    replay = assert_problem(order(client, ada, "outage"), 502, "settlement_failed")
+    assert replay["refund_id"] == money[1]["refund_id"]
 
 
 def test_orders_are_visible_to_their_owner_and_admins(app, client, runner):

@@ -13,9 +13,17 @@ from app.orders.payments import gateway_of
 from app.orders.plans import catalog_of
 
 RenewalReport = workflows.RenewalReport
+RecoveryReport = workflows.RecoveryReport
 
 # The events orders publishes (docs/events.md).
-__all__ = ["OrderPaid", "OrderRefunded", "RenewalReport", "renew_due_subscriptions"]
+__all__ = [
+    "OrderPaid",
+    "OrderRefunded",
+    "RecoveryReport",
+    "RenewalReport",
+    "recover_pending_orders",
+    "renew_due_subscriptions",
+]
 
 
 def renew_due_subscriptions(session: Session, app: Any) -> RenewalReport:
@@ -34,3 +42,11 @@ def renew_due_subscriptions(session: Session, app: Any) -> RenewalReport:
             lease=cfg["ORDER_LEASE"],
             lead=cfg["RENEWAL_LEAD"],
         )
+
+
+def recover_pending_orders(session: Session, app: Any) -> RecoveryReport:
+    """Finish the purchases whose attempt died after its claim, once their lease has ended
+    (an entry point that owns its transactions, like the renewals)."""
+    with acting_as(MODULE):
+        settings = workflows.Settings(lease=app.config["ORDER_LEASE"])
+        return workflows.recover_pending(session, gateway_of(app), catalog_of(app), settings)

@@ -1,4 +1,4 @@
-"""Orders' operator commands: `flask --app wsgi subscriptions …`."""
+"""Orders' operator commands: `flask --app wsgi subscriptions …` and `orders …`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from app.kernel.cli import OperatorGroup, writes
 from app.kernel.db import get_session
 
 subscriptions_cli = OperatorGroup("subscriptions", help="Subscription renewals.")
+orders_cli = OperatorGroup("orders", help="Orders left unfinished.")
 
 
 @subscriptions_cli.command("renew")
@@ -37,5 +38,26 @@ def subscriptions_renew() -> None:
         raise click.ClickException("; ".join(report.problems))
 
 
+@orders_cli.command("recover")
+@writes
+def orders_recover() -> None:
+    """Finish purchases left pending after their lease ended (cron, every minute).
+
+    A purchase whose attempt died after the charge (the database went away, the process
+    was killed) is settled — or refunded — exactly as a retry with its Idempotency-Key
+    would: it is never charged twice. Several hosts may run it at once.
+    """
+    from app.orders import api as orders_api
+
+    report = orders_api.recover_pending_orders(get_session(), current_app)
+    click.echo(
+        f"settled {report.settled}, refunded {report.refunded}, failed {report.failed}, "
+        f"skipped {report.skipped}"
+    )
+    if report.problems:  # cron mails a failing job: these orders are still pending
+        raise click.ClickException("; ".join(report.problems))
+
+
 def init_app(app: Any) -> None:
     app.cli.add_command(subscriptions_cli)
+    app.cli.add_command(orders_cli)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -19,11 +21,12 @@ from sqlalchemy.orm import Session
 from app.auth import api as auth_api
 from app.kernel.db import transaction, utcnow
 from app.kernel.errors import ProblemError, problem
-from app.orders import cancellation, renewals, service
+from app.orders import cancellation, recovery, renewals, service
 from app.orders.payments import PaymentDeclined, PaymentGateway, PaymentUnavailable
 from app.orders.plans import Plan
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class PaymentUnavailableProblem(ProblemError):
@@ -78,7 +81,14 @@ def place_order(
             raise service.IdempotencyInProgress()
         time.sleep(0.05)  # another request is paying for this key: wait for its answer
 
-    order = claim.order
+    return _pay(session, gateway, claim.order, plan)
+
+
+def _pay(
+    session: Session, gateway: PaymentGateway, order: Any, plan: Plan
+) -> tuple[int, dict[str, Any]]:
+    """Charge a claimed order (the provider returns the same charge to every attempt of
+    it) and settle it, or record why not. Returns (status, body), which its key replays."""
     try:
         charge = _charge(gateway, order)
     except (PaymentDeclined, PaymentUnavailable) as exc:
@@ -156,8 +166,8 @@ def _compensate(
     `settlement_failed` (naming the refund) and never charges again.
 
     If the refund or the record fails too (None), the order stays pending with its key
-    claimed: a retry after the lease takes it over, finds the charge (refunded or not) and
-    settles or records it.
+    claimed: a retry after the lease — or `recover_pending` (cron), for a client that never
+    retries — takes it over, finds the charge (refunded or not) and settles or records it.
     """
     try:
         refund = gateway.refund(
@@ -188,6 +198,76 @@ def _compensate(
             exc_info=True,
         )
         return None
+
+
+def _each_once(
+    session: Session, fetch: Callable[[], list[T]], key: Callable[[T], str]
+) -> Iterator[T]:
+    """Every item `fetch` finds, batch after batch, each once (one that failed is still
+    there in the next batch: it waits for the next run), until a batch has nothing new."""
+    seen: set[str] = set()
+    while True:
+        found = [item for item in fetch() if key(item) not in seen]
+        session.rollback()  # end the read snapshot before the write transactions
+        if not found:
+            return
+        for item in found:
+            seen.add(key(item))
+            yield item
+
+
+@dataclass
+class RecoveryReport:
+    settled: int = 0  # paid, the subscription granted
+    refunded: int = 0  # charged, but could not be settled: refunded
+    failed: int = 0  # nothing charged (declined, or the provider unavailable)
+    skipped: int = 0  # a retry or another run took it first
+    # Orders still pending after this run (the next one tries again): cron mails them.
+    problems: list[str] = field(default_factory=list)
+
+
+def recover_pending(
+    session: Session, gateway: PaymentGateway, catalog: dict[str, Plan], settings: Settings
+) -> RecoveryReport:
+    """Finish every purchase whose attempt died after its claim (its lease ended), exactly
+    as a retry with its Idempotency-Key would: take the lease over, charge (the provider
+    returns the charge already made, by the order's id) and settle it — or refund it and
+    record that. Safe to run twice at once, or alongside a client's retry."""
+    report, batch = RecoveryReport(), 100
+    stale = partial(recovery.stale_purchases, session, now=utcnow(), limit=batch)
+    for order_id in _each_once(session, stale, key=str):
+        _recover_one(session, gateway, catalog, order_id, lease=settings.lease, report=report)
+    return report
+
+
+def _recover_one(session, gateway, catalog, order_id, *, lease, report) -> None:
+    with transaction(session):
+        order = recovery.take_over(session, order_id, lease=lease, now=utcnow())
+    if order is None:
+        report.skipped += 1
+        return
+    plan = catalog.get(order.plan)
+    if plan is None:
+        report.problems.append(
+            f"order {order_id}: plan {order.plan!r} is not in the plan catalog (PLANS_JSON)"
+        )
+        return
+    try:
+        status, _ = _pay(session, gateway, order, plan)
+    except PaymentUnavailableProblem:
+        report.failed += 1  # recorded, nothing charged
+        return
+    except Exception as exc:  # the database again, say: still pending, the next run retries
+        session.rollback()
+        log.exception("order %s: recovery did not finish it", order_id)
+        report.problems.append(f"order {order_id}: still pending ({type(exc).__name__})")
+        return
+    if status == 201:
+        report.settled += 1
+    elif status == 502:
+        report.refunded += 1
+    else:
+        report.failed += 1
 
 
 def cancel_order(
@@ -252,19 +332,9 @@ def renew_due(
     once or twice in a row."""
     report = RenewalReport()
     now = utcnow()
-    seen: set[str] = set()
-    while True:
-        due = [
-            s
-            for s in auth_api.due_subscriptions(session, now + lead, limit=batch)
-            if s.subscription_id not in seen
-        ]
-        session.rollback()  # end the read snapshot before the write transactions
-        if not due:
-            break
-        for sub in due:
-            seen.add(sub.subscription_id)
-            _renew_one(session, gateway, catalog, sub, now=now, lease=lease, report=report)
+    due = partial(auth_api.due_subscriptions, session, now + lead, limit=batch)
+    for sub in _each_once(session, due, key=lambda s: s.subscription_id):
+        _renew_one(session, gateway, catalog, sub, now=now, lease=lease, report=report)
     with transaction(session):
         report.lapsed = auth_api.lapse_past_due_subscriptions(session, grace=grace, now=utcnow())
     return report
