@@ -577,3 +577,28 @@ def test_orders_come_in_keyset_pages(client):
     assert_problem(
         client.get("/api/v1/orders?cursor=WyJ4IiwgInkiXQ", headers=ada), 422, "invalid_cursor"
     )  # ["x", "y"]: a cursor of another list's shape
+
+
+def test_an_attempt_that_outlived_its_lease_does_not_settle_the_order_again(
+    app, app_config, client
+):
+    """A first attempt slow enough for its lease to end reaches its settlement after a retry
+    (or `flask orders recover`) took the order over and settled it: it must answer what the
+    key recorded, not grant the subscription a second time for one charge."""
+    from app.orders import workflows
+    from app.orders.payments import gateway_of
+    from app.orders.plans import catalog_of
+
+    ada = account(client)
+    paid = order(client, ada, "slow")
+    assert paid.status_code == 201
+    [before] = rows(app, select(Subscription))
+    with app.app_context(), acting_as("orders"):
+        session = get_session()
+        late = session.get(Order, paid.get_json()["order_id"])
+        answer = workflows._pay(session, gateway_of(app), late, catalog_of(app)["pro"])
+    assert answer == (201, paid.get_json())
+    [after] = rows(app, select(Subscription))
+    assert (after.renews_at, after.version) == (before.renews_at, before.version)
+    assert [e["type"] for e in ledger(app_config)] == ["charge"]
+    assert actions(app).count("ORDER_PAID") == 1

@@ -245,6 +245,10 @@ def fulfil(session: Session, order_id: str, charge: Charge, plan: Plan) -> dict[
     """The paid order, its subscription, its audit entry and its event: one transaction."""
     order = session.get(Order, order_id, with_for_update=True, populate_existing=True)
     assert order is not None
+    if order.status != "pending":
+        # An attempt that outlived its lease: a retry or `flask orders recover` took the
+        # order over and finished it meanwhile. Granting again would give twice what was paid.
+        raise FinishedElsewhere(_recorded_answer(session, order_id))
     subscription = auth_api.grant_subscription(
         session,
         order.user_id,
@@ -269,6 +273,22 @@ def fulfil(session: Session, order_id: str, charge: Charge, plan: Plan) -> dict[
     body = order_body(order)
     _complete_key(session, order, 201, body)
     return body
+
+
+class FinishedElsewhere(Exception):
+    """Another attempt of the order settled or failed it first; `answer` is what its key
+    answers (None: nothing recorded to replay)."""
+
+    def __init__(self, answer: tuple[int, dict[str, Any]] | None) -> None:
+        super().__init__("the order was finished by another attempt")
+        self.answer = answer
+
+
+def _recorded_answer(session: Session, order_id: str) -> tuple[int, dict[str, Any]] | None:
+    key = session.scalar(select(IdempotencyKey).where(IdempotencyKey.order_id == order_id))
+    if key is None or key.response_status is None or key.response_body is None:
+        return None
+    return key.response_status, key.response_body
 
 
 def mark_paid(

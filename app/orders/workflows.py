@@ -104,6 +104,10 @@ def _pay(
     try:
         with transaction(session):
             body = service.fulfil(session, order.order_id, charge, plan)
+    except service.FinishedElsewhere as finished:
+        if finished.answer is None:
+            raise OrderFailed("Another attempt of this order finished it first.") from None
+        return finished.answer
     except Exception:
         log.exception(
             "order %s: settling after a successful charge failed; refunding", order.order_id
