@@ -3,10 +3,12 @@
 It builds the app exactly as a worker would (configuration, signing keys, payment provider)
 and runs the readiness checks. In production a broken deployment — unsafe settings, an
 unreadable signing key, migrations behind head, tables not where DB_SCHEMAS says, an
-instance folder it cannot write — stops the master at once with the one-line message the CLI
-prints (exit code 2), before the port is bound or a worker boots. Elsewhere each problem is
-one log line and the service starts. A database that is down right now is not a broken
-deployment: /readyz reports it and the app recovers when it returns.
+instance folder it cannot write, a database that answers but will not show its migration
+state (the login role may not read alembic's version table) — stops the master at once
+with the one-line message the CLI prints (exit code 2), before the port is bound or a worker
+boots. Elsewhere each problem is one log line and the service starts. A database that is
+down right now is not a broken deployment: /readyz reports it and the app recovers when it
+returns.
 """
 
 from __future__ import annotations

@@ -35,8 +35,15 @@ def test_schema_grants_give_usage_only_on_the_schemas_a_module_touches():
         "GRANT USAGE ON SCHEMA orders TO licensing_orders;",
         "GRANT USAGE ON SCHEMA kernel TO licensing_kernel;",
         "GRANT USAGE ON SCHEMA webhooks TO licensing_webhooks;",
+        # alembic's version table, which only the login role may read there
+        "GRANT USAGE ON SCHEMA public TO licensing_app;",
     }
-    assert "public" not in sql
+    public = [line for line in lines if "public" in line]
+    assert public[0] == "GRANT USAGE ON SCHEMA public TO licensing_app;"
+    assert public[1:] == [
+        "DO $$ BEGIN IF to_regclass('public.alembic_version') IS NOT NULL THEN "
+        "GRANT SELECT ON public.alembic_version TO licensing_app; END IF; END $$;"
+    ]
 
 
 @pytest.fixture
@@ -185,3 +192,71 @@ def test_one_prefix_names_every_role_and_the_login_role_is_created(
     with psycopg.connect(as_app, autocommit=True) as conn:
         conn.execute(f"SET ROLE {role_prefix}auth")
         assert conn.execute(f"SELECT count(*) FROM {in_layout('users', url)}").fetchone() == (0,)
+
+
+def _set_version(url: str, revision: str) -> None:
+    """Point alembic's version table at `revision` (as the tables' owner)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE public.alembic_version SET version_num = %s", (revision,))
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_the_login_role_can_tell_readiness_and_production_refuses_what_it_cannot_tell(
+    database_url, role_prefix, signing_key_file, tmp_path, monkeypatch
+):
+    """Phase 2 done as documented: the app connects as the login role the grants create.
+    It is ready at head; a production start behind head, or one that cannot read the
+    migration state, is refused with one line instead of serving."""
+    from alembic.script import ScriptDirectory
+
+    from app import create_app
+    from app.kernel import migrations
+    from app.startup import preflight
+
+    url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    app_role = f"{role_prefix}app"
+    schemas = layout_config(url)["DB_SCHEMAS"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {app_role} LOGIN")
+        for statement in grant_statements(
+            registry, app_role=app_role, schemas=schemas, prefix=role_prefix
+        ):
+            conn.execute(statement)
+    env = {
+        "APP_ENV": "production",
+        "DATABASE_URL": database_url.replace("://postgres@", f"://{app_role}@"),
+        "DB_ROLES": "on",
+        "DB_ROLE_PREFIX": role_prefix,
+        "DB_SCHEMAS": "on" if schemas else "off",
+        "LICENSE_SIGNING_KEYS": signing_key_file,
+        "SECRET_KEY": STRONG_SECRET,
+        "JWT_SECRET_KEY": OTHER_SECRET,
+        "ALLOW_SANDBOX_PAYMENTS": "1",
+        "INSTANCE_PATH": str(tmp_path / "instance"),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+
+    assert preflight() is None
+    app = create_app()
+    try:
+        ready = app.test_client().get("/readyz")
+    finally:
+        app.extensions["db"].dispose()
+    assert ready.status_code == 200, ready.get_json()
+
+    [head] = migrations.head_revisions()
+    script = ScriptDirectory.from_config(migrations.alembic_config("sqlite://"))
+    _set_version(url, script.get_revision(head).down_revision)
+    try:
+        assert preflight() == "refusing to serve with APP_ENV=production: migrations: behind"
+    finally:
+        _set_version(url, head)
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"REVOKE SELECT ON public.alembic_version FROM {app_role}")
+    message = preflight()
+    assert message is not None and "\n" not in message
+    assert message.startswith("refusing to serve with APP_ENV=production: migrations: ")
+    assert "permission denied for table alembic_version" in message

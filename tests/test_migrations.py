@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from app import create_app
@@ -93,6 +95,17 @@ def test_check_fails_when_a_migration_is_missing(empty_url):
 
 def test_one_lineage():
     assert len(migrations.head_revisions()) == 1
+
+
+def test_each_step_is_logged_on_one_line(tmp_path, caplog):
+    """alembic logs "Running upgrade A -> B, <the docstring's first paragraph>": a summary
+    line of its own, not a paragraph whose line breaks the JSON log shows as `\\n`."""
+    script = ScriptDirectory.from_config(migrations.alembic_config("sqlite://"))
+    caplog.set_level(logging.INFO, logger="alembic")
+    migrations.upgrade(f"sqlite:///{tmp_path}/app.db")
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Running ")]
+    assert len(steps) == len(list(script.walk_revisions()))
+    assert [step for step in steps if "\n" in step] == []
 
 
 def test_downgrade_minus_one_and_clean_cli_errors(tmp_path):

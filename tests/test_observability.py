@@ -8,6 +8,7 @@ import re
 import urllib.request
 
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.http.observability import JsonFormatter
 from tests.helpers import PASSWORD, gunicorn_server, http, login, register, sign_up_over_http
@@ -83,7 +84,9 @@ def test_metrics_count_requests_and_license_results(client):
         >= 4
     )
     response = client.get("/metrics")
-    assert response.mimetype == "text/plain"
+    # Prometheus's exposition content type, said once (one charset, not two)
+    assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST
+    assert response.headers["Content-Type"].count("charset") == 1
     assert "http_request_duration_seconds_bucket" in response.get_data(as_text=True)
     assert "db_pool_checked_out_connections" in response.get_data(as_text=True)
 

@@ -194,7 +194,7 @@ def metrics_endpoint() -> Response:
         body = generate_latest(registry)
     else:
         body = generate_latest()
-    return Response(body, mimetype=CONTENT_TYPE_LATEST)
+    return Response(body, content_type=CONTENT_TYPE_LATEST)  # it names its charset
 
 
 def init_app(app: Any) -> None:

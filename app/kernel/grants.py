@@ -8,7 +8,9 @@ refuses a foreign write, whatever the application code does.
 
 In the flat layout every table is in `public`; in the schema layout (DB_SCHEMAS=on) each
 table is in its owner's schema, and a role gets USAGE on exactly the schemas whose tables
-it may touch.
+it may touch. Alembic's version table stays in `public` in both layouts; the login role itself
+may read it (and nothing else there), because readiness and the start-up check ask it
+whether the migrations are at head before any module acts.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from app.kernel.ownership import Registry
 
 ROLE_PREFIX = "licensing_"
 FLAT_SCHEMA = "public"
+VERSION_TABLE = f"{FLAT_SCHEMA}.alembic_version"  # alembic's default, in every layout
 
 
 def _grant(privileges: str, table: str, role: str) -> str:
@@ -61,4 +64,6 @@ def grant_statements(
         for table in sorted(decl.reads):
             sql.append(_grant("SELECT", f"{schema_of(table)}.{table}", role))
         sql.append(f"GRANT {role} TO {app_role};")
+    sql.append(f"GRANT USAGE ON SCHEMA {FLAT_SCHEMA} TO {app_role};")
+    sql.append(_grant("SELECT", VERSION_TABLE, app_role))
     return sql

@@ -11,6 +11,7 @@ from typing import Any
 from apiflask import APIBlueprint
 from flask import current_app
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from app.kernel import migrations
 from app.kernel.db import get_database
@@ -102,23 +103,50 @@ def _head_revisions() -> frozenset[str]:
 
 
 def _database_checks(engine: Any, prefix: str = "") -> dict[str, str]:
-    """Reachable; migrations at head; tables where DB_SCHEMAS says (one connection)."""
+    """Reachable; migrations at head; tables where DB_SCHEMAS says (one connection).
+
+    A database that answers but will not show its migration state (say the login role may
+    not read alembic's version table) is not an outage: "migrations" names why, so a
+    production start refuses rather than serve a schema it cannot vouch for.
+    """
     expected = migrations.SCHEMAS if current_app.config["DB_SCHEMAS"] else migrations.FLAT
     try:
         with acting_as(OPERATOR), engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-            current = migrations.current_revisions(conn)
             layout = migrations.current_layout(conn)
+            try:
+                current: frozenset[str] | str = migrations.current_revisions(conn)
+            except DBAPIError as exc:
+                if _lost_connection(exc):
+                    raise
+                current = f"unreadable: {_first_line(exc.orig or exc)}"
     except Exception as exc:  # any failure means "not ready", reported, never raised
-        log.warning("readiness: database check failed: %s", str(exc).splitlines()[0])
+        log.warning("readiness: database check failed: %s", _first_line(exc))
         return {f"{prefix}database": _why_unreachable(engine)}
+    if isinstance(current, str):
+        log.warning("readiness: migration state %s", current)
     return {
         f"{prefix}database": "ok",
-        f"{prefix}migrations": "ok" if current == _head_revisions() else "behind",
+        f"{prefix}migrations": _migrations_state(current),
         f"{prefix}layout": "ok"
         if layout in (expected, migrations.EMPTY)
         else f"{layout}, expected {expected}",
     }
+
+
+def _migrations_state(current: frozenset[str] | str) -> str:
+    if isinstance(current, str):
+        return current  # why it could not be read
+    return "ok" if current == _head_revisions() else "behind"
+
+
+def _lost_connection(exc: DBAPIError) -> bool:
+    """The connection failed (an outage), rather than the statement being refused."""
+    return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _why_unreachable(engine: Any) -> str:

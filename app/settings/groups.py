@@ -108,7 +108,7 @@ class Database(Group):
         "DB_SCHEMAS",
         False,
         "PostgreSQL, phase 2: each module's tables in its own schema (`auth`, `admin`, "
-        "`orders`, `kernel`); see [docs/phases.md](phases.md)",
+        "`orders`, `kernel`, `webhooks`); see [docs/phases.md](phases.md)",
     )
     roles: bool = env(
         "DB_ROLES",

@@ -1,5 +1,7 @@
-"""auth: licenses (status, created_at) replaces (status): admin's license statistics read
-only the index (401 -> 174 ms on 1,000,000 licenses, bench/README.md).
+"""auth: licenses (status, created_at) replaces (status).
+
+Admin's license statistics read only the index (401 -> 174 ms on 1,000,000 licenses,
+bench/README.md).
 """
 
 from alembic import op

@@ -1,5 +1,7 @@
-"""auth: login_throttles (failed logins per account and address, and per account); stored
-emails re-normalised to the one canonical form (NFKC, case-folded, IDNA domain).
+"""auth: login_throttles; stored emails re-normalised to the one canonical form.
+
+login_throttles counts failed logins per account and address, and per account. The canonical
+form of an email is NFKC, case-folded, with its IDNA domain.
 
 Emails were stored trimmed, NFC and lower-cased (a registration's domain in its IDNA
 Unicode form). The canonical form differs only for addresses with compatibility

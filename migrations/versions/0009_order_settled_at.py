@@ -1,5 +1,6 @@
-"""orders: settled_at, when an order's payment was settled (purchase or renewal). The
-order a subscription's terms come from is its latest settled one (ADR 0006); order ids
+"""orders: settled_at, when an order's payment was settled (purchase or renewal).
+
+The order a subscription's terms come from is its latest settled one (ADR 0006); order ids
 follow the claim, not the settlement, so they cannot say which.
 """
 

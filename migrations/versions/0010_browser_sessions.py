@@ -1,5 +1,6 @@
-"""auth: browser_sessions, the web console's server-side sessions (ADR 0014). The cookie
-carries a secret; the table keeps its SHA-256 digest. Revocations are entries in
+"""auth: browser_sessions, the web console's server-side sessions (ADR 0014).
+
+The cookie carries a secret; the table keeps its SHA-256 digest. Revocations are entries in
 token_revocations (kind `session`).
 """
 

@@ -1,5 +1,7 @@
-"""kernel: the outbox stores each event's envelope (payload version, aggregate type and
-version); webhooks: endpoints, the events they receive and their deliveries.
+"""kernel: the outbox stores each event's envelope; webhooks: endpoints and deliveries.
+
+The envelope: payload version, aggregate type and version. Webhooks: the endpoints, the
+events they receive and their deliveries.
 
 Events already in the outbox get payload version 1 and no aggregate type or version.
 """

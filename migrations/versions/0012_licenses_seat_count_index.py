@@ -1,7 +1,9 @@
-"""auth: licenses (user_id, status, expires_at) replaces (user_id, status): a user's seats
-in use (active, unexpired licenses, counted on every activation) are read from the index
-alone instead of every license row of the user (1.68 -> 0.05 ms for a user with 653
-licenses, bench/README.md). Its leading columns serve the lookups by user and status.
+"""auth: licenses (user_id, status, expires_at) replaces (user_id, status).
+
+A user's seats in use (active, unexpired licenses, counted on every activation) are read
+from the index alone instead of every license row of the user (1.68 -> 0.05 ms for a user
+with 653 licenses, bench/README.md). Its leading columns serve the lookups by user and
+status.
 """
 
 from alembic import op
