@@ -602,3 +602,35 @@ def test_an_attempt_that_outlived_its_lease_does_not_settle_the_order_again(
     assert (after.renews_at, after.version) == (before.renews_at, before.version)
     assert [e["type"] for e in ledger(app_config)] == ["charge"]
     assert actions(app).count("ORDER_PAID") == 1
+
+
+def test_a_recovered_order_never_replaces_a_later_purchase(
+    app, app_config, client, runner, monkeypatch
+):
+    """A purchase cut off after its charge (503) is recovered only after the customer bought
+    again with a new key: it is refunded, and what they bought since stays theirs."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.orders import service, workflows
+
+    def outage(*args, **kwargs):
+        raise OperationalError("SELECT 1", None, ConnectionError("server closed the connection"))
+
+    ada = account(client)
+    monkeypatch.setattr(service.auth_api, "grant_subscription", outage)
+    monkeypatch.setattr(workflows, "_compensate", lambda *args, **kwargs: None)
+    assert_problem(order(client, ada, "cut", plan="enterprise", seats=5), 503)
+    monkeypatch.undo()
+    again = order(client, ada, "again", plan="pro", seats=5)
+    assert again.status_code == 201
+
+    operator(app, update(IdempotencyKey).values(locked_until=utcnow() - timedelta(seconds=1)))
+    result = runner.invoke(args=["orders", "recover"])
+    assert result.output == "settled 0, refunded 1, failed 0, skipped 0\n", result.output
+    [sub] = rows(app, select(Subscription))
+    assert (sub.plan, sub.seats) == ("pro", 5)
+    money = ledger(app_config)
+    assert [e["type"] for e in money] == ["charge", "charge", "refund"]
+    assert money[2]["charge_id"] == money[0]["charge_id"]  # the cut-off order's charge
+    cancelled = client.post(f"/api/v1/orders/{again.get_json()['order_id']}/cancel", headers=ada)
+    assert cancelled.status_code == 200  # the purchase made since still backs the subscription

@@ -178,11 +178,13 @@ def test_postgresql_stopped_and_started_under_load(private_cluster, signing_key_
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 4 MiB filesystem of the test's own (tmpfs) to fill up."""
+    """A 64 MiB filesystem of the test's own (tmpfs) to fill up: room for the database and
+    a WAL that grows up to its 4 MiB checkpoint under the test's traffic, so that only the
+    filler makes it full."""
     mount = tmp_path / "disk"
     mount.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True
     )
     if done.returncode != 0:
         message = f"cannot mount a tmpfs: {done.stderr.decode().strip()}"

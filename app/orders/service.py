@@ -249,6 +249,8 @@ def fulfil(session: Session, order_id: str, charge: Charge, plan: Plan) -> dict[
         # An attempt that outlived its lease: a retry or `flask orders recover` took the
         # order over and finished it meanwhile. Granting again would give twice what was paid.
         raise FinishedElsewhere(_recorded_answer(session, order_id))
+    if _overtaken(session, order):
+        raise Overtaken(order_id)
     subscription = auth_api.grant_subscription(
         session,
         order.user_id,
@@ -282,6 +284,24 @@ class FinishedElsewhere(Exception):
     def __init__(self, answer: tuple[int, dict[str, Any]] | None) -> None:
         super().__init__("the order was finished by another attempt")
         self.answer = answer
+
+
+class Overtaken(Exception):
+    """A purchase settled late (recovered, or retried after its lease) after a later order
+    of the same user was settled: granting it now would replace what the customer bought
+    since with an older choice, so it is refunded instead."""
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__(f"order {order_id}: a later order of this user was settled first")
+
+
+def _overtaken(session: Session, order: Order) -> bool:
+    later = select(Order.order_id).where(
+        Order.user_id == order.user_id,
+        Order.settled_at.is_not(None),
+        Order.created_at > order.created_at,
+    )
+    return session.scalar(later.limit(1)) is not None
 
 
 def _recorded_answer(session: Session, order_id: str) -> tuple[int, dict[str, Any]] | None:

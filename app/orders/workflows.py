@@ -108,6 +108,12 @@ def _pay(
         if finished.answer is None:
             raise OrderFailed("Another attempt of this order finished it first.") from None
         return finished.answer
+    except service.Overtaken:
+        log.warning("order %s: a later order was settled first; refunding", order.order_id)
+        outcome = _compensate(session, gateway, order.order_id, charge, order.amount_cents)
+        if outcome is None:
+            raise
+        return outcome
     except Exception:
         log.exception(
             "order %s: settling after a successful charge failed; refunding", order.order_id
