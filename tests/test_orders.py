@@ -634,3 +634,35 @@ def test_a_recovered_order_never_replaces_a_later_purchase(
     assert money[2]["charge_id"] == money[0]["charge_id"]  # the cut-off order's charge
     cancelled = client.post(f"/api/v1/orders/{again.get_json()['order_id']}/cancel", headers=ada)
     assert cancelled.status_code == 200  # the purchase made since still backs the subscription
+
+
+def test_a_charged_order_whose_plan_left_the_catalog_is_refunded_by_recovery(
+    app, app_config, client, runner, monkeypatch
+):
+    """Nothing can be granted for a plan the catalog no longer has: recovery refunds the
+    charge at once (it used to leave the order pending, and audit a recovery, every run)."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.orders import service, workflows
+
+    def outage(*args, **kwargs):
+        raise OperationalError("SELECT 1", None, ConnectionError("server closed the connection"))
+
+    ada = account(client)
+    monkeypatch.setattr(service.auth_api, "grant_subscription", outage)
+    monkeypatch.setattr(workflows, "_compensate", lambda *args, **kwargs: None)
+    assert_problem(order(client, ada, "gone"), 503)
+    monkeypatch.undo()
+    monkeypatch.delitem(app.extensions["plans"], "pro")
+
+    operator(app, update(IdempotencyKey).values(locked_until=utcnow() - timedelta(seconds=1)))
+    result = runner.invoke(args=["orders", "recover"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "settled 0, refunded 1, failed 0, skipped 0\n"
+    money = ledger(app_config)
+    assert [e["type"] for e in money] == ["charge", "refund"]
+    [failed] = rows(app, select(Order))
+    assert (failed.status, failed.failure_code) == ("failed", "settlement_failed")
+    assert rows(app, select(Subscription)) == []
+    assert runner.invoke(args=["orders", "recover"]).output.startswith("settled 0, refunded 0")
+    assert actions(app).count("ORDER_RECOVERY") == 1

@@ -85,20 +85,23 @@ def place_order(
 
 
 def _pay(
-    session: Session, gateway: PaymentGateway, order: Any, plan: Plan
+    session: Session, gateway: PaymentGateway, order: Any, plan: Plan | None
 ) -> tuple[int, dict[str, Any]]:
     """Charge a claimed order (the provider returns the same charge to every attempt of
-    it) and settle it, or record why not. Returns (status, body), which its key replays."""
+    it) and settle it, or record why not. Returns (status, body), which its key replays.
+    `plan` None: the plan left the catalog since the order (recovery), so nothing can be
+    granted and the charge is refunded."""
     try:
         charge = _charge(gateway, order)
     except (PaymentDeclined, PaymentUnavailable) as exc:
         return _not_charged(session, order.order_id, declined=isinstance(exc, PaymentDeclined))
-    if charge.refunded:
-        # A taken-over attempt whose settlement failed and was refunded, but not recorded:
-        # record it now, and answer (and replay) what the first attempt should have.
+    if charge.refunded or plan is None:
+        # A taken-over attempt whose settlement failed and was refunded but not recorded
+        # (record it now, and answer what the first attempt should have), or nothing left to
+        # grant: refund (the same refund, if one was made) and record it.
         outcome = _compensate(session, gateway, order.order_id, charge, order.amount_cents)
         if outcome is None:
-            raise OrderFailed("This order's payment was refunded; nothing was bought.")
+            raise OrderFailed("This order could not be completed; nothing was bought.")
         return outcome
 
     try:
@@ -256,14 +259,8 @@ def _recover_one(session, gateway, catalog, order_id, *, lease, report) -> None:
     if order is None:
         report.skipped += 1
         return
-    plan = catalog.get(order.plan)
-    if plan is None:
-        report.problems.append(
-            f"order {order_id}: plan {order.plan!r} is not in the plan catalog (PLANS_JSON)"
-        )
-        return
     try:
-        status, _ = _pay(session, gateway, order, plan)
+        status, _ = _pay(session, gateway, order, catalog.get(order.plan))
     except PaymentUnavailableProblem:
         report.failed += 1  # recorded, nothing charged
         return
