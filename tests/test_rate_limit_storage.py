@@ -352,3 +352,30 @@ def test_two_workers_share_the_counts_of_one_round_trip(database_url, redis_url,
     (token_key,) = [k for k in counts if "/tok:" in k]
     (ip_key,) = [k for k in counts if k != token_key]
     assert (counts[token_key], counts[ip_key]) == (12, 5)
+
+
+def test_a_limited_request_resolves_its_limits_once(app_config, redis_url, monkeypatch):
+    """flask-limiter checks a view's limits in its decorator; its before-request pass over
+    such a view resolves no limit (every limit here is a view's own), so it is not run:
+    one resolution per validation (the plan's is kept per endpoint), the same answers."""
+    from app.http.limits import limiter
+
+    app, http, client = _limits_in_redis(app_config, redis_url, **THREE_VALIDATIONS)
+    resolved = []
+    real = limiter.limit_manager.resolve_limits
+    monkeypatch.setattr(
+        limiter.limit_manager,
+        "resolve_limits",
+        lambda *a, **k: resolved.append(a[1:]) or real(*a, **k),
+    )
+    try:
+        _validations(http, client, 1, [])  # the plan's resolution, kept (counts cleared)
+        resolved.clear()
+        answers, _counts = _validations(http, client, 4, [])
+    finally:
+        client.close()
+        app.extensions["db"].dispose()
+    assert len(resolved) == 4
+    assert [a[0] for a in answers] == [200, 200, 200, 429]
+    assert [a[1] for a in answers] == [["3", "2"], ["3", "1"], ["3", "0"], ["3", "0"]]
+    assert all(a[2] == (a[0] == 429) for a in answers)  # Retry-After on the 429 only

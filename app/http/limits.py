@@ -42,7 +42,8 @@ class RouteLimiter(Limiter):
     add, to find there is nothing to do (the largest piece of /healthz's time in
     bench/README.md). Here each hook runs only for an endpoint whose view was decorated with
     `limit`/`shared_limit` of this limiter, or for every endpoint when the app configures
-    default or application-wide limits (flask-limiter applies those everywhere).
+    default or application-wide limits (flask-limiter applies those everywhere); without
+    those, the before-request hook is not run at all (it would find no limit to check).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -91,7 +92,15 @@ class RouteLimiter(Limiter):
             funcs[None] = [
                 hook if hook in known[kind] else _only_where_limited(kind, hook, limited)
                 for hook in funcs.get(None, ())
+                if hook in known[kind] or not self._checks_nothing(kind, hook)
             ]
+
+    def _checks_nothing(self, kind: str, hook: Callable[..., Any]) -> bool:
+        """Whether `hook` is flask-limiter's before-request check, which has nothing to do
+        where every limit is a view's own (no default, application or meta limits): its
+        pass over a decorated view resolves no limit (the decorator checks the view's
+        limits), and it runs only for decorated views here."""
+        return kind == "before" and hook == self._check_request_limit
 
     def _planner(self, app: flask.Flask) -> Callable[[], list[PlannedHit] | None] | None:
         """The hits the current request's limits will make, in the order this limiter makes
