@@ -379,3 +379,27 @@ def test_a_limited_request_resolves_its_limits_once(app_config, redis_url, monke
     assert [a[0] for a in answers] == [200, 200, 200, 429]
     assert [a[1] for a in answers] == [["3", "2"], ["3", "1"], ["3", "0"], ["3", "0"]]
     assert all(a[2] == (a[0] == 429) for a in answers)  # Retry-After on the 429 only
+
+
+def test_a_give_back_that_fails_leaves_the_answer_alone(app_config, redis_url, monkeypatch):
+    """Redis failing between the hits and the give-back of a plan not followed: the
+    answer stands (logged), as any other request's."""
+    import redis
+
+    from app.http.limits import limiter
+
+    app, http, client = _limits_in_redis(app_config, redis_url)
+    storage = limiter.storage
+    plan = storage.planner
+    storage.planner = lambda: [plan()[0], ("elsewhere", 60, 1, 1000)]
+
+    def gone(*_args, **_kwargs):
+        raise redis.ConnectionError("gone")
+
+    monkeypatch.setattr(storage.get_connection(), "decrby", gone)
+    try:
+        answers, _counts = _validations(http, client, 2, [])
+    finally:
+        client.close()
+        app.extensions["db"].dispose()
+    assert [a[0] for a in answers] == [200, 200]

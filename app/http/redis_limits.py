@@ -145,9 +145,12 @@ class CountedRedisStorage(RedisStorage):
             return
         ahead, hits.ahead = hits.ahead, []
         log.warning("rate-limit hits made ahead and not asked for: %d given back", len(ahead))
-        connection = self.get_connection()
-        for (key, _, amount), _ in ahead:
-            connection.decrby(self.prefixed_key(key), amount)
+        try:
+            connection = self.get_connection()
+            for (key, _, amount), _ in ahead:
+                connection.decrby(self.prefixed_key(key), amount)
+        except self.base_exceptions:  # Redis gone since the hit: the window will end
+            log.warning("rate-limit hits made ahead could not be given back", exc_info=True)
 
     def get(self, key: str) -> int:
         hit = _request_hit(key)
