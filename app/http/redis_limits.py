@@ -1,4 +1,4 @@
-"""Rate-limit counters in Redis, one round trip per limit of a request (issue 17).
+"""Rate-limit counters in Redis: one round trip for the limits of a request (issue 17).
 
 With limits' own `RedisStorage`, a request with limits costs Redis a round trip per limit
 for the hit (`incr`), and two more for its headers: flask-limiter reads the window of the
