@@ -168,3 +168,41 @@ def test_a_graceful_reload_keeps_serving(tmp_path):
         thread.join()
     assert len(statuses) > 20
     assert set(statuses) == {200}, [s for s in statuses if s != 200][:5]
+
+
+def test_make_run_names_a_web_concurrency_that_is_no_number_in_one_line(tmp_path):
+    """(outside test: gunicorn's traceback) gunicorn itself reads WEB_CONCURRENCY when it
+    is imported, before any config file, so only a step before it can name the mistake:
+    `make run`'s migration (the README's release step) does, in one line."""
+    env = project_env(
+        DATABASE_URL=f"sqlite:///{tmp_path}/app.db", PORT=str(free_port()), WEB_CONCURRENCY="abc"
+    )
+    result = subprocess.run(
+        ["make", "--no-print-directory", "run", f"VENV={BIN.parent}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if not line.startswith("make")]
+    assert ours == ["error: WEB_CONCURRENCY must be an integer, got 'abc'"], result.stderr
+    assert not (tmp_path / "app.db").exists()
+
+
+@pytest.mark.parametrize("name", ["PORT", "GUNICORN_TIMEOUT", "GUNICORN_MAX_REQUESTS"])
+def test_bare_gunicorn_names_a_setting_that_is_no_number_in_one_line(tmp_path, name):
+    """The numbers deploy/gunicorn.conf.py reads itself: one line, exit code 2, no worker."""
+    env = project_env(DATABASE_URL=f"sqlite:///{tmp_path}/app.db", PORT=str(free_port()))
+    env[name] = "abc"
+    result = subprocess.run(
+        [str(BIN / "gunicorn"), "-c", "deploy/gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [f"error: {name} must be an integer, got 'abc'"]
