@@ -55,6 +55,14 @@ def _outage(exc: BaseException) -> str | None:
     return None
 
 
+def _log_failure(level: int, order_id: str, what: str, exc: Exception) -> None:
+    """`order <id>: <what>` with the traceback — or, for a database gone away, its cause on
+    the same line instead."""
+    outage = _outage(exc)
+    text = f"{what} (database unavailable: {outage})" if outage else what
+    log.log(level, "order %s: %s", order_id, text, exc_info=not outage)
+
+
 @dataclass(frozen=True)
 class Settings:
     lease: timedelta = timedelta(seconds=60)
@@ -139,12 +147,8 @@ def _pay(
             raise
         return outcome
     except Exception as exc:
-        log.error(
-            "order %s: settling after a successful charge failed%s; refunding",
-            order_id,
-            f" (database unavailable: {_outage(exc)})" if _outage(exc) else "",
-            exc_info=not _outage(exc),
-        )
+        what = "settling after a successful charge failed; refunding"
+        _log_failure(logging.ERROR, order_id, what, exc)
         outcome = _compensate(session, gateway, order_id, charge, amount)
         if outcome is None:
             raise
@@ -229,12 +233,8 @@ def _compensate(
         )
         return 502, body
     except Exception as exc:
-        log.critical(
-            "order %s: compensation incomplete%s; a retry after the lease will finish it",
-            order_id,
-            f" (database unavailable: {_outage(exc)})" if _outage(exc) else "",
-            exc_info=not _outage(exc),
-        )
+        what = "compensation incomplete; a retry after the lease will finish it"
+        _log_failure(logging.CRITICAL, order_id, what, exc)
         return None
 
 
