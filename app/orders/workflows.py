@@ -287,8 +287,8 @@ def recover_pending(
                 session, gateway, catalog, order_id, lease=settings.lease, report=report
             )
     except Exception as exc:
-        if not _outage(exc):
-            raise
+        if not listed or not _outage(exc):
+            raise  # nothing found yet: the database's error is the whole story
         session.rollback()
         pending = [order_id for order_id, done in listed.items() if not done]
         raise RecoveryInterrupted(exc, pending, report) from None
