@@ -420,24 +420,6 @@ def test_activation_on_postgresql_is_one_transaction(app, client):
     assert [s for s in seen["autocommit"] if "token_revocations" in s], seen["autocommit"]
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_activation_on_sqlite_begins_only_its_write_transaction(app, client):
-    """On SQLite the revocation look-up reads in autocommit too (no BEGIN DEFERRED, no
-    ROLLBACK before the activation's BEGIN IMMEDIATE), still on the database itself."""
-    ada = account(client)
-    with app.app_context():
-        engine = get_database().engine
-    seen: list[str] = []
-    record = lambda _c, _cur, statement, *_a: seen.append(statement)  # noqa: E731
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        assert activate(client, ada).status_code == 201
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
-    assert [s for s in seen if s.startswith(("BEGIN", "ROLLBACK"))] == ["BEGIN IMMEDIATE"]
-    assert "token_revocations" in seen[0], seen
-
-
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_validation_survives_its_connection_dying(app, client, database_url):
     """Without a pre-ping, a connection the server dropped (a restart, an idle timeout) is

@@ -26,12 +26,7 @@ from sqlalchemy.sql import Executable
 from sqlalchemy.types import TypeDecorator
 
 from app.kernel import files, ownership
-from app.kernel.engines import (
-    SQLITE_AUTOCOMMIT,
-    EngineSettings,
-    make_autocommit_engine,
-    make_engine,
-)
+from app.kernel.engines import EngineSettings, make_autocommit_engine, make_engine
 
 log = logging.getLogger(__name__)
 
@@ -198,18 +193,6 @@ def execute_now(
         raise conflict() from None
 
 
-def _sqlite_file(bind: Any) -> str | None:
-    """The file of `bind`'s SQLite database; None when it is not SQLite or lives in memory
-    (where sessions may share one connection)."""
-    url = getattr(bind, "url", None)
-    if url is None or url.get_backend_name() != "sqlite":
-        return None
-    database = url.database
-    if not database or database == ":memory:" or url.query.get("uri"):
-        return None
-    return database
-
-
 # SQLite has one writer at a time. Left to itself, a writer that finds the database locked
 # sleeps in SQLite's busy handler (1, 2, 5 … 100 ms between tries) and may lose its turn to
 # a newcomer: under load the unlucky ones wait far longer than the work ahead of them. So
@@ -223,8 +206,11 @@ _QUEUE_FILES: dict[str, str] = {}
 def _writers_turn(bind: Any) -> int | None:
     """Wait for this process's turn to write to `bind`'s SQLite database; the descriptor
     whose closing ends the turn (None: not SQLite, or an in-memory database)."""
-    database = _sqlite_file(bind)
-    if database is None:
+    url = getattr(bind, "url", None)
+    if url is None or url.get_backend_name() != "sqlite":
+        return None
+    database = url.database
+    if not database or database == ":memory:" or url.query.get("uri"):
         return None
     try:
         path = _QUEUE_FILES.get(database)
@@ -255,25 +241,18 @@ def read_first(
 
     Outside a transaction, on PostgreSQL, it is one round trip: the statement runs alone
     in autocommit on a connection of the autocommit engine (no pre-ping, BEGIN or
-    ROLLBACK; a connection found dead is replaced and the statement tried once more). On
-    SQLite it runs alone in autocommit on a connection of the session's engine (no BEGIN
-    DEFERRED, and no ROLLBACK before the request's write transaction). It runs as the
-    acting module, under its guard and database role like any other. Inside a
-    transaction (the session has begun one: its snapshot, its own writes) it runs on the
-    session's connection.
+    ROLLBACK; a connection found dead is replaced and the statement tried once more). It
+    runs as the acting module, under its guard and database role like any other. Inside a
+    transaction (the session has begun one: its snapshot, its own writes), or where the
+    session has no autocommit engine (SQLite), it runs on the session's connection.
     """
     if not getattr(statement, "is_select", False):
         raise TransactionMisuse("read_first() runs SELECT statements only")
-    if not session.in_transaction():
-        bind = session.get_bind(clause=statement)  # type: ignore[arg-type]
-        engines = session.info.get(AUTOCOMMIT_ENGINES)
-        autocommit = engines.get(bind) if engines else None
+    engines = session.info.get(AUTOCOMMIT_ENGINES)
+    if engines and not session.in_transaction():
+        autocommit = engines.get(session.get_bind(clause=statement))  # type: ignore[arg-type]
         if autocommit is not None:
             return _read_autocommit(autocommit, statement, params)
-        if isinstance(bind, Engine) and _sqlite_file(bind) is not None:
-            with bind.connect() as conn:
-                conn.execution_options(**{SQLITE_AUTOCOMMIT: True})
-                return conn.execute(statement, params).first()
     return session.connection().execute(statement, params).first()
 
 

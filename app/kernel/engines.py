@@ -222,10 +222,6 @@ def sqlite_version_warning(url: str) -> str | None:
     )
 
 
-# Execution option of a SQLite connection that sends no BEGIN (`db.read_first`).
-SQLITE_AUTOCOMMIT = "sqlite_autocommit"
-
-
 def _make_sqlite_engine(url: Any, settings: EngineSettings, options: dict) -> Engine:
     path = url.database
     if path and path != ":memory:" and not url.query.get("uri"):
@@ -268,10 +264,7 @@ def _make_sqlite_engine(url: Any, settings: EngineSettings, options: dict) -> En
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
-        options = conn.get_execution_options()
-        if options.get(SQLITE_AUTOCOMMIT):
-            return  # pysqlite without BEGIN: each statement its own transaction
-        mode = "IMMEDIATE" if options.get("sqlite_write") else "DEFERRED"
+        mode = "IMMEDIATE" if conn.get_execution_options().get("sqlite_write") else "DEFERRED"
         # Marked as plumbing so the ownership guard lets it through whatever module acts.
         conn.exec_driver_sql(f"BEGIN {mode}", execution_options={ownership.PLUMBING: True})
 
