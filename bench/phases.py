@@ -11,7 +11,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,8 @@ from bench.server import (
 
 # As in the tests (CI): a service that does not answer fails the run instead of being skipped.
 REQUIRED = os.environ.get("REQUIRE_SERVICES") == "1"
+# the latency rounds: as many requests at once as there are cores (no queue of requests)
+LATENCY_CONNECTIONS = os.cpu_count() or 2
 
 
 @dataclass
@@ -190,6 +192,7 @@ def main_phase(
                 for name in settings.scenarios
             }
         results["main_rounds"] = [{f"{k[0]}/{k[1]}": v for k, v in r.items()} for r in runs]
+        results["latency"] = latency_rounds(settings, hello, minimal, services, files)
     finally:
         stop_all(servers)
     for b in backends:
@@ -203,6 +206,30 @@ def main_phase(
         if s["errors"]:
             problems.append(f"{name}: {s['errors']} errors")
     return problems
+
+
+def latency_rounds(
+    settings: Settings,
+    hello: Server,
+    minimal: dict[str, Server],
+    services: dict[str, Server],
+    files: dict[str, Path],
+) -> dict[str, Any]:
+    """The latency targets' scenarios again with LATENCY_CONNECTIONS connections — as many
+    requests at once as the machine has cores, so that p50/p99 are a request's own time
+    rather than its wait behind the 15 others of the main rounds (whose mean wait alone is
+    connections / throughput). The references beside them, in the same interleaved rounds."""
+    plan: Plan = [(hello, HELLO.scenario)]
+    for b, service in services.items():
+        plan.append((minimal[b], MINIMAL_VALIDATE.scenario))
+        plan += [(service, n) for n in ("validate", "activate") if n in settings.scenarios]
+    few = replace(settings, connections=LATENCY_CONNECTIONS)
+    label = f"latency ({LATENCY_CONNECTIONS} connections)"
+    runs = rounds(plan, lambda s: files[s.name], few, label)
+    return {
+        "connections": LATENCY_CONNECTIONS,
+        "runs": {f"{s.name}/{n}": summary([r[(s.name, n)] for r in runs]) for s, n in plan},
+    }
 
 
 def backend_summary(

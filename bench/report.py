@@ -22,6 +22,26 @@ def _scenario(results: dict[str, Any], backend: str, name: str) -> dict[str, Any
     return (results.get(backend) or {}).get("scenarios", {}).get(name)
 
 
+def _latency_context(
+    results: dict[str, Any], x: dict[str, Any], backend: str, scenario: str
+) -> dict[str, Any]:
+    """What a p99 target is up against in the same run: the references' own p99 at the same
+    connection count, and the mean latency that the scenario's throughput alone implies
+    (Little's law: connections / throughput) — every request waits for the ones queued before
+    it, so no p99 can be below that mean — and the scenario's p99 in the latency rounds
+    (as many connections as cores: a request's own time)."""
+    refs = results.get("references", {})
+    connections = results.get("settings", {}).get("connections", 16)
+    latency = results.get("latency") or {}
+    few = (latency.get("runs") or {}).get(f"service-{backend}/{scenario}")
+    return {
+        **({f"p99_ms_at_{latency['connections']}": few["p99_ms"]} if few else {}),
+        "hello_p99_ms": (refs.get("hello") or {}).get("p99_ms"),
+        "minimal_p99_ms": (refs.get(f"minimal_validate-{backend}") or {}).get("p99_ms"),
+        "queue_mean_ms": round(connections * 1000 / x["rps"], 1) if x.get("rps") else None,
+    }
+
+
 def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each target with the figures it is judged on and `met`; a target whose phase did
     not run is left out (a quick or partial run judges what it measured)."""
@@ -37,6 +57,7 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "x_minimal": v["x_minimal"],
             "p99_ms": v["p99_ms"],
             "errors": bad,
+            **_latency_context(results, v, "sqlite", "validate"),
             "met": v["x_minimal"] >= VALIDATE_X_MINIMAL
             and v["p99_ms"] <= VALIDATE_P99_MS
             and bad == 0,
@@ -57,6 +78,7 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 "x_minimal": a["x_minimal"],
                 "p99_ms": a["p99_ms"],
                 "errors": a["errors"] + busy,
+                **_latency_context(results, a, backend, "activate"),
                 "met": a["x_minimal"] >= ACTIVATE_X_MINIMAL
                 and a["p99_ms"] <= ACTIVATE_P99_MS
                 and a["errors"] + busy == 0,
@@ -117,6 +139,13 @@ def print_main(results: dict[str, Any]) -> None:
             f"leak check: {part['leak_check']['verdict']} "
             f"(worst growth {part['leak_check'].get('worst_mib')} MiB)"
         )
+    if latency := results.get("latency"):
+        print(f"\nlatency rounds ({latency['connections']} connections, median over rounds):")
+        for name, x in latency["runs"].items():
+            print(
+                f"  {name:36s} {x['rps']:8.1f} req/s  p50 {x['p50_ms']:6.1f} ms  "
+                f"p99 {x['p99_ms']:6.1f} ms  errors {x['errors'] + x['not_valid']}"
+            )
     if "postgres_over_sqlite" in results:
         ratios = results["postgres_over_sqlite"]
         print("\npostgres / sqlite, per round: " + ", ".join(f"{k} {v}" for k, v in ratios.items()))

@@ -394,6 +394,38 @@ def test_validation_on_postgresql_is_one_round_trip(app, client, tmp_path):
     assert main_statements == []
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_validation_on_sqlite_is_one_statement_in_autocommit(app, client):
+    """On SQLite too the license is read in autocommit: the one SELECT, without BEGIN or
+    ROLLBACK around it; the request's session never touches a connection of its own."""
+    token = activate(client, account(client)).get_json()["token"]
+    with app.app_context():
+        database = get_database()
+        (reads,) = database.autocommit_engines.values()
+    seen: dict[str, list[str]] = {"main": [], "autocommit": [], "begins": [], "rollbacks": []}
+    hooks = [
+        (database.engine, "before_cursor_execute", "main"),
+        (reads, "before_cursor_execute", "autocommit"),
+        (database.engine, "begin", "begins"),
+        (reads, "begin", "begins"),
+        (database.engine, "rollback", "rollbacks"),
+    ]
+    listeners = [
+        (engine, name, lambda *a, i=into, n=name: seen[i].append(a[2] if len(a) > 2 else n))
+        for engine, name, into in hooks
+    ]
+    for engine, name, listener in listeners:
+        event.listen(engine, name, listener)
+    try:
+        assert validate(client, token)["code"] == "VALID"
+    finally:
+        for engine, name, listener in listeners:
+            event.remove(engine, name, listener)
+    assert seen["main"] == [] and seen["rollbacks"] == []
+    assert len(seen["autocommit"]) == 1 and "licenses.license_id =" in seen["autocommit"][0]
+    assert seen["begins"] == ["begin"]  # SQLAlchemy's own, a no-op in autocommit: no BEGIN sent
+
+
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_activation_on_postgresql_is_one_transaction(app, client):
     """The access token's revocation look-up is read in autocommit (ADR 0016), so the

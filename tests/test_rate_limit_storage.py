@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from limits import parse
 from limits.strategies import FixedWindowRateLimiter
 
@@ -116,3 +117,238 @@ def test_redis_headers_are_those_of_the_counter_and_429_follows(app_config, redi
     finally:
         client.close()
         app.extensions["db"].dispose()
+
+
+def _limits_in_redis(app_config, redis_url, **limits):
+    """An app with these limits in Redis (no counts left by an earlier run), its test
+    client, and a Redis client to read the counters with."""
+    import redis
+
+    from app import create_app
+
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter("*LIMITS*"):
+        client.delete(key)
+    config = {**app_config, "RATELIMIT_ENABLED": True, "RATELIMIT_STORAGE_URI": redis_url}
+    app = create_app({**config, **limits})
+    return app, app.test_client(), client
+
+
+def _round_trips(monkeypatch):
+    """The commands the limiter's storage sends to Redis, by request (appended to)."""
+    from app.http.limits import limiter
+
+    sent: list[str] = []
+    connection = limiter.storage.get_connection()
+    real = connection.execute_command
+    monkeypatch.setattr(
+        connection, "execute_command", lambda *a, **k: sent.append(a[0]) or real(*a, **k)
+    )
+    return sent
+
+
+def _validations(http, client, count, sent):
+    """`count` validations of one token from one address: per answer its status, its
+    rate-limit headers and the commands it sent to Redis; then every counter Redis holds."""
+    body = {"token": "not-a-token", "client_id": "laptop"}
+    answers = []
+    for _ in range(count):
+        sent.clear()
+        answer = http.post("/api/v1/licenses/validate", json=body)
+        headers = [answer.headers.get(h) for h in ("X-RateLimit-Limit", "X-RateLimit-Remaining")]
+        answers.append((answer.status_code, headers, "Retry-After" in answer.headers, list(sent)))
+    counts = {k.decode(): int(client.get(k)) for k in client.scan_iter("*LIMITS*")}
+    for key in counts:
+        client.delete(key)
+    return answers, counts
+
+
+# (per address, per token): the statuses of five validations, the counts Redis then holds
+# per token and per address, and the round trips each validation costs with one hit per
+# limit (the token's limit is checked first: limits are sorted by window, then taken in
+# the order flask-limiter holds them; a refusal by the first stops there).
+REFUSALS = [
+    ("2/minute", "1000/minute", [200, 200, 429, 429, 429], (5, 5), [2, 2, 2, 2, 2]),
+    ("1000/minute", "2/minute", [200, 200, 429, 429, 429], (5, 2), [2, 2, 1, 1, 1]),
+    ("3/minute", "3/minute", [200, 200, 200, 429, 429], (5, 3), [2, 2, 2, 1, 1]),
+]
+
+
+@pytest.mark.parametrize("per_ip, per_token, statuses, counts, trips", REFUSALS)
+def test_both_limits_of_a_request_in_one_round_trip(
+    app_config, redis_url, monkeypatch, per_ip, per_token, statuses, counts, trips
+):
+    """Both limits of a validation are hit in one script (one EVALSHA per request instead
+    of one per limit), with the very answers, headers and counts of one hit per limit: the
+    limit checked first refusing leaves the other counter alone, as flask-limiter does."""
+    from app.http.limits import limiter
+
+    app, http, client = _limits_in_redis(
+        app_config,
+        redis_url,
+        RATELIMIT_VALIDATE_PER_IP=per_ip,
+        RATELIMIT_VALIDATE_PER_TOKEN=per_token,
+    )
+    try:
+        sent = _round_trips(monkeypatch)
+        assert limiter.storage.planner is not None
+        _validations(http, client, 1, sent)  # the scripts loaded
+        one_trip, one_trip_counts = _validations(http, client, 5, sent)
+        limiter.storage.planner = None  # each limit hit on its own, as flask-limiter does
+        per_limit, per_limit_counts = _validations(http, client, 5, sent)
+    finally:
+        client.close()
+        app.extensions["db"].dispose()
+    assert [a[:3] for a in one_trip] == [a[:3] for a in per_limit]
+    assert one_trip_counts == per_limit_counts
+    assert [a[0] for a in one_trip] == statuses
+    assert [a[3] for a in one_trip] == [["EVALSHA"]] * 5
+    assert [len(a[3]) for a in per_limit] == trips
+    (token_key,) = [k for k in one_trip_counts if "/tok:" in k]
+    (ip_key,) = [k for k in one_trip_counts if k != token_key]
+    assert (one_trip_counts[token_key], one_trip_counts[ip_key]) == counts
+
+
+def test_every_limited_route_is_planned_as_the_limiter_hits_it(app_config, redis_url, monkeypatch):
+    """The hits planned for a request are exactly the ones flask-limiter then makes (key,
+    expiry, cost, in order), on every route with limits, with and without a token."""
+    from flask_limiter.util import get_qualified_name
+
+    from app.console.web import csrf
+    from app.http.limits import limiter
+    from tests.helpers import bearer, sign_up
+
+    monkeypatch.setattr(csrf, "protect", lambda: None)  # the console's forms reach their limits
+    app, http, client = _limits_in_redis(app_config, redis_url)
+    storage = limiter.storage
+    planned, made = [], []
+    plan = storage.planner
+
+    def planner():
+        planned.append([hit[:3] for hit in plan()])
+        return None  # each hit on its own: the limiter's own hits, recorded below
+
+    real_incr = storage.incr
+    storage.incr = lambda key, expiry, amount=1: (
+        made.append((key, expiry, amount)) or real_incr(key, expiry, amount)
+    )
+    try:
+        account = sign_up(http)
+        with app.app_context():
+            limited = [
+                rule
+                for rule in app.url_map.iter_rules()
+                if limiter.limit_manager.decorated_limits(
+                    get_qualified_name(app.view_functions[rule.endpoint])
+                )
+            ]
+        assert {r.endpoint for r in limited} >= {"auth.validate", "auth.login", "auth.register"}
+        storage.planner = planner
+        hit = set()
+        for rule in limited:
+            path = rule.build({arg: "x" for arg in rule.arguments}, append_unknown=False)[1]
+            method = "POST" if "POST" in rule.methods else sorted(rule.methods - {"HEAD"})[0]
+            fields = {"email": "ada@example.com", "token": "t", "password": "p"}
+            for token, body in [(None, {"data": fields}), (None, {"json": fields})] + [
+                (token, {"json": fields}) for token in (account.access, account.refresh)
+            ]:
+                planned.clear()
+                made.clear()
+                http.open(path, method=method, headers=bearer(token) if token else {}, **body)
+                assert planned == ([made] if made else []), rule.rule
+                if made:
+                    hit.add(rule.rule)
+        assert hit == {r.rule for r in limited}
+    finally:
+        client.close()
+        app.extensions["db"].dispose()
+
+
+def test_a_plan_the_limiter_does_not_follow_costs_a_round_trip_not_a_count(
+    app_config, redis_url, monkeypatch
+):
+    """A planned hit the limiter does not ask for is given back at the end of the request,
+    and the hit it asks for instead goes to Redis on its own: every count stays exact."""
+    from app.http.limits import limiter
+
+    app, http, client = _limits_in_redis(app_config, redis_url)
+    storage = limiter.storage
+    plan = storage.planner
+    storage.planner = lambda: [plan()[0], ("elsewhere", 60, 1, 1000)]
+    sent = _round_trips(monkeypatch)
+    try:
+        _validations(http, client, 1, sent)  # the scripts loaded
+        answers, counts = _validations(http, client, 3, sent)
+    finally:
+        client.close()
+        app.extensions["db"].dispose()
+    assert [a[0] for a in answers] == [200, 200, 200]
+    assert [a[3] for a in answers] == [["EVALSHA", "EVALSHA", "DECRBY"]] * 3
+    assert sorted(counts.values()) == [0, 3, 3]
+    assert counts["LIMITS:elsewhere"] == 0
+
+
+def test_limits_fall_back_to_memory_when_redis_does_not_answer(app_config, monkeypatch):
+    """Redis unreachable from the start: the limits count in memory, as before."""
+    from app import create_app
+    from app.http.limits import limiter
+
+    monkeypatch.setattr(limiter, "_storage_dead", False)  # the limiter's, left as it was
+
+    app = create_app(
+        {
+            **app_config,
+            **THREE_VALIDATIONS,
+            "RATELIMIT_ENABLED": True,
+            "RATELIMIT_STORAGE_URI": "redis://127.0.0.1:9/0",  # nothing listens there
+        }
+    )
+    http = app.test_client()
+    body = {"token": "not-a-token", "client_id": "laptop"}
+    try:
+        answers = [http.post("/api/v1/licenses/validate", json=body) for _ in range(4)]
+    finally:
+        app.extensions["db"].dispose()
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["2", "1", "0", "0"]
+
+
+def test_two_workers_share_the_counts_of_one_round_trip(database_url, redis_url, signing_key_file):
+    """Under gunicorn with two workers, validations of one token spread over both count in
+    Redis as one: exactly the limit's amount answered, the rest refused, and Redis holding
+    every hit of the token's limit and the address's hits of the validations let through."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import redis
+
+    from tests.helpers import gunicorn_server, http
+
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter("*LIMITS*"):
+        client.delete(key)
+    env = {
+        "LICENSE_SIGNING_KEYS": signing_key_file,
+        "REDIS_URL": redis_url,
+        "RATELIMIT_ENABLED": "true",
+        "RATELIMIT_VALIDATE_PER_TOKEN": "5/minute",
+        "RATELIMIT_VALIDATE_PER_IP": "1000/minute",
+    }
+    body = {"token": "not-a-token", "client_id": "laptop"}
+    try:
+        with gunicorn_server(database_url, workers=2, **env) as base:
+            with ThreadPoolExecutor(4) as pool:
+                answers = list(
+                    pool.map(
+                        lambda _: http("POST", f"{base}/api/v1/licenses/validate", body), range(12)
+                    )
+                )
+        counts = {k.decode(): int(client.get(k)) for k in client.scan_iter("*LIMITS*")}
+    finally:
+        client.close()
+    statuses = sorted(status for status, _, _ in answers)
+    assert statuses == [200] * 5 + [429] * 7
+    remaining = sorted(h["X-RateLimit-Remaining"] for s, _, h in answers if s == 200)
+    assert remaining == ["0", "1", "2", "3", "4"]
+    (token_key,) = [k for k in counts if "/tok:" in k]
+    (ip_key,) = [k for k in counts if k != token_key]
+    assert (counts[token_key], counts[ip_key]) == (12, 5)

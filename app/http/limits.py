@@ -1,11 +1,12 @@
 """Rate limits: the limiter, its in-memory storage and its (total) key functions.
 
-flask-limiter is used through its public API only: `Limiter.limit` decorates the views that
+flask-limiter is used through its public API: `Limiter.limit` decorates the views that
 have limits, and the request hooks `Limiter.init_app` registers run only for those views
 (`RouteLimiter`). Storage is chosen in `init_app`: Redis when REDIS_URL is set (shared by
-every worker and host; `redis_limits.CountedRedisStorage`, one round trip per limit), memory
-otherwise (`lazymemory://`, `CounterStorage`); if Redis fails mid-run the limiter falls back
-to memory.
+every worker and host; `redis_limits.CountedRedisStorage`, one round trip for all the
+limits of a request, planned from the limiter's `limit_manager`), memory otherwise
+(`lazymemory://`, `CounterStorage`); if Redis fails mid-run the limiter falls back to
+memory.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from typing import Any
 import flask
 from flask import current_app, request
 from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
+from flask_limiter.util import get_qualified_name, get_remote_address
 from limits.storage import Storage
 from werkzeug.exceptions import HTTPException
 
 # Defining it registers it for limits' Redis schemes: the storage the limiter builds for them.
-from app.http.redis_limits import CountedRedisStorage  # noqa: F401
+from app.http.redis_limits import CountedRedisStorage, PlannedHit
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class RouteLimiter(Limiter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._limited_views: set[Callable[..., Any]] = set()
+        # Each decorated view's rates (flask-limiter's `limit_provider`s), by qualified name.
+        self._rates: dict[str, list[Any]] = {}
 
     def limit(self, *args: Any, **kwargs: Any) -> Any:
         return self._remembered(super().limit(*args, **kwargs))
@@ -56,6 +59,8 @@ class RouteLimiter(Limiter):
 
     def _remembered(self, decorator: Any) -> Callable[[Any], Any]:
         def decorate(view: Any) -> Any:
+            rates = self._rates.setdefault(get_qualified_name(view), [])
+            rates.append(getattr(decorator, "limit_provider", None))
             wrapped = decorator(view)
             if callable(wrapped):
                 self._limited_views.add(wrapped)
@@ -77,12 +82,91 @@ class RouteLimiter(Limiter):
         super().init_app(app)
         if any(app.config.get(f"RATELIMIT_{name}") for name in ("DEFAULT", "APPLICATION", "META")):
             return  # limits that apply to every endpoint: every request needs the hooks
+        storage = self.storage if self.enabled else None
+        if isinstance(storage, CountedRedisStorage):  # a request's hits in one round trip
+            storage.planner = self._planner(app)
+            app.teardown_request(lambda _exc: storage.settle())
         limited = _EndpointsWithLimits(app, self._limited_views)
         for kind, funcs in hooks.items():
             funcs[None] = [
                 hook if hook in known[kind] else _only_where_limited(kind, hook, limited)
                 for hook in funcs.get(None, ())
             ]
+
+    def _planner(self, app: flask.Flask) -> Callable[[], list[PlannedHit] | None] | None:
+        """The hits the current request's limits will make, in the order this limiter makes
+        them — so that the storage can make them all in one round trip — or None where that
+        cannot be told in advance (then each hit is its own trip, as without a planner).
+
+        It mirrors flask-limiter's own evaluation of a view's decorated limits (resolved by
+        its `limit_manager`, sorted, exempt ones skipped, each hit at `key_for(prefix, key,
+        scope)` with the limit's expiry and cost) for plain limits only: the fixed-window
+        strategy, stopping at the first refused, no default, application or meta limits,
+        no conditional deduction. Whatever it gets wrong costs a round trip, not a count
+        (`CountedRedisStorage.incr`, `settle`): tests/test_rate_limit_storage.py checks
+        that every limited route is planned exactly as it is hit.
+        """
+        config = app.config
+        if (
+            config.get("RATELIMIT_STRATEGY", "fixed-window") != "fixed-window"
+            or not config.get("RATELIMIT_FAIL_ON_FIRST_BREACH", True)
+            or not self.enabled
+        ):
+            return None
+        prefix = config.get("RATELIMIT_KEY_PREFIX", "")
+        # What a request's plan needs besides its keys, by endpoint, method and the view's
+        # rates as configured now: resolving limits is most of a plan's cost.
+        resolved: dict[tuple[Any, ...], list[tuple[Any, ...]] | None] = {}
+
+        def plan() -> list[PlannedHit] | None:
+            endpoint, method = request.endpoint, request.method
+            view = app.view_functions.get(endpoint or "")
+            if not endpoint or view is None:
+                return None
+            name = get_qualified_name(view)
+            rates = tuple(r() if callable(r) else r for r in self._rates.get(name, ()))
+            found = (endpoint, method, rates)
+            limits = resolved.get(found, ())
+            if limits == ():
+                limits = resolved[found] = self._resolved(app, endpoint, method, name)
+            if limits is None:
+                return None
+            hits = []
+            for item, key_func, exempt_when, scope, expiry, cost in limits:
+                if exempt_when is not None and exempt_when():
+                    continue
+                key = key_func()
+                if not key:
+                    return None
+                args = (prefix, key, scope) if prefix else (key, scope)
+                hits.append((item.key_for(*args), expiry, cost, item.amount))
+            return hits
+
+        return plan
+
+    def _resolved(
+        self, app: flask.Flask, endpoint: str, method: str, name: str
+    ) -> list[tuple[Any, ...]] | None:
+        """The limits flask-limiter evaluates for a request to `endpoint` by `method`, in
+        its order, each as (item, key function, exempt_when, scope, expiry, cost); None
+        when one of them is not a plain limit."""
+        defaults, decorated = self.limit_manager.resolve_limits(
+            app, endpoint, request.blueprint, name, False, True
+        )
+        if defaults:
+            return None
+        limits = []
+        for lim in sorted(decorated, key=lambda x: x.limit):
+            if lim.deduct_when or lim.meta_limits or callable(lim.cost):
+                return None
+            if lim.method_exempt:
+                continue
+            scope = lim.scope_for(endpoint, method)
+            if not scope or callable(lim.scope):
+                return None
+            item = lim.limit
+            limits.append((item, lim.key_func, lim.exempt_when, scope, item.get_expiry(), lim.cost))
+        return limits
 
 
 class _EndpointsWithLimits:

@@ -239,12 +239,13 @@ def read_first(
 ) -> Row[Any] | None:
     """The first row of a read-only `statement`, as the database has it now.
 
-    Outside a transaction, on PostgreSQL, it is one round trip: the statement runs alone
-    in autocommit on a connection of the autocommit engine (no pre-ping, BEGIN or
-    ROLLBACK; a connection found dead is replaced and the statement tried once more). It
-    runs as the acting module, under its guard and database role like any other. Inside a
-    transaction (the session has begun one: its snapshot, its own writes), or where the
-    session has no autocommit engine (SQLite), it runs on the session's connection.
+    Outside a transaction it runs alone in autocommit on a connection of the autocommit
+    engine: on PostgreSQL one round trip (no pre-ping, BEGIN or ROLLBACK; a connection found
+    dead is replaced and the statement tried once more), on SQLite the one statement
+    without BEGIN, ROLLBACK or the session's transaction. It runs as the acting module,
+    under its guard and database role like any other. Inside a transaction (the session
+    has begun one: its snapshot, its own writes), or where the session has no autocommit
+    engine (an in-memory SQLite database), it runs on the session's connection.
     """
     if not getattr(statement, "is_select", False):
         raise TransactionMisuse("read_first() runs SELECT statements only")

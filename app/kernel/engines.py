@@ -9,7 +9,8 @@ PostgreSQL (psycopg 3) gets a sized, recycled pool whose connections are pinged 
 unless known alive (`_ping_unless_alive`), an application_name and a statement timeout, so
 a dead server costs one failed request and then recovers by itself.
 Beside it, an autocommit engine serves `db.read_first`: a hot-path read of one statement as
-one round trip (docs/adr/0016-hot-path-database-access.md).
+one round trip (docs/adr/0016-hot-path-database-access.md); on SQLite likewise, as one
+statement without BEGIN or ROLLBACK.
 """
 
 from __future__ import annotations
@@ -169,19 +170,29 @@ def _has_input(dbapi_connection: Any) -> bool:
 
 
 def make_autocommit_engine(settings: EngineSettings) -> Engine | None:
-    """The engine of `read_first` beside `make_engine(settings)`'s, or None where the
-    session's own connection costs as little (SQLite: BEGIN and ROLLBACK are calls into
-    the library there, not round trips to a server).
+    """The engine of `read_first` beside `make_engine(settings)`'s, or None where there is
+    none (an in-memory SQLite database: another engine would open another database).
 
     On PostgreSQL: the same database, guard and module roles, but every statement runs in
     autocommit (no BEGIN, no ROLLBACK at check-in) and the pool does not ping a connection
     before handing it out; `read_first` retries once on a connection found dead instead.
     A read holds its connection for one statement, so the pool does not overflow.
+
+    On SQLite: the same database file, tuning and guard, every statement in autocommit (no
+    BEGIN nor ROLLBACK around a read: a statement alone reads what is committed when it
+    runs). Not round trips there, but the session, its transaction and the two statements
+    were a quarter of a validation's time in-process (bench/README.md, issue 17).
     """
     url = make_url(normalise_url(settings.url))
+    options = {} if settings.schemas else {"schema_translate_map": flat_layout()}
+    if url.get_backend_name() == "sqlite":
+        if not url.database or url.database == ":memory:" or url.query.get("uri"):
+            return None
+        engine = _make_sqlite_engine(url, settings, options, autocommit=True)
+        ownership.install_guard(engine, settings.guard_mode)
+        return engine
     if url.get_backend_name() != "postgresql":
         return None
-    options = {} if settings.schemas else {"schema_translate_map": flat_layout()}
     engine = _make_postgresql_engine(
         url,
         settings,
@@ -222,10 +233,13 @@ def sqlite_version_warning(url: str) -> str | None:
     )
 
 
-def _make_sqlite_engine(url: Any, settings: EngineSettings, options: dict) -> Engine:
+def _make_sqlite_engine(
+    url: Any, settings: EngineSettings, options: dict, *, autocommit: bool = False
+) -> Engine:
     path = url.database
-    if path and path != ":memory:" and not url.query.get("uri"):
-        # It holds password hashes and emails: warn now if it is open to other users.
+    if path and path != ":memory:" and not url.query.get("uri") and not autocommit:
+        # It holds password hashes and emails: warn now if it is open to other users (once:
+        # not again for the autocommit engine beside the session's).
         for suffix in ("", "-wal", "-shm"):
             files.warn_if_exposed(os.path.abspath(path + suffix))
     engine = create_engine(
@@ -237,6 +251,7 @@ def _make_sqlite_engine(url: Any, settings: EngineSettings, options: dict) -> En
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout,
         connect_args={"timeout": settings.sqlite_busy_timeout_ms / 1000},
+        **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
     )
     busy_timeout = int(settings.sqlite_busy_timeout_ms)
 
@@ -261,6 +276,9 @@ def _make_sqlite_engine(url: Any, settings: EngineSettings, options: dict) -> En
             cursor.execute(f"PRAGMA busy_timeout={busy_timeout}")
         finally:
             cursor.close()
+
+    if autocommit:
+        return engine  # no BEGIN: each statement on its own
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
