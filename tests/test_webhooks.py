@@ -213,27 +213,6 @@ def test_down_then_500_then_200_is_received_once_by_id(app, client, admin, ada):
     assert item["last_latency_ms"] is not None and item["next_attempt_at"] is None
 
 
-def test_a_rolled_back_change_sends_nothing(app, client, admin, receiver):
-    subscribe(client, admin, receiver.url, "order.paid")
-    paid = OrderPaid(
-        order_id="ord_x",
-        user_id="usr_x",
-        kind="purchase",
-        plan="pro",
-        seats=1,
-        amount_cents=900,
-        currency="EUR",
-        subscription_id="sub_x",
-    )
-    with app.app_context():
-        session = get_session()
-        with pytest.raises(RuntimeError), acting_as("orders"), transaction(session):
-            events.publish(session, paid, aggregate_version=2)
-            raise RuntimeError("the order could not be settled")
-    assert deliveries(app) == []
-    assert worker(app).run_once() == 0 and receiver.requests == []
-
-
 def _paid(order_id: str) -> OrderPaid:
     return OrderPaid(
         order_id=order_id,
@@ -245,6 +224,18 @@ def _paid(order_id: str) -> OrderPaid:
         currency="EUR",
         subscription_id="sub_x",
     )
+
+
+def test_a_rolled_back_change_sends_nothing(app, client, admin, receiver):
+    subscribe(client, admin, receiver.url, "order.paid")
+    paid = _paid("ord_x")
+    with app.app_context():
+        session = get_session()
+        with pytest.raises(RuntimeError), acting_as("orders"), transaction(session):
+            events.publish(session, paid, aggregate_version=2)
+            raise RuntimeError("the order could not be settled")
+    assert deliveries(app) == []
+    assert worker(app).run_once() == 0 and receiver.requests == []
 
 
 def test_endpoints_changed_in_the_transaction_count_for_its_next_events(
