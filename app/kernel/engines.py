@@ -135,7 +135,7 @@ def _ping_unless_alive(engine: Engine) -> None:
     dialect = engine.dialect
 
     def alive(dbapi_connection: Any, record: Any, *_args: Any) -> None:
-        if dbapi_connection is not None:  # None: checked in invalidated
+        if dbapi_connection is not None:  # None: given back invalidated
             record.info[_ALIVE_AT] = time.monotonic()
 
     @event.listens_for(engine, "checkout")
@@ -165,7 +165,7 @@ def _has_input(dbapi_connection: Any) -> bool:
         poller = select.poll()
         poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
         return bool(poller.poll(0))
-    except (OSError, ValueError, AttributeError):  # closed: no descriptor left
+    except Exception:  # closed or broken (no descriptor left): the ping will tell
         return True
 
 
