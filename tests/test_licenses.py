@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from datetime import timedelta
 
 import jwt as pyjwt
@@ -469,6 +470,60 @@ def test_validation_survives_its_connection_dying(app, client, database_url):
         assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
     assert validate(client, token)["code"] == "VALID"
     assert validate(client, token)["code"] == "VALID"
+
+
+def _pings(monkeypatch, engine) -> list[int]:
+    """Counts the pool's pings of `engine`'s connections (the dialect's `do_ping`)."""
+    pings: list[int] = []
+    ping = engine.dialect.do_ping
+
+    def counted(dbapi_connection):
+        pings.append(1)
+        return ping(dbapi_connection)
+
+    monkeypatch.setattr(engine.dialect, "do_ping", counted)
+    return pings
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_connection_used_a_moment_ago_is_not_pinged_again(app, client, monkeypatch):
+    """A write transaction on a connection checked in milliseconds earlier, with nothing
+    from the server waiting on its socket, is not preceded by a ping (one round trip)."""
+    ada = account(client)
+    grant_subscription(app, ada["user_id"], seats=5)
+    assert activate(client, ada, "box-1").status_code == 201
+    with app.app_context():
+        pings = _pings(monkeypatch, get_database().engine)
+    assert activate(client, ada, "box-2").status_code == 201
+    assert activate(client, ada, "box-3").status_code == 201
+    assert pings == []
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_activation_survives_its_connection_dying(app, client, database_url, monkeypatch):
+    """A connection the server ended (a restart, an administrator) since it was checked in
+    is pinged, found dead and replaced before the write: 201, not 503, though a write is
+    never retried."""
+    import psycopg
+
+    ada = account(client)
+    grant_subscription(app, ada["user_id"], seats=5)
+    assert activate(client, ada, "box-1").status_code == 201
+    with app.app_context():
+        engine = get_database().engine
+        pings = _pings(monkeypatch, engine)
+        with engine.connect() as conn:  # every connection the pool holds: one
+            pid = conn.connection.driver_connection.info.backend_pid
+        assert engine.pool.checkedin() == 1
+    url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as admin:
+        assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+        gone = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s"
+        while admin.execute(gone, (pid,)).fetchone() != (0,):  # the signal is asynchronous
+            time.sleep(0.01)
+    assert activate(client, ada, "box-2").status_code == 201
+    assert pings  # noticed by the ping, not by the write
+    assert activate(client, ada, "box-3").status_code == 201
 
 
 # --- owner endpoints -----------------------------------------------------------------

@@ -213,10 +213,9 @@ def test_down_then_500_then_200_is_received_once_by_id(app, client, admin, ada):
     assert item["last_latency_ms"] is not None and item["next_attempt_at"] is None
 
 
-def test_a_rolled_back_change_sends_nothing(app, client, admin, receiver):
-    subscribe(client, admin, receiver.url, "order.paid")
-    paid = OrderPaid(
-        order_id="ord_x",
+def _paid(order_id: str) -> OrderPaid:
+    return OrderPaid(
+        order_id=order_id,
         user_id="usr_x",
         kind="purchase",
         plan="pro",
@@ -225,6 +224,11 @@ def test_a_rolled_back_change_sends_nothing(app, client, admin, receiver):
         currency="EUR",
         subscription_id="sub_x",
     )
+
+
+def test_a_rolled_back_change_sends_nothing(app, client, admin, receiver):
+    subscribe(client, admin, receiver.url, "order.paid")
+    paid = _paid("ord_x")
     with app.app_context():
         session = get_session()
         with pytest.raises(RuntimeError), acting_as("orders"), transaction(session):
@@ -232,6 +236,85 @@ def test_a_rolled_back_change_sends_nothing(app, client, admin, receiver):
             raise RuntimeError("the order could not be settled")
     assert deliveries(app) == []
     assert worker(app).run_once() == 0 and receiver.requests == []
+
+
+def test_endpoints_changed_in_the_transaction_count_for_its_next_events(
+    app, client, admin, receiver
+):
+    """The endpoints read for one event are remembered for the transaction's next ones, but
+    an endpoint the same transaction added, disabled or resubscribed is
+    seen by the events after that, and nothing remembered outlives the transaction."""
+    first = subscribe(client, admin, receiver.url, "order.paid")
+    with app.app_context():
+        session = get_session()
+        with acting_as("orders"), transaction(session):
+            events.publish(session, _paid("ord_1"), aggregate_version=2)
+            with acting_as("webhooks"):
+                second = WebhookEndpoint(url=receiver.url, events=["order.paid"], secret="x")
+                session.add(second)
+                session.flush()
+            events.publish(session, _paid("ord_2"), aggregate_version=2)
+            with acting_as("webhooks"):
+                session.get(WebhookEndpoint, first["webhook_id"]).enabled = False
+                session.flush()
+            events.publish(session, _paid("ord_3"), aggregate_version=2)
+            with acting_as("webhooks"):
+                second.events = ["order.refunded"]
+                session.flush()
+            events.publish(session, _paid("ord_4"), aggregate_version=2)
+        second_id = second.webhook_id
+        with acting_as("webhooks"), transaction(session):
+            session.get(WebhookEndpoint, second_id).events = ["order.paid"]
+        with acting_as("orders"), transaction(session):
+            events.publish(session, _paid("ord_5"), aggregate_version=2)
+    got = sorted(
+        (d.webhook_id == second_id, json.loads(d.body)["aggregate"]["id"]) for d in deliveries(app)
+    )
+    assert got == [
+        (False, "ord_1"),
+        (False, "ord_2"),
+        (True, "ord_2"),
+        (True, "ord_3"),
+        (True, "ord_5"),
+    ]
+
+
+def test_an_endpoint_of_a_rolled_back_savepoint_gets_nothing(app, client, admin, receiver):
+    """Endpoints read inside a savepoint are forgotten when it ends: an endpoint it added and
+    then lost to its rollback receives none of the transaction's later events."""
+    first = subscribe(client, admin, receiver.url, "order.paid")
+    with app.app_context():
+        session = get_session()
+        with acting_as("orders"), transaction(session):
+            with pytest.raises(RuntimeError), transaction(session):  # a SAVEPOINT
+                with acting_as("webhooks"):
+                    session.add(
+                        WebhookEndpoint(url=receiver.url, events=["order.paid"], secret="x")
+                    )
+                    session.flush()
+                events.publish(session, _paid("ord_1"), aggregate_version=2)
+                raise RuntimeError("the inner step failed")
+            events.publish(session, _paid("ord_2"), aggregate_version=2)
+    got = [(d.webhook_id, json.loads(d.body)["aggregate"]["id"]) for d in deliveries(app)]
+    assert got == [(first["webhook_id"], "ord_2")]
+
+
+def test_an_order_reads_the_endpoints_once_per_transaction(app, client, admin, ada, receiver):
+    """A paid order publishes two events in its settlement: one read of the endpoints."""
+    from sqlalchemy import event
+
+    subscribe(client, admin, receiver.url, "order.paid", "subscription.granted")
+    with app.app_context():
+        engine = get_database().engine
+    seen: list[str] = []
+    record = lambda _c, _cur, statement, *_a: seen.append(statement)  # noqa: E731
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        buy(client, ada)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert sum("FROM" in s and "webhook_endpoints" in s.split("FROM")[1] for s in seen) == 1
+    assert sorted(d.event_type for d in deliveries(app)) == ["order.paid", "subscription.granted"]
 
 
 @pytest.mark.parametrize(

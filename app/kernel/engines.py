@@ -5,8 +5,9 @@ busy_timeout) and write transactions begin with ``BEGIN IMMEDIATE``: pysqlite's 
 BEGIN takes the write lock only at the first write, and a read-then-write transaction that
 loses that race gets SQLITE_BUSY at once, whatever busy_timeout says.
 
-PostgreSQL (psycopg 3) gets a pre-pinged, sized, recycled pool, an application_name and a
-statement timeout, so a dead server costs one failed request and then recovers by itself.
+PostgreSQL (psycopg 3) gets a sized, recycled pool whose connections are pinged before use
+unless known alive (`_ping_unless_alive`), an application_name and a statement timeout, so
+a dead server costs one failed request and then recovers by itself.
 Beside it, an autocommit engine serves `db.read_first`: a hot-path read of one statement as
 one round trip (docs/adr/0016-hot-path-database-access.md); on SQLite likewise, as one
 statement without BEGIN or ROLLBACK.
@@ -15,13 +16,18 @@ statement without BEGIN or ROLLBACK.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
+import select
 import sqlite3
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InvalidatePoolError
 
 from app.kernel import files, ownership
 
@@ -43,6 +49,31 @@ class EngineSettings:
     role_prefix: str | None = None  # PostgreSQL: run each module's statements under its role
     schemas: bool = False  # PostgreSQL: each module's tables in its own schema (phase 2)
     echo: bool = False
+
+
+# Only the command that builds a database (`flask db upgrade`: `creating_databases`) creates
+# a missing SQLite file. Any other finds it missing and says so, instead of leaving an empty
+# database (and the folders of a mistyped path) behind and failing on a missing table.
+_may_create = contextvars.ContextVar("sqlite_may_create", default=False)
+
+
+@contextlib.contextmanager
+def creating_databases() -> Iterator[None]:
+    """Within it, opening a SQLite database that does not exist creates it (0600, in
+    folders made 0700)."""
+    token = _may_create.set(True)
+    try:
+        yield
+    finally:
+        _may_create.reset(token)
+
+
+def missing_sqlite_database(path: str) -> str | None:
+    """Why `path` may not be opened: it does not exist and this is no `creating_databases`;
+    None when it may."""
+    if _may_create.get() or os.path.exists(path):
+        return None
+    return "unable to open database file: it does not exist (`flask db upgrade` creates it)"
 
 
 def normalise_url(url: str) -> str:
@@ -82,9 +113,9 @@ def make_engine(settings: EngineSettings) -> Engine:
 
 
 def _make_postgresql_engine(
-    url: Any, settings: EngineSettings, options: dict, **overrides: Any
+    url: Any, settings: EngineSettings, options: dict, *, ping: bool = True, **overrides: Any
 ) -> Engine:
-    return create_engine(
+    engine = create_engine(
         url,
         **{
             "echo": settings.echo,
@@ -92,7 +123,6 @@ def _make_postgresql_engine(
             # the text of a logged database error (tests/test_secrets.py).
             "hide_parameters": True,
             "execution_options": options,
-            "pool_pre_ping": True,
             "pool_size": settings.pool_size,
             "max_overflow": settings.max_overflow,
             "pool_timeout": settings.pool_timeout,
@@ -105,6 +135,65 @@ def _make_postgresql_engine(
             **overrides,
         },
     )
+    if ping:
+        _ping_unless_alive(engine)
+    return engine
+
+
+# A connection given back to the pool this recently, whose socket holds nothing from the
+# server, is handed out again without a ping.
+PING_AFTER_IDLE_SECONDS = 5.0
+_ALIVE_AT = "alive_at"  # connection record info: when it was last known alive (monotonic)
+
+
+def _ping_unless_alive(engine: Engine) -> None:
+    """The pool's pre-ping, skipped for a connection known alive a moment ago.
+
+    A write cannot be retried, so a connection the server has dropped must be found before
+    the transaction starts. `pool_pre_ping` finds it with a round trip (`SELECT 1`) on every
+    checkout — one of an activation's dozen, two of a paid order's. A connection checked in
+    (its reset's ROLLBACK answered) or opened less than `PING_AFTER_IDLE_SECONDS` ago is
+    pinged only when its socket has something to read: a server that ends a connection
+    (a restart or shutdown, `pg_terminate_backend`, a crashed backend) sends it an error or
+    closes it, and an idle connection is otherwise sent nothing. A longer idle connection
+    is pinged as before (a connection dropped silently on the way, by a firewall, say).
+    A dead one invalidates the pool, as a failed pre-ping does.
+    """
+    dialect = engine.dialect
+
+    def alive(dbapi_connection: Any, record: Any, *_args: Any) -> None:
+        if dbapi_connection is not None:  # None: given back invalidated
+            record.info[_ALIVE_AT] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        alive_at = record.info.get(_ALIVE_AT)
+        if (
+            alive_at is not None
+            and time.monotonic() - alive_at < PING_AFTER_IDLE_SECONDS
+            and not _has_input(dbapi_connection)
+        ):
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as exc:
+            if not dialect.is_disconnect(exc, dbapi_connection, None):
+                raise
+            raise InvalidatePoolError(f"ping failed: {exc.__class__.__name__}") from exc
+        record.info[_ALIVE_AT] = time.monotonic()
+
+    event.listen(engine, "connect", alive)
+    event.listen(engine, "checkin", alive)
+
+
+def _has_input(dbapi_connection: Any) -> bool:
+    """True when the server sent the idle connection something (or closed it)."""
+    try:
+        poller = select.poll()
+        poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(0))
+    except Exception:  # closed or broken (no descriptor left): the ping will tell
+        return True
 
 
 def make_autocommit_engine(settings: EngineSettings) -> Engine | None:
@@ -135,8 +224,8 @@ def make_autocommit_engine(settings: EngineSettings) -> Engine | None:
         url,
         settings,
         options,
+        ping=False,
         isolation_level="AUTOCOMMIT",
-        pool_pre_ping=False,
         max_overflow=0,
     )
     ownership.install_guard(engine, settings.guard_mode, settings.role_prefix, autocommit=True)
@@ -199,6 +288,9 @@ def _make_sqlite_engine(
         # empty file is an empty database, so make it first, 0600 in a 0700 folder. Its -wal
         # and -shm files take the database file's mode (SQLite copies it).
         if path and path != ":memory:" and not url.query.get("uri"):
+            missing = missing_sqlite_database(path)
+            if missing:
+                raise sqlite3.OperationalError(missing)  # like SQLite's own: 503, CLI one line
             with contextlib.suppress(OSError):  # SQLite's own attempt reports it (503)
                 files.create_private_file(path)
 

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
 from app.auth import api as auth_api
 from app.kernel import events
-from app.kernel.db import utcnow
+from app.kernel.db import execute_now, utcnow
 from app.kernel.errors import Conflict, NotFound, ProblemError
 from app.kernel.ids import new_id
 from app.kernel.pagination import newest_first, page_of
@@ -220,22 +220,40 @@ def _new_purchase(
     return order
 
 
-def _complete_key(session: Session, order: Order, status: int, body: dict[str, Any]) -> None:
-    session.execute(
-        update(IdempotencyKey)
-        .where(IdempotencyKey.order_id == order.order_id)
-        .values(state="completed", response_status=status, response_body=body)
+# The key's answer, recorded in the settlement's transaction: statements built once, run on
+# the transaction's connection (ADR 0016), not through the ORM's bulk-update path.
+_OF_ORDER = IdempotencyKey.order_id == bindparam("of_order")
+_COMPLETE_KEY = (
+    update(IdempotencyKey)
+    .where(_OF_ORDER)
+    .values(
+        state="completed",
+        response_status=bindparam("answer_status"),
+        response_body=bindparam("answer_body"),
     )
+)
+_RELEASE_KEY = update(IdempotencyKey).where(_OF_ORDER).values(state="released")
+
+
+def _complete_key(session: Session, order: Order, status: int, body: dict[str, Any]) -> None:
+    params = {"of_order": order.order_id, "answer_status": status, "answer_body": body}
+    execute_now(session, _COMPLETE_KEY, params)
+    _expire_keys(session, order.order_id)
 
 
 def _release_key(session: Session, order: Order) -> None:
     """Let a retry with the key try again (nothing charged, or refunded) — for the same
     order only: the key keeps naming it (`claim`)."""
-    session.execute(
-        update(IdempotencyKey)
-        .where(IdempotencyKey.order_id == order.order_id)
-        .values(state="released")
-    )
+    execute_now(session, _RELEASE_KEY, {"of_order": order.order_id})
+    _expire_keys(session, order.order_id)
+
+
+def _expire_keys(session: Session, order_id: str) -> None:
+    """The session's copy of the order's key is read again when next used (what the ORM's
+    update did by setting its attributes)."""
+    for row in list(session.identity_map.values()):
+        if isinstance(row, IdempotencyKey) and row.order_id == order_id:
+            session.expire(row)
 
 
 # --- 3. settle -----------------------------------------------------------------------

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, event, func, select
 from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
@@ -253,7 +253,7 @@ def fan_out(session: Session, envelope: Envelope) -> None:
         return
     now = utcnow()
     added = False
-    for webhook_id, types in session.execute(_ENABLED_ENDPOINTS):
+    for webhook_id, types in _enabled_endpoints(session):
         if envelope.type in types:
             session.add(_delivery(webhook_id, envelope, now))
             added = True
@@ -266,6 +266,41 @@ def fan_out(session: Session, envelope: Envelope) -> None:
 _ENABLED_ENDPOINTS = select(WebhookEndpoint.webhook_id, WebhookEndpoint.events).where(
     WebhookEndpoint.enabled.is_(True)
 )
+# Session.info: the enabled endpoints as this transaction read them (a paid order publishes
+# two events in one transaction: one read). Forgotten when the transaction (or a savepoint)
+# ends and when a flush writes an endpoint.
+_ENDPOINTS_READ = "webhooks_enabled_endpoints"
+
+
+def _enabled_endpoints(session: Session) -> list[tuple[str, list[str]]]:
+    endpoints = session.info.get(_ENDPOINTS_READ)
+    if endpoints is None or _endpoint_pending(session):
+        endpoints = [
+            (webhook_id, types) for webhook_id, types in session.execute(_ENABLED_ENDPOINTS)
+        ]
+        session.info[_ENDPOINTS_READ] = endpoints
+    return endpoints
+
+
+def _endpoint_pending(session: Session) -> bool:
+    """An endpoint changed in the session and not flushed yet (the read would autoflush)."""
+    return any(
+        isinstance(row, WebhookEndpoint)
+        for rows in (session.new, session.dirty, session.deleted)
+        for row in rows
+    )
+
+
+@event.listens_for(Session, "after_flush")
+def _forget_endpoints_on_write(session: Session, _context: Any) -> None:
+    if _ENDPOINTS_READ in session.info and _endpoint_pending(session):
+        del session.info[_ENDPOINTS_READ]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_endpoints(session: Session, ended: Any) -> None:
+    if ended.parent is None or ended.nested:  # not a flush's own subtransaction
+        session.info.pop(_ENDPOINTS_READ, None)
 
 
 def send_test(session: Session, webhook_id: str) -> WebhookDelivery:

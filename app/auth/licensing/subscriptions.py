@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
@@ -25,7 +25,7 @@ from app.auth.licensing.seats import FREE_SEATS, LIVE_SUBSCRIPTION, live_subscri
 from app.auth.licensing.service import set_status
 from app.auth.models import License, Subscription
 from app.kernel import events
-from app.kernel.db import utcnow
+from app.kernel.db import execute_now, utcnow
 from app.kernel.ids import new_id
 
 
@@ -80,16 +80,7 @@ def grant_subscription(
         now=now,
         alive_from=alive_from,
     )
-    session.execute(
-        update(License)
-        .where(
-            License.user_id == user_id,
-            License.status == "active",
-            License.expires_at >= alive_from,
-        )
-        .values(expires_at=renews_at, version=License.version + 1, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    _extend_licenses(session, user_id, alive_from=alive_from, renews_at=renews_at, now=now)
     admin_api.record_audit(
         session,
         "SUBSCRIPTION_GRANTED",
@@ -105,6 +96,34 @@ def grant_subscription(
     )
     _announce(session, SubscriptionGranted, subscription)
     return subscription
+
+
+# The user's active licenses valid at `alive_from` expire with the subscription's new
+# renewal date: a statement built once, run on the transaction's connection (ADR 0016).
+_EXTEND_LICENSES = (
+    update(License)
+    .where(
+        License.user_id == bindparam("of_user"),
+        License.status == "active",
+        License.expires_at >= bindparam("alive_from"),
+    )
+    .values(
+        expires_at=bindparam("renews_at"),
+        version=License.version + 1,
+        updated_at=bindparam("now"),
+    )
+)
+
+
+def _extend_licenses(
+    session: Session, user_id: str, *, alive_from: datetime, renews_at: datetime, now: datetime
+) -> None:
+    session.flush()  # the licenses' pending changes first (suspensions), as an autoflush did
+    execute_now(
+        session,
+        _EXTEND_LICENSES,
+        {"of_user": user_id, "alive_from": alive_from, "renews_at": renews_at, "now": now},
+    )
 
 
 def cancel_subscription(
@@ -216,15 +235,9 @@ def renew_subscription(
     sub.status = "active"
     sub.version += 1
     now = utcnow()
-    session.execute(
-        update(License)
-        .where(
-            License.user_id == sub.user_id,
-            License.status == "active",
-            License.expires_at >= expected_renews_at,  # valid to the end of the paid period
-        )
-        .values(expires_at=sub.renews_at, version=License.version + 1, updated_at=now)
-        .execution_options(synchronize_session=False)
+    # valid to the end of the paid period: extended
+    _extend_licenses(
+        session, sub.user_id, alive_from=expected_renews_at, renews_at=sub.renews_at, now=now
     )
     admin_api.record_audit(
         session,
