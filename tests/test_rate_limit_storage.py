@@ -70,11 +70,11 @@ def test_the_app_uses_it_without_redis(app_config):
     application.extensions["db"].dispose()
 
 
-# Three validations of one token a minute (the per-address limit out of the way).
+# Three validations a minute from one address (the per-token limit out of the way).
 THREE_VALIDATIONS = {
     "RATELIMIT_ENABLED": True,
-    "RATELIMIT_VALIDATE_PER_TOKEN": "3/minute",
-    "RATELIMIT_VALIDATE_PER_IP": "1000/minute",
+    "RATELIMIT_VALIDATE_PER_TOKEN": "1000/minute",
+    "RATELIMIT_VALIDATE_PER_IP": "3/minute",
 }
 
 
@@ -100,7 +100,7 @@ def test_redis_headers_are_those_of_the_counter_and_429_follows(app_config, redi
         answers = []
         for _ in range(4):
             answers.append(http.post("/api/v1/licenses/validate", json=body))
-            (key,) = [k for k in client.scan_iter("*LIMITS*") if b"tok:" in k]
+            (key,) = [k for k in client.scan_iter("*LIMITS*") if b"tok:" not in k]
             held, ttl = int(client.get(key)), client.ttl(key)
             answer = answers[-1]
             assert answer.headers["X-RateLimit-Limit"] == "3"
@@ -165,12 +165,12 @@ def _validations(http, client, count, sent):
 
 # (per address, per token): the statuses of five validations, the counts Redis then holds
 # per token and per address, and the round trips each validation costs with one hit per
-# limit (the token's limit is checked first: limits are sorted by window, then taken in
-# the order flask-limiter holds them; a refusal by the first stops there).
+# limit. The address's limit is checked first, as declared (limits of one window are
+# taken in the order declared); a refusal by it stops there: the token's is not spent.
 REFUSALS = [
-    ("2/minute", "1000/minute", [200, 200, 429, 429, 429], (5, 5), [2, 2, 2, 2, 2]),
-    ("1000/minute", "2/minute", [200, 200, 429, 429, 429], (5, 2), [2, 2, 1, 1, 1]),
-    ("3/minute", "3/minute", [200, 200, 200, 429, 429], (5, 3), [2, 2, 2, 1, 1]),
+    ("2/minute", "1000/minute", [200, 200, 429, 429, 429], (2, 5), [2, 2, 1, 1, 1]),
+    ("1000/minute", "2/minute", [200, 200, 429, 429, 429], (5, 5), [2, 2, 2, 2, 2]),
+    ("3/minute", "3/minute", [200, 200, 200, 429, 429], (3, 5), [2, 2, 2, 1, 1]),
 ]
 
 
@@ -180,7 +180,7 @@ def test_both_limits_of_a_request_in_one_round_trip(
 ):
     """Both limits of a validation are hit in one script (one EVALSHA per request instead
     of one per limit), with the very answers, headers and counts of one hit per limit: the
-    limit checked first refusing leaves the other counter alone, as flask-limiter does."""
+    address's limit, checked first, refusing leaves the token's counter alone."""
     from app.http.limits import limiter
 
     app, http, client = _limits_in_redis(
@@ -314,9 +314,9 @@ def test_limits_fall_back_to_memory_when_redis_does_not_answer(app_config, monke
 
 
 def test_two_workers_share_the_counts_of_one_round_trip(database_url, redis_url, signing_key_file):
-    """Under gunicorn with two workers, validations of one token spread over both count in
-    Redis as one: exactly the limit's amount answered, the rest refused, and Redis holding
-    every hit of the token's limit and the address's hits of the validations let through."""
+    """Under gunicorn with two workers, validations from one address spread over both count
+    in Redis as one: exactly the limit's amount answered, the rest refused, and Redis
+    holding every hit of the address's limit and the token's hits of those let through."""
     from concurrent.futures import ThreadPoolExecutor
 
     import redis
@@ -330,8 +330,8 @@ def test_two_workers_share_the_counts_of_one_round_trip(database_url, redis_url,
         "LICENSE_SIGNING_KEYS": signing_key_file,
         "REDIS_URL": redis_url,
         "RATELIMIT_ENABLED": "true",
-        "RATELIMIT_VALIDATE_PER_TOKEN": "5/minute",
-        "RATELIMIT_VALIDATE_PER_IP": "1000/minute",
+        "RATELIMIT_VALIDATE_PER_TOKEN": "1000/minute",
+        "RATELIMIT_VALIDATE_PER_IP": "5/minute",
     }
     body = {"token": "not-a-token", "client_id": "laptop"}
     try:
@@ -351,7 +351,7 @@ def test_two_workers_share_the_counts_of_one_round_trip(database_url, redis_url,
     assert remaining == ["0", "1", "2", "3", "4"]
     (token_key,) = [k for k in counts if "/tok:" in k]
     (ip_key,) = [k for k in counts if k != token_key]
-    assert (counts[token_key], counts[ip_key]) == (12, 5)
+    assert (counts[token_key], counts[ip_key]) == (5, 12)
 
 
 def test_a_limited_request_resolves_its_limits_once(app_config, redis_url, monkeypatch):
@@ -377,7 +377,7 @@ def test_a_limited_request_resolves_its_limits_once(app_config, redis_url, monke
         app.extensions["db"].dispose()
     assert len(resolved) == 4
     assert [a[0] for a in answers] == [200, 200, 200, 429]
-    assert [a[1] for a in answers] == [["3", "2"], ["3", "1"], ["3", "0"], ["3", "0"]]
+    assert [a[1] for a in answers] == [["3", "2"], ["3", "1"], ["3", "0"], ["3", "0"]]  # address
     assert all(a[2] == (a[0] == 429) for a in answers)  # Retry-After on the 429 only
 
 

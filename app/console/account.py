@@ -51,10 +51,11 @@ def _landing(user: Any) -> str:
 
 
 @bp.route("/sign-in", methods=["GET", "POST"])
-@limiter.limit(config_limit("RATELIMIT_LOGIN_PER_IP"), key_func=client_ip, exempt_when=_only_posts)
+# Checked in the order applied (bottom up): per address first, as the API's login.
 @limiter.limit(
     config_limit("RATELIMIT_LOGIN_PER_ACCOUNT"), key_func=email_in_form, exempt_when=_only_posts
 )
+@limiter.limit(config_limit("RATELIMIT_LOGIN_PER_IP"), key_func=client_ip, exempt_when=_only_posts)
 def sign_in() -> Any:
     user = current_user()
     if user is not None and request.method == "GET":

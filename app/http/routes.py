@@ -97,7 +97,11 @@ class Endpoints:
                 security=callers.security,
                 responses=documented,
             )(view)
-            for limit in reversed(limits):  # the first limit given is the first checked
+            # flask-limiter checks a view's limits in the order they were applied (then by
+            # window: a per-minute limit before a per-hour one), and stops at the first that
+            # refuses: applied as given, a request the first (per address) refuses does
+            # not spend the second (per account or token).
+            for limit in limits:
                 view = limiter.limit(config_limit(limit.setting), key_func=limit.key)(view)
             return view if callers.check is None else callers.check(view)
 
