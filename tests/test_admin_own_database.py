@@ -248,6 +248,7 @@ def test_configuration_of_module_databases(tmp_path):
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_phase3_readiness_names_the_admin_database(phase3_config, tmp_path):
+    (tmp_path / "never-migrated.db").touch(mode=0o600)  # only `db upgrade` would create it
     phase3_config["MODULE_DATABASE_URLS"] = {"admin": f"sqlite:///{tmp_path}/never-migrated.db"}
     application = create_app(phase3_config)
     body = assert_problem(application.test_client().get("/readyz"), 503, "not_ready")

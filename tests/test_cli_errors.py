@@ -106,3 +106,41 @@ def test_an_instance_folder_that_cannot_be_made_is_one_line(tmp_path, where):
     result = run_flask("db", "current", env=env)
     line = _one_line_error(result)
     assert str(folder) in line, line
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["db", "current"],
+        ["db", "layout"],
+        ["tokens", "prune"],
+        ["users", "unlock", "ada@example.com"],
+        ["subscriptions", "renew"],
+        ["orders", "recover"],
+        ["outbox", "status"],
+        ["audit", "archive"],
+    ],
+    ids=lambda c: " ".join(c),
+)
+@pytest.mark.parametrize("where", ["missing folders", "existing folder"])
+def test_a_mistyped_sqlite_path_creates_nothing(tmp_path, command, where):
+    """(outside test: any command created the folders and an empty database, then failed on
+    a missing table) Only `flask db upgrade` makes a database; the others say it is not there.
+    (`backup create` checks the file itself first.)"""
+    path = tmp_path / "typo" / "sub" / "app.db" if where == "missing folders" else tmp_path / "x.db"
+    env = project_env(
+        APP_ENV="testing", DATABASE_URL=f"sqlite:///{path}", BACKUP_DIR=str(tmp_path / "bk")
+    )
+    line = _one_line_error(run_flask(*command, env=env))
+    assert str(path) in line and "does not exist" in line, line
+    assert "flask db upgrade" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())
+
+
+def test_db_upgrade_still_creates_a_fresh_sqlite_database(tmp_path):
+    path = tmp_path / "new" / "app.db"
+    env = project_env(APP_ENV="testing", DATABASE_URL=f"sqlite:///{path}")
+    result = run_flask("db", "upgrade", env=env)
+    assert result.returncode == 0, result.stderr
+    assert path.exists()
+    assert run_flask("db", "current", env=env).returncode == 0

@@ -147,6 +147,7 @@ def test_a_missing_table_is_a_500_not_an_outage(app_config, tmp_path):
     from app.kernel.models import OutboxEvent
     from app.kernel.ownership import KERNEL, acting_as
 
+    (tmp_path / "never-migrated.db").touch(mode=0o600)  # only `db upgrade` would create it
     app_config.update(DATABASE_URL=f"sqlite:///{tmp_path}/never-migrated.db", DB_SCHEMAS=False)
     application = create_app(app_config)
 

@@ -364,3 +364,25 @@ def test_a_generated_signing_keys_new_folders_are_private(tmp_path, umask):
     key = tmp_path / "keys" / "2026" / "license-key.pem"
     generate_key_file(key)
     assert (mode_of(key.parent.parent), mode_of(key.parent), mode_of(key)) == (0o700, 0o700, 0o600)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_the_app_serves_a_missing_sqlite_file_as_unavailable_and_creates_nothing(
+    app_config, tmp_path
+):
+    """A mistyped DATABASE_URL: 503 and a /readyz naming the database, no empty database."""
+    missing = tmp_path / "typo" / "app.db"
+    application = create_app({**app_config, "DATABASE_URL": f"sqlite:///{missing}"})
+    try:
+        client = application.test_client()
+        assert_problem(
+            client.post(
+                f"{API}/auth/register", json={"email": "a@example.com", "password": PASSWORD}
+            ),
+            503,
+            "database_unavailable",
+        )
+        assert client.get("/readyz").status_code == 503
+    finally:
+        application.extensions["db"].dispose()
+    assert not (tmp_path / "typo").exists()

@@ -67,7 +67,11 @@ def test_round_trip_upgrade_downgrade_upgrade(empty_url):
 
 
 def test_current_says_whether_at_head(empty_url):
-    assert "base (behind head" in _cli(empty_url, "db", "current").output
+    before = _cli(empty_url, "db", "current").output
+    if empty_url.startswith("sqlite"):  # no file yet, and only `db upgrade` creates one
+        assert "does not exist (`flask db upgrade` creates it)" in before, before
+    else:
+        assert "base (behind head" in before, before
     _cli(empty_url, "db", "upgrade")
     head = ",".join(sorted(migrations.head_revisions()))
     assert _cli(empty_url, "db", "current").output.strip() == f"{head} (head)"

@@ -70,6 +70,7 @@ def test_readyz_fails_when_the_tables_are_not_where_db_schemas_says(app_config):
 
 
 def test_readyz_reports_migrations_behind(app_config, tmp_path):
+    (tmp_path / "empty.db").touch(mode=0o600)  # a database never migrated (only upgrade makes one)
     app_config.update(DATABASE_URL=f"sqlite:///{tmp_path}/empty.db", DB_SCHEMAS=False)
     application = create_app(app_config)
     body = assert_problem(application.test_client().get("/readyz"), 503, "not_ready")

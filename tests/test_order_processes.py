@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy.engine import make_url
 
 from app.admin.models import AuditLog
 from app.auth.models import Subscription
@@ -23,6 +27,7 @@ from app.orders.models import IdempotencyKey, Order
 from tests.helpers import (
     FLASK,
     ROOT,
+    TcpProxy,
     db_scalar,
     engine_settings,
     gunicorn_server,
@@ -32,6 +37,7 @@ from tests.helpers import (
     sign_up_over_http,
 )
 from tests.test_auth_processes import _parallel
+from tests.test_orders import account, order
 
 pytestmark = pytest.mark.slow
 
@@ -297,3 +303,82 @@ def test_recovery_on_two_hosts_and_the_clients_retry_at_once_charge_once(
     assert charge["amount_cents"] - refunded == replay[1]["amount_cents"]
     assert db_scalar(database_url, select(func.count()).select_from(Subscription)) == 1
     assert _audit_count(database_url, "ORDER_PAID") == 1
+
+
+@contextlib.contextmanager
+def _outage_switch(database_url: str, env: dict[str, str]) -> Iterator[Callable[[], None]]:
+    """`env` pointed at the database through something the test can cut: a TCP proxy for
+    PostgreSQL (its connections die, new ones are refused), another writer holding SQLite's
+    write lock. Yields the cut."""
+    if database_url.startswith("sqlite"):
+        env["SQLITE_BUSY_TIMEOUT_MS"] = "200"
+        holder = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            yield lambda: holder.execute("BEGIN IMMEDIATE")
+        finally:
+            holder.close()
+        return
+    url = make_url(database_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    proxy.start()
+    env["DATABASE_URL"] = url.set(host="127.0.0.1", port=proxy.port).render_as_string(
+        hide_password=False
+    )
+    try:
+        yield proxy.stop
+    finally:
+        proxy.stop()
+
+
+def test_a_database_cut_during_recovery_is_one_line_naming_the_orders_left(
+    app, app_config, database_url, signing_key_file, tmp_path, monkeypatch
+):
+    """(outside test: ~250 lines of chained tracebacks before the one-line error) The
+    database goes away while a run is settling: each order it touched is one log line, and
+    the run ends with one line naming the cause and the orders still pending; nothing is
+    charged twice, and the next run finishes them."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.orders import workflows
+
+    def killed_before_the_charge(*args, **kwargs):
+        raise OperationalError("SELECT 1", None, ConnectionError("server closed the connection"))
+
+    client = app.test_client()
+    monkeypatch.setattr(workflows, "_pay", killed_before_the_charge)
+    for n in (1, 2, 3):
+        who = account(client, f"buyer{n}@example.com")
+        assert order(client, who, "cut").status_code == 503
+    monkeypatch.undo()
+    _end_the_lease(database_url)
+    ledger = Path(app_config["SANDBOX_LEDGER"])
+    env = _cli_env(database_url, signing_key_file, ledger, SANDBOX_LATENCY_MS="3000")
+    with _outage_switch(database_url, env) as cut:
+        run = subprocess.Popen(
+            [*FLASK, "orders", "recover"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while not _ledger(ledger):  # the first order is charged; its answer is on its way
+            assert time.monotonic() < deadline and run.poll() is None, run.communicate()
+            time.sleep(0.05)
+        cut()
+        out, err = run.communicate(timeout=60)
+    lines = err.strip().splitlines()
+    assert run.returncode == 2, (run.returncode, out, err)
+    assert "Traceback" not in err and len(lines) <= 4, err
+    assert lines[-1].startswith("error: "), lines[-1]
+    pending = [o.order_id for o in _db(database_url, lambda s: list(s.scalars(select(Order))))]
+    assert all(order_id in lines[-1] for order_id in pending), (pending, lines[-1])
+    assert "3 orders still pending" in lines[-1], lines[-1]
+    assert [e["type"] for e in _ledger(ledger)] == ["charge", "refund"]
+
+    _end_the_lease(database_url)
+    result = run_flask("orders", "recover", env=_cli_env(database_url, signing_key_file, ledger))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "settled 2, refunded 1, failed 0, skipped 0"
+    assert [e["type"] for e in _ledger(ledger)] == ["charge", "refund", "charge", "charge"]

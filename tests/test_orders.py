@@ -666,3 +666,85 @@ def test_a_charged_order_whose_plan_left_the_catalog_is_refunded_by_recovery(
     assert rows(app, select(Subscription)) == []
     assert runner.invoke(args=["orders", "recover"]).output.startswith("settled 0, refunded 0")
     assert actions(app).count("ORDER_RECOVERY") == 1
+
+
+def test_a_replay_repeats_the_recorded_answer_and_get_says_what_the_order_is_now(
+    app, app_config, client
+):
+    """(outside test: a same-key replay answered `paid` for an order cancelled since) As with
+    Stripe's idempotency, a replay is the answer to that request, repeated: it tells a client
+    whose connection dropped what its purchase did, and never moves money. What the order is
+    now is at GET /orders/{id}."""
+    ada = account(client)
+    paid = order(client, ada, "replayed")
+    assert paid.status_code == 201
+    order_id = paid.get_json()["order_id"]
+    cancelled = client.post(f"/api/v1/orders/{order_id}/cancel", headers=ada)
+    assert cancelled.status_code == 200 and cancelled.get_json()["status"] == "cancelled"
+
+    replay = order(client, ada, "replayed")
+    assert (replay.status_code, replay.get_json()) == (201, paid.get_json())
+    assert replay.get_json()["status"] == "paid"
+    now = client.get(f"/api/v1/orders/{order_id}", headers=ada)
+    assert now.status_code == 200 and now.get_json()["status"] == "cancelled"
+    assert [e["type"] for e in ledger(app_config)] == ["charge", "refund"]  # no new charge
+
+
+def test_a_503_before_the_claim_carries_no_order_and_a_same_key_retry_buys(
+    app, app_config, client, monkeypatch
+):
+    """The database gone before the Idempotency-Key was claimed: 503 without an order_id,
+    nothing recorded or charged; a retry with the same key is the purchase (201)."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.orders import service
+
+    def outage(*args, **kwargs):
+        raise OperationalError("BEGIN", None, ConnectionError("server closed the connection"))
+
+    ada = account(client)
+    monkeypatch.setattr(service, "claim", outage)
+    body = assert_problem(order(client, ada, "early"), 503, "database_unavailable")
+    assert "order_id" not in body
+    monkeypatch.undo()
+    assert rows(app, select(Order)) == [] and ledger(app_config) == []
+    retry = order(client, ada, "early")
+    assert retry.status_code == 201 and retry.get_json()["status"] == "paid"
+    assert [e["type"] for e in ledger(app_config)] == ["charge"]
+
+
+def test_a_503_after_the_claim_holds_the_key_until_its_lease_ends(
+    app, app_config, client, monkeypatch
+):
+    """The database gone between the charge and the settlement: 503 without an order_id
+    (the order stays pending); a same-key retry within the lease is 409
+    idempotency_in_progress, one after it settles the order with the same charge."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.orders import routes, service, workflows
+
+    def outage(*args, **kwargs):
+        raise OperationalError("SELECT 1", None, ConnectionError("server closed the connection"))
+
+    ada = account(client)
+    monkeypatch.setattr(service.auth_api, "grant_subscription", outage)
+    monkeypatch.setattr(workflows, "_compensate", lambda *args, **kwargs: None)
+    body = assert_problem(order(client, ada, "cut"), 503, "database_unavailable")
+    assert "order_id" not in body
+    monkeypatch.undo()
+    # The retry waits this long for an attempt it finds running before it answers 409.
+    monkeypatch.setattr(
+        routes,
+        "settings",
+        lambda: workflows.Settings(lease=timedelta(seconds=60), wait_for_other_attempt=0),
+    )
+    within = order(client, ada, "cut")
+    assert_problem(within, 409, "idempotency_in_progress")
+    assert within.headers["Retry-After"] == "1"
+    [pending] = rows(app, select(Order))
+    assert pending.status == "pending"
+
+    operator(app, update(IdempotencyKey).values(locked_until=utcnow() - timedelta(seconds=1)))
+    after = order(client, ada, "cut")
+    assert after.status_code == 201 and after.get_json()["order_id"] == pending.order_id
+    assert [e["type"] for e in ledger(app_config)] == ["charge"]  # the same charge, settled

@@ -34,6 +34,11 @@ def _get(url: str) -> tuple[int, dict, dict]:
         return err.code, json.loads(err.read()), dict(err.headers)
 
 
+def _run_to_the_end(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`command` run from the project's root until it exits (it is expected to refuse)."""
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
 def test_make_run_serves_healthz_and_readyz_on_sqlite(tmp_path):
     port = free_port()
     env = project_env(
@@ -85,14 +90,7 @@ def test_production_make_run_without_secrets_exits_non_zero(tmp_path):
     )
     env.pop("SECRET_KEY", None)
     env.pop("JWT_SECRET_KEY", None)
-    result = subprocess.run(
-        ["make", "--no-print-directory", "run", f"VENV={BIN.parent}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _run_to_the_end(["make", "--no-print-directory", "run", f"VENV={BIN.parent}"], env)
     assert result.returncode != 0
     assert "SECRET_KEY is not set" in result.stderr
 
@@ -168,3 +166,29 @@ def test_a_graceful_reload_keeps_serving(tmp_path):
         thread.join()
     assert len(statuses) > 20
     assert set(statuses) == {200}, [s for s in statuses if s != 200][:5]
+
+
+def test_make_run_names_a_web_concurrency_that_is_no_number_in_one_line(tmp_path):
+    """(outside test: gunicorn's traceback) gunicorn itself reads WEB_CONCURRENCY when it
+    is imported, before any config file, so only a step before it can name the mistake:
+    `make run`'s migration (the README's release step) does, in one line."""
+    env = project_env(
+        DATABASE_URL=f"sqlite:///{tmp_path}/app.db", PORT=str(free_port()), WEB_CONCURRENCY="abc"
+    )
+    result = _run_to_the_end(["make", "--no-print-directory", "run", f"VENV={BIN.parent}"], env)
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if not line.startswith("make")]
+    assert ours == ["error: WEB_CONCURRENCY must be an integer, got 'abc'"], result.stderr
+    assert not (tmp_path / "app.db").exists()
+
+
+@pytest.mark.parametrize("name", ["PORT", "GUNICORN_TIMEOUT", "GUNICORN_MAX_REQUESTS"])
+def test_bare_gunicorn_names_a_setting_that_is_no_number_in_one_line(tmp_path, name):
+    """The numbers deploy/gunicorn.conf.py reads itself: one line, exit code 2, no worker."""
+    env = project_env(DATABASE_URL=f"sqlite:///{tmp_path}/app.db", PORT=str(free_port()))
+    env[name] = "abc"
+    result = _run_to_the_end(
+        [str(BIN / "gunicorn"), "-c", "deploy/gunicorn.conf.py", "wsgi:app"], env
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [f"error: {name} must be an integer, got 'abc'"]

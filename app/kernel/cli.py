@@ -62,7 +62,8 @@ def describe_failure(exc: BaseException, database_url: str | None) -> str:
         path = database_url.split("///", 1)[-1] if database_url else "the SQLite file"
         hint = (
             f" (does the folder of {path} exist, and may this user write there?)"
-            if "unable to open" in str(cause) or "readonly" in str(cause)
+            if ("unable to open" in str(cause) and "does not exist" not in str(cause))
+            or "readonly" in str(cause)
             else ""
         )
         return f"SQLite database {path}: {_one_line(str(cause))}{hint}"

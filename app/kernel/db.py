@@ -26,7 +26,12 @@ from sqlalchemy.sql import Executable
 from sqlalchemy.types import TypeDecorator
 
 from app.kernel import files, ownership
-from app.kernel.engines import EngineSettings, make_autocommit_engine, make_engine
+from app.kernel.engines import (
+    EngineSettings,
+    make_autocommit_engine,
+    make_engine,
+    missing_sqlite_database,
+)
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +220,8 @@ def _writers_turn(bind: Any) -> int | None:
     try:
         path = _QUEUE_FILES.get(database)
         if path is None:
+            if missing_sqlite_database(database):
+                return None  # connecting will say it is missing; make nothing beside it
             path = os.path.abspath(database) + "-writers"
             files.create_private_file(path)  # 0600 in a 0700 folder, like the database
             _QUEUE_FILES[database] = path

@@ -16,10 +16,12 @@ statement without BEGIN or ROLLBACK.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import select
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +49,31 @@ class EngineSettings:
     role_prefix: str | None = None  # PostgreSQL: run each module's statements under its role
     schemas: bool = False  # PostgreSQL: each module's tables in its own schema (phase 2)
     echo: bool = False
+
+
+# Only the command that builds a database (`flask db upgrade`: `creating_databases`) creates
+# a missing SQLite file. Any other finds it missing and says so, instead of leaving an empty
+# database (and the folders of a mistyped path) behind and failing on a missing table.
+_may_create = contextvars.ContextVar("sqlite_may_create", default=False)
+
+
+@contextlib.contextmanager
+def creating_databases() -> Iterator[None]:
+    """Within it, opening a SQLite database that does not exist creates it (0600, in
+    folders made 0700)."""
+    token = _may_create.set(True)
+    try:
+        yield
+    finally:
+        _may_create.reset(token)
+
+
+def missing_sqlite_database(path: str) -> str | None:
+    """Why `path` may not be opened: it does not exist and this is no `creating_databases`;
+    None when it may."""
+    if _may_create.get() or os.path.exists(path):
+        return None
+    return "unable to open database file: it does not exist (`flask db upgrade` creates it)"
 
 
 def normalise_url(url: str) -> str:
@@ -261,6 +288,9 @@ def _make_sqlite_engine(
         # empty file is an empty database, so make it first, 0600 in a 0700 folder. Its -wal
         # and -shm files take the database file's mode (SQLite copies it).
         if path and path != ":memory:" and not url.query.get("uri"):
+            missing = missing_sqlite_database(path)
+            if missing:
+                raise sqlite3.OperationalError(missing)  # like SQLite's own: 503, CLI one line
             with contextlib.suppress(OSError):  # SQLite's own attempt reports it (503)
                 files.create_private_file(path)
 

@@ -19,6 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import BLANK_SCHEMA, Engine, MetaData, Table, func, select, text, tuple_
 
+from app.kernel.engines import creating_databases
 from app.kernel.ownership import registry
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -108,7 +109,9 @@ def current_revisions(connection: Any) -> frozenset[str]:
 
 
 def upgrade(database_url: str, revision: str = "head", *, schemas: bool = False) -> None:
-    command.upgrade(alembic_config(database_url, schemas=schemas), revision)
+    """Migrate to `revision`; a SQLite database that does not exist yet is created."""
+    with creating_databases():
+        command.upgrade(alembic_config(database_url, schemas=schemas), revision)
 
 
 def downgrade(database_url: str, revision: str, *, schemas: bool = False) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import click
 from flask import current_app
 
-from app.kernel.cli import OperatorGroup, writes
+from app.kernel.cli import OperatorError, OperatorGroup, describe_failure, writes
 from app.kernel.db import get_session
 
 subscriptions_cli = OperatorGroup("subscriptions", help="Subscription renewals.")
@@ -49,13 +49,30 @@ def orders_recover() -> None:
     """
     from app.orders import api as orders_api
 
-    report = orders_api.recover_pending_orders(get_session(), current_app)
+    try:
+        report = orders_api.recover_pending_orders(get_session(), current_app)
+    except orders_api.RecoveryInterrupted as stopped:  # what was done, then the one line
+        _echo_recovery(stopped.report)
+        cause = describe_failure(stopped.cause, current_app.config["DATABASE_URL"])
+        raise OperatorError(f"{cause}; {_still_pending(stopped.pending)}") from None
+    _echo_recovery(report)
+    if report.problems:  # cron mails a failing job: these orders are still pending
+        raise click.ClickException("; ".join(report.problems))
+
+
+def _echo_recovery(report: Any) -> None:
     click.echo(
         f"settled {report.settled}, refunded {report.refunded}, failed {report.failed}, "
         f"skipped {report.skipped}"
     )
-    if report.problems:  # cron mails a failing job: these orders are still pending
-        raise click.ClickException("; ".join(report.problems))
+
+
+def _still_pending(order_ids: list[str], shown: int = 10) -> str:
+    """'N orders still pending (…): ids' — the first `shown` ids, on one line."""
+    more = f" and {len(order_ids) - shown} more" if len(order_ids) > shown else ""
+    ids = ", ".join(order_ids[:shown]) + more
+    count = len(order_ids)
+    return f"recovery stopped, {count} orders still pending (the next run retries them): {ids}"
 
 
 def init_app(app: Any) -> None:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import api as auth_api
 from app.kernel.db import transaction, utcnow
-from app.kernel.errors import ProblemError, problem
+from app.kernel.errors import ProblemError, is_transient, problem
 from app.orders import cancellation, recovery, renewals, service
 from app.orders.payments import PaymentDeclined, PaymentGateway, PaymentUnavailable
 from app.orders.plans import Plan
@@ -35,6 +35,32 @@ class PaymentUnavailableProblem(ProblemError):
 
 class OrderFailed(ProblemError):
     status, code = 409, "order_failed"
+
+
+class RecoveryInterrupted(Exception):
+    """The database went away during a recovery run, which stopped there: `cause` is the
+    database's error, `pending` the orders the run found and left pending (the next run
+    finishes them), `report` what it did before."""
+
+    def __init__(self, cause: Exception, pending: list[str], report: RecoveryReport) -> None:
+        super().__init__(str(cause))
+        self.cause, self.pending, self.report = cause, pending, report
+
+
+def _outage(exc: BaseException) -> str | None:
+    """The one line a lost or locked database deserves in a log (a traceback says nothing
+    more about it); None for any other error, whose traceback is worth keeping."""
+    if isinstance(exc, Exception) and is_transient(exc):
+        return (str(exc).splitlines() or [type(exc).__name__])[0]
+    return None
+
+
+def _log_failure(level: int, order_id: str, what: str, exc: Exception) -> None:
+    """`order <id>: <what>` with the traceback — or, for a database gone away, its cause on
+    the same line instead."""
+    outage = _outage(exc)
+    text = f"{what} (database unavailable: {outage})" if outage else what
+    log.log(level, "order %s: %s", order_id, text, exc_info=not outage)
 
 
 @dataclass(frozen=True)
@@ -91,37 +117,39 @@ def _pay(
     it) and settle it, or record why not. Returns (status, body), which its key replays.
     `plan` None: the plan left the catalog since the order (recovery), so nothing can be
     granted and the charge is refunded."""
+    # Read now: a failed transaction's rollback expires `order`, and with the database gone
+    # reading it again would fail before the refund below could be made.
+    order_id, amount = order.order_id, order.amount_cents
     try:
         charge = _charge(gateway, order)
     except (PaymentDeclined, PaymentUnavailable) as exc:
-        return _not_charged(session, order.order_id, declined=isinstance(exc, PaymentDeclined))
+        return _not_charged(session, order_id, declined=isinstance(exc, PaymentDeclined))
     if charge.refunded or plan is None:
         # A taken-over attempt whose settlement failed and was refunded but not recorded
         # (record it now, and answer what the first attempt should have), or nothing left to
         # grant: refund (the same refund, if one was made) and record it.
-        outcome = _compensate(session, gateway, order.order_id, charge, order.amount_cents)
+        outcome = _compensate(session, gateway, order_id, charge, amount)
         if outcome is None:
             raise OrderFailed("This order could not be completed; nothing was bought.")
         return outcome
 
     try:
         with transaction(session):
-            body = service.fulfil(session, order.order_id, charge, plan)
+            body = service.fulfil(session, order_id, charge, plan)
     except service.FinishedElsewhere as finished:
         if finished.answer is None:
             raise OrderFailed("Another attempt of this order finished it first.") from None
         return finished.answer
     except service.Overtaken:
-        log.warning("order %s: a later order was settled first; refunding", order.order_id)
-        outcome = _compensate(session, gateway, order.order_id, charge, order.amount_cents)
+        log.warning("order %s: a later order was settled first; refunding", order_id)
+        outcome = _compensate(session, gateway, order_id, charge, amount)
         if outcome is None:
             raise
         return outcome
-    except Exception:
-        log.exception(
-            "order %s: settling after a successful charge failed; refunding", order.order_id
-        )
-        outcome = _compensate(session, gateway, order.order_id, charge, order.amount_cents)
+    except Exception as exc:
+        what = "settling after a successful charge failed; refunding"
+        _log_failure(logging.ERROR, order_id, what, exc)
+        outcome = _compensate(session, gateway, order_id, charge, amount)
         if outcome is None:
             raise
         return outcome
@@ -204,12 +232,9 @@ def _compensate(
             response=(502, body),
         )
         return 502, body
-    except Exception:
-        log.critical(
-            "order %s: compensation incomplete; a retry after the lease will finish it",
-            order_id,
-            exc_info=True,
-        )
+    except Exception as exc:
+        what = "compensation incomplete; a retry after the lease will finish it"
+        _log_failure(logging.CRITICAL, order_id, what, exc)
         return None
 
 
@@ -245,36 +270,57 @@ def recover_pending(
     """Finish every purchase whose attempt died after its claim (its lease ended), exactly
     as a retry with its Idempotency-Key would: take the lease over, charge (the provider
     returns the charge already made, by the order's id) and settle it — or refund it and
-    record that. Safe to run twice at once, or alongside a client's retry."""
-    report, batch = RecoveryReport(), 100
-    stale = partial(recovery.stale_purchases, session, now=utcnow(), limit=batch)
-    for order_id in _each_once(session, stale, key=str):
-        _recover_one(session, gateway, catalog, order_id, lease=settings.lease, report=report)
+    record that. Safe to run twice at once, or alongside a client's retry. A database
+    gone away stops the run (RecoveryInterrupted): every order after would fail the same."""
+    report, batch, now = RecoveryReport(), 100, utcnow()
+    listed: dict[str, bool] = {}  # order id -> done with (finished, or another holds it)
+
+    def stale() -> list[str]:
+        found = recovery.stale_purchases(session, now=now, limit=batch)
+        for order_id in found:
+            listed.setdefault(order_id, False)
+        return found
+
+    try:
+        for order_id in _each_once(session, stale, key=str):
+            listed[order_id] = _recover_one(
+                session, gateway, catalog, order_id, lease=settings.lease, report=report
+            )
+    except Exception as exc:
+        if not listed or not _outage(exc):
+            raise  # nothing found yet: the database's error is the whole story
+        session.rollback()
+        pending = [order_id for order_id, done in listed.items() if not done]
+        raise RecoveryInterrupted(exc, pending, report) from None
     return report
 
 
-def _recover_one(session, gateway, catalog, order_id, *, lease, report) -> None:
+def _recover_one(session, gateway, catalog, order_id, *, lease, report) -> bool:
+    """Recover one order; False when it is still pending (the next run retries it)."""
     with transaction(session):
         order = recovery.take_over(session, order_id, lease=lease, now=utcnow())
     if order is None:
         report.skipped += 1
-        return
+        return True
     try:
         status, _ = _pay(session, gateway, order, catalog.get(order.plan))
     except PaymentUnavailableProblem:
         report.failed += 1  # recorded, nothing charged
-        return
-    except Exception as exc:  # the database again, say: still pending, the next run retries
+        return True
+    except Exception as exc:  # still pending: the next run retries it
         session.rollback()
+        if _outage(exc):
+            raise  # the database is gone: the run stops, and says which orders it left
         log.exception("order %s: recovery did not finish it", order_id)
         report.problems.append(f"order {order_id}: still pending ({type(exc).__name__})")
-        return
+        return False
     if status == 201:
         report.settled += 1
     elif status == 502:
         report.refunded += 1
     else:
         report.failed += 1
+    return True
 
 
 def cancel_order(
