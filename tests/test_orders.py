@@ -262,12 +262,13 @@ def test_a_failure_after_the_charge_is_refunded(app, app_config, client, monkeyp
     assert [e["type"] for e in ledger(app_config)] == ["charge", "refund", "charge"]
 
 
-def test_a_refund_left_unrecorded_by_an_outage_is_recorded_by_recovery(
+def test_an_outage_during_the_settlement_leaves_the_purchase_to_settle_later(
     app, app_config, client, runner, monkeypatch
 ):
-    """The database goes away after the charge: the settlement fails, the refund goes
-    through, and recording it fails too. The client never retries; once the lease ends,
-    `orders recover` records the refund the provider already made."""
+    """(outside test: a connection dropped during the settlement refunded the purchase) The
+    database goes away after the charge, while the order is settled: no refund — the order
+    stays pending with its charge, and once the lease ends a retry with the same key settles
+    it with that very charge: the customer gets what they paid for, charged once."""
     from sqlalchemy.exc import OperationalError
 
     from app.orders import service
@@ -277,8 +278,43 @@ def test_a_refund_left_unrecorded_by_an_outage_is_recorded_by_recovery(
 
     ada = account(client)
     monkeypatch.setattr(service.auth_api, "grant_subscription", outage)
+    assert_problem(order(client, ada, "blip"), 503, "database_unavailable")
+    monkeypatch.undo()
+    assert [e["type"] for e in ledger(app_config)] == ["charge"]
+    [pending] = rows(app, select(Order))
+    assert pending.status == "pending"
+
+    operator(app, update(IdempotencyKey).values(locked_until=utcnow() - timedelta(seconds=1)))
+    retry = order(client, ada, "blip")
+    assert retry.status_code == 201 and retry.get_json()["status"] == "paid", retry.get_json()
+    money = ledger(app_config)
+    assert [e["type"] for e in money] == ["charge"]  # the same charge, not a second one
+    [paid] = rows(app, select(Order))
+    assert (paid.status, paid.charge_id) == ("paid", money[0]["charge_id"])
+    assert len(rows(app, select(Subscription))) == 1
+
+
+def test_a_refund_left_unrecorded_by_an_outage_is_recorded_by_recovery(
+    app, app_config, client, runner, monkeypatch
+):
+    """The settlement fails after the charge (not for the database: a bug, say), the refund
+    goes through, and then the database goes away before the refund is recorded. The client
+    never retries; once the lease ends, `orders recover` records the refund the provider
+    already made."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.orders import service
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the settlement broke")
+
+    def outage(*args, **kwargs):
+        raise OperationalError("SELECT 1", None, ConnectionError("server closed the connection"))
+
+    ada = account(client)
+    monkeypatch.setattr(service.auth_api, "grant_subscription", broken)
     monkeypatch.setattr(service, "fail", outage)
-    assert_problem(order(client, ada, "outage"), 503, "database_unavailable")
+    assert_problem(order(client, ada, "outage"), 500, "internal_error")
     monkeypatch.undo()
     assert [e["type"] for e in ledger(app_config)] == ["charge", "refund"]
     [pending] = rows(app, select(Order))

@@ -170,6 +170,16 @@ def test_an_ipv4_mapped_proxy_address_is_the_proxy(limited):
     application.extensions["db"].dispose()
 
 
+def test_a_forwarded_address_with_a_port_is_the_address(limited):
+    """(outside test: a proxy that forwards `address:port` made every client "unknown", one
+    budget for all) The port is not part of who the client is."""
+    application, client = _app(limited, TRUSTED_PROXIES=1)
+    forwarded = ["203.0.113.7:51234", "[2001:db8::7]:443", "203.0.113.8"]
+    _logins_through(client, "127.0.0.1", forwarded)
+    assert audited_addresses(application) == ["203.0.113.7", "2001:db8::7", "203.0.113.8"]
+    application.extensions["db"].dispose()
+
+
 def test_bearer_activations_count_against_the_account(app_config, tmp_path):
     """(an independent review: the per-account limit did not count Bearer activations)"""
     app_config.update(

@@ -383,15 +383,25 @@ def jwt_subject_key(*, refresh: bool, fallback: Callable[[], str]) -> Callable[[
 
 def client_ip() -> str:
     """The client's address (after ProxyFix has applied the trusted hops), in canonical
-    form; "unknown" when what the proxy passed on is not an address."""
+    form, without the port some proxies append (`203.0.113.7:51234`, `[2001:db8::7]:443`);
+    "unknown" when what the proxy passed on is not an address."""
     try:
-        parsed = ipaddress.ip_address(request.remote_addr or "")
+        parsed = ipaddress.ip_address(_without_port(request.remote_addr or ""))
     except ValueError:
         return "unknown"
     if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
         parsed = parsed.ipv4_mapped  # one client, one spelling: ::ffff:10.0.0.1 is 10.0.0.1
     address = str(parsed)
     return address if len(address) <= 45 else "unknown"  # an IPv6 scope id can be long
+
+
+def _without_port(address: str) -> str:
+    """`host:port` → host, `[v6]:port` → v6; anything else as it is (a bare IPv6 address has
+    several colons)."""
+    if address.startswith("["):
+        return address[1:].partition("]")[0]
+    host, colon, port = address.partition(":")
+    return host if colon and port.isdigit() and ":" not in port else address
 
 
 def _json_member(name: str) -> str | None:

@@ -147,6 +147,13 @@ def _pay(
             raise
         return outcome
     except Exception as exc:
+        if _outage(exc):
+            # The database went away, not the purchase: no refund. The order stays pending
+            # with its charge (the provider hands it to the next attempt), and a retry after
+            # the lease, or `flask orders recover`, settles it — the customer gets what they
+            # paid for. Refunding here would undo a purchase over a dropped connection.
+            _log_failure(logging.ERROR, order_id, "settling after the charge failed", exc)
+            raise
         what = "settling after a successful charge failed; refunding"
         _log_failure(logging.ERROR, order_id, what, exc)
         outcome = _compensate(session, gateway, order_id, charge, amount)
