@@ -403,3 +403,28 @@ def test_a_give_back_that_fails_leaves_the_answer_alone(app_config, redis_url, m
         client.close()
         app.extensions["db"].dispose()
     assert [a[0] for a in answers] == [200, 200]
+
+
+def test_the_headers_describe_the_limit_they_say(app_config, redis_url):
+    """X-RateLimit-* describe the first limit checked (the address's, shortest window) on an
+    accepted answer and the limit that refused on a 429 — what the document says."""
+    app, http, client = _limits_in_redis(
+        app_config,
+        redis_url,
+        RATELIMIT_VALIDATE_PER_IP="5/minute;7/hour",
+        RATELIMIT_VALIDATE_PER_TOKEN="3/minute;4/hour",
+    )
+    try:
+        answers = [
+            http.post("/api/v1/licenses/validate", json={"token": f"t{i}", "client_id": "c"})
+            for i in range(6)
+        ]
+        described = http.get("/openapi.json").get_json()["components"]["headers"]
+    finally:
+        client.close()
+        app.extensions["db"].dispose()
+    headers = [(a.status_code, a.headers["X-RateLimit-Limit"]) for a in answers]
+    assert headers == [(200, "5")] * 5 + [(429, "5")]
+    assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["4", "3", "2", "1", "0", "0"]
+    text = described["X-RateLimit-Limit"]["description"]
+    assert "the limit that refused the request" in text and "first" in text

@@ -306,9 +306,13 @@ HEADERS: dict[str, dict[str, Any]] = {
     },
     "Retry-After": _header_object("Seconds to wait before trying again", "integer", minimum=0),
     "X-RateLimit-Limit": _header_object(
-        "Requests allowed in the current window (the tightest limit)", "integer"
+        "Requests allowed in the current window of one limit: the limit that refused the "
+        "request, else the first checked (per address, shortest window)",
+        "integer",
     ),
-    "X-RateLimit-Remaining": _header_object("Requests left in the current window", "integer"),
+    "X-RateLimit-Remaining": _header_object(
+        "Requests left in the current window of that limit", "integer"
+    ),
     "X-RateLimit-Reset": _header_object(
         "When the current window ends (Unix time, seconds)", "integer"
     ),
