@@ -416,6 +416,47 @@ def _due_now(app):
     operator(app, update(Subscription).values(renews_at=utcnow() - timedelta(minutes=1)))
 
 
+def test_a_renewal_run_cut_by_an_outage_says_what_it_did(
+    app, app_config, client, runner, monkeypatch
+):
+    """(outside test: a run whose connection was cut printed only "cannot connect", though it
+    had renewed and charged) What the run did before the database went away, then one line
+    naming the cause; the subscription it was settling is renewed by the next run, charged once."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.orders import renewals
+
+    settle = renewals.settle_renewal
+    calls = []
+
+    def cut_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OperationalError(
+                "SELECT 1", None, ConnectionError("server closed the connection")
+            )
+        return settle(*args, **kwargs)
+
+    for n in (1, 2):
+        order(client, account(client, f"buyer{n}@example.com"), f"k{n}")
+    _due_now(app)
+    monkeypatch.setattr(renewals, "settle_renewal", cut_on_the_second)
+    result = runner.invoke(args=["subscriptions", "renew"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith("renewed 1, failed 0, skipped 0"), lines
+    assert lines[-1].startswith("error: ") and "renewal stopped" in lines[-1], lines
+    assert len(lines) == 2, lines
+
+    monkeypatch.undo()
+    operator(app, update(Order).values(updated_at=utcnow() - timedelta(hours=1)))  # lease over
+    again = runner.invoke(args=["subscriptions", "renew"])
+    assert again.exit_code == 0 and "renewed 1," in again.output, again.output
+    renewals_ = rows(app, select(Order).where(Order.kind == "renewal"))
+    assert sorted(o.status for o in renewals_) == ["paid", "paid"]
+    assert [e["type"] for e in ledger(app_config)] == ["charge"] * 4  # 2 purchases, 2 renewals
+
+
 def test_renewal_charges_once_and_extends(app, app_config, client, runner):
     ada = account(client)
     order(client, ada, "k", seats=2)

@@ -14,15 +14,15 @@ from app.orders.plans import catalog_of
 
 RenewalReport = workflows.RenewalReport
 RecoveryReport = workflows.RecoveryReport
-RecoveryInterrupted = workflows.RecoveryInterrupted
+RunInterrupted = workflows.RunInterrupted
 
 # The events orders publishes (docs/events.md).
 __all__ = [
     "OrderPaid",
     "OrderRefunded",
-    "RecoveryInterrupted",
     "RecoveryReport",
     "RenewalReport",
+    "RunInterrupted",
     "recover_pending_orders",
     "renew_due_subscriptions",
 ]
@@ -49,7 +49,7 @@ def renew_due_subscriptions(session: Session, app: Any) -> RenewalReport:
 def recover_pending_orders(session: Session, app: Any) -> RecoveryReport:
     """Finish the purchases whose attempt died after its claim, once their lease has ended
     (an entry point that owns its transactions, like the renewals). A database gone away
-    stops the run: RecoveryInterrupted."""
+    stops the run: RunInterrupted."""
     with acting_as(MODULE):
         settings = workflows.Settings(lease=app.config["ORDER_LEASE"])
         return workflows.recover_pending(session, gateway_of(app), catalog_of(app), settings)

@@ -25,15 +25,13 @@ def subscriptions_renew() -> None:
     """
     from app.orders import api as orders_api
 
-    report = orders_api.renew_due_subscriptions(get_session(), current_app)
-    charged = (
-        ", ".join(f"{cents / 100:.2f} {cur}" for cur, cents in report.charged_cents.items())
-        or "nothing"
-    )
-    click.echo(
-        f"renewed {report.renewed}, failed {report.failed}, skipped {report.skipped}, "
-        f"lapsed {report.lapsed}; charged {charged}"
-    )
+    try:
+        report = orders_api.renew_due_subscriptions(get_session(), current_app)
+    except orders_api.RunInterrupted as stopped:  # what was done, then the one line
+        _echo_renewal(stopped.report)
+        cause = describe_failure(stopped.cause, current_app.config["DATABASE_URL"])
+        raise OperatorError(f"{cause}; renewal stopped (the next run renews the rest)") from None
+    _echo_renewal(report)
     if report.problems:  # cron mails a failing job: say what needs an operator
         raise click.ClickException("; ".join(report.problems))
 
@@ -51,13 +49,24 @@ def orders_recover() -> None:
 
     try:
         report = orders_api.recover_pending_orders(get_session(), current_app)
-    except orders_api.RecoveryInterrupted as stopped:  # what was done, then the one line
+    except orders_api.RunInterrupted as stopped:  # what was done, then the one line
         _echo_recovery(stopped.report)
         cause = describe_failure(stopped.cause, current_app.config["DATABASE_URL"])
         raise OperatorError(f"{cause}; {_still_pending(stopped.pending)}") from None
     _echo_recovery(report)
     if report.problems:  # cron mails a failing job: these orders are still pending
         raise click.ClickException("; ".join(report.problems))
+
+
+def _echo_renewal(report: Any) -> None:
+    charged = (
+        ", ".join(f"{cents / 100:.2f} {cur}" for cur, cents in report.charged_cents.items())
+        or "nothing"
+    )
+    click.echo(
+        f"renewed {report.renewed}, failed {report.failed}, skipped {report.skipped}, "
+        f"lapsed {report.lapsed}; charged {charged}"
+    )
 
 
 def _echo_recovery(report: Any) -> None:

@@ -37,14 +37,14 @@ class OrderFailed(ProblemError):
     status, code = 409, "order_failed"
 
 
-class RecoveryInterrupted(Exception):
-    """The database went away during a recovery run, which stopped there: `cause` is the
-    database's error, `pending` the orders the run found and left pending (the next run
-    finishes them), `report` what it did before."""
+class RunInterrupted(Exception):
+    """The database went away during a recovery or renewal run, which stopped there: `cause`
+    is the database's error, `report` what the run did before, `pending` the orders it found
+    and left pending (recovery; the next run finishes them)."""
 
-    def __init__(self, cause: Exception, pending: list[str], report: RecoveryReport) -> None:
+    def __init__(self, cause: Exception, report: Any, pending: list[str] | None = None) -> None:
         super().__init__(str(cause))
-        self.cause, self.pending, self.report = cause, pending, report
+        self.cause, self.report, self.pending = cause, report, pending or []
 
 
 def _outage(exc: BaseException) -> str | None:
@@ -278,7 +278,7 @@ def recover_pending(
     as a retry with its Idempotency-Key would: take the lease over, charge (the provider
     returns the charge already made, by the order's id) and settle it — or refund it and
     record that. Safe to run twice at once, or alongside a client's retry. A database
-    gone away stops the run (RecoveryInterrupted): every order after would fail the same."""
+    gone away stops the run (RunInterrupted): every order after would fail the same."""
     report, batch, now = RecoveryReport(), 100, utcnow()
     listed: dict[str, bool] = {}  # order id -> done with (finished, or another holds it)
 
@@ -298,7 +298,7 @@ def recover_pending(
             raise  # nothing found yet: the database's error is the whole story
         session.rollback()
         pending = [order_id for order_id, done in listed.items() if not done]
-        raise RecoveryInterrupted(exc, pending, report) from None
+        raise RunInterrupted(exc, report, pending) from None
     return report
 
 
@@ -393,10 +393,18 @@ def renew_due(
     report = RenewalReport()
     now = utcnow()
     due = partial(auth_api.due_subscriptions, session, now + lead, limit=batch)
-    for sub in _each_once(session, due, key=lambda s: s.subscription_id):
-        _renew_one(session, gateway, catalog, sub, now=now, lease=lease, report=report)
-    with transaction(session):
-        report.lapsed = auth_api.lapse_past_due_subscriptions(session, grace=grace, now=utcnow())
+    try:
+        for sub in _each_once(session, due, key=lambda s: s.subscription_id):
+            _renew_one(session, gateway, catalog, sub, now=now, lease=lease, report=report)
+        with transaction(session):
+            report.lapsed = auth_api.lapse_past_due_subscriptions(
+                session, grace=grace, now=utcnow()
+            )
+    except Exception as exc:
+        if not _outage(exc) or not (report.renewed or report.failed or report.skipped):
+            raise  # nothing done yet: the database's error is the whole story
+        session.rollback()  # the one being settled keeps its claim: the next run renews it
+        raise RunInterrupted(exc, report) from None
     return report
 
 
