@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -25,15 +26,11 @@ def subscriptions_renew() -> None:
     """
     from app.orders import api as orders_api
 
-    try:
-        report = orders_api.renew_due_subscriptions(get_session(), current_app)
-    except orders_api.RunInterrupted as stopped:  # what was done, then the one line
-        _echo_renewal(stopped.report)
-        cause = describe_failure(stopped.cause, current_app.config["DATABASE_URL"])
-        raise OperatorError(f"{cause}; renewal stopped (the next run renews the rest)") from None
-    _echo_renewal(report)
-    if report.problems:  # cron mails a failing job: say what needs an operator
-        raise click.ClickException("; ".join(report.problems))
+    _run(
+        orders_api.renew_due_subscriptions,
+        _echo_renewal,
+        lambda _stopped: "renewal stopped (the next run renews the rest)",
+    )
 
 
 @orders_cli.command("recover")
@@ -47,14 +44,27 @@ def orders_recover() -> None:
     """
     from app.orders import api as orders_api
 
+    _run(
+        orders_api.recover_pending_orders,
+        _echo_recovery,
+        lambda stopped: _still_pending(stopped.pending),
+    )
+
+
+def _run(job: Callable[..., Any], echo: Callable[[Any], None], left: Callable[[Any], str]) -> None:
+    """Run a cron job and print its report. If the database went away mid-run: what it did
+    until then, and one line with the cause and `left(stopped)` (what the next run takes
+    up). Problems that need an operator fail the job (cron mails it)."""
+    from app.orders import api as orders_api
+
     try:
-        report = orders_api.recover_pending_orders(get_session(), current_app)
-    except orders_api.RunInterrupted as stopped:  # what was done, then the one line
-        _echo_recovery(stopped.report)
+        report = job(get_session(), current_app)
+    except orders_api.RunInterrupted as stopped:
+        echo(stopped.report)
         cause = describe_failure(stopped.cause, current_app.config["DATABASE_URL"])
-        raise OperatorError(f"{cause}; {_still_pending(stopped.pending)}") from None
-    _echo_recovery(report)
-    if report.problems:  # cron mails a failing job: these orders are still pending
+        raise OperatorError(f"{cause}; {left(stopped)}") from None
+    echo(report)
+    if report.problems:
         raise click.ClickException("; ".join(report.problems))
 
 
