@@ -31,6 +31,7 @@ from app.kernel.engines import (
     make_autocommit_engine,
     make_engine,
     missing_sqlite_database,
+    sqlite_file,
 )
 
 log = logging.getLogger(__name__)
@@ -212,10 +213,8 @@ def _writers_turn(bind: Any) -> int | None:
     """Wait for this process's turn to write to `bind`'s SQLite database; the descriptor
     whose closing ends the turn (None: not SQLite, or an in-memory database)."""
     url = getattr(bind, "url", None)
-    if url is None or url.get_backend_name() != "sqlite":
-        return None
-    database = url.database
-    if not database or database == ":memory:" or url.query.get("uri"):
+    database = sqlite_file(url) if url is not None else None
+    if database is None:
         return None
     try:
         path = _QUEUE_FILES.get(database)

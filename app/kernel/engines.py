@@ -213,7 +213,7 @@ def make_autocommit_engine(settings: EngineSettings) -> Engine | None:
     url = make_url(normalise_url(settings.url))
     options = {} if settings.schemas else {"schema_translate_map": flat_layout()}
     if url.get_backend_name() == "sqlite":
-        if not url.database or url.database == ":memory:" or url.query.get("uri"):
+        if sqlite_file(url) is None:
             return None
         engine = _make_sqlite_engine(url, settings, options, autocommit=True)
         ownership.install_guard(engine, settings.guard_mode)
@@ -260,11 +260,20 @@ def sqlite_version_warning(url: str) -> str | None:
     )
 
 
+def sqlite_file(url: Any) -> str | None:
+    """The file of a SQLite URL's database; None for another backend, an in-memory
+    database or a `uri=true` URL (whose path SQLite resolves itself)."""
+    if url.get_backend_name() != "sqlite":
+        return None
+    path = url.database
+    return None if not path or path == ":memory:" or url.query.get("uri") else path
+
+
 def _make_sqlite_engine(
     url: Any, settings: EngineSettings, options: dict, *, autocommit: bool = False
 ) -> Engine:
-    path = url.database
-    if path and path != ":memory:" and not url.query.get("uri") and not autocommit:
+    path = sqlite_file(url)
+    if path and not autocommit:
         # It holds password hashes and emails: warn now if it is open to other users (once:
         # not again for the autocommit engine beside the session's).
         for suffix in ("", "-wal", "-shm"):
@@ -287,7 +296,7 @@ def _make_sqlite_engine(
         # SQLite would create a missing file 0644 (less the umask) in whatever folder; an
         # empty file is an empty database, so make it first, 0600 in a 0700 folder. Its -wal
         # and -shm files take the database file's mode (SQLite copies it).
-        if path and path != ":memory:" and not url.query.get("uri"):
+        if path:
             missing = missing_sqlite_database(path)
             if missing:
                 raise sqlite3.OperationalError(missing)  # like SQLite's own: 503, CLI one line
