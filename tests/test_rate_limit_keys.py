@@ -181,3 +181,20 @@ def test_a_key_function_that_fails_is_keyed_by_address(app, caplog):
         assert rate_limit_key(lambda: "tok:ab\ncd")().startswith("h:")
         assert rate_limit_key(lambda: "ip:198.51.100.1")() == "ip:198.51.100.1"
     assert "Traceback" not in caplog.text
+
+
+def test_a_key_is_worked_out_once_per_request(app, caplog):
+    # The limiter's plan and flask-limiter's check both ask for a request's keys: one
+    # warning per request that failed, and every request keyed afresh.
+    calls = []
+
+    def broken() -> str:
+        calls.append(1)
+        raise ValueError("not a key")
+
+    key = rate_limit_key(broken)
+    for n in (1, 2):
+        with app.test_request_context(environ_base={"REMOTE_ADDR": f"203.0.113.{n}"}):
+            assert key() == key() == f"ip:203.0.113.{n}"
+    assert len(calls) == 2
+    assert caplog.text.count("rate-limit key broken failed") == 2

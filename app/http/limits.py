@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flask
-from flask import current_app, request
+from flask import current_app, has_request_context, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_qualified_name, get_remote_address
 from limits.storage import Storage
@@ -330,6 +330,11 @@ def _retry_after_only_when_meaningful(response: Any) -> Any:
 
 # --- key functions --------------------------------------------------------------------------
 
+# WSGI environ key: the current request's key values (`rate_limit_key`).
+_REQUEST_KEYS = "app.rate_limit_keys"
+# WSGI environ key: the current request's client address (`client_ip`).
+_CLIENT_IP = "app.client_ip"
+
 
 def rate_limit_key(key: Callable[[], str]) -> Callable[[], str]:
     """A rate-limit key function made total: it never raises and returns ASCII.
@@ -339,24 +344,43 @@ def rate_limit_key(key: Callable[[], str]) -> Callable[[], str]:
     reset every limit. Whatever the body, header or encoding, the wrapped key answers: a
     failure (logged on one line, no traceback) falls back to the client's address, and a
     key that is not plain ASCII (Redis keys are bytes) is replaced by its digest.
+
+    The value is worked out once per request: the limiter's plan and flask-limiter's
+    own check both ask for it (the body parsed, the token digested once, not twice).
     """
 
     @functools.wraps(key)
     def total() -> str:
-        try:
-            value = key()
-        except HTTPException:  # a body too large to read: the view answers it (413)
-            return "ip:" + client_ip()
-        except Exception as exc:
-            log.warning(
-                "rate-limit key %s failed (%s); keyed by address", key.__name__, type(exc).__name__
-            )
-            return "ip:" + client_ip()
-        if not value.isascii() or not value.isprintable():
-            return "h:" + _digest(value)
+        if not has_request_context():
+            return _total_value(key)
+        known = _request_keys()
+        value = known.get(total)
+        if value is None:
+            value = known[total] = _total_value(key)
         return value
 
     return total
+
+
+def _request_keys() -> dict[Callable[[], str], str]:
+    """The key functions' values for the current request, kept in its WSGI environ."""
+    keys: dict[Callable[[], str], str] = request.environ.setdefault(_REQUEST_KEYS, {})
+    return keys
+
+
+def _total_value(key: Callable[[], str]) -> str:
+    try:
+        value = key()
+    except HTTPException:  # a body too large to read: the view answers it (413)
+        return "ip:" + client_ip()
+    except Exception as exc:
+        log.warning(
+            "rate-limit key %s failed (%s); keyed by address", key.__name__, type(exc).__name__
+        )
+        return "ip:" + client_ip()
+    if not value.isascii() or not value.isprintable():
+        return "h:" + _digest(value)
+    return value
 
 
 def _digest(value: str) -> str:
@@ -384,9 +408,18 @@ def jwt_subject_key(*, refresh: bool, fallback: Callable[[], str]) -> Callable[[
 def client_ip() -> str:
     """The client's address (after ProxyFix has applied the trusted hops), in canonical
     form, without the port some proxies append (`203.0.113.7:51234`, `[2001:db8::7]:443`);
-    "unknown" when what the proxy passed on is not an address."""
+    "unknown" when what the proxy passed on is not an address. Worked out once per request
+    (a rate limit's key, its plan, the audit entry all ask)."""
+    environ = request.environ
+    address: str | None = environ.get(_CLIENT_IP)
+    if address is None:
+        address = environ[_CLIENT_IP] = _canonical_address(request.remote_addr or "")
+    return address
+
+
+def _canonical_address(remote_addr: str) -> str:
     try:
-        parsed = ipaddress.ip_address(_without_port(request.remote_addr or ""))
+        parsed = ipaddress.ip_address(_without_port(remote_addr))
     except ValueError:
         return "unknown"
     if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
