@@ -29,8 +29,12 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
+# The suite in as many processes as cores (pytest-xdist; each worker has its own databases
+# and Redis database); `make test XDIST=` runs it in one process.
+XDIST ?= -n auto --dist worksteal
+
 test: lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(XDIST) $(PYTEST_ARGS)
 
 # The reliability suite at full length (fuzzing, races, crashes, outages, authorization,
 # hostile input, secrets) with a summary per category; `make test` runs it short.
@@ -39,7 +43,7 @@ soak: $(VENV)/.installed-test
 
 # Every PostgreSQL test again, on the phase-2 layout (one schema per module, DB_SCHEMAS=on).
 test-schemas: $(VENV)/.installed-test
-	TEST_DB_SCHEMAS=1 $(BIN)/pytest -m postgres $(PYTEST_ARGS)
+	TEST_DB_SCHEMAS=1 $(BIN)/pytest -m postgres $(XDIST) $(PYTEST_ARGS)
 
 format: $(VENV)/.installed-test
 	$(BIN)/ruff format .

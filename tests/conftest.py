@@ -28,7 +28,19 @@ from tests.helpers import PG_SCHEMAS, layout_config
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _redis_url_of_this_worker(url: str) -> str:
+    """Each pytest-xdist worker (gw0, gw1, …) on a Redis database of its own, counting down
+    from the one given: some tests clear the rate-limit counters they are about to count."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    base, _, db = url.rpartition("/")
+    if not worker.startswith("gw") or not db.isdigit():
+        return url
+    return f"{base}/{(int(db) - int(worker[2:])) % 16}"
+
+
+REDIS_URL = _redis_url_of_this_worker(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
