@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
+import time
 from datetime import timedelta
 
 import jwt as pyjwt
@@ -264,6 +266,8 @@ def test_bad_tokens_are_401_problems(app, client):
     good = claims_of(access)
     header, _payload, signature = access.split(".")
     tampered_payload = _b64({**good, "role": "admin"})
+    # The good token verified first (and remembered): its forgeries are still refused.
+    assert client.get("/api/v1/auth/me", headers=bearer(access)).status_code == 200
     cases = {
         "missing": ({}, "unauthorized"),
         "garbage": (bearer("not.a.token"), "invalid_token"),
@@ -295,6 +299,29 @@ def test_bad_tokens_are_401_problems(app, client):
     assert_problem(
         client.post("/api/v1/auth/refresh", headers=bearer(access)), 401, "invalid_token"
     )
+
+
+def test_an_accepted_token_is_refused_from_its_expiry_on(app, client):
+    """A token verified once is remembered, but its expiry is checked on every request."""
+    good = claims_of(sign_up(client).access)
+    exp = int(time.time()) + 2
+    token = _forge({**good, "exp": exp}, key=app.config["JWT_SECRET_KEY"])
+    assert client.get("/api/v1/auth/me", headers=bearer(token)).status_code == 200
+    while time.time() < exp:  # expired from `exp` on (no leeway)
+        time.sleep(0.05)
+    assert_problem(client.get("/api/v1/auth/me", headers=bearer(token)), 401, "token_expired")
+
+
+def test_an_accepted_token_is_refused_by_an_app_with_another_secret(app_config, client):
+    """What one app verified is not taken on trust by another with a different key."""
+    access = sign_up(client).access
+    assert client.get("/api/v1/auth/me", headers=bearer(access)).status_code == 200
+    other = create_app({**app_config, "JWT_SECRET_KEY": secrets.token_urlsafe(48)})
+    try:
+        response = other.test_client().get("/api/v1/auth/me", headers=bearer(access))
+        assert_problem(response, 401, "invalid_token")
+    finally:
+        other.extensions["db"].dispose()
 
 
 def test_prune_removes_only_expired_revocations(app, runner):

@@ -6,21 +6,95 @@ go through `verify_jwt_in_request` here, which remembers the request's last veri
 and answers a repeat of it without decoding, verifying and looking up the revocation list
 again. Only successes are remembered: a token refused once is checked again (and refused
 by the view with its problem response). Everything goes through flask-jwt-extended's
-public API (`verify_jwt_in_request`, `get_jwt`, `jwt_required`'s arguments).
+public API (`verify_jwt_in_request`, `get_jwt`, `jwt_required`'s arguments), except for
+the remembered tokens below.
+
+A client sends the same access token with every request until it expires, and decoding
+it (four parses of the token by PyJWT, the HMAC, the claims' checks) costs more than the
+rest of the check: `RememberingJWTManager` keeps the claims of the tokens it verified,
+keyed by the exact token string and the decoding settings (the key among them), and
+answers a repeat after checking only the time claims (`exp`, `nbf`, `iat`) again, as PyJWT
+would. Everything after decoding — the token type, the revocation list, freshness — runs
+on every request as before. Only successes are kept; bounded (oldest out), per process.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import flask_jwt_extended
 from flask import current_app, g, has_request_context
 from flask_jwt_extended import JWTManager
+from flask_jwt_extended.config import config
+from flask_jwt_extended.default_callbacks import default_decode_key_callback as _DEFAULT_KEY
 
-jwt = JWTManager()
+REMEMBERED_TOKENS = 1024  # per process: a worker's recently active sessions
+
+
+class RememberingJWTManager(JWTManager):
+    """flask-jwt-extended's manager, remembering the tokens it decoded (module docstring)."""
+
+    def __init__(self, *args: Any, remember: int = REMEMBERED_TOKENS, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._remember = remember
+        self._decoded: dict[str, tuple[tuple[Any, ...], dict[str, Any], int, int | None]] = {}
+        self._lock = threading.Lock()
+
+    def _decode_jwt_from_config(
+        self, encoded_token: str, csrf_value: Any = None, allow_expired: bool = False
+    ) -> dict:
+        if csrf_value or allow_expired or self._decode_key_callback is not _DEFAULT_KEY:
+            return super()._decode_jwt_from_config(encoded_token, csrf_value, allow_expired)
+        settings = _decode_settings()
+        known = self._decoded.get(encoded_token)
+        if known is not None and known[0] == settings and _in_time(known[2], known[3]):
+            return dict(known[1])  # a copy: callers may change theirs
+        claims = super()._decode_jwt_from_config(encoded_token)
+        self._keep(encoded_token, (settings, dict(claims), *_time_bounds(claims)))
+        return claims
+
+    def _keep(self, token: str, entry: Any) -> None:
+        with self._lock:
+            self._decoded.pop(token, None)
+            if len(self._decoded) >= self._remember:
+                del self._decoded[next(iter(self._decoded))]  # the oldest
+            self._decoded[token] = entry
+
+
+def _decode_settings() -> tuple[Any, ...]:
+    """Everything besides the token that decides whether it decodes (the key is the
+    configured one: with a `decode_key_loader`, nothing is remembered)."""
+    return (
+        config.decode_key,
+        config.decode_algorithms,
+        config.decode_audience,
+        config.decode_issuer,
+        config.identity_claim_key,
+        config.verify_sub,
+    )
+
+
+def _time_bounds(claims: dict[str, Any]) -> tuple[int, int | None]:
+    """(not before, expiry) of claims PyJWT accepted: `iat`, `nbf` and `exp` as integers."""
+    starts = [int(claims[name]) for name in ("iat", "nbf") if name in claims]
+    return max(starts, default=0), int(claims["exp"]) if "exp" in claims else None
+
+
+def _in_time(not_before: int, expires: int | None) -> bool:
+    """PyJWT's time checks, with its clock and the configured leeway."""
+    leeway = config.leeway
+    if isinstance(leeway, timedelta):
+        leeway = leeway.total_seconds()
+    now = datetime.now(tz=UTC).timestamp()
+    return not_before <= now + leeway and (expires is None or expires > now - leeway)
+
+
+jwt = RememberingJWTManager()
 
 _VERIFIED = "http_bearer_verified"  # g: (arguments, result) of the last verification
 

@@ -21,12 +21,16 @@ from app.kernel.db import UtcDateTime, read_first, utcnow
 # PostgreSQL (`read_first`: autocommit, outside the request's transaction).
 # A token is revoked when its jti or family is listed, or when its user changed their
 # password after it was issued (the user's marker, kind "user"; `issued_at` to the
-# millisecond, as the marker's `revoked_at` is written).
+# millisecond, as the marker's `revoked_at` is written). Two fixed parameters rather than
+# an expanding list: the compiled SQL is used as it is, not rewritten on every execution
+# (a token without a family passes NULL, which matches nothing).
 _REVOKED = (
     select(TokenRevocation.key)
     .where(
         or_(
-            TokenRevocation.key.in_(bindparam("keys", expanding=True)),
+            TokenRevocation.key.in_(
+                [bindparam("jti", type_=String()), bindparam("family", type_=String())]
+            ),
             and_(
                 TokenRevocation.key == bindparam("marker", type_=String()),
                 TokenRevocation.revoked_at > bindparam("issued_at", type_=UtcDateTime()),
@@ -52,8 +56,7 @@ def is_revoked(
     """True when the token or its family has been revoked, or (given its user and when it
     was issued, in epoch milliseconds) everything its user held before a password change.
     One primary-key look-up."""
-    keys = [jti] if not family else [jti, family]
-    params = {"keys": keys, "marker": None, "issued_at": None}
+    params = {"jti": jti, "family": family or None, "marker": None, "issued_at": None}
     if user_id is not None and issued_ms is not None:
         params["marker"] = USER_MARKER + user_id
         params["issued_at"] = datetime.fromtimestamp(issued_ms // 1000, UTC).replace(

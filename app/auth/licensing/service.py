@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import jwt
-from sqlalchemy import Row, bindparam, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
@@ -32,22 +32,21 @@ from app.auth.licensing.errors import (
     SubscriptionPastDue,
     VersionConflict,
 )
-
-# Re-exported (live_subscription, seats_for): accounts' /auth/me shows the subscription and
-# the seats, and reaches licensing only through here.
-from app.auth.licensing.seats import live_subscription as live_subscription
 from app.auth.licensing.seats import (
-    live_terms,
+    LIVE_SUBSCRIPTION,
     lock_user,
     lock_user_only,
     seat_limit,
     seats_in_use,
     seats_of,
-    seats_taken,
 )
+
+# Re-exported (live_subscription, seats_for): accounts' /auth/me shows the subscription and
+# the seats, and reaches licensing only through here.
+from app.auth.licensing.seats import live_subscription as live_subscription
 from app.auth.licensing.seats import seats_for as seats_for
 from app.auth.licensing.signing import KeySet
-from app.auth.models import License
+from app.auth.models import License, Subscription
 from app.kernel import events
 from app.kernel.db import execute_now, read_first, utcnow
 from app.kernel.errors import Conflict
@@ -73,6 +72,23 @@ _LIVE_LICENSE_OF_CLIENT = select(*LICENSE_COLUMNS).where(
     License.client_id == bindparam("client_id"), License.status != "revoked"
 )
 _INSERT_LICENSE = insert(License)
+# What a new license depends on, read in one statement once the user's row is locked (each
+# statement reads what is committed by then): the live subscription's seats and renewal
+# date (`seats.live_terms`; NULL without one) and the seats taken (`seats.seats_taken`).
+_LIVE = (Subscription.user_id == bindparam("user_id"), Subscription.status.in_(LIVE_SUBSCRIPTION))
+_TERMS_AND_SEATS_TAKEN = select(
+    select(Subscription.seats).where(*_LIVE).limit(1).scalar_subquery().label("seats"),
+    select(Subscription.renews_at).where(*_LIVE).limit(1).scalar_subquery().label("renews_at"),
+    select(func.count())
+    .select_from(License)
+    .where(
+        License.user_id == bindparam("user_id"),
+        License.status == "active",
+        License.expires_at > bindparam("now"),
+    )
+    .scalar_subquery()
+    .label("taken"),
+)
 
 
 # --- activation ----------------------------------------------------------------------
@@ -129,11 +145,12 @@ def activate(
             raise LicenseSuspended()
         return Activation(LicenseSummary(**existing._mapping), created=False)
 
-    terms = live_terms(session, user_id)  # the subscription's seats, and its renewal date
+    read = execute_now(session, _TERMS_AND_SEATS_TAKEN, {"user_id": user_id, "now": now}).one()
+    terms = read if read.seats is not None else None  # the live subscription's, if any
     if terms is not None and terms.renews_at <= now:
         raise SubscriptionPastDue()  # its license would be expired at birth
     limit = seats_of(terms)
-    if seats_taken(session, user_id, now) >= limit:
+    if read.taken >= limit:
         raise SeatLimitReached(limit)
 
     license_ = LicenseSummary(
