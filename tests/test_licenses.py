@@ -89,6 +89,31 @@ def test_activating_the_same_client_again_is_idempotent(app, client):
     assert len(rows(app, select(AuditLog).where(AuditLog.action == "LICENSE_CREATED"))) == 1
 
 
+def test_an_expired_license_gives_its_client_back_to_a_new_one(app, client):
+    """Activating a client whose license has expired retires that license (revoked,
+    `expired_replaced`, audited) and issues a new one: the expired one holds no seat."""
+    ada = account(client)
+    old = activate(client, ada, "laptop-1").get_json()
+    expired = utcnow() - timedelta(seconds=1)
+    as_operator(app, lambda s: s.execute(update(License).values(expires_at=expired)))
+
+    again = activate(client, ada, "laptop-1")
+    assert again.status_code == 201, again.get_json()
+    new = again.get_json()
+    assert new["license_id"] != old["license_id"] and new["status"] == "active"
+    by_id = {lic.license_id: lic for lic in rows(app, select(License))}
+    assert by_id[old["license_id"]].status == "revoked"
+    retired = rows(
+        app,
+        select(AuditLog).where(
+            AuditLog.action == "LICENSE_STATUS_CHANGED", AuditLog.user_id == ada["user_id"]
+        ),
+    )
+    assert [entry.details.get("reason") for entry in retired] == ["expired_replaced"]
+    me = client.get("/api/v1/auth/me", headers=ada["headers"]).get_json()
+    assert me["seats"] == {"limit": 1, "used": 1}
+
+
 def test_a_client_id_held_by_another_user_is_409(client):
     activate(client, account(client, "ada@example.com"), "shared-box")
     bob = account(client, "bob@example.com")
