@@ -825,3 +825,33 @@ def test_a_503_after_the_claim_holds_the_key_until_its_lease_ends(
     after = order(client, ada, "cut")
     assert after.status_code == 201 and after.get_json()["order_id"] == pending.order_id
     assert [e["type"] for e in ledger(app_config)] == ["charge"]  # the same charge, settled
+
+
+def test_settling_leaves_no_stale_copy_of_the_order_in_the_session(app, client):
+    """The settlement writes the order with a statement, not through the ORM: an order the
+    session had loaded (as recovery's take-over does) must show what it wrote, and stay
+    clean."""
+    from app.orders import service
+    from app.orders.payments import Charge
+    from app.orders.plans import catalog_of
+
+    who = account(client)
+    user_id = client.get("/api/v1/auth/me", headers=who).get_json()["user_id"]
+    fields = ("status", "charge_id", "subscription_id", "version", "settled_at", "updated_at")
+    with app.app_context(), acting_as("orders"):
+        s, plan = get_session(), catalog_of(app)["pro"]
+        with transaction(s):
+            claim = service.claim(
+                s, user_id, "k1", service.OrderRequest("pro", 3, "tok_ok"), plan, lease=timedelta(1)
+            )
+        with transaction(s):  # loaded, and kept after the commit (as recovery's take-over)
+            loaded = s.get(Order, claim.order.order_id)
+            assert loaded.status == "pending"
+        with transaction(s):
+            body = service.fulfil(s, loaded.order_id, Charge("ch_1", 2700, "EUR"), plan)
+        assert not s.dirty
+        seen = {name: getattr(loaded, name) for name in fields}
+    (stored,) = rows(app, select(Order))
+    assert seen == {name: getattr(stored, name) for name in fields}
+    assert (seen["status"], seen["version"], seen["charge_id"]) == ("paid", 2, "ch_1")
+    assert seen["subscription_id"] == body["subscription_id"] is not None

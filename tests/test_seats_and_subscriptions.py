@@ -10,9 +10,10 @@ import pytest
 from app.auth import api as auth_api
 from app.auth.licensing import service as licensing
 from app.auth.licensing import subscriptions
+from app.auth.models import Subscription, User
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.ownership import acting_as
-from tests.helpers import grant_subscription, sign_up
+from tests.helpers import audit, grant_subscription, sign_up
 
 
 def activated_a_year_ago(app, user_id: str, client_id: str = "old-laptop"):
@@ -140,3 +141,51 @@ def test_cancel_does_not_unrevoke_a_concurrently_revoked_license(app, client, mo
         assert (
             auth_api.get_license(get_session(), ids[1]).status == "revoked"
         )  # observed 'suspended'
+
+
+def test_fewer_seats_suspend_the_newest_licenses_each_audited(app, client):
+    ada = sign_up(client)
+    uid, h = ada.user_id, ada.headers
+    grant_subscription(app, uid, 3, plan="team")
+    ids = [
+        client.post("/api/v1/licenses/activate", json={"client_id": c}, headers=h).get_json()[
+            "license_id"
+        ]
+        for c in ("first", "second", "third")
+    ]
+    grant_subscription(app, uid, 1, plan="team")
+    with app.app_context(), acting_as("auth"):
+        statuses = {i: licensing.get_license(get_session(), i).status for i in ids}
+    assert statuses == {ids[0]: "active", ids[1]: "suspended", ids[2]: "suspended"}
+    changes = [e.details for e in audit(app, "LICENSE_STATUS_CHANGED")]
+    assert sorted((c["license_id"], c["reason"], c["new_status"]) for c in changes) == [
+        (ids[1], "fewer_seats", "suspended"),
+        (ids[2], "fewer_seats", "suspended"),
+    ]
+    assert audit(app, "SUBSCRIPTION_GRANTED")[-1].details["suspended_licenses"] == 2
+
+
+def test_a_grant_leaves_no_stale_copy_in_the_session(app, client):
+    """The grant writes with statements, not through the ORM: a user or subscription the
+    session had loaded before must show what it wrote (and stay clean)."""
+    ada = sign_up(client)
+    first = grant_subscription(app, ada.user_id, 2, plan="pro")
+    with app.app_context():
+        s = get_session()
+        with acting_as("auth"), transaction(s):  # loaded, and kept after the commit
+            user = s.get(User, ada.user_id)
+            sub = s.get(Subscription, first.subscription_id)
+            assert (user.plan, sub.seats, sub.version) == ("pro", 2, 1)
+        with transaction(s):
+            granted = auth_api.grant_subscription(
+                s, ada.user_id, plan="team", seats=5, period=timedelta(days=30)
+            )
+        assert not s.dirty
+        seen = (user.plan, sub.plan, sub.seats, sub.version, sub.renews_at, sub.updated_at)
+        seen_user_updated = user.updated_at
+    with app.app_context(), acting_as("auth"):
+        s = get_session()
+        user, sub = s.get(User, ada.user_id), s.get(Subscription, first.subscription_id)
+        stored = (user.plan, sub.plan, sub.seats, sub.version, sub.renews_at, sub.updated_at)
+        assert seen == stored == ("team", "team", 5, 2, granted.renews_at, sub.updated_at)
+        assert seen_user_updated == user.updated_at

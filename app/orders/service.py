@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, insert, inspect, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.admin import api as admin_api
 from app.auth import api as auth_api
@@ -151,8 +152,12 @@ def claim(
     same order, so the provider's idempotency returns the same charge.
     """
     now = now or utcnow()
+    session.flush()  # pending ORM changes first, as the ORM's read did (autoflush)
+    if execute_now(session, _LOCK_KEY, {"of_user": user_id, "of_key": key}).first() is None:
+        return Claim(order=_claim_new_key(session, user_id, key, request, plan, now + lease, now))
     row = session.get(IdempotencyKey, (user_id, key), with_for_update=True, populate_existing=True)
-    if row is not None and row.state == "released":
+    assert row is not None  # locked by the statement above
+    if row.state == "released":
         # Its last attempt charged nothing (or was refunded): the key may try again, for the
         # same order — another card is fine, another plan or seat count is another request.
         failed = session.get(Order, row.order_id)
@@ -167,29 +172,48 @@ def claim(
         row.locked_until = now + lease
         session.flush()
         return Claim(order=order)
-    if row is not None:
-        if row.fingerprint != request.fingerprint():
-            raise IdempotencyConflict()
-        if row.state == "completed":
-            return Claim(replay=(row.response_status, row.response_body))  # type: ignore[arg-type]
-        if row.locked_until > now:
-            return Claim()
-        row.locked_until = now + lease
-        return Claim(order=session.get(Order, row.order_id, populate_existing=True))
-    order = _new_purchase(session, user_id, request, plan, now)
-    session.add(
-        IdempotencyKey(
-            user_id=user_id,
-            key=key,
-            fingerprint=request.fingerprint(),
-            state="in_progress",
-            order_id=order.order_id,
-            locked_until=now + lease,
-            created_at=now,
-        )
+    if row.fingerprint != request.fingerprint():
+        raise IdempotencyConflict()
+    if row.state == "completed":
+        return Claim(replay=(row.response_status, row.response_body))  # type: ignore[arg-type]
+    if row.locked_until > now:
+        return Claim()
+    row.locked_until = now + lease
+    return Claim(order=session.get(Order, row.order_id, populate_existing=True))
+
+
+# A new key, the usual case (every order): statements built once, run on the transaction's
+# connection (ADR 0016). A key that exists is loaded and changed through the ORM (`claim`).
+_LOCK_KEY = (
+    select(IdempotencyKey.state)
+    .where(
+        IdempotencyKey.user_id == bindparam("of_user"), IdempotencyKey.key == bindparam("of_key")
     )
-    session.flush()  # IntegrityError here: a racing retry inserted first; the caller asks again
-    return Claim(order=order)
+    .with_for_update()
+)
+_INSERT_ORDER = insert(Order)
+_INSERT_KEY = insert(IdempotencyKey)
+
+
+def _claim_new_key(
+    session: Session,
+    user_id: str,
+    key: str,
+    request: OrderRequest,
+    plan: Plan,
+    locked_until: datetime,
+    now: datetime,
+) -> Order:
+    """A pending order and the key naming it, inserted; the order as a copy outside the
+    session (the settlement reads its row again, locked)."""
+    values = _order_values(user_id, "purchase", plan, request.seats, request.payment_method, now)
+    execute_now(session, _INSERT_ORDER, values)
+    key_row = {"user_id": user_id, "key": key, "fingerprint": request.fingerprint()}
+    key_row |= {"state": "in_progress", "order_id": values["order_id"]}
+    key_row |= {"locked_until": locked_until, "created_at": now}
+    # IntegrityError here: a racing retry inserted the key first; the caller asks again.
+    execute_now(session, _INSERT_KEY, key_row)
+    return Order(**values)
 
 
 def new_order(
@@ -197,19 +221,26 @@ def new_order(
 ) -> Order:
     """A pending order (a purchase or a renewal) for `seats` of `plan` at its price; the
     caller adds it to the session."""
-    return Order(
-        order_id=new_id("ord"),
-        user_id=user_id,
-        kind=kind,
-        plan=plan.plan,
-        seats=seats,
-        amount_cents=price(plan, seats),
-        currency=plan.currency,
-        status="pending",
-        payment_method=payment_method,
-        created_at=now,
-        updated_at=now,
-    )
+    return Order(**_order_values(user_id, kind, plan, seats, payment_method, now))
+
+
+def _order_values(
+    user_id: str, kind: str, plan: Plan, seats: int, payment_method: str, now: datetime
+) -> dict[str, Any]:
+    return {
+        "order_id": new_id("ord"),
+        "user_id": user_id,
+        "kind": kind,
+        "plan": plan.plan,
+        "seats": seats,
+        "amount_cents": price(plan, seats),
+        "currency": plan.currency,
+        "status": "pending",
+        "payment_method": payment_method,
+        "created_at": now,
+        "updated_at": now,
+        "version": 1,
+    }
 
 
 def _new_purchase(
@@ -261,8 +292,9 @@ def _expire_keys(session: Session, order_id: str) -> None:
 
 def fulfil(session: Session, order_id: str, charge: Charge, plan: Plan) -> dict[str, Any]:
     """The paid order, its subscription, its audit entry and its event: one transaction."""
-    order = session.get(Order, order_id, with_for_update=True, populate_existing=True)
-    assert order is not None
+    session.flush()  # pending ORM changes first, as the ORM's read did (autoflush)
+    # A copy outside the session: mark_paid brings the session's own, if any, up to date.
+    order = Order(**execute_now(session, _LOCK_ORDER, {"of_order": order_id}).one()._asdict())
     if order.status != "pending":
         # An attempt that outlived its lease: a retry or `flask orders recover` took the
         # order over and finished it meanwhile. Granting again would give twice what was paid.
@@ -313,13 +345,38 @@ class Overtaken(Exception):
         super().__init__(f"order {order_id}: a later order of this user was settled first")
 
 
-def _overtaken(session: Session, order: Order) -> bool:
-    later = select(Order.order_id).where(
-        Order.user_id == order.user_id,
+# The settlement's statements (every paid order), built once and run on the transaction's
+# connection (ADR 0016): the order's row, locked; a later order of the user settled first;
+# the order paid.
+_LOCK_ORDER = (
+    select(Order.__table__).where(Order.order_id == bindparam("of_order")).with_for_update()
+)
+_SETTLED_LATER = (
+    select(Order.order_id)
+    .where(
+        Order.user_id == bindparam("of_user"),
         Order.settled_at.is_not(None),
-        Order.created_at > order.created_at,
+        Order.created_at > bindparam("created_after"),
     )
-    return session.scalar(later.limit(1)) is not None
+    .limit(1)
+)
+_MARK_PAID = (
+    update(Order)
+    .where(Order.order_id == bindparam("of_order"))
+    .values(
+        status="paid",
+        charge_id=bindparam("paid_charge"),
+        subscription_id=bindparam("paid_subscription"),
+        settled_at=bindparam("paid_at"),
+        updated_at=bindparam("paid_at"),
+        version=bindparam("paid_version"),
+    )
+)
+
+
+def _overtaken(session: Session, order: Order) -> bool:
+    params = {"of_user": order.user_id, "created_after": order.created_at}
+    return execute_now(session, _SETTLED_LATER, params).first() is not None
 
 
 def _recorded_answer(session: Session, order_id: str) -> tuple[int, dict[str, Any]] | None:
@@ -338,13 +395,34 @@ def mark_paid(
     details: dict[str, Any],
 ) -> None:
     """The order is paid (a purchase's or a renewal's): its row, its ORDER_PAID audit entry
-    and its order.paid event, in the caller's transaction."""
-    order.status, order.charge_id = "paid", charge.charge_id
-    order.settled_at = utcnow()
-    order.version += 1
-    session.flush()
+    and its order.paid event, in the caller's transaction. `order` (and the session's copy
+    of it, if another) takes the values written, as the ORM's flush would have left it."""
+    session.flush()  # pending ORM changes first, as the ORM's flush did with them
+    now, version = utcnow(), order.version + 1
+    params = {"paid_charge": charge.charge_id, "paid_subscription": order.subscription_id}
+    params |= {"of_order": order.order_id, "paid_at": now, "paid_version": version}
+    execute_now(session, _MARK_PAID, params)
+    paid = {"status": "paid", "charge_id": charge.charge_id, "settled_at": now}
+    paid |= {"updated_at": now, "version": version, "subscription_id": order.subscription_id}
+    _written(session, order, paid)
     audit_order(session, order, "ORDER_PAID", actor_id=actor_id, details=details)
     events.publish(session, paid_event(order), aggregate_version=order.version)
+
+
+def _written(session: Session, order: Order, values: dict[str, Any]) -> None:
+    """`order` takes the `values` a statement wrote to its row, and so does the session's
+    copy of that row when it has loaded another (all of `order`'s columns, as a locked read
+    and a flush would have left them): no stale copy is left behind; both stay clean."""
+    for name, value in values.items():
+        set_committed_value(order, name, value)
+    loaded = session.identity_map.get(_ORDER.identity_key_from_primary_key((order.order_id,)))
+    if loaded is not None and loaded is not order:
+        for name in _ORDER_FIELDS:
+            set_committed_value(loaded, name, getattr(order, name))
+
+
+_ORDER = inspect(Order)
+_ORDER_FIELDS = tuple(attribute.key for attribute in _ORDER.column_attrs)
 
 
 def fail(

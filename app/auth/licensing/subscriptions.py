@@ -8,12 +8,16 @@ renewals. Plain Python: every function takes a Session and never commits.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Row, bindparam, insert, inspect, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.admin import api as admin_api
+from app.auth.accounts.service import UserNotFound
 from app.auth.events import (
     SubscriptionCancelled,
     SubscriptionGranted,
@@ -23,10 +27,51 @@ from app.auth.events import (
 )
 from app.auth.licensing.seats import FREE_SEATS, LIVE_SUBSCRIPTION, live_subscription, lock_user
 from app.auth.licensing.service import set_status
-from app.auth.models import License, Subscription
+from app.auth.models import License, Subscription, User
 from app.kernel import events
 from app.kernel.db import execute_now, utcnow
 from app.kernel.ids import new_id
+
+# A grant's statements (every paid order runs one), built once and run on the transaction's
+# connection (ADR 0016), not through the ORM: the lock with the user's plan, the live
+# subscription's columns, the writes. The session's copy of a row they change, when it has
+# one, takes the values written (`_written`), as the ORM's flush would have left it.
+_LOCK_USER_PLAN = select(User.plan).where(User.user_id == bindparam("of_user")).with_for_update()
+_SET_PLAN = (
+    update(User)
+    .where(User.user_id == bindparam("of_user"))
+    .values(plan=bindparam("new_plan"), updated_at=bindparam("changed_at"))
+)
+_LIVE_ROW = select(Subscription.__table__).where(
+    Subscription.user_id == bindparam("of_user"), Subscription.status.in_(LIVE_SUBSCRIPTION)
+)
+_INSERT_SUBSCRIPTION = insert(Subscription)
+_CHANGE_SUBSCRIPTION = (
+    update(Subscription)
+    .where(Subscription.subscription_id == bindparam("of_subscription"))
+    .values(
+        plan=bindparam("new_plan"),
+        seats=bindparam("new_seats"),
+        status="active",
+        renews_at=bindparam("new_renews_at"),
+        version=bindparam("new_version"),
+        updated_at=bindparam("changed_at"),
+    )
+)
+
+
+@dataclass(frozen=True)
+class Granted:
+    """A subscription as a grant left it: what its callers and its event read."""
+
+    subscription_id: str
+    user_id: str
+    plan: str
+    status: str
+    seats: int
+    started_at: datetime
+    renews_at: datetime
+    version: int
 
 
 def grant_subscription(
@@ -38,7 +83,7 @@ def grant_subscription(
     period: timedelta,
     actor_id: str | None = None,
     now: datetime | None = None,
-) -> Subscription:
+) -> Granted:
     """Grant (or change) the user's live subscription; the user's plan follows it.
 
     An existing live subscription is updated in place: new plan and seats, renewal one
@@ -48,29 +93,26 @@ def grant_subscription(
     if seats < 1:
         raise ValueError("a subscription has at least one seat")
     now = now or utcnow()
-    user = lock_user(session, user_id)
-    subscription = live_subscription(session, user_id)
+    session.flush()  # pending ORM changes first, as the ORM's reads did (autoflush)
+    current_plan = execute_now(session, _LOCK_USER_PLAN, {"of_user": user_id}).scalar()
+    if current_plan is None:
+        raise UserNotFound("No such user.")
+    live = execute_now(session, _LIVE_ROW, {"of_user": user_id}).first()
     renews_at = now + period
     # Licenses valid to the end of the period paid so far count and are extended, also when
     # that period has just ended (a renewal declined, the subscription past due).
-    alive_from = now if subscription is None else min(now, subscription.renews_at)
-    if subscription is None:
-        subscription = Subscription(
-            subscription_id=new_id("sub"),
-            user_id=user_id,
-            plan=plan,
-            status="active",
-            seats=seats,
-            started_at=now,
-            renews_at=renews_at,
+    alive_from = now if live is None else min(now, live.renews_at)
+    if current_plan != plan:  # as the ORM did: no UPDATE when the plan stays
+        changed = {"plan": plan, "updated_at": utcnow()}
+        execute_now(
+            session,
+            _SET_PLAN,
+            {"of_user": user_id, "new_plan": plan, "changed_at": changed["updated_at"]},
         )
-        session.add(subscription)
-    else:
-        subscription.plan, subscription.seats, subscription.status = plan, seats, "active"
-        subscription.renews_at = renews_at
-        subscription.version += 1
-    user.plan = plan
-    session.flush()
+        _written(session, User, user_id, changed)
+    subscription = _write_terms(
+        session, user_id, live, plan=plan, seats=seats, now=now, renews_at=renews_at
+    )
     suspended = _suspend_excess(
         session,
         user_id,
@@ -96,6 +138,64 @@ def grant_subscription(
     )
     _announce(session, SubscriptionGranted, subscription)
     return subscription
+
+
+def _write_terms(
+    session: Session,
+    user_id: str,
+    live: Row[Any] | None,
+    *,
+    plan: str,
+    seats: int,
+    now: datetime,
+    renews_at: datetime,
+) -> Granted:
+    """The live subscription (`live`: its row, None: there is none) with the grant's terms:
+    a new one, or the same one changed in place."""
+    if live is None:
+        granted = Granted(new_id("sub"), user_id, plan, "active", seats, now, renews_at, 1)
+        values = {name: getattr(granted, name) for name in _GRANTED_FIELDS}
+        execute_now(session, _INSERT_SUBSCRIPTION, values)
+        return granted
+    granted = Granted(
+        live.subscription_id,
+        user_id,
+        plan,
+        "active",
+        seats,
+        live.started_at,
+        renews_at,
+        live.version + 1,
+    )
+    changed_at = utcnow()
+    execute_now(
+        session,
+        _CHANGE_SUBSCRIPTION,
+        {
+            "of_subscription": live.subscription_id,
+            "new_plan": plan,
+            "new_seats": seats,
+            "new_renews_at": renews_at,
+            "new_version": granted.version,
+            "changed_at": changed_at,
+        },
+    )
+    changed = {"plan": plan, "seats": seats, "status": "active", "renews_at": renews_at}
+    changed |= {"version": granted.version, "updated_at": changed_at}
+    _written(session, Subscription, live.subscription_id, changed)
+    return granted
+
+
+_GRANTED_FIELDS = tuple(field.name for field in fields(Granted))
+
+
+def _written(session: Session, entity: type, key: str, values: dict[str, Any]) -> None:
+    """The session's copy of row `key` of `entity`, when it has loaded one, takes the
+    `values` a statement wrote (and stays clean): no stale copy is left behind."""
+    loaded = session.identity_map.get(inspect(entity).identity_key_from_primary_key((key,)))
+    if loaded is not None:
+        for name, value in values.items():
+            set_committed_value(loaded, name, value)
 
 
 # The user's active licenses valid at `alive_from` expire with the subscription's new
@@ -168,6 +268,21 @@ def cancel_subscription(
     return subscription
 
 
+# The user's active licenses that count against the seats, locked (ids and issue times: the
+# newest beyond the seats are suspended): unexpired ones, those valid until a date, or all.
+_ACTIVE = (License.user_id == bindparam("of_user"), License.status == "active")
+_COUNTED = select(License.license_id, License.created_at).with_for_update()
+_COUNTED_UNEXPIRED = _COUNTED.where(*_ACTIVE, License.expires_at > bindparam("since"))
+_COUNTED_ALIVE_FROM = _COUNTED.where(*_ACTIVE, License.expires_at >= bindparam("since"))
+_COUNTED_ANY = _COUNTED.where(*_ACTIVE)
+_LICENSES_TO_SUSPEND = (
+    select(License)
+    .where(License.license_id.in_(bindparam("license_ids", expanding=True)))
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
+
+
 def _suspend_excess(
     session: Session,
     user_id: str,
@@ -183,22 +298,31 @@ def _suspend_excess(
     beyond `keep`, newest first (each audited). The rows are locked first, so a concurrent
     change (an owner revoking one) is either seen or waits; a stale write never overrides
     it. Returns how many."""
-    stmt = select(License).where(License.user_id == user_id, License.status == "active")
+    session.flush()  # the caller's pending changes first, as the ORM's read did (autoflush)
     if alive_from is not None:
-        stmt = stmt.where(License.expires_at >= alive_from)
-    elif not include_expired:
-        stmt = stmt.where(License.expires_at > now)
+        counted = execute_now(
+            session, _COUNTED_ALIVE_FROM, {"of_user": user_id, "since": alive_from}
+        )
+    elif include_expired:
+        counted = execute_now(session, _COUNTED_ANY, {"of_user": user_id})
+    else:
+        counted = execute_now(session, _COUNTED_UNEXPIRED, {"of_user": user_id, "since": now})
     # Sorted here, not by ORDER BY: with it SQLite walks ix_licenses_status_created_at (the
     # active licenses of every user) instead of this user's through the (user_id, status, …)
     # index: 14 ms a paid order at 30,000 licenses, and growing with them (bench/README.md).
-    active = sorted(
-        session.scalars(stmt.with_for_update().execution_options(populate_existing=True)),
-        key=lambda license_: (license_.created_at, license_.license_id),
-        reverse=True,
-    )
-    excess = active[: max(0, len(active) - keep)]
-    for license_ in excess:
-        set_status(session, license_, "suspended", actor_id=actor_id, reason=reason, now=now)
+    newest_first = sorted(counted, key=lambda row: (row.created_at, row.license_id), reverse=True)
+    excess = [row.license_id for row in newest_first[: max(0, len(newest_first) - keep)]]
+    if not excess:
+        return 0  # the usual case: nothing to load, nothing changed
+    # Only the licenses to suspend are loaded (locked already, by the statement above).
+    loaded = {
+        license_.license_id: license_
+        for license_ in session.scalars(_LICENSES_TO_SUSPEND, {"license_ids": excess})
+    }
+    for license_id in excess:
+        set_status(
+            session, loaded[license_id], "suspended", actor_id=actor_id, reason=reason, now=now
+        )
     session.flush()
     return len(excess)
 
