@@ -30,6 +30,7 @@ from sqlalchemy import select, text, update
 
 from app.auth.models import License, Subscription
 from app.kernel.db import get_session, transaction, utcnow
+from app.kernel.models import OutboxEvent
 from app.kernel.ownership import OPERATOR, acting_as
 from app.orders.models import Order
 from tests.helpers import assert_problem, in_layout
@@ -115,6 +116,38 @@ def test_cancelling_a_superseded_order_is_409_and_changes_nothing(app, app_confi
         409,
         "order_not_cancellable",
     )
+
+
+def test_a_purchase_settled_while_a_cancel_refunds_stands(app, app_config, client, monkeypatch):
+    """A cancel accepted while its order backed the subscription is finished: the order is
+    refunded in full; an upgrade that settled meanwhile keeps its terms (as if the customer
+    had cancelled, then bought), and the refund's event says the subscription did not end."""
+    ada = account(client, "ada@example.com")
+    pro = buy(client, ada, "buy-pro", seats=3).get_json()
+    gateway = app.extensions["payments"]
+    refund, upgraded = gateway.refund, {}
+
+    def refund_while_an_upgrade_settles(**call):
+        if call["idempotency_key"].endswith(":cancel") and not upgraded:
+            upgraded.update(buy(app.test_client(), ada, "buy-ent", plan="enterprise").get_json())
+        return refund(**call)
+
+    monkeypatch.setattr(gateway, "refund", refund_while_an_upgrade_settles)
+    done = client.post(f"/api/v1/orders/{pro['order_id']}/cancel", headers=ada)
+    assert done.status_code == 200 and done.get_json()["status"] == "cancelled"
+    assert upgraded["status"] == "paid"
+
+    me = client.get("/api/v1/auth/me", headers=ada).get_json()
+    assert (me["plan"], me["seats"]["limit"]) == ("enterprise", 25)
+    ids = {pro["order_id"], upgraded["order_id"]}
+    assert net_charged(app_config, ids) == 72500  # what the entitlement was paid for
+    with app.app_context(), acting_as(OPERATOR):
+        refunded = get_session().scalars(
+            select(OutboxEvent.payload).where(OutboxEvent.event_type == "order.refunded")
+        )
+        assert [(e["order_id"], e["subscription_ended"]) for e in refunded] == [
+            (pro["order_id"], False)
+        ]
 
 
 def test_an_order_of_an_ended_subscription_cannot_end_the_next_one(app, app_config, client):
