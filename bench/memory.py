@@ -114,7 +114,7 @@ def cache_fill(app: Any) -> dict[str, Any]:
     fill: dict[str, Any] = {}
     for obj in gc.get_objects():
         if isinstance(obj, KeySet):
-            fill["verified_tokens"] = obj._verified.cache_info().currsize
+            fill["verified_tokens"] = len(obj._verified)
     database = app.extensions["db"]
     engines = {
         **database.engines(),

@@ -21,7 +21,7 @@ if PROBE == "no-token-cache":
     _init = signing.KeySet.__init__
 
     def _uncached(self: Any, keys: Any, verified_cache_size: int = 0) -> None:
-        _init(self, keys, 0)  # lru_cache(maxsize=0): every token verified again
+        _init(self, keys, 0)  # no entry kept: every token verified again
 
     signing.KeySet.__init__ = _uncached  # type: ignore[method-assign]
 

@@ -107,3 +107,11 @@ def test_the_verified_cache_is_bounded_and_keeps_the_recently_used(tmp_path):
     assert keys.verify(tokens[0])["license_id"] == "lic_0"  # kept: a hit
     assert keys.verify(tokens[1])["license_id"] == "lic_1"  # evicted: verified again
     assert misses == [*tokens[:3], tokens[3], tokens[1]]
+
+
+def test_a_verified_cache_of_size_zero_keeps_nothing(tmp_path):
+    keys = KeySet(_keys(tmp_path).keys, verified_cache_size=0)
+    token = _token(keys)
+    misses = _verifications(keys)
+    assert keys.verify(token)["license_id"] == keys.verify(token)["license_id"] == "lic_1"
+    assert (len(keys._verified), misses) == (0, [token, token])

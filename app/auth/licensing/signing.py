@@ -205,9 +205,10 @@ class KeySet:
             known = (self._claim_names.setdefault(names, names), values)
         with self._lock:  # most recently used last; the least recently used goes first
             self._verified.pop(digest, None)
-            if len(self._verified) >= self._verified_size:
+            while self._verified and len(self._verified) >= self._verified_size:
                 del self._verified[next(iter(self._verified))]
-            self._verified[digest] = known
+            if self._verified_size:
+                self._verified[digest] = known
         return dict(zip(*known, strict=True))  # a dict of its own: callers may change it
 
     def _verify(self, token: str) -> dict[str, Any]:
