@@ -25,13 +25,16 @@ def module_blueprint(
     ownership.registry.module(module)  # the module must have declared itself first
     bp = APIBlueprint(name or module, import_name, **options)
 
+    # A stack on `g`: a request made inside another (a test client's, in the same thread)
+    # shares the outer one's app context and `g`; each leaves the module it entered.
     @bp.before_request
     def _enter_module() -> None:
-        g._acting_token = ownership._acting.set(module)
+        g.setdefault("_acting_tokens", []).append(ownership._acting.set(module))
 
     @bp.teardown_request
     def _leave_module(_exc: BaseException | None) -> None:
-        token = g.pop("_acting_token", None)
+        tokens = g.get("_acting_tokens")
+        token = tokens.pop() if tokens else None
         if token is not None:
             try:
                 ownership._acting.reset(token)
