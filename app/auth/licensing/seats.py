@@ -26,7 +26,7 @@ LIVE_SUBSCRIPTION = ("active", "past_due")
 _LIVE_SUBSCRIPTION = select(Subscription).where(
     Subscription.user_id == bindparam("user_id"), Subscription.status.in_(LIVE_SUBSCRIPTION)
 )
-_SEATS_IN_USE = (
+SEATS_IN_USE = (
     select(func.count())
     .select_from(License)
     .where(
@@ -56,7 +56,7 @@ def live_subscription(session: Session, user_id: str) -> Subscription | None:
 
 def seats_in_use(session: Session, user_id: str, now: datetime | None = None) -> int:
     """Active, unexpired licenses of the user."""
-    return session.scalar(_SEATS_IN_USE, {"user_id": user_id, "now": now or utcnow()})
+    return session.scalar(SEATS_IN_USE, {"user_id": user_id, "now": now or utcnow()})
 
 
 def live_terms(session: Session, user_id: str) -> Row[Any] | None:
@@ -66,7 +66,7 @@ def live_terms(session: Session, user_id: str) -> Row[Any] | None:
 
 def seats_taken(session: Session, user_id: str, now: datetime) -> int:
     """`seats_in_use` inside a write transaction with no pending ORM changes."""
-    return execute_now(session, _SEATS_IN_USE, {"user_id": user_id, "now": now}).scalar_one()
+    return execute_now(session, SEATS_IN_USE, {"user_id": user_id, "now": now}).scalar_one()
 
 
 def seats_of(subscription: Terms | None) -> int:

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import jwt
-from sqlalchemy import Row, bindparam, func, insert, select, update
+from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
@@ -34,6 +34,7 @@ from app.auth.licensing.errors import (
 )
 from app.auth.licensing.seats import (
     LIVE_SUBSCRIPTION,
+    SEATS_IN_USE,
     lock_user,
     lock_user_only,
     seat_limit,
@@ -79,15 +80,7 @@ _LIVE = (Subscription.user_id == bindparam("user_id"), Subscription.status.in_(L
 _TERMS_AND_SEATS_TAKEN = select(
     select(Subscription.seats).where(*_LIVE).limit(1).scalar_subquery().label("seats"),
     select(Subscription.renews_at).where(*_LIVE).limit(1).scalar_subquery().label("renews_at"),
-    select(func.count())
-    .select_from(License)
-    .where(
-        License.user_id == bindparam("user_id"),
-        License.status == "active",
-        License.expires_at > bindparam("now"),
-    )
-    .scalar_subquery()
-    .label("taken"),
+    SEATS_IN_USE.scalar_subquery().label("taken"),
 )
 
 
