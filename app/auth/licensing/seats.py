@@ -7,9 +7,9 @@ one user run one at a time: each takes the user's row lock (`lock_user`) before 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
-from sqlalchemy import Row, bindparam, func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from app.auth.accounts.service import UserNotFound
@@ -37,12 +37,8 @@ SEATS_IN_USE = (
 )
 
 
-# Activation's own: the lock alone, the subscription's terms alone (no entity loaded), the
-# count on the transaction's connection (nothing is pending there: no autoflush needed).
+# Activation's own: the lock alone (no entity loaded), on the transaction's connection.
 _LOCK_USER = select(User.user_id).where(User.user_id == bindparam("user_id")).with_for_update()
-_LIVE_TERMS = select(Subscription.seats, Subscription.renews_at).where(
-    Subscription.user_id == bindparam("user_id"), Subscription.status.in_(LIVE_SUBSCRIPTION)
-)
 
 
 class Terms(Protocol):
@@ -57,16 +53,6 @@ def live_subscription(session: Session, user_id: str) -> Subscription | None:
 def seats_in_use(session: Session, user_id: str, now: datetime | None = None) -> int:
     """Active, unexpired licenses of the user."""
     return session.scalar(SEATS_IN_USE, {"user_id": user_id, "now": now or utcnow()})
-
-
-def live_terms(session: Session, user_id: str) -> Row[Any] | None:
-    """The live subscription's seats and renewal date (inside a write transaction)."""
-    return execute_now(session, _LIVE_TERMS, {"user_id": user_id}).first()
-
-
-def seats_taken(session: Session, user_id: str, now: datetime) -> int:
-    """`seats_in_use` inside a write transaction with no pending ORM changes."""
-    return execute_now(session, SEATS_IN_USE, {"user_id": user_id, "now": now}).scalar_one()
 
 
 def seats_of(subscription: Terms | None) -> int:

@@ -75,7 +75,7 @@ _LIVE_LICENSE_OF_CLIENT = select(*LICENSE_COLUMNS).where(
 _INSERT_LICENSE = insert(License)
 # What a new license depends on, read in one statement once the user's row is locked (each
 # statement reads what is committed by then): the live subscription's seats and renewal
-# date (`seats.live_terms`; NULL without one) and the seats taken (`seats.seats_taken`).
+# date (NULL without one) and the seats taken (`seats.SEATS_IN_USE`).
 _LIVE = (Subscription.user_id == bindparam("user_id"), Subscription.status.in_(LIVE_SUBSCRIPTION))
 _TERMS_AND_SEATS_TAKEN = select(
     select(Subscription.seats).where(*_LIVE).limit(1).scalar_subquery().label("seats"),
