@@ -210,6 +210,27 @@ def tampered(token: str) -> str:
     return f"{header}.{payload}.{signature[:i]}{swapped}{signature[i + 1 :]}"
 
 
+def respellings(token: str) -> dict[str, str]:
+    """Other spellings of the very same JWS bytes, which a lenient base64url decoder
+    accepts: padding appended, and the signature's last character with its unused low
+    bits set (the same bytes decoded)."""
+    header, payload, signature = token.split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    unused_bits = (len(signature) * 6) % 8  # 2 or 4 for a signature of 32 or 64 bytes
+    last = alphabet.index(signature[-1])
+    other_last = alphabet[last | ((1 << unused_bits) - 1)]
+    assert unused_bits and other_last != signature[-1]
+    spellings = {
+        "padded signature": f"{token}=",
+        "padded twice": f"{token}==",
+        "padded header": f"{header}==.{payload}.{signature}",
+        "signature's unused bits set": f"{header}.{payload}.{signature[:-1]}{other_last}",
+        "a character outside the alphabet": f"{header}.{payload}.{signature[:5]}!{signature[5:]}",
+        "standard alphabet": token.replace("-", "+").replace("_", "/"),
+    }
+    return {name: spelling for name, spelling in spellings.items() if spelling != token}
+
+
 def soak_report(category: str, tried: object, held: object) -> None:
     """One line for `make soak`'s summary (scripts/soak.py), when SOAK_REPORT names a file."""
     import json

@@ -17,7 +17,16 @@ from app import create_app
 from app.auth.models import TokenRevocation, User
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.ownership import OPERATOR, acting_as
-from tests.helpers import PASSWORD, assert_problem, audit, bearer, login, register, sign_up
+from tests.helpers import (
+    PASSWORD,
+    assert_problem,
+    audit,
+    bearer,
+    login,
+    register,
+    respellings,
+    sign_up,
+)
 
 
 def users(app) -> list[User]:
@@ -299,6 +308,18 @@ def test_bad_tokens_are_401_problems(app, client):
     assert_problem(
         client.post("/api/v1/auth/refresh", headers=bearer(access)), 401, "invalid_token"
     )
+
+
+def test_a_token_is_accepted_only_as_it_was_written(client):
+    """The same signed bytes spelled otherwise (padding, the unused bits of the last
+    character, characters outside base64url) are not the token that was issued: refused,
+    also after the token itself was verified and remembered."""
+    access = sign_up(client).access
+    assert client.get("/api/v1/auth/me", headers=bearer(access)).status_code == 200
+    for name, spelling in respellings(access).items():
+        response = client.get("/api/v1/auth/me", headers=bearer(spelling))
+        assert response.status_code == 401, name
+    assert client.get("/api/v1/auth/me", headers=bearer(access)).status_code == 200
 
 
 def test_an_accepted_token_is_refused_from_its_expiry_on(app, client):

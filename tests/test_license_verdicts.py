@@ -13,7 +13,7 @@ from app.admin.models import AuditLog
 from app.auth.licensing import signing
 from app.auth.models import License
 from app.kernel.db import utcnow
-from tests.helpers import assert_problem, rows, tampered
+from tests.helpers import assert_problem, respellings, rows, tampered
 from tests.test_licenses import account, activate
 
 NONCE = "n0nce-Abc_123456"
@@ -86,6 +86,22 @@ def test_a_verdict_is_never_accepted_as_a_license_token(client):
         404,
         "license_not_found",
     )
+
+
+def test_a_license_token_is_valid_only_as_it_was_written(client):
+    """Another spelling of the same signed bytes is not the token that was issued: an
+    INVALID_TOKEN verdict and the same 404 on deactivation, before and after the token
+    itself was verified (and remembered)."""
+    lic = activate(client, account(client), "box-1").get_json()
+    for name, spelling in respellings(lic["token"]).items():
+        answer = client.post("/api/v1/licenses/validate", json={"token": spelling}).get_json()
+        assert answer["code"] == "INVALID_TOKEN", name
+        again = client.post("/api/v1/licenses/validate", json={"token": lic["token"]})
+        assert again.get_json()["code"] == "VALID"
+        refused = client.post(
+            "/api/v1/licenses/deactivate", json={"token": spelling, "client_id": "box-1"}
+        )
+        assert_problem(refused, 404, "license_not_found")
 
 
 def test_the_openapi_document_describes_nonce_and_verdict(client):

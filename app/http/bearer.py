@@ -16,6 +16,8 @@ keyed by the exact token string and the decoding settings (the key among them), 
 answers a repeat after checking only the time claims (`exp`, `nbf`, `iat`) again, as PyJWT
 would. Everything after decoding — the token type, the revocation list, freshness — runs
 on every request as before. Only successes are kept; bounded (oldest out), per process.
+A token is decoded only as it was issued (`app.kernel.jws`): another spelling of the same
+signed bytes is refused before PyJWT sees it, so it is never remembered either.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from flask import current_app, g, has_request_context
 from flask_jwt_extended import JWTManager
 from flask_jwt_extended.config import config
 from flask_jwt_extended.default_callbacks import default_decode_key_callback as _DEFAULT_KEY
+from jwt import DecodeError
+
+from app.kernel.jws import written_canonically
 
 REMEMBERED_TOKENS = 1024  # per process: a worker's recently active sessions
 
@@ -48,14 +53,19 @@ class RememberingJWTManager(JWTManager):
     def _decode_jwt_from_config(
         self, encoded_token: str, csrf_value: Any = None, allow_expired: bool = False
     ) -> dict:
-        if csrf_value or allow_expired or self._decode_key_callback is not _DEFAULT_KEY:
-            return super()._decode_jwt_from_config(encoded_token, csrf_value, allow_expired)
-        settings = _decode_settings()
-        known = self._decoded.get(encoded_token)
-        if known is not None and known[0] == settings and _in_time(known[2], known[3]):
-            return dict(known[1])  # a copy: callers may change theirs
-        claims = super()._decode_jwt_from_config(encoded_token)
-        self._keep(encoded_token, (settings, dict(claims), *_time_bounds(claims)))
+        remembering = not (
+            csrf_value or allow_expired or self._decode_key_callback is not _DEFAULT_KEY
+        )
+        if remembering:
+            settings = _decode_settings()
+            known = self._decoded.get(encoded_token)
+            if known is not None and known[0] == settings and _in_time(known[2], known[3]):
+                return dict(known[1])  # a copy: callers may change theirs
+        if not written_canonically(encoded_token):  # only tokens that pass are remembered
+            raise DecodeError("Not the token as it was signed")
+        claims = super()._decode_jwt_from_config(encoded_token, csrf_value, allow_expired)
+        if remembering:
+            self._keep(encoded_token, (settings, dict(claims), *_time_bounds(claims)))
         return claims
 
     def _keep(self, token: str, entry: Any) -> None:

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from app.kernel import files
+from app.kernel.jws import written_canonically
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,8 @@ class KeySet:
         return dict(zip(*known, strict=True))  # a dict of its own: callers may change it
 
     def _verify(self, token: str) -> dict[str, Any]:
+        if not written_canonically(token):
+            raise jwt.InvalidTokenError("not the token as it was signed")
         header = jwt.get_unverified_header(token)
         key = self.by_kid.get(header.get("kid", ""))
         if key is None or header.get("alg") != ALGORITHM:
