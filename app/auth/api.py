@@ -29,6 +29,7 @@ from app.auth.licensing import service as licensing
 from app.auth.licensing.schemas import LicenseOut
 from app.auth.licensing.service import LicenseSummary
 from app.auth.licensing.signing import SigningKeyError, generate_key_file
+from app.auth.licensing.subscriptions import SubscriptionSummary
 from app.kernel.ownership import module_api
 
 EmailTaken = service.EmailTaken
@@ -48,6 +49,7 @@ __all__ = [
     "SubscriptionOut",
     "SubscriptionPastDue",
     "SubscriptionRenewed",
+    "SubscriptionSummary",
     "UserOut",
     "UserRegistered",
     "UserSummary",
@@ -154,17 +156,6 @@ LicenseNotFound = errors.LicenseNotFound
 StatusUpdate = licensing.StatusUpdate
 
 
-@dataclass(frozen=True)
-class SubscriptionSummary:
-    subscription_id: str
-    user_id: str
-    plan: str
-    status: str
-    seats: int
-    started_at: datetime
-    renews_at: datetime
-
-
 def _subscription(sub: object | None) -> SubscriptionSummary | None:
     return None if sub is None else _copy(SubscriptionSummary, sub)
 
@@ -184,10 +175,9 @@ def grant_subscription(
     actor_id: str | None = None,
 ) -> SubscriptionSummary:
     """Grant or change the user's subscription (inside the caller's transaction)."""
-    sub = subscriptions.grant_subscription(
+    return subscriptions.grant_subscription(
         session, user_id, plan=plan, seats=seats, period=period, actor_id=actor_id
     )
-    return _subscription(sub)  # type: ignore[return-value]
 
 
 @module_api(MODULE)

@@ -61,8 +61,9 @@ _CHANGE_SUBSCRIPTION = (
 
 
 @dataclass(frozen=True)
-class Granted:
-    """A subscription as a grant left it: what its callers and its event read."""
+class SubscriptionSummary:
+    """A subscription's terms as a value: what a grant leaves, what other modules read
+    (auth's facade hands out this type), what its events carry."""
 
     subscription_id: str
     user_id: str
@@ -83,7 +84,7 @@ def grant_subscription(
     period: timedelta,
     actor_id: str | None = None,
     now: datetime | None = None,
-) -> Granted:
+) -> SubscriptionSummary:
     """Grant (or change) the user's live subscription; the user's plan follows it.
 
     An existing live subscription is updated in place: new plan and seats, renewal one
@@ -149,15 +150,17 @@ def _write_terms(
     seats: int,
     now: datetime,
     renews_at: datetime,
-) -> Granted:
+) -> SubscriptionSummary:
     """The live subscription (`live`: its row, None: there is none) with the grant's terms:
     a new one, or the same one changed in place."""
     if live is None:
-        granted = Granted(new_id("sub"), user_id, plan, "active", seats, now, renews_at, 1)
-        values = {name: getattr(granted, name) for name in _GRANTED_FIELDS}
+        granted = SubscriptionSummary(
+            new_id("sub"), user_id, plan, "active", seats, now, renews_at, 1
+        )
+        values = {name: getattr(granted, name) for name in _SUMMARY_FIELDS}
         execute_now(session, _INSERT_SUBSCRIPTION, values)
         return granted
-    granted = Granted(
+    granted = SubscriptionSummary(
         live.subscription_id,
         user_id,
         plan,
@@ -186,7 +189,7 @@ def _write_terms(
     return granted
 
 
-_GRANTED_FIELDS = tuple(field.name for field in fields(Granted))
+_SUMMARY_FIELDS = tuple(field.name for field in fields(SubscriptionSummary))
 
 
 def _written(session: Session, entity: type, key: str, values: dict[str, Any]) -> None:
@@ -441,7 +444,7 @@ def lapse_past_due(
     return count
 
 
-def _announce(session: Session, event_class: type, sub: Subscription) -> None:
+def _announce(session: Session, event_class: type, sub: Subscription | SubscriptionSummary) -> None:
     """Publish `event_class` about `sub` as it is now (flushed), with its version."""
     session.flush()
     events.publish(
