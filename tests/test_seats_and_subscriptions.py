@@ -10,7 +10,7 @@ import pytest
 from app.auth import api as auth_api
 from app.auth.licensing import service as licensing
 from app.auth.licensing import subscriptions
-from app.auth.models import Subscription, User
+from app.auth.models import License, Subscription, User
 from app.kernel.db import get_session, transaction, utcnow
 from app.kernel.ownership import acting_as
 from tests.helpers import audit, grant_subscription, sign_up
@@ -189,3 +189,32 @@ def test_a_grant_leaves_no_stale_copy_in_the_session(app, client):
         stored = (user.plan, sub.plan, sub.seats, sub.version, sub.renews_at, sub.updated_at)
         assert seen == stored == ("team", "team", 5, 2, granted.renews_at, sub.updated_at)
         assert seen_user_updated == user.updated_at
+
+
+def test_a_grant_and_a_renewal_leave_no_stale_license_in_the_session(app, client):
+    """The licenses a grant or a renewal extends are written by one statement: a license
+    the session had loaded must show the new expiry and version afterwards."""
+    ada = sign_up(client)
+    first = grant_subscription(app, ada.user_id, 2, plan="pro")
+    lic = client.post(
+        "/api/v1/licenses/activate", json={"client_id": "box-1"}, headers=ada.headers
+    ).get_json()
+    with app.app_context():
+        s = get_session()
+        with acting_as("auth"), transaction(s):
+            license_ = s.get(License, lic["license_id"])
+            assert license_.version == 1
+        with transaction(s):
+            granted = auth_api.grant_subscription(
+                s, ada.user_id, plan="team", seats=5, period=timedelta(days=60)
+            )
+        assert (license_.expires_at, license_.version) == (granted.renews_at, 2)
+        with transaction(s):
+            renewed = auth_api.renew_subscription(
+                s,
+                first.subscription_id,
+                expected_renews_at=granted.renews_at,
+                period=timedelta(days=30),
+            )
+        assert (license_.expires_at, license_.version) == (renewed.renews_at, 3)
+        assert not s.dirty

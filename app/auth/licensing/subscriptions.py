@@ -215,6 +215,7 @@ _EXTEND_LICENSES = (
         version=License.version + 1,
         updated_at=bindparam("now"),
     )
+    .returning(License.license_id, License.version)
 )
 
 
@@ -222,11 +223,14 @@ def _extend_licenses(
     session: Session, user_id: str, *, alive_from: datetime, renews_at: datetime, now: datetime
 ) -> None:
     session.flush()  # the licenses' pending changes first (suspensions), as an autoflush did
-    execute_now(
+    extended = execute_now(
         session,
         _EXTEND_LICENSES,
         {"of_user": user_id, "alive_from": alive_from, "renews_at": renews_at, "now": now},
-    )
+    ).all()
+    for license_id, version in extended:
+        written = {"expires_at": renews_at, "version": version, "updated_at": now}
+        _written(session, License, license_id, written)
 
 
 def cancel_subscription(
