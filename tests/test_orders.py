@@ -855,3 +855,46 @@ def test_settling_leaves_no_stale_copy_of_the_order_in_the_session(app, client):
     assert seen == {name: getattr(stored, name) for name in fields}
     assert (seen["status"], seen["version"], seen["charge_id"]) == ("paid", 2, "ch_1")
     assert seen["subscription_id"] == body["subscription_id"] is not None
+
+
+def test_the_check_for_a_later_settled_order_is_a_range_of_its_index(app, client):
+    """Settling an order first asks whether one of the customer's orders created after it
+    has settled (`service._overtaken`). Its partial index answers with the first entry of a
+    range; the user's (user_id, order_id) index made it read every order of the customer, a
+    cost that grew with each renewal or purchase (issue 17). The plan is the database's
+    own, for the statement and parameters the check sends."""
+    from sqlalchemy import event
+
+    from app.orders import service
+
+    ada = account(client)
+    assert order(client, ada, "first").status_code == 201
+    assert order(client, ada, "second").status_code == 201
+
+    def check_and_plan(session):
+        first = session.scalars(select(Order).order_by(Order.created_at).limit(1)).one()
+        connection = session.connection()
+        sent = []
+
+        def record(conn, cursor, statement, parameters, context, executemany):
+            sent.append((statement, parameters))
+
+        event.listen(connection, "before_cursor_execute", record)
+        try:
+            overtaken = service._overtaken(session, first)
+        finally:
+            event.remove(connection, "before_cursor_execute", record)
+        [(statement, parameters)] = sent
+        if connection.dialect.name == "postgresql":
+            # Two orders: ask "which index serves it?", not "is a scan cheaper for two rows?".
+            connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            explain = "EXPLAIN "
+        else:
+            explain = "EXPLAIN QUERY PLAN "
+        cursor = connection.connection.dbapi_connection.cursor()
+        cursor.execute(explain + statement, parameters)
+        return overtaken, "\n".join(row[-1] for row in cursor.fetchall())
+
+    overtaken, plan = as_operator(app, check_and_plan)
+    assert overtaken  # the second order settled after the first was created
+    assert "ix_orders_user_id_created_at_settled" in plan, plan

@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, Integer, String
+from sqlalchemy import JSON, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.kernel.db import Base, UtcDateTime, utcnow
 from app.kernel.ids import id_factory
 from app.orders import MODULE
+
+_SETTLED = text("settled_at IS NOT NULL")
 
 
 class Order(Base):
@@ -45,6 +47,16 @@ class Order(Base):
 
     __table_args__ = (
         Index("ix_orders_user_id_order_id", "user_id", "order_id"),
+        # A settlement's "has an order of this user created after this one settled?"
+        # (service._SETTLED_LATER): its first entry in range answers, however many orders
+        # the user has (migration 0013).
+        Index(
+            "ix_orders_user_id_created_at_settled",
+            "user_id",
+            "created_at",
+            sqlite_where=_SETTLED,
+            postgresql_where=_SETTLED,
+        ),
         Index("ix_orders_subscription_id", "subscription_id"),
         Index("ix_orders_status", "status"),
         {"schema": MODULE},

@@ -351,6 +351,8 @@ class Overtaken(Exception):
 _LOCK_ORDER = (
     select(Order.__table__).where(Order.order_id == bindparam("of_order")).with_for_update()
 )
+# Served by ix_orders_user_id_created_at_settled (migration 0013): a range of the user's
+# settled orders whose first entry answers, however many orders the user has.
 _SETTLED_LATER = (
     select(Order.order_id)
     .where(
