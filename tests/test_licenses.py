@@ -451,6 +451,30 @@ def test_validation_on_sqlite_is_one_statement_in_autocommit(app, client):
     assert seen["begins"] == ["begin"]  # SQLAlchemy's own, a no-op in autocommit: no BEGIN sent
 
 
+def test_activation_decides_on_one_read_after_the_lock(app, client):
+    """Once the user's row is locked, everything a new license depends on (a live license
+    of the client, the live subscription's terms, the seats taken) is one SELECT before the
+    license's INSERT: one statement (on PostgreSQL one round trip) per activation."""
+    ada = account(client)
+    with app.app_context():
+        engine = get_database().engine
+    statements: list[str] = []
+    record = lambda _c, _cur, statement, *_a: statements.append(statement)  # noqa: E731
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert activate(client, ada).status_code == 201
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    queries = [" ".join(s.split()) for s in statements if not s.startswith("BEGIN")]
+    inserted = next(
+        i for i, s in enumerate(queries) if s.startswith("INSERT INTO") and ".licenses " in s
+    )
+    lock, *reads = queries[:inserted]
+    assert "users.user_id" in lock, queries
+    assert len(reads) == 1, reads
+    assert "licenses.client_id =" in reads[0] and "subscriptions" in reads[0], reads
+
+
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_activation_on_postgresql_is_one_transaction(app, client):
     """The access token's revocation look-up is read in autocommit (ADR 0016), so the

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import jwt
-from sqlalchemy import Row, bindparam, insert, select, update
+from sqlalchemy import Row, bindparam, insert, select, true, update
 from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
@@ -69,18 +69,25 @@ LICENSE_COLUMNS = (
     License.expires_at,
     License.version,
 )
-_LIVE_LICENSE_OF_CLIENT = select(*LICENSE_COLUMNS).where(
-    License.client_id == bindparam("client_id"), License.status != "revoked"
-)
 _INSERT_LICENSE = insert(License)
 # What a new license depends on, read in one statement once the user's row is locked (each
 # statement reads what is committed by then): the live subscription's seats and renewal
-# date (NULL without one) and the seats taken (`seats.SEATS_IN_USE`).
+# date (NULL without one), the seats taken (`seats.SEATS_IN_USE`) and, beside them, the
+# client's live license if it has one (its columns NULL otherwise: the partial unique
+# index on live client ids allows at most one, so the statement answers one row).
 _LIVE = (Subscription.user_id == bindparam("user_id"), Subscription.status.in_(LIVE_SUBSCRIPTION))
 _TERMS_AND_SEATS_TAKEN = select(
     select(Subscription.seats).where(*_LIVE).limit(1).scalar_subquery().label("seats"),
     select(Subscription.renews_at).where(*_LIVE).limit(1).scalar_subquery().label("renews_at"),
     SEATS_IN_USE.scalar_subquery().label("taken"),
+).subquery("terms")
+_LIVE_LICENSE_OF_CLIENT = (
+    select(*LICENSE_COLUMNS)
+    .where(License.client_id == bindparam("client_id"), License.status != "revoked")
+    .subquery("live")
+)
+_ACTIVATION_READ = select(_TERMS_AND_SEATS_TAKEN, _LIVE_LICENSE_OF_CLIENT).select_from(
+    _TERMS_AND_SEATS_TAKEN.outerjoin(_LIVE_LICENSE_OF_CLIENT, true())
 )
 
 
@@ -117,7 +124,9 @@ def activate(
     """
     now = now or utcnow()
     lock_user_only(session, user_id)  # seat changes of one user run one at a time
-    existing = execute_now(session, _LIVE_LICENSE_OF_CLIENT, {"client_id": client_id}).first()
+    params = {"client_id": client_id, "user_id": user_id, "now": now}
+    read = execute_now(session, _ACTIVATION_READ, params).one()
+    existing = read if read.license_id is not None else None
     if existing is not None and existing.expires_at <= now:
         # An expired license no longer holds its client: retire it, then issue a new one.
         set_status(
@@ -136,9 +145,10 @@ def activate(
             raise ClientIdTaken()
         if existing.status == "suspended":
             raise LicenseSuspended()
-        return Activation(LicenseSummary(**existing._mapping), created=False)
+        license_ = LicenseSummary(**{c.key: existing._mapping[c.key] for c in LICENSE_COLUMNS})
+        return Activation(license_, created=False)
 
-    read = execute_now(session, _TERMS_AND_SEATS_TAKEN, {"user_id": user_id, "now": now}).one()
+    # Read before an expired license was retired: it was not among the seats taken.
     terms = read if read.seats is not None else None  # the live subscription's, if any
     if terms is not None and terms.renews_at <= now:
         raise SubscriptionPastDue()  # its license would be expired at birth
