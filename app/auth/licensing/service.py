@@ -20,6 +20,7 @@ from sqlalchemy import Row, bindparam, insert, select, true, update
 from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
+from app.auth.accounts.service import UserNotFound
 from app.auth.events import LicenseCreated, LicenseDeactivated, LicenseStatusChanged
 from app.auth.licensing.errors import (
     STATUSES,
@@ -40,6 +41,7 @@ from app.auth.licensing.seats import (
     seat_limit,
     seats_in_use,
     seats_of,
+    writers_are_serial,
 )
 
 # Re-exported (live_subscription, seats_for): accounts' /auth/me shows the subscription and
@@ -47,7 +49,7 @@ from app.auth.licensing.seats import (
 from app.auth.licensing.seats import live_subscription as live_subscription
 from app.auth.licensing.seats import seats_for as seats_for
 from app.auth.licensing.signing import KeySet
-from app.auth.models import License, Subscription
+from app.auth.models import License, Subscription, User
 from app.kernel import events
 from app.kernel.db import execute_now, read_first, utcnow
 from app.kernel.errors import Conflict
@@ -89,6 +91,10 @@ _LIVE_LICENSE_OF_CLIENT = (
 _ACTIVATION_READ = select(_TERMS_AND_SEATS_TAKEN, _LIVE_LICENSE_OF_CLIENT).select_from(
     _TERMS_AND_SEATS_TAKEN.outerjoin(_LIVE_LICENSE_OF_CLIENT, true())
 )
+# Where the write transaction is the lock, whether the user exists is read with the rest.
+_ACTIVATION_READ_WITH_USER = _ACTIVATION_READ.add_columns(
+    select(User.user_id).where(User.user_id == bindparam("user_id")).scalar_subquery().label("user")
+)
 
 
 # --- activation ----------------------------------------------------------------------
@@ -123,9 +129,16 @@ def activate(
     LICENSE_CREATED audited. Either both rows commit or neither does.
     """
     now = now or utcnow()
-    lock_user_only(session, user_id)  # seat changes of one user run one at a time
     params = {"client_id": client_id, "user_id": user_id, "now": now}
-    read = execute_now(session, _ACTIVATION_READ, params).one()
+    # Seat changes of one user run one at a time: the user's row is locked first, unless
+    # the write transaction already excludes every other writer (SQLite).
+    if writers_are_serial(session):
+        read = execute_now(session, _ACTIVATION_READ_WITH_USER, params).one()
+        if read.user is None:
+            raise UserNotFound("No such user.")
+    else:
+        lock_user_only(session, user_id)
+        read = execute_now(session, _ACTIVATION_READ, params).one()
     existing = read if read.license_id is not None else None
     if existing is not None and existing.expires_at <= now:
         # An expired license no longer holds its client: retire it, then issue a new one.
