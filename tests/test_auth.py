@@ -333,6 +333,34 @@ def test_an_accepted_token_is_refused_from_its_expiry_on(app, client):
     assert_problem(client.get("/api/v1/auth/me", headers=bearer(token)), 401, "token_expired")
 
 
+def test_a_remembered_tokens_header_is_not_parsed_again(app, client, monkeypatch):
+    """flask-jwt-extended parses the token's header again after decoding it (for the
+    revocation and freshness checks): for a remembered token it comes with the claims,
+    parsed when it was decoded, not on every request — and it is that token's header, a copy each time."""
+    from flask_jwt_extended import get_jwt_header
+
+    from app.http.bearer import verify_jwt_in_request
+
+    access = sign_up(client).access
+    parsed: list[str] = []
+    parse = pyjwt.get_unverified_header
+    monkeypatch.setattr(
+        pyjwt, "get_unverified_header", lambda token: parsed.append(token) or parse(token)
+    )
+    assert client.get("/api/v1/auth/me", headers=bearer(access)).status_code == 200
+    first = len(parsed)  # decoding it (a miss) parsed it
+    for _ in range(2):
+        assert client.get("/api/v1/auth/me", headers=bearer(access)).status_code == 200
+    assert len(parsed) == first
+    for _ in range(2):
+        with app.test_request_context(headers=bearer(access)):
+            verify_jwt_in_request()
+            header = get_jwt_header()
+            assert header == parse(access) == {"alg": "HS256", "typ": "JWT"}
+            header["alg"] = "none"  # a caller's change does not leak into the next request
+    assert len(parsed) == first and set(parsed) == {access}
+
+
 def test_an_accepted_token_is_refused_by_an_app_with_another_secret(app_config, client):
     """What one app verified is not taken on trust by another with a different key."""
     access = sign_up(client).access

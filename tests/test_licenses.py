@@ -15,13 +15,17 @@ from sqlalchemy import event, select, update
 from app import create_app
 from app.admin.models import AuditLog
 from app.auth import api as auth_api
+from app.auth.accounts.errors import UserNotFound
+from app.auth.licensing import service as licensing
 from app.auth.licensing.signing import KeySet, generate_key_file
 from app.auth.models import License
 from app.kernel.db import get_database, get_session, transaction, utcnow
+from app.kernel.ownership import acting_as
 from tests.helpers import (
     PASSWORD,
     as_operator,
     assert_problem,
+    audit,
     auth_headers,
     grant_subscription,
     registered,
@@ -449,6 +453,46 @@ def test_validation_on_sqlite_is_one_statement_in_autocommit(app, client):
     assert seen["main"] == [] and seen["rollbacks"] == []
     assert len(seen["autocommit"]) == 1 and "licenses.license_id =" in seen["autocommit"][0]
     assert seen["begins"] == ["begin"]  # SQLAlchemy's own, a no-op in autocommit: no BEGIN sent
+
+
+def test_activation_decides_on_one_read_after_the_lock(app, client):
+    """Everything a new license depends on (the user, a live license of the client, the
+    live subscription's terms, the seats taken) is one SELECT before the license's INSERT,
+    once the user's row is locked: on PostgreSQL a SELECT … FOR UPDATE before it (which
+    finds the user); on SQLite the write transaction is the lock (BEGIN IMMEDIATE: one
+    writer at a time), so nothing else is sent."""
+    ada = account(client)
+    with app.app_context():
+        engine = get_database().engine
+    statements: list[str] = []
+    record = lambda _c, _cur, statement, *_a: statements.append(statement)  # noqa: E731
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert activate(client, ada).status_code == 201
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    queries = [" ".join(s.split()) for s in statements if not s.startswith("BEGIN")]
+    inserted = next(
+        i for i, s in enumerate(queries) if s.startswith("INSERT INTO") and ".licenses " in s
+    )
+    tables = ["licenses", "subscriptions"]
+    if engine.dialect.name == "postgresql":
+        lock, *reads = queries[:inserted]
+        assert "users.user_id" in lock and lock.endswith("FOR UPDATE"), queries
+    else:
+        reads, tables = queries[:inserted], [*tables, "users"]  # the user's existence
+    assert len(reads) == 1, reads
+    assert all(f"{table}." in reads[0] for table in tables), reads
+
+
+def test_activation_for_a_user_that_is_gone_writes_nothing(app):
+    """A valid access token of a deleted user: 404 user_not_found, no license, no audit."""
+    with app.app_context(), acting_as("auth"):
+        session = get_session()
+        with pytest.raises(UserNotFound), transaction(session):
+            licensing.activate(session, "usr_gone", "laptop-1", ip=None)
+        assert session.scalars(select(License)).all() == []
+    assert audit(app, "LICENSE_CREATED") == []
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)

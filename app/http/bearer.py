@@ -16,6 +16,10 @@ keyed by the exact token string and the decoding settings (the key among them), 
 answers a repeat after checking only the time claims (`exp`, `nbf`, `iat`) again, as PyJWT
 would. Everything after decoding — the token type, the revocation list, freshness — runs
 on every request as before. Only successes are kept; bounded (oldest out), per process.
+flask-jwt-extended then parses the token once more for its header (handed to the
+revocation and freshness checks and kept for `get_jwt_header`): for a remembered token the
+header is remembered with the claims (parsed once; PyJWT's parse checks every character
+of the token, a tenth of an activation's token check), a copy handed out each time.
 A token is decoded only as it was issued (`app.kernel.jws`): another spelling of the same
 signed bytes is refused before PyJWT sees it, so it is never remembered either.
 """
@@ -30,6 +34,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import flask_jwt_extended
+import flask_jwt_extended.view_decorators
+import jwt as pyjwt
 from flask import current_app, g, has_request_context
 from flask_jwt_extended import JWTManager
 from flask_jwt_extended.config import config
@@ -47,7 +53,8 @@ class RememberingJWTManager(JWTManager):
     def __init__(self, *args: Any, remember: int = REMEMBERED_TOKENS, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._remember = remember
-        self._decoded: dict[str, tuple[tuple[Any, ...], dict[str, Any], int, int | None]] = {}
+        # token: (decoding settings, claims, not before, expiry, header)
+        self._decoded: dict[str, tuple[Any, dict[str, Any], int, int | None, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
     def _decode_jwt_from_config(
@@ -65,8 +72,17 @@ class RememberingJWTManager(JWTManager):
             raise DecodeError("Not the token as it was signed")
         claims = super()._decode_jwt_from_config(encoded_token, csrf_value, allow_expired)
         if remembering:
-            self._keep(encoded_token, (settings, dict(claims), *_time_bounds(claims)))
+            header = pyjwt.get_unverified_header(encoded_token)
+            self._keep(encoded_token, (settings, dict(claims), *_time_bounds(claims), header))
         return claims
+
+    def unverified_header(self, encoded_token: str) -> dict[str, Any]:
+        """flask-jwt-extended's `get_unverified_jwt_headers`: a remembered token's header
+        (a copy), else the token parsed as it would have parsed it."""
+        known = self._decoded.get(encoded_token)
+        if known is None:
+            return pyjwt.get_unverified_header(encoded_token)
+        return dict(known[4])
 
     def _keep(self, token: str, entry: Any) -> None:
         with self._lock:
@@ -189,3 +205,5 @@ def _hashable(locations: Any) -> Any:
 
 def init_app(app: Any) -> None:
     jwt.init_app(app)
+    # Where flask-jwt-extended's request check looks the header up, after decoding.
+    flask_jwt_extended.view_decorators.get_unverified_jwt_headers = jwt.unverified_header

@@ -80,3 +80,11 @@ def lock_user_only(session: Session, user_id: str) -> None:
     """`lock_user` for a caller that needs the lock, not the row."""
     if execute_now(session, _LOCK_USER, {"user_id": user_id}).first() is None:
         raise UserNotFound("No such user.")
+
+
+def writers_are_serial(session: Session) -> bool:
+    """The database lets one write transaction run at a time: SQLite, whose write
+    transactions hold its write lock from BEGIN IMMEDIATE on (`kernel.db.transaction`). Seat
+    changes there run one at a time without a row lock (SQLite has no FOR UPDATE: the lock
+    statement would only read the row)."""
+    return session.get_bind(mapper=User).dialect.name == "sqlite"

@@ -16,10 +16,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import jwt
-from sqlalchemy import Row, bindparam, insert, select, update
+from sqlalchemy import Row, bindparam, insert, select, true, update
 from sqlalchemy.orm import Session
 
 from app.admin import api as admin_api
+from app.auth.accounts.service import UserNotFound
 from app.auth.events import LicenseCreated, LicenseDeactivated, LicenseStatusChanged
 from app.auth.licensing.errors import (
     STATUSES,
@@ -40,6 +41,7 @@ from app.auth.licensing.seats import (
     seat_limit,
     seats_in_use,
     seats_of,
+    writers_are_serial,
 )
 
 # Re-exported (live_subscription, seats_for): accounts' /auth/me shows the subscription and
@@ -47,7 +49,7 @@ from app.auth.licensing.seats import (
 from app.auth.licensing.seats import live_subscription as live_subscription
 from app.auth.licensing.seats import seats_for as seats_for
 from app.auth.licensing.signing import KeySet
-from app.auth.models import License, Subscription
+from app.auth.models import License, Subscription, User
 from app.kernel import events
 from app.kernel.db import execute_now, read_first, utcnow
 from app.kernel.errors import Conflict
@@ -69,18 +71,29 @@ LICENSE_COLUMNS = (
     License.expires_at,
     License.version,
 )
-_LIVE_LICENSE_OF_CLIENT = select(*LICENSE_COLUMNS).where(
-    License.client_id == bindparam("client_id"), License.status != "revoked"
-)
 _INSERT_LICENSE = insert(License)
 # What a new license depends on, read in one statement once the user's row is locked (each
 # statement reads what is committed by then): the live subscription's seats and renewal
-# date (NULL without one) and the seats taken (`seats.SEATS_IN_USE`).
+# date (NULL without one), the seats taken (`seats.SEATS_IN_USE`) and, beside them, the
+# client's live license if it has one (its columns NULL otherwise: the partial unique
+# index on live client ids allows at most one, so the statement answers one row).
 _LIVE = (Subscription.user_id == bindparam("user_id"), Subscription.status.in_(LIVE_SUBSCRIPTION))
 _TERMS_AND_SEATS_TAKEN = select(
     select(Subscription.seats).where(*_LIVE).limit(1).scalar_subquery().label("seats"),
     select(Subscription.renews_at).where(*_LIVE).limit(1).scalar_subquery().label("renews_at"),
     SEATS_IN_USE.scalar_subquery().label("taken"),
+).subquery("terms")
+_LIVE_LICENSE_OF_CLIENT = (
+    select(*LICENSE_COLUMNS)
+    .where(License.client_id == bindparam("client_id"), License.status != "revoked")
+    .subquery("live")
+)
+_ACTIVATION_READ = select(_TERMS_AND_SEATS_TAKEN, _LIVE_LICENSE_OF_CLIENT).select_from(
+    _TERMS_AND_SEATS_TAKEN.outerjoin(_LIVE_LICENSE_OF_CLIENT, true())
+)
+# Where the write transaction is the lock, whether the user exists is read with the rest.
+_ACTIVATION_READ_WITH_USER = _ACTIVATION_READ.add_columns(
+    select(User.user_id).where(User.user_id == bindparam("user_id")).scalar_subquery().label("user")
 )
 
 
@@ -116,8 +129,17 @@ def activate(
     LICENSE_CREATED audited. Either both rows commit or neither does.
     """
     now = now or utcnow()
-    lock_user_only(session, user_id)  # seat changes of one user run one at a time
-    existing = execute_now(session, _LIVE_LICENSE_OF_CLIENT, {"client_id": client_id}).first()
+    params = {"client_id": client_id, "user_id": user_id, "now": now}
+    # Seat changes of one user run one at a time: the user's row is locked first, unless
+    # the write transaction already excludes every other writer (SQLite).
+    if writers_are_serial(session):
+        read = execute_now(session, _ACTIVATION_READ_WITH_USER, params).one()
+        if read.user is None:
+            raise UserNotFound("No such user.")
+    else:
+        lock_user_only(session, user_id)
+        read = execute_now(session, _ACTIVATION_READ, params).one()
+    existing = read if read.license_id is not None else None
     if existing is not None and existing.expires_at <= now:
         # An expired license no longer holds its client: retire it, then issue a new one.
         set_status(
@@ -136,9 +158,10 @@ def activate(
             raise ClientIdTaken()
         if existing.status == "suspended":
             raise LicenseSuspended()
-        return Activation(LicenseSummary(**existing._mapping), created=False)
+        license_ = LicenseSummary(**{c.key: existing._mapping[c.key] for c in LICENSE_COLUMNS})
+        return Activation(license_, created=False)
 
-    read = execute_now(session, _TERMS_AND_SEATS_TAKEN, {"user_id": user_id, "now": now}).one()
+    # Read before an expired license was retired: it was not among the seats taken.
     terms = read if read.seats is not None else None  # the live subscription's, if any
     if terms is not None and terms.renews_at <= now:
         raise SubscriptionPastDue()  # its license would be expired at birth
