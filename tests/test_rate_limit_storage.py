@@ -360,30 +360,36 @@ def test_two_workers_share_the_counts_of_one_round_trip(database_url, redis_url,
 
 
 def test_a_limited_request_resolves_its_limits_once(app_config, redis_url, monkeypatch):
-    """flask-limiter checks a view's limits in its decorator; its before-request pass over
-    such a view resolves no limit (every limit here is a view's own), so it is not run:
-    one resolution per validation (the plan's is kept per endpoint), the same answers."""
-    from app.http.limits import limiter
+    """flask-limiter resolves a view's limits (and its exemptions) on every request; they
+    change only when a limit or an exemption is registered or a rate's setting changes, so
+    each is resolved once per endpoint and rates: none per validation afterwards, the same
+    answers, and a rate changed in the configuration counts from the next request."""
+    from flask_limiter._manager import LimitManager
 
     app, http, client = _limits_in_redis(app_config, redis_url, **THREE_VALIDATIONS)
     resolved = []
-    real = limiter.limit_manager.resolve_limits
-    monkeypatch.setattr(
-        limiter.limit_manager,
-        "resolve_limits",
-        lambda *a, **k: resolved.append(a[1:]) or real(*a, **k),
-    )
+    for name in ("resolve_limits", "exemption_scope"):
+        real = getattr(LimitManager, name)
+        monkeypatch.setattr(
+            LimitManager,
+            name,
+            lambda *a, _real=real, _name=name, **k: resolved.append(_name) or _real(*a, **k),
+        )
     try:
-        _validations(http, client, 1, [])  # the plan's resolution, kept (counts cleared)
+        _validations(http, client, 1, [])  # resolved for the first time (counts cleared)
         resolved.clear()
         answers, _counts = _validations(http, client, 4, [])
+        assert resolved == []
+        app.config["RATELIMIT_VALIDATE_PER_IP"] = "1/minute"
+        after_change, _counts = _validations(http, client, 2, [])
     finally:
         client.close()
         app.extensions["db"].dispose()
-    assert len(resolved) == 4
     assert [a[0] for a in answers] == [200, 200, 200, 429]
     assert [a[1] for a in answers] == [["3", "2"], ["3", "1"], ["3", "0"], ["3", "0"]]  # address
     assert all(a[2] == (a[0] == 429) for a in answers)  # Retry-After on the 429 only
+    assert [a[:2] for a in after_change] == [(200, ["1", "0"]), (429, ["1", "0"])]
+    assert "resolve_limits" in resolved
 
 
 def test_a_give_back_that_fails_leaves_the_answer_alone(app_config, redis_url, monkeypatch):
