@@ -119,3 +119,39 @@ def test_metrics_add_up_across_gunicorn_workers(database_url, signing_key_file, 
         if ln.startswith('license_activations_total{result="created"}')
     ]
     assert float(created.split()[-1]) == 1.0
+
+
+@pytest.mark.parametrize(
+    "created",
+    [
+        1796155178.5491,  # a millisecond and a fraction
+        1796155178.0,  # a whole second
+        1796155179.9999996,  # rounds up to the next second (as datetime rounds)
+        1796155178.0004999,  # rounds down
+        1796155100.25,  # an earlier second after later ones: not the last second's text
+        86400.001,
+    ],
+)
+def test_json_lines_carry_the_time_as_datetime_writes_it(created):
+    """The JSON formatter writes each line's time itself (the date and time of day once per
+    second, for speed): the same text as `datetime.isoformat` to the millisecond, and every
+    other member as `json.dumps` writes it."""
+    from datetime import UTC, datetime
+
+    formatter = JsonFormatter()
+    formatter.format(logging.LogRecord("x", logging.INFO, "", 0, "warm", (), None))
+    record = logging.LogRecord("app.access", logging.INFO, "", 0, "%s %s", ("GET", 200), None)
+    record.created = created
+    record.fields = {"route": "/healthz", "status": 200, "user_id": None, "odd": object}
+    line = formatter.format(record)
+    assert json.loads(line)["ts"] == datetime.fromtimestamp(created, UTC).isoformat(
+        timespec="milliseconds"
+    )
+    rest = {
+        "level": "info",
+        "logger": "app.access",
+        "message": "GET 200",
+        **record.fields,
+        "odd": str(object),
+    }
+    assert line == json.dumps({"ts": json.loads(line)["ts"], **rest})

@@ -135,14 +135,16 @@ def _limits_in_redis(app_config, redis_url, **limits):
 
 
 def _round_trips(monkeypatch):
-    """The commands the limiter's storage sends to Redis, by request (appended to)."""
-    from app.http.limits import limiter
+    """The commands sent to Redis, by request (appended to): on any connection, the
+    storage's own or one of its pool's."""
+    from redis.connection import AbstractConnection
 
     sent: list[str] = []
-    connection = limiter.storage.get_connection()
-    real = connection.execute_command
+    real = AbstractConnection.send_command
     monkeypatch.setattr(
-        connection, "execute_command", lambda *a, **k: sent.append(a[0]) or real(*a, **k)
+        AbstractConnection,
+        "send_command",
+        lambda self, *a, **k: sent.append(a[0]) or real(self, *a, **k),
     )
     return sent
 
@@ -360,30 +362,36 @@ def test_two_workers_share_the_counts_of_one_round_trip(database_url, redis_url,
 
 
 def test_a_limited_request_resolves_its_limits_once(app_config, redis_url, monkeypatch):
-    """flask-limiter checks a view's limits in its decorator; its before-request pass over
-    such a view resolves no limit (every limit here is a view's own), so it is not run:
-    one resolution per validation (the plan's is kept per endpoint), the same answers."""
-    from app.http.limits import limiter
+    """flask-limiter resolves a view's limits (and its exemptions) on every request; they
+    change only when a limit or an exemption is registered or a rate's setting changes, so
+    each is resolved once per endpoint and rates: none per validation afterwards, the same
+    answers, and a rate changed in the configuration counts from the next request."""
+    from flask_limiter._manager import LimitManager
 
     app, http, client = _limits_in_redis(app_config, redis_url, **THREE_VALIDATIONS)
     resolved = []
-    real = limiter.limit_manager.resolve_limits
-    monkeypatch.setattr(
-        limiter.limit_manager,
-        "resolve_limits",
-        lambda *a, **k: resolved.append(a[1:]) or real(*a, **k),
-    )
+    for name in ("resolve_limits", "exemption_scope"):
+        real = getattr(LimitManager, name)
+        monkeypatch.setattr(
+            LimitManager,
+            name,
+            lambda *a, _real=real, _name=name, **k: resolved.append(_name) or _real(*a, **k),
+        )
     try:
-        _validations(http, client, 1, [])  # the plan's resolution, kept (counts cleared)
+        _validations(http, client, 1, [])  # resolved for the first time (counts cleared)
         resolved.clear()
         answers, _counts = _validations(http, client, 4, [])
+        assert resolved == []
+        app.config["RATELIMIT_VALIDATE_PER_IP"] = "1/minute"
+        after_change, _counts = _validations(http, client, 2, [])
     finally:
         client.close()
         app.extensions["db"].dispose()
-    assert len(resolved) == 4
     assert [a[0] for a in answers] == [200, 200, 200, 429]
     assert [a[1] for a in answers] == [["3", "2"], ["3", "1"], ["3", "0"], ["3", "0"]]  # address
     assert all(a[2] == (a[0] == 429) for a in answers)  # Retry-After on the 429 only
+    assert [a[:2] for a in after_change] == [(200, ["1", "0"]), (429, ["1", "0"])]
+    assert "resolve_limits" in resolved
 
 
 def test_a_give_back_that_fails_leaves_the_answer_alone(app_config, redis_url, monkeypatch):
@@ -433,3 +441,40 @@ def test_the_headers_describe_the_limit_they_say(app_config, redis_url):
     assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["4", "3", "2", "1", "0", "0"]
     text = described["X-RateLimit-Limit"]["description"]
     assert "the limit that refused the request" in text and "first" in text
+
+
+def test_the_hits_go_over_the_storages_own_connection(app_config, redis_url, monkeypatch):
+    """A request's hits are sent on the connection the storage holds, not one taken from
+    redis-py's pool for each (its per-command cost); the answers are the
+    same. A connection Redis closed is replaced, and a script Redis no longer knows is
+    loaded again, without a failed answer or a count lost or doubled."""
+    from app.http.limits import limiter
+
+    app, http, client = _limits_in_redis(app_config, redis_url, **THREE_VALIDATIONS)
+    storage = limiter.storage
+    pool = storage.get_connection().connection_pool
+    taken = []
+    real_get = pool.get_connection
+    monkeypatch.setattr(pool, "get_connection", lambda *a, **k: taken.append(1) or real_get())
+    sent = _round_trips(monkeypatch)
+    try:
+        _validations(http, client, 1, sent)  # connected, scripts loaded (counts cleared)
+        taken.clear()
+        answers, counts = _validations(http, client, 2, sent)
+        assert taken == []
+        held = storage._held[1]
+        held.send_command("CLIENT", "ID")
+        client.client_kill_filter(_id=held.read_response())  # as a Redis restart would
+        storage.lua_hits.sha = "0" * 40  # as a script flush would
+        after, after_counts = _validations(http, client, 2, sent)
+    finally:
+        client.close()
+        app.extensions["db"].dispose()
+    assert [a[:2] for a in answers] == [(200, ["3", "2"]), (200, ["3", "1"])]
+    assert [a[3] for a in answers] == [["EVALSHA"]] * 2
+    assert [a[:2] for a in after] == [(200, ["3", "2"]), (200, ["3", "1"])]
+    # refused on the closed connection, then (a new one's handshake aside) unknown, loaded, run
+    scripts = [c for c in after[0][3] if c in ("EVALSHA", "SCRIPT")]
+    assert scripts == ["EVALSHA", "EVALSHA", "SCRIPT", "EVALSHA"]
+    assert after[1][3] == ["EVALSHA"]
+    assert sorted(counts.values()) == sorted(after_counts.values()) == [2, 2]

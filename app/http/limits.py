@@ -2,11 +2,12 @@
 
 flask-limiter is used through its public API: `Limiter.limit` decorates the views that
 have limits, and the request hooks `Limiter.init_app` registers run only for those views
-(`RouteLimiter`). Storage is chosen in `init_app`: Redis when REDIS_URL is set (shared by
-every worker and host; `redis_limits.CountedRedisStorage`, one round trip for all the
-limits of a request, planned from the limiter's `limit_manager`), memory otherwise
-(`lazymemory://`, `CounterStorage`); if Redis fails mid-run the limiter falls back to
-memory.
+(`RouteLimiter`); one piece of its internals is replaced: the `LimitManager` that resolves
+a request's limits keeps what it resolved (`ResolvedOnce`). Storage is chosen in
+`init_app`: Redis when REDIS_URL is set (shared by every worker and host;
+`redis_limits.CountedRedisStorage`, one round trip for all the limits of a request,
+planned from the limiter's `limit_manager`), memory otherwise (`lazymemory://`,
+`CounterStorage`); if Redis fails mid-run the limiter falls back to memory.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import flask
 from flask import current_app, has_request_context, request
 from flask_limiter import Limiter
+from flask_limiter._manager import LimitManager
 from flask_limiter.util import get_qualified_name, get_remote_address
 from limits.storage import Storage
 from werkzeug.exceptions import HTTPException
@@ -31,6 +33,76 @@ from werkzeug.exceptions import HTTPException
 from app.http.redis_limits import CountedRedisStorage, PlannedHit
 
 log = logging.getLogger(__name__)
+
+
+class ResolvedOnce(LimitManager):
+    """flask-limiter's `LimitManager` with each resolution kept.
+
+    The limiter asks it on every limited request which limits apply (`resolve_limits`) and
+    which are exempt (`exemption_scope`); the answer depends only on what is registered
+    (limits, exemptions, endpoint hints: every change goes through a method here and forgets
+    what was kept) and on the rates their settings hold now, which are part of the key: a
+    rate changed in the configuration counts from the next request. Resolving (each rate
+    string parsed again, each exemption looked up) was ~5 % of a validation's CPU.
+    Application, default and blueprint limits are resolved afresh every time (the service
+    has none; their rates are not in the key)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._known: dict[tuple[Any, ...], Any] = {}
+
+    def forget(self) -> None:
+        self._known.clear()
+
+    def set_application_limits(self, *args: Any, **kwargs: Any) -> None:
+        self.forget()
+        super().set_application_limits(*args, **kwargs)
+
+    def set_default_limits(self, *args: Any, **kwargs: Any) -> None:
+        self.forget()
+        super().set_default_limits(*args, **kwargs)
+
+    def add_decorated_limit(self, *args: Any, **kwargs: Any) -> None:
+        self.forget()
+        super().add_decorated_limit(*args, **kwargs)
+
+    def add_blueprint_limit(self, *args: Any, **kwargs: Any) -> None:
+        self.forget()
+        super().add_blueprint_limit(*args, **kwargs)
+
+    def add_route_exemption(self, *args: Any, **kwargs: Any) -> None:
+        self.forget()
+        super().add_route_exemption(*args, **kwargs)
+
+    def add_blueprint_exemption(self, *args: Any, **kwargs: Any) -> None:
+        self.forget()
+        super().add_blueprint_exemption(*args, **kwargs)
+
+    def add_endpoint_hint(self, endpoint: str, name: str) -> None:
+        if name not in self._endpoint_hints.get(endpoint, ()):  # a request adds it again
+            self.forget()
+        super().add_endpoint_hint(endpoint, name)
+
+    def resolve_limits(self, app: flask.Flask, *args: Any, **kwargs: Any) -> Any:
+        if self._application_limits or self._default_limits or self._blueprint_limits:
+            return super().resolve_limits(app, *args, **kwargs)
+        rates = tuple(
+            group.limit_provider() if callable(group.limit_provider) else group.limit_provider
+            for groups in self._decorated_limits.values()
+            for group in groups
+        )
+        key = ("limits", app, rates, *args, *sorted(kwargs.items()))
+        known = self._known.get(key)
+        if known is None:
+            known = self._known[key] = super().resolve_limits(app, *args, **kwargs)
+        return tuple(list(limits) for limits in known)  # lists of the caller's own
+
+    def exemption_scope(self, app: flask.Flask, endpoint: str | None, blueprint: str | None) -> Any:
+        key = ("exemption", app, endpoint, blueprint)
+        known = self._known.get(key)
+        if known is None:
+            known = self._known[key] = super().exemption_scope(app, endpoint, blueprint)
+        return known
 
 
 class RouteLimiter(Limiter):
@@ -48,6 +120,15 @@ class RouteLimiter(Limiter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        manager = self.limit_manager  # as Limiter made it: its registrations so far kept
+        self.limit_manager = ResolvedOnce(
+            application_limits=manager._application_limits,
+            default_limits=manager._default_limits,
+            decorated_limits=manager._decorated_limits,
+            blueprint_limits=manager._blueprint_limits,
+            route_exemptions=manager._route_exemptions,
+            blueprint_exemptions=manager._blueprint_exemptions,
+        )
         self._limited_views: set[Callable[..., Any]] = set()
         # Each decorated view's rates (flask-limiter's `limit_provider`s), by qualified name.
         self._rates: dict[str, list[Any]] = {}
@@ -78,6 +159,7 @@ class RouteLimiter(Limiter):
             "teardown": app.teardown_request_funcs,
         }
         known = {kind: list(funcs.get(None, ())) for kind, funcs in hooks.items()}
+        self.limit_manager.forget()  # what another app's requests resolved
         for hook in after_hooks:
             app.after_request(hook)
         super().init_app(app)
