@@ -43,6 +43,33 @@ RUN_ID = uuid.uuid4().hex[:8]
 WORKERS = (os.cpu_count() or 1) * 2 + 1  # deploy/gunicorn.conf.py's default
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def busy_seconds(stat: str, ticks: int = TICKS) -> float:
+    """CPU time the whole machine has spent running processes since boot, from /proc/stat's
+    first line: user + nice + system + steal (a hypervisor's other guests). Idle and I/O
+    wait are not busy; interrupt time is left out as mostly the run's own loopback traffic,
+    which the kernel charges to no process."""
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = stat.split()[1:9]
+    return (int(user) + int(nice) + int(system) + int(steal)) / ticks
+
+
+def machine_cpu() -> dict[str, float]:
+    """CPU seconds so far: the machine's busy time, and the PostgreSQL server's processes'
+    (every process named postgres: on PostgreSQL they serve the run's own queries)."""
+    database = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            comm, _, rest = Path(entry.path, "stat").read_text().partition(") ")
+            if comm.endswith("(postgres"):
+                fields = rest.split()
+                database += int(fields[11]) + int(fields[12])  # utime, stime
+    return {"busy": busy_seconds(Path("/proc/stat").read_text()), "postgres": database / TICKS}
+
+
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -220,7 +247,7 @@ class Server:
             with contextlib.suppress(OSError, IndexError, ValueError):
                 fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
                 total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
-        return total / os.sysconf("SC_CLK_TCK")
+        return total / TICKS
 
     def rss_mib(self) -> dict[int, float]:
         out = {}
