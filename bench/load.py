@@ -101,15 +101,21 @@ def others_cores(
     }
 
 
-def drain(server: Server) -> None:
+def drain(server: Server, timeout: float = 30.0) -> None:
     """Wait until the server has answered what wrk left behind. wrk stops reading when its
     time is up, but the requests waiting in the listen backlog (up to the connections
     beyond the workers) are still served, one after the other: the next run would start
-    behind them (64 queued orders kept the next 6 s run from completing any request)."""
+    behind them (64 queued orders kept the next 6 s run from completing any request).
+    A request sent now is answered after the backlog; the other workers may still be busy
+    with its last requests then (after logins at 16 connections, all 5 for ~0.2 s), so
+    the wait ends when every worker is back waiting for connections."""
     import contextlib
 
     with contextlib.suppress(OSError):  # a timeout too: the run after it shows the rest
         request(server.url + "/healthz", "GET", None, None)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not all(map(server.worker_idle, server.workers())):
+        time.sleep(0.005)
 
 
 def measure(

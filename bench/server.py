@@ -194,6 +194,9 @@ class Server:
         self.url = ""
         self.proc: subprocess.Popen[bytes] | None = None
         self._stack = contextlib.ExitStack()
+        # The system call a booted worker waits for connections in (select or pselect6,
+        # by number as /proc/PID/syscall shows it): what worker_idle() compares with.
+        self._idle_syscalls: set[str] = set()
 
     def start(self) -> Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,11 +225,22 @@ class Server:
                 raise RuntimeError(f"server {self.name}: workers not ready; see {self.log_path}")
             for pid in self.workers():
                 with contextlib.suppress(OSError):
+                    syscall = _syscall(pid)
                     wchan = Path(f"/proc/{pid}/wchan").read_text()
-                    if "poll" in wchan or "select" in wchan:
+                    if ("poll" in wchan or "select" in wchan) and syscall == _syscall(pid):
                         ready.add(pid)
+                        self._idle_syscalls.add(syscall)
             time.sleep(0.05)
         return self
+
+    def worker_idle(self, pid: int) -> bool:
+        """The worker waits for a connection (in the call it waited in when it booted), not
+        in a request (running, or waiting for the database, Redis or a lock). Unknown (no
+        access to /proc/PID/syscall, worker gone): idle."""
+        try:
+            return _syscall(pid) in self._idle_syscalls
+        except OSError:
+            return True
 
     def stop(self) -> None:
         self._stack.close()
@@ -282,6 +296,11 @@ class Server:
             "status_5xx": len(re.findall(r'"status": 5\d\d', text)),
             "worker_timeouts": text.count("WORKER TIMEOUT"),
         }
+
+
+def _syscall(pid: int) -> str:
+    """The system call a process is blocked in, by number ("running" when it runs)."""
+    return Path(f"/proc/{pid}/syscall").read_text().split(" ", 1)[0].strip()
 
 
 def start_all(servers: list[Server]) -> list[Server]:
