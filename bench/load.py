@@ -83,8 +83,8 @@ def _children_cpu() -> float:
 
 
 def others_cores(
-    before: dict[str, float],
-    after: dict[str, float],
+    before: dict[str, Any],
+    after: dict[str, Any],
     server_cpu: float,
     wrk_cpu: float,
     elapsed: float,
@@ -93,7 +93,9 @@ def others_cores(
     and by every other process but the server under test and wrk: another session's test
     suite, say. On 2 cores one such process takes half of what the server could have had
     (issue 17: the service's throughput halved between rounds, its CPU per request +25 %)."""
-    database = after["postgres"] - before["postgres"]
+    # per process: one that ended during the run takes its whole CPU time out of a sum
+    # (what it used during the run is counted with the others)
+    database = sum(t - before["postgres"].get(pid, 0.0) for pid, t in after["postgres"].items())
     others = after["busy"] - before["busy"] - server_cpu - wrk_cpu - database
     return {
         "others_cores": round(max(0.0, others) / elapsed, 2),

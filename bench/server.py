@@ -55,10 +55,10 @@ def busy_seconds(stat: str, ticks: int = TICKS) -> float:
     return (int(user) + int(nice) + int(system) + int(steal)) / ticks
 
 
-def machine_cpu() -> dict[str, float]:
-    """CPU seconds so far: the machine's busy time, and the PostgreSQL server's processes'
-    (every process named postgres: on PostgreSQL they serve the run's own queries)."""
-    database = 0
+def machine_cpu() -> dict[str, Any]:
+    """CPU seconds so far: the machine's busy time, and each PostgreSQL server process's
+    (every process named postgres, by pid: on PostgreSQL they serve the run's own queries)."""
+    database: dict[int, float] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -66,8 +66,8 @@ def machine_cpu() -> dict[str, float]:
             comm, _, rest = Path(entry.path, "stat").read_text().partition(") ")
             if comm.endswith("(postgres"):
                 fields = rest.split()
-                database += int(fields[11]) + int(fields[12])  # utime, stime
-    return {"busy": busy_seconds(Path("/proc/stat").read_text()), "postgres": database / TICKS}
+                database[int(entry.name)] = (int(fields[11]) + int(fields[12])) / TICKS
+    return {"busy": busy_seconds(Path("/proc/stat").read_text()), "postgres": database}
 
 
 def log(message: str) -> None:

@@ -16,9 +16,10 @@ def test_machine_busy_time_is_what_processes_ran():
 
 
 def test_others_are_the_machine_minus_server_wrk_and_database():
-    before = {"busy": 10.0, "postgres": 1.0}
-    after = {"busy": 16.0, "postgres": 1.5}
-    # 6 s busy over 3 s: 2.5 s server, 0.5 s wrk, 0.5 s database → 2.5 s others
+    before = {"busy": 10.0, "postgres": {7: 1.0, 8: 9.0}}
+    after = {"busy": 16.0, "postgres": {7: 1.25, 9: 0.25}}
+    # 6 s busy over 3 s: 2.5 s server, 0.5 s wrk, 0.5 s database (7 and 9; 8 ended, its
+    # 9 s are not the run's) → 2.5 s others
     assert others_cores(before, after, server_cpu=2.5, wrk_cpu=0.5, elapsed=3.0) == {
         "others_cores": 0.83,
         "database_cores": 0.17,
