@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import resource
 import statistics
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from bench.scenarios import BY_NAME, Scenario, Settings
-from bench.server import BENCH, Server, log, request
+from bench.server import BENCH, Server, log, machine_cpu, request
+
+# A run during which other processes used more than this many cores is reported as disturbed
+# (bench/README.md, "Noise"): its figures say more about the machine than about the server.
+DISTURBED_CORES = 0.25
 
 
 def median(values: Iterable[float]) -> float:
@@ -46,9 +52,12 @@ def wrk(
     ]
     if scenario.idempotency:
         args.append("idempotency")
-    cpu = server.cpu_seconds()
+    cpu, machine, children = server.cpu_seconds(), machine_cpu(), _children_cpu()
+    started = time.monotonic()
     result = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60)
+    elapsed = time.monotonic() - started
     cpu = server.cpu_seconds() - cpu
+    load = others_cores(machine, machine_cpu(), cpu, _children_cpu() - children, elapsed)
     drain(server)
     line = next((x for x in result.stdout.splitlines() if x.startswith("BENCH ")), None)
     if result.returncode != 0 or line is None:
@@ -61,18 +70,54 @@ def wrk(
     # The server's CPU per request: unlike throughput, barely moved by other load on the
     # machine (the test suite of a colleague, say), so it is the steadier comparison.
     out["cpu_us"] = round(cpu / max(1, out["requests"]) * 1e6, 1)
+    # ... but not unmoved: what the rest of the machine used meanwhile says whether a run's
+    # figures are the server's or the machine's.
+    out.update(load)
     return out
 
 
-def drain(server: Server) -> None:
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children (wrk, once it has been waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def others_cores(
+    before: dict[str, Any],
+    after: dict[str, Any],
+    server_cpu: float,
+    wrk_cpu: float,
+    elapsed: float,
+) -> dict[str, float]:
+    """Cores used during a run (`machine_cpu()` before and after it) by the database server
+    and by every other process but the server under test and wrk: another session's test
+    suite, say. On 2 cores one such process takes half of what the server could have had
+    (issue 17: the service's throughput halved between rounds, its CPU per request +25 %)."""
+    # per process: one that ended during the run takes its whole CPU time out of a sum
+    # (what it used during the run is counted with the others)
+    database = sum(t - before["postgres"].get(pid, 0.0) for pid, t in after["postgres"].items())
+    others = after["busy"] - before["busy"] - server_cpu - wrk_cpu - database
+    return {
+        "others_cores": round(max(0.0, others) / elapsed, 2),
+        "database_cores": round(database / elapsed, 2),
+    }
+
+
+def drain(server: Server, timeout: float = 30.0) -> None:
     """Wait until the server has answered what wrk left behind. wrk stops reading when its
     time is up, but the requests waiting in the listen backlog (up to the connections
     beyond the workers) are still served, one after the other: the next run would start
-    behind them (64 queued orders kept the next 6 s run from completing any request)."""
+    behind them (64 queued orders kept the next 6 s run from completing any request).
+    A request sent now is answered after the backlog; the other workers may still be busy
+    with its last requests then (after logins at 16 connections, all 5 for ~0.2 s), so
+    the wait ends when every worker is back waiting for connections."""
     import contextlib
 
     with contextlib.suppress(OSError):  # a timeout too: the run after it shows the rest
         request(server.url + "/healthz", "GET", None, None)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not all(map(server.worker_idle, server.workers())):
+        time.sleep(0.005)
 
 
 def measure(
@@ -136,12 +181,23 @@ def rounds(
             log(
                 f"{label} round {rep + 1}/{settings.reps} {server.name:18s} {name:13s} "
                 f"{run['rps']:8.1f} req/s  p99 {run['p99_ms']:7.1f} ms  "
-                f"errors {run['error_total']}"
+                f"errors {run['error_total']}  others {run['others_cores']:.2f} cores"
             )
         out.append(this)
         if after_round:
             after_round(rep + 1)
     return out
+
+
+def disturbed(runs: list[dict[tuple[str, str], dict[str, Any]]]) -> list[tuple[int, str, float]]:
+    """(round, server/scenario, cores) of each run during which other processes used more
+    than DISTURBED_CORES cores, rounds counted from 1."""
+    return [
+        (i, f"{server}/{scenario}", run["others_cores"])
+        for i, r in enumerate(runs, 1)
+        for (server, scenario), run in r.items()
+        if run.get("others_cores", 0.0) > DISTURBED_CORES
+    ]
 
 
 def ratio_per_round(

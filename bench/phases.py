@@ -15,7 +15,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench.load import Plan, leak_check, median, preflight, ratio_per_round, rounds, summary
+from bench.load import (
+    Plan,
+    disturbed,
+    leak_check,
+    median,
+    preflight,
+    ratio_per_round,
+    rounds,
+    summary,
+)
 from bench.scenarios import HELLO, MINIMAL_VALIDATE, Settings
 from bench.server import (
     BENCH,
@@ -192,6 +201,7 @@ def main_phase(
                 for name in settings.scenarios
             }
         results["main_rounds"] = [{f"{k[0]}/{k[1]}": v for k, v in r.items()} for r in runs]
+        results["disturbed_runs"] = disturbed(runs)
         results["latency"] = latency_rounds(settings, hello, minimal, services, files)
     finally:
         stop_all(servers)

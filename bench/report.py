@@ -7,6 +7,7 @@ import platform
 import subprocess
 from typing import Any
 
+from bench.load import DISTURBED_CORES
 from bench.server import BENCH
 
 # Issue 17's targets: medians of interleaved rounds, all features on.
@@ -138,6 +139,13 @@ def print_main(results: dict[str, Any]) -> None:
             f"  worker RSS MiB (final): {sorted(part['rss_mib'][-1].values())}; "
             f"leak check: {part['leak_check']['verdict']} "
             f"(worst growth {part['leak_check'].get('worst_mib')} MiB)"
+        )
+    if noisy := results.get("disturbed_runs"):
+        print(
+            f"\nmain rounds disturbed (other processes used > {DISTURBED_CORES} core during the "
+            f"run; its ratios compare the machine, not the server): {len(noisy)} of "
+            f"{sum(len(r) for r in results['main_rounds'])} runs: "
+            + ", ".join(f"round {i} {name} {cores:.2f}" for i, name, cores in noisy)
         )
     if latency := results.get("latency"):
         print(f"\nlatency rounds ({latency['connections']} connections, median over rounds):")

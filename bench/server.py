@@ -43,6 +43,33 @@ RUN_ID = uuid.uuid4().hex[:8]
 WORKERS = (os.cpu_count() or 1) * 2 + 1  # deploy/gunicorn.conf.py's default
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def busy_seconds(stat: str, ticks: int = TICKS) -> float:
+    """CPU time the whole machine has spent running processes since boot, from /proc/stat's
+    first line: user + nice + system + steal (a hypervisor's other guests). Idle and I/O
+    wait are not busy; interrupt time is left out as mostly the run's own loopback traffic,
+    which the kernel charges to no process."""
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = stat.split()[1:9]
+    return (int(user) + int(nice) + int(system) + int(steal)) / ticks
+
+
+def machine_cpu() -> dict[str, Any]:
+    """CPU seconds so far: the machine's busy time, and each PostgreSQL server process's
+    (every process named postgres, by pid: on PostgreSQL they serve the run's own queries)."""
+    database: dict[int, float] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            comm, _, rest = Path(entry.path, "stat").read_text().partition(") ")
+            if comm.endswith("(postgres"):
+                fields = rest.split()
+                database[int(entry.name)] = (int(fields[11]) + int(fields[12])) / TICKS
+    return {"busy": busy_seconds(Path("/proc/stat").read_text()), "postgres": database}
+
+
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -167,6 +194,9 @@ class Server:
         self.url = ""
         self.proc: subprocess.Popen[bytes] | None = None
         self._stack = contextlib.ExitStack()
+        # The system call a booted worker waits for connections in (select or pselect6,
+        # by number as /proc/PID/syscall shows it): what worker_idle() compares with.
+        self._idle_syscalls: set[str] = set()
 
     def start(self) -> Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,11 +225,22 @@ class Server:
                 raise RuntimeError(f"server {self.name}: workers not ready; see {self.log_path}")
             for pid in self.workers():
                 with contextlib.suppress(OSError):
+                    syscall = _syscall(pid)
                     wchan = Path(f"/proc/{pid}/wchan").read_text()
-                    if "poll" in wchan or "select" in wchan:
+                    if ("poll" in wchan or "select" in wchan) and syscall == _syscall(pid):
                         ready.add(pid)
+                        self._idle_syscalls.add(syscall)
             time.sleep(0.05)
         return self
+
+    def worker_idle(self, pid: int) -> bool:
+        """The worker waits for a connection (in the call it waited in when it booted), not
+        in a request (running, or waiting for the database, Redis or a lock). Unknown (no
+        access to /proc/PID/syscall, worker gone): idle."""
+        try:
+            return _syscall(pid) in self._idle_syscalls
+        except OSError:
+            return True
 
     def stop(self) -> None:
         self._stack.close()
@@ -220,7 +261,7 @@ class Server:
             with contextlib.suppress(OSError, IndexError, ValueError):
                 fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
                 total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
-        return total / os.sysconf("SC_CLK_TCK")
+        return total / TICKS
 
     def rss_mib(self) -> dict[int, float]:
         out = {}
@@ -255,6 +296,11 @@ class Server:
             "status_5xx": len(re.findall(r'"status": 5\d\d', text)),
             "worker_timeouts": text.count("WORKER TIMEOUT"),
         }
+
+
+def _syscall(pid: int) -> str:
+    """The system call a process is blocked in, by number ("running" when it runs)."""
+    return Path(f"/proc/{pid}/syscall").read_text().split(" ", 1)[0].strip()
 
 
 def start_all(servers: list[Server]) -> list[Server]:

@@ -1,0 +1,58 @@
+"""The benchmark's account of the machine during a run (bench/load.py): what processes other
+than the server under test, wrk and the database used. Issue 17's "later rounds are slower"
+was such load — the service got half the cores it had in round 1 at about the same CPU per
+request — and nothing in the figures said so."""
+
+from bench.load import disturbed, others_cores
+from bench.server import busy_seconds
+
+STAT = "cpu  100 5 50 1000 200 30 70 2 0 0\ncpu0 50 2 25 500 100 15 35 1 0 0\n"
+
+
+def test_machine_busy_time_is_what_processes_ran():
+    """user + nice + system + steal: idle and I/O wait are not busy, and interrupt time is
+    mostly the run's own loopback traffic (not charged to any process)."""
+    assert busy_seconds(STAT, ticks=100) == (100 + 5 + 50 + 2) / 100
+
+
+def test_others_are_the_machine_minus_server_wrk_and_database():
+    before = {"busy": 10.0, "postgres": {7: 1.0, 8: 9.0}}
+    after = {"busy": 16.0, "postgres": {7: 1.25, 9: 0.25}}
+    # 6 s busy over 3 s: 2.5 s server, 0.5 s wrk, 0.5 s database (7 and 9; 8 ended, its
+    # 9 s are not the run's) → 2.5 s others
+    assert others_cores(before, after, server_cpu=2.5, wrk_cpu=0.5, elapsed=3.0) == {
+        "others_cores": 0.83,
+        "database_cores": 0.17,
+    }
+
+
+def test_runs_disturbed_by_other_processes_are_listed():
+    runs = [
+        {("service", "validate"): {"others_cores": 0.1}},
+        {
+            ("service", "validate"): {"others_cores": 0.9},
+            ("hello", "healthz"): {"others_cores": 0.3},
+        },
+    ]
+    assert disturbed(runs) == [(2, "service/validate", 0.9), (2, "hello/healthz", 0.3)]
+
+
+def test_drain_waits_for_every_worker_not_only_the_one_that_answered(monkeypatch):
+    """The healthz request that drains the backlog is answered by one worker while the
+    others still serve the last requests wrk left (after 16 connections of logins: all 5
+    workers busy ~0.2 s more); the next run would pay for them."""
+    from bench import load
+    from bench.server import Server
+
+    server = Server("fake", {})
+    server.url = "http://127.0.0.1:9"
+    states = {1: ["running", "running", "idle"], 2: ["running", "idle"]}
+    monkeypatch.setattr(load, "request", lambda *_args: (200, {"ok": True}))
+    monkeypatch.setattr(Server, "workers", lambda self: [1, 2])
+    monkeypatch.setattr(
+        Server,
+        "worker_idle",
+        lambda self, pid: (states[pid].pop(0) if states[pid] else "idle") == "idle",
+    )
+    load.drain(server)
+    assert states == {1: [], 2: []}
