@@ -18,17 +18,30 @@ import re
 _PART = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def written_canonically(token: str) -> bool:
-    """Three base64url parts, none padded, each the only spelling of its bytes."""
+def canonical_parts(token: str) -> tuple[bytes, bytes, bytes] | None:
+    """The header's, the payload's and the signature's bytes of a token written
+    canonically (three base64url parts, none padded, each the only spelling of its bytes);
+    None for any other string."""
     parts = token.split(".")
-    return len(parts) == 3 and all(_canonical(part) for part in parts)
+    if len(parts) != 3:
+        return None
+    decoded = [_decoded(part) for part in parts]
+    if None in decoded:
+        return None
+    header, payload, signature = decoded
+    return header, payload, signature  # type: ignore[return-value]
 
 
-def _canonical(part: str) -> bool:
+def written_canonically(token: str) -> bool:
+    """Whether `token` is a compact JWS as its signer wrote it (`canonical_parts`)."""
+    return canonical_parts(token) is not None
+
+
+def _decoded(part: str) -> bytes | None:
     if _PART.fullmatch(part) is None:
-        return False
+        return None
     try:
         decoded = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
     except (binascii.Error, ValueError):  # a length no bytes have
-        return False
-    return base64.urlsafe_b64encode(decoded).rstrip(b"=") == part.encode()
+        return None
+    return decoded if base64.urlsafe_b64encode(decoded).rstrip(b"=") == part.encode() else None

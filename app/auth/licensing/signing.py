@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from app.kernel import files
-from app.kernel.jws import written_canonically
+from app.kernel.jws import canonical_parts
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,24 @@ ISSUER = "licensing-platform"
 VERDICT_TYP = "license-verdict+jwt"
 VERDICT_TTL_SECONDS = 300  # a verdict is for the request that asked; apps check it at once
 DEV_KEY_NAME = "license-signing-key.pem"
+# What every license token carries (`sign`); expiry is the license row's business, not the
+# token's, so `exp` is required but not checked.
+REQUIRED_CLAIMS = ("iss", "license_id", "user_id", "client_id", "exp")
 
 
 class SigningKeyError(RuntimeError):
     """A configured signing key cannot be used; the message says which and why."""
+
+
+def _json_object(data: bytes, part: str) -> dict[str, Any]:
+    """A token part's JSON object (jwt.DecodeError for anything else)."""
+    try:
+        value = json.loads(data)
+    except ValueError:  # not UTF-8, not JSON
+        raise jwt.DecodeError(f"Invalid {part}: not JSON") from None
+    if not isinstance(value, dict):
+        raise jwt.DecodeError(f"Invalid {part}: not a JSON object")
+    return value
 
 
 def _b64(data: bytes) -> str:
@@ -213,21 +228,35 @@ class KeySet:
         return dict(zip(*known, strict=True))  # a dict of its own: callers may change it
 
     def _verify(self, token: str) -> dict[str, Any]:
-        if not written_canonically(token):
-            raise jwt.InvalidTokenError("not the token as it was signed")
-        header = jwt.get_unverified_header(token)
-        key = self.by_kid.get(header.get("kid", ""))
-        if key is None or header.get("alg") != ALGORITHM:
+        """The claims of a license token signed by one of our keys, checked as PyJWT's
+        decode would (our algorithm and key, the issuer, the claims a license token must
+        carry), over the parts `canonical_parts` has already decoded: PyJWT would parse the
+        token twice more in Python (its header alone, then all of it, each character
+        checked), about half of a verification's time (issue 17)."""
+        parts = canonical_parts(token)
+        if parts is None:
+            raise jwt.DecodeError("not the token as it was signed")
+        header, payload, signature = parts
+        fields = _json_object(header, "header")
+        kid = fields.get("kid")
+        key = self.by_kid.get(kid) if isinstance(kid, str) else None
+        if key is None or fields.get("alg") != ALGORITHM:
             raise jwt.InvalidTokenError("unknown key or algorithm")
-        if header.get("typ") == VERDICT_TYP:
+        if fields.get("typ") == VERDICT_TYP:
             raise jwt.InvalidTokenError("a validation verdict is not a license token")
-        return jwt.decode(
-            token,
-            key.public,
-            algorithms=[ALGORITHM],
-            issuer=ISSUER,
-            options={"verify_exp": False, "require": ["license_id", "user_id", "client_id", "exp"]},
-        )
+        if "crit" in fields:  # RFC 7515 4.1.11: extensions we never sign with
+            raise jwt.InvalidTokenError("unsupported critical header parameters")
+        try:
+            key.public.verify(signature, token[: token.rindex(".")].encode())
+        except InvalidSignature:
+            raise jwt.InvalidSignatureError("Signature verification failed") from None
+        claims = _json_object(payload, "payload")
+        missing = [name for name in REQUIRED_CLAIMS if name not in claims]
+        if missing:
+            raise jwt.MissingRequiredClaimError(missing[0])
+        if claims.get("iss") != ISSUER:
+            raise jwt.InvalidIssuerError("Invalid issuer")
+        return claims
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         return {"keys": [k.jwk() for k in self.keys]}

@@ -1,0 +1,161 @@
+"""License tokens are verified without PyJWT's decode (signing.KeySet._verify, issue 17):
+every token PyJWT's decode refuses is refused, every one it accepts gives the same claims.
+
+`reference` is the verification as PyJWT did it before (header, then decode with our key,
+algorithm, issuer and required claims): the two are run over well-formed tokens and over
+hostile ones an attacker can write (any header and payload, any signature) or that only
+our key could sign (wrong issuer, missing claims).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt as pyjwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from app.auth.licensing.signing import (
+    ALGORITHM,
+    ISSUER,
+    VERDICT_TYP,
+    KeySet,
+    SigningKey,
+)
+from tests.helpers import respellings, tampered
+
+KEYS = KeySet([SigningKey.from_private(Ed25519PrivateKey.generate())], verified_cache_size=0)
+OTHER = SigningKey.from_private(Ed25519PrivateKey.generate())
+NOW = datetime.now(UTC)
+CLAIMS = {
+    "iss": ISSUER,
+    "sub": "lic_1",
+    "license_id": "lic_1",
+    "user_id": "usr_1",
+    "client_id": "c1",
+    "iat": int(NOW.timestamp()),
+    "exp": int((NOW + timedelta(days=1)).timestamp()),
+    "ver": 1,
+}
+
+
+def reference(token: str) -> dict[str, Any]:
+    """The verification as PyJWT's decode made it."""
+    header = pyjwt.get_unverified_header(token)
+    key = KEYS.by_kid.get(header.get("kid", ""))
+    if key is None or header.get("alg") != ALGORITHM:
+        raise pyjwt.InvalidTokenError("unknown key or algorithm")
+    if header.get("typ") == VERDICT_TYP:
+        raise pyjwt.InvalidTokenError("a verdict")
+    return pyjwt.decode(
+        token,
+        key.public,
+        algorithms=[ALGORITHM],
+        issuer=ISSUER,
+        options={"verify_exp": False, "require": ["license_id", "user_id", "client_id", "exp"]},
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _json(value: Any) -> str:
+    return _b64(json.dumps(value).encode())
+
+
+def _signed(claims: Any, key: SigningKey | None = None, **header: Any) -> str:
+    """A token signed with our key (or `key`), with any payload and header fields."""
+    key = key or KEYS.signing
+    fields = {"alg": ALGORITHM, "typ": "JWT", "kid": key.kid, **header}
+    fields = {name: value for name, value in fields.items() if value is not None}
+    body = json.dumps(claims).encode() if not isinstance(claims, bytes) else claims
+    signing_input = f"{_json(fields)}.{_b64(body)}"
+    return f"{signing_input}.{_b64(key.private.sign(signing_input.encode()))}"
+
+
+GOOD = KEYS.sign(
+    license_id="lic_1",
+    user_id="usr_1",
+    client_id="c1",
+    expires_at=NOW + timedelta(days=1),
+    issued_at=NOW,
+    version=1,
+)
+HEADER, PAYLOAD, SIGNATURE = GOOD.split(".")
+X = KEYS.signing.jwk()["x"]
+
+ACCEPTED = {
+    "as signed": GOOD,
+    "extra claims": _signed({**CLAIMS, "role": "admin", "seats": 10**6}),
+    "no typ": _signed(CLAIMS, typ=None),
+    "issued in the future (another host's clock)": _signed({**CLAIMS, "iat": CLAIMS["iat"] + 3600}),
+}
+REFUSED = {
+    "alg none": f"{_json({'alg': 'none', 'typ': 'JWT'})}.{PAYLOAD}.",
+    "alg none with our kid": f"{_json({'alg': 'none', 'kid': KEYS.signing.kid})}.{PAYLOAD}.",
+    "HS256 keyed with the published x": pyjwt.encode(
+        CLAIMS, X, algorithm="HS256", headers={"kid": KEYS.signing.kid}
+    ),
+    "another key, our kid": _signed(CLAIMS, OTHER, kid=KEYS.signing.kid),
+    "another key, its kid": _signed(CLAIMS, OTHER),
+    "no kid": _signed(CLAIMS, kid=None),
+    "kid a list": _signed(CLAIMS, kid=[KEYS.signing.kid]),
+    "kid a number": _signed(CLAIMS, kid=7),
+    "alg a list": _signed(CLAIMS, alg=[ALGORITHM]),
+    "a verdict's typ": _signed(CLAIMS, typ=VERDICT_TYP),
+    "tampered signature": tampered(GOOD),
+    "tampered payload": f"{HEADER}.{_json({**CLAIMS, 'user_id': 'usr_2'})}.{SIGNATURE}",
+    "signature cut short": f"{HEADER}.{PAYLOAD}.{SIGNATURE[:-4]}",
+    "signature empty": f"{HEADER}.{PAYLOAD}.",
+    "signature of zeros": f"{HEADER}.{PAYLOAD}.{_b64(bytes(64))}",
+    "header not JSON": f"{_b64(b'{not json')}.{PAYLOAD}.{SIGNATURE}",
+    "header not UTF-8": f"{_b64(bytes([0xFF, 0xFE]))}.{PAYLOAD}.{SIGNATURE}",
+    "header a list": f"{_json([ALGORITHM])}.{PAYLOAD}.{SIGNATURE}",
+    "payload a list, signed": _signed([CLAIMS]),
+    "payload not JSON, signed": _signed(b"{not json"),
+    "payload a string, signed": _signed("lic_1"),
+    "wrong issuer, signed": _signed({**CLAIMS, "iss": "someone-else"}),
+    "no issuer, signed": _signed({k: v for k, v in CLAIMS.items() if k != "iss"}),
+    **{
+        f"no {name}, signed": _signed({k: v for k, v in CLAIMS.items() if k != name})
+        for name in ("license_id", "user_id", "client_id", "exp")
+    },
+    "two parts": f"{HEADER}.{PAYLOAD}",
+    "four parts": f"{GOOD}.{SIGNATURE}",
+    "empty": "",
+    **respellings(GOOD),
+}
+
+
+@pytest.mark.parametrize("name", ACCEPTED)
+def test_what_pyjwt_accepted_gives_the_same_claims(name):
+    token = ACCEPTED[name]
+    if name.startswith("issued in the future"):
+        # PyJWT refuses an `iat` ahead of its clock; a license token's time is its license
+        # row's business (its expiry is not checked either), so a token our key signed on
+        # a host whose clock runs ahead is valid as soon as it is issued.
+        with pytest.raises(pyjwt.ImmatureSignatureError):
+            reference(token)
+        assert KEYS._verify(token)["iat"] == CLAIMS["iat"] + 3600
+        return
+    assert KEYS._verify(token) == reference(token)
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_what_pyjwt_refused_is_refused(name):
+    token = REFUSED[name]
+    with pytest.raises(pyjwt.InvalidTokenError):
+        KEYS._verify(token)
+    if name not in respellings(GOOD):  # PyJWT accepts those (the reason they are checked)
+        with pytest.raises(pyjwt.InvalidTokenError):
+            reference(token)
+
+
+def test_critical_header_parameters_are_refused():
+    """RFC 7515's `crit` names extensions the verifier must understand: we sign with none."""
+    with pytest.raises(pyjwt.InvalidTokenError):
+        KEYS._verify(_signed(CLAIMS, crit=["b64"], b64=False))
