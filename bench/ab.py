@@ -15,14 +15,15 @@ from typing import Any
 
 from bench import server
 from bench.load import median, wrk
-from bench.phases import postgres_database, request_files, template
+from bench.phases import limits_storage, postgres_database, request_files, template
 from bench.scenarios import BY_NAME, Settings
 from bench.server import BENCH, ROOT, Server, log
 
 
 def ab_database(settings: Settings, workdir: Path, stack: contextlib.ExitStack) -> dict[str, str]:
     """The service's environment on a seeded database both sides share: a copy of the
-    SQLite template, or a throwaway PostgreSQL database (dropped afterwards)."""
+    SQLite template, or a throwaway PostgreSQL database (dropped afterwards); rate limits
+    in Redis when it answers, as in the main phase (`--memory-limits`: in memory)."""
     if settings.ab_backend == "postgres":
         env = server.service_env(stack.enter_context(postgres_database()), workdir)
         server.migrate(env)
@@ -32,6 +33,7 @@ def ab_database(settings: Settings, workdir: Path, stack: contextlib.ExitStack) 
         db = workdir / "ab.db"
         shutil.copyfile(template(settings.small_users, settings.small_audit), db)
         env = server.service_env(f"sqlite:///{db}", workdir)
+    env |= limits_storage(settings)
     server.python("-m", "bench.seed", "accounts", env=env)
     return env
 
