@@ -98,9 +98,6 @@ ACCEPTED = {
     "as signed": GOOD,
     "extra claims": _signed({**CLAIMS, "role": "admin", "seats": 10**6}),
     "no typ": _signed(CLAIMS, typ=None),
-    "issued in the future (another host's clock)": _signed(
-        {**CLAIMS, "iat": int(time.time()) + 3600}
-    ),
 }
 REFUSED = {
     "alg none": f"{_json({'alg': 'none', 'typ': 'JWT'})}.{PAYLOAD}.",
@@ -132,6 +129,17 @@ REFUSED = {
         f"no {name}, signed": _signed({k: v for k, v in CLAIMS.items() if k != name})
         for name in ("license_id", "user_id", "client_id", "exp")
     },
+    "issued in the future, signed": _signed({**CLAIMS, "iat": int(time.time()) + 3600}),
+    "iat not a number, signed": _signed({**CLAIMS, "iat": "yesterday"}),
+    "not before in the future, signed": _signed({**CLAIMS, "nbf": int(time.time()) + 3600}),
+    "not before not a number, signed": _signed({**CLAIMS, "nbf": "tomorrow"}),
+    "an audience, signed": _signed({**CLAIMS, "aud": "another-service"}),
+    "sub not a string, signed": _signed({**CLAIMS, "sub": 7}),
+    "jti not a string, signed": _signed({**CLAIMS, "jti": ["a"]}),
+    "issuer not a string, signed": _signed({**CLAIMS, "iss": [ISSUER]}),
+    "unencoded payload (b64 false), signed": _signed(CLAIMS, b64=False),
+    "header nested 2,000 deep": f"{_b64(b'[' * 2000 + b']' * 2000)}.{PAYLOAD}.{SIGNATURE}",
+    "payload nested 2,000 deep, signed": _signed(b"[" * 2000 + b"]" * 2000),
     "two parts": f"{HEADER}.{PAYLOAD}",
     "four parts": f"{GOOD}.{SIGNATURE}",
     "empty": "",
@@ -142,14 +150,6 @@ REFUSED = {
 @pytest.mark.parametrize("name", ACCEPTED)
 def test_what_pyjwt_accepted_gives_the_same_claims(name):
     token = ACCEPTED[name]
-    if name.startswith("issued in the future"):
-        # PyJWT refuses an `iat` ahead of its clock; a license token's time is its license
-        # row's business (its expiry is not checked either), so a token our key signed on
-        # a host whose clock runs ahead is valid as soon as it is issued.
-        with pytest.raises(pyjwt.ImmatureSignatureError):
-            reference(token)
-        assert KEYS._verify(token)["iat"] > time.time()
-        return
     assert KEYS._verify(token) == reference(token)
 
 

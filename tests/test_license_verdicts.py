@@ -3,6 +3,7 @@ nonce) and deactivation with the license token alone. On SQLite and PostgreSQL."
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime, timedelta
 
 import jwt as pyjwt
@@ -102,6 +103,18 @@ def test_a_license_token_is_valid_only_as_it_was_written(client):
             "/api/v1/licenses/deactivate", json={"token": spelling, "client_id": "box-1"}
         )
         assert_problem(refused, 404, "license_not_found")
+
+
+def test_a_token_header_nested_deep_is_an_invalid_token_not_an_error(client):
+    """A header is read before any signature is checked: JSON nested deeper than Python's
+    recursion limit, written by anyone, is an INVALID_TOKEN verdict and the same 404."""
+    header = base64.urlsafe_b64encode(b"[" * 1400 + b"]" * 1400).rstrip(b"=").decode()
+    token = f"{header}.e30.AA"
+    assert len(token) <= 4096  # within the body's limit: the verifier sees it
+    answer = client.post("/api/v1/licenses/validate", json={"token": token})
+    assert (answer.status_code, answer.get_json()["code"]) == (200, "INVALID_TOKEN")
+    refused = client.post("/api/v1/licenses/deactivate", json={"token": token, "client_id": "x"})
+    assert_problem(refused, 404, "license_not_found")
 
 
 def test_the_openapi_document_describes_nonce_and_verdict(client):

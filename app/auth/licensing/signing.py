@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -50,11 +51,37 @@ def _json_object(data: bytes, part: str) -> dict[str, Any]:
     """A token part's JSON object (jwt.DecodeError for anything else)."""
     try:
         value = json.loads(data)
-    except ValueError:  # not UTF-8, not JSON
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, nested beyond the stack
         raise jwt.DecodeError(f"Invalid {part}: not JSON") from None
     if not isinstance(value, dict):
         raise jwt.DecodeError(f"Invalid {part}: not a JSON object")
     return value
+
+
+def _checked_claims(claims: dict[str, Any]) -> dict[str, Any]:
+    """A license token's claims, checked as PyJWT's decode checks them with our options
+    (issuer, required claims, expiry not verified, no leeway): raises jwt.InvalidTokenError
+    where it would."""
+    missing = [name for name in REQUIRED_CLAIMS if name not in claims]
+    if missing:
+        raise jwt.MissingRequiredClaimError(missing[0])
+    if claims["iss"] != ISSUER:
+        raise jwt.InvalidIssuerError("Invalid issuer")
+    if "aud" in claims:  # no audience is expected: a token for one is not ours
+        raise jwt.InvalidAudienceError("Invalid audience")
+    for name in ("sub", "jti"):
+        if name in claims and not isinstance(claims[name], str):
+            raise jwt.InvalidTokenError(f"{name} must be a string")
+    now = time.time()
+    for name in ("iat", "nbf"):  # numbers, and not ahead of this host's clock
+        if name in claims:
+            try:
+                moment = int(claims[name])
+            except (TypeError, ValueError, OverflowError):
+                raise jwt.DecodeError(f"{name} must be a number") from None
+            if moment > now:
+                raise jwt.ImmatureSignatureError(f"The token is not yet valid ({name})")
+    return claims
 
 
 def _b64(data: bytes) -> str:
@@ -244,19 +271,14 @@ class KeySet:
             raise jwt.InvalidTokenError("unknown key or algorithm")
         if fields.get("typ") == VERDICT_TYP:
             raise jwt.InvalidTokenError("a validation verdict is not a license token")
-        if "crit" in fields:  # RFC 7515 4.1.11: extensions we never sign with
-            raise jwt.InvalidTokenError("unsupported critical header parameters")
+        if "crit" in fields or fields.get("b64", True) is not True:
+            # RFC 7515's critical extensions, RFC 7797's unencoded payload: never ours
+            raise jwt.InvalidTokenError("unsupported header parameters")
         try:
             key.public.verify(signature, token[: token.rindex(".")].encode())
         except InvalidSignature:
             raise jwt.InvalidSignatureError("Signature verification failed") from None
-        claims = _json_object(payload, "payload")
-        missing = [name for name in REQUIRED_CLAIMS if name not in claims]
-        if missing:
-            raise jwt.MissingRequiredClaimError(missing[0])
-        if claims.get("iss") != ISSUER:
-            raise jwt.InvalidIssuerError("Invalid issuer")
-        return claims
+        return _checked_claims(_json_object(payload, "payload"))
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         return {"keys": [k.jwk() for k in self.keys]}
