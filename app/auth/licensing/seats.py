@@ -1,7 +1,9 @@
 """Seats: how many licenses a user may hold at once, and how many they hold.
 
 The free plan has FREE_SEATS; a paid plan has its live subscription's seats. Seat changes of
-one user run one at a time: each takes the user's row lock (`lock_user`) before counting.
+one user run one at a time: each takes the user's row lock (`lock_user`) before counting —
+except activation on SQLite, whose write transaction already excludes every other writer
+(`writers_are_serial`): there the lock statement would only read the row.
 """
 
 from __future__ import annotations
