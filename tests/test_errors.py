@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 import pytest
 from pydantic import BaseModel, Field
+from werkzeug.test import EnvironBuilder
 
 from app import create_app
 from app.kernel.errors import Conflict
@@ -98,6 +102,37 @@ def test_oversized_body_is_a_413_problem(client):
         "/_test/widgets", data=b"x" * (1024 * 1024 + 1), content_type="application/json"
     )
     assert_problem(response, 413, "payload_too_large")
+
+
+def _streamed(client, body: bytes) -> tuple[int, dict]:
+    """POST `body` as gunicorn hands on a chunked request — no Content-Length, the stream
+    ended by the server (`wsgi.input_terminated`) — to the WSGI app itself (the test
+    client would give the app an empty body instead): the status and the JSON answer."""
+    environ = EnvironBuilder(
+        path="/_test/widgets",
+        method="POST",
+        input_stream=io.BytesIO(body),
+        content_type="application/json",
+        headers={"Transfer-Encoding": "chunked"},
+    ).get_environ()
+    del environ["CONTENT_LENGTH"]  # the builder counts the stream; a chunked request has none
+    environ["wsgi.input_terminated"] = True
+    status: list[str] = []
+    answer = b"".join(client.application(environ, lambda s, _h, _e=None: status.append(s)))
+    return int(status[0].split()[0]), json.loads(answer)
+
+
+def test_a_streamed_body_over_the_limit_is_a_413_problem_not_its_first_megabyte(client):
+    """A chunked body is counted as it is read: one over the limit is refused whole, not cut
+    at the limit and its first MiB parsed as if it were the body (valid JSON followed by
+    anything was accepted; invalid, a misleading 400)."""
+    limit = 1024 * 1024
+    valid = b'{"name": "w", "count": 2}'
+    for body in (valid + b" " * limit, valid[:-1] + b', "x": "' + b"a" * limit + b'"}'):
+        status, answer = _streamed(client, body)
+        assert (status, answer["code"]) == (413, "payload_too_large")
+    assert _streamed(client, valid) == (201, {"name": "w"})
+    assert _streamed(client, valid + b" " * (limit - len(valid))) == (201, {"name": "w"})
 
 
 def test_unexpected_errors_are_500_without_details(client, caplog):

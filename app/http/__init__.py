@@ -17,7 +17,9 @@ from typing import Any
 from flask import Request, request
 from flask.json.provider import DefaultJSONProvider
 from flask.sessions import NullSession, SessionInterface
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.wsgi import LimitedStream
 
 from app.kernel.errors import MalformedJSON, ProblemError
 
@@ -60,6 +62,21 @@ class ApiRequest(Request):
                 code="unsupported_media_type",
             )
         return super().get_json(force=False, silent=silent, cache=cache)
+
+    def get_data(self, *args: Any, **kwargs: Any) -> Any:
+        """The body, refused with 413 when it is over `max_content_length` also when it was
+        streamed (chunked, no Content-Length): werkzeug stops reading such a body at the
+        limit and hands on what it read as if it were all of it."""
+        data = super().get_data(*args, **kwargs)
+        stream = self.stream  # streamed: read up to the limit at most (LimitedStream)
+        if (
+            self.content_length is None
+            and isinstance(stream, LimitedStream)
+            and stream.is_exhausted
+            and self.environ["wsgi.input"].read(1)  # a byte beyond the limit
+        ):
+            raise RequestEntityTooLarge()
+        return data
 
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
         raise MalformedJSON("The request body is not valid JSON.")
