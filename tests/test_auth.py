@@ -310,6 +310,17 @@ def test_bad_tokens_are_401_problems(app, client):
     )
 
 
+def test_the_bearer_scheme_is_case_insensitive(client):
+    """RFC 9110 11.1: an authentication scheme's name is case-insensitive (some clients send
+    `bearer`); the token itself is not."""
+    access = sign_up(client).access
+    for scheme in ("Bearer", "bearer", "BEARER", "bEaReR"):
+        response = client.get("/api/v1/auth/me", headers={"Authorization": f"{scheme} {access}"})
+        assert response.status_code == 200, scheme
+    swapped = access.swapcase()
+    assert client.get("/api/v1/auth/me", headers=bearer(swapped)).status_code == 401
+
+
 def test_a_token_is_accepted_only_as_it_was_written(client):
     """The same signed bytes spelled otherwise (padding, the unused bits of the last
     character, characters outside base64url) are not the token that was issued: refused,

@@ -36,7 +36,7 @@ from typing import Any
 import flask_jwt_extended
 import flask_jwt_extended.view_decorators
 import jwt as pyjwt
-from flask import current_app, g, has_request_context
+from flask import current_app, g, has_request_context, request
 from flask_jwt_extended import JWTManager
 from flask_jwt_extended.config import config
 from flask_jwt_extended.default_callbacks import default_decode_key_callback as _DEFAULT_KEY
@@ -142,6 +142,7 @@ def verify_jwt_in_request(
         (done, revocation_checked), result = last
         if done == asked and (revocation_checked or skip_revocation_check):
             return result
+    _scheme_as_configured(request.environ)
     result = flask_jwt_extended.verify_jwt_in_request(
         optional=optional,
         fresh=fresh,
@@ -152,6 +153,18 @@ def verify_jwt_in_request(
     )
     setattr(g, _VERIFIED, ((asked, not skip_revocation_check), result))
     return result
+
+
+def _scheme_as_configured(environ: dict[str, Any]) -> None:
+    """The Authorization header's scheme spelled as flask-jwt-extended compares it
+    (`Bearer`, case-sensitively): RFC 9110 makes a scheme's name case-insensitive, and some
+    clients send `bearer`."""
+    header = environ.get("HTTP_AUTHORIZATION")
+    scheme = config.header_type
+    if header and scheme and not header.startswith(scheme):
+        given, space, rest = header.partition(" ")
+        if space and given.lower() == scheme.lower():
+            environ["HTTP_AUTHORIZATION"] = f"{scheme} {rest}"
 
 
 def jwt_required(**arguments: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
