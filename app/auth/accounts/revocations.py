@@ -20,8 +20,10 @@ from app.kernel.db import UtcDateTime, read_first, utcnow
 # Every authenticated request asks: one statement built once, read in one round trip on
 # PostgreSQL (`read_first`: autocommit, outside the request's transaction).
 # A token is revoked when its jti or family is listed, or when its user changed their
-# password after it was issued (the user's marker, kind "user"; `issued_at` to the
-# millisecond, as the marker's `revoked_at` is written). Two fixed parameters rather than
+# password since it was issued (the user's marker, kind "user"; `issued_at` to the
+# millisecond, as the marker's `revoked_at` is written; issued in the marker's very
+# millisecond counts as before it: `change_password`'s own pair is issued a millisecond
+# after its marker). Two fixed parameters rather than
 # an expanding list: the compiled SQL is used as it is, not rewritten on every execution
 # (a token without a family passes NULL, which matches nothing).
 _REVOKED = (
@@ -33,7 +35,7 @@ _REVOKED = (
             ),
             and_(
                 TokenRevocation.key == bindparam("marker", type_=String()),
-                TokenRevocation.revoked_at > bindparam("issued_at", type_=UtcDateTime()),
+                TokenRevocation.revoked_at >= bindparam("issued_at", type_=UtcDateTime()),
             ),
         )
     )
@@ -66,9 +68,9 @@ def is_revoked(
 
 
 def issued_before_password_change(session: Session, user_id: str, issued_ms: int) -> bool:
-    """True when the user changed their password after this token was issued."""
-    marker = session.get(TokenRevocation, USER_MARKER + user_id)
-    return marker is not None and issued_ms < issued_ms_at(marker.revoked_at)
+    """True when the user changed their password since this token was issued."""
+    marker = session.get(TokenRevocation, USER_MARKER + user_id, populate_existing=True)
+    return marker is not None and issued_ms <= issued_ms_at(marker.revoked_at)
 
 
 def issued_ms_at(moment: datetime) -> int:
@@ -79,7 +81,7 @@ def issued_ms_at(moment: datetime) -> int:
 def revoke_everything_before(
     session: Session, user_id: str, now: datetime, *, reason: str, expires_at: datetime
 ) -> None:
-    """Every access and refresh token of the user issued before `now` stops counting
+    """Every access and refresh token of the user issued until `now` stops counting
     (kept until `expires_at`, when the last of them would have expired anyway)."""
     key = USER_MARKER + user_id
     now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # tokens say `ims`
@@ -123,6 +125,10 @@ def _revoke(
 class RefreshOutcome:
     user: User | None
     reuse_detected: bool = False
+    password_changed: bool = False
+    # When the new pair is issued: read under the user's lock, so a password change that
+    # commits after this transaction has a later marker (and revokes the pair).
+    issued_at: datetime | None = None
 
 
 def rotate_refresh(
@@ -131,6 +137,7 @@ def rotate_refresh(
     jti: str,
     family: str,
     user_id: str,
+    issued_ms: int,
     expires_at: datetime,
     family_expires_at: datetime,
     ip: str | None,
@@ -139,8 +146,15 @@ def rotate_refresh(
 
     A token may be spent once. Presenting a spent one again — a replay, or two racing
     uses of one token — revokes its whole family: whoever holds a copy is locked out, and
-    the rightful owner logs in again.
+    the rightful owner logs in again. The user's row is locked first, as a password change
+    locks it: a change that committed before is seen (its tokens refused), and one that
+    commits after marks a later moment than the new pair's `issued_at`.
     """
+    user = session.get(User, user_id, with_for_update=True, populate_existing=True)
+    if user is None:
+        return RefreshOutcome(None)
+    if issued_before_password_change(session, user_id, issued_ms):
+        return RefreshOutcome(None, password_changed=True)
     if session.get(TokenRevocation, family) is not None:
         return RefreshOutcome(None)
     if not _revoke(session, jti, "token", user_id, "rotated", expires_at):
@@ -154,8 +168,7 @@ def rotate_refresh(
                 ip_address=ip,
             )
         return RefreshOutcome(None, reuse_detected=True)
-    user = session.get(User, user_id)
-    return RefreshOutcome(user)
+    return RefreshOutcome(user, issued_at=utcnow())
 
 
 def logout(

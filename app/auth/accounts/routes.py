@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from flask import current_app
@@ -19,7 +20,6 @@ from app.auth.accounts.schemas import (
     UserOut,
 )
 from app.auth.licensing import service as licensing
-from app.auth.models import User
 from app.http.bearer import verify_jwt_in_request
 from app.http.limits import client_ip, email_in_body, jwt_subject_key
 from app.http.routes import BEARER, PUBLIC, Callers, Endpoints, Limit
@@ -77,10 +77,10 @@ def register(json_data: RegisterIn) -> Any:
 @api.io(body=LoginIn, output=TokenPairOut)
 def login(json_data: LoginIn) -> Any:
     """Log in: an access and a refresh token"""
-    user = attempt_login(get_session(), json_data.email, json_data.password)
-    if user is None:
+    outcome = attempt_login(get_session(), json_data.email, json_data.password)
+    if outcome.user is None:
         raise service.InvalidCredentials()
-    return tokens.issue_pair(user), 200, NO_STORE
+    return tokens.issue_pair(outcome.user, issued_at=outcome.issued_at), 200, NO_STORE
 
 
 @bp.post("/auth/refresh")
@@ -92,25 +92,25 @@ def refresh() -> Any:
     verify_jwt_in_request(refresh=True, skip_revocation_check=True)
     claims = get_jwt()
     session = get_session()
-    if revocations.issued_before_password_change(
-        session, claims["sub"], tokens.issued_ms_of(claims)
-    ):
-        raise service.TokenRevoked("The password was changed since; log in again.")
     with transaction(session):
         outcome = revocations.rotate_refresh(
             session,
             jti=claims["jti"],
             family=claims["fam"],
             user_id=claims["sub"],
+            issued_ms=tokens.issued_ms_of(claims),
             expires_at=tokens.expiry_of(claims),
             family_expires_at=tokens.family_expiry(),
             ip=client_ip(),
         )
+    if outcome.password_changed:
+        raise service.TokenRevoked("The password was changed since; log in again.")
     if outcome.reuse_detected:
         raise service.TokenRevoked("This refresh token was already used; its session is revoked.")
     if outcome.user is None:
         raise service.TokenRevoked()
-    return tokens.issue_pair(outcome.user, family=claims["fam"]), 200, NO_STORE
+    pair = tokens.issue_pair(outcome.user, family=claims["fam"], issued_at=outcome.issued_at)
+    return pair, 200, NO_STORE
 
 
 @bp.post("/auth/logout")
@@ -151,10 +151,10 @@ def me() -> Any:
     }
 
 
-def attempt_login(session: Any, email: str, password: str) -> User | None:
+def attempt_login(session: Any, email: str, password: str) -> service.LoginOutcome:
     """A login attempt: the lockout, then the password, settled (counted, audited) in its
-    own transaction. The user, or None for a wrong email or password; AccountLocked while
-    the address or the account is locked."""
+    own transaction. Its outcome: the user (and when its tokens are issued), or no user for
+    a wrong email or password; AccountLocked while the address or the account is locked."""
     policy, ip, now = lockout_policy(), client_ip(), utcnow()
     attempt = service.check_credentials(
         session, hasher(), email, password, policy=policy, ip=ip, now=now
@@ -163,17 +163,17 @@ def attempt_login(session: Any, email: str, password: str) -> User | None:
         outcome = service.settle_login(session, attempt, policy, ip=ip, now=now)
     if outcome.locked_until is not None:
         raise service.AccountLocked(outcome.locked_until, now)
-    return outcome.user
+    return outcome
 
 
 def check_current_password(session: Any, email: str, password: str) -> None:
     """The current password, asked again, is a login attempt: the same lockout, the same
     audit entries. Raises AccountLocked or WrongPassword."""
-    if attempt_login(session, email, password) is None:
+    if attempt_login(session, email, password).user is None:
         raise service.WrongPassword()
 
 
-def change_password(session: Any, user_id: str, current: str, new: str) -> Any:
+def change_password(session: Any, user_id: str, current: str, new: str) -> service.PasswordChanged:
     """Check the current password, then set the new one and end every session."""
     user = service.get_user(session, user_id)
     check_current_password(session, user.email, current)
@@ -183,7 +183,6 @@ def change_password(session: Any, user_id: str, current: str, new: str) -> Any:
             session,
             user_id,
             new_hash,
-            now=utcnow(),
             tokens_expire_by=tokens.family_expiry(),
             ip=client_ip(),
         )
@@ -195,7 +194,9 @@ def change_password(session: Any, user_id: str, current: str, new: str) -> Any:
 def password(json_data: PasswordChangeIn) -> Any:
     """Change the password: every other session ends; answers with a new token pair"""
     session = get_session()
-    user = change_password(
+    changed = change_password(
         session, get_jwt()["sub"], json_data.current_password, json_data.new_password
     )
-    return tokens.issue_pair(user), 200, NO_STORE
+    # A millisecond after the marker: every token issued until it is revoked, not this pair.
+    issued_at = changed.changed_at + timedelta(milliseconds=1)
+    return tokens.issue_pair(changed.user, issued_at=issued_at), 200, NO_STORE

@@ -137,12 +137,17 @@ class LoginAttempt:
     password_ok: bool
     locked_until: datetime | None = None
     new_hash: str | None = None  # set when the stored hash used outdated parameters
+    # The stored hash the password was verified against: a change since refuses the login.
+    verified_hash: str | None = None
 
 
 @dataclass(frozen=True)
 class LoginOutcome:
     user: User | None
     locked_until: datetime | None = None
+    # When the login's tokens are issued: read under the user's lock, so a password change
+    # that commits after this transaction has a later marker (and revokes them).
+    issued_at: datetime | None = None
 
 
 def _locked_until(rows: Any, now: datetime) -> datetime | None:
@@ -180,7 +185,14 @@ def check_credentials(
     ).first()
     ok = hasher.verify(row.password_hash if row else None, password)
     new_hash = hasher.hash(password) if ok and hasher.needs_rehash(row.password_hash) else None
-    return LoginAttempt(email, account, row.user_id if row else None, ok, new_hash=new_hash)
+    return LoginAttempt(
+        email,
+        account,
+        row.user_id if row else None,
+        ok,
+        new_hash=new_hash,
+        verified_hash=row.password_hash if ok else None,
+    )
 
 
 def _rows_for_update(
@@ -270,7 +282,9 @@ def settle_login(
         if locked is not None:
             return LoginOutcome(None, locked_until=locked)
         user = session.get(User, attempt.user_id, populate_existing=True, with_for_update=True)
-        if user is None:
+        if user is None or user.password_hash != attempt.verified_hash:
+            # Gone, or its password changed since it was checked: the password proved is
+            # no longer the account's (and a rehash of it must not overwrite the new one).
             return LoginOutcome(None)
         for row in existing:
             if row.address == WHOLE_ACCOUNT:
@@ -289,7 +303,7 @@ def settle_login(
             details={"rehashed": bool(attempt.new_hash)},
             ip_address=ip,
         )
-        return LoginOutcome(user)
+        return LoginOutcome(user, issued_at=utcnow())
 
     rows = _rows_for_update(session, attempt.account, address, attempt.user_id, now)
     pair, whole = rows[address], rows[WHOLE_ACCOUNT]
@@ -364,24 +378,34 @@ def unlock(
     return user, cleared
 
 
+@dataclass(frozen=True)
+class PasswordChanged:
+    user: User
+    changed_at: datetime  # the marker: every token issued until then is revoked
+
+
 def change_password(
     session: Session,
     user_id: str,
     new_hash: str,
     *,
-    now: datetime,
     tokens_expire_by: datetime,
     ip: str | None,
-) -> User:
+) -> PasswordChanged:
     """Set a new password (hashed by the caller, outside the transaction) and end every
-    session of the user: every API token issued before `now` (a marker in the revocation
+    session of the user: every API token issued until now (a marker in the revocation
     list) and every browser session. Audited as PASSWORD_CHANGED. The caller answers with a
-    fresh token pair, or gives its browser a new session."""
+    fresh token pair issued after the marker, or gives its browser a new session.
+
+    The moment is read under the user's row lock, which logins and refreshes take too: one
+    that held it before has an earlier `issued_at` (its tokens are revoked), one that takes
+    it after sees the new password hash or the marker (and is refused)."""
     from app.auth.accounts import browser_sessions, revocations
 
     user = session.get(User, user_id, with_for_update=True, populate_existing=True)
     if user is None:
         raise UserNotFound()
+    now = utcnow()
     user.password_hash = new_hash
     revocations.revoke_everything_before(
         session, user_id, now, reason="password_changed", expires_at=tokens_expire_by
@@ -395,7 +419,7 @@ def change_password(
         details={"browser_sessions_ended": ended},
         ip_address=ip,
     )
-    return user
+    return PasswordChanged(user, now.replace(microsecond=now.microsecond // 1000 * 1000))
 
 
 def prune_login_throttles(session: Session, window: timedelta) -> int:

@@ -35,12 +35,18 @@ def refresh_ttl() -> timedelta:
     return current_app.config["JWT_REFRESH_TOKEN_EXPIRES"]
 
 
-def issue_pair(user: User, family: str | None = None) -> dict[str, Any]:
-    """A new access + refresh token pair; a new family unless one is given (rotation)."""
+def issue_pair(
+    user: User, family: str | None = None, *, issued_at: datetime | None = None
+) -> dict[str, Any]:
+    """A new access + refresh token pair; a new family unless one is given (rotation).
+
+    `issued_at` is when the login or refresh that grants it held the user's lock: a
+    password change that commits after it marks a later moment, so it revokes this pair
+    even when the pair is signed after the change."""
     family = family or str(uuid.uuid4())
     # When, to the millisecond (`iat` is whole seconds): a password change revokes every
-    # token issued before it, and not the pair it answers with a moment later.
-    issued = {"fam": family, "ims": issued_ms(utcnow())}
+    # token issued until it, and not the pair it answers with a millisecond later.
+    issued = {"fam": family, "ims": issued_ms(issued_at or utcnow())}
     access = create_access_token(
         identity=user.user_id, additional_claims={"role": user.role, **issued}
     )
