@@ -6,7 +6,9 @@ import io
 import json
 
 import pytest
+from flask import request
 from pydantic import BaseModel, Field
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.test import EnvironBuilder
 
 from app import create_app
@@ -104,10 +106,9 @@ def test_oversized_body_is_a_413_problem(client):
     assert_problem(response, 413, "payload_too_large")
 
 
-def _streamed(client, body: bytes) -> tuple[int, dict]:
-    """POST `body` as gunicorn hands on a chunked request — no Content-Length, the stream
-    ended by the server (`wsgi.input_terminated`) — to the WSGI app itself (the test
-    client would give the app an empty body instead): the status and the JSON answer."""
+def _chunked(body: bytes) -> dict:
+    """The environ of a POST of `body` as gunicorn hands on a chunked request: no
+    Content-Length, the stream ended by the server (`wsgi.input_terminated`)."""
     environ = EnvironBuilder(
         path="/_test/widgets",
         method="POST",
@@ -117,6 +118,13 @@ def _streamed(client, body: bytes) -> tuple[int, dict]:
     ).get_environ()
     del environ["CONTENT_LENGTH"]  # the builder counts the stream; a chunked request has none
     environ["wsgi.input_terminated"] = True
+    return environ
+
+
+def _streamed(client, body: bytes) -> tuple[int, dict]:
+    """`body` POSTed chunked to the WSGI app itself (the test client would give the app an
+    empty body instead): the status and the JSON answer."""
+    environ = _chunked(body)
     status: list[str] = []
     answer = b"".join(client.application(environ, lambda s, _h, _e=None: status.append(s)))
     return int(status[0].split()[0]), json.loads(answer)
@@ -133,6 +141,16 @@ def test_a_streamed_body_over_the_limit_is_a_413_problem_not_its_first_megabyte(
         assert (status, answer["code"]) == (413, "payload_too_large")
     assert _streamed(client, valid) == (201, {"name": "w"})
     assert _streamed(client, valid + b" " * (limit - len(valid))) == (201, {"name": "w"})
+
+
+def test_a_streamed_body_one_byte_over_is_refused_however_often_it_is_read(app):
+    """The check reads a byte beyond the limit: a second reading of the body (a rate-limit
+    key reads it before the view) must not take that byte as the end of the body."""
+    body = b"{}" + b" " * (1024 * 1024 - 2) + b"x"
+    with app.request_context(_chunked(body)):
+        for _ in range(3):
+            with pytest.raises(RequestEntityTooLarge):
+                request.get_data()
 
 
 def test_unexpected_errors_are_500_without_details(client, caplog):

@@ -44,6 +44,9 @@ class NoCookieSession(SessionInterface):
         return None
 
 
+_OVER_LIMIT = "app.streamed_body_over_limit"  # environ: the verdict of ApiRequest.get_data
+
+
 class ApiRequest(Request):
     """Bodies are JSON, sent as JSON: `application/json` or a `+json` type, else 415; and
     malformed JSON is a 400 problem with code `malformed_json`, not a bare BadRequest.
@@ -68,13 +71,16 @@ class ApiRequest(Request):
         streamed (chunked, no Content-Length): werkzeug stops reading such a body at the
         limit and hands on what it read as if it were all of it."""
         data = super().get_data(*args, **kwargs)
-        stream = self.stream  # streamed: read up to the limit at most (LimitedStream)
-        if (
-            self.content_length is None
-            and isinstance(stream, LimitedStream)
-            and stream.is_exhausted
-            and self.environ["wsgi.input"].read(1)  # a byte beyond the limit
-        ):
+        over = self.environ.get(_OVER_LIMIT)
+        if over is None:  # decided once: the check consumes the byte it looks for
+            stream = self.stream  # streamed: read up to the limit at most (LimitedStream)
+            over = self.environ[_OVER_LIMIT] = bool(
+                self.content_length is None
+                and isinstance(stream, LimitedStream)
+                and stream.is_exhausted
+                and self.environ["wsgi.input"].read(1)  # a byte beyond the limit
+            )
+        if over:
             raise RequestEntityTooLarge()
         return data
 
