@@ -231,6 +231,26 @@ def respellings(token: str) -> dict[str, str]:
     return {name: spelling for name, spelling in spellings.items() if spelling != token}
 
 
+@contextlib.contextmanager
+def sql_sent(*engines):
+    """The SQL statements the `engines` send to their databases inside the block, in order
+    (SQLAlchemy's before_cursor_execute), as a list filled while it runs."""
+    from sqlalchemy import event
+
+    sent: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args):
+        sent.append(statement)
+
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
+
+
 def soak_report(category: str, tried: object, held: object) -> None:
     """One line for `make soak`'s summary (scripts/soak.py), when SOAK_REPORT names a file."""
     import json

@@ -30,6 +30,7 @@ from tests.helpers import (
     grant_subscription,
     registered,
     rows,
+    sql_sent,
 )
 
 
@@ -366,21 +367,12 @@ def test_read_after_write_both_ways(app, client):
 
 def test_validation_is_one_primary_key_lookup_and_no_write(app, client):
     token = activate(client, account(client)).get_json()["token"]
-    statements: list[str] = []
     with app.app_context():
         database = get_database()
         engines = [database.engine, *database.autocommit_engines.values()]
 
-    def record(_conn, _cursor, statement, *_args):
-        statements.append(statement)
-
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", record)
-    try:
+    with sql_sent(*engines) as statements:
         assert validate(client, token)["code"] == "VALID"
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", record)
     queries = [s for s in statements if not s.startswith(("BEGIN", "SAVEPOINT", "RELEASE"))]
     assert len(queries) == 1, queries
     assert queries[0].lstrip().upper().startswith("SELECT")
@@ -410,13 +402,10 @@ def test_validation_on_postgresql_is_one_round_trip(app, client, tmp_path):
         pgconn.trace(out.fileno())
         pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
         raw.close()
-        main_statements: list[str] = []
-        record = lambda _c, _cur, statement, *_a: main_statements.append(statement)  # noqa: E731
-        event.listen(database.engine, "before_cursor_execute", record)
         try:
-            assert validate(client, token)["code"] == "VALID"
+            with sql_sent(database.engine) as main_statements:
+                assert validate(client, token)["code"] == "VALID"
         finally:
-            event.remove(database.engine, "before_cursor_execute", record)
             pgconn.untrace()
     assert round_trips(trace.read_text()) == 1, trace.read_text()
     assert "licenses.license_id" in trace.read_text()
@@ -464,13 +453,8 @@ def test_activation_decides_on_one_read_after_the_lock(app, client):
     ada = account(client)
     with app.app_context():
         engine = get_database().engine
-    statements: list[str] = []
-    record = lambda _c, _cur, statement, *_a: statements.append(statement)  # noqa: E731
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with sql_sent(engine) as statements:
         assert activate(client, ada).status_code == 201
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
     queries = [" ".join(s.split()) for s in statements if not s.startswith("BEGIN")]
     inserted = next(
         i for i, s in enumerate(queries) if s.startswith("INSERT INTO") and ".licenses " in s

@@ -24,7 +24,7 @@ from app.kernel.ownership import OPERATOR, acting_as
 from app.orders.api import OrderPaid
 from app.webhooks.delivery import SCHEDULE, Deliverer, post
 from app.webhooks.models import WebhookDelivery, WebhookEndpoint
-from tests.helpers import assert_problem, project_env, run_flask
+from tests.helpers import assert_problem, project_env, run_flask, sql_sent
 
 PASSWORD = "correct horse battery"
 API = "/api/v1/admin/webhooks"
@@ -301,18 +301,11 @@ def test_an_endpoint_of_a_rolled_back_savepoint_gets_nothing(app, client, admin,
 
 def test_an_order_reads_the_endpoints_once_per_transaction(app, client, admin, ada, receiver):
     """A paid order publishes two events in its settlement: one read of the endpoints."""
-    from sqlalchemy import event
-
     subscribe(client, admin, receiver.url, "order.paid", "subscription.granted")
     with app.app_context():
         engine = get_database().engine
-    seen: list[str] = []
-    record = lambda _c, _cur, statement, *_a: seen.append(statement)  # noqa: E731
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with sql_sent(engine) as seen:
         buy(client, ada)
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
     assert sum("FROM" in s and "webhook_endpoints" in s.split("FROM")[1] for s in seen) == 1
     assert sorted(d.event_type for d in deliveries(app)) == ["order.paid", "subscription.granted"]
 
