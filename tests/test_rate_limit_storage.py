@@ -193,7 +193,7 @@ def test_both_limits_of_a_request_in_one_round_trip(
     )
     try:
         sent = _round_trips(monkeypatch)
-        assert limiter.storage.planner is not None
+        assert limiter.planner is not None
         _validations(http, client, 1, sent)  # the scripts loaded
         # and the single hit's too, which that request did not run (on a Redis that never
         # ran it, its first EVALSHA would be refused and the script loaded: two more trips)
@@ -201,7 +201,7 @@ def test_both_limits_of_a_request_in_one_round_trip(
             limiter.storage.lua_hit.script
         )
         one_trip, one_trip_counts = _validations(http, client, 5, sent)
-        limiter.storage.planner = None  # each limit hit on its own, as flask-limiter does
+        limiter.planner = None  # flask-limiter's own evaluation: each limit hit on its own
         per_limit, per_limit_counts = _validations(http, client, 5, sent)
     finally:
         client.close()
@@ -216,83 +216,152 @@ def test_both_limits_of_a_request_in_one_round_trip(
     assert (one_trip_counts[token_key], one_trip_counts[ip_key]) == counts
 
 
-def test_every_limited_route_is_planned_as_the_limiter_hits_it(app_config, redis_url, monkeypatch):
-    """The hits planned for a request are exactly the ones flask-limiter then makes (key,
-    expiry, cost, in order), on every route with limits, with and without a token."""
+def _limited_requests(app, http):
+    """A request to every route with limits (a form, a JSON body; anonymous, with an
+    access token, with a refresh token), and the account whose tokens they carry:
+    (path, method, token kind, body) each."""
     from flask_limiter.util import get_qualified_name
 
+    from app.http.limits import limiter
+    from tests.helpers import sign_up
+
+    account = sign_up(http)
+    with app.app_context():
+        limited = [
+            rule
+            for rule in app.url_map.iter_rules()
+            if limiter.limit_manager.decorated_limits(
+                get_qualified_name(app.view_functions[rule.endpoint])
+            )
+        ]
+    assert {r.endpoint for r in limited} >= {"auth.validate", "auth.login", "auth.register"}
+    requests = []
+    for rule in limited:
+        path = rule.build({arg: "x" for arg in rule.arguments}, append_unknown=False)[1]
+        method = "POST" if "POST" in rule.methods else sorted(rule.methods - {"HEAD"})[0]
+        fields = {"email": "ada@example.com", "token": "t", "password": "p"}
+        for kind, body in [(None, {"data": fields}), (None, {"json": fields})] + [
+            (kind, {"json": fields}) for kind in ("access_token", "refresh_token")
+        ]:
+            requests.append((path, method, kind, body))
+    return requests, account
+
+
+def _headers(app, account, kind):
+    """The Authorization header of a new token pair's `kind` for `account` (a family of its
+    own: a refresh token spent or replayed elsewhere revokes nothing here), or none."""
+    from types import SimpleNamespace
+
+    from app.auth.accounts import tokens
+    from tests.helpers import bearer
+
+    if kind is None:
+        return {}
+    with app.app_context():
+        pair = tokens.issue_pair(SimpleNamespace(user_id=account.user_id, role="user"))
+    return bearer(pair[kind])
+
+
+RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After")
+
+
+@pytest.mark.parametrize("rate", ["2/minute", "1000/minute;2/hour"])
+def test_every_limited_route_answers_as_flask_limiter_evaluates_it(
+    app_config, redis_url, monkeypatch, rate
+):
+    """The limiter's one-call path (`RouteLimiter._check_request_limit` with a plan) and
+    flask-limiter's own evaluation, limit by limit, make the same hits (key, expiry, cost,
+    in order, none after a refusal) and give the same answers — status and rate-limit
+    headers — on every route with limits, with every kind of request, up to and past
+    each limit (every rate setting at `rate`)."""
     from app.console.web import csrf
     from app.http.limits import limiter
-    from tests.helpers import bearer, sign_up
+    from app.settings.groups import RateLimits
 
     monkeypatch.setattr(csrf, "protect", lambda: None)  # the console's forms reach their limits
-    app, http, client = _limits_in_redis(app_config, redis_url)
+    rates = {name: rate for name in RateLimits.route_limits()}
+    app, http, client = _limits_in_redis(app_config, redis_url, **rates)
     storage = limiter.storage
-    planned, made = [], []
-    plan = storage.planner
-
-    def planner():
-        planned.append([hit[:3] for hit in plan()])
-        return None  # each hit on its own: the limiter's own hits, recorded below
-
-    real_incr = storage.incr
+    made = []
+    real_incr, real_hit_all = storage.incr, storage.hit_all
     storage.incr = lambda key, expiry, amount=1: (
         made.append((key, expiry, amount)) or real_incr(key, expiry, amount)
     )
+    storage.hit_all = lambda hits: _made_all(made, hits, real_hit_all(hits))
+    planner = limiter.planner
+    assert planner is not None
     try:
-        account = sign_up(http)
-        with app.app_context():
-            limited = [
-                rule
-                for rule in app.url_map.iter_rules()
-                if limiter.limit_manager.decorated_limits(
-                    get_qualified_name(app.view_functions[rule.endpoint])
-                )
-            ]
-        assert {r.endpoint for r in limited} >= {"auth.validate", "auth.login", "auth.register"}
-        storage.planner = planner
-        hit = set()
-        for rule in limited:
-            path = rule.build({arg: "x" for arg in rule.arguments}, append_unknown=False)[1]
-            method = "POST" if "POST" in rule.methods else sorted(rule.methods - {"HEAD"})[0]
-            fields = {"email": "ada@example.com", "token": "t", "password": "p"}
-            for token, body in [(None, {"data": fields}), (None, {"json": fields})] + [
-                (token, {"json": fields}) for token in (account.access, account.refresh)
-            ]:
-                planned.clear()
+        requests, account = _limited_requests(app, http)
+        hit, refused = set(), set()
+        for path, method, kind, body in requests:
+            answers = {}
+            for side, plan in (("one call", planner), ("flask-limiter", None)):
+                for key in client.scan_iter("*LIMITS*"):
+                    client.delete(key)
+                limiter.planner = plan
+                headers = _headers(app, account, kind)
                 made.clear()
-                http.open(path, method=method, headers=bearer(token) if token else {}, **body)
-                assert planned == ([made] if made else []), rule.rule
-                if made:
-                    hit.add(rule.rule)
-        assert hit == {r.rule for r in limited}
+                seen = []
+                for _ in range(3):  # past a limit of 2
+                    answer = http.open(path, method=method, headers=headers, **body)
+                    values = [answer.headers.get(h) for h in RATE_HEADERS]
+                    seen.append((answer.status_code, values[:2], values[2:], list(made)))
+                    made.clear()
+                answers[side] = seen
+            one_call, own = answers["one call"], answers["flask-limiter"]
+            where = f"{method} {path} {kind} {body}"
+            # (a refresh token is spent by its first use: the status beside 429 may differ)
+            assert [(a[0] == 429, a[1]) for a in one_call] == [(a[0] == 429, a[1]) for a in own], (
+                where
+            )
+            assert [a[3] for a in one_call] == [a[3] for a in own], where
+            for (*_, (reset, retry), _), (*_, (reset_own, retry_own), _) in zip(
+                one_call, own, strict=True
+            ):
+                assert (reset is None) == (reset_own is None), where
+                assert (retry is None) == (retry_own is None), where
+                if reset is not None:
+                    assert abs(int(reset) - int(reset_own)) <= 2, where
+            if any(a[3] for a in one_call):
+                hit.add(path)
+            if 429 in [a[0] for a in one_call]:
+                refused.add(path)
+        assert hit == {path for path, *_ in requests}  # every route's limits were hit
+        assert {"/api/v1/licenses/validate", "/api/v1/auth/login"} <= refused
     finally:
+        limiter.planner = planner
         client.close()
         app.extensions["db"].dispose()
 
 
-def test_a_plan_the_limiter_does_not_follow_costs_a_round_trip_not_a_count(
-    app_config, redis_url, monkeypatch
-):
-    """A planned hit the limiter does not ask for is given back at the end of the request,
-    and the hit it asks for instead goes to Redis on its own: every count stays exact."""
+def _made_all(made, hits, answer):
+    made.extend(hit[:3] for hit, _ in zip(hits, answer, strict=False))
+    return answer
+
+
+def test_a_storage_failing_in_the_one_call_falls_back_to_memory(app_config, redis_url, monkeypatch):
+    """Redis failing on a request's hits (one call): the request is answered, and from then
+    on the limits count in memory — what flask-limiter does when its own hit fails."""
+    import redis
+
     from app.http.limits import limiter
 
-    app, http, client = _limits_in_redis(app_config, redis_url)
-    storage = limiter.storage
-    plan = storage.planner
-    storage.planner = lambda: [plan()[0], ("elsewhere", 60, 1, 1000)]
-    sent = _round_trips(monkeypatch)
+    monkeypatch.setattr(limiter, "_storage_dead", False)  # the limiter's, left as it was
+    app, http, client = _limits_in_redis(app_config, redis_url, **THREE_VALIDATIONS)
+
+    def gone(*_args, **_kwargs):
+        raise redis.ConnectionError("gone")
+
+    monkeypatch.setattr(limiter.storage, "run", gone)
+    body = {"token": "not-a-token", "client_id": "laptop"}
     try:
-        _validations(http, client, 1, sent)  # the scripts loaded
-        answers, counts = _validations(http, client, 3, sent)
+        answers = [http.post("/api/v1/licenses/validate", json=body) for _ in range(4)]
+        assert limiter._storage_dead is True
     finally:
         client.close()
         app.extensions["db"].dispose()
-    assert [a[0] for a in answers] == [200, 200, 200]
-    assert [a[3] for a in answers] == [["EVALSHA", "EVALSHA", "DECRBY"]] * 3
-    assert sorted(counts.values()) == [0, 3, 3]
-    assert counts["LIMITS:elsewhere"] == 0
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["2", "1", "0", "0"]
 
 
 def test_limits_fall_back_to_memory_when_redis_does_not_answer(app_config, monkeypatch):
@@ -392,30 +461,6 @@ def test_a_limited_request_resolves_its_limits_once(app_config, redis_url, monke
     assert all(a[2] == (a[0] == 429) for a in answers)  # Retry-After on the 429 only
     assert [a[:2] for a in after_change] == [(200, ["1", "0"]), (429, ["1", "0"])]
     assert "resolve_limits" in resolved
-
-
-def test_a_give_back_that_fails_leaves_the_answer_alone(app_config, redis_url, monkeypatch):
-    """Redis failing between the hits and the give-back of a plan not followed: the
-    answer stands (logged), as any other request's."""
-    import redis
-
-    from app.http.limits import limiter
-
-    app, http, client = _limits_in_redis(app_config, redis_url)
-    storage = limiter.storage
-    plan = storage.planner
-    storage.planner = lambda: [plan()[0], ("elsewhere", 60, 1, 1000)]
-
-    def gone(*_args, **_kwargs):
-        raise redis.ConnectionError("gone")
-
-    monkeypatch.setattr(storage.get_connection(), "decrby", gone)
-    try:
-        answers, _counts = _validations(http, client, 2, [])
-    finally:
-        client.close()
-        app.extensions["db"].dispose()
-    assert [a[0] for a in answers] == [200, 200]
 
 
 def test_the_headers_describe_the_limit_they_say(app_config, redis_url):

@@ -14,16 +14,11 @@ the hit would return (the same `TTL`, rounded by Redis to whole seconds), so hea
 429s and `Retry-After` are unchanged; only a hit by a concurrent request between the two
 can no longer slip into this request's `X-RateLimit-Remaining`.
 
-Both limits of a request in one round trip: flask-limiter hits a request's limits one after
-the other (and stops at the first refused), so on its own each limit is a trip. When the
-limiter can tell which counters the request will hit, in which order (`planner`, set by
-`limits.RouteLimiter` for plain per-route limits), the first hit runs them all in one
-script that increments them in that order and stops at the first over its amount — what
-the limiter's own hits would do — and the limiter's next hits are answered from it. Its
-first counter must be the very hit the limiter asks for, and each later hit must be the
-next one planned (key, expiry, cost), else it goes to Redis on its own; a counter
-incremented ahead that the limiter never asked for is given back at the end of the
-request (`settle`), so a plan that disagreed with the limiter costs a trip, not a count.
+All the limits of a request in one round trip: flask-limiter hits a request's limits one
+after the other (and stops at the first refused), so on its own each limit is a trip. For
+plain per-route limits the limiter (`limits.RouteLimiter`) knows them all before the first
+hit and hands them to `hit_all`, one script that increments the counters in that order and
+stops at the first over its amount — what its own hits, one by one, would do.
 
 A worker's own connection: redis-py's command path (a connection taken from the pool and
 checked for unread data with a `select`, the command packed, retry and observability hooks,
@@ -45,7 +40,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from flask import has_request_context, request
@@ -87,33 +82,17 @@ return out
 
 _ENVIRON_KEY = "app.rate_limit_hits"
 
-# A hit the limiter will ask for: (key, expiry, cost), and the limit's amount (over it, the
-# limiter refuses the request and hits nothing after it).
-Hit = tuple[str, int, int]
+# A hit of one limit: (key, expiry, cost), and the limit's amount (over it, the limiter
+# refuses the request and hits nothing after it).
 PlannedHit = tuple[str, int, int, int]
-
-
-class _RequestHits:
-    """What one request's hits left: each counter hit (key → count, TTL), the hits made
-    ahead of the limiter's asking (in order), and whether the plan was asked for."""
-
-    __slots__ = ("ahead", "counts", "planned")
-
-    def __init__(self) -> None:
-        self.counts: dict[str, tuple[int, int]] = {}
-        self.ahead: list[tuple[Hit, int]] = []
-        self.planned = False
 
 
 class CountedRedisStorage(RedisStorage):
     """limits' Redis storage whose hit also returns the counter's TTL, remembered with the
-    count for the headers of the same request; with a `planner`, the hits of a request
-    in one script."""
+    count for the headers of the same request; `hit_all`: the hits of a request in one
+    script."""
 
     STORAGE_SCHEME = ["redis", "rediss", "redis+unix"]
-
-    # The hits the current request's limits will make, in order (None: not known).
-    planner: Callable[[], Sequence[PlannedHit] | None] | None = None
 
     def initialize_storage(self, uri: str) -> None:
         super().initialize_storage(uri)
@@ -156,50 +135,29 @@ class CountedRedisStorage(RedisStorage):
                 retried = True
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        hits = _request_hits(create=True)
-        if hits is None:
-            count, _ttl = self.run(self.lua_hit, [self.prefixed_key(key)], [expiry, amount])
-            return int(count)
-        hit = (key, expiry, amount)
-        if hits.ahead and hits.ahead[0][0] == hit:
-            return hits.ahead.pop(0)[1]
-        if not hits.planned and self.planner is not None:
-            hits.planned = True
-            plan = self.planner()
-            if plan and len(plan) > 1 and plan[0][:3] == hit:
-                return self._hit_all(hits, plan)
         count, ttl = self.run(self.lua_hit, [self.prefixed_key(key)], [expiry, amount])
-        hits.counts[key] = (int(count), int(ttl))
+        counts = _request_counts(create=True)
+        if counts is not None:
+            counts[key] = (int(count), int(ttl))
         return int(count)
 
-    def _hit_all(self, hits: _RequestHits, plan: Sequence[PlannedHit]) -> int:
-        """Every planned hit in one script, up to the first refused; the first's count."""
+    def hit_all(self, hits: Sequence[PlannedHit]) -> list[tuple[int, float]]:
+        """Each hit in turn, in one script, up to and with the first whose count is over
+        its limit's amount: each made hit's count and the time its window ends (what
+        `get` and `get_expiry` then answer; remembered for the request)."""
         answer = self.run(
             self.lua_hits,
-            [self.prefixed_key(key) for key, _, _, _ in plan],
-            [arg for _, expiry, amount, most in plan for arg in (expiry, amount, most)],
+            [self.prefixed_key(key) for key, _, _, _ in hits],
+            [arg for _, expiry, amount, most in hits for arg in (expiry, amount, most)],
         )
-        pairs = zip(answer[::2], answer[1::2], strict=True)
-        made = [(int(count), int(ttl)) for count, ttl in pairs]  # up to the first refused
-        for (key, _, _, _), counted in zip(plan, made, strict=False):
-            hits.counts[key] = counted
-        hits.ahead = [(p[:3], count) for p, (count, _) in zip(plan[1:], made[1:], strict=False)]
-        return made[0][0]
-
-    def settle(self) -> None:
-        """Give back what the request's plan hit ahead and the limiter never asked for (a
-        plan that disagreed with the limiter: not expected), so that no count is off."""
-        hits = _request_hits()
-        if hits is None or not hits.ahead:
-            return
-        ahead, hits.ahead = hits.ahead, []
-        log.warning("rate-limit hits made ahead and not asked for: %d given back", len(ahead))
-        try:
-            connection = self.get_connection()
-            for (key, _, amount), _ in ahead:
-                connection.decrby(self.prefixed_key(key), amount)
-        except self.base_exceptions:  # Redis gone since the hit: the window will end
-            log.warning("rate-limit hits made ahead could not be given back", exc_info=True)
+        now = time.time()
+        made = []
+        counts = _request_counts(create=True)
+        for (key, _, _, _), count, ttl in zip(hits, answer[::2], answer[1::2], strict=False):
+            made.append((int(count), max(int(ttl), 0) + now))  # as RedisStorage.get_expiry
+            if counts is not None:
+                counts[key] = (int(count), int(ttl))
+        return made
 
     def get(self, key: str) -> int:
         hit = _request_hit(key)
@@ -212,30 +170,30 @@ class CountedRedisStorage(RedisStorage):
         return max(hit[1], 0) + time.time()  # what RedisStorage.get_expiry makes of a TTL
 
     def clear(self, key: str) -> None:
-        hits = _request_hits()
-        if hits is not None:
-            hits.counts.pop(key, None)
+        counts = _request_counts()
+        if counts is not None:
+            counts.pop(key, None)
         super().clear(key)
 
     def reset(self) -> int | None:
-        hits = _request_hits()
-        if hits is not None:
-            hits.counts.clear()
+        counts = _request_counts()
+        if counts is not None:
+            counts.clear()
         return super().reset()
 
 
-def _request_hits(create: bool = False) -> _RequestHits | None:
-    """The current request's hits; None outside a request (or, unless `create`, before
-    its first hit)."""
+def _request_counts(create: bool = False) -> dict[str, tuple[int, int]] | None:
+    """The counters the current request hit (key → count, TTL); None outside a request
+    (or, unless `create`, before its first hit)."""
     if not has_request_context():
         return None
     environ = request.environ
-    hits: Any = environ.get(_ENVIRON_KEY)
-    if hits is None and create:
-        hits = environ[_ENVIRON_KEY] = _RequestHits()
-    return hits
+    counts: Any = environ.get(_ENVIRON_KEY)
+    if counts is None and create:
+        counts = environ[_ENVIRON_KEY] = {}
+    return counts
 
 
 def _request_hit(key: str) -> tuple[int, int] | None:
-    hits = _request_hits()
-    return hits.counts.get(key) if hits is not None else None
+    counts = _request_counts()
+    return counts.get(key) if counts is not None else None
