@@ -123,3 +123,45 @@ def _metrics_text(base: str) -> str:
 
     with urllib.request.urlopen(base + "/metrics", timeout=10) as response:  # noqa: S310
         return response.read().decode()
+
+
+def test_featured_ratios_per_round_beside_the_validate_target():
+    """The service's SQLite validate over the featured validate, and the featured over the
+    minimal, each a median of per-round ratios; beside the validate target for information
+    (it is still judged against the minimal alone)."""
+    from bench.phases import featured_summary
+    from bench.report import targets
+    from bench.server import Server
+
+    def run(rps: float, cpu_us: float) -> dict:
+        return {"rps": rps, "cpu_us": cpu_us}
+
+    runs = [
+        {
+            ("service-sqlite", "validate"): run(300, 5000),
+            ("featured_validate-sqlite", "validate"): run(400, 3000),
+            ("minimal_validate-sqlite", "validate"): run(800, 2000),
+        },
+        {
+            ("service-sqlite", "validate"): run(330, 5000),
+            ("featured_validate-sqlite", "validate"): run(300, 4000),
+            ("minimal_validate-sqlite", "validate"): run(600, 2000),
+        },
+    ]
+    sqlite = {
+        "scenarios": {
+            "validate": {"x_minimal": 0.45, "p99_ms": 60.0, "rps": 315, "errors": 0, "not_valid": 0}
+        }
+    }
+    featured = Server("featured_validate-sqlite", {}, app="bench.reference.validate_featured:app")
+    featured.log_problems = lambda: {"tracebacks": 0}  # type: ignore[method-assign]
+    summary = featured_summary(sqlite, "service-sqlite", featured, "minimal_validate-sqlite", runs)
+    assert summary["x_minimal_rounds"] == [0.5, 0.5]
+    assert summary["x_minimal"] == 0.5 and summary["cpu_x_minimal"] == 0.583
+    assert sqlite["scenarios"]["validate"]["x_featured_rounds"] == [0.75, 1.1]
+    assert summary["service_x_featured"] == 0.925
+    target = targets({"sqlite": sqlite, "featured": summary})[
+        "validate SQLite >= 1.0 x minimal validate, p99 <= 10 ms"
+    ]
+    assert (target["x_featured"], target["featured_x_minimal"]) == (0.925, 0.5)
+    assert target["met"] is False
