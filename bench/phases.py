@@ -1,5 +1,5 @@
 """The databases the benchmark runs on, and its main phase: every scenario on SQLite and
-PostgreSQL beside the two reference apps, in interleaved rounds."""
+PostgreSQL beside the reference apps, in interleaved rounds."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from bench.load import (
     rounds,
     summary,
 )
-from bench.scenarios import HELLO, MINIMAL_VALIDATE, Settings
+from bench.scenarios import FEATURED_VALIDATE, HELLO, MINIMAL_VALIDATE, Settings
 from bench.server import (
     BENCH,
     CACHE,
@@ -150,7 +150,8 @@ def main_phase(
     settings: Settings, backends: dict[str, Backend], results: dict[str, Any]
 ) -> list[str]:
     """Every scenario on every backend, beside Flask hello and the minimal validate (on
-    each backend), in interleaved rounds. Returns the problems a smoke test fails on."""
+    each backend) and the featured validate (on SQLite, when validate runs), in interleaved
+    rounds. Returns the problems a smoke test fails on."""
     first = next(iter(backends.values()))
     hello = Server(HELLO.name, first.env, app=HELLO.app)
     services = {b: Server(f"service-{b}", be.env) for b, be in backends.items()}
@@ -158,21 +159,31 @@ def main_phase(
         b: Server(f"{MINIMAL_VALIDATE.name}-{b}", be.env, app=MINIMAL_VALIDATE.app)
         for b, be in backends.items()
     }
+    featured = None
+    if "sqlite" in backends and FEATURED_VALIDATE.scenario in settings.scenarios:
+        sqlite = backends["sqlite"]
+        featured = Server(f"{FEATURED_VALIDATE.name}-sqlite", sqlite.env, app=FEATURED_VALIDATE.app)
     files = {hello.name: first.files}
     for b, be in backends.items():
         files[services[b].name] = files[minimal[b].name] = be.files
-    servers = [hello, *minimal.values(), *services.values()]
+    references = [hello, *minimal.values()]
+    if featured is not None:
+        files[featured.name] = backends["sqlite"].files
+        references.append(featured)
+    servers = [*references, *services.values()]
     problems: list[str] = []
     try:
         start_all(servers)
         for s in servers:
             names = [HELLO.scenario] if s is hello else None
-            if s in minimal.values():
+            if s in minimal.values() or s is featured:
                 names = [MINIMAL_VALIDATE.scenario]
             for name, problem in preflight(s, files[s.name], names or settings.scenarios).items():
                 problems.append(f"{s.name} {name}: {problem}")
         plan: Plan = [(hello, HELLO.scenario)]
         plan += [(m, MINIMAL_VALIDATE.scenario) for m in minimal.values()]
+        if featured is not None:
+            plan.append((featured, FEATURED_VALIDATE.scenario))
         plan += [(services[b], name) for name in settings.scenarios for b in backends]
         rss: dict[str, list[dict[int, float]]] = {b: [] for b in backends}
 
@@ -182,9 +193,7 @@ def main_phase(
 
         runs = rounds(plan, lambda s: files[s.name], settings, "main", after_round=sample_rss)
         results["references"] = {
-            s.name: summary([r[(s.name, n)] for r in runs])
-            for s, n in plan
-            if s is hello or s in minimal.values()
+            s.name: summary([r[(s.name, n)] for r in runs]) for s, n in plan if s in references
         }
         for b, be in backends.items():
             results[b] = backend_summary(
@@ -193,6 +202,10 @@ def main_phase(
             results[b]["rss_mib"] = rss[b]
             results[b]["leak_check"] = leak_check(rss[b])
             results[b]["server_log"] = services[b].log_problems()
+        if featured is not None:
+            results["featured"] = featured_summary(
+                results["sqlite"], services["sqlite"].name, featured, minimal["sqlite"].name, runs
+            )
         if "postgres" in backends:
             results["postgres_over_sqlite"] = {
                 name: median(
@@ -215,7 +228,36 @@ def main_phase(
     for name, s in results.get("references", {}).items():
         if s["errors"]:
             problems.append(f"{name}: {s['errors']} errors")
+    if any((results.get("featured") or {}).get("server_log", {}).values()):
+        problems.append(f"featured validate server log: {results['featured']['server_log']}")
     return problems
+
+
+def featured_summary(
+    sqlite: dict[str, Any],
+    service: str,
+    featured: Server,
+    minimal: str,
+    runs: list[dict[tuple[str, str], dict[str, Any]]],
+) -> dict[str, Any]:
+    """The featured validate's ratios, per round: the service's SQLite validate over it
+    (`x_featured`, also kept with the service's validate) — how much of the gap to the
+    minimal is the service's own — and it over the minimal validate: what the features
+    cost at least."""
+    name = FEATURED_VALIDATE.scenario
+    top, f, m = (service, name), (featured.name, name), (minimal, name)
+    validate = sqlite["scenarios"][name]
+    validate["x_featured"] = median(ratio_per_round(runs, top, f))
+    validate["cpu_x_featured"] = median(ratio_per_round(runs, top, f, "cpu_us"))
+    validate["x_featured_rounds"] = [round(x, 3) for x in ratio_per_round(runs, top, f)]
+    return {
+        "x_minimal": median(ratio_per_round(runs, f, m)),
+        "cpu_x_minimal": median(ratio_per_round(runs, f, m, "cpu_us")),
+        "x_minimal_rounds": [round(x, 3) for x in ratio_per_round(runs, f, m)],
+        "service_x_featured": validate["x_featured"],
+        "service_cpu_x_featured": validate["cpu_x_featured"],
+        "server_log": featured.log_problems(),
+    }
 
 
 def latency_rounds(

@@ -43,6 +43,21 @@ def _latency_context(
     }
 
 
+def _featured_context(results: dict[str, Any], validate: dict[str, Any]) -> dict[str, Any]:
+    """Beside the validate target, for information (it is judged against the minimal alone):
+    the service over the featured validate (the minimal with the features written bare), and
+    the featured over the minimal — how much of the gap the features cost at least."""
+    featured = results.get("featured")
+    if not featured:
+        return {}
+    refs = results.get("references", {})
+    return {
+        "x_featured": validate.get("x_featured"),
+        "featured_x_minimal": featured["x_minimal"],
+        "featured_p99_ms": (refs.get("featured_validate-sqlite") or {}).get("p99_ms"),
+    }
+
+
 def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each target with the figures it is judged on and `met`; a target whose phase did
     not run is left out (a quick or partial run judges what it measured)."""
@@ -59,6 +74,7 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "p99_ms": v["p99_ms"],
             "errors": bad,
             **_latency_context(results, v, "sqlite", "validate"),
+            **_featured_context(results, v),
             "met": v["x_minimal"] >= VALIDATE_X_MINIMAL
             and v["p99_ms"] <= VALIDATE_P99_MS
             and bad == 0,
@@ -126,14 +142,17 @@ def print_main(results: dict[str, Any]) -> None:
         )
         print(
             f"  {'scenario':13s} {'req/s':>8s} {'xhello':>7s} {'xminval':>7s} {'cpu xmin':>8s} "
-            f"{'p50 ms':>7s} {'p99 ms':>7s} {'errors':>6s}"
+            f"{'xfeat':>6s} {'p50 ms':>7s} {'p99 ms':>7s} {'errors':>6s}"
         )
         for name, x in part["scenarios"].items():
+            feat = f"{x['x_featured']:6.3f}" if "x_featured" in x else f"{'-':>6s}"
             print(
                 f"  {name:13s} {x['rps']:8.1f} {x['x_hello']:7.3f} {x['x_minimal']:7.3f} "
-                f"{x['cpu_x_minimal']:8.3f} {x['p50_ms']:7.1f} {x['p99_ms']:7.1f} "
+                f"{x['cpu_x_minimal']:8.3f} {feat} {x['p50_ms']:7.1f} {x['p99_ms']:7.1f} "
                 f"{x['errors'] + x['not_valid']:6d}"
             )
+        if backend == "sqlite" and (featured := results.get("featured")):
+            print_featured(featured, refs.get("featured_validate-sqlite") or {})
         print(f"  server log: {part['server_log']}")
         print(
             f"  worker RSS MiB (final): {sorted(part['rss_mib'][-1].values())}; "
@@ -157,6 +176,18 @@ def print_main(results: dict[str, Any]) -> None:
     if "postgres_over_sqlite" in results:
         ratios = results["postgres_over_sqlite"]
         print("\npostgres / sqlite, per round: " + ", ".join(f"{k} {v}" for k, v in ratios.items()))
+
+
+def print_featured(featured: dict[str, Any], run: dict[str, Any]) -> None:
+    """The featured validate's line under the SQLite table (xfeat: service / featured)."""
+    f = featured
+    print(
+        f"  featured validate (reference: the minimal + the features, bare) "
+        f"{run.get('rps', 0):.1f} req/s, p99 {run.get('p99_ms', 0):.1f} ms: "
+        f"{f['x_minimal']:.3f} x minimal (cpu {f['cpu_x_minimal']:.3f}, per round "
+        f"{f['x_minimal_rounds']}); validate / featured {f['service_x_featured']:.3f} "
+        f"(cpu {f['service_cpu_x_featured']:.3f})"
+    )
 
 
 def print_table(results: dict[str, Any]) -> None:

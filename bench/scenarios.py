@@ -1,4 +1,4 @@
-"""What the benchmark runs: its scenarios, the two reference servers, and its settings."""
+"""What the benchmark runs: its scenarios, the reference servers, and its settings."""
 
 from __future__ import annotations
 
@@ -50,7 +50,19 @@ MINIMAL_VALIDATE = Reference(
     "Flask + PyJWT EdDSA verify + one SQLAlchemy Core primary-key select + jsonify",
     needs_database=True,
 )
-REFERENCES = (HELLO, MINIMAL_VALIDATE)
+# The minimal validate with the service's features written bare (rate limits in Redis,
+# headers, request id, access log, metrics, signed verdict): what those features cost at
+# least. Served on SQLite only, beside the service's SQLite validate (information: the
+# targets stay judged against the minimal validate).
+FEATURED_VALIDATE = Reference(
+    "featured_validate",
+    "bench.reference.validate_featured:app",
+    "validate",
+    "the minimal validate + both validate limits in Redis (one round trip), X-RateLimit-*, "
+    "request id, security headers, JSON access log, Prometheus, signed verdict",
+    needs_database=True,
+)
+REFERENCES = (HELLO, MINIMAL_VALIDATE, FEATURED_VALIDATE)
 
 
 @dataclass
