@@ -1,7 +1,8 @@
 """The benchmark's featured reference (bench/reference/validate_featured.py): the minimal
-validate with the service's features written bare. Its figures only mean something if it
-does what the service does: a VALID answer with a verdict that verifies, the headers, the
-access log, the metrics, and a 429 once a limit is spent."""
+validate with the service's features written bare, and its /healthz through the same
+features. Its figures only mean something if it does what the service does: a VALID answer
+with a verdict that verifies, the headers, the access log, the metrics, and a 429 once a
+limit is spent; the service's liveness answer with the same headers, log line and metrics."""
 
 from __future__ import annotations
 
@@ -116,6 +117,60 @@ def test_featured_reference_validates_signs_limits_and_logs(
     assert 'license_validations_total{code="VALID"} 3.0' in metrics
     assert 'rate_limit_rejections_total{route="/api/v1/licenses/validate"} 1.0' in metrics
     assert "http_request_duration_seconds_bucket" in metrics
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_featured_reference_serves_healthz_with_the_features(database_url, signing_key_file):
+    """GET /healthz as the service answers it (app/operations/health.py): its body, the
+    security headers (no Cache-Control outside /api/), the request id, one access-log line and
+    the request counter and latency histogram; no rate limit (the service's has none)."""
+    out: list[str] = []
+    with gunicorn_server(
+        database_url,
+        workers=2,
+        output=out,
+        app=FEATURED,
+        LICENSE_SIGNING_KEYS=signing_key_file,
+        LOG_LEVEL="INFO",
+        TRUSTED_PROXIES="1",
+    ) as base:
+        ok = http(
+            "GET",
+            base + "/healthz",
+            None,
+            {"X-Request-ID": "req-hz-1", "X-Forwarded-For": "198.51.100.9"},
+        )
+        hostile = http("GET", base + "/healthz", None, {"X-Request-ID": "x" * 65})
+        metrics = _metrics_text(base)
+
+    status, answer, headers = ok
+    assert (status, answer) == (200, {"status": "ok"})
+    assert headers["Content-Type"] == "application/json"
+    security = {k: v for k, v in SECURITY.items() if k != "Cache-Control"}
+    assert {k: headers.get(k) for k in security} == security
+    assert "Cache-Control" not in headers
+    assert headers["X-Request-ID"] == "req-hz-1"
+    assert not [k for k in headers if k.startswith("X-RateLimit") or k == "Retry-After"]
+    assert hostile[0] == 200
+    made_up = hostile[2]["X-Request-ID"]  # an over-long incoming id is replaced
+    assert made_up != "x" * 65 and len(made_up) == 32
+    lines = [json.loads(x) for x in out[0].splitlines() if x.startswith("{")]
+    access = [x for x in lines if x["logger"] == "app.access"]
+    first = next(x for x in access if x["request_id"] == "req-hz-1")
+    assert first["message"] == "GET /healthz 200"
+    assert (first["route"], first["path"], first["status"]) == ("/healthz", "/healthz", 200)
+    assert (first["user_id"], first["ip"]) == (None, "198.51.100.9")
+    # The server counts as up once /healthz answers: the harness's probes are counted too.
+    served = _sample(metrics, 'http_requests_total{method="GET",route="/healthz",status="200"}')
+    timed = _sample(metrics, 'http_request_duration_seconds_count{method="GET",route="/healthz"}')
+    assert served >= 2 and timed == served
+
+
+def _sample(metrics: str, name: str) -> float:
+    """The value of one sample (name and labels as written) in a Prometheus text page."""
+    values = [line.rpartition(" ")[2] for line in metrics.splitlines() if line.startswith(name)]
+    assert len(values) == 1, f"{name}: {values}"
+    return float(values[0])
 
 
 def _metrics_text(base: str) -> str:

@@ -1,5 +1,7 @@
 """The minimal validate WITH the service's features, written bare: the floor any
-implementation of POST /licenses/validate pays for them (issue 17).
+implementation of POST /licenses/validate pays for them (issue 17). GET /healthz too, as
+the service answers it, through the same features but no rate limit (the service's has
+none): the floor under the healthz target, beside Flask hello's.
 
 bench/reference/validate.py does a validation's work and nothing else. This is that, plus
 what the service does around it, each written with its library directly — Flask, redis-py,
@@ -464,7 +466,7 @@ def finish(response: Response) -> Response:
         "path": request.path,
         "status": status,
         "duration_ms": round(duration * 1000, 2),
-        "user_id": None,  # validate takes no Bearer token
+        "user_id": None,  # neither route takes a Bearer token
         "ip": request.remote_addr,
     }
     access_log.info("%s %s %s", request.method, route, status, extra={"fields": fields})
@@ -516,6 +518,12 @@ def validate() -> Any:
     )
     answer.headers.update(limit_headers)
     return answer
+
+
+@app.get("/healthz")
+def healthz() -> Any:
+    """Liveness, as the service answers it: {"status": "ok"}."""
+    return {"status": "ok"}
 
 
 @app.get("/metrics")
