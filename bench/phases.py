@@ -25,7 +25,13 @@ from bench.load import (
     rounds,
     summary,
 )
-from bench.scenarios import FEATURED_VALIDATE, HELLO, MINIMAL_VALIDATE, Settings
+from bench.scenarios import (
+    FEATURED_HEALTHZ,
+    FEATURED_VALIDATE,
+    HELLO,
+    MINIMAL_VALIDATE,
+    Settings,
+)
 from bench.server import (
     BENCH,
     CACHE,
@@ -150,8 +156,9 @@ def main_phase(
     settings: Settings, backends: dict[str, Backend], results: dict[str, Any]
 ) -> list[str]:
     """Every scenario on every backend, beside Flask hello and the minimal validate (on
-    each backend) and the featured validate (on SQLite, when validate runs), in interleaved
-    rounds. Returns the problems a smoke test fails on."""
+    each backend) and the featured reference (on SQLite: its validate and its healthz, each
+    when the service's runs), in interleaved rounds. Returns the problems a smoke test fails
+    on."""
     first = next(iter(backends.values()))
     hello = Server(HELLO.name, first.env, app=HELLO.app)
     services = {b: Server(f"service-{b}", be.env) for b, be in backends.items()}
@@ -160,7 +167,8 @@ def main_phase(
         for b, be in backends.items()
     }
     featured = None
-    if "sqlite" in backends and FEATURED_VALIDATE.scenario in settings.scenarios:
+    featured_names = featured_scenarios(settings) if "sqlite" in backends else []
+    if featured_names:
         sqlite = backends["sqlite"]
         featured = Server(f"{FEATURED_VALIDATE.name}-sqlite", sqlite.env, app=FEATURED_VALIDATE.app)
     files = {hello.name: first.files}
@@ -176,14 +184,16 @@ def main_phase(
         start_all(servers)
         for s in servers:
             names = [HELLO.scenario] if s is hello else None
-            if s in minimal.values() or s is featured:
+            if s in minimal.values():
                 names = [MINIMAL_VALIDATE.scenario]
+            if s is featured:
+                names = featured_names
             for name, problem in preflight(s, files[s.name], names or settings.scenarios).items():
                 problems.append(f"{s.name} {name}: {problem}")
         plan: Plan = [(hello, HELLO.scenario)]
         plan += [(m, MINIMAL_VALIDATE.scenario) for m in minimal.values()]
         if featured is not None:
-            plan.append((featured, FEATURED_VALIDATE.scenario))
+            plan += [(featured, name) for name in featured_names]
         plan += [(services[b], name) for name in settings.scenarios for b in backends]
         rss: dict[str, list[dict[int, float]]] = {b: [] for b in backends}
 
@@ -193,7 +203,9 @@ def main_phase(
 
         runs = rounds(plan, lambda s: files[s.name], settings, "main", after_round=sample_rss)
         results["references"] = {
-            s.name: summary([r[(s.name, n)] for r in runs]) for s, n in plan if s in references
+            reference_key(s, n, featured): summary([r[(s.name, n)] for r in runs])
+            for s, n in plan
+            if s in references
         }
         for b, be in backends.items():
             results[b] = backend_summary(
@@ -202,9 +214,13 @@ def main_phase(
             results[b]["rss_mib"] = rss[b]
             results[b]["leak_check"] = leak_check(rss[b])
             results[b]["server_log"] = services[b].log_problems()
-        if featured is not None:
+        if FEATURED_VALIDATE.scenario in featured_names:
             results["featured"] = featured_summary(
                 results["sqlite"], services["sqlite"].name, featured, minimal["sqlite"].name, runs
+            )
+        if FEATURED_HEALTHZ.scenario in featured_names:
+            results["featured_healthz"] = featured_healthz_summary(
+                results["sqlite"], services["sqlite"].name, featured, hello.name, runs
             )
         if "postgres" in backends:
             results["postgres_over_sqlite"] = {
@@ -228,9 +244,26 @@ def main_phase(
     for name, s in results.get("references", {}).items():
         if s["errors"]:
             problems.append(f"{name}: {s['errors']} errors")
-    if any((results.get("featured") or {}).get("server_log", {}).values()):
-        problems.append(f"featured validate server log: {results['featured']['server_log']}")
+    for part in ("featured", "featured_healthz"):
+        if any((results.get(part) or {}).get("server_log", {}).values()):
+            problems.append(f"featured reference server log: {results[part]['server_log']}")
+            break  # one server: its log once
     return problems
+
+
+def featured_scenarios(settings: Settings) -> list[str]:
+    """What the featured reference serves in the main rounds: its validate and its healthz,
+    each when the service's scenario runs."""
+    names = (FEATURED_VALIDATE.scenario, FEATURED_HEALTHZ.scenario)
+    return [name for name in names if name in settings.scenarios]
+
+
+def reference_key(server: Server, scenario: str, featured: Server | None) -> str:
+    """A reference run's name in the results: its server's, except the featured server's
+    healthz (one server, two references)."""
+    if server is featured and scenario == FEATURED_HEALTHZ.scenario:
+        return f"{FEATURED_HEALTHZ.name}-sqlite"
+    return server.name
 
 
 def featured_summary(
@@ -256,6 +289,33 @@ def featured_summary(
         "x_minimal_rounds": [round(x, 3) for x in ratio_per_round(runs, f, m)],
         "service_x_featured": validate["x_featured"],
         "service_cpu_x_featured": validate["cpu_x_featured"],
+        "server_log": featured.log_problems(),
+    }
+
+
+def featured_healthz_summary(
+    sqlite: dict[str, Any],
+    service: str,
+    featured: Server,
+    hello: str,
+    runs: list[dict[tuple[str, str], dict[str, Any]]],
+) -> dict[str, Any]:
+    """The featured healthz's ratios, per round: the service's healthz over it (`x_featured`,
+    also kept with the service's healthz) — how much of the gap to Flask hello is the
+    service's own — and it over Flask hello: what the features cost at least on a trivial
+    view."""
+    name = FEATURED_HEALTHZ.scenario
+    top, f, h = (service, name), (featured.name, name), (hello, HELLO.scenario)
+    healthz = sqlite["scenarios"][name]
+    healthz["x_featured"] = median(ratio_per_round(runs, top, f))
+    healthz["cpu_x_featured"] = median(ratio_per_round(runs, top, f, "cpu_us"))
+    healthz["x_featured_rounds"] = [round(x, 3) for x in ratio_per_round(runs, top, f)]
+    return {
+        "x_hello": median(ratio_per_round(runs, f, h)),
+        "cpu_x_hello": median(ratio_per_round(runs, f, h, "cpu_us")),
+        "x_hello_rounds": [round(x, 3) for x in ratio_per_round(runs, f, h)],
+        "service_x_featured": healthz["x_featured"],
+        "service_cpu_x_featured": healthz["cpu_x_featured"],
         "server_log": featured.log_problems(),
     }
 

@@ -62,7 +62,17 @@ FEATURED_VALIDATE = Reference(
     "request id, security headers, JSON access log, Prometheus, signed verdict",
     needs_database=True,
 )
-REFERENCES = (HELLO, MINIMAL_VALIDATE, FEATURED_VALIDATE)
+# The same server's GET /healthz: the service's liveness answer through the same features
+# (no rate limit: the service's healthz has none), beside Flask hello (information: the
+# healthz target stays judged against hello).
+FEATURED_HEALTHZ = Reference(
+    "featured_healthz",
+    FEATURED_VALIDATE.app,
+    "healthz",
+    "GET /healthz through the featured validate's request id, security headers, JSON access "
+    "log and Prometheus",
+)
+REFERENCES = (HELLO, MINIMAL_VALIDATE, FEATURED_VALIDATE, FEATURED_HEALTHZ)
 
 
 @dataclass

@@ -220,3 +220,42 @@ def test_featured_ratios_per_round_beside_the_validate_target():
     ]
     assert (target["x_featured"], target["featured_x_minimal"]) == (0.925, 0.5)
     assert target["met"] is False
+
+
+def test_featured_healthz_ratios_per_round_beside_the_healthz_target():
+    """The service's healthz over the featured healthz (the healthz row's xfeat), and the
+    featured healthz over Flask hello, medians of per-round ratios; beside the healthz
+    target for information (it is still judged against hello alone)."""
+    from bench.phases import featured_healthz_summary
+    from bench.report import targets
+    from bench.server import Server
+
+    def run(rps: float, cpu_us: float) -> dict:
+        return {"rps": rps, "cpu_us": cpu_us}
+
+    runs = [
+        {
+            ("service-sqlite", "healthz"): run(1200, 1000),
+            ("featured_validate-sqlite", "healthz"): run(1500, 800),
+            ("hello", "healthz"): run(2000, 500),
+        },
+        {
+            ("service-sqlite", "healthz"): run(1100, 1000),
+            ("featured_validate-sqlite", "healthz"): run(1000, 1000),
+            ("hello", "healthz"): run(2500, 500),
+        },
+    ]
+    sqlite = {"scenarios": {"healthz": {"x_hello": 0.52, "rps": 1150, "errors": 0}}}
+    featured = Server("featured_validate-sqlite", {}, app="bench.reference.validate_featured:app")
+    featured.log_problems = lambda: {"tracebacks": 0}  # type: ignore[method-assign]
+    summary = featured_healthz_summary(sqlite, "service-sqlite", featured, "hello", runs)
+    assert summary["x_hello_rounds"] == [0.75, 0.4]
+    assert summary["x_hello"] == 0.575 and summary["cpu_x_hello"] == 0.562
+    assert sqlite["scenarios"]["healthz"]["x_featured_rounds"] == [0.8, 1.1]
+    assert summary["service_x_featured"] == 0.95
+    assert sqlite["scenarios"]["healthz"]["cpu_x_featured"] == 0.9
+    target = targets({"sqlite": sqlite, "featured_healthz": summary})[
+        "healthz >= 0.8 x Flask hello"
+    ]
+    assert (target["x_featured"], target["featured_x_hello"]) == (0.95, 0.575)
+    assert target["x_hello"] == 0.52 and target["met"] is False
