@@ -8,8 +8,8 @@ loopback, beside two bare reference apps.
 Phases (bench/README.md says more), each on servers started with deploy/gunicorn.conf.py
 and APP_ENV=production:
 1. Main (bench/phases.py): every scenario on SQLite and PostgreSQL, beside Flask hello,
-   the minimal validate and (SQLite) the featured validate (bench/reference/), in
-   interleaved rounds; ratios per round.
+   the minimal validate and (SQLite) the featured validate and its healthz
+   (bench/reference/), in interleaved rounds; ratios per round.
 2. Contention (bench/prototypes.py): activate and orders at 16 and 64 connections, the
    service as it is and with every prototype.
 3. Prototypes (bench/prototypes.py, bench/variants.py): each recommended optimisation
