@@ -469,6 +469,34 @@ def test_activation_decides_on_one_read_after_the_lock(app, client):
     assert all(f"{table}." in reads[0] for table in tables), reads
 
 
+def test_activation_read_binds_only_the_request_values(app, client):
+    """The statuses activation's read compares with are written into its SQL, never bound:
+    a bound status beside a partial index (licenses' live client ids) made SQLite prepare
+    the whole statement again at every activation, and an expanding IN list is rewritten
+    by SQLAlchemy at every execution. Its parameters are the user, the time, the
+    client id (and LIMIT's numbers) only."""
+    ada = account(client)
+    with app.app_context():
+        engine = get_database().engine
+    sent: list[tuple[str, object]] = []
+
+    def record(_conn, _cursor, statement, parameters, *_args):
+        sent.append((" ".join(statement.split()), parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert activate(client, ada, client_id="laptop-binds").status_code == 201
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    ((sql, parameters),) = [
+        (s, p) for s, p in sent if s.startswith("SELECT") and "subscriptions." in s
+    ]
+    values = list(parameters.values()) if isinstance(parameters, dict) else list(parameters)
+    assert not {"active", "past_due", "revoked"} & {v for v in values if isinstance(v, str)}
+    assert "'revoked'" in sql and "IN ('active', 'past_due')" in sql, sql
+    assert "laptop-binds" in values
+
+
 def test_activation_for_a_user_that_is_gone_writes_nothing(app):
     """A valid access token of a deleted user: 404 user_not_found, no license, no audit."""
     with app.app_context(), acting_as("auth"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import ColumnElement, String, bindparam, func, literal_column, select
 from sqlalchemy.orm import Session
 
 from app.auth.accounts.service import UserNotFound
@@ -21,6 +21,23 @@ from app.kernel.db import execute_now, utcnow
 # Seats of the plan that needs no subscription; paid plans take theirs from the subscription.
 FREE_SEATS = 1
 LIVE_SUBSCRIPTION = ("active", "past_due")
+
+
+def constant(value: str) -> ColumnElement[str]:
+    """`value` written into the SQL itself, not bound: SQLite re-prepares a statement on
+    every execution when a bound value decides whether a partial index applies (`status !=
+    ?` beside licenses' live client ids), and SQLAlchemy rewrites an expanding IN list
+    (the live subscription statuses) on every execution. Only the code's own status names,
+    never input."""
+    if not value.replace("_", "").isalnum():
+        raise ValueError(f"not a status name: {value!r}")
+    return literal_column(f"'{value}'", String())
+
+
+def live_statuses() -> list[ColumnElement[str]]:
+    """LIVE_SUBSCRIPTION as constants of the SQL (`constant`), for an IN list."""
+    return [constant(status) for status in LIVE_SUBSCRIPTION]
+
 
 # The statements of activation (the hot write path), built once with bind parameters:
 # SQLAlchemy memoises each one's cache key on the object, so a call neither rebuilds the
@@ -33,7 +50,7 @@ SEATS_IN_USE = (
     .select_from(License)
     .where(
         License.user_id == bindparam("user_id"),
-        License.status == "active",
+        License.status == constant("active"),
         License.expires_at > bindparam("now"),
     )
 )

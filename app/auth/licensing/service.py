@@ -34,8 +34,9 @@ from app.auth.licensing.errors import (
     VersionConflict,
 )
 from app.auth.licensing.seats import (
-    LIVE_SUBSCRIPTION,
     SEATS_IN_USE,
+    constant,
+    live_statuses,
     lock_user,
     lock_user_only,
     seat_limit,
@@ -76,8 +77,10 @@ _INSERT_LICENSE = insert(License)
 # statement reads what is committed by then): the live subscription's seats and renewal
 # date (NULL without one), the seats taken (`seats.SEATS_IN_USE`) and, beside them, the
 # client's live license if it has one (its columns NULL otherwise: the partial unique
-# index on live client ids allows at most one, so the statement answers one row).
-_LIVE = (Subscription.user_id == bindparam("user_id"), Subscription.status.in_(LIVE_SUBSCRIPTION))
+# index on live client ids allows at most one, so the statement answers one row). The
+# statuses are constants of the SQL (`seats.constant`): bound, they made SQLite prepare the
+# whole statement again at each activation.
+_LIVE = (Subscription.user_id == bindparam("user_id"), Subscription.status.in_(live_statuses()))
 _TERMS_AND_SEATS_TAKEN = select(
     select(Subscription.seats).where(*_LIVE).limit(1).scalar_subquery().label("seats"),
     select(Subscription.renews_at).where(*_LIVE).limit(1).scalar_subquery().label("renews_at"),
@@ -85,7 +88,7 @@ _TERMS_AND_SEATS_TAKEN = select(
 ).subquery("terms")
 _LIVE_LICENSE_OF_CLIENT = (
     select(*LICENSE_COLUMNS)
-    .where(License.client_id == bindparam("client_id"), License.status != "revoked")
+    .where(License.client_id == bindparam("client_id"), License.status != constant("revoked"))
     .subquery("live")
 )
 _ACTIVATION_READ = select(_TERMS_AND_SEATS_TAKEN, _LIVE_LICENSE_OF_CLIENT).select_from(
