@@ -463,6 +463,37 @@ def test_a_limited_request_resolves_its_limits_once(app_config, redis_url, monke
     assert "resolve_limits" in resolved
 
 
+def test_a_validation_reads_only_its_own_rate_settings(app_config, redis_url, monkeypatch):
+    """A limited request reads the rate settings of its own limits only (not every limited
+    route's, on every request), and a change to one of them still counts from the next
+    request; a change to another route's rate changes nothing for it."""
+    app, http, client = _limits_in_redis(app_config, redis_url, **THREE_VALIDATIONS)
+    read = []
+
+    class Counted(type(app.config)):
+        def __getitem__(self, key):
+            if key.startswith("RATELIMIT_") and key.endswith(("_PER_IP", "_PER_TOKEN")):
+                read.append(key.removeprefix("RATELIMIT_").partition("_PER_")[0])
+            return super().__getitem__(key)
+
+    monkeypatch.setattr(app.config, "__class__", Counted)
+    try:
+        _validations(http, client, 1, [])  # resolved for the first time
+        read.clear()
+        answers, _counts = _validations(http, client, 2, [])
+        app.config["RATELIMIT_LOGIN_PER_IP"] = "1/minute"
+        other_changed, _counts = _validations(http, client, 1, [])
+        app.config["RATELIMIT_VALIDATE_PER_IP"] = "1/minute"
+        own_changed, _counts = _validations(http, client, 2, [])
+    finally:
+        client.close()
+        app.extensions["db"].dispose()
+    assert read and set(read) == {"VALIDATE"}
+    assert [a[:2] for a in answers] == [(200, ["3", "2"]), (200, ["3", "1"])]
+    assert [a[:2] for a in other_changed] == [(200, ["3", "2"])]
+    assert [a[:2] for a in own_changed] == [(200, ["1", "0"]), (429, ["1", "0"])]
+
+
 def test_the_headers_describe_the_limit_they_say(app_config, redis_url):
     """X-RateLimit-* describe the first limit checked (the address's, shortest window) on an
     accepted answer and the limit that refused on a 429 — what the document says."""

@@ -31,6 +31,7 @@ from flask_limiter.util import get_qualified_name, get_remote_address
 from limits.storage import Storage
 from limits.util import WindowStats
 from werkzeug.exceptions import HTTPException
+from werkzeug.local import LocalProxy
 
 # Defining it registers it for limits' Redis schemes: the storage the limiter builds for them.
 from app.http.redis_limits import CountedRedisStorage, PlannedHit  # noqa: F401 (registered)
@@ -47,9 +48,11 @@ class ResolvedOnce(LimitManager):
     The limiter asks it on every limited request which limits apply (`resolve_limits`) and
     which are exempt (`exemption_scope`); the answer depends only on what is registered
     (limits, exemptions, endpoint hints: every change goes through a method here and forgets
-    what was kept) and on the rates their settings hold now, which are part of the key: a
-    rate changed in the configuration counts from the next request. Resolving (each rate
-    string parsed again, each exemption looked up) was ~5 % of a validation's CPU.
+    what was kept) and on the rates the endpoint's own limits (its view's and its hinted
+    callables') hold now, which are part of the key: a rate changed in the configuration
+    counts from the next request. Resolving (each rate string parsed again, each exemption
+    looked up) was ~5 % of a validation's CPU; keying on every limited route's rates, read
+    through `current_app` each, cost another ~35 µs a request.
     Application, default and blueprint limits are resolved afresh every time (the service
     has none; their rates are not in the key)."""
 
@@ -89,19 +92,45 @@ class ResolvedOnce(LimitManager):
             self.forget()
         super().add_endpoint_hint(endpoint, name)
 
-    def resolve_limits(self, app: flask.Flask, *args: Any, **kwargs: Any) -> Any:
+    def resolve_limits(
+        self,
+        app: flask.Flask,
+        endpoint: str | None = None,
+        blueprint: str | None = None,
+        callable_name: str | None = None,
+        in_middleware: bool = False,
+        marked_for_limiting: bool = False,
+    ) -> Any:
+        args = (endpoint, blueprint, callable_name, in_middleware, marked_for_limiting)
+        if isinstance(app, LocalProxy):  # flask-limiter passes `current_app`: looked up once
+            app = app._get_current_object()
         if self._application_limits or self._default_limits or self._blueprint_limits:
-            return super().resolve_limits(app, *args, **kwargs)
-        rates = tuple(
-            group.limit_provider() if callable(group.limit_provider) else group.limit_provider
-            for groups in self._decorated_limits.values()
-            for group in groups
-        )
-        key = ("limits", app, rates, *args, *sorted(kwargs.items()))
+            return super().resolve_limits(app, *args)
+        key = ("limits", app, self._rates_for(app, endpoint, callable_name), *args)
         known = self._known.get(key)
         if known is None:
-            known = self._known[key] = super().resolve_limits(app, *args, **kwargs)
+            known = self._known[key] = super().resolve_limits(app, *args)
         return tuple(list(limits) for limits in known)  # lists of the caller's own
+
+    def _rates_for(
+        self, app: flask.Flask, endpoint: str | None, callable_name: str | None
+    ) -> tuple[Any, ...]:
+        """The rates, as configured now, of the limit groups a resolution for `endpoint`
+        can return: the view's own (`callable_name`, else the endpoint's view) and those of
+        the callables hinted for the endpoint. Another view's rates do not change this
+        answer; reading only these keeps the key to a few configuration lookups."""
+        if not endpoint:
+            return ()
+        if callable_name is None:
+            view = app.view_functions.get(endpoint)
+            callable_name = get_qualified_name(view) if view else ""
+        names = (callable_name, *self._endpoint_hints.get(endpoint, ()))
+        config = app.config
+        return tuple(
+            rate_of(group.limit_provider, config)
+            for name in names
+            for group in self._decorated_limits.get(name, ())
+        )
 
     def exemption_scope(self, app: flask.Flask, endpoint: str | None, blueprint: str | None) -> Any:
         key = ("exemption", app, endpoint, blueprint)
@@ -219,7 +248,7 @@ class RouteLimiter(Limiter):
             if not endpoint or view is None:
                 return None
             name = get_qualified_name(view)
-            rates = tuple(r() if callable(r) else r for r in self._rates.get(name, ()))
+            rates = tuple(rate_of(r, config) for r in self._rates.get(name, ()))
             found = (endpoint, method, rates)
             limits = resolved.get(found, ())
             if limits == ():
@@ -642,6 +671,33 @@ def token_in_body() -> str:
     return "ip:" + client_ip()
 
 
+class ConfigRate:
+    """A rate limit read from the app's configuration at request time: flask-limiter calls
+    it (through `current_app`); the limiter's own bookkeeping reads `setting` from a
+    configuration it already holds (`rate_of`), which is the same value, without the
+    context lookup."""
+
+    __slots__ = ("setting",)
+
+    def __init__(self, setting: str) -> None:
+        self.setting = setting
+
+    def __call__(self) -> str:
+        rate: str = current_app.config[self.setting]
+        return rate
+
+    def __repr__(self) -> str:
+        return f"config_limit({self.setting!r})"
+
+
 def config_limit(name: str) -> Callable[[], str]:
     """A rate limit read from the app's configuration at request time."""
-    return lambda: current_app.config[name]
+    return ConfigRate(name)
+
+
+def rate_of(provider: Any, config: flask.Config) -> Any:
+    """What a limit's `limit_provider` holds now: a rate string, or what its callable
+    returns (a `ConfigRate` read from `config`, the current app's)."""
+    if isinstance(provider, ConfigRate):
+        return config[provider.setting]
+    return provider() if callable(provider) else provider
