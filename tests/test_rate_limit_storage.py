@@ -494,6 +494,35 @@ def test_a_validation_reads_only_its_own_rate_settings(app_config, redis_url, mo
     assert [a[:2] for a in own_changed] == [(200, ["1", "0"]), (429, ["1", "0"])]
 
 
+def test_the_limiters_request_state_is_flask_limiters_own(app_config, redis_url):
+    """The limiter's state for a request (looked up once, not through three proxies) is
+    the one flask-limiter's own property keeps: what the view's limits left is what the
+    headers say, each request its own."""
+    from flask import request
+    from flask_limiter import Limiter
+
+    from app.http.limits import limiter
+
+    app, http, client = _limits_in_redis(app_config, redis_url, **THREE_VALIDATIONS)
+    seen = []
+
+    @app.after_request
+    def record(response):  # runs before the limiter's own after-request hook
+        if request.endpoint == "auth.validate":
+            own = Limiter.context.fget(limiter)
+            current = limiter.current_limit
+            seen.append((limiter.context is own, current.limit.amount, current.remaining))
+        return response
+
+    try:
+        answers, _counts = _validations(http, client, 2, [])
+    finally:
+        client.close()
+        app.extensions["db"].dispose()
+    assert seen == [(True, 3, 2), (True, 3, 1)]
+    assert [a[:2] for a in answers] == [(200, ["3", "2"]), (200, ["3", "1"])]
+
+
 def test_the_headers_describe_the_limit_they_say(app_config, redis_url):
     """X-RateLimit-* describe the first limit checked (the address's, shortest window) on an
     accepted answer and the limit that refused on a 429 — what the document says."""
