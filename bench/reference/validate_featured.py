@@ -14,9 +14,11 @@ session, no ownership guard:
   sets each window's expiry on its first hit and returns the counts and TTLs, stopping at
   the first over its limit as the service's limiter does (EVALSHA, the script loaded again
   on NOSCRIPT). Over a limit: 429 problem+json with Retry-After. X-RateLimit-Limit,
-  -Remaining and -Reset on every answer, for the first limit (or the one refused), as
-  flask-limiter reports them. Without REDIS_URL (or when Redis fails) the windows are
-  counted in this process, like the service's fallback;
+  -Remaining and -Reset on every answer that reached the limits (not on a malformed
+  body's 415/422, which it answers before counting; the service counts those too), for
+  the first limit (or the one refused), as flask-limiter reports them. Without REDIS_URL
+  (or when Redis fails) the windows are counted in this process, like the service's
+  fallback;
 - the request id: X-Request-ID echoed when well-formed, else a uuid4 hex, in the response
   and in the log line;
 - the service's security headers (and Cache-Control: no-store on /api/, HSTS over HTTPS);
