@@ -449,6 +449,32 @@ def test_a_renewal_lead_as_long_as_a_paid_period_is_refused(bare_env):
     app.extensions["db"].dispose()
 
 
+@pytest.mark.parametrize(
+    ("limit", "why"),
+    [
+        ("1/300000000 years", "a window longer than a year"),
+        ("10/minute;1/2 years", "a window longer than a year"),
+        ("5/0 minutes", "a window of no time"),
+    ],
+)
+def test_a_rate_limit_window_redis_cannot_keep_is_refused(limit, why):
+    """RATELIMIT_VALIDATE_PER_TOKEN=1/300000000 years passed, and then Redis refused the
+    counter's expiry after counting it: the route answered 429 to every request, for good
+    (the outside test of the seventh session). A window must be some time, and at most a
+    year."""
+    with pytest.raises(ConfigError) as raised:
+        load_settings("/srv/i", environ={"RATELIMIT_VALIDATE_PER_TOKEN": limit})
+    assert str(raised.value) == (
+        f"RATELIMIT_VALIDATE_PER_TOKEN must count over a period of one second to one year, "
+        f"got {limit!r} ({why})"
+    )
+
+
+def test_a_rate_limit_of_a_year_is_accepted():
+    settings = load_settings("/srv/i", environ={"RATELIMIT_VALIDATE_PER_TOKEN": "1000/year"})
+    assert settings.rate_limits.validate_per_token == "1000/year"
+
+
 @pytest.mark.parametrize("limit", ["0/minute", "10/minute;0/hour"])
 def test_a_rate_limit_of_zero_is_refused(limit):
     """RATELIMIT_LOGIN_PER_IP=0/minute passed, and then every login answered 429."""

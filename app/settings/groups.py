@@ -259,7 +259,7 @@ class Lockout(Group):
 
 
 def _limit(name: str, default: str, doc: str) -> Any:
-    return env(name, default, f"{doc} (flask-limiter syntax)")
+    return env(name, default, f"{doc} (flask-limiter syntax; each period 1 second to 1 year)")
 
 
 class RateLimits(Group):

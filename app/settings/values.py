@@ -102,7 +102,26 @@ def _rate_limit(value: Any) -> Any:
                 "must allow at least one request in each period (0 refuses every request), "
                 f"got {value!r}"
             )
+        # A counter's window is its expiry in Redis: none (5/0 minutes), or one longer than
+        # Redis keeps (1/300000000 years: the script counted, then failed to set the expiry,
+        # and the route refused every request for good).
+        for item in items:
+            expiry = item.get_expiry()
+            if _NO_TIME.search(value) or not 1 <= expiry <= _LONGEST_WINDOW:
+                # (limits reads "5/0 minutes" as 5/minute: refused, not guessed)
+                why = (
+                    "a window longer than a year"
+                    if expiry > _LONGEST_WINDOW
+                    else "a window of no time"
+                )
+                raise ValueError(
+                    f"must count over a period of one second to one year, got {value!r} ({why})"
+                )
     return value
+
+
+_LONGEST_WINDOW = 366 * 24 * 3600  # seconds: `1/year` is limits' year (and a leap one fits)
+_NO_TIME = re.compile(r"/\s*0+\s*[A-Za-z]")  # a period of 0 units: 5/0 minutes
 
 
 def networks(value: Any) -> Any:
