@@ -36,7 +36,6 @@ class for those schemes, so `RATELIMIT_STORAGE_URI` stays the Redis URL.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -47,8 +46,6 @@ from flask import has_request_context, request
 from limits.storage.redis import RedisStorage
 from redis import exceptions as redis_errors
 from redis.commands.core import Script
-
-log = logging.getLogger(__name__)
 
 # INCRBY with the expiry set on the window's first hit (limits' incr_expire.lua), then the
 # counter's TTL read in the same script.
