@@ -455,6 +455,8 @@ def test_a_renewal_lead_as_long_as_a_paid_period_is_refused(bare_env):
         ("1/300000000 years", "a window longer than a year"),
         ("10/minute;1/2 years", "a window longer than a year"),
         ("5/0 minutes", "a window of no time"),
+        ("5 per 0 minutes", "a window of no time"),
+        ("5 PER 00 Minute", "a window of no time"),
     ],
 )
 def test_a_rate_limit_window_redis_cannot_keep_is_refused(limit, why):

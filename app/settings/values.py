@@ -121,7 +121,7 @@ def _rate_limit(value: Any) -> Any:
 
 
 _LONGEST_WINDOW = 366 * 24 * 3600  # seconds: `1/year` is limits' year (and a leap one fits)
-_NO_TIME = re.compile(r"/\s*0+\s*[A-Za-z]")  # a period of 0 units: 5/0 minutes
+_NO_TIME = re.compile(r"(/|\bper\b)\s*0+\s*[A-Za-z]", re.I)  # 0 units: 5/0 minutes, 5 per 0 minutes
 
 
 def networks(value: Any) -> Any:
