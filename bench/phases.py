@@ -278,19 +278,7 @@ def featured_summary(
     minimal is the service's own — and it over the minimal validate: what the features
     cost at least."""
     name = FEATURED_VALIDATE.scenario
-    top, f, m = (service, name), (featured.name, name), (minimal, name)
-    validate = sqlite["scenarios"][name]
-    validate["x_featured"] = median(ratio_per_round(runs, top, f))
-    validate["cpu_x_featured"] = median(ratio_per_round(runs, top, f, "cpu_us"))
-    validate["x_featured_rounds"] = [round(x, 3) for x in ratio_per_round(runs, top, f)]
-    return {
-        "x_minimal": median(ratio_per_round(runs, f, m)),
-        "cpu_x_minimal": median(ratio_per_round(runs, f, m, "cpu_us")),
-        "x_minimal_rounds": [round(x, 3) for x in ratio_per_round(runs, f, m)],
-        "service_x_featured": validate["x_featured"],
-        "service_cpu_x_featured": validate["cpu_x_featured"],
-        "server_log": featured.log_problems(),
-    }
+    return _featured_ratios(sqlite, service, featured, name, (minimal, name), "minimal", runs)
 
 
 def featured_healthz_summary(
@@ -304,18 +292,32 @@ def featured_healthz_summary(
     also kept with the service's healthz) — how much of the gap to Flask hello is the
     service's own — and it over Flask hello: what the features cost at least on a trivial
     view."""
-    name = FEATURED_HEALTHZ.scenario
-    top, f, h = (service, name), (featured.name, name), (hello, HELLO.scenario)
-    healthz = sqlite["scenarios"][name]
-    healthz["x_featured"] = median(ratio_per_round(runs, top, f))
-    healthz["cpu_x_featured"] = median(ratio_per_round(runs, top, f, "cpu_us"))
-    healthz["x_featured_rounds"] = [round(x, 3) for x in ratio_per_round(runs, top, f)]
+    name, base = FEATURED_HEALTHZ.scenario, (hello, HELLO.scenario)
+    return _featured_ratios(sqlite, service, featured, name, base, "hello", runs)
+
+
+def _featured_ratios(
+    sqlite: dict[str, Any],
+    service: str,
+    featured: Server,
+    name: str,
+    base: tuple[str, str],
+    label: str,
+    runs: list[dict[tuple[str, str], dict[str, Any]]],
+) -> dict[str, Any]:
+    """The service's scenario `name` over the featured reference's (kept with the
+    service's scenario too), and the featured's over `base` (`x_<label>`), per round."""
+    top, f = (service, name), (featured.name, name)
+    row = sqlite["scenarios"][name]
+    row["x_featured"] = median(ratio_per_round(runs, top, f))
+    row["cpu_x_featured"] = median(ratio_per_round(runs, top, f, "cpu_us"))
+    row["x_featured_rounds"] = [round(x, 3) for x in ratio_per_round(runs, top, f)]
     return {
-        "x_hello": median(ratio_per_round(runs, f, h)),
-        "cpu_x_hello": median(ratio_per_round(runs, f, h, "cpu_us")),
-        "x_hello_rounds": [round(x, 3) for x in ratio_per_round(runs, f, h)],
-        "service_x_featured": healthz["x_featured"],
-        "service_cpu_x_featured": healthz["cpu_x_featured"],
+        f"x_{label}": median(ratio_per_round(runs, f, base)),
+        f"cpu_x_{label}": median(ratio_per_round(runs, f, base, "cpu_us")),
+        f"x_{label}_rounds": [round(x, 3) for x in ratio_per_round(runs, f, base)],
+        "service_x_featured": row["x_featured"],
+        "service_cpu_x_featured": row["cpu_x_featured"],
         "server_log": featured.log_problems(),
     }
 
