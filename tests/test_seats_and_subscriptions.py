@@ -218,3 +218,19 @@ def test_a_grant_and_a_renewal_leave_no_stale_license_in_the_session(app, client
             )
         assert (license_.expires_at, license_.version) == (renewed.renews_at, 3)
         assert not s.dirty
+
+
+@pytest.mark.parametrize("value", ["", "active'", "a b", "x;--", "100%", "activé", "\uff41ctive"])
+def test_a_status_constant_refuses_anything_but_a_status_name(value):
+    """seats.constant writes its value into the SQL itself (not bound): only the code's own
+    status names — ASCII letters, digits and underscores — ever get there."""
+    from app.auth.licensing.seats import constant
+
+    with pytest.raises(ValueError):
+        constant(value)
+
+
+def test_a_status_constant_is_written_as_a_quoted_literal():
+    from app.auth.licensing.seats import constant
+
+    assert str(constant("past_due")) == "'past_due'"

@@ -29,7 +29,7 @@ def constant(value: str) -> ColumnElement[str]:
     ?` beside licenses' live client ids), and SQLAlchemy rewrites an expanding IN list
     (the live subscription statuses) on every execution. Only the code's own status names,
     never input."""
-    if not value.replace("_", "").isalnum():
+    if not (value.isascii() and value.replace("_", "").isalnum()):
         raise ValueError(f"not a status name: {value!r}")
     return literal_column(f"'{value}'", String())
 
