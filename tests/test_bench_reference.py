@@ -180,27 +180,37 @@ def _metrics_text(base: str) -> str:
         return response.read().decode()
 
 
+def _run(rps: float, cpu_us: float) -> dict:
+    """One wrk run as the bench records it (what the ratios read)."""
+    return {"rps": rps, "cpu_us": cpu_us}
+
+
+def _featured_server():
+    """The featured reference's server, as the main phase names it, with a clean log."""
+    from bench.server import Server
+
+    featured = Server("featured_validate-sqlite", {}, app="bench.reference.validate_featured:app")
+    featured.log_problems = lambda: {"tracebacks": 0}  # type: ignore[method-assign]
+    return featured
+
+
 def test_featured_ratios_per_round_beside_the_validate_target():
     """The service's SQLite validate over the featured validate, and the featured over the
     minimal, each a median of per-round ratios; beside the validate target for information
     (it is still judged against the minimal alone)."""
     from bench.phases import featured_summary
     from bench.report import targets
-    from bench.server import Server
-
-    def run(rps: float, cpu_us: float) -> dict:
-        return {"rps": rps, "cpu_us": cpu_us}
 
     runs = [
         {
-            ("service-sqlite", "validate"): run(300, 5000),
-            ("featured_validate-sqlite", "validate"): run(400, 3000),
-            ("minimal_validate-sqlite", "validate"): run(800, 2000),
+            ("service-sqlite", "validate"): _run(300, 5000),
+            ("featured_validate-sqlite", "validate"): _run(400, 3000),
+            ("minimal_validate-sqlite", "validate"): _run(800, 2000),
         },
         {
-            ("service-sqlite", "validate"): run(330, 5000),
-            ("featured_validate-sqlite", "validate"): run(300, 4000),
-            ("minimal_validate-sqlite", "validate"): run(600, 2000),
+            ("service-sqlite", "validate"): _run(330, 5000),
+            ("featured_validate-sqlite", "validate"): _run(300, 4000),
+            ("minimal_validate-sqlite", "validate"): _run(600, 2000),
         },
     ]
     sqlite = {
@@ -208,8 +218,7 @@ def test_featured_ratios_per_round_beside_the_validate_target():
             "validate": {"x_minimal": 0.45, "p99_ms": 60.0, "rps": 315, "errors": 0, "not_valid": 0}
         }
     }
-    featured = Server("featured_validate-sqlite", {}, app="bench.reference.validate_featured:app")
-    featured.log_problems = lambda: {"tracebacks": 0}  # type: ignore[method-assign]
+    featured = _featured_server()
     summary = featured_summary(sqlite, "service-sqlite", featured, "minimal_validate-sqlite", runs)
     assert summary["x_minimal_rounds"] == [0.5, 0.5]
     assert summary["x_minimal"] == 0.5 and summary["cpu_x_minimal"] == 0.583
@@ -228,26 +237,21 @@ def test_featured_healthz_ratios_per_round_beside_the_healthz_target():
     target for information (it is still judged against hello alone)."""
     from bench.phases import featured_healthz_summary
     from bench.report import targets
-    from bench.server import Server
-
-    def run(rps: float, cpu_us: float) -> dict:
-        return {"rps": rps, "cpu_us": cpu_us}
 
     runs = [
         {
-            ("service-sqlite", "healthz"): run(1200, 1000),
-            ("featured_validate-sqlite", "healthz"): run(1500, 800),
-            ("hello", "healthz"): run(2000, 500),
+            ("service-sqlite", "healthz"): _run(1200, 1000),
+            ("featured_validate-sqlite", "healthz"): _run(1500, 800),
+            ("hello", "healthz"): _run(2000, 500),
         },
         {
-            ("service-sqlite", "healthz"): run(1100, 1000),
-            ("featured_validate-sqlite", "healthz"): run(1000, 1000),
-            ("hello", "healthz"): run(2500, 500),
+            ("service-sqlite", "healthz"): _run(1100, 1000),
+            ("featured_validate-sqlite", "healthz"): _run(1000, 1000),
+            ("hello", "healthz"): _run(2500, 500),
         },
     ]
     sqlite = {"scenarios": {"healthz": {"x_hello": 0.52, "rps": 1150, "errors": 0}}}
-    featured = Server("featured_validate-sqlite", {}, app="bench.reference.validate_featured:app")
-    featured.log_problems = lambda: {"tracebacks": 0}  # type: ignore[method-assign]
+    featured = _featured_server()
     summary = featured_healthz_summary(sqlite, "service-sqlite", featured, "hello", runs)
     assert summary["x_hello_rounds"] == [0.75, 0.4]
     assert summary["x_hello"] == 0.575 and summary["cpu_x_hello"] == 0.562
