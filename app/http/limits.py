@@ -40,8 +40,9 @@ from app.http.redis_limits import CountedRedisStorage, PlannedHit  # noqa: F401 
 
 log = logging.getLogger(__name__)
 
-# A limit the current request hits: flask-limiter's limit, the arguments of its key, the hit.
-_Planned = tuple[Any, list[str], PlannedHit]
+# A limit the current request hits: flask-limiter's limit, its request limit (the object its
+# context keeps; not breached yet), the hit.
+_Planned = tuple[Any, RequestLimit, PlannedHit]
 
 
 class ResolvedOnce(LimitManager):
@@ -295,8 +296,9 @@ class RouteLimiter(Limiter):
                 return None  # flask-limiter logs and skips it: its own evaluation does that
             args = [prefix, key, scope] if prefix else [key, scope]
             item = lim.limit
-            hit = (item.key_for(*args), item.get_expiry(), lim.deduction_amount, item.amount)
-            planned.append((lim, args, hit))
+            request_limit = RequestLimit(self, item, args, False, lim.shared)  # makes its key
+            hit = (request_limit.key, item.get_expiry(), lim.deduction_amount, item.amount)
+            planned.append((lim, request_limit, hit))
         return planned
 
     def _check_request_limit(
@@ -357,18 +359,17 @@ class RouteLimiter(Limiter):
             made = self.storage.hit_all([hit for _, _, hit in planned])
             # each counter as it is after the request's hits (two limits can share one)
             after = {hit[0]: answer for (_, _, hit), answer in zip(planned, made, strict=False)}
-            for (lim, args, hit), (count, _) in zip(planned, made, strict=False):
+            for (lim, request_limit, hit), (count, _) in zip(planned, made, strict=False):
                 item = lim.limit
-                request_limit = RequestLimit(self, item, args, count > item.amount, lim.shared)
+                request_limit.breached = count > item.amount
                 # the window its headers describe, as the strategy would read it back now
                 final, ends = after[hit[0]]
                 request_limit._window = WindowStats(ends, max(0, item.amount - final))
                 view_limits.append(request_limit)
                 if request_limit.breached:
                     refused = lim
-                    self.logger.info(
-                        "ratelimit %s (%s) exceeded at endpoint: %s", item, args[-2], args[-1]
-                    )
+                    key, scope = request_limit.request_args[-2:]
+                    self.logger.info("ratelimit %s (%s) exceeded at endpoint: %s", item, key, scope)
                     break
         header = view_limits[-1] if refused is not None else None
         if header is None and view_limits:
