@@ -6,7 +6,8 @@ use `blueprints.module_blueprint`, `limits` and `bearer`.
 - `limits`: the rate limiter, its storage and its key functions;
 - `bearer`: the JWT manager, each token verified once per request;
 - `observability`: request ids, the access log, metrics and /metrics;
-- `blueprints`: a blueprint whose requests run as its module.
+- `blueprints`: a blueprint whose requests run as its module;
+- `edge`: fixed answers (liveness) served before Flask, every feature kept (ADR 0017).
 """
 
 from __future__ import annotations
@@ -164,19 +165,24 @@ _NO_STORE = ("cache-control", "Cache-Control", "no-store")
 _HSTS = ("strict-transport-security", "Strict-Transport-Security", HSTS)
 
 
-def add_security_headers(response: Any) -> Any:
-    """Security headers on every response, HSTS only when served over HTTPS; a header the
-    view set itself is kept. (One pass: werkzeug's `setdefault` scans every header, for
-    each header added.)"""
-    headers = response.headers
-    present = {name.lower() for name, _value in headers.items()}
+def security_headers(path: str, secure: bool) -> list[tuple[str, str, str]]:
+    """The security headers of an answer at `path`, as (lower-case name, name, value);
+    HSTS only when the request came over HTTPS."""
     wanted = _SECURITY
-    if request.path.startswith("/api/"):
+    if path.startswith("/api/"):
         # Tokens, signed verdicts, personal data: no API answer is for a cache to keep.
         wanted = [*wanted, _NO_STORE]
-    if request.is_secure:
+    if secure:
         wanted = [*wanted, _HSTS]
-    for lower, name, value in wanted:
+    return wanted
+
+
+def add_security_headers(response: Any) -> Any:
+    """Security headers on every response; a header the view set itself is kept. (One
+    pass: werkzeug's `setdefault` scans every header, for each header added.)"""
+    headers = response.headers
+    present = {name.lower() for name, _value in headers.items()}
+    for lower, name, value in security_headers(request.path, request.is_secure):
         if lower not in present:
             headers.add(name, value)
     return response
@@ -193,13 +199,14 @@ def use_api_classes(app: Any) -> None:
 def init_app(app: Any) -> None:
     """Error rendering, the limiter, the JWT manager, request ids, the access log, metrics,
     security headers and (with TRUSTED_PROXIES) the proxy fix."""
-    from app.http import bearer, limits, observability, problems
+    from app.http import bearer, edge, limits, observability, problems
 
     bearer.init_app(app)
     limits.init_app(app)
     observability.init_app(app)
     app.after_request(add_security_headers)
     problems.init_app(app)
+    app.wsgi_app = edge.Edge(app)  # inside the proxy fix: it sees the client's address
     if app.config["TRUSTED_PROXIES"] > 0:
         app.wsgi_app = TrustedProxyFix(
             app.wsgi_app, app.config["TRUSTED_PROXIES"], app.config["TRUSTED_PROXY_ADDRESSES"]

@@ -233,7 +233,7 @@ class RouteLimiter(Limiter):
         for hook in after_hooks:
             app.after_request(hook)
         super().init_app(app)
-        if any(app.config.get(f"RATELIMIT_{name}") for name in ("DEFAULT", "APPLICATION", "META")):
+        if limits_every_route(app):
             return  # limits that apply to every endpoint: every request needs the hooks
         self.planner = self._plan
         limited = _EndpointsWithLimits(app, self._limited_views)
@@ -519,6 +519,12 @@ def storage_uri(redis_url: str | None) -> str:
     if redis_url.startswith("unix://"):
         return "redis+" + redis_url
     return redis_url
+
+
+def limits_every_route(app: Any) -> bool:
+    """Whether `app` configures limits that flask-limiter applies to every endpoint
+    (default, application-wide or meta limits): then every request must pass its hooks."""
+    return any(app.config.get(f"RATELIMIT_{name}") for name in ("DEFAULT", "APPLICATION", "META"))
 
 
 def init_app(app: Any) -> None:

@@ -129,9 +129,14 @@ def configure_logging(level: str, fmt: str) -> None:
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
+def request_id(incoming: str) -> str:
+    """The request's id: the caller's (nginx's) `X-Request-ID` when it is well formed, else
+    a new one."""
+    return incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
 def _start() -> None:
-    incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    g.request_id = request_id(request.headers.get("X-Request-ID", ""))
     g.started = time.perf_counter()
 
 
@@ -142,14 +147,29 @@ def _finish(response: Response) -> Response:
     request_id = g.get("request_id", "-")
     status = response.status_code
     response.headers["X-Request-ID"] = request_id
-    requests_child, latency_child = _route_metrics(request.method, route, status)
+    observe(request.method, route, status, duration, request_id)
+    return response
+
+
+def observe(
+    method: str,
+    route: str,
+    status: int,
+    duration: float,
+    request_id: str,
+    where: tuple[str, str | None, str | None] | None = None,
+) -> None:
+    """A request's metrics and its access-log line. `where` is its (path, user id, client
+    address), asked of Flask's current request when not given (`edge` gives it)."""
+    requests_child, latency_child = _route_metrics(method, route, status)
     requests_child.inc()
     latency_child.observe(duration)
     if status == 429:
         metrics.RATE_LIMITED.labels(route).inc()
     if access_log.isEnabledFor(logging.INFO):
-        _log_access(request_id, route, status, duration)
-    return response
+        if where is None:
+            where = (request.path, current_subject(), request.remote_addr)
+        _log_access(request_id, method, route, status, duration, where)
 
 
 # Each (method, route, status) child of the request metrics, resolved once: prometheus'
@@ -170,10 +190,17 @@ def _route_metrics(method: str, route: str, status: int) -> tuple[Any, Any]:
     return children
 
 
-def _log_access(request_id: str, route: str, status: int, duration: float) -> None:
+def _log_access(
+    request_id: str,
+    method: str,
+    route: str,
+    status: int,
+    duration: float,
+    where: tuple[str, str | None, str | None],
+) -> None:
     """One access-log record, built once and handed to the handlers (Logger.info would
     also look for the caller's frame and check the `extra` keys again, for every request)."""
-    method = request.method
+    path, user_id, ip = where
     record = access_log.makeRecord(
         access_log.name,
         logging.INFO,
@@ -182,25 +209,20 @@ def _log_access(request_id: str, route: str, status: int, duration: float) -> No
         "%s %s %s",
         (method, route, status),
         None,
-        extra={"fields": access_fields(request_id, method, route, status, duration)},
+        extra={
+            "fields": {  # the line's fields, in its order
+                "request_id": request_id,
+                "method": method,
+                "route": route,
+                "path": path,
+                "status": status,
+                "duration_ms": round(duration * 1000, 2),
+                "user_id": user_id,
+                "ip": ip,
+            }
+        },
     )
     access_log.handle(record)
-
-
-def access_fields(
-    request_id: str, method: str, route: str, status: int, duration: float
-) -> dict[str, Any]:
-    """The fields of the current request's access-log line, in the line's order."""
-    return {
-        "request_id": request_id,
-        "method": method,
-        "route": route,
-        "path": request.path,
-        "status": status,
-        "duration_ms": round(duration * 1000, 2),
-        "user_id": current_subject(),
-        "ip": request.remote_addr,
-    }
 
 
 def metrics_endpoint() -> Response:
