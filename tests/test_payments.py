@@ -247,3 +247,33 @@ def test_a_torn_ledger_line_does_not_stop_later_charges_and_refunds(tmp_path):
     )
     kinds = [(e["type"], e["idempotency_key"]) for e in restarted.entries()]
     assert kinds == [("charge", "k1"), ("charge", "k2"), ("refund", "r2"), ("refund", "r1")]
+
+
+def test_the_sandbox_remembers_each_payment_in_little_memory(tmp_path):
+    """Every worker indexes every payment of the shared ledger (to answer a retried charge or
+    refund the same): what it keeps per payment is the answer, not the decoded line — a
+    worker's memory grows with the ledger by a fraction of a KiB per order."""
+    import tracemalloc
+
+    writer = SandboxGateway(tmp_path / "ledger.jsonl")
+    keys = [f"order-{i:06d}-0123456789abcdef" for i in range(2000)]
+    charges = [
+        writer.charge(amount_cents=4900, currency="usd", payment_method="tok_ok", idempotency_key=k)
+        for k in keys
+    ]
+    for charge in charges[:500]:
+        writer.refund(
+            charge_id=charge.charge_id, amount_cents=4900, idempotency_key=charge.charge_id
+        )
+    reader = SandboxGateway(tmp_path / "ledger.jsonl")  # another worker: reads the ledger
+    tracemalloc.start()
+    again = reader.charge(
+        amount_cents=4900, currency="usd", payment_method="tok_ok", idempotency_key=keys[0]
+    )
+    held, _peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert again == Charge(charges[0].charge_id, 4900, "usd", refunded=True)
+    assert reader.charge(
+        amount_cents=4900, currency="usd", payment_method="tok_ok", idempotency_key=keys[-1]
+    ) == Charge(charges[-1].charge_id, 4900, "usd", refunded=False)
+    assert held / 2500 < 400  # bytes per payment (the decoded lines took ~900)
