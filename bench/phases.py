@@ -52,6 +52,10 @@ from bench.server import (
 REQUIRED = os.environ.get("REQUIRE_SERVICES") == "1"
 # the latency rounds: as many requests at once as there are cores (no queue of requests)
 LATENCY_CONNECTIONS = os.cpu_count() or 2
+# Per-worker gauges of the service's bounded caches, in bytes: the leak check subtracts
+# what they took from each worker's growth (the verified-token cache and SQLite's page
+# caches fill over several rounds, up to their bounds).
+BOUNDED_CACHES = ("license_token_cache_bytes", "sqlite_memory_bytes")
 
 
 @dataclass
@@ -196,10 +200,12 @@ def main_phase(
             plan += [(featured, name) for name in featured_names]
         plan += [(services[b], name) for name in settings.scenarios for b in backends]
         rss: dict[str, list[dict[int, float]]] = {b: [] for b in backends}
+        caches: dict[str, list[dict[int, float]]] = {b: [] for b in backends}
 
         def sample_rss(_round: int) -> None:
             for b, s in services.items():
                 rss[b].append(s.rss_mib())
+                caches[b].append(s.per_worker(*BOUNDED_CACHES))
 
         runs = rounds(plan, lambda s: files[s.name], settings, "main", after_round=sample_rss)
         results["references"] = {
@@ -212,7 +218,8 @@ def main_phase(
                 be, services[b].name, minimal[b].name, hello.name, runs, settings
             )
             results[b]["rss_mib"] = rss[b]
-            results[b]["leak_check"] = leak_check(rss[b])
+            results[b]["bounded_caches_bytes"] = caches[b]
+            results[b]["leak_check"] = leak_check(rss[b], caches[b])
             results[b]["server_log"] = services[b].log_problems()
         if FEATURED_VALIDATE.scenario in featured_names:
             results["featured"] = featured_summary(

@@ -287,6 +287,21 @@ class Server:
                     out[key] = out.get(key, 0.0) + sample.value
         return out
 
+    def per_worker(self, *names: str) -> dict[int, float]:
+        """Gauges each worker keeps for itself (multiprocess mode "liveall": one sample per
+        worker, labelled with its pid), summed per worker, e.g.
+        per_worker("license_token_cache_bytes", "sqlite_memory_bytes")."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as response:  # noqa: S310
+            text = response.read().decode()
+        out: dict[int, float] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name in names:
+                for sample in family.samples:
+                    if "pid" in sample.labels:
+                        pid = int(sample.labels["pid"])
+                        out[pid] = out.get(pid, 0.0) + sample.value
+        return out
+
     def log_problems(self) -> dict[str, int]:
         """What the server logged that a benchmark must not cause."""
         text = self.log_path.read_text(errors="replace")

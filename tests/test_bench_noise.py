@@ -3,7 +3,7 @@ than the server under test, wrk and the database used. Issue 17's "later rounds 
 was such load — the service got half the cores it had in round 1 at about the same CPU per
 request — and nothing in the figures said so."""
 
-from bench.load import disturbed, others_cores
+from bench.load import disturbed, leak_check, others_cores
 from bench.server import busy_seconds
 
 STAT = "cpu  100 5 50 1000 200 30 70 2 0 0\ncpu0 50 2 25 500 100 15 35 1 0 0\n"
@@ -56,3 +56,17 @@ def test_drain_waits_for_every_worker_not_only_the_one_that_answered(monkeypatch
     )
     load.drain(server)
     assert states == {1: [], 2: []}
+
+
+def test_the_leak_check_subtracts_what_the_token_cache_took_and_nothing_else():
+    mib = 2**20
+    rss = [{1: 100.0, 2: 100.0}, {1: 101.0, 2: 101.0}, {1: 102.5, 2: 102.5}, {1: 104.0, 2: 104.0}]
+    # worker 1's cache took 2.5 MiB of its 3 MiB; worker 2's only 0.5 MiB
+    caches = [{}, {1: 0.5 * mib, 2: 0.5 * mib}, {1: 2.0 * mib}, {1: 3.0 * mib, 2: 1.0 * mib}]
+    check = leak_check(rss, caches)
+    assert check["caches_mib_after_round_1"] == {1: 2.5, 2: 0.5}
+    assert check["worst_growth_mib"] == 3.0
+    assert (check["worst_mib"], check["verdict"]) == (2.5, "grows")  # worker 2: 3.0 - 0.5
+    caches[-1][2] = 2.0 * mib
+    assert leak_check(rss, caches)["verdict"] == "flat"
+    assert leak_check(rss)["verdict"] == "grows"  # without the caches' figures: raw growth

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import update
 
 from app.auth.licensing import service as licensing
+from app.auth.licensing import signing
 from app.auth.licensing.signing import KeySet, generate_key_file
 from app.auth.models import License
 from app.kernel.db import get_database, get_session, transaction
@@ -115,3 +116,34 @@ def test_a_verified_cache_of_size_zero_keeps_nothing(tmp_path):
     misses = _verifications(keys)
     assert keys.verify(token)["license_id"] == keys.verify(token)["license_id"] == "lic_1"
     assert (len(keys._verified), misses) == (0, [token, token])
+
+
+def test_the_verified_cache_reports_its_fill_and_its_memory(tmp_path):
+    """/metrics shows each worker's cache: entries up to the bound, and the memory they hold
+    (what the benchmark's memory check subtracts from a worker's growth): close to what
+    the entries really take, and back down when they are evicted."""
+    import tracemalloc
+
+    from app.kernel import metrics
+
+    keys = KeySet(_keys(tmp_path).keys, verified_cache_size=300)
+    tokens = [_token(keys, f"lic_{i:05d}") for i in range(1300)]
+    keys.verify(tokens[0])
+    start_bytes = metrics.LICENSE_TOKEN_CACHE_BYTES._value.get()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for token in tokens[1:300]:
+        keys.verify(token)
+    taken = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    tracemalloc.stop()
+    reported = metrics.LICENSE_TOKEN_CACHE_BYTES._value.get() - start_bytes
+    assert metrics.LICENSE_TOKEN_CACHE_ENTRIES._value.get() == 300
+    assert 0.7 * taken <= reported <= 1.3 * taken, (reported, taken)
+    full = metrics.LICENSE_TOKEN_CACHE_BYTES._value.get()
+    for token in tokens[300:]:  # 1,000 more: as many evicted; the table's slack stays bounded
+        keys.verify(token)
+    assert metrics.LICENSE_TOKEN_CACHE_ENTRIES._value.get() == 300
+    assert full * 0.95 < metrics.LICENSE_TOKEN_CACHE_BYTES._value.get() < full * 1.25
+    assert keys._verified_bytes == sum(
+        signing._entry_bytes(digest, known) for digest, known in keys._verified.items()
+    )

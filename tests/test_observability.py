@@ -155,3 +155,23 @@ def test_json_lines_carry_the_time_as_datetime_writes_it(created):
         "odd": str(object),
     }
     assert line == json.dumps({"ts": json.loads(line)["ts"], **rest})
+
+
+def test_sqlite_memory_is_reported_per_worker(client):
+    """What SQLite's allocator holds (its page caches, bounded by cache_size per
+    connection) is on /metrics, within 64 KiB of the library's own figure: the benchmark's
+    memory check subtracts it from a worker's growth."""
+    import ctypes
+
+    register(client)
+
+    def gauge() -> float:
+        text = client.get("/metrics").get_data(as_text=True)
+        (line,) = [x for x in text.splitlines() if x.startswith("sqlite_memory_bytes")]
+        return float(line.rsplit(" ", 1)[1])
+
+    library = ctypes.CDLL("libsqlite3.so.0")
+    library.sqlite3_memory_used.restype = ctypes.c_int64
+    reported = gauge()
+    assert reported > 0
+    assert abs(reported - library.sqlite3_memory_used()) < 2 * 64 * 1024

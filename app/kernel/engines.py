@@ -30,7 +30,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InvalidatePoolError
 
-from app.kernel import files, ownership
+from app.kernel import files, metrics, ownership
 
 
 @dataclass(frozen=True)
@@ -297,6 +297,49 @@ def sqlite_file(url: Any) -> str | None:
     return None if not path or path == ":memory:" or url.query.get("uri") else path
 
 
+class _SqliteMemory:
+    """What SQLite's allocator holds in this process (`sqlite3_memory_used`: its page caches
+    mostly, up to `cache_size` per connection), for /metrics: a worker's memory grows while
+    they fill and no further. Read when a connection goes back to the pool (0.2 µs), written
+    to the gauge when it moved by 64 KiB or more. Not reported when the library cannot be
+    reached, or is not the one Python's sqlite3 uses (it then reports nothing in use)."""
+
+    STEP = 64 * 1024
+
+    def __init__(self) -> None:
+        self.read: Any = None  # sqlite3_memory_used, once found; False: not available
+        self.reported = -self.STEP
+
+    def __call__(self, _dbapi_connection: Any, _record: Any) -> None:
+        if self.read is None:
+            self.read = self._find()
+        if self.read is False:
+            return
+        used = self.read()
+        if used <= 0:  # another copy of the library than the one in use
+            self.read = False
+        elif abs(used - self.reported) >= self.STEP:
+            self.reported = used
+            metrics.SQLITE_MEMORY_BYTES.set(used)
+
+    @staticmethod
+    def _find() -> Any:
+        import ctypes
+        import ctypes.util
+
+        try:
+            library = ctypes.CDLL(ctypes.util.find_library("sqlite3") or "libsqlite3.so.0")
+            read = library.sqlite3_memory_used
+        except (OSError, AttributeError):
+            return False
+        read.restype = ctypes.c_int64
+        read.argtypes = []
+        return read
+
+
+_report_sqlite_memory = _SqliteMemory()
+
+
 def _make_sqlite_engine(
     url: Any, settings: EngineSettings, options: dict, *, autocommit: bool = False
 ) -> Engine:
@@ -344,6 +387,7 @@ def _make_sqlite_engine(
         finally:
             cursor.close()
 
+    event.listen(engine, "checkin", _report_sqlite_memory)
     if autocommit:
         return engine  # no BEGIN: each statement on its own
 

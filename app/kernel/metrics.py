@@ -39,3 +39,20 @@ WEBHOOK_BACKLOG_AGE = Gauge(
     "Age of the oldest pending webhook delivery, as the delivery worker last saw it",
     multiprocess_mode="max",
 )
+# Each worker's own (a pid label per worker): the verified license-token cache's fill, which
+# grows a worker's memory up to its bound (auth.licensing.signing.KeySet).
+LICENSE_TOKEN_CACHE_ENTRIES = Gauge(
+    "license_token_cache_entries",
+    "Verified license tokens this worker remembers",
+    multiprocess_mode="liveall",
+)
+LICENSE_TOKEN_CACHE_BYTES = Gauge(
+    "license_token_cache_bytes",
+    "Memory the verified license-token cache of this worker holds (entries and table)",
+    multiprocess_mode="liveall",
+)
+SQLITE_MEMORY_BYTES = Gauge(
+    "sqlite_memory_bytes",
+    "Memory SQLite's allocator holds in this worker (its page caches mostly)",
+    multiprocess_mode="liveall",
+)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from app.kernel import files
+from app.kernel import files, metrics
 from app.kernel.jws import canonical_parts
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,15 @@ def generate_key_file(path: str | os.PathLike[str]) -> None:
         f.write(pem)
 
 
+def _entry_bytes(digest: bytes, known: tuple[tuple[str, ...], tuple[Any, ...]]) -> int:
+    """The memory an entry of the verified-token cache holds on its own: its digest, its
+    values' tuple and each value it does not share with other entries (the claim names and
+    the issuer are shared)."""
+    _names, values = known
+    own = {id(v): v for v in values if v is not ISSUER}
+    return sys.getsizeof(digest) + sys.getsizeof(values) + sum(map(sys.getsizeof, own.values()))
+
+
 def key_paths(setting: str | None) -> list[str]:
     return [p.strip() for p in (setting or "").split(",") if p.strip()]
 
@@ -166,6 +176,7 @@ class KeySet:
         # claim names shared), ~0.3 KiB instead of the token and its decoded dict's 1.2.
         self._verified: dict[bytes, tuple[tuple[str, ...], tuple[Any, ...]]] = {}
         self._verified_size = verified_cache_size
+        self._verified_bytes = 0  # the entries' objects (`_entry_bytes`), the table apart
         self._claim_names: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._lock = threading.Lock()
 
@@ -246,13 +257,28 @@ class KeySet:
             shared = {ISSUER: ISSUER, claims["license_id"]: claims["license_id"]}
             values = tuple(shared.get(v, v) if isinstance(v, str) else v for v in claims.values())
             known = (self._claim_names.setdefault(names, names), values)
-        with self._lock:  # most recently used last; the least recently used goes first
-            self._verified.pop(digest, None)
-            while self._verified and len(self._verified) >= self._verified_size:
-                del self._verified[next(iter(self._verified))]
-            if self._verified_size:
-                self._verified[digest] = known
+            with self._lock:
+                twin = self._verified.pop(digest, None)  # another thread's, verified meanwhile
+                if twin is not None:
+                    self._verified_bytes -= _entry_bytes(digest, twin)
+                while self._verified and len(self._verified) >= self._verified_size:
+                    oldest = next(iter(self._verified))  # the least recently used
+                    self._verified_bytes -= _entry_bytes(oldest, self._verified.pop(oldest))
+                if self._verified_size:
+                    self._verified[digest] = known
+                    self._verified_bytes += _entry_bytes(digest, known)
+                self._report_cache()
+        else:
+            with self._lock:  # most recently used last
+                if self._verified.pop(digest, None) is not None:
+                    self._verified[digest] = known
         return dict(zip(*known, strict=True))  # a dict of its own: callers may change it
+
+    def _report_cache(self) -> None:
+        """The cache's fill, for /metrics: a worker's memory grows while it fills, up to its
+        bound, and no further (what the benchmark's memory check subtracts)."""
+        metrics.LICENSE_TOKEN_CACHE_ENTRIES.set(len(self._verified))
+        metrics.LICENSE_TOKEN_CACHE_BYTES.set(self._verified_bytes + sys.getsizeof(self._verified))
 
     def _verify(self, token: str) -> dict[str, Any]:
         """The claims of a license token signed by one of our keys, checked as PyJWT's
