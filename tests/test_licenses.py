@@ -11,6 +11,7 @@ import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import event, select, update
+from sqlalchemy.exc import OperationalError
 
 from app import create_app
 from app.admin.models import AuditLog
@@ -19,7 +20,7 @@ from app.auth.accounts.errors import UserNotFound
 from app.auth.licensing import service as licensing
 from app.auth.licensing.signing import KeySet, generate_key_file
 from app.auth.models import License
-from app.kernel.db import get_database, get_session, transaction, utcnow
+from app.kernel.db import get_database, get_session, held_connections, transaction, utcnow
 from app.kernel.ownership import acting_as
 from tests.helpers import (
     PASSWORD,
@@ -391,17 +392,15 @@ def test_validation_on_postgresql_is_one_round_trip(app, client, tmp_path):
     import psycopg
 
     token = activate(client, account(client)).get_json()["token"]
-    assert validate(client, token)["code"] == "VALID"  # the read pool holds a connection now
+    assert validate(client, token)["code"] == "VALID"  # this thread's reads hold a connection
     with app.app_context():
         database = get_database()
         (reads,) = database.autocommit_engines.values()
-    raw = reads.raw_connection()  # that connection: the pool keeps one, so the next read's
-    pgconn = raw.driver_connection.pgconn
+    pgconn = held_connections(reads).get().connection.driver_connection.pgconn  # the next read's
     trace = tmp_path / "libpq.trace"
     with trace.open("w") as out:
         pgconn.trace(out.fileno())
         pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
-        raw.close()
         try:
             with sql_sent(database.engine) as main_statements:
                 assert validate(client, token)["code"] == "VALID"
@@ -441,7 +440,9 @@ def test_validation_on_sqlite_is_one_statement_in_autocommit(app, client):
             event.remove(engine, name, listener)
     assert seen["main"] == [] and seen["rollbacks"] == []
     assert len(seen["autocommit"]) == 1 and "licenses.license_id =" in seen["autocommit"][0]
-    assert seen["begins"] == ["begin"]  # SQLAlchemy's own, a no-op in autocommit: no BEGIN sent
+    # SQLAlchemy's own begin (a no-op in autocommit: no BEGIN sent) came with the held
+    # connection's first read, before this one
+    assert seen["begins"] == []
 
 
 def test_activation_decides_on_one_read_after_the_lock(app, client):
@@ -543,9 +544,7 @@ def test_validation_survives_its_connection_dying(app, client, database_url):
     assert validate(client, token)["code"] == "VALID"
     with app.app_context():
         (reads,) = get_database().autocommit_engines.values()
-    raw = reads.raw_connection()
-    pid = raw.driver_connection.info.backend_pid
-    raw.close()
+    pid = held_connections(reads).get().connection.driver_connection.info.backend_pid
     url = database_url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(url, autocommit=True) as admin:
         assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
@@ -788,3 +787,73 @@ def test_the_readme_offline_example_runs(client, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[:2] == [lic["license_id"], "readme-box"]
+
+
+def _checkouts(engine) -> list[int]:
+    seen: list[int] = []
+    event.listen(engine, "checkout", lambda *_a: seen.append(1))
+    return seen
+
+
+def test_validation_reads_on_a_held_connection(app, client, monkeypatch):
+    """The license is read on this thread's held connection of the autocommit engine: not
+    checked out of the pool and back for every read (as much as the read itself on
+    SQLite); a fresh one after a failed read, after DB_POOL_RECYCLE, in a forked child;
+    Database.dispose returns it to the pool."""
+    from app.kernel import db
+
+    token = activate(client, account(client)).get_json()["token"]
+    with app.app_context():
+        database = get_database()
+        (reads,) = database.autocommit_engines.values()
+    checkouts = _checkouts(reads)
+    for _ in range(3):
+        assert validate(client, token)["code"] == "VALID"
+    assert checkouts == []
+    held = held_connections(reads).get()
+
+    recycle = reads.pool._recycle  # PostgreSQL's DB_POOL_RECYCLE; SQLite's files: none (-1)
+    later = time.monotonic() + max(recycle, 3600) + 1
+    with monkeypatch.context() as m:  # older than the pool's recycle time: replaced
+        m.setattr(db.time, "monotonic", lambda: later)
+        assert validate(client, token)["code"] == "VALID"
+    assert (held.closed, len(checkouts)) == ((True, 1) if recycle >= 0 else (False, 0))
+    del checkouts[:]
+    held = held_connections(reads).get()
+
+    def broken(*_args, **_kwargs):
+        raise OperationalError("SELECT", {}, Exception("the database went away"))
+
+    current = held_connections(reads).get()
+    with monkeypatch.context() as m:  # a read that fails: the next starts afresh
+        m.setattr(current, "execute", broken)
+        assert client.post("/api/v1/licenses/validate", json={"token": token}).status_code == 503
+    assert current.closed
+    assert validate(client, token)["code"] == "VALID" and len(checkouts) == 1
+    held = held_connections(reads).get()
+
+    with monkeypatch.context() as m:  # a forked child: never the parent's socket, left alone
+        m.setattr(db.os, "getpid", lambda: -1)
+        assert validate(client, token)["code"] == "VALID"
+        assert len(checkouts) == 2 and not held.closed
+
+    database.dispose()
+    assert reads.pool.checkedout() == 0
+
+
+def test_a_threads_held_read_connection_goes_back_when_the_thread_ends(app, client):
+    """A development server handles each request in a thread of its own: when the thread
+    ends, its held read connection goes back to the pool (the pool would run dry)."""
+    import threading
+
+    token = activate(client, account(client)).get_json()["token"]
+    with app.app_context():
+        (reads,) = get_database().autocommit_engines.values()
+    before = reads.pool.checkedout()
+    answers: list[str] = []
+    for _ in range(reads.pool.size() + 3):  # more threads than the pool has connections
+        thread = threading.Thread(target=lambda: answers.append(validate(client, token)["code"]))
+        thread.start()
+        thread.join()
+    assert answers == ["VALID"] * (reads.pool.size() + 3)
+    assert reads.pool.checkedout() == before
