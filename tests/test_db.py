@@ -334,3 +334,78 @@ def test_utc_now_is_aware():
     from app.kernel.db import utcnow
 
     assert utcnow().tzinfo is UTC
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_sqlite_checkpoints_after_the_writers_turn_and_the_answer(app, client, monkeypatch):
+    """SQLite's own checkpoint ran inside the COMMIT that filled the WAL, while that writer
+    held the writers' turn: every queued writer waited for it, fsync included. The
+    connections do not checkpoint on their own now; every CHECKPOINT_EVERY write
+    transactions a process checkpoints, with the turn free and the answer sent."""
+    import fcntl
+    import hashlib
+    import os
+
+    from app.kernel import db
+    from tests.helpers import register
+
+    with app.app_context():
+        engine = get_database().engine
+    path = _sqlite_path(str(engine.url))
+    db.checkpoint(engine)  # from a known point: everything so far in the database file
+    ran: list[tuple[bool, bool]] = []
+    checkpoint = db.checkpoint
+
+    def observed(engine):
+        from flask import has_request_context
+
+        fd = os.open(path + "-writers", os.O_RDWR)
+        try:  # the turn is free: a writer could take it now
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            free = True
+        except BlockingIOError:
+            free = False
+        finally:
+            os.close(fd)
+        ran.append((free, has_request_context()))
+        checkpoint(engine)
+
+    def file_digest() -> str:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+    monkeypatch.setattr(db, "checkpoint", observed)
+    before = file_digest()
+    for i in range(db.CHECKPOINT_EVERY - 1):  # writes that go to the WAL only
+        response = register(client, f"user{i}@example.com")
+        assert response.status_code == 201
+        response.close()
+    assert ran == [] and file_digest() == before  # no commit copied pages back
+    response = register(client, "last@example.com")
+    assert response.status_code == 201
+    assert ran == []  # not before the answer is done with
+    response.close()
+    assert ran == [(True, False)]  # the turn free, the request over
+    assert file_digest() != before  # the WAL's pages copied into the database file
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)  # others' own
+    with app.app_context(), acting_as(OPERATOR), engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_sqlite_checkpoints_at_once_outside_a_request(app, monkeypatch):
+    """A command (the outbox relay, the webhook worker) has no answer to wait for: its
+    checkpoint runs as its write transaction ends, with the turn free."""
+    from app.kernel import db
+
+    ran: list[object] = []
+    monkeypatch.setattr(db, "checkpoint", ran.append)
+    with app.app_context(), acting_as(KERNEL):
+        session = get_session()
+        db._writes_since_checkpoint.clear()
+        for _ in range(db.CHECKPOINT_EVERY):
+            with transaction(session):
+                events.publish(session, "probe.checkpoint", {})
+        engine = get_database().engine
+    assert ran == [engine]
