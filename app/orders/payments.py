@@ -194,15 +194,18 @@ class _LedgerIndex:
         self.offset += len(complete)
 
     def _add(self, entry: dict) -> None:
-        charge_id = entry["charge_id"]
         if entry["type"] == "charge":
+            charge_id = entry["charge_id"]
             known = (charge_id, entry["amount_cents"], sys.intern(entry["currency"]))
             self.charges.setdefault(entry["idempotency_key"], known)
             self.charge_ids.add(charge_id)
         elif entry["type"] == "refund":
-            known = (entry["refund_id"], charge_id, entry["amount_cents"])
-            self.refunds.setdefault(entry["idempotency_key"], known)
+            charge_id = entry["charge_id"]
+            self.refunds.setdefault(
+                entry["idempotency_key"], (entry["refund_id"], charge_id, entry["amount_cents"])
+            )
             self.refunded.add(charge_id)
+        # any other type: not the gateway's business (a note, a later version's entry)
 
 
 # --- the registry ----------------------------------------------------------------------
