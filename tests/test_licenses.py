@@ -841,19 +841,32 @@ def test_validation_reads_on_a_held_connection(app, client, monkeypatch):
     assert reads.pool.checkedout() == 0
 
 
-def test_a_threads_held_read_connection_goes_back_when_the_thread_ends(app, client):
-    """A development server handles each request in a thread of its own: when the thread
-    ends, its held read connection goes back to the pool (the pool would run dry)."""
+def test_threads_other_than_the_main_one_hold_no_read_connection(app, client):
+    """A threaded server (gunicorn --threads, the development server): only the main thread
+    keeps a read connection; the others check one out per read, so more threads than the
+    pool has connections, all alive at once, never wait for one (the outside test: a
+    connection held per thread ran the pool dry, 503 after 10 s)."""
     import threading
 
     token = activate(client, account(client)).get_json()["token"]
     with app.app_context():
         (reads,) = get_database().autocommit_engines.values()
-    before = reads.pool.checkedout()
+    threads = reads.pool.size() + reads.pool._max_overflow + 3
+    together = threading.Barrier(threads)
     answers: list[str] = []
-    for _ in range(reads.pool.size() + 3):  # more threads than the pool has connections
-        thread = threading.Thread(target=lambda: answers.append(validate(client, token)["code"]))
-        thread.start()
-        thread.join()
-    assert answers == ["VALID"] * (reads.pool.size() + 3)
-    assert reads.pool.checkedout() == before
+
+    def serve() -> None:
+        own = app.test_client()
+        for _ in range(3):
+            answers.append(validate(own, token)["code"])
+        together.wait(timeout=30)  # every thread still alive while the others read
+
+    started = time.monotonic()
+    workers = [threading.Thread(target=serve) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert answers == ["VALID"] * (3 * threads)
+    assert time.monotonic() - started < reads.pool._timeout  # nobody waited for the pool
+    assert reads.pool.checkedout() <= 1  # the main thread's, if it read

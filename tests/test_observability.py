@@ -175,3 +175,20 @@ def test_sqlite_memory_is_reported_per_worker(client):
     reported = gauge()
     assert reported > 0
     assert abs(reported - library.sqlite3_memory_used()) < 2 * 64 * 1024
+
+
+def test_sqlite_memory_is_reported_when_only_validations_come(client):
+    """Validations read on the worker's held connection, which never goes back to the pool
+    (where the figure is read otherwise): the figure comes with the read (the outside test:
+    0 after 600 validations)."""
+    from app.kernel import engines, metrics
+    from tests.helpers import sign_up
+
+    account = sign_up(client)
+    token = client.post(
+        "/api/v1/licenses/activate", json={"client_id": "box"}, headers=account.headers
+    ).get_json()["token"]
+    metrics.SQLITE_MEMORY_BYTES.set(0)
+    engines.report_sqlite_memory.reported = -engines.report_sqlite_memory.STEP
+    client.post("/api/v1/licenses/validate", json={"token": token, "client_id": "box"})
+    assert metrics.SQLITE_MEMORY_BYTES._value.get() > 0

@@ -10,7 +10,6 @@ Write transactions on SQLite queue for their turn on a lock file before BEGIN IM
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import functools
 import logging
@@ -34,6 +33,7 @@ from app.kernel.engines import (
     make_autocommit_engine,
     make_engine,
     missing_sqlite_database,
+    report_sqlite_memory,
     sqlite_file,
 )
 
@@ -319,100 +319,80 @@ def read_first(
 def _read_autocommit(
     engine: Engine, statement: Executable, params: Mapping[str, Any] | None
 ) -> Row[Any] | None:
-    held = held_connections(engine)
+    held = held_connections(engine) if threading.current_thread() is _MAIN else None
     for attempt in (1, 2):
-        conn = held.get()
         try:
-            return conn.execute(statement, params).first()
+            if held is not None:
+                return held.first(statement, params)
+            with engine.connect() as conn:
+                return conn.execute(statement, params).first()
         except DBAPIError as exc:
-            held.drop()  # whatever went wrong, the next read starts on a fresh connection
             # Without a pre-ping, a server restart shows here: the pool has dropped its
             # connections (SQLAlchemy invalidates them all on a disconnect); try a new one.
             if attempt == 2 or not exc.connection_invalidated:
                 raise
-        except BaseException:
-            held.drop()
-            raise
     raise AssertionError("unreachable")
 
 
+_MAIN = threading.main_thread()
+
+
 class HeldConnections:
-    """The autocommit engine's connection of each thread, kept from one `read_first` to the
-    next instead of checked out of the pool and back for every read.
+    """The autocommit engine's connection of the process's main thread, kept from one
+    `read_first` to the next instead of checked out of the pool and back for every read.
 
     A read is one statement in autocommit: between reads the connection holds no
     transaction, snapshot or lock. Checking it out and in again (a new `Connection`, its
     event dispatch, the pool's queue, the reset) cost as much as the read itself on
-    SQLite (bench/README.md, issue 17). A held connection is replaced when a statement on
-    it fails (the next read starts afresh), when it is older than the pool's
-    `pool_recycle`, and in a forked child (never a parent's socket); it goes back to the
-    pool when its thread ends (a development server's thread per request) and, for every
-    thread, at `close_all` (Database.dispose)."""
+    SQLite (bench/README.md, issue 17). Only the main thread keeps one: a sync worker
+    serves every request there, while a connection kept per thread would take one of the
+    pool's for each thread of a threaded server (`--threads`, the development server) and
+    run it dry (the outside test: 503s after 10 s); other threads check one out per read,
+    as before. The held connection is replaced after any failed statement (the next read
+    starts afresh), when it is older than the pool's `pool_recycle`, and in a forked child
+    (a parent's socket is neither used nor closed); `drop` (Database.dispose) returns it."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._local = threading.local()
-        self._every: set[Connection] = set()  # every thread's, for close_all
-        self._lock = threading.Lock()
+        self.sqlite = engine.dialect.name == "sqlite"
+        self._held: tuple[int, float, Connection] | None = None  # pid, since, connection
+
+    def first(self, statement: Executable, params: Mapping[str, Any] | None) -> Row[Any] | None:
+        conn = self.get()
+        try:
+            row = conn.execute(statement, params).first()
+        except BaseException:
+            self.drop()
+            raise
+        if self.sqlite:
+            report_sqlite_memory()  # no check-in to report it at
+        return row
 
     def get(self) -> Connection:
-        held: _Held | None = getattr(self._local, "held", None)
-        if held is not None and held.pid == os.getpid():
+        held = self._held
+        if held is not None and held[0] == os.getpid():
+            _pid, since, conn = held
             recycle = self.engine.pool._recycle  # type: ignore[attr-defined]
-            fresh = recycle < 0 or time.monotonic() - held.since < recycle
-            if fresh and not (held.conn.closed or held.conn.invalidated):
-                return held.conn
+            fresh = recycle < 0 or time.monotonic() - since < recycle
+            if fresh and not (conn.closed or conn.invalidated):
+                return conn
             self.drop()
         conn = self.engine.connect()
-        self._local.held = _Held(self, conn)
-        with self._lock:
-            self._every.add(conn)
+        self._held = (os.getpid(), time.monotonic(), conn)
         return conn
 
     def drop(self) -> None:
-        """Give up this thread's connection (back to the pool, or let go if it is dead)."""
-        held: _Held | None = getattr(self._local, "held", None)
-        self._local.held = None
-        if held is not None:
-            held.release()
-
-    def close_all(self) -> None:
-        with self._lock:
-            every, self._every = self._every, set()
-        self._local = threading.local()
-        for conn in every:
-            self._close(conn)
-
-    def _close(self, conn: Connection) -> None:
-        with self._lock:
-            self._every.discard(conn)
-        try:
-            conn.close()
-        except Exception:  # a dead connection: the pool has let it go already
-            log.debug("closing a held connection failed", exc_info=True)
-
-
-class _Held:
-    """A thread's held connection; released when the thread ends (its locals go)."""
-
-    __slots__ = ("conn", "owner", "pid", "released", "since")
-
-    def __init__(self, owner: HeldConnections, conn: Connection) -> None:
-        self.owner, self.conn = owner, conn
-        self.pid, self.since, self.released = os.getpid(), time.monotonic(), False
-
-    def release(self) -> None:
-        if not self.released and self.pid == os.getpid():  # a parent's: not ours to close
-            self.released = True
-            self.owner._close(self.conn)
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # at interpreter exit, anything may be gone
-            self.release()
+        """Give the held connection up (back to the pool, or let go if it is dead)."""
+        held, self._held = self._held, None
+        if held is not None and held[0] == os.getpid():  # a parent's: not ours to close
+            try:
+                held[2].close()
+            except Exception:  # a dead connection: the pool has let it go already
+                log.debug("closing a held connection failed", exc_info=True)
 
 
 def held_connections(engine: Engine) -> HeldConnections:
-    """The held connections of an autocommit engine (made on first use)."""
+    """The held connection of an autocommit engine (made on first use)."""
     held = engine.__dict__.get(_HELD)
     if held is None:
         held = engine.__dict__.setdefault(_HELD, HeldConnections(engine))
@@ -491,7 +471,7 @@ class Database:
 
     def dispose(self) -> None:
         for autocommit in self.autocommit_engines.values():
-            held_connections(autocommit).close_all()
+            held_connections(autocommit).drop()
         for engine in [*self.engines().values(), *self.autocommit_engines.values()]:
             engine.dispose()
 

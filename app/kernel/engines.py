@@ -229,7 +229,8 @@ def make_autocommit_engine(settings: EngineSettings) -> Engine | None:
     On PostgreSQL: the same database, guard and module roles, but every statement runs in
     autocommit (no BEGIN, no ROLLBACK at check-in) and the pool does not ping a connection
     before handing it out; `read_first` retries once on a connection found dead instead.
-    A read holds its connection for one statement, so the pool does not overflow.
+    A worker's main thread keeps one connection for its reads (kernel.db.HeldConnections);
+    any other thread holds one for one statement: the pool does not overflow.
 
     On SQLite: the same database file, tuning and guard, every statement in autocommit (no
     BEGIN nor ROLLBACK around a read: a statement alone reads what is committed when it
@@ -300,8 +301,9 @@ def sqlite_file(url: Any) -> str | None:
 class _SqliteMemory:
     """What SQLite's allocator holds in this process (`sqlite3_memory_used`: its page caches
     mostly, up to `cache_size` per connection), for /metrics: a worker's memory grows while
-    they fill and no further. Read when a connection goes back to the pool (0.2 µs), written
-    to the gauge when it moved by 64 KiB or more. Not reported when the library cannot be
+    they fill and no further. Read when a connection goes back to the pool and after a read
+    on a held connection (kernel.db; 0.2 µs), written to the gauge when it moved by 64 KiB
+    or more. Not reported when the library cannot be
     reached, or is not the one Python's sqlite3 uses (it then reports nothing in use)."""
 
     STEP = 64 * 1024
@@ -310,7 +312,7 @@ class _SqliteMemory:
         self.read: Any = None  # sqlite3_memory_used, once found; False: not available
         self.reported = -self.STEP
 
-    def __call__(self, _dbapi_connection: Any, _record: Any) -> None:
+    def __call__(self, _dbapi_connection: Any = None, _record: Any = None) -> None:
         if self.read is None:
             self.read = self._find()
         if self.read is False:
@@ -337,7 +339,7 @@ class _SqliteMemory:
         return read
 
 
-_report_sqlite_memory = _SqliteMemory()
+report_sqlite_memory = _SqliteMemory()
 
 
 def _make_sqlite_engine(
@@ -390,7 +392,7 @@ def _make_sqlite_engine(
         finally:
             cursor.close()
 
-    event.listen(engine, "checkin", _report_sqlite_memory)
+    event.listen(engine, "checkin", report_sqlite_memory)
     if autocommit:
         return engine  # no BEGIN: each statement on its own
 
