@@ -153,8 +153,7 @@ def transaction(session: Session) -> Iterator[Session]:
         if session.new or session.dirty or session.deleted:
             raise RuntimeError("pending ORM changes outside transaction(); refusing to drop them")
         session.rollback()
-    bind = session.get_bind()
-    turn = _writers_turn(bind)
+    turn = _writers_turn(session.get_bind())
     session.info[_WRITE] = True
     try:
         session.connection(execution_options={"sqlite_write": True})
@@ -169,8 +168,6 @@ def transaction(session: Session) -> Iterator[Session]:
         session.info.pop(_COMMITTING, None)
         if turn is not None:
             os.close(turn)  # the next writer in line goes
-    if turn is not None:
-        _after_write(bind)
 
 
 def add_unique(session: Session, row: Any, conflict: type[Exception]) -> None:
@@ -240,53 +237,6 @@ def _writers_turn(bind: Any) -> int | None:
         os.close(fd)
         raise
     return fd
-
-
-# SQLite's checkpoints (ADR 0016, amended): SQLite's own automatic checkpoint runs inside
-# the COMMIT that fills the WAL past 1,000 pages — while that writer still holds the
-# writers' turn, so every queued writer waited behind it, fsync included (~3 % of
-# activations, +8-10 ms each, in-process). The connections do not checkpoint on their own
-# (`PRAGMA wal_autocheckpoint=0`, kernel.engines); a process checkpoints after every
-# CHECKPOINT_EVERY of its write transactions instead, outside the turn and, in a request,
-# once the answer has been sent (`call_on_close`). PASSIVE, as SQLite's own: it never
-# waits for readers or writers, and copies what they allow.
-CHECKPOINT_EVERY = 32
-_writes_since_checkpoint: dict[Any, int] = {}
-
-
-def _after_write(engine: Any) -> None:
-    count = _writes_since_checkpoint.get(engine, 0) + 1
-    _writes_since_checkpoint[engine] = count
-    if count >= CHECKPOINT_EVERY:
-        _after_response(functools.partial(checkpoint, engine))
-
-
-def _after_response(work: Any) -> None:
-    """Run `work` once the current request's answer has been sent; at once outside one."""
-    from flask import after_this_request, has_request_context
-
-    if not has_request_context():
-        work()
-        return
-
-    @after_this_request
-    def _later(response: Any) -> Any:
-        response.call_on_close(work)
-        return response
-
-
-def checkpoint(engine: Any) -> None:
-    """A PASSIVE checkpoint of `engine`'s SQLite database (never raises: a failed one
-    leaves the WAL to the next)."""
-    _writes_since_checkpoint[engine] = 0
-    try:
-        raw = engine.raw_connection()
-        try:
-            raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        finally:
-            raw.close()
-    except Exception:
-        log.warning("SQLite checkpoint failed", exc_info=True)
 
 
 # Session.info key: the autocommit engine (`make_autocommit_engine`) beside each engine.

@@ -386,9 +386,6 @@ def _make_sqlite_engine(
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={busy_timeout}")
-            # Checkpoints are kernel.db's, after a write transaction has left the writers'
-            # turn (ADR 0016): not inside the COMMIT that fills the WAL, holding the turn.
-            cursor.execute("PRAGMA wal_autocheckpoint=0")
         finally:
             cursor.close()
 
