@@ -91,6 +91,15 @@ def on_starting(server):
         sys.exit(2)
 
 
+def post_fork(server, worker):
+    """Each worker's own gauges (a pid label each), made in the worker only: the master and
+    other processes sharing PROMETHEUS_MULTIPROC_DIR (cron commands, the webhook worker)
+    would leave series behind."""
+    from app.kernel import metrics
+
+    metrics.start_per_worker()
+
+
 def child_exit(server, worker):
     from prometheus_client import multiprocess
 

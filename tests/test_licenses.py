@@ -835,10 +835,12 @@ def test_validation_reads_on_a_held_connection(app, client, monkeypatch):
     with monkeypatch.context() as m:  # a forked child: never the parent's socket, left alone
         m.setattr(db.os, "getpid", lambda: -1)
         assert validate(client, token)["code"] == "VALID"
-        assert len(checkouts) == 2 and not held.closed
-
-    database.dispose()
-    assert reads.pool.checkedout() == 0
+        child = held_connections(reads).get()
+        assert len(checkouts) == 2 and child is not held and not held.closed
+        # kept referenced: freed, it would go back to the pool the child inherited
+        assert held_connections(reads)._parents == [held]
+        database.dispose()  # the child's own goes back; the parent's stays untouched
+        assert child.closed and not held.closed
 
 
 def test_threads_other_than_the_main_one_hold_no_read_connection(app, client):

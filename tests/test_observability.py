@@ -93,9 +93,11 @@ def test_metrics_count_requests_and_license_results(client):
 
 @pytest.mark.slow
 def test_metrics_add_up_across_gunicorn_workers(database_url, signing_key_file, tmp_path):
+    masters: list = []
     with gunicorn_server(
         database_url,
         workers=3,
+        processes=masters,
         LICENSE_SIGNING_KEYS=signing_key_file,
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"),
     ) as base:
@@ -119,6 +121,34 @@ def test_metrics_add_up_across_gunicorn_workers(database_url, signing_key_file, 
         if ln.startswith('license_activations_total{result="created"}')
     ]
     assert float(created.split()[-1]) == 1.0
+    # each worker's own gauges: a series per worker that verified a token, none for the
+    # master (it built the app once, at start-up, before forking)
+    pids = {
+        int(ln.split('pid="')[1].split('"')[0])
+        for ln in text.splitlines()
+        if ln.startswith("license_token_cache_entries{")
+    }
+    assert pids and masters[0].pid not in pids
+    assert all(p > 0 for p in pids)
+
+
+def test_other_processes_leave_no_per_worker_series(tmp_path):
+    """A cron command or the webhook worker shares gunicorn's PROMETHEUS_MULTIPROC_DIR (the
+    README says so): importing the app's metrics there makes no per-worker gauge, so no
+    series is left behind by each run (the review: one per cron run, for good)."""
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "prom"
+    folder.mkdir()
+    code = (
+        "from app.kernel import metrics; from app import create_app; "
+        "assert metrics.LICENSE_TOKEN_CACHE_ENTRIES is None"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    assert not [f for f in os.listdir(folder) if "liveall" in f]
 
 
 @pytest.mark.parametrize(

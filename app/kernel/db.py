@@ -306,6 +306,7 @@ class HeldConnections:
         self.engine = engine
         self.sqlite = engine.dialect.name == "sqlite"
         self._held: tuple[int, float, Connection] | None = None  # pid, since, connection
+        self._parents: list[Connection] = []  # in a forked child: its parent's, untouched
 
     def first(self, statement: Executable, params: Mapping[str, Any] | None) -> Row[Any] | None:
         conn = self.get()
@@ -320,7 +321,13 @@ class HeldConnections:
 
     def get(self) -> Connection:
         held = self._held
-        if held is not None and held[0] == os.getpid():
+        if held is not None and held[0] != os.getpid():
+            # A forked child's copy of its parent's: kept referenced, never closed nor let go
+            # (freed, SQLAlchemy would check it in to the pool the child inherited, and the
+            # child's next check-out would talk on the parent's socket).
+            self._parents.append(held[2])
+            self._held = held = None
+        if held is not None:
             _pid, since, conn = held
             recycle = self.engine.pool._recycle  # type: ignore[attr-defined]
             fresh = recycle < 0 or time.monotonic() - since < recycle
@@ -334,7 +341,9 @@ class HeldConnections:
     def drop(self) -> None:
         """Give the held connection up (back to the pool, or let go if it is dead)."""
         held, self._held = self._held, None
-        if held is not None and held[0] == os.getpid():  # a parent's: not ours to close
+        if held is not None and held[0] != os.getpid():
+            self._parents.append(held[2])  # a parent's: not ours to close (see `get`)
+        elif held is not None:
             try:
                 held[2].close()
             except Exception:  # a dead connection: the pool has let it go already

@@ -311,18 +311,24 @@ class _SqliteMemory:
     def __init__(self) -> None:
         self.read: Any = None  # sqlite3_memory_used, once found; False: not available
         self.reported = -self.STEP
+        self.pid = os.getpid()
 
     def __call__(self, _dbapi_connection: Any = None, _record: Any = None) -> None:
+        gauge = metrics.SQLITE_MEMORY_BYTES
+        if gauge is None:  # not a worker (metrics.start_per_worker)
+            return
         if self.read is None:
             self.read = self._find()
         if self.read is False:
             return
+        if self.pid != os.getpid():  # a forked worker: the figure reported is the parent's
+            self.pid, self.reported = os.getpid(), -self.STEP
         used = self.read()
         if used <= 0:  # another copy of the library than the one in use
             self.read = False
         elif abs(used - self.reported) >= self.STEP:
             self.reported = used
-            metrics.SQLITE_MEMORY_BYTES.set(used)
+            gauge.set(used)
 
     @staticmethod
     def _find() -> Any:

@@ -7,6 +7,8 @@ config sets it) prometheus_client writes each process's values to files there an
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import Counter, Gauge, Histogram
 
 HTTP_REQUESTS = Counter(
@@ -39,20 +41,40 @@ WEBHOOK_BACKLOG_AGE = Gauge(
     "Age of the oldest pending webhook delivery, as the delivery worker last saw it",
     multiprocess_mode="max",
 )
-# Each worker's own (a pid label per worker): the verified license-token cache's fill, which
-# grows a worker's memory up to its bound (auth.licensing.signing.KeySet).
-LICENSE_TOKEN_CACHE_ENTRIES = Gauge(
-    "license_token_cache_entries",
-    "Verified license tokens this worker remembers",
-    multiprocess_mode="liveall",
-)
-LICENSE_TOKEN_CACHE_BYTES = Gauge(
-    "license_token_cache_bytes",
-    "Memory the verified license-token cache of this worker holds (entries and table)",
-    multiprocess_mode="liveall",
-)
-SQLITE_MEMORY_BYTES = Gauge(
-    "sqlite_memory_bytes",
-    "Memory SQLite's allocator holds in this worker (its page caches mostly)",
-    multiprocess_mode="liveall",
-)
+# Gauges each gunicorn worker keeps for itself (`liveall`: one series per worker, its pid as
+# a label; gunicorn's child_exit removes a dead worker's): the verified license-token cache's
+# fill, and what SQLite's page caches hold — a worker's memory grows while they fill, up to
+# their bounds. Made by `start_per_worker`, in a gunicorn worker (deploy/gunicorn.conf.py's
+# post_fork) or in a process without multi-process files, never at import: with
+# PROMETHEUS_MULTIPROC_DIR set, a gauge writes its process's file as it is made, and each cron
+# command, the webhook worker and gunicorn's master would leave a series behind for good.
+# Until then they are None and nothing is reported.
+LICENSE_TOKEN_CACHE_ENTRIES: Gauge | None = None
+LICENSE_TOKEN_CACHE_BYTES: Gauge | None = None
+SQLITE_MEMORY_BYTES: Gauge | None = None
+
+
+def start_per_worker() -> None:
+    """Make this process's per-worker gauges (once)."""
+    global LICENSE_TOKEN_CACHE_ENTRIES, LICENSE_TOKEN_CACHE_BYTES, SQLITE_MEMORY_BYTES
+    if LICENSE_TOKEN_CACHE_ENTRIES is not None:
+        return
+    LICENSE_TOKEN_CACHE_ENTRIES = Gauge(
+        "license_token_cache_entries",
+        "Verified license tokens this worker remembers",
+        multiprocess_mode="liveall",
+    )
+    LICENSE_TOKEN_CACHE_BYTES = Gauge(
+        "license_token_cache_bytes",
+        "Memory the verified license-token cache of this worker holds (entries and table)",
+        multiprocess_mode="liveall",
+    )
+    SQLITE_MEMORY_BYTES = Gauge(
+        "sqlite_memory_bytes",
+        "Memory SQLite's allocator holds in this worker (its page caches mostly)",
+        multiprocess_mode="liveall",
+    )
+
+
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    start_per_worker()  # one process, no files: nothing is left behind

@@ -277,8 +277,10 @@ class KeySet:
     def _report_cache(self) -> None:
         """The cache's fill, for /metrics: a worker's memory grows while it fills, up to its
         bound, and no further (what the benchmark's memory check subtracts)."""
-        metrics.LICENSE_TOKEN_CACHE_ENTRIES.set(len(self._verified))
-        metrics.LICENSE_TOKEN_CACHE_BYTES.set(self._verified_bytes + sys.getsizeof(self._verified))
+        entries, held = metrics.LICENSE_TOKEN_CACHE_ENTRIES, metrics.LICENSE_TOKEN_CACHE_BYTES
+        if entries is not None and held is not None:  # a worker's (metrics.start_per_worker)
+            entries.set(len(self._verified))
+            held.set(self._verified_bytes + sys.getsizeof(self._verified))
 
     def _verify(self, token: str) -> dict[str, Any]:
         """The claims of a license token signed by one of our keys, checked as PyJWT's
