@@ -269,7 +269,8 @@ def read_first(
 def _read_autocommit(
     engine: Engine, statement: Executable, params: Mapping[str, Any] | None
 ) -> Row[Any] | None:
-    held = held_connections(engine) if threading.current_thread() is _MAIN else None
+    main = threading.current_thread() is threading.main_thread()  # (after a fork too)
+    held = held_connections(engine) if main else None
     for attempt in (1, 2):
         try:
             if held is not None:
@@ -282,9 +283,6 @@ def _read_autocommit(
             if attempt == 2 or not exc.connection_invalidated:
                 raise
     raise AssertionError("unreachable")
-
-
-_MAIN = threading.main_thread()
 
 
 class HeldConnections:

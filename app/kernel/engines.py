@@ -303,8 +303,9 @@ class _SqliteMemory:
     mostly, up to `cache_size` per connection), for /metrics: a worker's memory grows while
     they fill and no further. Read when a connection goes back to the pool and after a read
     on a held connection (kernel.db; 0.2 µs), written to the gauge when it moved by 64 KiB
-    or more. Not reported when the library cannot be
-    reached, or is not the one Python's sqlite3 uses (it then reports nothing in use)."""
+    or more. Not reported outside a gunicorn worker (metrics.start_per_worker), nor when
+    the library cannot be reached or is not the one Python's sqlite3 uses (it then reports
+    nothing in use)."""
 
     STEP = 64 * 1024
 
