@@ -174,42 +174,36 @@ def test_a_bad_plan_catalog_is_a_one_line_error_at_start(tmp_path):
     assert line.startswith("error: PLANS_JSON"), line
 
 
+def _charge(gateway: SandboxGateway, key: str, cents: int = 4900, currency: str = "usd") -> Charge:
+    """A card the sandbox accepts, charged `cents` once per `key`."""
+    return gateway.charge(
+        amount_cents=cents, currency=currency, payment_method="tok_ok", idempotency_key=key
+    )
+
+
 def test_sandbox_gateways_share_one_ledger_each_reading_what_the_others_wrote(tmp_path):
     """Each worker's gateway keeps what it has read of the ledger and reads only what was
     appended since: a charge or refund made through another one is still seen (same key,
     same charge; a refund shows), and a ledger replaced or cut short is read afresh."""
     ledger = tmp_path / "sandbox" / "ledger.jsonl"
     first, second = SandboxGateway(ledger), SandboxGateway(ledger)
-    charge = first.charge(
-        amount_cents=900, currency="EUR", payment_method="tok_ok", idempotency_key="order-1"
-    )
+    charge = _charge(first, "order-1", 900, "EUR")
     assert (
-        second.charge(
-            amount_cents=900, currency="EUR", payment_method="tok_ok", idempotency_key="order-1"
-        )
-        == charge
+        _charge(second, "order-1", 900, "EUR") == charge
     )  # the second gateway had read nothing yet: it reads the line first wrote
-    other = second.charge(
-        amount_cents=500, currency="EUR", payment_method="tok_ok", idempotency_key="order-2"
-    )
+    other = _charge(second, "order-2", 500, "EUR")
     refund = first.refund(charge_id=other.charge_id, amount_cents=500, idempotency_key="r-2")
     assert second.refund(charge_id=other.charge_id, amount_cents=500, idempotency_key="r-2") == (
         refund
     )
-    again = second.charge(
-        amount_cents=500, currency="EUR", payment_method="tok_ok", idempotency_key="order-2"
-    )
+    again = _charge(second, "order-2", 500, "EUR")
     assert again == Charge(other.charge_id, 500, "EUR", refunded=True)
     assert [e["type"] for e in first.entries()] == ["charge", "charge", "refund"]
 
     # A ledger started over (deleted, then written by another process): nothing old counts.
     ledger.unlink()
-    SandboxGateway(ledger).charge(
-        amount_cents=100, currency="EUR", payment_method="tok_ok", idempotency_key="order-9"
-    )
-    fresh = first.charge(
-        amount_cents=900, currency="EUR", payment_method="tok_ok", idempotency_key="order-1"
-    )
+    _charge(SandboxGateway(ledger), "order-9", 100, "EUR")
+    fresh = _charge(first, "order-1", 900, "EUR")
     assert fresh.charge_id != charge.charge_id
     with pytest.raises(PaymentUnavailable):
         second.refund(charge_id=other.charge_id, amount_cents=500, idempotency_key="r-3")
@@ -222,22 +216,16 @@ def test_a_torn_ledger_line_does_not_stop_later_charges_and_refunds(tmp_path):
     `entries()` — skips the fragment instead of failing every payment after it."""
     ledger = tmp_path / "ledger.jsonl"
     gateway = SandboxGateway(ledger)
-    first = gateway.charge(
-        amount_cents=900, currency="EUR", payment_method="tok_ok", idempotency_key="k1"
-    )
+    first = _charge(gateway, "k1", 900, "EUR")
     with open(ledger, "a") as file:
         file.write('{"type": "charge", "idempotency_key": "ord_torn')
 
-    second = gateway.charge(
-        amount_cents=2700, currency="EUR", payment_method="tok_ok", idempotency_key="k2"
-    )
+    second = _charge(gateway, "k2", 2700, "EUR")
     refund = gateway.refund(charge_id=second.charge_id, amount_cents=2700, idempotency_key="r2")
     assert refund.charge_id == second.charge_id
 
     restarted = SandboxGateway(ledger)
-    again = restarted.charge(
-        amount_cents=2700, currency="EUR", payment_method="tok_ok", idempotency_key="k2"
-    )
+    again = _charge(restarted, "k2", 2700, "EUR")
     assert again.charge_id == second.charge_id and again.refunded
     assert (
         restarted.refund(
@@ -257,25 +245,18 @@ def test_the_sandbox_remembers_each_payment_in_little_memory(tmp_path):
 
     writer = SandboxGateway(tmp_path / "ledger.jsonl")
     keys = [f"order-{i:06d}-0123456789abcdef" for i in range(2000)]
-    charges = [
-        writer.charge(amount_cents=4900, currency="usd", payment_method="tok_ok", idempotency_key=k)
-        for k in keys
-    ]
+    charges = [_charge(writer, k) for k in keys]
     for charge in charges[:500]:
         writer.refund(
             charge_id=charge.charge_id, amount_cents=4900, idempotency_key=charge.charge_id
         )
     reader = SandboxGateway(tmp_path / "ledger.jsonl")  # another worker: reads the ledger
     tracemalloc.start()
-    again = reader.charge(
-        amount_cents=4900, currency="usd", payment_method="tok_ok", idempotency_key=keys[0]
-    )
+    again = _charge(reader, keys[0])
     held, _peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert again == Charge(charges[0].charge_id, 4900, "usd", refunded=True)
-    assert reader.charge(
-        amount_cents=4900, currency="usd", payment_method="tok_ok", idempotency_key=keys[-1]
-    ) == Charge(charges[-1].charge_id, 4900, "usd", refunded=False)
+    assert _charge(reader, keys[-1]) == Charge(charges[-1].charge_id, 4900, "usd", refunded=False)
     assert held / 2500 < 400  # bytes per payment (the decoded lines took ~900)
 
 
@@ -286,15 +267,8 @@ def test_a_ledger_line_of_another_type_is_skipped(tmp_path):
     ledger = tmp_path / "ledger.jsonl"
     ledger.write_text(json.dumps({"type": "note", "text": "checked by ops"}) + "\n")
     gateway = SandboxGateway(ledger)
-    charge = gateway.charge(
-        amount_cents=4900, currency="usd", payment_method="tok_ok", idempotency_key="k-1"
-    )
-    assert (
-        gateway.charge(
-            amount_cents=4900, currency="usd", payment_method="tok_ok", idempotency_key="k-1"
-        )
-        == charge
-    )
+    charge = _charge(gateway, "k-1")
+    assert _charge(gateway, "k-1") == charge
 
 
 @pytest.mark.parametrize(
@@ -319,8 +293,6 @@ def test_a_malformed_ledger_line_is_skipped_with_a_warning(tmp_path, caplog, lin
     ledger = tmp_path / "ledger.jsonl"
     ledger.write_text(json.dumps(line) + "\n")
     gateway = SandboxGateway(ledger)
-    charge = gateway.charge(
-        amount_cents=4900, currency="usd", payment_method="tok_ok", idempotency_key="k-1"
-    )
+    charge = _charge(gateway, "k-1")
     assert charge.amount_cents == 4900
     assert "malformed" in caplog.text
