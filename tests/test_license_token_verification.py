@@ -17,7 +17,10 @@ from typing import Any
 
 import jwt as pyjwt
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.auth.licensing.signing import (
     ALGORITHM,
@@ -46,6 +49,7 @@ CLAIMS = {
     "exp": int((NOW + timedelta(days=1)).timestamp()),
     "ver": 1,
 }
+NO_TIME = {"verify_exp": False, "verify_iat": False, "verify_nbf": False}
 
 
 def reference(token: str) -> dict[str, Any]:
@@ -167,3 +171,132 @@ def test_critical_header_parameters_are_refused():
     """RFC 7515's `crit` names extensions the verifier must understand: we sign with none."""
     with pytest.raises(pyjwt.InvalidTokenError):
         KEYS._verify(_signed(CLAIMS, crit=["b64"], b64=False))
+
+
+# --- libsodium signs and verifies (SigningKey.sign_bytes, verifies, compact_jws) ---------
+# The key is loaded and published with `cryptography`, and signs and verifies through
+# libsodium (PyNaCl), which is twice as fast. Ed25519 is deterministic, so the two must
+# write the very same signatures and tokens, and agree on every signature they check.
+
+GROUP_ORDER = 2**252 + 27742317777372353535851937790883648493  # Ed25519's L
+MESSAGE = f"{HEADER}.{PAYLOAD}".encode()
+SIG = KEYS.signing.sign_bytes(MESSAGE)
+
+
+def openssl_verifies(key: SigningKey, signature: bytes, message: bytes) -> bool:
+    try:
+        key.public.verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True
+
+
+@settings(max_examples=200, deadline=None)
+@given(message=st.binary(max_size=600))
+def test_libsodium_signs_as_openssl_signs(message):
+    assert KEYS.signing.sign_bytes(message) == KEYS.signing.private.sign(message)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ids=st.tuples(st.text(max_size=40), st.text(max_size=40), st.text(max_size=80)),
+    times=st.tuples(st.integers(0, 2**40), st.integers(0, 2**40)),
+    version=st.integers(0, 2**31),
+    nonce=st.none() | st.text(max_size=64),
+    typ=st.sampled_from(["JWT", VERDICT_TYP]),
+)
+def test_tokens_are_written_byte_for_byte_as_pyjwt_writes_them(ids, times, version, nonce, typ):
+    """Any license id, user id, client id (non-ASCII too: JSON's escapes) and numbers."""
+    license_id, user_id, client_id = ids
+    claims = {
+        "iss": ISSUER,
+        "sub": license_id,
+        "license_id": license_id,
+        "user_id": user_id,
+        "client_id": client_id,
+        "nonce": nonce,
+        "iat": times[0],
+        "exp": times[1],
+        "ver": version,
+    }
+    key = KEYS.signing
+    ours = key.compact_jws(claims, typ)
+    assert ours == pyjwt.encode(
+        claims, key.private, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": typ}
+    )
+    assert pyjwt.decode(ours, key.public, algorithms=[ALGORITHM], options=NO_TIME) == claims
+
+
+def test_keyset_tokens_and_verdicts_are_pyjwts():
+    """What KeySet signs, PyJWT (every app's library) reads with the published key."""
+    verdict = KEYS.sign_verdict(
+        code="VALID", license_id="lic_1", client_id="c1", nonce="n", issued_at=NOW, ttl_seconds=60
+    )
+    assert pyjwt.get_unverified_header(verdict) == {
+        "alg": ALGORITHM,
+        "kid": KEYS.signing.kid,
+        "typ": VERDICT_TYP,
+    }
+    assert (
+        pyjwt.decode(verdict, KEYS.signing.public, algorithms=[ALGORITHM], options=NO_TIME)["code"]
+        == "VALID"
+    )
+    assert pyjwt.get_unverified_header(GOOD) == {
+        "alg": ALGORITHM,
+        "kid": KEYS.signing.kid,
+        "typ": "JWT",
+    }
+    assert reference(GOOD) == KEYS._verify(GOOD)
+
+
+def _mutations() -> st.SearchStrategy[tuple[bytes, bytes]]:
+    """(signature, message) pairs around a valid one, as an attacker would try them."""
+    s = int.from_bytes(SIG[32:], "little")
+    flips = st.integers(0, 64 * 8 - 1).map(
+        lambda bit: (
+            bytes(b ^ (1 << (bit % 8)) if i == bit // 8 else b for i, b in enumerate(SIG)),
+            MESSAGE,
+        )
+    )
+    message_flips = st.integers(0, len(MESSAGE) * 8 - 1).map(
+        lambda bit: (
+            SIG,
+            bytes(b ^ (1 << (bit % 8)) if i == bit // 8 else b for i, b in enumerate(MESSAGE)),
+        )
+    )
+    cut = st.integers(0, 64).map(lambda n: (SIG[:n], MESSAGE))
+    # libsodium checks signature-then-message: a short signature with the message's first
+    # bytes after it must not verify the rest of the message
+    shifted = st.integers(1, 8).map(lambda n: (SIG[:-n], SIG[-n:] + MESSAGE))
+    longer = st.binary(min_size=1, max_size=8).map(lambda extra: (SIG + extra, MESSAGE))
+    return st.one_of(
+        st.just((SIG, MESSAGE)),
+        flips,
+        message_flips,
+        cut,
+        shifted,
+        longer,
+        st.just((SIG[:32] + (s + GROUP_ORDER).to_bytes(32, "little"), MESSAGE)),  # S + L
+        st.just((bytes(64), MESSAGE)),
+        st.tuples(st.binary(min_size=64, max_size=64), st.just(MESSAGE)),
+        st.tuples(st.binary(max_size=80), st.binary(max_size=80)),
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(pair=_mutations())
+def test_libsodium_and_openssl_agree_on_every_signature(pair):
+    signature, message = pair
+    key = KEYS.signing
+    assert key.verifies(signature, message) is openssl_verifies(key, signature, message)
+    if (signature, message) != (SIG, MESSAGE):
+        assert not key.verifies(signature, message)
+
+
+def test_a_signature_of_another_length_is_refused_before_libsodium_sees_it():
+    """libsodium reads the first 64 bytes of signature-then-message as the signature: a
+    63-byte signature followed by its own last byte and the message is the valid pair
+    moved by one byte, which must not pass for the message."""
+    assert KEYS.signing.verifies(SIG, MESSAGE)
+    assert not KEYS.signing.verifies(SIG[:-1], SIG[-1:] + MESSAGE)
+    assert not KEYS.signing.verifies(SIG + MESSAGE[:1], MESSAGE[1:])
