@@ -152,6 +152,35 @@ def test_other_processes_leave_no_per_worker_series(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "command",
+    [("orders", "recover"), ("webhooks", "deliver", "--once"), ("tokens", "prune")],
+)
+def test_a_command_leaves_no_gauge_behind(tmp_path, command):
+    """Cron runs `flask ...` with gunicorn's PROMETHEUS_MULTIPROC_DIR (the README says to
+    share it with the webhook worker; cron sources the same env file). Each run left its
+    gauges' files for good — the pool's (livesum, livemax) and the webhook backlog's age
+    (max) — ~4,300 files a day with `orders recover` every minute, every scrape reading
+    them all, a killed run's count kept in the sum, a stopped worker's last age kept as the
+    maximum. A command's gauges go with it."""
+    import os
+
+    from tests.helpers import project_env, run_flask
+
+    folder = tmp_path / "prom"
+    folder.mkdir()
+    env = project_env(
+        APP_ENV="testing",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}",
+        PROMETHEUS_MULTIPROC_DIR=str(folder),
+        LOG_LEVEL="WARNING",
+    )
+    assert run_flask("db", "upgrade", env=env).returncode == 0
+    done = run_flask(*command, env=env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(f for f in os.listdir(folder) if f.startswith("gauge_")) == []
+
+
+@pytest.mark.parametrize(
     "created",
     [
         1796155178.5491,  # a millisecond and a fraction

@@ -3,10 +3,15 @@
 Under gunicorn every worker is a process: with PROMETHEUS_MULTIPROC_DIR set (the gunicorn
 config sets it) prometheus_client writes each process's values to files there and the
 /metrics endpoint sums them, so a scrape sees the whole server, not one worker.
+
+Every gauge is "live": a process's gauges leave the folder when it exits (`_forget`, and
+gunicorn's child_exit for a worker), as cron's `flask` commands and the webhook worker
+share the folder. Counters and histograms stay: their counts are part of the totals.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -39,7 +44,8 @@ WEBHOOK_DELIVERIES = Counter(
 WEBHOOK_BACKLOG_AGE = Gauge(
     "webhook_backlog_age_seconds",
     "Age of the oldest pending webhook delivery, as the delivery worker last saw it",
-    multiprocess_mode="max",
+    # the oldest age a running delivery worker saw: a stopped worker's is gone with it
+    multiprocess_mode="livemax",
 )
 # Gauges each gunicorn worker keeps for itself (`liveall`: one series per worker, its pid as
 # a label; gunicorn's child_exit removes a dead worker's): the verified license-token cache's
@@ -76,5 +82,20 @@ def start_per_worker() -> None:
     )
 
 
+def _forget() -> None:
+    """At exit, this process's gauges leave the multi-process folder: a `flask` command
+    run by cron each minute left three files a run for good (~4,300 a day, each read by
+    every scrape) and its last pool count in the sum. A process killed outright cannot do
+    this; its gauges stay until the folder is emptied (gunicorn's start)."""
+    from prometheus_client import multiprocess
+
+    try:
+        multiprocess.mark_process_dead(os.getpid())
+    except OSError:  # the folder is gone (gunicorn's own temporary one, removed at exit)
+        pass
+
+
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     start_per_worker()  # one process, no files: nothing is left behind
+else:
+    atexit.register(_forget)  # in each forked worker too: its own pid, at its exit
