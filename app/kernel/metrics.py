@@ -12,6 +12,7 @@ share the folder. Counters and histograms stay: their counts are part of the tot
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -89,10 +90,9 @@ def _forget() -> None:
     this; its gauges stay until the folder is emptied (gunicorn's start)."""
     from prometheus_client import multiprocess
 
-    try:
+    # OSError: the folder is gone (gunicorn's own temporary one, removed at its exit)
+    with contextlib.suppress(OSError):
         multiprocess.mark_process_dead(os.getpid())
-    except OSError:  # the folder is gone (gunicorn's own temporary one, removed at exit)
-        pass
 
 
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
