@@ -70,18 +70,47 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="licensing-metrics-")
 
 
+def _running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: running
+        return True
+    return True
+
+
+def clear_metrics_folder(folder):
+    """The metrics folder made, and emptied of a previous run's files (their values would
+    be summed in) — not of processes still running: a delivery worker shares the folder
+    and may live through a restart of gunicorn (the outside test: its files were deleted
+    under it, its metrics gone from /metrics until it restarted). A file is
+    `<kind>_<pid>.db`."""
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):
+        stem, _, pid = name.removesuffix(".db").rpartition("_")
+        if stem and pid.isdigit() and int(pid) != os.getpid() and _running(int(pid)):
+            continue
+        os.remove(os.path.join(folder, name))
+
+
 def on_starting(server):
-    """Before any socket or worker: start with empty metrics (values of a previous run would
-    be summed in), then build the app once and check it can serve (app/startup.py). A broken
+    """Before any socket or worker: the metrics folder cleared (`clear_metrics_folder`),
+    then the app built once and checked that it can serve (app/startup.py). A broken
     production deployment exits here, code 2, with the CLI's one-line message — instead of
     workers failing to boot and being restarted forever."""
     folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    os.makedirs(folder, exist_ok=True)
-    for name in os.listdir(folder):
-        os.remove(os.path.join(folder, name))
-    from app.startup import preflight
+    try:
+        clear_metrics_folder(folder)
+    except OSError as exc:
+        problem = (
+            f"PROMETHEUS_MULTIPROC_DIR={folder} is not a folder the metrics can be "
+            f"written to ({exc.strerror})"
+        )
+    else:
+        from app.startup import preflight
 
-    problem = preflight()
+        problem = preflight()
     if problem:
         sys.stderr.write(f"error: {problem}\n")
         sys.stderr.flush()

@@ -180,6 +180,117 @@ def test_a_command_leaves_no_gauge_behind(tmp_path, command):
     assert sorted(f for f in os.listdir(folder) if f.startswith("gauge_")) == []
 
 
+@pytest.mark.slow
+def test_the_webhook_backlog_age_is_there_only_while_a_delivery_worker_runs(database_url, tmp_path):
+    """The README: the age disappears when no delivery worker runs (alert on its absence).
+    The outside test: every process that imported the metrics wrote a 0 for it (gunicorn's
+    master and workers), so the maximum over the live ones was 0 with no worker at all."""
+    import subprocess
+    import sys
+
+    from tests.helpers import project_env
+
+    folder = tmp_path / "prom"
+    with gunicorn_server(database_url, workers=2, PROMETHEUS_MULTIPROC_DIR=str(folder)) as base:
+
+        def ages() -> list[str]:
+            with urllib.request.urlopen(base + "/metrics", timeout=10) as response:  # noqa: S310 - loopback
+                text = response.read().decode()
+            return [x for x in text.splitlines() if x.startswith("webhook_backlog_age_seconds")]
+
+        assert ages() == []
+        # a delivery worker's measurement, in a process of its own, as `webhooks deliver`
+        code = (
+            "import sys, time; from app.kernel import metrics; "
+            "metrics.webhook_backlog_age().set(17.5); print('set', flush=True); time.sleep(60)"
+        )
+        worker = subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=project_env(PROMETHEUS_MULTIPROC_DIR=str(folder)),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert worker.stdout.readline() == "set\n"
+            assert ages() == ["webhook_backlog_age_seconds 17.5"]
+        finally:
+            worker.kill()
+            worker.wait()
+
+
+def test_gunicorn_starting_keeps_the_files_of_processes_still_running(tmp_path):
+    """gunicorn empties the metrics folder as it starts (a previous run's values would be
+    summed in), but a delivery worker sharing the folder may still run: the outside test
+    restarted gunicorn and the running worker's files were deleted under it (its gauge and
+    counters gone from /metrics until it restarted). Files of processes still running stay."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    spec = importlib.util.spec_from_file_location("gconf", ROOT / "deploy" / "gunicorn.conf.py")
+    folder = tmp_path / "prom"
+    folder.mkdir()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        gone = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        dead_pid = int(gone.stdout)
+        for name in (
+            f"gauge_livemax_{running.pid}.db",
+            f"counter_{running.pid}.db",
+            f"gauge_livesum_{dead_pid}.db",
+            f"counter_{dead_pid}.db",
+            "not-ours.txt",
+        ):
+            (folder / name).write_bytes(b"x")
+        conf = importlib.util.module_from_spec(spec)
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(os, "environ", env)
+            spec.loader.exec_module(conf)
+            conf.clear_metrics_folder(str(folder))
+        assert sorted(os.listdir(folder)) == sorted(
+            [f"counter_{running.pid}.db", f"gauge_livemax_{running.pid}.db"]
+        )
+    finally:
+        running.kill()
+        running.wait()
+
+
+@pytest.mark.parametrize("kind", ["missing", "a file"])
+def test_a_metrics_folder_that_is_not_one_is_a_one_line_error(tmp_path, kind):
+    """The outside test: PROMETHEUS_MULTIPROC_DIR naming a missing folder made every
+    `flask` command end in a 48-line traceback (a file: NotADirectoryError). A missing
+    folder is made, as gunicorn makes it; a file in its place is one line, exit 2."""
+    from tests.helpers import project_env, run_flask
+
+    folder = tmp_path / "prom" / "deeper"
+    if kind == "a file":
+        folder.parent.mkdir()
+        folder.write_text("")
+    env = project_env(
+        APP_ENV="testing",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}",
+        PROMETHEUS_MULTIPROC_DIR=str(folder),
+        LOG_LEVEL="WARNING",
+    )
+    done = run_flask("db", "upgrade", env=env)
+    if kind == "missing":
+        assert done.returncode == 0, done.stderr
+        assert folder.is_dir()
+    else:
+        assert done.returncode == 2
+        assert done.stderr.strip().count("\n") == 0, done.stderr
+        assert "PROMETHEUS_MULTIPROC_DIR" in done.stderr and "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize(
     "created",
     [

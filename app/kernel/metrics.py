@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import threading
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -42,12 +43,28 @@ WEBHOOK_DELIVERIES = Counter(
     "Webhook delivery attempts by result (succeeded, retrying, failed, gone)",
     ["result"],
 )
-WEBHOOK_BACKLOG_AGE = Gauge(
-    "webhook_backlog_age_seconds",
-    "Age of the oldest pending webhook delivery, as the delivery worker last saw it",
-    # the oldest age a running delivery worker saw: a stopped worker's is gone with it
-    multiprocess_mode="livemax",
-)
+_WEBHOOK_BACKLOG_AGE: Gauge | None = None
+_MAKING = threading.Lock()
+
+
+def webhook_backlog_age() -> Gauge:
+    """The age of the oldest pending webhook delivery, as a delivery worker last saw it:
+    made by the first measurement, so only delivery workers have it — a gauge made at
+    import is 0 in every process (gunicorn's master and workers too), and the maximum over
+    them was 0 with no worker running (the outside test). The oldest age a running worker
+    saw (`livemax`): a stopped worker's goes with it, and the series is absent when none
+    runs (the README: alert on its absence)."""
+    global _WEBHOOK_BACKLOG_AGE
+    with _MAKING:
+        if _WEBHOOK_BACKLOG_AGE is None:
+            _WEBHOOK_BACKLOG_AGE = Gauge(
+                "webhook_backlog_age_seconds",
+                "Age of the oldest pending webhook delivery, as the delivery worker last saw it",
+                multiprocess_mode="livemax",
+            )
+    return _WEBHOOK_BACKLOG_AGE
+
+
 # Gauges each gunicorn worker keeps for itself (`liveall`: one series per worker, its pid as
 # a label; gunicorn's child_exit removes a dead worker's): the verified license-token cache's
 # fill, and what SQLite's page caches hold — a worker's memory grows while they fill, up to

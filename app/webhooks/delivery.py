@@ -42,7 +42,7 @@ from standardwebhooks import Webhook
 
 from app.kernel.db import transaction, utcnow
 from app.kernel.faults import failpoint
-from app.kernel.metrics import WEBHOOK_BACKLOG_AGE, WEBHOOK_DELIVERIES
+from app.kernel.metrics import WEBHOOK_DELIVERIES, webhook_backlog_age
 from app.kernel.ownership import acting_as
 from app.webhooks import MODULE, secrets, service, urls
 from app.webhooks.models import WebhookDelivery, WebhookEndpoint
@@ -361,4 +361,4 @@ class Deliverer:
         age = (
             (self.clock() - pending.oldest_pending).total_seconds() if pending.oldest_pending else 0
         )
-        WEBHOOK_BACKLOG_AGE.set(max(age, 0))
+        webhook_backlog_age().set(max(age, 0))
