@@ -70,46 +70,29 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="licensing-metrics-")
 
 
-def _running(pid):
+def metrics_folder_problem(folder):
+    """The metrics folder made when missing, or why it cannot be used (wsgi.py's check)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's: running
-        return True
-    return True
-
-
-def clear_metrics_folder(folder):
-    """The metrics folder made, and emptied of a previous run's files (their values would
-    be summed in) — not of processes still running: a delivery worker shares the folder
-    and may live through a restart of gunicorn (the outside test: its files were deleted
-    under it, its metrics gone from /metrics until it restarted). A file is
-    `<kind>_<pid>.db`."""
-    os.makedirs(folder, exist_ok=True)
-    for name in os.listdir(folder):
-        stem, _, pid = name.removesuffix(".db").rpartition("_")
-        if stem and pid.isdigit() and int(pid) != os.getpid() and _running(int(pid)):
-            continue
-        os.remove(os.path.join(folder, name))
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        return f"PROMETHEUS_MULTIPROC_DIR={folder} cannot be made ({exc.strerror})"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"PROMETHEUS_MULTIPROC_DIR={folder} is not a folder this user can write to"
+    return None
 
 
 def on_starting(server):
-    """Before any socket or worker: the metrics folder cleared (`clear_metrics_folder`),
+    """Before any socket or worker: the metrics folder cleared (`metrics.clear_folder`),
     then the app built once and checked that it can serve (app/startup.py). A broken
     production deployment exits here, code 2, with the CLI's one-line message — instead of
     workers failing to boot and being restarted forever."""
     folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    try:
-        clear_metrics_folder(folder)
-    except OSError as exc:
-        problem = (
-            f"PROMETHEUS_MULTIPROC_DIR={folder} is not a folder the metrics can be "
-            f"written to ({exc.strerror})"
-        )
-    else:
+    problem = metrics_folder_problem(folder)
+    if problem is None:
+        from app.kernel import metrics  # the folder exists: importing the app may write there
         from app.startup import preflight
 
+        metrics.clear_folder(folder)
         problem = preflight()
     if problem:
         sys.stderr.write(f"error: {problem}\n")

@@ -300,3 +300,16 @@ def test_a_signature_of_another_length_is_refused_before_libsodium_sees_it():
     assert KEYS.signing.verifies(SIG, MESSAGE)
     assert not KEYS.signing.verifies(SIG[:-1], SIG[-1:] + MESSAGE)
     assert not KEYS.signing.verifies(SIG + MESSAGE[:1], MESSAGE[1:])
+
+
+def test_a_key_pair_whose_halves_differ_is_refused():
+    """libsodium signs with raw bytes derived from `private` and verifies with `public`'s:
+    a SigningKey made of one key's private half and another's public half would sign what
+    it cannot verify (and publish a kid for neither)."""
+    from app.auth.licensing.signing import SigningKeyError
+
+    mine, theirs = KEYS.signing, OTHER
+    with pytest.raises(SigningKeyError, match="not the private key's"):
+        SigningKey(mine.kid, mine.private, theirs.public)
+    with pytest.raises(ValueError, match="typ"):
+        mine.compact_jws(CLAIMS, typ="")

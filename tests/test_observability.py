@@ -151,6 +151,7 @@ def test_other_processes_leave_no_per_worker_series(tmp_path):
     assert not [f for f in os.listdir(folder) if "liveall" in f]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command",
     [("orders", "recover"), ("webhooks", "deliver", "--once"), ("tokens", "prune")],
@@ -180,95 +181,108 @@ def test_a_command_leaves_no_gauge_behind(tmp_path, command):
     assert sorted(f for f in os.listdir(folder) if f.startswith("gauge_")) == []
 
 
-@pytest.mark.slow
-def test_the_webhook_backlog_age_is_there_only_while_a_delivery_worker_runs(database_url, tmp_path):
-    """The README: the age disappears when no delivery worker runs (alert on its absence).
-    The outside test: every process that imported the metrics wrote a 0 for it (gunicorn's
-    master and workers), so the maximum over the live ones was 0 with no worker at all."""
+def _delivery_worker(folder, age: float):
+    """A process that measured a backlog age, as `webhooks deliver` does, and waits until
+    its stdin is closed (then exits as a process does)."""
     import subprocess
     import sys
 
     from tests.helpers import project_env
 
+    code = (
+        "import sys; from app.kernel import metrics; "
+        f"metrics.webhook_backlog_age().set({age}); print('set', flush=True); sys.stdin.read()"
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=project_env(PROMETHEUS_MULTIPROC_DIR=str(folder)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert worker.stdout.readline() == "set\n"
+    return worker
+
+
+@pytest.mark.slow
+def test_the_webhook_backlog_age_is_there_only_while_a_delivery_worker_runs(database_url, tmp_path):
+    """The README: the age is there only while a delivery worker runs (alert on its
+    absence). It was 0 with no worker at all (every process that imported the metrics,
+    gunicorn's master and workers too, wrote a 0, and the maximum was 0); a worker's age
+    stayed after it was killed; and gunicorn's start deleted the files of a worker running
+    beside it (its metrics gone until it restarted)."""
     folder = tmp_path / "prom"
-    with gunicorn_server(database_url, workers=2, PROMETHEUS_MULTIPROC_DIR=str(folder)) as base:
+    folder.mkdir()
+    before = _delivery_worker(folder, 11.5)  # already running as gunicorn starts
+    try:
+        with gunicorn_server(database_url, workers=2, PROMETHEUS_MULTIPROC_DIR=str(folder)) as base:
 
-        def ages() -> list[str]:
-            with urllib.request.urlopen(base + "/metrics", timeout=10) as response:  # noqa: S310 - loopback
-                text = response.read().decode()
-            return [x for x in text.splitlines() if x.startswith("webhook_backlog_age_seconds")]
+            def ages() -> list[str]:
+                with urllib.request.urlopen(base + "/metrics", timeout=10) as response:  # noqa: S310 - loopback
+                    text = response.read().decode()
+                return [x for x in text.splitlines() if x.startswith("webhook_backlog_age_")]
 
-        assert ages() == []
-        # a delivery worker's measurement, in a process of its own, as `webhooks deliver`
-        code = (
-            "import sys, time; from app.kernel import metrics; "
-            "metrics.webhook_backlog_age().set(17.5); print('set', flush=True); time.sleep(60)"
-        )
-        worker = subprocess.Popen(
-            [sys.executable, "-c", code],
-            env=project_env(PROMETHEUS_MULTIPROC_DIR=str(folder)),
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert worker.stdout.readline() == "set\n"
+            assert ages() == ["webhook_backlog_age_seconds 11.5"]
+            before.communicate("")  # exits as a process does
+            assert ages() == []
+            killed = _delivery_worker(folder, 17.5)
             assert ages() == ["webhook_backlog_age_seconds 17.5"]
-        finally:
-            worker.kill()
-            worker.wait()
+            killed.kill()  # no exit of its own
+            killed.wait()
+            assert ages() == []
+    finally:
+        before.kill()
+        before.wait()
 
 
-def test_gunicorn_starting_keeps_the_files_of_processes_still_running(tmp_path):
+def test_gunicorn_starting_clears_the_files_of_processes_no_longer_running(tmp_path):
     """gunicorn empties the metrics folder as it starts (a previous run's values would be
-    summed in), but a delivery worker sharing the folder may still run: the outside test
-    restarted gunicorn and the running worker's files were deleted under it (its gauge and
-    counters gone from /metrics until it restarted). Files of processes still running stay."""
-    import importlib.util
+    summed in), but not of the processes still running (a delivery worker beside it); a
+    file of a pid given again to a newer process is the older one's, and goes too."""
     import os
     import subprocess
     import sys
+    import time
+    from pathlib import Path
 
-    from tests.helpers import ROOT
+    from app.kernel import metrics
 
-    spec = importlib.util.spec_from_file_location("gconf", ROOT / "deploy" / "gunicorn.conf.py")
     folder = tmp_path / "prom"
     folder.mkdir()
+    (folder / "a-folder").mkdir()
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        gone = subprocess.run(
-            [sys.executable, "-c", "import os; print(os.getpid())"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        dead_pid = int(gone.stdout)
-        for name in (
-            f"gauge_livemax_{running.pid}.db",
-            f"counter_{running.pid}.db",
-            f"gauge_livesum_{dead_pid}.db",
-            f"counter_{dead_pid}.db",
-            "not-ours.txt",
-        ):
+        dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # never a process
+        time.sleep(0.1)
+        names = {
+            f"gauge_livemax_{running.pid}.db": True,
+            f"counter_{running.pid}.db": True,
+            f"histogram_{running.pid}.db": "older",  # written before the process started
+            f"gauge_livesum_{dead}.db": False,
+            f"counter_{dead}.db": False,
+            "counter_0.db": False,
+            "gauge_livesum_\u00b2.db": False,
+            "not-ours.txt": False,
+        }
+        for name, kept in names.items():
             (folder / name).write_bytes(b"x")
-        conf = importlib.util.module_from_spec(spec)
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(os, "environ", env)
-            spec.loader.exec_module(conf)
-            conf.clear_metrics_folder(str(folder))
+            if kept == "older":
+                os.utime(folder / name, (time.time() - 3600, time.time() - 3600))
+        metrics.clear_folder(str(folder))
         assert sorted(os.listdir(folder)) == sorted(
-            [f"counter_{running.pid}.db", f"gauge_livemax_{running.pid}.db"]
+            ["a-folder", *(name for name, kept in names.items() if kept is True)]
         )
     finally:
         running.kill()
         running.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["missing", "a file"])
 def test_a_metrics_folder_that_is_not_one_is_a_one_line_error(tmp_path, kind):
-    """The outside test: PROMETHEUS_MULTIPROC_DIR naming a missing folder made every
-    `flask` command end in a 48-line traceback (a file: NotADirectoryError). A missing
-    folder is made, as gunicorn makes it; a file in its place is one line, exit 2."""
+    """PROMETHEUS_MULTIPROC_DIR naming a missing folder made every `flask` command end in
+    a 48-line traceback (a file: NotADirectoryError). A missing folder is made, as gunicorn
+    makes it; a file in its place is one line, exit 2 — from gunicorn too."""
     from tests.helpers import project_env, run_flask
 
     folder = tmp_path / "prom" / "deeper"
@@ -289,6 +303,20 @@ def test_a_metrics_folder_that_is_not_one_is_a_one_line_error(tmp_path, kind):
         assert done.returncode == 2
         assert done.stderr.strip().count("\n") == 0, done.stderr
         assert "PROMETHEUS_MULTIPROC_DIR" in done.stderr and "Traceback" not in done.stderr
+        import subprocess
+
+        from tests.helpers import BIN, ROOT
+
+        served = subprocess.run(
+            [BIN / "gunicorn", "-c", "deploy/gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT,
+            env={**env, "PORT": "1"},  # never bound: it stops before
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert served.returncode == 2, served.stderr
+        assert served.stderr.strip() == done.stderr.strip()
 
 
 @pytest.mark.parametrize(

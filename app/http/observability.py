@@ -237,7 +237,8 @@ def metrics_endpoint() -> Response:
     if hasattr(pool, "checkedout"):
         metrics.DB_POOL_CHECKED_OUT.set(pool.checkedout())
         metrics.DB_POOL_SIZE.set(pool.size())
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if folder := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics.forget_the_dead(folder)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         body = generate_latest(registry)

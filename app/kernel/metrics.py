@@ -14,7 +14,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import threading
+from pathlib import Path
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -51,10 +53,12 @@ def webhook_backlog_age() -> Gauge:
     """The age of the oldest pending webhook delivery, as a delivery worker last saw it:
     made by the first measurement, so only delivery workers have it — a gauge made at
     import is 0 in every process (gunicorn's master and workers too), and the maximum over
-    them was 0 with no worker running (the outside test). The oldest age a running worker
+    them was 0 with no worker running. The oldest age a running worker
     saw (`livemax`): a stopped worker's goes with it, and the series is absent when none
     runs (the README: alert on its absence)."""
     global _WEBHOOK_BACKLOG_AGE
+    if _WEBHOOK_BACKLOG_AGE is not None:
+        return _WEBHOOK_BACKLOG_AGE
     with _MAKING:
         if _WEBHOOK_BACKLOG_AGE is None:
             _WEBHOOK_BACKLOG_AGE = Gauge(
@@ -100,19 +104,85 @@ def start_per_worker() -> None:
     )
 
 
-def _forget() -> None:
-    """At exit, this process's gauges leave the multi-process folder: a `flask` command
-    run by cron each minute left three files a run for good (~4,300 a day, each read by
-    every scrape) and its last pool count in the sum. A process killed outright cannot do
-    this; its gauges stay until the folder is emptied (gunicorn's start)."""
+# A process's file in the folder: `<kind>_<pid>.db` (prometheus_client's names).
+_PROCESS_FILE = re.compile(
+    r"(?:counter|histogram|summary|gauge_[a-z]+)_([1-9][0-9]{0,9})\.db", re.A
+)
+_BOOT_TIME: list[float] = []  # /proc/stat's btime, read once
+
+
+def _started_at(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), None when none runs; 0.0 for
+    one running where /proc cannot tell (not Linux)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return None
+    except PermissionError:  # another user's: running
+        pass
+    try:
+        if not _BOOT_TIME:
+            for line in Path("/proc/stat").read_text().splitlines():
+                if line.startswith("btime "):
+                    _BOOT_TIME.append(float(line.split()[1]))
+        # field 22, starttime, in clock ticks since boot (the fields after the command's ")")
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+        return _BOOT_TIME[0] + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _written_by_a_running_process(path: str, pid: int) -> bool:
+    """Whether the file was written by the process now running as `pid` — not by an
+    earlier one whose pid was given again (a file is made after its process starts; boot
+    time is in whole seconds, hence the second's slack)."""
+    started = _started_at(pid)
+    return started is not None and os.stat(path).st_mtime >= started - 1.0
+
+
+def clear_folder(folder: str) -> None:
+    """Empty the folder of a previous run's files as gunicorn starts (their values would be
+    summed in), but not of processes still running: a delivery worker shares the folder
+    and may live through a restart of gunicorn (its files deleted under it, its metrics
+    were gone until it restarted: tests/test_observability.py)."""
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            continue  # not one of ours
+        found = _PROCESS_FILE.fullmatch(entry.name)
+        if found and _written_by_a_running_process(entry.path, int(found[1])):
+            continue
+        os.remove(entry.path)
+
+
+def forget_the_dead(folder: str) -> None:
+    """Before a scrape: the gauges of processes that are gone without saying so (killed
+    outright, or by a signal they do not handle) leave the folder, as a process's own leave
+    at its exit (`_forget`) — a killed delivery worker's backlog age would stay the
+    maximum, its absence never seen. Counters stay: their counts are part of the totals.
+    The folder is one host's (one pid namespace), as gunicorn's is."""
     from prometheus_client import multiprocess
 
-    # OSError: the folder is gone (gunicorn's own temporary one, removed at its exit)
-    with contextlib.suppress(OSError):
-        multiprocess.mark_process_dead(os.getpid())
+    for entry in os.scandir(folder):
+        if not entry.name.startswith("gauge_live"):
+            continue
+        found = _PROCESS_FILE.fullmatch(entry.name)
+        with contextlib.suppress(FileNotFoundError):  # its process removed it meanwhile
+            if found and not _written_by_a_running_process(entry.path, int(found[1])):
+                multiprocess.mark_process_dead(int(found[1]), folder)
+
+
+def _forget(folder: str) -> None:
+    """At exit, this process's gauges leave the multi-process folder: a `flask` command
+    run by cron each minute left three files a run for good (~4,300 a day, each read by
+    every scrape) and its last pool count in the sum."""
+    from prometheus_client import multiprocess
+
+    with contextlib.suppress(OSError):  # the folder is gone (gunicorn's temporary one)
+        multiprocess.mark_process_dead(os.getpid(), folder)
 
 
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     start_per_worker()  # one process, no files: nothing is left behind
 else:
-    atexit.register(_forget)  # in each forked worker too: its own pid, at its exit
+    # in each forked worker too: its own pid, at its exit
+    atexit.register(_forget, os.environ["PROMETHEUS_MULTIPROC_DIR"])

@@ -95,36 +95,43 @@ ED25519_SIGNATURE_BYTES = 64
 
 @dataclass(frozen=True)
 class SigningKey:
-    """An Ed25519 key pair. `cryptography` loads and writes it (PEM) and names it (the
-    JWK); libsodium (PyNaCl) signs and verifies with it: the same signatures — Ed25519 is
-    deterministic — in about half the time (verify 135 -> 73 us, sign 43 -> 30 us;
-    bench/README.md, issue 17), paid on every validation and activation."""
+    """An Ed25519 key pair. `cryptography` loads and writes it (PEM); libsodium (PyNaCl)
+    signs and verifies with it: the same signatures — Ed25519 is deterministic — in about
+    half the time (verify 135 -> 73 us, sign 43 -> 30 us; bench/README.md, issue 17), paid
+    on every validation and activation. The raw keys libsodium takes are derived from
+    `private` and `public` (and checked against each other), never given."""
 
     kid: str
     private: Ed25519PrivateKey
     public: Ed25519PublicKey
-    public_raw: bytes  # the 32-byte public key
-    secret_raw: bytes = field(repr=False)  # libsodium's 64-byte secret key (seed + public)
+    public_raw: bytes = field(init=False, repr=False)  # the 32-byte public key
+    secret_raw: bytes = field(init=False, repr=False)  # libsodium's 64 bytes: seed, public
     # each `typ`'s header, encoded once (two in use)
-    _headers: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    _headers: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        raw = self.public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        seed = self.private.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        sodium_public, secret = crypto_sign_seed_keypair(seed)  # checks the seed's length
+        if sodium_public != raw:  # one key pair, two libraries: they must agree on it
+            raise SigningKeyError("the public key is not the private key's")
+        object.__setattr__(self, "public_raw", raw)
+        object.__setattr__(self, "secret_raw", secret)
+        object.__setattr__(self, "_headers", {})
 
     @classmethod
     def from_private(cls, private: Ed25519PrivateKey) -> SigningKey:
         public = private.public_key()
         raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        seed = private.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
-        sodium_public, secret = crypto_sign_seed_keypair(seed)
-        if sodium_public != raw:  # one key, two libraries: they must agree on it
-            raise SigningKeyError("libsodium and cryptography disagree on the public key")
-        x = _b64(raw)
         # RFC 7638: SHA-256 over the required members, lexicographic order, no spaces.
+        x = _b64(raw)
         thumbprint = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": x}, separators=(",", ":"))
         kid = _b64(hashlib.sha256(thumbprint.encode()).digest())
-        return cls(kid, private, public, raw, secret)
+        return cls(kid, private, public)
 
     def sign_bytes(self, message: bytes) -> bytes:
         """The Ed25519 signature of `message` (64 bytes)."""
@@ -149,6 +156,8 @@ class SigningKey:
         writes it — the header's members sorted, the payload's in their order, both
         without spaces — without PyJWT's general path around the signature (a verdict:
         66 -> 40 us with libsodium's signature; bench/README.md, issue 17)."""
+        if not typ:  # PyJWT would leave an empty `typ` out of the header
+            raise ValueError("a JWS is written with a `typ`")
         header = self._headers.get(typ)
         if header is None:
             fields = {"alg": ALGORITHM, "kid": self.kid, "typ": typ}
@@ -159,11 +168,10 @@ class SigningKey:
         return f"{signing_input}.{_b64(self.sign_bytes(signing_input.encode()))}"
 
     def jwk(self) -> dict[str, str]:
-        raw = self.public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return {
             "kty": "OKP",
             "crv": "Ed25519",
-            "x": _b64(raw),
+            "x": _b64(self.public_raw),
             "kid": self.kid,
             "use": "sig",
             "alg": ALGORITHM,
