@@ -65,7 +65,7 @@ PIECES = (
     ),
     Piece("request id (observability._start)", 3, _fn("app/http/observability.py", "_start")),
     Piece("security headers", 3, _fn("app/http/__init__.py", "add_security_headers")),
-    Piece("license token check (PyJWT, Ed25519)", 3, _in("app/auth/licensing/signing.py")),
+    Piece("license tokens and verdicts (Ed25519)", 3, _in("app/auth/licensing/signing.py")),
     Piece(
         "access token (flask-jwt-extended, PyJWT)",
         3,

@@ -70,3 +70,26 @@ def test_the_leak_check_subtracts_what_the_token_cache_took_and_nothing_else():
     caches[-1][2] = 2.0 * mib
     assert leak_check(rss, caches)["verdict"] == "flat"
     assert leak_check(rss)["verdict"] == "grows"  # without the caches' figures: raw growth
+
+
+def test_instructions_per_request_are_the_difference_of_two_runs():
+    """bench/instructions.py: callgrind's count of a run of N requests and of 2N (the same
+    start-up and warm-up in both): what N more requests cost, divided by N."""
+    import pytest
+
+    from bench.instructions import collected, per_request
+
+    stderr = "==4242== Events    : Ir\n==4242== Collected : 8247601899\n==4242== \n"
+    assert collected(stderr) == 8_247_601_899
+    with pytest.raises(RuntimeError, match="counted nothing"):
+        collected("valgrind: command not found\n")
+    asked: list[int] = []
+
+    def count(n: int) -> int:
+        asked.append(n)
+        return 5_000_000_000 + 3_700_000 * n  # start-up, then 3.7M a request
+
+    assert per_request(count, 300)["instructions_per_request"] == 3_700_000
+    assert asked == [300, 600]
+    with pytest.raises(ValueError, match="300 or more"):
+        per_request(count, 100)
