@@ -237,8 +237,11 @@ def test_the_webhook_backlog_age_is_there_only_while_a_delivery_worker_runs(data
 
 def test_gunicorn_starting_clears_the_files_of_processes_no_longer_running(tmp_path):
     """gunicorn empties the metrics folder as it starts (a previous run's values would be
-    summed in), but not of the processes still running (a delivery worker beside it); a
-    file of a pid given again to a newer process is the older one's, and goes too."""
+    summed in), but not of the processes still running (a delivery worker beside it). A
+    zombie is not running (the re-check: a killed worker not yet reaped, or gunicorn's
+    orphaned workers right after its master was killed, kept their files); neither is a
+    file's age a judge (the re-check: a step of the clock made running processes' files
+    look older than their processes)."""
     import os
     import subprocess
     import sys
@@ -251,13 +254,17 @@ def test_gunicorn_starting_clears_the_files_of_processes_no_longer_running(tmp_p
     folder.mkdir()
     (folder / "a-folder").mkdir()
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    zombie = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    zombie.kill()  # dead, not reaped (no wait) until the end
     try:
         dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # never a process
         time.sleep(0.1)
         names = {
             f"gauge_livemax_{running.pid}.db": True,
             f"counter_{running.pid}.db": True,
-            f"histogram_{running.pid}.db": "older",  # written before the process started
+            f"histogram_{running.pid}.db": "older",  # the clock stepped since it was written
+            f"gauge_livemax_{zombie.pid}.db": False,
+            f"counter_{zombie.pid}.db": False,
             f"gauge_livesum_{dead}.db": False,
             f"counter_{dead}.db": False,
             "counter_0.db": False,
@@ -268,13 +275,19 @@ def test_gunicorn_starting_clears_the_files_of_processes_no_longer_running(tmp_p
             (folder / name).write_bytes(b"x")
             if kept == "older":
                 os.utime(folder / name, (time.time() - 3600, time.time() - 3600))
+        for _ in range(50):  # the kill delivered: a zombie until waited for
+            state = Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0]
+            if state == "Z":
+                break
+            time.sleep(0.05)
         metrics.clear_folder(str(folder))
         assert sorted(os.listdir(folder)) == sorted(
-            ["a-folder", *(name for name, kept in names.items() if kept is True)]
+            ["a-folder", *(name for name, kept in names.items() if kept)]
         )
     finally:
-        running.kill()
-        running.wait()
+        for process in (running, zombie):
+            process.kill()
+            process.wait()
 
 
 @pytest.mark.slow

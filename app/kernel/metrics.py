@@ -108,36 +108,25 @@ def start_per_worker() -> None:
 _PROCESS_FILE = re.compile(
     r"(?:counter|histogram|summary|gauge_[a-z]+)_([1-9][0-9]{0,9})\.db", re.A
 )
-_BOOT_TIME: list[float] = []  # /proc/stat's btime, read once
 
 
-def _started_at(pid: int) -> float | None:
-    """When process `pid` started (seconds since the epoch), None when none runs; 0.0 for
-    one running where /proc cannot tell (not Linux)."""
+def _running(pid: int) -> bool:
+    """Whether a process `pid` runs (a zombie, dead but not yet reaped by its parent, does
+    not). Its pid given again to another process reads as running: that process's life
+    long, the dead one's gauges stay (rare with Linux's millions of pids; a check by the
+    file's age was tried and undone — a step of the clock made every running process's
+    files look older than their process)."""
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, OverflowError):
-        return None
+        return False
     except PermissionError:  # another user's: running
         pass
-    try:
-        if not _BOOT_TIME:
-            for line in Path("/proc/stat").read_text().splitlines():
-                if line.startswith("btime "):
-                    _BOOT_TIME.append(float(line.split()[1]))
-        # field 22, starttime, in clock ticks since boot (the fields after the command's ")")
-        ticks = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
-        return _BOOT_TIME[0] + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def _written_by_a_running_process(path: str, pid: int) -> bool:
-    """Whether the file was written by the process now running as `pid` — not by an
-    earlier one whose pid was given again (a file is made after its process starts; boot
-    time is in whole seconds, hence the second's slack)."""
-    started = _started_at(pid)
-    return started is not None and os.stat(path).st_mtime >= started - 1.0
+    try:  # the state, after the command's ")": Z zombie, X dead
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc to ask (not Linux), or gone this instant
+    return state not in ("Z", "X")
 
 
 def clear_folder(folder: str) -> None:
@@ -149,7 +138,7 @@ def clear_folder(folder: str) -> None:
         if entry.is_dir(follow_symlinks=False):
             continue  # not one of ours
         found = _PROCESS_FILE.fullmatch(entry.name)
-        if found and _written_by_a_running_process(entry.path, int(found[1])):
+        if found and _running(int(found[1])):
             continue
         os.remove(entry.path)
 
@@ -167,7 +156,7 @@ def forget_the_dead(folder: str) -> None:
             continue
         found = _PROCESS_FILE.fullmatch(entry.name)
         with contextlib.suppress(FileNotFoundError):  # its process removed it meanwhile
-            if found and not _written_by_a_running_process(entry.path, int(found[1])):
+            if found and not _running(int(found[1])):
                 multiprocess.mark_process_dead(int(found[1]), folder)
 
 
