@@ -124,6 +124,7 @@ _PYSPY_FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
 # Wrappers that call the view or a facade: what runs under them is not theirs.
 TRANSPARENT = (
     ("flask_jwt_extended/view_decorators.py", "decorator"),
+    ("app/http/bearer.py", "verified"),  # the service's own jwt_required
     ("app/kernel/ownership.py", "wrapper"),
 )
 

@@ -228,7 +228,8 @@ def contention_phase(settings: Settings, backends: dict[str, Any]) -> dict[str, 
     out: dict[str, Any] = {}
     for b, be in backends.items():
         servers = [Server(f"contention-as-is-{b}", be.env)]
-        servers.append(variant_server(f"contention-all-{b}", be.env, "all"))
+        if ALL:  # beside every recommended patch at once, when one is left to recommend
+            servers.append(variant_server(f"contention-all-{b}", be.env, "all"))
         try:
             start_all(servers)
             for conns in settings.contention_connections:

@@ -93,3 +93,19 @@ def test_instructions_per_request_are_the_difference_of_two_runs():
     assert asked == [300, 600]
     with pytest.raises(ValueError, match="300 or more"):
         per_request(count, 100)
+
+
+def test_what_runs_under_the_bearer_check_is_not_the_bearer_checks():
+    """bench/pieces.py: the service's `jwt_required` wrapper calls the view, so what the
+    view does (an order's SQL, say) is the view's, not the access token's (the full run of
+    2026-12-02 put 57 % of a paid order under "access token")."""
+    from bench.pieces import classify
+
+    wrapper = ("verified", "app/http/bearer.py")
+    sql = ("execute", "sqlalchemy/engine/base.py")
+    assert classify([wrapper, ("create_order", "app/orders/routes.py"), sql]) != classify(
+        [wrapper, ("verify_jwt_in_request", "app/http/bearer.py")]
+    )
+    assert classify([wrapper, ("verify_jwt_in_request", "app/http/bearer.py")]).startswith(
+        "access token"
+    )
