@@ -53,9 +53,9 @@ def webhook_backlog_age() -> Gauge:
     """The age of the oldest pending webhook delivery, as a delivery worker last saw it:
     made by the first measurement, so only delivery workers have it — a gauge made at
     import is 0 in every process (gunicorn's master and workers too), and the maximum over
-    them was 0 with no worker running. The oldest age a running worker
-    saw (`livemax`): a stopped worker's goes with it, and the series is absent when none
-    runs (the README: alert on its absence)."""
+    them was 0 with no worker running. The oldest age a running worker saw (`livemax`): a
+    stopped worker's goes with it, and the series is absent when none runs (the README:
+    alert on its absence)."""
     global _WEBHOOK_BACKLOG_AGE
     if _WEBHOOK_BACKLOG_AGE is not None:
         return _WEBHOOK_BACKLOG_AGE
