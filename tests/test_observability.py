@@ -258,7 +258,6 @@ def test_gunicorn_starting_clears_the_files_of_processes_no_longer_running(tmp_p
     zombie.kill()  # dead, not reaped (no wait) until the end
     try:
         dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # never a process
-        time.sleep(0.1)
         names = {
             f"gauge_livemax_{running.pid}.db": True,
             f"counter_{running.pid}.db": True,
