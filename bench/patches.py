@@ -40,6 +40,7 @@ def no_metrics() -> None:
     for name in dir(metrics):
         if isinstance(getattr(metrics, name), MetricWrapperBase):
             setattr(metrics, name, _NoMetric())
+    metrics._gauge = lambda *_args: _NoMetric()  # the gauges made where first measured
 
 
 # --- after the app is built ----------------------------------------------------------------

@@ -70,28 +70,17 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="licensing-metrics-")
 
 
-def metrics_folder_problem(folder):
-    """The metrics folder made when missing, or why it cannot be used (wsgi.py's check)."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        return f"PROMETHEUS_MULTIPROC_DIR={folder} cannot be made ({exc.strerror})"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"PROMETHEUS_MULTIPROC_DIR={folder} is not a folder this user can write to"
-    return None
-
-
 def on_starting(server):
     """Before any socket or worker: the metrics folder cleared (`metrics.clear_folder`),
     then the app built once and checked that it can serve (app/startup.py). A broken
     production deployment exits here, code 2, with the CLI's one-line message — instead of
     workers failing to boot and being restarted forever."""
-    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    problem = metrics_folder_problem(folder)
-    if problem is None:
-        from app.kernel import metrics  # the folder exists: importing the app may write there
-        from app.startup import preflight
+    from app.kernel import metrics  # loading the app writes nothing to the folder
+    from app.startup import preflight
 
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    problem = metrics.metrics_folder_problem(folder)
+    if problem is None:
         metrics.clear_folder(folder)
         problem = preflight()
     if problem:

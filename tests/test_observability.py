@@ -289,6 +289,41 @@ def test_gunicorn_starting_clears_the_files_of_processes_no_longer_running(tmp_p
             process.wait()
 
 
+def test_loading_the_app_writes_nothing_to_the_metrics_folder(tmp_path):
+    """A gauge without labels writes its process's file as it is made: made at import, every
+    process that loaded the app wrote there before wsgi.py or gunicorn's start could check
+    the folder (so each kept its own copy of the check), and every cron command left files.
+    Gauges are made where they are first measured; loading the app and building it write
+    nothing."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import project_env
+
+    folder = tmp_path / "prom"
+    folder.mkdir()
+    code = (  # the folder as the process sees it, before its exit hook tidies it
+        "import os, sys, app.startup, app.kernel.metrics; from app import create_app; "
+        "create_app({'TESTING': True}); print(sorted(os.listdir(sys.argv[1])))"
+    )
+    env = project_env(
+        APP_ENV="testing",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}",
+        PROMETHEUS_MULTIPROC_DIR=str(folder),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(folder)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "[]"
+    assert os.listdir(folder) == []
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["missing", "a file"])
 def test_a_metrics_folder_that_is_not_one_is_a_one_line_error(tmp_path, kind):

@@ -235,8 +235,8 @@ def metrics_endpoint() -> Response:
 
     pool = get_database().engine.pool
     if hasattr(pool, "checkedout"):
-        metrics.DB_POOL_CHECKED_OUT.set(pool.checkedout())
-        metrics.DB_POOL_SIZE.set(pool.size())
+        metrics.db_pool_checked_out().set(pool.checkedout())
+        metrics.db_pool_size().set(pool.size())
     if folder := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics.forget_the_dead(folder)
         registry = CollectorRegistry()

@@ -34,39 +34,63 @@ LICENSE_ACTIVATIONS = Counter(
     "license_activations_total", "License activations by result", ["result"]
 )
 LICENSE_VALIDATIONS = Counter("license_validations_total", "License validations by code", ["code"])
-DB_POOL_CHECKED_OUT = Gauge(
-    "db_pool_checked_out_connections",
-    "Database connections in use",
-    multiprocess_mode="livesum",
-)
-DB_POOL_SIZE = Gauge("db_pool_size", "Configured database pool size", multiprocess_mode="livemax")
 WEBHOOK_DELIVERIES = Counter(
     "webhook_deliveries_total",
     "Webhook delivery attempts by result (succeeded, retrying, failed, gone)",
     ["result"],
 )
-_WEBHOOK_BACKLOG_AGE: Gauge | None = None
+
+# Gauges without labels, made where they are first measured, never at import: such a gauge
+# writes its process's file in PROMETHEUS_MULTIPROC_DIR as it is made, so every process
+# that loaded the app (gunicorn's master, each cron command) wrote there before the folder
+# could be checked (`metrics_folder_problem`), and a gauge made at import is 0 in every
+# process — the maximum of the webhook backlog's age was 0 with no delivery worker running.
+_GAUGES: dict[str, Gauge] = {}
 _MAKING = threading.Lock()
 
 
+def _gauge(name: str, documentation: str, mode: str) -> Gauge:
+    gauge = _GAUGES.get(name)
+    if gauge is None:
+        with _MAKING:
+            gauge = _GAUGES.get(name)
+            if gauge is None:
+                gauge = _GAUGES[name] = Gauge(name, documentation, multiprocess_mode=mode)
+    return gauge
+
+
+def db_pool_checked_out() -> Gauge:
+    return _gauge("db_pool_checked_out_connections", "Database connections in use", "livesum")
+
+
+def db_pool_size() -> Gauge:
+    return _gauge("db_pool_size", "Configured database pool size", "livemax")
+
+
 def webhook_backlog_age() -> Gauge:
-    """The age of the oldest pending webhook delivery, as a delivery worker last saw it:
-    made by the first measurement, so only delivery workers have it — a gauge made at
-    import is 0 in every process (gunicorn's master and workers too), and the maximum over
-    them was 0 with no worker running. The oldest age a running worker saw (`livemax`): a
-    stopped worker's goes with it, and the series is absent when none runs (the README:
-    alert on its absence)."""
-    global _WEBHOOK_BACKLOG_AGE
-    if _WEBHOOK_BACKLOG_AGE is not None:
-        return _WEBHOOK_BACKLOG_AGE
-    with _MAKING:
-        if _WEBHOOK_BACKLOG_AGE is None:
-            _WEBHOOK_BACKLOG_AGE = Gauge(
-                "webhook_backlog_age_seconds",
-                "Age of the oldest pending webhook delivery, as the delivery worker last saw it",
-                multiprocess_mode="livemax",
-            )
-    return _WEBHOOK_BACKLOG_AGE
+    """The age of the oldest pending webhook delivery, as a delivery worker last saw it —
+    only delivery workers measure it, so only they have it. The oldest age a running worker
+    saw (`livemax`): a stopped worker's goes with it, and the series is absent when none
+    runs (the README: alert on its absence)."""
+    return _gauge(
+        "webhook_backlog_age_seconds",
+        "Age of the oldest pending webhook delivery, as the delivery worker last saw it",
+        "livemax",
+    )
+
+
+def metrics_folder_problem(folder: str | None) -> str | None:
+    """PROMETHEUS_MULTIPROC_DIR made when missing, or why it cannot be used (one line):
+    asked by wsgi.py and by gunicorn's start before anything is measured — a missing folder
+    made every `flask` command end in a traceback at its first metric."""
+    if folder:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            return f"PROMETHEUS_MULTIPROC_DIR={folder} cannot be made ({exc.strerror})"
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return f"PROMETHEUS_MULTIPROC_DIR={folder} is not a folder this user can write to"
+    return None
 
 
 # Gauges each gunicorn worker keeps for itself (`liveall`: one series per worker, its pid as
